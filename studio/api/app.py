@@ -1,0 +1,24 @@
+"""The studio's FastAPI application. This module only assembles routers; the Serve ingress
+(`deployments/ingress.py`) mounts it, and tests use it directly with a TestClient."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from studio import __version__
+from studio.api.errors import install_error_handlers
+from studio.api.routes import datasets, health, keys
+from studio.settings import StudioSettings, get_settings
+from studio.store.db import init_db
+
+
+def create_app(settings: StudioSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    init_db(settings.db_url)
+    app = FastAPI(title="LLM Studio", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(keys.router)
+    app.include_router(datasets.router)
+    return app

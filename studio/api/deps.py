@@ -1,0 +1,52 @@
+"""Request dependencies: settings, a database session per request, the calling API key.
+Each is overridable in tests through ``app.dependency_overrides``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from studio.keys import Role, verify_key
+from studio.settings import StudioSettings
+from studio.store.db import session_scope
+from studio.store.models import ApiKey
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_settings(request: Request) -> StudioSettings:
+    return request.app.state.settings
+
+
+def get_session(settings: Annotated[StudioSettings, Depends(get_settings)]) -> Iterator[Session]:
+    with session_scope(settings.db_url) as session:
+        yield session
+
+
+def current_key(
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    session: Annotated[Session, Depends(get_session)],
+) -> ApiKey:
+    if creds is None or not creds.credentials:
+        raise HTTPException(401, "missing API key: send `Authorization: Bearer <key>` "
+                            "(create one with `studio keys create`)", headers={"WWW-Authenticate": "Bearer"})
+    key = verify_key(session, creds.credentials)
+    if key is None:
+        raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    return key
+
+
+def require_admin(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
+    if key.role != Role.admin.value:
+        raise HTTPException(403, f"this needs an admin key; key {key.name!r} has role {key.role!r}")
+    return key
+
+
+SettingsDep = Annotated[StudioSettings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+KeyDep = Annotated[ApiKey, Depends(current_key)]
+AdminDep = Annotated[ApiKey, Depends(require_admin)]

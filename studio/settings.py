@@ -1,0 +1,109 @@
+"""Studio-wide settings, read from ``STUDIO_*`` environment variables.
+
+Everything defaults to a self-contained layout under ``STUDIO_HOME`` (``./.studio``) so a laptop
+needs no configuration; a cluster overrides the database, artifact store, MLflow and Redis by URL.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StudioSettings(BaseSettings):
+    """Process-wide configuration. Every field maps to ``STUDIO_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="STUDIO_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".studio"),
+        description="Root for the database, artifacts, MLflow, models and logs (STUDIO_HOME).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the state store; default sqlite:///$STUDIO_HOME/studio.db.",
+    )
+    artifacts_uri: str | None = Field(
+        default=None,
+        description="fsspec URI of the artifact store; default $STUDIO_HOME/artifacts.",
+    )
+    mlflow_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; default sqlite under $STUDIO_HOME.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL for the gateway cache; unset means in-process cache."
+    )
+    http_host: str = Field(default="127.0.0.1", description="Host the HTTP front door binds.")
+    http_port: int = Field(default=8000, ge=1, le=65535, description="Port of the HTTP front door.")
+    ray_port: int = Field(
+        default=6380,
+        ge=1,
+        le=65535,
+        description="GCS port of the local Ray head started by `studio up` (6379 is Redis here).",
+    )
+    ray_num_cpus: int = Field(
+        default=8,
+        ge=1,
+        description="Logical CPUs the local Ray head advertises; more than cores so light "
+        "deployments, train workers and engines can all be placed on a small machine.",
+    )
+    dashboard_port: int = Field(default=8265, ge=1, le=65535, description="Ray dashboard port.")
+    admin_key: str | None = Field(
+        default=None,
+        description="Admin API key to register at `studio up` instead of generating one.",
+    )
+
+    @property
+    def home_abs(self) -> Path:
+        # Ray workers run in another cwd, so everything handed to them must be absolute.
+        return self.home.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_abs / 'studio.db'}"
+
+    @property
+    def artifacts(self) -> str:
+        return self.artifacts_uri or str(self.home_abs / "artifacts")
+
+    @property
+    def mlflow(self) -> str:
+        return self.mlflow_uri or f"sqlite:///{self.home_abs / 'mlflow.db'}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home_abs / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home_abs / "logs"
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.home_abs / "admin.key"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.http_host}:{self.http_port}"
+
+
+@lru_cache
+def get_settings() -> StudioSettings:
+    return StudioSettings()
+
+
+def settings_env(settings: StudioSettings) -> dict[str, str]:
+    """The settings as ``STUDIO_*`` env vars for Ray workers and replicas, which run in another cwd:
+    STUDIO_HOME is made absolute so every process resolves the same store."""
+    env = {"STUDIO_HOME": str(settings.home_abs)}
+    for name in ("database_url", "artifacts_uri", "mlflow_uri", "redis_url"):
+        value = getattr(settings, name)
+        if value:
+            env[f"STUDIO_{name.upper()}"] = value
+    env["STUDIO_HTTP_HOST"] = settings.http_host
+    env["STUDIO_HTTP_PORT"] = str(settings.http_port)
+    return env
