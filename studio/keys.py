@@ -77,9 +77,7 @@ def verify_key(session: Session, secret: str) -> ApiKey | None:
     if key is None or key.revoked_at is not None:
         return None
     now = utcnow()
-    last = key.last_used_at
-    if last is not None and last.tzinfo is None:  # SQLite returns naive datetimes
-        last = last.replace(tzinfo=now.tzinfo)
+    last = key.last_used_at  # aware UTC on every backend (store.models.UTCDateTime)
     if last is None or now - last > timedelta(minutes=1):
         key.last_used_at = now
     return key

@@ -15,7 +15,8 @@ from studio.store.db import init_db
 def create_app(settings: StudioSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
     init_db(settings.db_url)
-    app = FastAPI(title="LLM Studio", version=__version__, docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app = FastAPI(title="LLM Studio", version=__version__, docs_url="/api/docs", redoc_url=None,
+                  openapi_url="/api/openapi.json")
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(health.router)

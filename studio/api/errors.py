@@ -47,6 +47,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException):
         return error_response(request, exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
+    # Starlette hands this to its outermost middleware, which still re-raises so the server logs
+    # the traceback; the client gets the contract's error shape instead of a bare text 500.
+    @app.exception_handler(Exception)
+    async def _unexpected_error(request: Request, exc: Exception):
+        return error_response(request, 500, f"internal error ({type(exc).__name__})",
+                              "see the server log; report it if it persists")
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}

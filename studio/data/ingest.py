@@ -7,10 +7,13 @@ same content twice returns the same snapshot (and the same version of its name).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import json
+import random
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from studio.data.kinds import COLUMNS, DatasetKind, RowError, detect_kind, normalize_row
-from studio.errors import StudioError
+from studio.errors import Conflict, StudioError
 from studio.settings import StudioSettings
 from studio.store.artifacts import ArtifactStore
 from studio.store.db import session_scope
@@ -32,6 +35,7 @@ from studio.store.models import DatasetSnapshot, DatasetVersion
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 MAX_ROW_BYTES = 8 * 1024 * 1024
 MAX_REPORTED = 1000  # rejected rows kept in the report; the count is always exact
+_STORE_ATTEMPTS = 16
 
 _SCHEMAS: dict[DatasetKind, pa.Schema] = {
     DatasetKind.chat: pa.schema(
@@ -74,11 +78,23 @@ def _utf8(raw: bytes) -> str:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    # Read at most a row's worth (+ room for a BOM and '\r\n') so a huge line is never held whole.
+    read_size = MAX_ROW_BYTES + 8
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if len(raw) > MAX_ROW_BYTES:
+        lineno = 0
+        while raw := f.readline(read_size):
+            lineno += 1
+            size = len(raw)
+            over = size == read_size and not raw.endswith(b"\n")
+            while over and (more := f.readline(2**20)):  # skip the rest of the line
+                size += len(more)
+                if more.endswith(b"\n"):
+                    break
+            if lineno == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            if over or len(raw.rstrip(b"\r\n")) > MAX_ROW_BYTES:
                 yield lineno, RowError(
-                    f"line is {len(raw) / 2**20:.1f} MiB, over the {MAX_ROW_BYTES // 2**20} MiB row limit"
+                    f"line is {size / 2**20:.1f} MiB, over the {MAX_ROW_BYTES // 2**20} MiB row limit"
                 )
                 continue
             try:
@@ -96,7 +112,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
     try:
-        data = json.loads(_utf8(path.read_bytes()))
+        data = json.loads(_utf8(path.read_bytes().removeprefix(codecs.BOM_UTF8)))
     except (RowError, json.JSONDecodeError) as e:
         raise StudioError(f"{path} is not a JSON document: {e}", "use JSON Lines (.jsonl), one object per line") from e
     if not isinstance(data, list):
@@ -105,9 +121,22 @@ def _read_json(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as f:
+    csv.field_size_limit(MAX_ROW_BYTES)  # the csv module's default, 128 KiB, is below our row limit
+    # utf-8-sig: spreadsheet exports start with a BOM that would otherwise join the first column name.
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
-        for rowno, row in enumerate(reader, start=1):
+        rowno = 0
+        while True:
+            rowno += 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:  # the reader goes on with the next row
+                reason = (f"a field is over the {MAX_ROW_BYTES // 2**20} MiB row limit"
+                          if "field limit" in str(e) else f"not readable as CSV: {e}")
+                yield rowno, RowError(reason)
+                continue
             values = [v for v in row.values() if isinstance(v, str)]
             if any(_has_surrogate(v) for v in values):
                 yield rowno, RowError("not valid UTF-8; re-encode the file as UTF-8")
@@ -159,7 +188,9 @@ def ingest_file(
     *,
     kind: DatasetKind | str | None = None,
     column_map: dict[str, str] | None = None,
+    source: str | None = None,
 ) -> IngestReport:
+    """``source`` is what the version records as its origin (default: the file's absolute path)."""
     path = Path(path).expanduser()
     if not name or "@" in name or "/" in name:
         raise StudioError(f"dataset name {name!r} is not allowed", "use letters, digits, '-', '_' and '.'")
@@ -173,6 +204,13 @@ def ingest_file(
         )
     if path.stat().st_size == 0:
         raise StudioError(f"{path} is empty; there is nothing to ingest", "pass a file with rows")
+    if kind is not None:
+        try:
+            kind = DatasetKind(kind)
+        except ValueError:
+            raise StudioError(
+                f"unknown dataset kind {kind!r}", f"use one of {', '.join(k.value for k in DatasetKind)}"
+            ) from None
 
     # column_map {"completion": "answer"}: the file's column ``answer`` becomes ``completion``.
     rename = {src: dst for dst, src in (column_map or {}).items()}
@@ -182,15 +220,22 @@ def ingest_file(
         if isinstance(row, RowError):
             rejected.append(RejectedRow(rowno, str(row)))
             continue
-        if isinstance(row, dict) and rename:
+        if not isinstance(row, dict):
+            rejected.append(RejectedRow(rowno, f"a row must be a JSON object, got {type(row).__name__}"))
+            continue
+        if rename:
             row = {rename.get(c, c): v for c, v in row.items()}
         parsed.append((rowno, row))
+    if not parsed:
+        if not rejected:
+            raise StudioError(f"{path} holds no rows, only blank lines", "pass a file with rows")
+        raise _no_valid_rows(kind.value if kind else "", path, rejected)
 
     if kind is None:
-        votes = Counter(detect_kind(r) for _, r in parsed if isinstance(r, dict))
+        votes = Counter(detect_kind(r) for _, r in parsed)
         votes.pop(None, None)
         if not votes:
-            seen = sorted({c for _, r in parsed[:100] if isinstance(r, dict) for c in r})
+            seen = sorted({c for _, r in parsed[:100] for c in r})
             raise StudioError(
                 f"cannot tell what kind of rows {path.name} holds (columns: {', '.join(seen) or 'none'})",
                 "rows need messages | prompt+completion | prompt+chosen+rejected | text; "
@@ -208,12 +253,16 @@ def ingest_file(
     rejected.sort(key=lambda r: r.row)
 
     if not good:
-        shown = "; ".join(f"row {r.row}: {r.reason}" for r in rejected[:5])
-        raise StudioError(
-            f"no valid {kind.value} rows in {path.name} ({len(rejected)} rejected: {shown})",
-            "fix the rows named above; nothing was stored",
-        )
-    return _store_snapshot(good, kind, name, str(path.resolve()), rejected, settings)
+        raise _no_valid_rows(kind.value, path, rejected)
+    return _store_snapshot(good, kind, name, source or str(path.resolve()), rejected, settings)
+
+
+def _no_valid_rows(kind: str, path: Path, rejected: list[RejectedRow]) -> StudioError:
+    shown = "; ".join(f"row {r.row}: {r.reason}" for r in rejected[:5])
+    return StudioError(
+        f"no valid {kind + ' ' if kind else ''}rows in {path.name} ({len(rejected)} rejected: {shown})",
+        "fix the rows named above; nothing was stored",
+    )
 
 
 def _store_snapshot(
@@ -233,7 +282,9 @@ def _store_snapshot(
         store.put_bytes(key, buf.getvalue())
     uri = store.uri(key)
 
-    for attempt in range(3):  # two ingests of one name at once: the loser retries the version
+    # Ingests of one name (or one content) at once: each loser of the race retries, and a later
+    # round has one contender fewer, so this many attempts serve that many simultaneous ingests.
+    for _attempt in range(_STORE_ATTEMPTS):
         try:
             with session_scope(settings.db_url) as s:
                 snap = s.get(DatasetSnapshot, snap_id)
@@ -263,9 +314,12 @@ def _store_snapshot(
             return IngestReport(snap_id, name, version, kind.value, len(rows), len(rejected),
                                 rejected[:MAX_REPORTED], created=True, uri=uri)
         except IntegrityError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+            time.sleep(random.uniform(0.0, 0.05))
+    raise Conflict(
+        f"could not add a version of dataset {name!r}: {_STORE_ATTEMPTS} attempts lost the race "
+        "to other ingests of the same name",
+        "run the ingest again",
+    )
 
 
 def _stats(rows: list[dict[str, Any]], kind: DatasetKind) -> dict[str, Any]:

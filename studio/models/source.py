@@ -19,7 +19,9 @@ def resolve_model_source(name: str) -> str:
     error that says what is missing, before any worker or engine is started on it.
     """
     if not name or not name.strip():
-        raise StudioError("no model given", "pass a model directory or a hub id such as Qwen/Qwen2.5-0.5B")
+        raise StudioError(
+            "no model given", "pass a model directory or a hub id such as Qwen/Qwen2.5-0.5B"
+        )
     if not _looks_like_path(name):
         if name.count("/") > 1 or " " in name:
             raise StudioError(
@@ -45,10 +47,17 @@ def resolve_model_source(name: str) -> str:
             "pass a directory written by save_pretrained (config.json, weights, tokenizer)",
         )
     try:
-        model_type = json.loads(config.read_text()).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise StudioError(f"{config} is not valid JSON", "re-save the model with save_pretrained") from e
-    if not model_type:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StudioError(
+            f"{config} is not valid JSON", "re-save the model with save_pretrained"
+        ) from e
+    if not isinstance(data, dict):
+        raise StudioError(
+            f"{config} holds a JSON {type(data).__name__}, not an object",
+            "re-save the model with save_pretrained",
+        )
+    if not data.get("model_type"):
         raise StudioError(f"{config} has no model_type", "re-save the model with save_pretrained")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise StudioError(

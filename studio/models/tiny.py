@@ -71,7 +71,9 @@ class TinyModelSpec(Spec):
         return self
 
 
-def reversal_example(rng: random.Random, min_digits: int = 3, max_digits: int = 5) -> tuple[str, str]:
+def reversal_example(
+    rng: random.Random, min_digits: int = 3, max_digits: int = 5
+) -> tuple[str, str]:
     """The toy task the tiny model learns: "reverse: 6 0 4 8" → "8 4 0 6"."""
     digits = [str(rng.randrange(10)) for _ in range(rng.randint(min_digits, max_digits))]
     return "reverse: " + " ".join(digits), " ".join(reversed(digits))
@@ -130,6 +132,8 @@ def make_tiny(out: str | Path, spec: TinyModelSpec | None = None) -> Path:
 
     spec = spec or TinyModelSpec()
     out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise StudioError(f"{out} is a file, not a directory", "choose a new directory with --out")
     if out.exists() and any(out.iterdir()) and not (out / "studio_tiny.json").exists():
         raise StudioError(
             f"{out} exists and is not a tiny model built by the studio",
@@ -148,10 +152,12 @@ def make_tiny(out: str | Path, spec: TinyModelSpec | None = None) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
-        torch_dtype="float32",
+        dtype="float32",
     )
-    torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(config)
+    # Seed a forked RNG so a build is reproducible without resetting the caller's torch RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -7,6 +7,7 @@ relative, '/'-separated paths; ``uri(key)`` gives the full URI that other parts 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import fsspec
@@ -38,7 +39,7 @@ class ArtifactStore:
         dest = self.path(key)
         self.fs.makedirs(os.path.dirname(dest), exist_ok=True)
         if self.protocol == "file":
-            tmp = f"{dest}.tmp-{os.getpid()}"
+            tmp = f"{dest}.tmp-{uuid.uuid4().hex}"  # unique per writer: threads share a pid
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, dest)

@@ -28,7 +28,7 @@ def _normalize_url(url: str) -> str:
     return url
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -38,15 +38,13 @@ def _redacted(url: str) -> str:
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     """One engine per URL per process; the connection is checked so a dead URL fails here, clearly."""
-    url = _normalize_url(url)
+    given, url = url, _normalize_url(url)
+    fix_url = ("set STUDIO_DATABASE_URL to e.g. postgresql://user@127.0.0.1:5432/studio "
+               "or sqlite:////abs/path/studio.db")
     try:
         parsed = make_url(url)
     except ArgumentError as e:
-        raise StudioError(
-            f"database URL {url!r} is not a valid SQLAlchemy URL",
-            "set STUDIO_DATABASE_URL to e.g. postgresql://user@127.0.0.1:5432/studio "
-            "or sqlite:////abs/path/studio.db",
-        ) from e
+        raise StudioError(f"database URL {given!r} is not a valid SQLAlchemy URL", fix_url) from e
     kwargs: dict = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -55,7 +53,10 @@ def get_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     elif parsed.get_backend_name() == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": 5}
-    engine = create_engine(url, **kwargs)
+    try:
+        engine = create_engine(url, **kwargs)
+    except (ArgumentError, ImportError) as e:  # unknown dialect, or its driver is not installed
+        raise StudioError(f"database URL {redacted_url(given)} cannot be used: {e}", fix_url) from e
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
@@ -63,10 +64,9 @@ def get_engine(url: str) -> Engine:
             conn.execute(text("SELECT 1"))
     except OperationalError as e:
         engine.dispose()
-        get_engine.cache_clear()
         reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
         raise Unavailable(
-            f"cannot reach the database at {_redacted(url)}: {reason}",
+            f"cannot reach the database at {redacted_url(given)}: {reason}",
             "start the database server or point STUDIO_DATABASE_URL at one that answers",
         ) from e
     return engine

@@ -1,0 +1,107 @@
+"""``studio``: the command line. Commands are thin: they parse, call a library function, print."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from studio.cli import data, keys, models
+from studio.cli.common import console, err_console, settings_with_db
+from studio.errors import StudioError
+
+app = typer.Typer(
+    name="studio",
+    help="LLM Studio: own your models on Ray. Start with `studio up`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(keys.app, name="keys")
+app.add_typer(data.app, name="data")
+app.add_typer(models.app, name="models")
+
+
+@app.command()
+def up(
+    config: Path | None = typer.Option(None, "--config", help="Serve config; default configs/serve/studio.yaml."),
+) -> None:
+    """Start (or join, with RAY_ADDRESS) a local Ray head and deploy the studio on it."""
+    from studio import stack
+
+    settings = settings_with_db()
+    with console.status("starting Ray and deploying the studio (first start takes ~30 s) …"):
+        head = stack.up(settings, config)
+    key_file, created = stack.ensure_admin_key(settings)
+    console.print(f"[green]studio is up[/] at {settings.base_url}  (health: {settings.base_url}/healthz)")
+    if head:
+        console.print(f"Ray dashboard: {head.dashboard_url}   Ray address: {head.address}")
+        shell_env = " ".join(f"{k}={v}" for k, v in stack.client_env(settings).items())
+        console.print(f"for `ray job submit` / `ray status`: export {shell_env}", highlight=False)
+    else:
+        console.print(f"joined the Ray cluster at {os.environ.get('RAY_ADDRESS')}")
+    if created and settings.admin_key:
+        console.print("admin key: the one in STUDIO_ADMIN_KEY is registered")
+    elif created:
+        console.print(f"admin key written to {key_file} (shown only there; keep it secret)")
+    else:
+        console.print(f"admin key: already set up (see {key_file} or STUDIO_ADMIN_KEY)")
+
+
+@app.command()
+def down() -> None:
+    """Stop the studio application and the Ray head that `studio up` started."""
+    from studio import stack
+
+    settings = settings_with_db()
+    if stack.down(settings):
+        console.print("studio stopped")
+    else:
+        console.print("nothing to stop: no studio started from this STUDIO_HOME is running")
+
+
+@app.command()
+def status() -> None:
+    """Where state lives, whether Ray and the studio are up."""
+    from studio import stack
+    from studio.store.db import redacted_url
+
+    settings = settings_with_db()
+    address = stack.ray_address(settings)
+    health = stack.health(settings)
+    console.print(f"STUDIO_HOME  {settings.home_abs}")
+    console.print(f"database     {redacted_url(settings.db_url)}")
+    console.print(f"artifacts    {settings.artifacts}")
+    console.print(f"ray          {address or 'not running (studio up starts it)'}")
+    if address:
+        shell_env = " ".join(f"{k}={v}" for k, v in stack.client_env(settings).items())
+        console.print(f"ray shell    export {shell_env}", highlight=False)
+    console.print(f"studio       {settings.base_url} " + ("[green]up[/]" if health else "[red]down[/]"))
+    if not health:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(exit_at_end: bool = typer.Option(False, "--exit", help="Stop the stack at the end.")) -> None:
+    """Run the studio's main loop on the tiny model (see docs/demo.md)."""
+    from studio.demo import run_demo
+
+    run_demo(exit_at_end=exit_at_end)
+
+
+def main() -> None:
+    try:
+        app()
+    except StudioError as e:
+        err_console.print(f"[red]error:[/] {e.problem}", highlight=False)
+        if e.fix:
+            err_console.print(f"[yellow]fix:[/] {e.fix}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

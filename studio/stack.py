@@ -1,0 +1,324 @@
+"""The local stack: a Ray head (started here, or joined via RAY_ADDRESS) running the studio's Serve
+application. ``studio up`` / ``studio status`` / ``studio down`` are thin wrappers over this.
+
+The head is started as ``ray start --head --block`` in its own process group, and its PID is kept in
+``$STUDIO_HOME/ray-head.json``; ``down`` stops exactly that process group (never other Ray clusters
+on the machine, as ``ray stop`` would).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from studio.errors import StudioError, Unavailable
+from studio.recipes import read_yaml
+from studio.settings import StudioSettings, settings_env
+
+APP_NAME = "studio"
+
+# The local head runs with Ray token auth, and a client must say so too (it then finds the token
+# on disk). Ray reads this when it is first imported, so it is set here, before any `import ray`
+# of a process that uses the stack. Joining a cluster with RAY_ADDRESS leaves the choice to you.
+if not os.environ.get("RAY_ADDRESS"):
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "serve" / "studio.yaml"
+
+
+@dataclass
+class HeadState:
+    pid: int
+    address: str  # GCS address, host:port
+    dashboard_url: str
+    log: str
+
+
+def _state_file(settings: StudioSettings) -> Path:
+    return settings.home_abs / "ray-head.json"
+
+
+def _read_state(settings: StudioSettings) -> HeadState | None:
+    f = _state_file(settings)
+    if not f.is_file():
+        return None
+    try:
+        return HeadState(**json.loads(f.read_text()))
+    except (json.JSONDecodeError, TypeError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    # A zombie counts as dead: in containers PID 1 may never reap the orphaned `ray start`.
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        return s.connect_ex((host, port)) == 0
+
+
+def _ray_executable() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def start_head(settings: StudioSettings, wait_s: float = 90.0) -> HeadState:
+    """Start a local Ray head (or return the running one this STUDIO_HOME started)."""
+    state = _read_state(settings)
+    if state and _pid_alive(state.pid):
+        return state
+    if _port_open("127.0.0.1", settings.ray_port):
+        raise StudioError(
+            f"port {settings.ray_port} (the Ray head's GCS port) is taken by another process",
+            "stop it, join that cluster with RAY_ADDRESS=127.0.0.1:PORT, or set STUDIO_RAY_PORT",
+        )
+    if _port_open("127.0.0.1", settings.dashboard_port):
+        raise StudioError(
+            f"port {settings.dashboard_port} (the Ray dashboard) is taken by another process",
+            "stop it or set STUDIO_DASHBOARD_PORT",
+        )
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.logs_dir / "ray-head.log"
+    cmd = [
+        _ray_executable(), "start", "--head", "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={settings.ray_port}",
+        f"--num-cpus={settings.ray_num_cpus}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={settings.dashboard_port}",
+        "--disable-usage-stats",
+    ]
+    env = {**os.environ, **settings_env(settings)}
+    env.pop("RAY_ADDRESS", None)
+    # On SIGTERM the head drains for up to 30 s by default (for rolling upgrades on Kubernetes);
+    # a local single-node stack has no other node to drain to.
+    env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "2")
+    _ensure_ray_token(env)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, cwd=str(settings.home_abs))
+    state = HeadState(proc.pid, f"127.0.0.1:{settings.ray_port}",
+                      f"http://127.0.0.1:{settings.dashboard_port}", str(log_path))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            raise StudioError("the Ray head exited while starting:\n  " + "\n  ".join(tail),
+                              f"see {log_path}")
+        if _port_open("127.0.0.1", settings.ray_port) and _dashboard_up(state.dashboard_url):
+            _state_file(settings).write_text(json.dumps(asdict(state)))
+            return state
+        time.sleep(0.5)
+    _kill_group(proc.pid)
+    raise Unavailable(f"the Ray head did not come up within {wait_s:.0f} s", f"see {log_path}")
+
+
+def _dashboard_up(url: str) -> bool:
+    token = ray_auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        return httpx.get(f"{url}/api/version", headers=headers, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ray_auth_token() -> str | None:
+    """Ray's token, looked up the way Ray does: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _ensure_ray_token(env: dict[str, str]) -> None:
+    """The local head runs with Ray token auth (RAY_AUTH_MODE=token unless the user chose otherwise);
+    a token is generated once at Ray's default path, where local clients find it."""
+    env.setdefault("RAY_AUTH_MODE", "token")
+    if env["RAY_AUTH_MODE"] == "token" and ray_auth_token() is None:
+        subprocess.run([_ray_executable(), "get-auth-token", "--generate"], env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill_group(pid: int, timeout_s: float = 45.0) -> None:
+    """SIGTERM the `ray start --block` process, which drains the node (Serve quiesces its proxy)
+    and stops its children; then SIGKILL whatever of its process group is left."""
+    try:
+        pgid = os.getpgid(pid)
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            break
+        time.sleep(0.3)
+    try:
+        os.killpg(pgid, signal.SIGKILL)  # whatever of the group is left
+    except ProcessLookupError:
+        pass
+
+
+def ray_address(settings: StudioSettings) -> str | None:
+    """RAY_ADDRESS if the user set one (join mode), else our local head's address if it runs."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    state = _read_state(settings)
+    return state.address if state and _pid_alive(state.pid) else None
+
+
+def connect(settings: StudioSettings) -> None:
+    """``ray.init`` to the studio's cluster from this process (CLI, tests, demo)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address(settings)
+    if address is None:
+        raise Unavailable("no Ray cluster is running for this STUDIO_HOME", "run `studio up` or set RAY_ADDRESS")
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False,
+             runtime_env={"env_vars": settings_env(settings)})
+
+
+def client_env(settings: StudioSettings) -> dict[str, str]:
+    """What a shell needs for `ray job submit` / `ray status` against the local head."""
+    env = {"RAY_ADDRESS": f"http://127.0.0.1:{settings.dashboard_port}"}
+    if not os.environ.get("RAY_ADDRESS"):
+        env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "token")
+    return env
+
+
+def health(settings: StudioSettings, timeout_s: float = 2.0) -> dict[str, Any] | None:
+    try:
+        r = httpx.get(f"{settings.base_url}/healthz", timeout=timeout_s)
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    return body if body.get("status") == "ok" else None
+
+
+def load_serve_config(path: str | Path | None = None) -> dict[str, Any]:
+    """The studio application's entry of a Serve config file (name, import_path, args)."""
+    path = Path(path) if path else DEFAULT_SERVE_CONFIG
+    cfg = read_yaml(path)
+    for app in cfg.get("applications") or []:
+        if app.get("name") == APP_NAME:
+            return app
+    raise StudioError(f"{path} has no application named {APP_NAME!r}", "add it under `applications:`")
+
+
+def deploy(settings: StudioSettings, serve_config: str | Path | None = None, wait_s: float = 180.0) -> None:
+    """Deploy (or update) the studio application on the connected Ray cluster."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    app_cfg = load_serve_config(serve_config)
+    connect(settings)
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    serve.run(build_app(app_cfg.get("args") or {}), name=APP_NAME,
+              route_prefix=app_cfg.get("route_prefix", "/"), blocking=False)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if health(settings):
+            return
+        time.sleep(0.5)
+    raise Unavailable(f"the studio did not answer {settings.base_url}/healthz within {wait_s:.0f} s",
+                      "see the Serve logs in the Ray dashboard")
+
+
+def up(settings: StudioSettings, serve_config: str | Path | None = None) -> HeadState | None:
+    """Start or join Ray and deploy the app. Returns the head state when we started the head."""
+    settings.home_abs.mkdir(parents=True, exist_ok=True)
+    if health(settings):
+        pass  # already serving: redeploy below updates it in place
+    elif _port_open(settings.http_host, settings.http_port):
+        raise StudioError(
+            f"port {settings.http_port} on {settings.http_host} is taken by another program",
+            "stop that program or choose another port with STUDIO_HTTP_PORT=8001",
+        )
+    state = None
+    if not os.environ.get("RAY_ADDRESS"):
+        state = start_head(settings)
+    deploy(settings, serve_config)
+    return state
+
+
+def down(settings: StudioSettings) -> bool:
+    """Stop the application; stop the Ray head too if this STUDIO_HOME started it."""
+    state = _read_state(settings)
+    stopped = False
+    if os.environ.get("RAY_ADDRESS"):
+        import ray
+        from ray import serve
+
+        connect(settings)
+        serve.delete(APP_NAME)
+        ray.shutdown()
+        stopped = True
+    if state is not None:
+        if _pid_alive(state.pid):
+            _kill_group(state.pid)
+            stopped = True
+        _state_file(settings).unlink(missing_ok=True)
+        _forget_current_cluster(settings)
+    return stopped
+
+
+def _forget_current_cluster(settings: StudioSettings) -> None:
+    # Ray records the last head it started in /tmp/ray/ray_current_cluster, and `ray.init()` /
+    # `serve run` without an address then try to join it, hanging on a head that is gone.
+    marker = Path("/tmp/ray/ray_current_cluster")
+    try:
+        if marker.read_text().strip().endswith(f":{settings.ray_port}"):
+            marker.unlink()
+    except OSError:
+        pass
+
+
+def ensure_admin_key(settings: StudioSettings) -> tuple[Path, bool]:
+    """Make sure an admin key exists. The first one is STUDIO_ADMIN_KEY if set, else generated;
+    its secret is written to $STUDIO_HOME/admin.key (mode 600). Returns (file, created_now)."""
+    from studio.keys import Role, create_key, has_admin, hash_key
+    from studio.store.db import session_scope
+    from studio.store.models import ApiKey
+
+    path = settings.admin_key_file
+    with session_scope(settings.db_url) as s:
+        if settings.admin_key:
+            known = s.query(ApiKey).filter(ApiKey.key_hash == hash_key(settings.admin_key)).first()
+            if known is None:
+                create_key(s, f"admin-{int(time.time())}", Role.admin, secret=settings.admin_key)
+                return path, True
+            return path, False
+        if has_admin(s):
+            return path, False
+        secret, _ = create_key(s, f"admin-{int(time.time())}", Role.admin)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return path, True

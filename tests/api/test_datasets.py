@@ -1,0 +1,152 @@
+"""/api/datasets: upload with bad rows reported, list, versions, rows of a split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.api.checks import assert_problem, bearer
+
+
+def pc_lines(n: int, start: int = 0) -> list[str]:
+    return [json.dumps({"prompt": f"reverse: {i}", "completion": str(i)[::-1]})
+            for i in range(start, start + n)]
+
+
+def upload(client, key, name, filename, content: bytes | str, **form):
+    if isinstance(content, str):
+        content = content.encode()
+    return client.post("/api/datasets", headers=bearer(key), data={"name": name, **form},
+                       files={"file": (filename, content, "application/octet-stream")})
+
+
+@pytest.fixture
+def digits(client, user_key):
+    """``digits``: v1 with 50 rows uploaded next to two bad ones, v2 with 60 rows."""
+    lines = [*pc_lines(20), "{not json", *pc_lines(30, 20), '{"prompt": "no completion"}']
+    r1 = upload(client, user_key, "digits", "digits.jsonl", "\n".join(lines) + "\n")
+    assert r1.status_code == 201, r1.text
+    r2 = upload(client, user_key, "digits", "more.jsonl", "\n".join(pc_lines(60)) + "\n")
+    assert r2.status_code == 201, r2.text
+    return r1.json(), r2.json()
+
+
+def test_upload_with_bad_rows_is_201_naming_them(client, user_key, digits):
+    first, second = digits
+    assert (first["name"], first["version"], first["kind"]) == ("digits", 1, "prompt_completion")
+    assert (first["row_count"], first["rejected_count"], first["created"]) == (50, 2, True)
+    assert first["source"] == "digits.jsonl"
+    assert [r["row"] for r in first["rejected"]] == [21, 52]
+    assert first["rejected"][0]["reason"].startswith("broken JSON")
+    assert "missing column 'completion'" in first["rejected"][1]["reason"]
+    assert (second["version"], second["row_count"], second["rejected"]) == (2, 60, [])
+
+
+def test_uploading_the_same_content_again_is_not_a_new_version(client, user_key, digits):
+    r = upload(client, user_key, "digits", "again.jsonl", "\n".join(pc_lines(60)))
+    assert r.status_code == 201
+    assert (r.json()["version"], r.json()["created"]) == (2, False)
+
+
+def test_list_and_show_datasets(client, user_key, digits):
+    first, second = digits
+    listed = client.get("/api/datasets", headers=bearer(user_key))
+    assert listed.status_code == 200
+    assert [(d["name"], d["version"], d["rows"], d["snapshot_id"]) for d in listed.json()] == [
+        ("digits", 2, 60, second["snapshot_id"])]
+
+    shown = client.get("/api/datasets/digits", headers=bearer(user_key))
+    assert shown.status_code == 200
+    versions = shown.json()["versions"]
+    assert [(v["version"], v["rows"], v["rejected_rows"]) for v in versions] == [(1, 50, 2), (2, 60, 0)]
+    # The version records the uploaded file's name, not the server's temporary copy.
+    assert [v["source"] for v in versions] == ["digits.jsonl", "more.jsonl"]
+
+
+def test_rows_of_a_validation_split(client, user_key, digits):
+    def rows(ref, **params):
+        r = client.get(f"/api/datasets/{ref}/rows", headers=bearer(user_key),
+                       params={"limit": 500, **params})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    val = rows("digits", split="validation", validation_ratio=0.2)
+    train = rows("digits", split="train", validation_ratio=0.2)
+    assert val["snapshot_id"] == digits[1]["snapshot_id"]
+    assert (val["total"], len(val["rows"]), train["total"]) == (12, 12, 48)
+    prompts = lambda page: {r["prompt"] for r in page["rows"]}  # noqa: E731
+    assert prompts(val).isdisjoint(prompts(train))
+    assert len(prompts(val) | prompts(train)) == 60
+    assert rows("digits", split="validation", validation_ratio=0.2) == val
+    assert prompts(rows("digits", split="validation", validation_ratio=0.2, seed=1)) != prompts(val)
+
+    # name@N and an id prefix address the older version.
+    assert rows("digits@1")["total"] == 50
+    assert rows(digits[0]["snapshot_id"][:12])["total"] == 50
+
+
+def test_rows_are_paged(client, user_key, digits):
+    r = client.get("/api/datasets/digits/rows", headers=bearer(user_key),
+                   params={"limit": 5, "offset": 10})
+    body = r.json()
+    assert body["total"] == 60
+    assert [row["prompt"] for row in body["rows"]] == [f"reverse: {i}" for i in range(10, 15)]
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [({"validation_ratio": "lots"}, "query.validation_ratio"), ({"offset": -1}, "query.offset"),
+     ({"limit": -5}, "query.limit")],
+)
+def test_bad_row_query_is_422_naming_the_field(client, user_key, digits, params, field):
+    r = client.get("/api/datasets/digits/rows", headers=bearer(user_key), params=params)
+    problem = assert_problem(r, 422, f"{field}:")
+    assert field in [e["field"] for e in problem["errors"]]
+
+
+def test_bad_split_is_400(client, user_key, digits):
+    r = client.get("/api/datasets/digits/rows", headers=bearer(user_key),
+                   params={"split": "validation", "validation_ratio": 1.5})
+    assert_problem(r, 400, "out of range")
+
+
+def test_unknown_dataset_is_404_problem_json(client, user_key):
+    assert_problem(client.get("/api/datasets/nope", headers=bearer(user_key)), 404, "'nope'")
+    assert_problem(client.get("/api/datasets/nope/rows", headers=bearer(user_key)), 404, "'nope'")
+    assert_problem(client.get("/api/datasets/nope@2/rows", headers=bearer(user_key)), 404)
+
+
+def test_upload_without_a_name_is_422_naming_it(client, user_key):
+    r = client.post("/api/datasets", headers=bearer(user_key),
+                    files={"file": ("x.jsonl", b'{"text": "a"}\n', "application/octet-stream")})
+    problem = assert_problem(r, 422, "name:")
+    assert [e["field"] for e in problem["errors"]] == ["name"]
+
+
+def test_upload_with_an_unknown_kind_is_422(client, user_key):
+    r = upload(client, user_key, "x", "x.jsonl", '{"text": "a"}\n', kind="sft")
+    assert_problem(r, 422, "kind:")
+
+
+def test_upload_with_a_forced_kind(client, user_key):
+    r = upload(client, user_key, "t", "t.jsonl", '{"prompt": "p", "completion": "c", "text": "t"}\n',
+               kind="text")
+    assert r.status_code == 201 and r.json()["kind"] == "text"
+
+
+def test_upload_of_an_unknown_format_is_400(client, user_key):
+    problem = assert_problem(upload(client, user_key, "x", "x.txt", "hello"), 400, "'x.txt'")
+    assert ".jsonl" in problem["fix"]
+
+
+def test_all_bad_upload_is_400_naming_the_file_and_stores_nothing(client, user_key):
+    r = upload(client, user_key, "bad", "mine.jsonl", "{oops\n[1, 2]\n")
+    assert_problem(r, 400, "no valid rows in mine.jsonl", "row 1: broken JSON")
+    assert client.get("/api/datasets", headers=bearer(user_key)).json() == []
+
+
+def test_upload_needs_a_key(client):
+    r = client.post("/api/datasets", data={"name": "x"},
+                    files={"file": ("x.jsonl", b'{"text": "a"}\n', "application/octet-stream")})
+    assert_problem(r, 401)

@@ -1,0 +1,173 @@
+"""`studio up` → HTTP front door → `studio down`, through the CLI and real HTTP, on a real local Ray
+head. Ports are picked free so the test never collides with a studio a developer has running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+STUDIO = str(Path(sys.executable).with_name("studio"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([STUDIO, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("studio-home")
+    env = {**os.environ, "STUDIO_HOME": str(home), "STUDIO_HTTP_PORT": str(free_port()),
+           "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port())}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("STUDIO_ADMIN_KEY", None)
+    r = run(["up"], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    base = f"http://127.0.0.1:{env['STUDIO_HTTP_PORT']}"
+    state = json.loads((home / "ray-head.json").read_text())
+    yield {"env": env, "home": home, "base": base, "up_output": r.stdout, "head_pid": state["pid"]}
+    run(["down"], env)
+
+
+def test_health_needs_no_key_and_api_needs_one(stack):
+    base = stack["base"]
+    assert httpx.get(f"{base}/healthz").json()["status"] == "ok"
+    r = httpx.get(f"{base}/api/me")
+    assert r.status_code == 401
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert "Authorization: Bearer" in r.json()["detail"]
+    assert httpx.get(f"{base}/api/me", headers={"Authorization": "Bearer sk-studio-wrong"}).status_code == 401
+    admin = (stack["home"] / "admin.key").read_text().strip()
+    assert str(stack["home"] / "admin.key") in stack["up_output"]
+    r = httpx.get(f"{base}/api/me", headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 200 and r.json()["role"] == "admin"
+
+
+def test_cli_key_and_ingest_are_seen_by_the_running_app(stack, tmp_path):
+    env, base = stack["env"], stack["base"]
+    r = run(["keys", "create", "--name", "alice", "--role", "user"], env)
+    assert r.returncode == 0, r.stderr
+    secret = r.stdout.strip().splitlines()[-1]
+    auth = {"Authorization": f"Bearer {secret}"}
+    assert httpx.get(f"{base}/api/me", headers=auth).json() == {"name": "alice", "role": "user"}
+    assert httpx.get(f"{base}/api/keys", headers=auth).status_code == 403
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "reverse: 1 2", "completion": "2 1"}\n{oops\n{"prompt": "reverse: 3 4"}\n')
+    r = run(["data", "ingest", str(data), "--name", "tiny"], env)
+    assert r.returncode == 0, r.stderr
+    assert "row 2" in r.stdout and "broken JSON" in r.stdout
+    assert "row 3" in r.stdout and "completion" in r.stdout
+    listed = httpx.get(f"{base}/api/datasets", headers=auth).json()
+    assert [(d["name"], d["rows"], d["rejected_rows"]) for d in listed] == [("tiny", 1, 2)]
+
+    r = run(["keys", "revoke", "alice"], env)
+    assert r.returncode == 0
+    assert httpx.get(f"{base}/api/me", headers=auth).status_code == 401
+
+
+def test_up_again_is_idempotent_and_status_reports_up(stack):
+    r = run(["up"], stack["env"])
+    assert r.returncode == 0, r.stderr
+    assert "already set up" in r.stdout
+    assert json.loads((stack["home"] / "ray-head.json").read_text())["pid"] == stack["head_pid"]
+    r = run(["status"], stack["env"])
+    assert r.returncode == 0 and " up" in r.stdout
+
+
+def test_up_on_a_taken_port_says_which_and_how_to_fix(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = {**os.environ, "STUDIO_HOME": str(tmp_path), "STUDIO_HTTP_PORT": str(port)}
+        env.pop("RAY_ADDRESS", None)
+        r = run(["up"], env, timeout=60)
+    assert r.returncode == 1
+    assert f"port {port}" in r.stderr and "STUDIO_HTTP_PORT" in r.stderr
+    assert not (tmp_path / "ray-head.json").exists()
+
+
+def test_unreachable_database_is_a_clear_error(tmp_path):
+    env = {**os.environ, "STUDIO_HOME": str(tmp_path), "STUDIO_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
+    r = run(["data", "ls"], env, timeout=60)
+    assert r.returncode == 1
+    assert "cannot reach the database" in r.stderr and "STUDIO_DATABASE_URL" in r.stderr
+
+
+def test_down_stops_the_head_and_its_processes(stack):
+    pid, env = stack["head_pid"], stack["env"]
+    group = os.getpgid(pid)
+    r = run(["down"], env)
+    assert r.returncode == 0 and "stopped" in r.stdout
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{stack['base']}/healthz", timeout=2)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        left = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == group and p.status() != psutil.STATUS_ZOMBIE]
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left, [p.cmdline() for p in left]
+    assert not (stack["home"] / "ray-head.json").exists()
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def test_serve_run_with_the_config_file_starts_the_same_app(tmp_path):
+    cfg = yaml.safe_load((REPO / "configs/serve/studio.yaml").read_text())
+    port = free_port()
+    cfg["http_options"]["port"] = port
+    cfg_path = tmp_path / "studio.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "STUDIO_HOME": str(tmp_path / "home"), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1"}
+    env.pop("RAY_ADDRESS", None)
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+    # RAY_ADDRESS=local: a fresh local Ray of its own, never another cluster on this machine.
+    proc = subprocess.Popen([serve_bin, "run", str(cfg_path)], env={**env, "RAY_ADDRESS": "local"},
+                            cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "serve run exited early"
+            time.sleep(1)
+        else:
+            pytest.fail("serve run did not serve /healthz in 180 s")
+        assert httpx.get(f"http://127.0.0.1:{port}/api/datasets").status_code == 401
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -1,0 +1,141 @@
+"""API keys against a real database: the secret is shown once and stored only as its SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, text
+
+from studio.errors import Conflict, NotFound, StudioError
+from studio.keys import KEY_PREFIX, create_key, has_admin, list_keys, revoke_key, verify_key
+from studio.store.db import session_scope
+from studio.store.models import ApiKey, utcnow
+
+
+def test_create_returns_the_secret_once_and_stores_only_its_hash(settings):
+    with session_scope(settings.db_url) as s:
+        secret, info = create_key(s, "alice", "user")
+    assert secret.startswith(KEY_PREFIX) and len(secret) > 40
+    assert info.name == "alice" and info.role == "user" and not info.revoked
+    assert secret.startswith(info.prefix) and len(info.prefix) < len(secret) - 30
+
+    with session_scope(settings.db_url) as s:
+        row = s.execute(text("SELECT * FROM api_keys WHERE name = 'alice'")).mappings().one()
+    assert row["key_hash"] == hashlib.sha256(secret.encode()).hexdigest()
+    # No column holds the secret (or any long part of it) in plain text.
+    for column, value in row.items():
+        assert secret not in str(value), column
+        assert secret[len(info.prefix) :] not in str(value), column
+    # And the listing never shows it.
+    with session_scope(settings.db_url) as s:
+        assert secret not in repr(list_keys(s))
+
+
+def test_two_keys_get_different_secrets(settings):
+    with session_scope(settings.db_url) as s:
+        a, _ = create_key(s, "a", "user")
+        b, _ = create_key(s, "b", "user")
+    assert a != b
+
+
+def test_verify_accepts_the_secret_and_rejects_others(settings):
+    with session_scope(settings.db_url) as s:
+        secret, _ = create_key(s, "svc", "service")
+    with session_scope(settings.db_url) as s:
+        key = verify_key(s, secret)
+        assert key is not None and key.name == "svc" and key.role == "service"
+        assert verify_key(s, secret + "x") is None
+        assert verify_key(s, "sk-studio-wrong") is None
+        assert verify_key(s, "") is None
+
+
+def test_verify_records_last_use(settings):
+    with session_scope(settings.db_url) as s:
+        secret, info = create_key(s, "u", "user")
+    assert info.last_used_at is None
+    with session_scope(settings.db_url) as s:
+        verify_key(s, secret)
+    with session_scope(settings.db_url) as s:
+        (info,) = list_keys(s)
+    assert info.last_used_at is not None
+
+
+def test_verify_refreshes_a_stale_last_use(settings):
+    with session_scope(settings.db_url) as s:
+        secret, _ = create_key(s, "u", "user")
+    old = utcnow() - timedelta(hours=1)
+    with session_scope(settings.db_url) as s:
+        s.scalars(select(ApiKey)).one().last_used_at = old
+    with session_scope(settings.db_url) as s:
+        verify_key(s, secret)
+    with session_scope(settings.db_url) as s:
+        last = s.scalars(select(ApiKey)).one().last_used_at
+    assert last > old + timedelta(minutes=59)
+
+
+def test_revoked_keys_fail_verification(settings):
+    with session_scope(settings.db_url) as s:
+        secret, _ = create_key(s, "temp", "user")
+    with session_scope(settings.db_url) as s:
+        info = revoke_key(s, "temp")
+    assert info.revoked
+    with session_scope(settings.db_url) as s:
+        assert verify_key(s, secret) is None
+        assert [k.revoked for k in list_keys(s)] == [True]
+        # Revoking again is harmless.
+        assert revoke_key(s, "temp").revoked
+
+
+def test_revoking_an_unknown_key_is_not_found(settings):
+    with session_scope(settings.db_url) as s, pytest.raises(NotFound, match="'ghost'"):
+        revoke_key(s, "ghost")
+
+
+def test_duplicate_name_is_a_conflict_and_keeps_the_first(settings):
+    with session_scope(settings.db_url) as s:
+        first, _ = create_key(s, "dup", "user")
+    with pytest.raises(Conflict, match="'dup'"):
+        with session_scope(settings.db_url) as s:
+            create_key(s, "dup", "admin")
+    with session_scope(settings.db_url) as s:
+        keys = list_keys(s)
+        assert [(k.name, k.role) for k in keys] == [("dup", "user")]
+        assert verify_key(s, first) is not None
+
+
+def test_duplicate_chosen_secret_is_a_conflict(settings):
+    chosen = "a-chosen-admin-key-0123456789"
+    with session_scope(settings.db_url) as s:
+        assert create_key(s, "one", "admin", secret=chosen)[0] == chosen
+    with pytest.raises(Conflict):
+        with session_scope(settings.db_url) as s:
+            create_key(s, "two", "admin", secret=chosen)
+
+
+@pytest.mark.parametrize(
+    "name, role, secret, message",
+    [
+        ("x", "superuser", None, "unknown role 'superuser'"),
+        ("", "user", None, "needs a name"),
+        ("n" * 129, "user", None, "needs a name"),
+        ("x", "user", "short", "too short"),
+    ],
+)
+def test_bad_key_requests_are_studio_errors(settings, name, role, secret, message):
+    with session_scope(settings.db_url) as s:
+        with pytest.raises(StudioError, match=message):
+            create_key(s, name, role, secret=secret)
+        assert list_keys(s) == []
+
+
+def test_has_admin_tracks_live_admin_keys(settings):
+    with session_scope(settings.db_url) as s:
+        assert not has_admin(s)
+        create_key(s, "u", "user")
+        assert not has_admin(s)
+        create_key(s, "root", "admin")
+        assert has_admin(s)
+        revoke_key(s, "root")
+        assert not has_admin(s)
