@@ -1,0 +1,50 @@
+"""Every YAML under configs/ validates against its schema and opens with the command that runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from studio.models.tiny import TinyModelSpec
+from studio.recipes import load_recipe, validate_spec
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+ALL = sorted(CONFIGS.rglob("*.yaml"))
+
+
+def _validate_serve(path: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from deployments.app import AppArgs
+
+    data = yaml.safe_load(path.read_text())
+    schema = ServeDeploySchema.model_validate(data)
+    studio_apps = [a for a in schema.applications if a.import_path == "deployments.app:build_app"]
+    assert studio_apps, f"{path} deploys no studio application"
+    for app in studio_apps:
+        validate_spec(AppArgs, app.args or {}, f"{path} args")
+
+
+VALIDATORS = {
+    "models": lambda p: load_recipe(p, TinyModelSpec),
+    "serve": _validate_serve,
+}
+
+
+def test_there_are_configs():
+    assert ALL, "configs/ holds no YAML"
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_validates(path: Path):
+    kind = path.relative_to(CONFIGS).parts[0]
+    assert kind in VALIDATORS, f"no schema is known for configs/{kind}/; add one to VALIDATORS"
+    VALIDATORS[kind](path)
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_opens_with_its_command(path: Path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and any(w in first for w in ("studio ", "serve ", "ray ", "python ")), first
