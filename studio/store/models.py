@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -83,3 +83,78 @@ class DatasetVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     snapshot: Mapped[DatasetSnapshot] = relationship(back_populates="versions")
+
+
+class Job(Base):
+    """A unit of bursty work (training today) run as a Ray Job. Status follows
+    ``studio.jobs.status``; every change is also a row in ``job_events``."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), default="train")
+    name: Mapped[str] = mapped_column(String(128))  # registry name the result is registered under
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated TrainSpec, as submitted
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    ray_submission_id: Mapped[str | None] = mapped_column(String(128))
+    submitted_by: Mapped[str | None] = mapped_column(String(128))  # key name or "ray job submit"
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    checkpoint_uri: Mapped[str | None] = mapped_column(String(1024))  # latest, for resume
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(String(4096))
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # retry backoff
+
+    events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(4096))
+
+    job: Mapped[Job] = relationship(back_populates="events")
+
+
+class JobMetric(Base):
+    """Per-step training metrics (loss, reward, lr, tokens/s), for charts; MLflow has them too."""
+
+    __tablename__ = "job_metrics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    step: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModelVersion(Base):
+    """A registered model version: an adapter (plain PEFT directory) or full weights, with lineage."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    base_model: Mapped[str] = mapped_column(String(1024))
+    method: Mapped[str] = mapped_column(String(16))  # cpt | sft | dpo | grpo
+    adapter_type: Mapped[str] = mapped_column(String(16))  # lora | qlora | full
+    uri: Mapped[str] = mapped_column(String(1024))  # artifact URI of the adapter / weights directory
+    dataset_snapshot_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_snapshots.id"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    stage: Mapped[str] = mapped_column(String(16), default="candidate")  # candidate|champion|archived
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,103 @@
+"""Register, find, list and promote model versions.
+
+Stages: ``candidate`` (new), ``champion`` (what the bare registry name serves; one per name),
+``archived`` (a former champion). Promoting a version archives the previous champion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from studio.errors import NotFound, StudioError
+from studio.store.models import DatasetSnapshot, Job, ModelVersion
+
+STAGES = ("candidate", "champion", "archived")
+
+
+def register_version(session: Session, *, name: str, base_model: str, method: str, adapter_type: str,
+                     uri: str, dataset_snapshot_id: str | None = None, job_id: int | None = None,
+                     mlflow_run_id: str | None = None, metrics: dict[str, Any] | None = None) -> ModelVersion:
+    """Add the next version of ``name`` as a candidate. Safe against a concurrent registration."""
+    for _ in range(3):
+        version = (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
+        mv = ModelVersion(name=name, version=version, base_model=base_model, method=method,
+                          adapter_type=adapter_type, uri=uri, dataset_snapshot_id=dataset_snapshot_id,
+                          job_id=job_id, mlflow_run_id=mlflow_run_id, metrics=metrics or {}, stage="candidate")
+        try:
+            with session.begin_nested():
+                session.add(mv)
+            return mv
+        except IntegrityError:
+            continue
+    raise StudioError(f"could not register a new version of {name!r} (concurrent registrations)", "retry")
+
+
+def get_version(session: Session, ref: str) -> ModelVersion:
+    """``name@N`` → that version; ``name`` → its champion, else its newest version."""
+    name, sep, v = ref.partition("@")
+    if sep:
+        if not v.isdigit():
+            raise StudioError(f"model reference {ref!r}: version must be a number", "write name@3")
+        mv = session.scalars(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == int(v))).first()
+        if mv is None:
+            raise NotFound(f"model {name!r} has no version {v}", "see `studio models ls`")
+        return mv
+    versions = session.scalars(select(ModelVersion).where(ModelVersion.name == name)
+                               .order_by(ModelVersion.version.desc())).all()
+    if not versions:
+        raise NotFound(f"no registered model named {name!r}", "see `studio models ls`")
+    return next((m for m in versions if m.stage == "champion"), versions[0])
+
+
+def list_versions(session: Session, name: str | None = None) -> list[ModelVersion]:
+    stmt = select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version)
+    if name:
+        stmt = stmt.where(ModelVersion.name == name)
+    return list(session.scalars(stmt))
+
+
+def promote(session: Session, ref: str, stage: str = "champion") -> ModelVersion:
+    if stage not in STAGES:
+        raise StudioError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
+    if "@" not in ref:
+        raise StudioError(f"promote needs a pinned version, got {ref!r}", f"write {ref}@N (see `studio models ls`)")
+    mv = get_version(session, ref)
+    if stage == "champion":
+        for other in session.scalars(select(ModelVersion).where(
+                ModelVersion.name == mv.name, ModelVersion.stage == "champion", ModelVersion.id != mv.id)):
+            other.stage = "archived"
+    mv.stage = stage
+    session.flush()
+    return mv
+
+
+def lineage(session: Session, ref: str) -> dict[str, Any]:
+    """Which data and which job produced this version — one query."""
+    mv = get_version(session, ref)
+    row = session.execute(
+        select(ModelVersion, Job, DatasetSnapshot)
+        .outerjoin(Job, Job.id == ModelVersion.job_id)
+        .outerjoin(DatasetSnapshot, DatasetSnapshot.id == ModelVersion.dataset_snapshot_id)
+        .where(ModelVersion.id == mv.id)
+    ).one()
+    _, job, snap = row
+    return {
+        "model": version_dict(mv),
+        "job": None if job is None else {"id": job.id, "status": job.status, "attempts": job.attempts,
+                                         "submitted_by": job.submitted_by, "spec": job.spec},
+        "dataset": None if snap is None else {"snapshot_id": snap.id, "kind": snap.kind,
+                                              "rows": snap.row_count, "uri": snap.uri},
+    }
+
+
+def version_dict(mv: ModelVersion) -> dict[str, Any]:
+    return {
+        "name": mv.name, "version": mv.version, "ref": f"{mv.name}@{mv.version}", "stage": mv.stage,
+        "base_model": mv.base_model, "method": mv.method, "adapter_type": mv.adapter_type, "uri": mv.uri,
+        "dataset_snapshot_id": mv.dataset_snapshot_id, "job_id": mv.job_id,
+        "mlflow_run_id": mv.mlflow_run_id, "metrics": mv.metrics, "created_at": mv.created_at.isoformat(),
+    }

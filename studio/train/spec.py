@@ -1,0 +1,147 @@
+"""TrainSpec: one schema for a training job, shared by YAML recipes (``configs/train/``), the CLI
+(``studio train submit RECIPE key=value …``) and HTTP (``POST /api/jobs``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from studio.recipes import Spec
+
+Method = Literal["cpt", "sft", "dpo", "grpo"]
+
+# Which dataset kinds each method can train on (studio.data.kinds.DatasetKind values).
+METHOD_KINDS: dict[str, tuple[str, ...]] = {
+    "cpt": ("text",),
+    "sft": ("chat", "prompt_completion"),
+    "dpo": ("preference",),
+    "grpo": ("prompt_completion", "chat"),
+}
+
+
+class DataSpec(Spec):
+    dataset: str = Field(description="Dataset snapshot: name (newest version), name@N, or snapshot id.")
+    split: Literal["train", "validation", "all"] = Field(
+        default="train", description="Which split of the snapshot to train on."
+    )
+    validation_ratio: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Share of rows held out as the validation split."
+    )
+    seed: int = Field(default=0, description="Seed of the train/validation split.")
+
+
+class LoraSpec(Spec):
+    r: int = Field(default=8, ge=1, description="LoRA rank.")
+    alpha: int = Field(default=16, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default="all-linear", description="Module names to adapt, or 'all-linear'."
+    )
+
+
+class HyperSpec(Spec):
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (overrides epochs).")
+    learning_rate: float = Field(default=2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: str = Field(default="linear", description="transformers scheduler name (linear, cosine, constant, ...).")
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(default=8, ge=1, description="Examples per worker per step.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    max_seq_length: int = Field(default=512, ge=8, description="Truncate examples to this many tokens.")
+    seed: int = Field(default=0, description="Training seed.")
+    logging_steps: int = Field(default=10, ge=1, description="Report metrics every N steps.")
+    bf16: bool | None = Field(default=None, description="bf16 mixed precision; default: on with a GPU, off on CPU.")
+    gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
+
+
+class ResourcesSpec(Spec):
+    num_workers: int = Field(default=1, ge=1, description="Ray Train workers (data-parallel).")
+    use_gpu: bool = Field(default=False, description="One GPU per worker; the job is refused without GPUs.")
+    cpus_per_worker: float = Field(default=1.0, gt=0, description="Logical CPUs each worker reserves.")
+    gpus_per_worker: float = Field(default=1.0, ge=0, description="GPUs each worker reserves when use_gpu.")
+
+
+class DeepSpeedSpec(Spec):
+    stage: Literal[0, 1, 2, 3] = Field(default=2, description="ZeRO stage.")
+    offload_optimizer: bool = Field(default=False, description="ZeRO optimizer offload to CPU.")
+    config: dict[str, Any] | None = Field(default=None, description="A full DeepSpeed config; overrides stage.")
+
+
+class CheckpointSpec(Spec):
+    every_steps: int | None = Field(default=None, ge=1, description="Checkpoint every N steps.")
+    every_epochs: int | None = Field(default=1, ge=1, description="Checkpoint every N epochs (if every_steps unset).")
+    keep: int = Field(default=2, ge=1, description="Checkpoints kept per job.")
+
+
+class DPOSpec(Spec):
+    beta: float = Field(default=0.1, gt=0, description="DPO temperature.")
+    loss_type: str = Field(default="sigmoid", description="TRL DPO loss type.")
+
+
+class RewardSpec(Spec):
+    type: Literal["exact_match", "regex", "json_schema", "python", "judge"] = Field(
+        description="exact_match vs the completion column; regex match; JSON-schema validity; "
+        "a Python callable; an LLM judge through the gateway."
+    )
+    weight: float = Field(default=1.0, description="Weight in the summed reward.")
+    pattern: str | None = Field(default=None, description="regex: pattern the completion must match.")
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema", description="json_schema: the schema.")
+    callable: str | None = Field(default=None, description="python: 'module.path:function'.")
+    judge_model: str | None = Field(default=None, description="judge: gateway model group.")
+    judge_prompt: str | None = Field(default=None, description="judge: instructions; answer 0-10.")
+
+
+class GRPOSpec(Spec):
+    num_generations: int = Field(default=4, ge=2, description="Completions sampled per prompt.")
+    max_completion_length: int = Field(default=16, ge=1, description="Tokens per sampled completion.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of rollouts.")
+    beta: float = Field(default=0.0, ge=0, description="KL coefficient.")
+    rollout: Literal["vllm", "hf"] = Field(
+        default="vllm", description="vllm: vLLM engines as Ray actors; hf: transformers generate (fallback)."
+    )
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(type="exact_match")], description="Summed reward functions."
+    )
+
+
+class EvalAfterSpec(Spec):
+    dataset: str = Field(description="Held-out dataset to evaluate the result on.")
+    metric: Literal["exact_match"] = Field(default="exact_match", description="Metric to compute.")
+    max_new_tokens: int = Field(default=16, ge=1, description="Generation budget per example.")
+    limit: int | None = Field(default=None, ge=1, description="Evaluate at most this many rows.")
+
+
+class TrainSpec(Spec):
+    """A training job: what to train, on what, how, where, and under which registry name."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                      description="Registry name the result is registered under (a new version each run).")
+    method: Method = Field(description="cpt | sft | dpo | grpo")
+    base_model: str = Field(description="Local model directory or hub id.")
+    data: DataSpec = Field(description="Training data.")
+    adapter: Literal["lora", "qlora", "full"] = Field(default="lora", description="What is trained.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (lora and qlora).")
+    hyper: HyperSpec = Field(default_factory=HyperSpec, description="Optimization hyperparameters.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Ray Train scaling.")
+    deepspeed: DeepSpeedSpec | None = Field(default=None, description="Use DeepSpeed ZeRO.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing.")
+    max_retries: int = Field(default=2, ge=0, description="Retries after a failed attempt (resume from checkpoint).")
+    dpo: DPOSpec | None = Field(default=None, description="DPO settings (method: dpo).")
+    grpo: GRPOSpec | None = Field(default=None, description="GRPO settings (method: grpo).")
+    eval_after: EvalAfterSpec | None = Field(default=None, description="Evaluate the result after training.")
+
+    @model_validator(mode="after")
+    def _method_sections(self) -> TrainSpec:
+        if self.method == "dpo" and self.dpo is None:
+            self.dpo = DPOSpec()
+        if self.method == "grpo" and self.grpo is None:
+            self.grpo = GRPOSpec()
+        if self.method != "dpo" and self.dpo is not None:
+            raise ValueError("a 'dpo' section needs method: dpo")
+        if self.method != "grpo" and self.grpo is not None:
+            raise ValueError("a 'grpo' section needs method: grpo")
+        if self.adapter == "qlora" and self.deepspeed is not None and self.deepspeed.stage == 3:
+            raise ValueError("QLoRA cannot be combined with DeepSpeed ZeRO-3")
+        return self
