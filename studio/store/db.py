@@ -97,9 +97,25 @@ def init_db(url: str) -> Engine:
     engine = get_engine(url)
     cfg = alembic_config(url)
     with engine.begin() as conn:
+        _lock_for_migration(conn)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     return engine
+
+
+# Any fixed 64-bit number; PostgreSQL advisory locks are keyed by it.
+_MIGRATION_LOCK_KEY = 0x5354_5544_494F_0001
+
+
+def _lock_for_migration(conn) -> None:
+    """Serve replicas, Ray jobs and the CLI all call ``init_db`` at start; on a fresh database they
+    would create the same tables at once and all but one fail. One migrates, the others wait for
+    its commit and then find the schema at head."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+    elif conn.dialect.name == "sqlite":
+        # pysqlite opens no transaction before DDL; take the write lock now (waits busy_timeout).
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextmanager

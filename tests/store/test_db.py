@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -115,3 +119,22 @@ def test_timestamps_come_back_as_aware_utc(settings):
     assert created.utcoffset() == timedelta(0)
     assert datetime.fromisoformat(info.created_at).utcoffset() == timedelta(0)
     assert abs(datetime.now(timezone.utc) - created) < timedelta(minutes=1)
+
+
+def test_processes_migrating_a_fresh_database_at_once_all_succeed(db_url):
+    # `studio up` starts replicas, jobs and the CLI together, and each calls init_db at start.
+    start_at = time.time() + 2.0  # past the imports, so the upgrades really overlap
+    code = (
+        "import sys, time; from studio.store.db import init_db; "
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); init_db(sys.argv[1])"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, db_url, str(start_at)],
+                         stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+        for _ in range(3)
+    ]
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(errors)
+    engine = store_db.get_engine(db_url)
+    with engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_revision() == _head_revision(db_url)
