@@ -140,3 +140,20 @@ def write_rows(tmp_path: Path) -> Callable[..., Path]:
 
     return write
 
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need a CUDA device; without one they are skipped, with the reason."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items and not _has_cuda():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (marker gpu); none on this machine")
+        for item in gpu_items:
+            item.add_marker(skip)
