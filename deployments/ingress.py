@@ -1,21 +1,26 @@
 """ApiIngress: the HTTP front door of the Serve application (``/healthz``, ``/api/*``, ``/metrics``).
 
-The FastAPI app is built on the replica (a builder, not a pickled app), from ``STUDIO_*`` env vars
-that ``build_app`` forwards, so the replica opens the same database and artifact store as the CLI.
+The FastAPI app is built on the replica (``__serve_build_asgi_app__``, not a pickled app), from
+``STUDIO_*`` env vars that ``build_app`` forwards, so the replica opens the same database and
+artifact store as the CLI. The JobScheduler's handle comes in as an init argument: that makes the
+scheduler part of the application, and lets ``/api/scheduler`` ask it how it is doing.
 """
 
 from __future__ import annotations
 
 from ray import serve
-
-
-def _build_api():
-    from studio.api.app import create_app
-
-    return create_app()
+from ray.serve.handle import DeploymentHandle
 
 
 @serve.deployment(name="ApiIngress", ray_actor_options={"num_cpus": 0.1})
-@serve.ingress(_build_api)
+@serve.ingress()
 class ApiIngress:
-    pass
+    def __init__(self, scheduler: DeploymentHandle | None = None):
+        self._scheduler = scheduler
+
+    def __serve_build_asgi_app__(self):
+        from studio.api.app import create_app
+
+        app = create_app()
+        app.state.scheduler = self._scheduler
+        return app

@@ -73,6 +73,12 @@ def _port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 def _ray_executable() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
@@ -102,6 +108,10 @@ def start_head(settings: StudioSettings, wait_s: float = 90.0) -> HeadState:
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={settings.dashboard_port}",
+        # The dashboard agent's HTTP port (fixed 52365 by default) is what job submission goes
+        # through; a second Ray on the machine holding 52365 leaves this head with "No available
+        # agent to submit job" forever. A free port of its own avoids that.
+        f"--dashboard-agent-listen-port={_free_port()}",
         "--disable-usage-stats",
     ]
     env = {**os.environ, **settings_env(settings)}

@@ -9,6 +9,7 @@ import yaml
 
 from studio.models.tiny import TinyModelSpec
 from studio.recipes import load_recipe, validate_spec
+from studio.train.spec import TrainSpec
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 ALL = sorted(CONFIGS.rglob("*.yaml"))
@@ -30,6 +31,7 @@ def _validate_serve(path: Path) -> None:
 VALIDATORS = {
     "models": lambda p: load_recipe(p, TinyModelSpec),
     "serve": _validate_serve,
+    "train": lambda p: load_recipe(p, TrainSpec),
 }
 
 

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from studio import __version__
 from studio.api.errors import install_error_handlers
-from studio.api.routes import datasets, health, keys
+from studio.api.routes import datasets, health, jobs, keys, models, scheduler
 from studio.settings import StudioSettings, get_settings
 from studio.store.db import init_db
 
@@ -18,8 +18,12 @@ def create_app(settings: StudioSettings | None = None) -> FastAPI:
     app = FastAPI(title="LLM Studio", version=__version__, docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")
     app.state.settings = settings
+    app.state.scheduler = None  # the JobScheduler's handle, set by the Serve ingress
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(keys.router)
     app.include_router(datasets.router)
+    app.include_router(jobs.router)
+    app.include_router(scheduler.router)
+    app.include_router(models.router)
     return app

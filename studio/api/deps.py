@@ -46,7 +46,21 @@ def require_admin(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
     return key
 
 
+def require_roles(*roles: Role):
+    """A dependency that lets only keys of ``roles`` through (403 naming the key's role otherwise)."""
+
+    def check(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
+        if key.role not in roles:
+            raise HTTPException(403, f"this needs a key with role {' or '.join(roles)}; "
+                                f"key {key.name!r} has role {key.role!r}")
+        return key
+
+    return check
+
+
 SettingsDep = Annotated[StudioSettings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 KeyDep = Annotated[ApiKey, Depends(current_key)]
 AdminDep = Annotated[ApiKey, Depends(require_admin)]
+# Changes people make by hand (promoting a model): not for service keys, which automation holds.
+UserOrAdminDep = Annotated[ApiKey, Depends(require_roles(Role.admin, Role.user))]

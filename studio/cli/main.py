@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from studio.cli import data, keys, models
+from studio.cli import data, jobs, keys, models, train
 from studio.cli.common import console, err_console, settings_with_db
 from studio.errors import StudioError
 
@@ -22,6 +22,8 @@ app = typer.Typer(
 app.add_typer(keys.app, name="keys")
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
+app.add_typer(train.app, name="train")
+app.add_typer(jobs.app, name="jobs")
 
 
 @app.command()

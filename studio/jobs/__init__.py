@@ -9,5 +9,6 @@ State machine (one enum, one transition table; every transition is a ``job_event
     any non-terminal ──► CANCELLED ;  any non-terminal ──► FAILED
 
 ``RUNNING ⇄ CHECKPOINTING``: a run reports checkpoints while it trains; the final one (the adapter
-being registered) is the last CHECKPOINTING before SUCCEEDED.
+being registered) is the last CHECKPOINTING before SUCCEEDED. The package's README has the full
+diagram, who moves each state, and why the scheduler is safe to restart.
 """

@@ -55,6 +55,13 @@ def can_retry(job: Job) -> bool:
     return job.status == JobStatus.FAILED.value and not job.cancel_requested and job.attempts <= job.max_retries
 
 
+def will_retry(job: Job) -> bool:
+    """The scheduler's retry decision: ``can_retry``, unless the entrypoint marked the failure as
+    one a retry cannot fix (``result.error.retryable: false``, e.g. a preflight refusal)."""
+    error = (job.result or {}).get("error")
+    return can_retry(job) and not (isinstance(error, dict) and error.get("retryable") is False)
+
+
 def transition(session: Session, job_id: int, to: JobStatus | str, reason: str) -> Job:
     """Move a job to ``to`` and record the event, or raise ``IllegalTransition``.
 

@@ -101,3 +101,18 @@ def version_dict(mv: ModelVersion) -> dict[str, Any]:
         "dataset_snapshot_id": mv.dataset_snapshot_id, "job_id": mv.job_id,
         "mlflow_run_id": mv.mlflow_run_id, "metrics": mv.metrics, "created_at": mv.created_at.isoformat(),
     }
+
+
+def model_summaries(session: Session) -> list[dict[str, Any]]:
+    """One row per registered name: how many versions, the newest, and the champion (if any)."""
+    by_name: dict[str, list[ModelVersion]] = {}
+    for mv in list_versions(session):
+        by_name.setdefault(mv.name, []).append(mv)
+    out = []
+    for name, versions in by_name.items():
+        newest = versions[-1]
+        champion = next((m.version for m in versions if m.stage == "champion"), None)
+        out.append({"name": name, "versions": len(versions), "latest_version": newest.version,
+                    "champion_version": champion, "base_model": newest.base_model, "method": newest.method,
+                    "updated_at": newest.created_at.isoformat()})
+    return out

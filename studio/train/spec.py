@@ -61,6 +61,11 @@ class ResourcesSpec(Spec):
     use_gpu: bool = Field(default=False, description="One GPU per worker; the job is refused without GPUs.")
     cpus_per_worker: float = Field(default=1.0, gt=0, description="Logical CPUs each worker reserves.")
     gpus_per_worker: float = Field(default=1.0, ge=0, description="GPUs each worker reserves when use_gpu.")
+    max_worker_failures: int = Field(
+        default=1, ge=0,
+        description="Within one attempt, how often Ray Train restarts a failed worker group from the latest "
+        "checkpoint before the attempt fails (job-level retries are max_retries).",
+    )
 
 
 class DeepSpeedSpec(Spec):

@@ -1,0 +1,190 @@
+"""The vLLM engine: ``AsyncLLM`` (v1) with LoRA, behind vLLM's own OpenAI serving layer.
+
+The protocol is not re-implemented here. ``start`` builds the argument namespace ``vllm serve`` would
+parse (vLLM's ``FrontendArgs`` defaults + our ``AsyncEngineArgs``) and calls vLLM's
+``init_app_state`` on a bare Starlette ``State`` — exactly what vLLM's API server does, minus the
+HTTP app. That yields ``OpenAIServingModels`` (adapter registry), ``OpenAIServingChat`` and
+``OpenAIServingCompletion`` (request models, chat templates, sampling params, streaming, usage and
+error shapes). Ray Serve LLM wires vLLM the same way.
+
+Adapters are loaded through ``OpenAIServingModels.load_lora_adapter`` (so ``request.model`` resolves
+to the LoRA) and evicted with ``unload_lora_adapter`` + ``AsyncLLM.remove_lora`` (vLLM's unload
+only forgets the name). ``AdapterLRU`` decides what is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from deployments.engines.adapter_lru import AdapterLRU, check_adapter_id
+from deployments.engines.base import (
+    Endpoint,
+    EngineConfig,
+    GenerateResult,
+    check_adapter,
+    error_body,
+)
+from studio.errors import StudioError, Unavailable
+
+logger = logging.getLogger("ray.serve")
+
+
+class VLLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self._client = None  # vllm.v1.engine.async_llm.AsyncLLM
+        self._models = self._chat = self._completion = None
+        self._adapters = AdapterLRU(config.max_loras, self._load, self._unload)
+
+    def engine_args(self):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        c = self.config
+        return AsyncEngineArgs(
+            model=c.model,
+            served_model_name=[c.name],
+            dtype=c.dtype,
+            max_model_len=c.max_model_len,
+            enable_lora=True,
+            max_loras=c.max_loras,
+            # vLLM's own CPU-side adapter cache: as large as ours, so a loaded adapter is resident.
+            max_cpu_loras=c.max_loras,
+            max_lora_rank=c.max_lora_rank,
+            max_num_seqs=c.max_num_seqs,
+            enforce_eager=c.enforce_eager,
+            gpu_memory_utilization=c.gpu_memory_utilization,
+            tensor_parallel_size=c.tensor_parallel_size,
+            seed=c.seed,
+        )
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        from starlette.datastructures import State
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.cli_args import FrontendArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        if current_platform.is_cpu() and self.config.kv_cache_space_gib:
+            # Read by the engine-core process this starts; vLLM's CPU default takes far more.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{self.config.kv_cache_space_gib:g}"
+        engine_args = self.engine_args()
+        try:
+            self._client = AsyncLLM.from_engine_args(engine_args)
+        except Exception as e:
+            # vLLM's config errors are pydantic dataclass errors that do not pickle across Ray.
+            raise Unavailable(f"vLLM could not start {self.config.model!r}: {e}",
+                              "check the model path and the engine config fields") from None
+        state = State()
+        args = argparse.Namespace(**(vars(FrontendArgs()) | vars(engine_args)))
+        tasks = await self._client.get_supported_tasks()
+        await init_app_state(self._client, state, args, supported_tasks=tasks)
+        self._models = state.openai_serving_models
+        self._chat = state.openai_serving_chat
+        self._completion = state.openai_serving_completion
+        if self._chat is None or self._completion is None:
+            raise StudioError(f"{self.config.model!r} does not generate text (tasks: {tasks})",
+                              "serve a causal language model")
+
+    async def generate(self, endpoint: Endpoint, request: dict[str, Any]) -> GenerateResult:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+        from vllm.entrypoints.serve import create_error_response
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        if self._client is None:
+            return error_body("the engine is not started", 503, "ServiceUnavailableError")
+        model_cls = ChatCompletionRequest if endpoint == "chat" else CompletionRequest
+        try:
+            parsed = model_cls.model_validate(request)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return error_body(f"{where}: {first['msg']}", 400, param=where or None)
+        try:
+            release = await self._adapters.acquire(parsed.model or "")
+        except StudioError as e:  # an evicted adapter could not be loaded again
+            return error_body(str(e), e.status_code, type(e).__name__, "model")
+        try:
+            if endpoint == "chat":
+                result = await self._chat.create_chat_completion(parsed, None)
+            else:
+                result = await self._completion.create_completion(parsed, None)
+        except Exception as e:  # noqa: BLE001 — vLLM's own mapping of exceptions to statuses
+            release()
+            return create_error_response(e).model_dump(mode="json")
+        if isinstance(result, ErrorResponse) or not isinstance(result, AsyncIterator):
+            release()
+            return result.model_dump(mode="json")
+        return _released_after(result, release)
+
+    async def add_adapter(self, adapter_id: str, path: str) -> None:
+        check_adapter_id(adapter_id, self.config.name)
+        if adapter_id not in self._adapters.registered:
+            await asyncio.to_thread(check_adapter, path, self.config)
+        await self._adapters.add(adapter_id, path)
+
+    async def remove_adapter(self, adapter_id: str) -> None:
+        await self._adapters.remove(adapter_id)
+
+    def list_adapters(self) -> list[dict[str, Any]]:
+        return self._adapters.describe()
+
+    async def _load(self, adapter_id: str, path: str) -> None:
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
+
+        result = await self._models.load_lora_adapter(
+            LoadLoRAAdapterRequest(lora_name=adapter_id, lora_path=path))
+        if isinstance(result, ErrorResponse):
+            raise StudioError(f"vLLM could not load adapter {adapter_id!r} from {path}: "
+                              f"{result.error.message}", "check the adapter directory")
+
+    async def _unload(self, adapter_id: str) -> None:
+        from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
+
+        lora = self._models.lora_requests.get(adapter_id)
+        if lora is None:
+            return
+        await self._models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=adapter_id))
+        await self._client.remove_lora(lora.lora_int_id)
+
+    async def health(self) -> None:
+        if self._client is None:
+            raise Unavailable("the vLLM engine is not started", "wait for the replica to start")
+        await self._client.check_health()
+
+    async def stats(self) -> dict[str, Any]:
+        started = self._client is not None
+        return {
+            "engine": "vllm",
+            "model": self.config.model,
+            "served_model_name": self.config.name,
+            "started": started,
+            "unfinished_requests": self._client.get_num_unfinished_requests() if started else 0,
+            "engine_lora_ids": sorted(await self._client.list_loras()) if started else [],
+            "adapters": self._adapters.stats(),
+        }
+
+    def shutdown(self) -> None:
+        if self._client is not None:
+            self._client.shutdown()
+            self._client = None
+
+
+async def _released_after(stream: AsyncIterator[str], release: Callable[[], None]):
+    """Relay vLLM's SSE stream; closing it early (client gone) aborts the request in vLLM."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        await stream.aclose()
+        release()

@@ -1,0 +1,156 @@
+"""ModelDeployment: one base model — an inference engine plus its LoRA adapters — as a Ray Serve
+deployment. The router calls it through a handle; nothing here speaks HTTP.
+
+Handle methods:
+
+* ``chat(request)`` / ``completions(request)``: OpenAI request bodies (``model`` = the base model's
+  served name or a loaded adapter id). Generators, so call them with
+  ``handle.options(stream=True)``: they yield either one ``dict`` — the whole JSON body, a response
+  or an OpenAI-shaped error whose ``error.code`` is the HTTP status — or, for an accepted
+  ``"stream": true`` request, the server-sent-event strings to relay as they are.
+* ``load_adapter(adapter_id, uri)``: fetch the adapter directory from the artifact store (any fsspec
+  URI) into a local cache, check it (files whole, same base model, rank within max_lora_rank), then
+  load it. A bad adapter raises a StudioError and leaves the engine and other adapters as they were.
+* ``unload_adapter(adapter_id)``, ``adapters()``, ``stats()``; ``check_health`` is Serve's probe.
+
+On a CPU machine the replica asks only for (fractional) logical CPUs: Ray here advertises more
+logical CPUs than cores, and the engine runs in processes vLLM starts next to the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from studio import stack  # noqa: F401, I001 — sets RAY_AUTH_MODE before Ray is imported (decisions)
+from ray import serve
+from ray.serve import Application
+
+from deployments.engines.base import Engine, EngineConfig, make_engine
+from studio.errors import StudioError
+from studio.models.adapters import fetch_adapter
+from studio.recipes import Spec
+from studio.settings import StudioSettings, settings_env
+
+logger = logging.getLogger("ray.serve")
+
+
+class AutoscalingSpec(Spec):
+    """Serve autoscaling of one model's replicas (each replica holds one engine)."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Replicas kept when idle.")
+    max_replicas: int = Field(default=1, ge=1, description="Replicas at most.")
+    target_ongoing_requests: float = Field(
+        default=8, gt=0, description="In-flight requests per replica Serve scales towards.")
+
+
+class ModelDeploymentConfig(Spec):
+    """One base model's deployment: its engine and how Serve places and scales it."""
+
+    engine: EngineConfig = Field(description="The inference engine and what it serves.")
+    num_replicas: int = Field(default=1, ge=1, description="Replicas, when not autoscaling.")
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None, description="Autoscale between min and max replicas (replaces num_replicas).")
+    num_cpus: float = Field(
+        default=1.0, gt=0, description="Logical CPUs a replica reserves; fractional is fine.")
+    num_gpus: float = Field(
+        default=0, ge=0, description="GPUs a replica reserves: 0 on CPU, tensor_parallel_size on GPU.")
+    max_ongoing_requests: int = Field(
+        default=32, ge=1, description="Requests one replica takes at once before Serve queues.")
+    adapter_cache_dir: str | None = Field(
+        default=None, description="Local directory adapters are fetched into; default "
+        "$STUDIO_HOME/cache/adapters.")
+
+    @model_validator(mode="after")
+    def _engine_has_its_device(self) -> ModelDeploymentConfig:
+        if self.engine.engine == "sglang" and self.num_gpus <= 0:
+            raise StudioError("an SGLang deployment reserves no GPU (num_gpus is 0)",
+                              "set num_gpus to the engine's tensor_parallel_size")
+        return self
+
+
+def deployment_name(base_model: str) -> str:
+    """A Serve deployment name per base model: readable, unique, no '/' (which Serve rejects)."""
+    tail = Path(base_model.rstrip("/")).name or "model"
+    return f"Model-{tail}-{hashlib.sha256(base_model.encode()).hexdigest()[:8]}"
+
+
+@serve.deployment(name="ModelDeployment", max_ongoing_requests=32, health_check_period_s=10,
+                  health_check_timeout_s=30, ray_actor_options={"num_cpus": 1})
+class ModelDeployment:
+    async def __init__(self, config: dict[str, Any]):
+        self.config = ModelDeploymentConfig.model_validate(config)
+        self._cache_dir = Path(self.config.adapter_cache_dir
+                               or StudioSettings().home_abs / "cache" / "adapters")
+        self.engine: Engine = make_engine(self.config.engine)
+        await self.engine.start()
+        logger.info("ModelDeployment serving %s on %s", self.config.engine.name,
+                    self.config.engine.engine)
+
+    async def chat(self, request: dict[str, Any]):
+        async for item in self._generate("chat", request):
+            yield item
+
+    async def completions(self, request: dict[str, Any]):
+        async for item in self._generate("completions", request):
+            yield item
+
+    async def _generate(self, endpoint, request):
+        result = await self.engine.generate(endpoint, request)
+        if isinstance(result, dict):
+            yield result
+            return
+        async for chunk in result:
+            yield chunk
+
+    async def load_adapter(self, adapter_id: str, uri: str) -> dict[str, Any]:
+        # Fetching blocks on I/O: keep it off the loop that streams tokens. The engine checks the
+        # files (whole, same base model, rank) before loading them.
+        path = await asyncio.to_thread(fetch_adapter, uri, self._cache_dir)
+        await self.engine.add_adapter(adapter_id, str(path))
+        logger.info("adapter %s loaded from %s", adapter_id, uri)
+        return {"id": adapter_id, "uri": uri, "path": str(path)}
+
+    async def unload_adapter(self, adapter_id: str) -> None:
+        await self.engine.remove_adapter(adapter_id)
+
+    def adapters(self) -> list[dict[str, Any]]:
+        return self.engine.list_adapters()
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.engine.stats()
+
+    async def check_health(self) -> None:
+        await self.engine.health()
+
+    def __del__(self):
+        # Serve calls this on scale-down and redeploys: stop vLLM's engine processes with us.
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+
+
+def build_model_deployment(config: ModelDeploymentConfig | dict[str, Any],
+                           name: str | None = None) -> Application:
+    """The bound deployment for one base model (the router binds one per base model)."""
+    cfg = ModelDeploymentConfig.model_validate(config)
+    model = Path(cfg.engine.model).expanduser()
+    if model.exists():  # replicas run in another cwd
+        cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(
+            update={"model": str(model.resolve())})})
+    options: dict[str, Any] = {
+        "name": name or deployment_name(cfg.engine.name),
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
+                              "runtime_env": {"env_vars": settings_env(StudioSettings())}},
+    }
+    if cfg.autoscaling:
+        options["autoscaling_config"] = cfg.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = cfg.num_replicas
+    return ModelDeployment.options(**options).bind(cfg.model_dump())

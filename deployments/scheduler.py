@@ -1,0 +1,66 @@
+"""JobScheduler: the always-on half of training. One small replica runs ``reconcile_once`` every
+``interval_s`` in a background task; the training itself runs as Ray Jobs, never in Serve, so a
+crashing job cannot take the ingress (or this replica) down with it.
+
+It keeps no state of its own (see ``studio.jobs.scheduler``): Serve may restart it at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ray import serve
+
+from studio.jobs import ray_jobs
+from studio.jobs.scheduler import SchedulerConfig, reconcile_once
+from studio.settings import StudioSettings
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(name="JobScheduler", num_replicas=1, max_ongoing_requests=16,
+                  ray_actor_options={"num_cpus": 0.05})
+class JobScheduler:
+    async def __init__(self, config: dict[str, Any] | None = None):
+        self._config = SchedulerConfig.model_validate(config or {})
+        self._settings = StudioSettings()  # from the STUDIO_* env vars build_app forwards
+        self._client = None
+        self._passes = 0
+        self._last_pass_at: float | None = None
+        self._last_error: str | None = None
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                # Blocking HTTP and SQL: off the replica's event loop, which answers health checks.
+                report = await asyncio.to_thread(self._pass)
+                self._last_error = "; ".join(report.errors) or None
+                if report.changed():
+                    logger.info("scheduler pass: %s", report)
+            except Exception as e:  # noqa: BLE001 — the loop must outlive any one bad pass
+                self._last_error = f"{type(e).__name__}: {e}"
+                self._client = None  # reconnect: the cluster's Jobs API may have moved
+                logger.exception("scheduler pass failed; retrying in %.1f s", self._config.interval_s)
+            self._passes += 1
+            self._last_pass_at = time.time()
+            await asyncio.sleep(self._config.interval_s)
+
+    def _pass(self):
+        if self._client is None:
+            self._client = ray_jobs.jobs_client(self._settings, self._config.ray_address)
+        return reconcile_once(self._settings, self._client, self._config)
+
+    async def status(self) -> dict[str, Any]:
+        return {"alive": not self._task.done(), "passes": self._passes, "last_pass_at": self._last_pass_at,
+                "last_error": self._last_error, "interval_s": self._config.interval_s,
+                "max_concurrent_jobs": self._config.max_concurrent_jobs}
+
+    def check_health(self) -> None:
+        # Serve replaces the replica when the loop has died (it only ends on a bug).
+        if self._task.done():
+            why = "cancelled" if self._task.cancelled() else repr(self._task.exception())
+            raise RuntimeError(f"the reconcile loop stopped: {why}")

@@ -1,0 +1,89 @@
+"""/api/jobs: queue a training job (TrainSpec body), list, show, cancel, logs, metrics.
+
+Wrong input is refused before a job exists: an unknown field or a wrong type is a 422 naming the
+field; preflight (model, dataset and its kind, GPUs) is a 400 problem naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from studio.api.deps import KeyDep, SessionDep, SettingsDep
+from studio.errors import StudioError
+from studio.jobs import ray_jobs
+from studio.jobs.follow import FollowEvent, follow_job
+from studio.jobs.queue import (enqueue_train_job, get_job, job_detail, job_summary, list_jobs,
+                               metrics_by_key, request_cancel)
+from studio.jobs.status import JobStatus
+from studio.train.spec import TrainSpec
+
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=201)
+def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep) -> dict:
+    """Queue a training job. The body has the fields of a `configs/train/*.yaml` recipe. The job
+    starts when the scheduler (in the running studio) picks it up, within about a second."""
+    job = enqueue_train_job(session, spec, submitted_by=key.name, cluster_gpus=ray_jobs.cluster_gpus())
+    return job_detail(session, job)
+
+
+@router.get("")
+def get_jobs(_: KeyDep, session: SessionDep,
+             status: Annotated[list[JobStatus] | None, Query(description="Only these statuses (repeatable).")] = None,
+             limit: Annotated[int, Query(ge=1, le=500)] = 100,
+             offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
+    """Jobs, newest first."""
+    return [job_summary(j) for j in list_jobs(session, status, limit, offset)]
+
+
+@router.get("/{job_id}")
+def get_one_job(job_id: int, _: KeyDep, session: SessionDep) -> dict:
+    """A job with its spec, result, progress and every status change (events)."""
+    return job_detail(session, get_job(session, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202)
+def cancel_job(job_id: int, key: KeyDep, session: SessionDep) -> dict:
+    """Cancel: queued or retrying jobs are CANCELLED at once; a job on Ray is stopped by the
+    scheduler within a tick (202: watch the status). 409 when there is nothing left to cancel."""
+    return job_summary(request_cancel(session, job_id, key.name))
+
+
+@router.get("/{job_id}/metrics")
+def get_metrics(job_id: int, _: KeyDep, session: SessionDep) -> dict:
+    """Per-step metrics grouped by key (loss, learning_rate, …): one series per chart."""
+    return {"job_id": job_id, "metrics": metrics_by_key(session, job_id)}
+
+
+@router.get("/{job_id}/logs", response_model=None)
+def get_logs(job_id: int, _: KeyDep, session: SessionDep, settings: SettingsDep,
+             follow: Annotated[bool, Query(description="Stream Server-Sent Events until the job is done.")] = False,
+             attempt: Annotated[int | None, Query(ge=1, description="An earlier attempt; default: the latest.")] = None,
+             ) -> dict | StreamingResponse:
+    """The Ray job logs of an attempt. With ``follow=true``: ``text/event-stream`` of ``status``,
+    ``progress``, ``log`` and finally ``end`` events (``error`` if Ray stops answering)."""
+    job = get_job(session, job_id)
+    if follow:
+        # The stream may last hours: end this request's transaction now rather than hold it
+        # (and on SQLite, the write lock of the key's last_used_at) until the stream closes.
+        session.commit()
+        return StreamingResponse(_sse(settings, job_id), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    sid = ray_jobs.submission_id(job_id, attempt) if attempt else job.ray_submission_id
+    out = {"job_id": job_id, "status": job.status, "attempt": attempt or job.attempts, "submission_id": sid}
+    if sid is None:
+        return {**out, "logs": "", "note": f"job {job_id} is {job.status} and has not been submitted to Ray yet"}
+    return {**out, "logs": ray_jobs.job_logs(ray_jobs.jobs_client(settings), sid)}
+
+
+def _sse(settings, job_id: int) -> Iterator[str]:
+    try:
+        for event in follow_job(settings, job_id, logs_client=lambda: ray_jobs.jobs_client(settings)):
+            yield event.sse()
+    except StudioError as e:
+        yield FollowEvent("error", {"detail": e.problem, "fix": e.fix}).sse()

@@ -1,0 +1,118 @@
+"""What the API and the CLI share about jobs: enqueue a checked training job, cancel, list, show.
+
+Both front doors only touch the database; the scheduler (a Serve deployment of ``studio up``)
+takes QUEUED jobs to Ray. So a job can be queued while the studio is down and starts when it is up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from studio.errors import Conflict, NotFound
+from studio.jobs.status import JobStatus, create_job, transition, will_retry
+from studio.store.models import Job, JobEvent, JobMetric
+from studio.train.preflight import preflight
+from studio.train.spec import TrainSpec
+
+
+def enqueue_train_job(session: Session, spec: TrainSpec, submitted_by: str | None, *,
+                      cluster_gpus: float | None = None) -> Job:
+    """Preflight the spec (raises ``StudioError`` naming the problem; nothing is created), then
+    store it QUEUED.
+
+    The stored spec pins what preflight resolved: the dataset as ``name@N`` (a version ingested
+    later does not change what this job — or its retries — trains on) and the base model as an
+    absolute path (Ray workers run in another working directory).
+    """
+    inputs = preflight(spec, session, cluster_gpus=cluster_gpus)
+    pinned = spec.model_copy(deep=True)
+    pinned.base_model = inputs.base_model
+    pinned.data.dataset = inputs.dataset_ref
+    return create_job(session, name=spec.name, spec=pinned.model_dump(mode="json", by_alias=True),
+                      max_retries=spec.max_retries, submitted_by=submitted_by)
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist", "see `studio jobs ls` (or GET /api/jobs)")
+    return job
+
+
+def request_cancel(session: Session, job_id: int, by: str | None) -> Job:
+    """Cancel a job. QUEUED and RETRYING jobs have nothing running on Ray and are CANCELLED now;
+    STARTING/RUNNING/CHECKPOINTING ones are marked, and the scheduler stops their Ray job and
+    records CANCELLED within a tick. A FAILED job with retries left is kept from retrying."""
+    job = get_job(session, job_id)
+    status = JobStatus(job.status)
+    who = f" by {by}" if by else ""
+    if status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED) or (status is JobStatus.FAILED and not will_retry(job)):
+        raise Conflict(f"job {job_id} is already {status} and has nothing left to cancel",
+                       "cancel only jobs that are queued, running or waiting to retry")
+    job.cancel_requested = True
+    # A QUEUED job with a submission id is a `ray job submit … --recipe` driver already on Ray:
+    # the scheduler stops it like a running one.
+    if status is JobStatus.RETRYING or (status is JobStatus.QUEUED and job.ray_submission_id is None):
+        transition(session, job_id, JobStatus.CANCELLED, f"cancelled{who} before it ran")
+    session.flush()
+    return job
+
+
+def list_jobs(session: Session, statuses: list[str] | None = None, limit: int = 100,
+              offset: int = 0) -> list[Job]:
+    stmt = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
+    if statuses:
+        stmt = stmt.where(Job.status.in_([JobStatus(s).value for s in statuses]))
+    return list(session.scalars(stmt))
+
+
+def latest_step(session: Session, job: Job) -> int | None:
+    """Highest step the current attempt reported in ``job_metrics`` (drives progress bars)."""
+    return session.scalar(select(func.max(JobMetric.step)).where(
+        JobMetric.job_id == job.id, JobMetric.attempt == max(job.attempts, 1)))
+
+
+def total_steps(job: Job) -> int | None:
+    """Steps the run will take: what the entrypoint recorded (``result.total_steps``), else the
+    spec's ``hyper.max_steps``; None when only the run itself can tell."""
+    recorded = (job.result or {}).get("total_steps")
+    if isinstance(recorded, int) and recorded > 0:
+        return recorded
+    return ((job.spec or {}).get("hyper") or {}).get("max_steps")
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    spec = job.spec or {}
+    return {
+        "id": job.id, "kind": job.kind, "name": job.name, "method": spec.get("method"),
+        "status": job.status, "attempts": job.attempts, "max_retries": job.max_retries,
+        "cancel_requested": job.cancel_requested, "submitted_by": job.submitted_by,
+        "ray_submission_id": job.ray_submission_id, "error": job.error,
+        "created_at": job.created_at.isoformat(), "updated_at": job.updated_at.isoformat(),
+        "next_attempt_at": job.next_attempt_at.isoformat() if job.next_attempt_at else None,
+    }
+
+
+def job_detail(session: Session, job: Job) -> dict[str, Any]:
+    events = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id))
+    return {
+        **job_summary(job), "spec": job.spec, "result": job.result, "checkpoint_uri": job.checkpoint_uri,
+        "mlflow_run_id": job.mlflow_run_id, "step": latest_step(session, job), "total_steps": total_steps(job),
+        "events": [{"at": e.at.isoformat(), "from": e.from_status, "to": e.to_status, "reason": e.reason}
+                   for e in events],
+    }
+
+
+def metrics_by_key(session: Session, job_id: int) -> dict[str, list[dict[str, Any]]]:
+    """``job_metrics`` rows as one series per key (chart-ready), ordered by attempt then step."""
+    get_job(session, job_id)
+    rows = session.scalars(select(JobMetric).where(JobMetric.job_id == job_id)
+                           .order_by(JobMetric.key, JobMetric.attempt, JobMetric.step, JobMetric.id))
+    series: dict[str, list[dict[str, Any]]] = {}
+    for m in rows:
+        series.setdefault(m.key, []).append({"step": m.step, "value": m.value, "attempt": m.attempt,
+                                             "at": m.at.isoformat()})
+    return series

@@ -1,0 +1,283 @@
+"""The reconcile loop: the ``jobs`` table ⇄ Ray Jobs.
+
+``reconcile_once(settings, client)`` looks at the database and at Ray, and moves every job one step
+towards where it should be. It keeps no state of its own between calls — the database and Ray's
+record of each deterministic submission id (``studio-job-{id}-a{attempt}``) are the whole truth — so
+a scheduler that restarts, or two that briefly overlap during a redeploy, lose and duplicate nothing:
+
+1. cancel   cancel_requested + QUEUED/STARTING/RUNNING/CHECKPOINTING/RETRYING → CANCELLED; a Ray job
+            of the attempt is stopped while the row is still locked, so the dying entrypoint cannot
+            record FAILED over the cancel.
+2. poll     STARTING/RUNNING/CHECKPOINTING: Ray says FAILED/STOPPED/SUCCEEDED but the row is still
+            active → the process died without recording: FAILED with the tail of its logs. Ray has
+            no record of a STARTING attempt → the submit was lost (crash between commit and
+            submit, or a new cluster): submit it again under the same id.
+3. retry    FAILED + ``will_retry`` → RETRYING, ``next_attempt_at`` = now + backoff (doubling).
+4. start    RETRYING whose time has come, then QUEUED (oldest first) → STARTING: attempts += 1, the
+            row is committed first, then ``submit_job`` — "already exists" means an earlier
+            scheduler got there first, and the submission is adopted. A QUEUED row that already
+            has a submission id belongs to a driver on Ray (``ray job submit … --recipe``): polled
+            and cancellable, never started.
+
+Everything the training run does in between (STARTING → RUNNING ⇄ CHECKPOINTING → SUCCEEDED, or
+FAILED on a Python error) is recorded by the entrypoint itself, ``python -m studio.train.run --job-id N``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import requests
+from pydantic import Field
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from studio.errors import StudioError
+from studio.jobs import ray_jobs
+from studio.jobs.status import JobStatus, transition, will_retry
+from studio.recipes import Spec
+from studio.settings import StudioSettings, settings_env
+from studio.store.db import session_scope
+from studio.store.models import Job, utcnow
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
+
+logger = logging.getLogger(__name__)
+
+ON_RAY = (JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CHECKPOINTING)
+CANCELLABLE = (JobStatus.QUEUED, *ON_RAY, JobStatus.RETRYING)
+POLLED = (JobStatus.QUEUED, *ON_RAY)  # QUEUED: only rows a driver on Ray created (see below)
+
+
+class SchedulerConfig(Spec):
+    """How the scheduler submits and retries jobs (the ``scheduler`` section of the Serve config)."""
+
+    interval_s: float = Field(default=1.0, gt=0, description="Seconds between two reconcile passes.")
+    retry_backoff_s: float = Field(
+        default=10.0, ge=0, description="Wait before the first retry; doubles with every further attempt.")
+    retry_backoff_max_s: float = Field(default=300.0, ge=0, description="Longest wait between attempts.")
+    max_concurrent_jobs: int | None = Field(
+        default=None, ge=1,
+        description="Jobs on Ray at once (STARTING/RUNNING/CHECKPOINTING); the rest wait QUEUED, "
+        "oldest first. Unset: no limit (Ray queues by resources).")
+    python: str | None = Field(
+        default=None,
+        description="Python that runs the entrypoint on the cluster; default: the scheduler's own "
+        "interpreter, which is the one Ray runs and studio is installed in.")
+    entrypoint_module: str = Field(
+        default="studio.train.run", description="Module run as `python -m MODULE --job-id N`.")
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra Ray runtime_env for every job. Locally nothing is needed (studio is "
+        "installed in the venv Ray runs). On a cluster whose nodes lack studio, ship it: "
+        "{working_dir: 's3://bucket/studio.zip'} or {pip: ['llm-studio==X']}. env_vars merge with "
+        "the STUDIO_* ones, which win so the job opens the scheduler's database.")
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray Jobs API address; default: the cluster the scheduler runs in.")
+
+
+@dataclass
+class TickReport:
+    """What one pass did: submission ids submitted or adopted, job ids moved, and per-job errors
+    (left for the next pass to retry)."""
+
+    submitted: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    retrying: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def changed(self) -> bool:
+        return any((self.submitted, self.adopted, self.failed, self.retrying, self.cancelled, self.errors))
+
+
+# A pass must not stop at one bad job: Ray or the database may be briefly unreachable, or the
+# entrypoint may move a job between our read and our write (IllegalTransition is a StudioError).
+_PER_JOB_ERRORS = (RuntimeError, ConnectionError, requests.RequestException, SQLAlchemyError, StudioError)
+
+
+def reconcile_once(settings: StudioSettings, client: JobSubmissionClient,
+                   config: SchedulerConfig | None = None, *, now: datetime | None = None) -> TickReport:
+    config = config or SchedulerConfig()
+    now = now or utcnow()
+    report = TickReport()
+
+    def each(ids: list[int], step) -> None:
+        for job_id in ids:
+            try:
+                step(job_id)
+            except _PER_JOB_ERRORS as e:
+                report.errors.append(f"job {job_id}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                logger.warning("scheduler: job %s: %s", job_id, e)
+
+    ctx = _Pass(settings, client, config, now, report)
+    each(_ids(settings, Job.cancel_requested.is_(True), Job.status.in_(CANCELLABLE)), ctx.cancel)
+    each(_ids(settings, Job.status.in_(POLLED), Job.ray_submission_id.is_not(None)), ctx.poll)
+    each(_ids(settings, Job.status == JobStatus.FAILED, Job.cancel_requested.is_(False),
+              Job.attempts <= Job.max_retries), ctx.schedule_retry)
+    each(_ids(settings, Job.status == JobStatus.RETRYING, Job.cancel_requested.is_(False)),
+         lambda i: ctx.start(i, JobStatus.RETRYING))
+    # A QUEUED row with a submission id was made by a driver already on Ray (`ray job submit --
+    # python -m studio.train.run --recipe …`, which claims it itself): never start it twice.
+    each(_ids(settings, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False),
+              Job.ray_submission_id.is_(None)), lambda i: ctx.start(i, JobStatus.QUEUED))
+    return report
+
+
+def _ids(settings: StudioSettings, *where) -> list[int]:
+    with session_scope(settings.db_url) as s:
+        return list(s.scalars(select(Job.id).where(*where).order_by(Job.id)))
+
+
+@dataclass
+class _Pass:
+    settings: StudioSettings
+    client: JobSubmissionClient
+    config: SchedulerConfig
+    now: datetime
+    report: TickReport
+
+    def cancel(self, job_id: int) -> None:
+        with session_scope(self.settings.db_url) as s:
+            job = s.get(Job, job_id)
+            if job is None or not job.cancel_requested or JobStatus(job.status) not in CANCELLABLE:
+                return
+            sid = job.ray_submission_id if JobStatus(job.status) in POLLED else None
+            transition(s, job_id, JobStatus.CANCELLED, f"cancelled on request while {job.status}"
+                       + (f"; Ray job {sid} stopped" if sid else ""))
+            if sid:
+                # Inside the transaction on purpose: the row stays locked (PostgreSQL row lock,
+                # SQLite write lock) until Ray has the stop, so the entrypoint, killed mid-write,
+                # finds CANCELLED and cannot record FAILED over it. If Ray does not answer, the
+                # rollback keeps the request for the next pass.
+                ray_jobs.stop(self.client, sid)
+        self.report.cancelled.append(job_id)
+
+    def poll(self, job_id: int) -> None:
+        with session_scope(self.settings.db_url) as s:
+            sid = s.get(Job, job_id).ray_submission_id
+        # Ask Ray first, then re-read the row: an entrypoint commits its last state before it
+        # exits, so a row still active after Ray reports the end really was left behind.
+        info = ray_jobs.job_info(self.client, sid)
+        ended = info is not None and info.status.is_terminal()
+        logs = ray_jobs.tail(ray_jobs.job_logs(self.client, sid)) if ended else ""
+        resubmit = False
+        with session_scope(self.settings.db_url) as s:
+            job = s.get(Job, job_id)
+            if JobStatus(job.status) not in POLLED or job.ray_submission_id != sid:
+                return
+            ours = sid == ray_jobs.submission_id(job_id, job.attempts)
+            if info is None and job.status == JobStatus.STARTING and ours:
+                resubmit = True
+            elif info is None:
+                transition(s, job_id, JobStatus.FAILED,
+                           f"Ray has no record of {sid} while the job was {job.status}: the Ray "
+                           "cluster was restarted or the job deleted, and the run is lost")
+            elif ended:
+                if info.status == "STOPPED":
+                    # Stopped outside the studio (`ray job stop`): honour it as a cancel, no retries.
+                    job.cancel_requested = True
+                ray_said = (info.message or "").strip().splitlines()[:1]
+                what = ("exited 0 without recording SUCCEEDED" if info.status == "SUCCEEDED"
+                        else f"ended {info.status}: {ray_said[0] if ray_said else 'no message'}")
+                transition(s, job_id, JobStatus.FAILED,
+                           f"Ray job {sid} {what} (job was {job.status})\n--- last log lines ---\n{logs}")
+            if JobStatus(job.status) is JobStatus.FAILED:
+                self.report.failed.append(job_id)
+        if resubmit:
+            self._submit(job_id, sid, lost=True)
+
+    def schedule_retry(self, job_id: int) -> None:
+        with session_scope(self.settings.db_url) as s:
+            job = s.get(Job, job_id)
+            if not will_retry(job):
+                return
+            delay = min(self.config.retry_backoff_max_s,
+                        self.config.retry_backoff_s * 2 ** max(job.attempts - 1, 0))
+            resume = (f", resuming from {job.checkpoint_uri}" if job.checkpoint_uri
+                      else ", from the start (no checkpoint yet)")
+            transition(s, job_id, JobStatus.RETRYING,
+                       f"attempt {job.attempts} failed; attempt {job.attempts + 1} of {job.max_retries + 1} "
+                       f"in {delay:g} s{resume}")
+            job.next_attempt_at = self.now + timedelta(seconds=delay)
+        self.report.retrying.append(job_id)
+
+    def start(self, job_id: int, expected: JobStatus) -> None:
+        with session_scope(self.settings.db_url) as s:
+            job = s.get(Job, job_id)
+            if job.status != expected.value or job.cancel_requested:
+                return
+            if job.next_attempt_at is not None and job.next_attempt_at > self.now:
+                return
+            if self.config.max_concurrent_jobs is not None:
+                on_ray = s.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ON_RAY)))
+                if on_ray >= self.config.max_concurrent_jobs:
+                    return
+            previous = job.ray_submission_id
+        if previous:
+            # Never two attempts at once (they would share checkpoints): an entrypoint that
+            # recorded FAILED may still be exiting.
+            info = ray_jobs.job_info(self.client, previous)
+            if info is not None and not info.status.is_terminal():
+                ray_jobs.stop(self.client, previous)
+                return
+        with session_scope(self.settings.db_url) as s:
+            job = s.get(Job, job_id)
+            if job.status != expected.value or job.cancel_requested:
+                return  # cancelled while we looked at Ray
+            attempt = job.attempts + 1
+            sid = ray_jobs.submission_id(job_id, attempt)
+            resume = f", resuming from {job.checkpoint_uri}" if job.checkpoint_uri else ""
+            transition(s, job_id, JobStatus.STARTING, f"attempt {attempt}: submitting Ray job {sid}{resume}")
+            # A new attempt: the last one's error stays in its FAILED event, not on the job.
+            job.attempts, job.ray_submission_id, job.next_attempt_at, job.error = attempt, sid, None, None
+        self._submit(job_id, sid)
+
+    def _submit(self, job_id: int, sid: str, lost: bool = False) -> None:
+        """Submit the attempt the row already records. Runs after that row is committed, so a
+        crash in between leaves a STARTING job whose id Ray does not know — `poll` resubmits it."""
+        try:
+            self.client.submit_job(entrypoint=entrypoint(self.config, job_id), submission_id=sid,
+                                   runtime_env=job_runtime_env(self.settings, self.config),
+                                   metadata={"studio_job_id": str(job_id)})
+        except (RuntimeError, ValueError, TypeError) as e:
+            # ValueError/TypeError: the client rejected the runtime_env before sending anything.
+            if isinstance(e, RuntimeError) and ray_jobs.already_submitted(e):
+                self.report.adopted.append(sid)
+                return
+            if isinstance(e, RuntimeError) and not ray_jobs.refused(e):
+                # 5xx ("No available agent to submit job, please try again later" while the head
+                # warms up) or no answer: the row stays STARTING with an id Ray does not know,
+                # and the next pass's poll submits it again.
+                raise
+            # Refused (4xx, or a runtime_env the client rejects): sending it again cannot help.
+            with session_scope(self.settings.db_url) as s:
+                job = s.get(Job, job_id)
+                if job.status == JobStatus.STARTING and job.ray_submission_id == sid:
+                    transition(s, job_id, JobStatus.FAILED, f"Ray refused submission {sid}: {str(e)[:2000]}")
+                    self.report.failed.append(job_id)
+            return
+        self.report.submitted.append(sid)
+        if lost:
+            logger.info("scheduler: resubmitted %s (Ray had no record of it)", sid)
+
+
+def entrypoint(config: SchedulerConfig, job_id: int) -> str:
+    python = config.python or sys.executable
+    return f"{shlex.quote(python)} -m {config.entrypoint_module} --job-id {job_id}"
+
+
+def job_runtime_env(settings: StudioSettings, config: SchedulerConfig) -> dict[str, Any]:
+    env = {k: v for k, v in config.runtime_env.items() if k != "env_vars"}
+    auth = {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]} if os.environ.get("RAY_AUTH_MODE") else {}
+    env["env_vars"] = {**(config.runtime_env.get("env_vars") or {}), **auth, **settings_env(settings)}
+    return env

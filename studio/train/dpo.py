@@ -1,0 +1,48 @@
+"""Direct preference optimization with TRL's ``DPOTrainer`` on one Ray Train worker.
+
+Preference rows (prompt, chosen, rejected) become TRL's conversational preference format, so the
+chat template is applied as at inference. The reference model is the base model itself: with LoRA
+and QLoRA, TRL computes reference log-probs with the adapter disabled (no second copy in memory);
+with ``adapter: full`` it loads a frozen copy of the base.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from studio.train import common
+from studio.train.worker import WorkerJob
+
+
+def preference_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": [{"role": "user", "content": row["prompt"]}],
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}]}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    from trl import DPOConfig, DPOTrainer
+
+    job = WorkerJob(**config)
+    spec = job.train_spec
+
+    tokenizer = common.load_tokenizer(job.base_model)
+    rows = common.load_rows(job)
+    dataset = common.to_dataset([preference_row(r) for r in rows])
+
+    args = common.training_args(
+        DPOConfig, job, len(rows),
+        max_length=spec.hyper.max_seq_length,
+        beta=spec.dpo.beta,
+        loss_type=[spec.dpo.loss_type],
+    )
+    trainer = DPOTrainer(
+        model=job.base_model,
+        ref_model=None,  # LoRA: adapter disabled; full: TRL loads a frozen copy of the base
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=common.lora_config(spec),
+        quantization_config=common.quantization_config(spec),
+    )
+    common.fit(trainer, job)

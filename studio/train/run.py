@@ -1,0 +1,332 @@
+"""The training job entrypoint, a Ray Job driver. Two ways in:
+
+    python -m studio.train.run --job-id 12                                  # the scheduler
+    python -m studio.train.run --recipe configs/train/sft_reverse_tiny.yaml lora.r=16   # by hand /
+    ray job submit --working-dir . -- python -m studio.train.run --recipe configs/train/X.yaml
+
+Flow: job row (read, or created for a recipe) → preflight (a bad job fails here, before Ray) →
+STARTING → RUNNING: Ray Train ``TorchTrainer`` running the method's runner (``sft.py``, ``cpt.py``,
+``dpo.py``) → CHECKPOINTING: copy the final adapter into the artifact store, log it to MLflow,
+evaluate (``eval_after``), register a model version with lineage → SUCCEEDED. Any error → FAILED
+with a one-line reason; retries are the scheduler's decision, and a retry resumes from the job's
+latest Ray Train checkpoint (same storage path and run name).
+"""
+
+from __future__ import annotations
+
+# First: the stack module sets RAY_AUTH_MODE before anything imports ray (the local head uses tokens).
+from studio import stack  # isort: skip
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from studio.errors import NotFound, StudioError
+from studio.jobs.status import IllegalTransition, JobStatus, create_job, transition
+from studio.recipes import load_recipe
+from studio.registry.versions import register_version
+from studio.settings import StudioSettings
+from studio.store.artifacts import ArtifactStore
+from studio.store.db import init_db, session_scope
+from studio.store.models import Job
+from studio.train import tracking
+from studio.train.worker import FINAL_DIR, RUNNERS, WorkerJob, train_loop_per_worker
+from studio.train.preflight import ResolvedInputs, preflight
+from studio.train.spec import TrainSpec
+
+EXIT_FAILED, EXIT_REFUSED = 1, 2
+
+
+def say(msg: str) -> None:
+    print(f"[studio.train] {msg}", flush=True)  # a Ray Job's log is its driver's stdout
+
+
+# ---------------------------------------------------------------- the job row
+
+def absolute_model_path(name: str, settings: StudioSettings) -> str:
+    """Ray workers run in another cwd, so a relative model path is made absolute here: against the
+    cwd, else against the directory holding STUDIO_HOME (a ``ray job submit --working-dir .`` driver
+    runs in a copy of the repo that lacks the git-ignored ``.studio/``). Hub ids pass unchanged."""
+    path = Path(name).expanduser()
+    if path.is_absolute() or not (name.startswith(".") or path.exists()):
+        return name
+    for root in (Path.cwd(), settings.home_abs.parent):
+        if (root / path).exists():
+            return str((root / path).resolve())
+    return str((Path.cwd() / path).resolve())  # preflight names the missing path
+
+
+def job_from_recipe(settings: StudioSettings, recipe: str, overrides: list[str]) -> int:
+    spec = load_recipe(recipe, TrainSpec, overrides)
+    spec.base_model = absolute_model_path(spec.base_model, settings)
+    with session_scope(settings.db_url) as s:
+        job = create_job(s, name=spec.name, spec=spec.model_dump(mode="json", by_alias=True),
+                         max_retries=spec.max_retries, submitted_by="ray job submit")
+        job.ray_submission_id = ray_submission_id()
+        return job.id
+
+
+def ray_submission_id() -> str | None:
+    """The Ray Job's submission id when this driver runs as one (Ray passes its metadata in env)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    try:
+        return (json.loads(raw).get("metadata") or {}).get("job_submission_id") if raw else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def load_job(settings: StudioSettings, job_id: int) -> tuple[TrainSpec, JobStatus]:
+    with session_scope(settings.db_url) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} does not exist", "see `studio jobs ls`")
+        status = JobStatus(job.status)
+        if status not in (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.STARTING):
+            raise StudioError(f"job {job_id} is {status}; only a QUEUED, RETRYING or STARTING job can start",
+                              "submit a new job, or let the scheduler retry a failed one")
+        spec = TrainSpec.model_validate(job.spec)
+        spec.base_model = absolute_model_path(spec.base_model, settings)
+        return spec, status
+
+
+def fail(settings: StudioSettings, job_id: int, reason: str, *, stage: str) -> None:
+    """FAILED with the reason, unless the job already ended (e.g. CANCELLED while we ran).
+    ``stage`` tells the scheduler whether a retry can help: a preflight failure never does."""
+    with session_scope(settings.db_url) as s:
+        job = s.get(Job, job_id)
+        if job is None or JobStatus(job.status).is_terminal():
+            return
+        transition(s, job_id, JobStatus.FAILED, reason)
+        job.result = {**(job.result or {}), "error": {"stage": stage, "retryable": stage != "preflight"}}
+    say(f"job {job_id} FAILED: {reason}")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line: a StudioError as is; for a worker's crash, the last ``SomeError: message`` line of
+    its traceback (Ray wraps it in TrainingFailedError / WorkerGroupError)."""
+    inner = exc
+    failures = getattr(exc, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+    if isinstance(inner, StudioError):
+        return str(inner)
+    lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
+    pattern = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
+    last = next((ln for ln in reversed(lines) if pattern.match(ln)), lines[-1] if lines else "")
+    return f"{type(exc).__name__}: {last or type(inner).__name__}"[:1000]
+
+
+# ---------------------------------------------------------------- Ray
+
+def connect_ray(settings: StudioSettings) -> None:
+    """Join the cluster (RAY_ADDRESS, set inside a Ray Job, or the studio's head), else start a
+    local one for this process that advertises ``ray_num_cpus`` (2 cores cannot place 2 workers
+    and their controller otherwise)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = stack.ray_address(settings)
+    if address:
+        ray.init(address=address, logging_level="ERROR")
+    else:
+        # "local": never join a stray cluster recorded in /tmp/ray by another process.
+        # The dashboard serves the state API Train V2's placement-group cleaner polls.
+        ray.init(address="local", num_cpus=settings.ray_num_cpus, include_dashboard=True, logging_level="ERROR")
+
+
+def cluster_gpus_before_ray(spec: TrainSpec, settings: StudioSettings) -> float | None:
+    """GPUs known without connecting: a local Ray started here sees this machine's GPUs."""
+    if not spec.resources.use_gpu or stack.ray_address(settings):
+        return None
+    import torch
+
+    return float(torch.cuda.device_count())
+
+
+def make_checkpoint_recorder(db_url: str, job_id: int):
+    from ray.train.v2.api.callback import UserCallback
+
+    class RecordCheckpoint(UserCallback):
+        """Runs on the Ray Train controller: each persisted checkpoint becomes ``job.checkpoint_uri``."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if checkpoint is None:
+                return
+            kind = checkpoint.filesystem.type_name if checkpoint.filesystem is not None else "local"
+            uri = checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
+            with session_scope(db_url) as s:
+                s.get(Job, job_id).checkpoint_uri = uri
+
+    return RecordCheckpoint()
+
+
+def train_on_ray(settings: StudioSettings, spec: TrainSpec, job_id: int, worker_config: dict[str, Any]):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    r = spec.resources
+    resources = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=worker_config,
+        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
+        run_config=RunConfig(
+            # Same name and storage path on every attempt: Ray restores the run's checkpoints.
+            name=f"job-{job_id}",
+            storage_path=ray_storage_path(settings, job_id),
+            failure_config=FailureConfig(max_failures=r.max_worker_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+            callbacks=[make_checkpoint_recorder(settings.db_url, job_id)],
+            # Train V2 patches print() into its logger, which defeats dill's stdout capture: the
+            # datasets fingerprinting would dump function bytecode into every worker's log.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        ),
+    )
+    return trainer.fit()
+
+
+def ray_storage_path(settings: StudioSettings, job_id: int) -> str:
+    store = ArtifactStore(settings.artifacts)
+    key = f"jobs/{job_id}/ray"
+    return store.path(key) if store.protocol == "file" else store.uri(key)
+
+
+# ---------------------------------------------------------------- the run
+
+def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec, status: JobStatus) -> int:
+    t0 = time.monotonic()
+    # 1. preflight, before any Ray Train worker exists
+    try:
+        if spec.method not in RUNNERS:
+            raise StudioError(f"the {spec.method} runner is not available yet",
+                              f"use one of {', '.join(sorted(RUNNERS))}")
+        with session_scope(settings.db_url) as s:
+            inputs = preflight(spec, s, cluster_gpus=cluster_gpus_before_ray(spec, settings))
+            if status is not JobStatus.STARTING:  # by hand or a recipe: the scheduler did not claim it
+                transition(s, job_id, JobStatus.STARTING, "training entrypoint started")
+                s.get(Job, job_id).attempts += 1
+            job = s.get(Job, job_id)
+            job.attempts = max(job.attempts, 1)
+            attempt, mlflow_run_id = job.attempts, job.mlflow_run_id
+    except StudioError as e:
+        fail(settings, job_id, f"preflight: {e}", stage="preflight")
+        return EXIT_REFUSED
+    say(f"job {job_id} attempt {attempt}: {spec.method} {spec.adapter} on {inputs.base_model}, "
+        f"data {inputs.dataset_ref} ({inputs.snapshot_kind})")
+
+    try:
+        connect_ray(settings)
+        if spec.resources.use_gpu and stack.ray_address(settings):
+            import ray
+
+            with session_scope(settings.db_url) as s:
+                preflight(spec, s, cluster_gpus=ray.cluster_resources().get("GPU", 0.0))
+    except StudioError as e:
+        fail(settings, job_id, f"preflight: {e}", stage="preflight")
+        return EXIT_REFUSED
+
+    store = ArtifactStore(settings.artifacts)
+    try:
+        # 2. train
+        mlflow_run_id = tracking.start_run(
+            settings.mlflow, experiment=spec.name, artifact_root=tracking.artifact_location(store, spec.name),
+            run_name=f"job-{job_id}", params=spec.model_dump(mode="json", by_alias=True),
+            tags={"studio.job_id": str(job_id), "studio.dataset": inputs.dataset_ref,
+                  "studio.snapshot_id": inputs.snapshot_id, "studio.base_model": inputs.base_model},
+            run_id=mlflow_run_id)
+        with session_scope(settings.db_url) as s:
+            s.get(Job, job_id).mlflow_run_id = mlflow_run_id
+            transition(s, job_id, JobStatus.RUNNING,
+                       f"Ray Train: {spec.resources.num_workers} worker(s), attempt {attempt}")
+        worker = WorkerJob(spec=spec.model_dump(mode="json", by_alias=True), base_model=inputs.base_model,
+                           snapshot_uri=inputs.snapshot_uri, job_id=job_id, attempt=attempt,
+                           db_url=settings.db_url, mlflow_uri=settings.mlflow, mlflow_run_id=mlflow_run_id)
+        result = train_on_ray(settings, spec, job_id, asdict(worker))
+
+        # 3. register
+        with session_scope(settings.db_url) as s:
+            transition(s, job_id, JobStatus.CHECKPOINTING, "training finished; registering the result")
+        outcome = register_result(settings, store, spec, job_id, attempt, inputs, mlflow_run_id, result)
+        with session_scope(settings.db_url) as s:
+            s.get(Job, job_id).result = outcome
+            transition(s, job_id, JobStatus.SUCCEEDED, f"registered {outcome['model']}")
+        tracking.end_run(settings.mlflow, mlflow_run_id, "FINISHED")
+        say(f"job {job_id} SUCCEEDED in {time.monotonic() - t0:.0f} s: {outcome['model']} {outcome['metrics']}")
+        return 0
+    except IllegalTransition as e:  # e.g. cancelled while training: the job's status is not ours
+        say(f"job {job_id} stopped: {e}")
+        return EXIT_FAILED
+    except Exception as e:  # noqa: BLE001 - every failure must end the job row, with its reason
+        fail(settings, job_id, failure_reason(e), stage="train")
+        if mlflow_run_id:
+            tracking.end_run(settings.mlflow, mlflow_run_id, "FAILED")
+        return EXIT_FAILED
+
+
+def register_result(settings: StudioSettings, store: ArtifactStore, spec: TrainSpec, job_id: int, attempt: int,
+                    inputs: ResolvedInputs, mlflow_run_id: str, result) -> dict[str, Any]:
+    """Copy the final adapter to ``models/<name>/<job>-<attempt>/``, log it, evaluate, register."""
+    if result.checkpoint is None:
+        raise StudioError("training ended without reporting a checkpoint", "see the Ray Train worker logs")
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    with result.checkpoint.as_directory() as ckpt_dir:
+        final = Path(ckpt_dir) / FINAL_DIR
+        if not final.is_dir():
+            raise StudioError(f"the last checkpoint {result.checkpoint.path} holds no final adapter",
+                              "see the Ray Train worker logs")
+        uri = store.put_dir(final, f"models/{spec.name}/{job_id}-{attempt}")
+        tracking.log_artifacts(settings.mlflow, mlflow_run_id, final, "adapter")
+        if spec.eval_after is not None:
+            from studio.train.evaluate import exact_match_on_dataset
+
+            ev = spec.eval_after
+            with session_scope(settings.db_url) as s:
+                score = exact_match_on_dataset(s, ev.dataset, inputs.base_model, str(final),
+                                               max_new_tokens=ev.max_new_tokens, limit=ev.limit)
+            metrics["exact_match"] = score["exact_match"]
+            say(f"eval_after {ev.dataset}: exact match {score['exact_match']:.3f} on {score['n']} rows")
+    tracking.log_metrics(settings.mlflow, mlflow_run_id, {f"final_{k}": float(v) for k, v in metrics.items()},
+                         int(metrics.get("global_step", 0)))
+    with session_scope(settings.db_url) as s:
+        mv = register_version(s, name=spec.name, base_model=inputs.base_model, method=spec.method,
+                              adapter_type=spec.adapter, uri=uri, dataset_snapshot_id=inputs.snapshot_id,
+                              job_id=job_id, mlflow_run_id=mlflow_run_id, metrics=metrics)
+        ref = f"{mv.name}@{mv.version}"
+    return {"model": ref, "uri": uri, "metrics": metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m studio.train.run", description=__doc__.splitlines()[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--job-id", type=int, help="train the job with this id (its spec is in the jobs table)")
+    which.add_argument("--recipe", help="a TrainSpec YAML (configs/train/*.yaml); creates the job row")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the recipe")
+    args = parser.parse_args(argv)
+    if args.job_id is not None and args.overrides:
+        parser.error("overrides apply to --recipe only; a job's spec is fixed when it is submitted")
+
+    settings = StudioSettings()
+    try:
+        init_db(settings.db_url)
+        if args.recipe:
+            job_id = job_from_recipe(settings, args.recipe, args.overrides)
+            say(f"created job {job_id} from {args.recipe}")
+        else:
+            job_id = args.job_id
+        spec, status = load_job(settings, job_id)
+    except StudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    return run_job(settings, job_id, spec, status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""/api/jobs on a real database: validation (422 naming the field), preflight (400 naming the
+problem), queueing, listing, cancel, metrics, logs before Ray. Runs on Ray: tests/jobs/test_scheduler.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from studio.jobs.status import JobStatus, transition
+from studio.store.db import session_scope
+from studio.store.models import JobMetric
+from tests.api.checks import assert_problem, bearer
+from tests.jobs.inputs import ingest_datasets, make_model_dir, train_spec
+
+
+@pytest.fixture
+def spec(settings, tmp_path) -> dict:
+    ingest_datasets(settings, tmp_path / "data")
+    return train_spec(make_model_dir(tmp_path / "model"))
+
+
+def post(client, key, body):
+    return client.post("/api/jobs", headers=bearer(key), json=body)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"lora": {"rr": 8}}, "lora.rr"),
+    ({"learning_rate": 0.1}, "learning_rate"),
+    ({"hyper": {"epochs": "lots"}}, "hyper.epochs"),
+    ({"method": "ppo"}, "method"),
+])
+def test_bad_fields_are_422_naming_the_field(client, user_key, spec, change, field):
+    problem = assert_problem(post(client, user_key, {**spec, **change}), 422, f"{field}:")
+    assert field in [e["field"] for e in problem["errors"]]
+
+
+def test_missing_field_is_422(client, user_key, spec):
+    body = {k: v for k, v in spec.items() if k != "base_model"}
+    problem = assert_problem(post(client, user_key, body), 422, "base_model:")
+    assert problem["errors"][0]["message"] == "Field required"
+
+
+def test_wrong_dataset_kind_is_400_naming_the_kinds_and_creates_nothing(client, user_key, spec):
+    problem = assert_problem(post(client, user_key, {**spec, "data": {"dataset": "prose"}}), 400,
+                             "'prose' holds text rows", "SFT trains on chat or prompt_completion rows")
+    assert "method sft" in problem["fix"]
+    assert client.get("/api/jobs", headers=bearer(user_key)).json() == []
+
+
+def test_missing_model_and_dataset_are_400(client, user_key, spec, tmp_path):
+    assert_problem(post(client, user_key, {**spec, "base_model": str(tmp_path / "nope")}), 400, "does not exist")
+    assert_problem(post(client, user_key, {**spec, "data": {"dataset": "nope"}}), 404, "'nope'")
+
+
+def test_good_spec_is_201_queued_and_listed(client, user_key, spec):
+    r = post(client, user_key, spec)
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert (job["status"], job["attempts"], job["submitted_by"], job["method"]) == ("QUEUED", 0, "alice", "sft")
+    assert job["spec"]["data"]["dataset"] == "digits@1"
+    assert [(e["from"], e["to"]) for e in job["events"]] == [(None, "QUEUED")]
+
+    listed = client.get("/api/jobs", headers=bearer(user_key), params={"status": "QUEUED"}).json()
+    assert [j["id"] for j in listed] == [job["id"]]
+    assert client.get("/api/jobs", headers=bearer(user_key), params={"status": "RUNNING"}).json() == []
+    assert_problem(client.get("/api/jobs", headers=bearer(user_key), params={"status": "DONE"}), 422, "query.status")
+
+    shown = client.get(f"/api/jobs/{job['id']}", headers=bearer(user_key)).json()
+    assert shown["spec"] == job["spec"] and shown["total_steps"] == 5 and shown["step"] is None
+
+
+def test_unknown_job_is_404(client, user_key):
+    for path in ("/api/jobs/99", "/api/jobs/99/metrics", "/api/jobs/99/logs"):
+        assert_problem(client.get(path, headers=bearer(user_key)), 404, "job 99 does not exist")
+    assert_problem(client.post("/api/jobs/99/cancel", headers=bearer(user_key)), 404)
+
+
+def test_cancel_a_queued_job_then_again_is_409(client, user_key, spec):
+    job_id = post(client, user_key, spec).json()["id"]
+    r = client.post(f"/api/jobs/{job_id}/cancel", headers=bearer(user_key))
+    assert r.status_code == 202 and r.json()["status"] == "CANCELLED"
+    assert_problem(client.post(f"/api/jobs/{job_id}/cancel", headers=bearer(user_key)), 409, "already CANCELLED")
+
+
+def test_cancel_a_running_job_marks_it_for_the_scheduler(client, user_key, spec, settings):
+    job_id = post(client, user_key, spec).json()["id"]
+    with session_scope(settings.db_url) as s:
+        transition(s, job_id, JobStatus.STARTING, "test")
+    r = client.post(f"/api/jobs/{job_id}/cancel", headers=bearer(user_key))
+    assert r.status_code == 202
+    assert (r.json()["status"], r.json()["cancel_requested"]) == ("STARTING", True)
+
+
+def test_metrics_are_grouped_by_key(client, user_key, spec, settings):
+    job_id = post(client, user_key, spec).json()["id"]
+    with session_scope(settings.db_url) as s:
+        for step in (2, 1):
+            s.add(JobMetric(job_id=job_id, attempt=1, step=step, key="loss", value=1.0 / step))
+        s.add(JobMetric(job_id=job_id, attempt=1, step=1, key="learning_rate", value=3e-3))
+    body = client.get(f"/api/jobs/{job_id}/metrics", headers=bearer(user_key)).json()
+    assert sorted(body["metrics"]) == ["learning_rate", "loss"]
+    assert [(p["step"], p["value"], p["attempt"]) for p in body["metrics"]["loss"]] == [(1, 1.0, 1), (2, 0.5, 1)]
+    assert client.get(f"/api/jobs/{job_id}", headers=bearer(user_key)).json()["step"] == 2
+
+
+def test_logs_of_a_job_not_on_ray_yet(client, user_key, spec):
+    job_id = post(client, user_key, spec).json()["id"]
+    body = client.get(f"/api/jobs/{job_id}/logs", headers=bearer(user_key)).json()
+    assert (body["logs"], body["submission_id"]) == ("", None)
+    assert "has not been submitted to Ray yet" in body["note"]
+
+
+def test_scheduler_status_without_serve_is_503(client, user_key):
+    assert_problem(client.get("/api/scheduler", headers=bearer(user_key)), 503, "studio up")
+
+
+def test_jobs_need_a_key(client, spec):
+    assert_problem(client.post("/api/jobs", json=spec), 401)
+    assert_problem(client.get("/api/jobs"), 401)

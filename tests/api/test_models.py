@@ -1,0 +1,73 @@
+"""/api/models: the registry — list, versions, lineage, promote (roles, champion archiving)."""
+
+from __future__ import annotations
+
+import pytest
+
+from studio.data.snapshots import resolve_snapshot
+from studio.jobs.status import create_job
+from studio.keys import create_key
+from studio.registry.versions import register_version
+from studio.store.db import session_scope
+from tests.api.checks import assert_problem, bearer
+from tests.jobs.inputs import ingest_datasets
+
+
+@pytest.fixture
+def registered(settings, tmp_path) -> dict:
+    """``rev`` v1 and v2 (v2 from a job on digits@1), ``other`` v1."""
+    ingest_datasets(settings, tmp_path / "data")
+    with session_scope(settings.db_url) as s:
+        snap = resolve_snapshot(s, "digits").snapshot
+        job = create_job(s, name="rev", spec={"method": "sft"}, max_retries=0, submitted_by="alice")
+        common = {"base_model": "/models/tiny", "method": "sft", "adapter_type": "lora"}
+        register_version(s, name="rev", uri="/a/rev-1", **common)
+        register_version(s, name="rev", uri="/a/rev-2", dataset_snapshot_id=snap.id, job_id=job.id,
+                         metrics={"exact_match": 1.0}, **common)
+        register_version(s, name="other", uri="/a/other-1", **common)
+        return {"job_id": job.id, "snapshot_id": snap.id}
+
+
+def test_list_and_versions(client, user_key, registered):
+    models = client.get("/api/models", headers=bearer(user_key)).json()
+    assert [(m["name"], m["versions"], m["latest_version"], m["champion_version"]) for m in models] == [
+        ("other", 1, 1, None), ("rev", 2, 2, None)]
+    versions = client.get("/api/models/rev", headers=bearer(user_key)).json()["versions"]
+    assert [(v["ref"], v["stage"], v["uri"]) for v in versions] == [
+        ("rev@1", "candidate", "/a/rev-1"), ("rev@2", "candidate", "/a/rev-2")]
+    assert_problem(client.get("/api/models/nope", headers=bearer(user_key)), 404, "'nope'")
+
+
+def test_lineage_names_the_dataset_and_the_job(client, user_key, registered):
+    body = client.get("/api/models/rev@2/lineage", headers=bearer(user_key)).json()
+    assert body["model"]["ref"] == "rev@2" and body["model"]["metrics"] == {"exact_match": 1.0}
+    assert (body["dataset"]["snapshot_id"], body["dataset"]["kind"], body["dataset"]["rows"]) == (
+        registered["snapshot_id"], "prompt_completion", 20)
+    assert (body["job"]["id"], body["job"]["submitted_by"]) == (registered["job_id"], "alice")
+    bare = client.get("/api/models/rev@1/lineage", headers=bearer(user_key)).json()
+    assert bare["dataset"] is None and bare["job"] is None
+
+
+def test_promote_archives_the_previous_champion(client, user_key, registered):
+    def promote(ref, **body):
+        return client.post(f"/api/models/{ref}/promote", headers=bearer(user_key), json=body)
+
+    assert promote("rev@1").json()["stage"] == "champion"
+    assert promote("rev@2", stage="champion").status_code == 200
+    stages = {v["ref"]: v["stage"] for v in client.get("/api/models/rev", headers=bearer(user_key)).json()["versions"]}
+    assert stages == {"rev@1": "archived", "rev@2": "champion"}
+    # The bare name now resolves to the champion; the other name is untouched.
+    assert client.get("/api/models/rev/lineage", headers=bearer(user_key)).json()["model"]["ref"] == "rev@2"
+    assert client.get("/api/models", headers=bearer(user_key)).json()[1]["champion_version"] == 2
+    assert_problem(promote("rev"), 400, "pinned version")
+    assert_problem(promote("rev@9"), 404, "no version 9")
+    assert_problem(promote("rev@1", stage="gold"), 422, "stage:")
+
+
+def test_promote_needs_a_user_or_admin_key(client, settings, admin_key, registered):
+    with session_scope(settings.db_url) as s:
+        service = create_key(s, "bot", "service")[0]
+    r = client.post("/api/models/rev@1/promote", headers=bearer(service), json={})
+    assert_problem(r, 403, "role admin or user", "'service'")
+    assert client.post("/api/models/rev@1/promote", headers=bearer(admin_key), json={}).status_code == 200
+    assert client.get("/api/models", headers=bearer(service)).status_code == 200  # reading is fine

@@ -1,0 +1,106 @@
+"""ModelDeployment under a real Ray Serve instance, called through its handle as the router will:
+chat and completions (with usage; streamed text equals the whole answer), adapters fetched from the
+artifact store by URI, bad adapters refused while the base model keeps serving.
+
+Ray: a local cluster advertising 8 logical CPUs (2 would leave nothing for Serve's own actors), no
+dashboard and no HTTP proxy (the handle needs neither; ports 8000/8265 stay free).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from studio import stack  # noqa: F401 — sets RAY_AUTH_MODE the studio's way before Ray is imported
+
+import ray  # noqa: E402
+from ray import serve  # noqa: E402
+
+from deployments.model import build_model_deployment  # noqa: E402
+from studio.errors import NotFound, StudioError  # noqa: E402
+from studio.store.artifacts import ArtifactStore  # noqa: E402
+from tests.deployments.mixed_batch import engine_config  # noqa: E402
+
+pytestmark = pytest.mark.slow
+CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 12,
+        "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir, tmp_path_factory):
+    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
+    try:
+        serve.start(proxy_location="Disabled")
+        config = {"engine": engine_config(tiny_model_dir).model_dump(), "num_cpus": 0.5,
+                  "adapter_cache_dir": str(tmp_path_factory.mktemp("adapter-cache"))}
+        started = time.perf_counter()
+        handle = serve.run(build_model_deployment(config), name="model-test", route_prefix=None)
+        print(f"ModelDeployment ready in {time.perf_counter() - started:.1f} s")
+        yield handle, str(tiny_model_dir)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _call(handle, method: str, body: dict) -> list:
+    return list(getattr(handle.options(stream=True), method).remote(body))
+
+
+def _sse(chunks: list[str]) -> list[dict]:
+    assert chunks[-1] == "data: [DONE]\n\n"
+    return [json.loads(c.removeprefix("data: ")) for c in chunks[:-1]]
+
+
+def test_chat_and_completion_with_usage_streamed_equals_whole(model):
+    handle, base = model
+    [chat] = _call(handle, "chat", {"model": base, **CHAT})
+    text = chat["choices"][0]["message"]["content"]
+    assert text and chat["model"] == base
+    assert chat["usage"]["prompt_tokens"] > 0 and chat["usage"]["completion_tokens"] > 0
+    events = _sse(_call(handle, "chat", {"model": base, **CHAT, "stream": True,
+                                         "stream_options": {"include_usage": True}}))
+    streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert streamed == text
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    assert [events[-1]["usage"][k] for k in counts] == [chat["usage"][k] for k in counts]
+
+    body = {"model": base, "prompt": "reverse: 6 0 4 8", "max_tokens": 12, "temperature": 0}
+    [completion] = _call(handle, "completions", body)
+    assert completion["choices"][0]["text"] and completion["usage"]["total_tokens"] > 0
+    events = _sse(_call(handle, "completions", {**body, "stream": True}))
+    assert "".join(e["choices"][0]["text"] for e in events) == completion["choices"][0]["text"]
+
+    [missing] = _call(handle, "chat", {"model": "nope@1", **CHAT})
+    assert missing["error"]["code"] == 404 and missing["error"]["param"] == "model"
+    [invalid] = _call(handle, "chat", {"model": base, "messages": "not a list"})
+    assert invalid["error"]["code"] == 400
+
+
+def test_adapters_load_from_the_artifact_store_and_bad_ones_are_refused(
+        model, adapters, other_base_adapter, tmp_path):
+    handle, base = model
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    uri = store.put_dir(adapters["rev@1"], "adapters/rev/1")
+    loaded = handle.load_adapter.remote("rev@1", uri).result()
+    assert loaded["id"] == "rev@1"
+    [base_answer] = _call(handle, "chat", {"model": base, **CHAT})
+    [adapter_answer] = _call(handle, "chat", {"model": "rev@1", **CHAT})
+    assert adapter_answer["model"] == "rev@1"
+    assert (adapter_answer["choices"][0]["message"]["content"]
+            != base_answer["choices"][0]["message"]["content"])
+
+    other = store.put_dir(other_base_adapter, "adapters/other/1")
+    with pytest.raises(StudioError, match="does not fit base model"):
+        handle.load_adapter.remote("other@1", other).result()
+    with pytest.raises(NotFound, match="does not exist"):
+        handle.load_adapter.remote("gone@1", store.uri("adapters/gone/1")).result()
+
+    assert [a["id"] for a in handle.adapters.remote().result()] == ["rev@1"]
+    [again] = _call(handle, "chat", {"model": base, **CHAT})
+    assert again["choices"] == base_answer["choices"]
+    stats = handle.stats.remote().result()
+    assert stats["engine"] == "vllm" and stats["adapters"]["loaded"] == ["rev@1"]
+    handle.unload_adapter.remote("rev@1").result()
+    assert handle.adapters.remote().result() == []
