@@ -59,7 +59,8 @@ class ModelDeploymentConfig(Spec):
     num_cpus: float = Field(
         default=1.0, gt=0, description="Logical CPUs a replica reserves; fractional is fine.")
     num_gpus: float = Field(
-        default=0, ge=0, description="GPUs a replica reserves: 0 on CPU, tensor_parallel_size on GPU.")
+        default=0, ge=0,
+        description="GPUs a replica reserves: 0 on CPU, tensor_parallel_size on GPU.")
     max_ongoing_requests: int = Field(
         default=32, ge=1, description="Requests one replica takes at once before Serve queues.")
     adapter_cache_dir: str | None = Field(

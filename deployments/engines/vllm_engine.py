@@ -1,7 +1,7 @@
 """The vLLM engine: ``AsyncLLM`` (v1) with LoRA, behind vLLM's own OpenAI serving layer.
 
-The protocol is not re-implemented here. ``start`` builds the argument namespace ``vllm serve`` would
-parse (vLLM's ``FrontendArgs`` defaults + our ``AsyncEngineArgs``) and calls vLLM's
+The protocol is not re-implemented here. ``start`` builds the argument namespace ``vllm serve``
+would parse (vLLM's ``FrontendArgs`` defaults + our ``AsyncEngineArgs``) and calls vLLM's
 ``init_app_state`` on a bare Starlette ``State`` — exactly what vLLM's API server does, minus the
 HTTP app. That yields ``OpenAIServingModels`` (adapter registry), ``OpenAIServingChat`` and
 ``OpenAIServingCompletion`` (request models, chat templates, sampling params, streaming, usage and
@@ -45,9 +45,13 @@ class VLLMEngine:
 
     def engine_args(self):
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
 
         c = self.config
         return AsyncEngineArgs(
+            # Inside a Ray actor vLLM may pick its Ray executor, whose placement group asks for
+            # GPU bundles that a CPU cluster never schedules: keep CPU engines in local processes.
+            distributed_executor_backend="mp" if current_platform.is_cpu() else None,
             model=c.model,
             served_model_name=[c.name],
             dtype=c.dtype,
@@ -85,14 +89,18 @@ class VLLMEngine:
                               "check the model path and the engine config fields") from None
         state = State()
         args = argparse.Namespace(**(vars(FrontendArgs()) | vars(engine_args)))
-        tasks = await self._client.get_supported_tasks()
-        await init_app_state(self._client, state, args, supported_tasks=tasks)
+        try:
+            tasks = await self._client.get_supported_tasks()
+            await init_app_state(self._client, state, args, supported_tasks=tasks)
+            if state.openai_serving_chat is None or state.openai_serving_completion is None:
+                raise StudioError(f"{self.config.model!r} does not generate text (tasks: {tasks})",
+                                  "serve a causal language model")
+        except BaseException:
+            self.shutdown()  # the engine processes are already running
+            raise
         self._models = state.openai_serving_models
         self._chat = state.openai_serving_chat
         self._completion = state.openai_serving_completion
-        if self._chat is None or self._completion is None:
-            raise StudioError(f"{self.config.model!r} does not generate text (tasks: {tasks})",
-                              "serve a causal language model")
 
     async def generate(self, endpoint: Endpoint, request: dict[str, Any]) -> GenerateResult:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest

