@@ -27,7 +27,6 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from studio import stack  # noqa: F401, I001 — sets RAY_AUTH_MODE before Ray is imported (decisions)
 from ray import serve
 from ray.serve import Application
 

@@ -27,11 +27,6 @@ from studio.settings import StudioSettings, settings_env
 
 APP_NAME = "studio"
 
-# The local head runs with Ray token auth, and a client must say so too (it then finds the token
-# on disk). Ray reads this when it is first imported, so it is set here, before any `import ray`
-# of a process that uses the stack. Joining a cluster with RAY_ADDRESS leaves the choice to you.
-if not os.environ.get("RAY_ADDRESS"):
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
 DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "serve" / "studio.yaml"
 
 

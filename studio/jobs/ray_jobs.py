@@ -12,7 +12,6 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from studio import stack  # noqa: F401  (sets RAY_AUTH_MODE before ray is imported below)
 from studio.errors import Unavailable
 from studio.settings import StudioSettings
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from studio import stack  # noqa: F401 — RAY_AUTH_MODE before any test module here imports Ray
 from studio.models.tiny import TinyModelSpec, make_tiny
 
 

@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from studio import stack  # noqa: F401 — sets RAY_AUTH_MODE the studio's way before Ray is imported
 
 import ray  # noqa: E402
 from ray import serve  # noqa: E402

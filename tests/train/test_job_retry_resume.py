@@ -1,0 +1,58 @@
+"""Fault tolerance across attempts: the whole attempt dies (driver and its Ray killed after the first
+checkpoint), the scheduler marks it FAILED → RETRYING, and ``--job-id`` starts attempt 2, which
+resumes from the job's latest Ray Train checkpoint (same storage path and run name) and registers
+the result under ``models/<name>/<job>-2``."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import select
+
+from studio.jobs.status import JobStatus, transition
+from studio.settings import StudioSettings
+from studio.store.db import session_scope
+from studio.store.models import Job, JobMetric
+
+from .conftest import RECIPES, Entrypoint, tail
+
+pytestmark = pytest.mark.slow
+
+MAX_STEPS, EVERY = 60, 20
+
+
+def test_retry_resumes_from_the_previous_attempts_checkpoint(home: StudioSettings, entrypoint: Entrypoint):
+    proc, log = entrypoint.start(
+        "--recipe", str(RECIPES / "sft_reverse_tiny.yaml"), f"hyper.max_steps={MAX_STEPS}",
+        f"checkpoint.every_steps={EVERY}", "hyper.logging_steps=5", "eval_after=null")
+    deadline = time.monotonic() + 180
+    checkpoint = None
+    while checkpoint is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        with session_scope(home.db_url) as s:
+            job = s.scalars(select(Job)).first()
+            checkpoint = job.checkpoint_uri if job else None
+    assert checkpoint, f"no checkpoint was reported:\n{tail(log)}"
+    entrypoint.stop(proc)  # attempt 1 dies with its Ray: nobody records it
+
+    with session_scope(home.db_url) as s:
+        job = s.scalars(select(Job)).one()
+        assert (job.status, job.attempts) == ("RUNNING", 1)
+        # What the scheduler does when Ray reports the attempt's Ray job as failed.
+        transition(s, job.id, JobStatus.FAILED, "Ray job failed")
+        transition(s, job.id, JobStatus.RETRYING, "attempt 2 of 3 after a backoff")
+        job_id = job.id
+
+    result = entrypoint.run("--job-id", str(job_id), timeout_s=300)
+    assert result.returncode == 0, tail(result.output)
+    with session_scope(home.db_url) as s:
+        job = s.get(Job, job_id)
+        events = [e.to_status for e in job.events]
+        resumed = s.execute(select(JobMetric.attempt, JobMetric.value).where(
+            JobMetric.job_id == job_id, JobMetric.key == "resumed_from_step")).all()
+    assert job.status == "SUCCEEDED" and job.attempts == 2
+    assert events[-5:] == ["RETRYING", "STARTING", "RUNNING", "CHECKPOINTING", "SUCCEEDED"]
+    assert len(resumed) == 1 and resumed[0].attempt == 2 and resumed[0].value >= EVERY
+    assert job.result["metrics"]["global_step"] == MAX_STEPS
+    assert job.result["uri"].endswith(f"models/reverse-tiny/{job_id}-2")
