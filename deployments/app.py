@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from ray.serve import Application
 
 from deployments.ingress import ApiIngress
+from deployments.model import ModelDeploymentConfig, build_model_deployment
+from deployments.router import Router
 from deployments.scheduler import JobScheduler
 from studio.jobs.scheduler import SchedulerConfig
 from studio.recipes import Spec, validate_spec
@@ -35,6 +38,39 @@ class AppArgs(Spec):
 
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="HTTP front door.")
     scheduler: SchedulerArgs = Field(default_factory=SchedulerArgs, description="Training job scheduler.")
+    models: list[ModelDeploymentConfig] = Field(
+        default_factory=list, description="Base models served on /v1 (one ModelDeployment each, "
+        "with its registry adapters); none: no engine starts and /v1 answers 503.")
+    router_num_cpus: float = Field(default=0.05, gt=0, description="Logical CPUs the Router reserves.")
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> AppArgs:
+        names = [m.engine.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"models serve the same name twice: {', '.join(dupes)}; give each a "
+                             "distinct engine.served_model_name")
+        return self
+
+
+def resolve_model(cfg: ModelDeploymentConfig) -> ModelDeploymentConfig:
+    """A local model path made absolute (replicas run in another cwd); hub ids stay as they are."""
+    path = Path(cfg.engine.model).expanduser()
+    if not path.exists():
+        return cfg
+    return cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"model": str(path.resolve())})})
+
+
+def build_router(models: list[ModelDeploymentConfig], num_cpus: float, env: dict[str, str]):
+    """The Router bound with one ModelDeployment per base model; None when no model is served."""
+    if not models:
+        return None
+    bases = {}
+    for cfg in map(resolve_model, models):
+        bases[cfg.engine.name] = {"handle": build_model_deployment(cfg), "model": cfg.engine.model}
+    return Router.options(
+        num_replicas=1, ray_actor_options={"num_cpus": num_cpus, "runtime_env": {"env_vars": env}},
+    ).bind(bases)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -47,9 +83,10 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             num_replicas=1,
             ray_actor_options={"num_cpus": cfg.scheduler.num_cpus, "runtime_env": {"env_vars": env}},
         ).bind(cfg.scheduler.model_dump(exclude={"enabled", "num_cpus"}))
-    # A Serve application is the graph reachable from its ingress: the scheduler is deployed
-    # because the ingress is bound with its handle.
+    router = build_router(cfg.models, cfg.router_num_cpus, env)
+    # A Serve application is the graph reachable from its ingress: the scheduler, the router and
+    # its model deployments are deployed because the ingress is bound with their handles.
     return ApiIngress.options(
         num_replicas=cfg.ingress.num_replicas,
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus, "runtime_env": {"env_vars": env}},
-    ).bind(scheduler)
+    ).bind(scheduler, router)

@@ -1,9 +1,11 @@
-"""ApiIngress: the HTTP front door of the Serve application (``/healthz``, ``/api/*``, ``/metrics``).
+"""ApiIngress: the HTTP front door of the Serve application (``/healthz``, ``/api/*``, ``/v1/*``,
+``/metrics``).
 
 The FastAPI app is built on the replica (``__serve_build_asgi_app__``, not a pickled app), from
 ``STUDIO_*`` env vars that ``build_app`` forwards, so the replica opens the same database and
 artifact store as the CLI. The JobScheduler's handle comes in as an init argument: that makes the
-scheduler part of the application, and lets ``/api/scheduler`` ask it how it is doing.
+scheduler part of the application, and lets ``/api/scheduler`` ask it how it is doing. The
+Router's handle (when the config serves models) answers ``/v1/*``.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from ray.serve.handle import DeploymentHandle
 @serve.deployment(name="ApiIngress", ray_actor_options={"num_cpus": 0.1})
 @serve.ingress()
 class ApiIngress:
-    def __init__(self, scheduler: DeploymentHandle | None = None):
+    def __init__(self, scheduler: DeploymentHandle | None = None,
+                 router: DeploymentHandle | None = None):
         self._scheduler = scheduler
+        self._router = router
 
     def __serve_build_asgi_app__(self):
         from studio.api.app import create_app
 
         app = create_app()
         app.state.scheduler = self._scheduler
+        app.state.router = self._router  # None when the config serves no models: /v1 answers 503
         return app

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from studio import __version__
 from studio.api.errors import install_error_handlers
-from studio.api.routes import datasets, health, jobs, keys, models, scheduler
+from studio.api.routes import datasets, health, jobs, keys, models, openai, scheduler
 from studio.settings import StudioSettings, get_settings
 from studio.store.db import init_db
 
@@ -19,6 +19,7 @@ def create_app(settings: StudioSettings | None = None) -> FastAPI:
                   openapi_url="/api/openapi.json")
     app.state.settings = settings
     app.state.scheduler = None  # the JobScheduler's handle, set by the Serve ingress
+    app.state.router = None  # the Router's handle (OpenAI /v1/*), set by the Serve ingress
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(keys.router)
@@ -26,4 +27,5 @@ def create_app(settings: StudioSettings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(scheduler.router)
     app.include_router(models.router)
+    app.include_router(openai.router)
     return app

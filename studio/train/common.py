@@ -1,6 +1,6 @@
-"""What every training runner shares, one piece of logic each: the job handed to a worker, the split
-as an HF Dataset, the tokenizer, LoRA/QLoRA, TrainingArguments from HyperSpec, the DeepSpeed config,
-per-step metrics, and ``fit``: Ray Train checkpoint reporting, resume, and the final adapter.
+"""What every training runner shares, one piece of logic each: the split as an HF Dataset, the
+tokenizer, LoRA/QLoRA, TrainingArguments from HyperSpec, the DeepSpeed config, per-step metrics, and
+``fit``: Ray Train checkpoint reporting, resume, and the final adapter.
 
 How checkpoints flow (Ray Train V2 + transformers): each rank's HF Trainer writes its checkpoints to
 its own node-local directory; ``RayTrainReportCallback.on_save`` copies the newest one into a Ray
@@ -9,7 +9,9 @@ its own node-local directory; ``RayTrainReportCallback.on_save`` copies the newe
 one directory under ``RunConfig.storage_path``. After a worker dies, Ray Train restarts the group and
 ``ray.train.get_checkpoint()`` returns that directory; ``trainer.train(resume_from_checkpoint=...)``
 then restores weights, optimizer, scheduler, step counter and data position. A new attempt of the same
-job reuses the run's storage path and name, so Ray restores the same checkpoint history.
+job reuses the run's storage path and name, so Ray restores the same checkpoint history. The run's
+last checkpoint holds ``final/`` (the plain PEFT directory, or the full model) and its metrics: that
+is what ``run.py`` registers.
 """
 
 from __future__ import annotations
@@ -101,9 +103,10 @@ def deepspeed_config(spec: TrainSpec) -> dict[str, Any] | None:
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     # "auto" lets the HF integration fill these from TrainingArguments, so they never disagree.
+    # train_batch_size is left to DeepSpeed (micro x accumulation x its world size).
     return {"zero_optimization": zero, "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
-            "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
-            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
+            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto"}
 
 
 def rank_output_dir(job: WorkerJob) -> Path:
@@ -146,7 +149,7 @@ def training_args(config_cls, job: WorkerJob, num_rows: int, **method_fields):
         bf16=use_bf16(spec),
         fp16=False,
         gradient_checkpointing=h.gradient_checkpointing,  # TRL defaults it on; the spec decides
-        use_cpu=not spec.resources.use_gpu and spec.deepspeed is None,
+        use_cpu=not spec.resources.use_gpu,
         deepspeed=deepspeed_config(spec),
         ddp_find_unused_parameters=False,  # frozen base weights: nothing is unused among trained params
         include_num_input_tokens_seen="non_padding",  # tokens/s in the metrics

@@ -46,5 +46,10 @@ def preflight(spec: TrainSpec, session: Session, *, cluster_gpus: float | None =
                           "install bitsandbytes or use adapter: lora")
     if spec.deepspeed is not None and importlib.util.find_spec("deepspeed") is None:
         raise StudioError("a deepspeed section needs the deepspeed package", "install it or remove the section")
+    if spec.deepspeed is not None and not spec.resources.use_gpu:
+        # Seen with accelerate 1.15 under Ray Train: on CPU workers it sets up no distributed state for
+        # DeepSpeed (world size 1 in a 2-process group), so the first collective fails.
+        raise StudioError("a deepspeed section needs GPU workers (resources.use_gpu: true)",
+                          "remove the deepspeed section to train on CPU (plain DDP), or set resources.use_gpu=true")
     dataset_ref = f"{ref.name}@{ref.version}" if ref.name else snap.id
     return ResolvedInputs(base, snap.id, snap.uri, snap.kind, dataset_ref)

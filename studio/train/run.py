@@ -136,9 +136,21 @@ def connect_ray(settings: StudioSettings) -> None:
     if address:
         ray.init(address=address, logging_level="ERROR")
     else:
-        # "local": never join a stray cluster recorded in /tmp/ray by another process.
-        # The dashboard serves the state API Train V2's placement-group cleaner polls.
-        ray.init(address="local", num_cpus=settings.ray_num_cpus, include_dashboard=True, logging_level="ERROR")
+        # "local": never join a stray cluster recorded in /tmp/ray by another process. Train V2's
+        # placement-group cleaner polls the state API (the dashboard) and, given no address, fails
+        # when several local Rays run on one machine (parallel tests): name our dashboard to it.
+        port = free_port()
+        ray.init(address="local", num_cpus=settings.ray_num_cpus, include_dashboard=True, dashboard_port=port,
+                 logging_level="ERROR",
+                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cluster_gpus_before_ray(spec: TrainSpec, settings: StudioSettings) -> float | None:
@@ -232,6 +244,9 @@ def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec, status: JobS
     except StudioError as e:
         fail(settings, job_id, f"preflight: {e}", stage="preflight")
         return EXIT_REFUSED
+    except Exception as e:  # noqa: BLE001 - e.g. the cluster is unreachable: worth a retry
+        fail(settings, job_id, f"cannot reach Ray: {failure_reason(e)}", stage="ray")
+        return EXIT_FAILED
 
     store = ArtifactStore(settings.artifacts)
     try:
@@ -263,6 +278,8 @@ def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec, status: JobS
         return 0
     except IllegalTransition as e:  # e.g. cancelled while training: the job's status is not ours
         say(f"job {job_id} stopped: {e}")
+        if mlflow_run_id:
+            tracking.end_run(settings.mlflow, mlflow_run_id, "KILLED")
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - every failure must end the job row, with its reason
         fail(settings, job_id, failure_reason(e), stage="train")

@@ -76,6 +76,12 @@ def test_gpu_job_without_gpus_is_refused(env: StudioSettings):
                    "resources.use_gpu=false")
 
 
+def test_deepspeed_on_cpu_workers_is_refused(env: StudioSettings):
+    rc = run.main(["--recipe", str(RECIPES / "sft_reverse_tiny.yaml"), "deepspeed.stage=2"])
+    assert rc == run.EXIT_REFUSED
+    assert_refused(env, only_job(env), "a deepspeed section needs GPU workers", "remove the deepspeed section")
+
+
 def test_grpo_is_refused_as_not_available_yet(env: StudioSettings):
     rc = run.main(["--recipe", str(RECIPES / "sft_reverse_tiny.yaml"), "method=grpo"])
     assert rc == run.EXIT_REFUSED

@@ -1,0 +1,239 @@
+"""The OpenAI endpoint end to end: the studio application (ingress + Router + one ModelDeployment
+of the tiny model) under real Ray Serve with its HTTP proxy on a free port, a real SQLite registry
+and a real API key, called with the official ``openai`` client.
+
+One engine for the whole module (start ≈30-60 s). Registry changes (register, promote) must be
+answered within a few seconds without a redeploy.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+import ray
+from ray import serve
+
+from tests.deployments.conftest import make_adapter
+
+openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.slow
+CHAT = [{"role": "user", "content": "hello"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(port: int, timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def studio(tiny_model_dir, tmp_path_factory):
+    from deployments.app import build_app
+    from studio.keys import create_key
+    from studio.settings import StudioSettings
+    from studio.store.db import init_db, session_scope
+
+    home = tmp_path_factory.mktemp("studio-home")
+    saved = {k: os.environ.get(k) for k in ("STUDIO_HOME", "STUDIO_DATABASE_URL")}
+    os.environ["STUDIO_HOME"] = str(home)
+    os.environ.pop("STUDIO_DATABASE_URL", None)
+    settings = StudioSettings()
+    init_db(settings.db_url)
+    with session_scope(settings.db_url) as session:
+        key, _ = create_key(session, "router-test", "admin")
+    port = _free_port()
+    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = {"scheduler": {"enabled": False}, "models": [{
+            "engine": {"model": str(tiny_model_dir), "served_model_name": "tiny",
+                       "dtype": "float32", "max_model_len": 512, "max_loras": 4,
+                       "kv_cache_space_gib": 1, "seed": 0},
+            "num_cpus": 0.5}]}
+        started = time.perf_counter()
+        serve.run(build_app(args), name="studio", route_prefix="/")
+        _wait_http(port)
+        print(f"studio with tiny model ready in {time.perf_counter() - started:.1f} s")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0,
+                               timeout=60)
+        yield {"client": client, "port": port, "key": key, "settings": settings,
+               "base_dir": str(tiny_model_dir)}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _chat(client, model: str, **kw):
+    return client.chat.completions.create(model=model, messages=CHAT, max_tokens=12,
+                                          temperature=0, **kw)
+
+
+def _version(client, model: str) -> tuple[str, str]:
+    """(studio_model_version header, chat text)."""
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=CHAT, max_tokens=12, temperature=0)
+    body = raw.parse()
+    assert body.model_extra["studio_model_version"] == raw.headers["x-studio-model-version"]
+    return raw.headers["x-studio-model-version"], body.choices[0].message.content
+
+
+def test_base_model_chat_completions_stream_and_errors(studio):
+    client = studio["client"]
+    assert "tiny" in [m.id for m in client.models.list().data]
+
+    chat = _chat(client, "tiny")
+    text = chat.choices[0].message.content
+    assert text and chat.usage.completion_tokens > 0
+    assert chat.model_extra["studio_model_version"] == "tiny"
+    stream = _chat(client, "tiny", stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == text
+
+    completion = client.completions.create(model="tiny", prompt="reverse: 6 0 4 8", max_tokens=12,
+                                           temperature=0)
+    assert completion.choices[0].text and completion.usage.total_tokens > 0
+    streamed = client.completions.create(model="tiny", prompt="reverse: 6 0 4 8", max_tokens=12,
+                                         temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == completion.choices[0].text
+
+    with pytest.raises(openai.NotFoundError, match="nope.*GET /v1/models"):
+        _chat(client, "nope")
+    wrong = openai.OpenAI(base_url=str(client.base_url), api_key="sk-not-a-studio-key",
+                          max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="invalid or revoked"):
+        _chat(wrong, "tiny")
+
+
+def test_missing_key_and_malformed_json_are_openai_errors(studio):
+    import httpx
+
+    url = f"http://127.0.0.1:{studio['port']}/v1/chat/completions"
+    r = httpx.post(url, json={"model": "tiny", "messages": CHAT})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert "missing API key" in r.json()["error"]["message"]
+    r = httpx.post(url, content=b"{not json",
+                   headers={"Authorization": f"Bearer {studio['key']}",
+                            "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == 400
+    assert "not valid JSON" in r.json()["error"]["message"]
+
+
+def _register(settings, name: str, adapter_dir, base: str, champion: bool = False) -> str:
+    from studio.registry.versions import promote, register_version
+    from studio.store.db import session_scope
+
+    with session_scope(settings.db_url) as session:
+        mv = register_version(session, name=name, base_model=base, method="sft",
+                              adapter_type="lora", uri=str(adapter_dir))
+        ref = f"{mv.name}@{mv.version}"
+        if champion:
+            promote(session, ref)
+    return ref
+
+
+def _eventually(check, timeout: float = 3.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except (AssertionError, openai.NotFoundError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_registry_versions_are_served_without_a_redeploy(studio, tmp_path):
+    client, settings, base = studio["client"], studio["settings"], studio["base_dir"]
+    _, base_text = _version(client, "tiny")
+    v1 = make_adapter(base, tmp_path / "v1", seed=1)
+    v2 = make_adapter(base, tmp_path / "v2", seed=2)
+
+    assert _register(settings, "rev", v1, base) == "rev@1"
+    started = time.monotonic()
+
+    def listed_and_answering():
+        ids = [m.id for m in client.models.list().data]
+        assert "rev" in ids and "rev@1" in ids
+        return _version(client, "rev")
+
+    version, v1_text = _eventually(listed_and_answering)
+    print(f"rev@1 answered {time.monotonic() - started:.1f} s after registration")
+    assert version == "rev@1" and v1_text != base_text
+
+    # A streamed answer names its version in the header, and the chunks use the public name.
+    with client.chat.completions.with_streaming_response.create(
+            model="rev", messages=CHAT, max_tokens=12, temperature=0, stream=True) as raw:
+        assert raw.headers["x-studio-model-version"] == "rev@1"
+        chunks = list(raw.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == v1_text
+    assert {c.model for c in chunks} == {"rev@1"}
+
+    assert _register(settings, "rev", v2, base, champion=True) == "rev@2"
+    started = time.monotonic()
+    version, v2_text = _eventually(lambda: _expect(_version(client, "rev"), "rev@2"))
+    print(f"rev@2 (champion) answered {time.monotonic() - started:.1f} s after promotion")
+    assert v2_text not in (v1_text, base_text)
+    assert _version(client, "rev@1") == ("rev@1", v1_text)
+    assert _version(client, "rev@2") == ("rev@2", v2_text)
+    with pytest.raises(openai.NotFoundError, match="rev@9"):
+        _chat(client, "rev@9")
+
+
+def test_client_disconnect_mid_stream_aborts_the_engine_request(studio):
+    import httpx
+
+    from deployments.model import deployment_name
+
+    model = serve.get_deployment_handle(deployment_name("tiny"), app_name="studio")
+    # Long enough to be still running when the client leaves: 32 sequences × 480 tokens.
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 480, "n": 32, "temperature": 1.0,
+            "seed": 1}
+    started = time.monotonic()
+    full = studio["client"].completions.create(**body, extra_body={"ignore_eos": True})
+    full_s = time.monotonic() - started
+    assert full.usage.completion_tokens == 32 * 480
+    with httpx.stream("POST", f"http://127.0.0.1:{studio['port']}/v1/completions",
+                      json={**body, "ignore_eos": True, "stream": True}, timeout=30,
+                      headers={"Authorization": f"Bearer {studio['key']}"}) as r:
+        assert r.status_code == 200 and r.headers["x-studio-model-version"] == "tiny"
+        running = 0
+        for i, _ in enumerate(r.iter_text()):
+            running = model.stats.remote().result()["unfinished_requests"]  # one per sequence
+            if running or i > 200:
+                break
+        assert running > 0, "the request ended before the client could leave it"
+    closed = time.monotonic()  # leaving the block closes the connection mid-stream
+
+    def aborted():
+        assert model.stats.remote().result()["unfinished_requests"] == 0
+
+    _eventually(aborted, timeout=full_s / 2)
+    print(f"engine request aborted {time.monotonic() - closed:.2f} s after the client left "
+          f"(the whole request takes {full_s:.1f} s)")
+
+
+def _expect(result: tuple[str, str], version: str) -> tuple[str, str]:
+    assert result[0] == version, result
+    return result
