@@ -18,15 +18,19 @@ from studio import stack
 from studio.cli.common import console, settings_with_db
 from studio.data.ingest import ingest_file
 from studio.errors import StudioError
+from studio.jobs.follow import follow_job
 from studio.models.tiny import make_tiny, reversal_example
+from studio.recipes import load_recipe
 from studio.settings import StudioSettings
+from studio.train.spec import TrainSpec
 
 NOT_YET = [
-    "evaluate the base model (evaluation service)",
-    "fine-tune with SFT LoRA on Ray Train (fine-tuning service)",
-    "hot-load the adapter into the multi-LoRA router (serving)",
-    "compare base vs adapter, promote, A/B + feedback, DPO (evaluation, serving, loop)",
+    "A/B experiment alias base vs adapter, feedback, preference export (serving: experiments)",
+    "DPO from the feedback snapshot (the loop issue)",
+    "gateway usage/cost table (gateway)",
 ]
+TINY_SERVE_CONFIG = stack.DEFAULT_SERVE_CONFIG.with_name("studio_tiny.yaml")
+SFT_RECIPE = stack.DEFAULT_SERVE_CONFIG.parents[1] / "train" / "sft_reverse_tiny.yaml"
 
 
 def write_reversal_files(out_dir: Path, n_train: int = 2000, n_test: int = 200, seed: int = 0) -> tuple[Path, Path]:
@@ -58,16 +62,19 @@ def _step(n: int, title: str, fn: Callable[[], Any]) -> Any:
     return result
 
 
-def run_demo(exit_at_end: bool = False) -> None:
+def run_demo(exit_at_end: bool = False, eval_rows: int = 100) -> None:
     settings = settings_with_db()
     t_start = time.monotonic()
 
-    _step(1, "start the local stack (Ray + Serve)", lambda: stack.up(settings))
+    model_dir = _step(1, "build the tiny model", lambda: make_tiny(settings.models_dir / "tiny"))
+    console.print(f"model: {model_dir}")
+
+    _step(2, "start the local stack (Ray + Serve + the tiny model on vLLM)",
+          lambda: stack.up(settings, _serve_config_for(settings, model_dir)))
     key_file, _ = stack.ensure_admin_key(settings)
     admin_key = settings.admin_key or key_file.read_text().strip()
-
-    model_dir = _step(2, "build the tiny model", lambda: make_tiny(settings.models_dir / "tiny"))
-    console.print(f"model: {model_dir}")
+    api = httpx.Client(base_url=settings.base_url, headers={"Authorization": f"Bearer {admin_key}"},
+                       timeout=60)
 
     def ingest() -> None:
         train, test = write_reversal_files(settings.home_abs / "demo-data")
@@ -77,18 +84,51 @@ def run_demo(exit_at_end: bool = False) -> None:
                           f"snapshot {r.snapshot_id[:12]}")
     _step(3, "ingest the digit-reversal data", ingest)
 
-    def check_api() -> None:
-        base = settings.base_url
-        if httpx.get(f"{base}/api/datasets").status_code != 401:
-            raise StudioError("the API answered without a key", "report this as a bug")
-        r = httpx.get(f"{base}/api/datasets", headers={"Authorization": f"Bearer {admin_key}"})
+    test_rows = api.get("/api/datasets/reverse-test/rows", params={"limit": eval_rows}).raise_for_status().json()["rows"]
+    base_em = _step(4, "evaluate the base model through /v1 (exact match)",
+                    lambda: _exact_match(settings, admin_key, "tiny", test_rows))
+    console.print(f"  tiny (base): exact match {base_em:.2f} on {len(test_rows)} held-out rows")
+
+    def train() -> str:
+        spec = load_recipe(SFT_RECIPE, TrainSpec, [f"base_model={model_dir}"])
+        r = api.post("/api/jobs", json=spec.model_dump(mode="json", by_alias=True))
+        if r.status_code != 201:
+            raise StudioError(f"POST /api/jobs answered {r.status_code}: {r.text[:300]}", "see the message")
+        job_id = r.json()["id"]
+        console.print(f"  job {job_id} queued; following it (SFT LoRA, 2 Ray Train workers)")
+        shown = -100
+        for event in follow_job(settings, job_id):
+            if event.kind == "status":
+                console.print(f"  [{event.data.get('status')}] {event.data.get('reason', '')}", highlight=False)
+            elif event.kind == "progress" and event.data.get("step") is not None:
+                step, total = event.data["step"], event.data.get("total")
+                if step - shown >= 25 or step == total:
+                    shown = step
+                    console.print(f"  step {step}/{total or '?'}", highlight=False)
+        job = api.get(f"/api/jobs/{job_id}").raise_for_status().json()
+        if job["status"] != "SUCCEEDED":
+            raise StudioError(f"job {job_id} ended {job['status']}: {job.get('error')}", f"studio jobs logs {job_id}")
+        return job["result"]["model"]
+    version = _step(5, "fine-tune with SFT LoRA on Ray Train (submitted over HTTP)", train)
+    console.print(f"  registered {version}")
+
+    def compare() -> float:
+        name = version.split("@")[0]
+        em = _exact_match(settings, admin_key, name, test_rows)
+        console.print(f"  {'model':<16} exact match")
+        console.print(f"  {'tiny (base)':<16} {base_em:.2f}")
+        console.print(f"  {version:<16} {em:.2f}   (hot-loaded by the router, no redeploy)")
+        if em < 0.9:
+            raise StudioError(f"{version} reached exact match {em:.2f}, below 0.9", "see the job's metrics")
+        return em
+    _step(6, "serve the new version without a redeploy and compare", compare)
+
+    def promote() -> None:
+        r = api.post(f"/api/models/{version}/promote", json={"stage": "champion"})
         if r.status_code != 200:
-            raise StudioError(f"GET /api/datasets answered {r.status_code}: {r.text[:200]}", "see the Serve logs")
-        names = {d["name"] for d in r.json()}
-        if not {"reverse-train", "reverse-test"} <= names:
-            raise StudioError(f"the API lists {sorted(names)}, not the demo datasets", "see the Serve logs")
-        console.print(f"  GET /api/datasets (bearer key) → {sorted(names)}")
-    _step(4, "read the data back through the HTTP API", check_api)
+            raise StudioError(f"promote answered {r.status_code}: {r.text[:200]}", "see the message")
+        console.print(f"  {version} is now the champion of {version.split('@')[0]}")
+    _step(7, "promote the adapter", promote)
 
     console.rule("[bold]not built yet")
     for item in NOT_YET:
@@ -98,6 +138,38 @@ def run_demo(exit_at_end: bool = False) -> None:
     if exit_at_end:
         stack.down(settings)
         console.print("stack stopped (--exit)")
+
+
+def _serve_config_for(settings: StudioSettings, model_dir: Path) -> Path:
+    """configs/serve/studio_tiny.yaml with the model path pointing at this STUDIO_HOME's tiny model."""
+    import yaml
+
+    cfg = yaml.safe_load(TINY_SERVE_CONFIG.read_text())
+    for app in cfg["applications"]:
+        for model in app.get("args", {}).get("models", []):
+            model["engine"]["model"] = str(model_dir)
+    out = settings.home_abs / "serve-demo.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def _exact_match(settings: StudioSettings, key: str, model: str, rows: list[dict[str, Any]]) -> float:
+    """Greedy answers through the studio's OpenAI endpoint, compared with the reference."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(row: dict[str, Any]) -> bool:
+        r = httpx.post(f"{settings.base_url}/v1/chat/completions", timeout=120,
+                       headers={"Authorization": f"Bearer {key}"},
+                       json={"model": model, "temperature": 0, "max_tokens": 16,
+                             "messages": [{"role": "user", "content": row["prompt"]}]})
+        if r.status_code != 200:
+            raise StudioError(f"/v1/chat/completions for {model} answered {r.status_code}: {r.text[:200]}",
+                              "see the Serve logs in the Ray dashboard")
+        return r.json()["choices"][0]["message"]["content"].strip() == row["completion"].strip()
+
+    with ThreadPoolExecutor(8) as pool:
+        hits = list(pool.map(ask, rows))
+    return sum(hits) / len(hits)
 
 
 def _summary(settings: StudioSettings, key_file: Path) -> None:

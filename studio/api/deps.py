@@ -29,7 +29,7 @@ def get_session(settings: Annotated[StudioSettings, Depends(get_settings)]) -> I
 
 def current_key(
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    session: Annotated[Session, Depends(get_session)],
+    session: Annotated[Session, Depends(get_session, scope="function")],
 ) -> ApiKey:
     if creds is None or not creds.credentials:
         raise HTTPException(401, "missing API key: send `Authorization: Bearer <key>` "
@@ -59,7 +59,8 @@ def require_roles(*roles: Role):
 
 
 SettingsDep = Annotated[StudioSettings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent, so a client that sees 201 can read the row.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 KeyDep = Annotated[ApiKey, Depends(current_key)]
 AdminDep = Annotated[ApiKey, Depends(require_admin)]
 # Changes people make by hand (promoting a model): not for service keys, which automation holds.
