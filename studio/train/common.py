@@ -16,6 +16,7 @@ is what ``run.py`` registers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -112,7 +113,9 @@ def deepspeed_config(spec: TrainSpec) -> dict[str, Any] | None:
 def rank_output_dir(job: WorkerJob) -> Path:
     """Node-local scratch for this rank's HF checkpoints; Ray copies them to persistent storage."""
     ctx = ray.train.get_context()
-    path = Path(tempfile.gettempdir()) / "studio-train" / f"job-{job.job_id}" / f"rank-{ctx.get_world_rank()}"
+    # Job ids repeat across studios (databases) sharing a machine: key the folder on both.
+    studio = hashlib.sha1(job.db_url.encode()).hexdigest()[:8]
+    path = Path(tempfile.gettempdir()) / "studio-train" / f"{studio}-job-{job.job_id}" / f"rank-{ctx.get_world_rank()}"
     shutil.rmtree(path, ignore_errors=True)  # a restarted worker must not pick up a stale local checkpoint
     path.mkdir(parents=True)
     return path

@@ -14,9 +14,6 @@ latest Ray Train checkpoint (same storage path and run name).
 
 from __future__ import annotations
 
-# First: the stack module sets RAY_AUTH_MODE before anything imports ray (the local head uses tokens).
-from studio import stack  # isort: skip
-
 import argparse
 import json
 import os
@@ -27,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from studio import stack
 from studio.errors import NotFound, StudioError
 from studio.jobs.status import IllegalTransition, JobStatus, create_job, transition
 from studio.recipes import load_recipe
@@ -36,9 +34,9 @@ from studio.store.artifacts import ArtifactStore
 from studio.store.db import init_db, session_scope
 from studio.store.models import Job
 from studio.train import tracking
-from studio.train.worker import FINAL_DIR, RUNNERS, WorkerJob, train_loop_per_worker
 from studio.train.preflight import ResolvedInputs, preflight
 from studio.train.spec import TrainSpec
+from studio.train.worker import FINAL_DIR, RUNNERS, WorkerJob, train_loop_per_worker
 
 EXIT_FAILED, EXIT_REFUSED = 1, 2
 
