@@ -12,6 +12,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
+from studio import stack
 from studio.errors import Unavailable
 from studio.settings import StudioSettings
 
