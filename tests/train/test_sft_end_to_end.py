@@ -47,10 +47,9 @@ def test_sft_recipe_trains_registers_and_tracks(home: StudioSettings, entrypoint
     assert mv.uri.endswith(f"models/reverse-tiny/{job.id}-1")
     assert mv.metrics["global_step"] == 480  # 15 epochs x ceil(2000 / 64)
     assert mv.metrics["exact_match"] >= 0.9  # eval_after on reverse-test
-    # The budget is 5 min of CPU training (~2 min on 2 idle cores); the whole job adds ~1 min of
-    # start-up, which a loaded CI machine can stretch, so only training time is asserted.
-    assert mv.metrics["train_runtime_s"] < 300, f"training took {mv.metrics['train_runtime_s']:.0f} s " \
-        f"(job: {result.seconds:.0f} s)"
+    # Training time is reported, not asserted (speed belongs to scripts/bench_train.py): a loaded
+    # machine stretches it. On 2 idle cores it is ~2 min.
+    print(f"training took {mv.metrics['train_runtime_s']:.0f} s (job: {result.seconds:.0f} s)")
     load_adapter(base_model, mv.uri)  # loads with PeftModel.from_pretrained
     norms = lora_b_norms(mv.uri)
     assert norms and all(n > 0 for n in norms.values()), "LoRA B starts at zero; training must move it"
