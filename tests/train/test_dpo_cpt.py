@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def run_recipe(home: StudioSettings, entrypoint: Entrypoint, recipe: str, *overrides: str):
-    result = entrypoint.run("--recipe", str(RECIPES / recipe), *overrides, timeout_s=300)
+    result = entrypoint.run("--recipe", str(RECIPES / recipe), *overrides, timeout_s=600)
     assert result.returncode == 0, tail(result.output)
     with session_scope(home.db_url) as s:
         job = s.scalars(select(Job)).one()

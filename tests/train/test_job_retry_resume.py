@@ -44,7 +44,7 @@ def test_retry_resumes_from_the_previous_attempts_checkpoint(home: StudioSetting
         transition(s, job.id, JobStatus.RETRYING, "attempt 2 of 3 after a backoff")
         job_id = job.id
 
-    result = entrypoint.run("--job-id", str(job_id), timeout_s=300)
+    result = entrypoint.run("--job-id", str(job_id), timeout_s=600)
     assert result.returncode == 0, tail(result.output)
     with session_scope(home.db_url) as s:
         job = s.get(Job, job_id)
