@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field, model_validator
 from ray.serve import Application
 
+from deployments.gateway import Gateway
 from deployments.ingress import ApiIngress
 from deployments.model import ModelDeploymentConfig, build_model_deployment
 from deployments.router import Router
@@ -33,6 +34,19 @@ class SchedulerArgs(SchedulerConfig):
     num_cpus: float = Field(default=0.05, gt=0, description="Logical CPUs its one replica reserves.")
 
 
+class GatewayArgs(Spec):
+    """The LLM gateway deployment (``/gateway/v1``): its config and where it runs."""
+
+    enabled: bool = Field(default=True, description="Deploy the gateway (off: /gateway answers 503).")
+    config: str | None = Field(default=None, description="Path of the gateway YAML; default "
+                               "configs/gateway.yaml (built-in defaults if absent).")
+    spec: dict[str, Any] | None = Field(default=None, description="The gateway config inline "
+                                        "(same fields as the YAML); wins over `config`.")
+    num_replicas: int = Field(default=1, ge=1, description="Gateway replicas (limits and cache "
+                              "are shared through Redis when STUDIO_REDIS_URL is set).")
+    num_cpus: float = Field(default=0.05, gt=0, description="Logical CPUs each replica reserves.")
+
+
 class AppArgs(Spec):
     """The ``args`` of the studio application in a Serve config."""
 
@@ -42,6 +56,7 @@ class AppArgs(Spec):
         default_factory=list, description="Base models served on /v1 (one ModelDeployment each, "
         "with its registry adapters); none: no engine starts and /v1 answers 503.")
     router_num_cpus: float = Field(default=0.05, gt=0, description="Logical CPUs the Router reserves.")
+    gateway: GatewayArgs = Field(default_factory=GatewayArgs, description="LLM gateway.")
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> AppArgs:
@@ -73,6 +88,24 @@ def build_router(models: list[ModelDeploymentConfig], num_cpus: float, env: dict
     ).bind(bases)
 
 
+def build_gateway(cfg: GatewayArgs, router, env: dict[str, str]):
+    """The Gateway bound with the Router's handle; None when disabled. The config is validated
+    here, so a malformed gateway YAML fails `studio up` with the field named."""
+    import os
+
+    from studio.gateway.spec import load_gateway_spec
+
+    if not cfg.enabled:
+        return None
+    spec = load_gateway_spec(cfg.spec if cfg.spec is not None else cfg.config)
+    # Provider keys travel from the environment of `studio up` to the gateway replicas only.
+    keys = {name: os.environ[name] for name in spec.key_envs() if os.environ.get(name)}
+    return Gateway.options(
+        num_replicas=cfg.num_replicas,
+        ray_actor_options={"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": {**env, **keys}}},
+    ).bind(spec.model_dump(mode="json"), router)
+
+
 def build_app(args: dict[str, Any] | None = None) -> Application:
     cfg = validate_spec(AppArgs, dict(args or {}), "serve application args")
     env = settings_env(StudioSettings())
@@ -84,9 +117,10 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             ray_actor_options={"num_cpus": cfg.scheduler.num_cpus, "runtime_env": {"env_vars": env}},
         ).bind(cfg.scheduler.model_dump(exclude={"enabled", "num_cpus"}))
     router = build_router(cfg.models, cfg.router_num_cpus, env)
+    gateway = build_gateway(cfg.gateway, router, env)
     # A Serve application is the graph reachable from its ingress: the scheduler, the router and
     # its model deployments are deployed because the ingress is bound with their handles.
     return ApiIngress.options(
         num_replicas=cfg.ingress.num_replicas,
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus, "runtime_env": {"env_vars": env}},
-    ).bind(scheduler, router)
+    ).bind(scheduler, router, gateway=gateway)

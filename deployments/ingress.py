@@ -5,7 +5,8 @@ The FastAPI app is built on the replica (``__serve_build_asgi_app__``, not a pic
 ``STUDIO_*`` env vars that ``build_app`` forwards, so the replica opens the same database and
 artifact store as the CLI. The JobScheduler's handle comes in as an init argument: that makes the
 scheduler part of the application, and lets ``/api/scheduler`` ask it how it is doing. The
-Router's handle (when the config serves models) answers ``/v1/*``.
+Router's handle (when the config serves models) answers ``/v1/*``; the Gateway's handle answers
+``/gateway/v1/*``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from ray.serve.handle import DeploymentHandle
 @serve.ingress()
 class ApiIngress:
     def __init__(self, scheduler: DeploymentHandle | None = None,
-                 router: DeploymentHandle | None = None):
+                 router: DeploymentHandle | None = None, gateway: DeploymentHandle | None = None):
         self._scheduler = scheduler
         self._router = router
+        self._gateway = gateway
 
     def __serve_build_asgi_app__(self):
         from studio.api.app import create_app
@@ -28,4 +30,5 @@ class ApiIngress:
         app = create_app()
         app.state.scheduler = self._scheduler
         app.state.router = self._router  # None when the config serves no models: /v1 answers 503
+        app.state.gateway = self._gateway  # the LLM gateway (/gateway/v1/*); None when disabled
         return app

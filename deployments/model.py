@@ -3,8 +3,11 @@ deployment. The router calls it through a handle; nothing here speaks HTTP.
 
 Handle methods:
 
-* ``chat(request)`` / ``completions(request)``: OpenAI request bodies (``model`` = the base model's
-  served name or a loaded adapter id). Generators, so call them with
+* ``chat(request, adapter=None)`` / ``completions(request, adapter=None)``: OpenAI request bodies
+  (``model`` = the base model's served name or an adapter id). ``adapter`` = ``{"id", "uri"}``
+  makes the replica that answers load that adapter first if it does not have it: with several
+  replicas (or after a restart) whichever replica Serve picks can serve any registry version, with
+  no broadcast and no retry. Generators, so call them with
   ``handle.options(stream=True)``: they yield either one ``dict`` — the whole JSON body, a response
   or an OpenAI-shaped error whose ``error.code`` is the HTTP status — or, for an accepted
   ``"stream": true`` request, the server-sent-event strings to relay as they are.
@@ -12,6 +15,9 @@ Handle methods:
   URI) into a local cache, check it (files whole, same base model, rank within max_lora_rank), then
   load it. A bad adapter raises a StudioError and leaves the engine and other adapters as they were.
 * ``unload_adapter(adapter_id)``, ``adapters()``, ``stats()``; ``check_health`` is Serve's probe.
+
+Each replica reports the adapters it holds to the application's Router (when there is one) after
+they change and every ``REPORT_EVERY_S``, for the ``studio_adapters_loaded`` gauge on ``/metrics``.
 
 On a CPU machine the replica asks only for (fractional) logical CPUs: Ray here advertises more
 logical CPUs than cores, and the engine runs in processes vLLM starts next to the replica.
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +37,14 @@ from pydantic import Field, model_validator
 from ray import serve
 from ray.serve import Application
 
-from deployments.engines.base import Engine, EngineConfig, make_engine
+from deployments.engines.base import Engine, EngineConfig, error_body, make_engine
 from studio.errors import StudioError
 from studio.models.adapters import fetch_adapter
 from studio.recipes import Spec
 from studio.settings import StudioSettings, settings_env
 
 logger = logging.getLogger("ray.serve")
+REPORT_EVERY_S = 5.0
 
 
 class AutoscalingSpec(Spec):
@@ -60,6 +68,10 @@ class ModelDeploymentConfig(Spec):
     num_gpus: float = Field(
         default=0, ge=0,
         description="GPUs a replica reserves: 0 on CPU, tensor_parallel_size on GPU.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources a replica reserves, e.g. "
+        "{serving: 1}: on a cluster this pins replicas to the serving worker group "
+        "(cluster/aws.yaml), so training cannot take their GPUs.")
     max_ongoing_requests: int = Field(
         default=32, ge=1, description="Requests one replica takes at once before Serve queues.")
     adapter_cache_dir: str | None = Field(
@@ -89,18 +101,29 @@ class ModelDeployment:
                                or StudioSettings().home_abs / "cache" / "adapters")
         self.engine: Engine = make_engine(self.config.engine)
         await self.engine.start()
+        self._loading: dict[str, asyncio.Lock] = {}
+        self._reported: tuple[str, ...] | None = None
+        self._report_task = asyncio.get_running_loop().create_task(self._report_loop())
         logger.info("ModelDeployment serving %s on %s", self.config.engine.name,
                     self.config.engine.engine)
 
-    async def chat(self, request: dict[str, Any]):
-        async for item in self._generate("chat", request):
+    async def chat(self, request: dict[str, Any], adapter: dict[str, str] | None = None):
+        async for item in self._generate("chat", request, adapter):
             yield item
 
-    async def completions(self, request: dict[str, Any]):
-        async for item in self._generate("completions", request):
+    async def completions(self, request: dict[str, Any], adapter: dict[str, str] | None = None):
+        async for item in self._generate("completions", request, adapter):
             yield item
 
-    async def _generate(self, endpoint, request):
+    async def _generate(self, endpoint, request, adapter=None):
+        if adapter and not self.engine.has_adapter(adapter["id"]):
+            try:
+                await self._load_once(adapter["id"], adapter["uri"])
+            except StudioError as e:  # a bad version: this request fails, nothing else does
+                label = adapter.get("label") or adapter["id"]
+                yield error_body(f"model version {label!r} cannot be served: {e}", e.status_code,
+                                 type(e).__name__, "model")
+                return
         result = await self.engine.generate(endpoint, request)
         if isinstance(result, dict):
             yield result
@@ -108,16 +131,52 @@ class ModelDeployment:
         async for chunk in result:
             yield chunk
 
+    async def _load_once(self, adapter_id: str, uri: str) -> None:
+        # Concurrent first requests for one version fetch and load it once.
+        lock = self._loading.setdefault(adapter_id, asyncio.Lock())
+        async with lock:
+            if not self.engine.has_adapter(adapter_id):
+                await self.load_adapter(adapter_id, uri)
+
     async def load_adapter(self, adapter_id: str, uri: str) -> dict[str, Any]:
         # Fetching blocks on I/O: keep it off the loop that streams tokens. The engine checks the
         # files (whole, same base model, rank) before loading them.
         path = await asyncio.to_thread(fetch_adapter, uri, self._cache_dir)
         await self.engine.add_adapter(adapter_id, str(path))
         logger.info("adapter %s loaded from %s", adapter_id, uri)
+        self._wake_report()
         return {"id": adapter_id, "uri": uri, "path": str(path)}
 
     async def unload_adapter(self, adapter_id: str) -> None:
         await self.engine.remove_adapter(adapter_id)
+        self._wake_report()
+
+    # ---- adapter reports to the Router (metrics) ------------------------------------------------
+    def _wake_report(self) -> None:
+        self._reported = None  # the next loop turn reports
+
+    async def _report_loop(self) -> None:
+        """Tell the Router which adapters this replica holds. Best effort: metrics must never
+        disturb serving, and a ModelDeployment deployed without a Router reports nothing."""
+        try:
+            ctx = serve.get_replica_context()
+            router = serve.get_deployment_handle("Router", app_name=ctx.app_name)
+            replica = ctx.replica_id.unique_id
+        except Exception:  # noqa: BLE001 — no Router in this application
+            return
+        last_sent = 0.0
+        while True:
+            await asyncio.sleep(0.5)
+            loaded = tuple(sorted(a["id"] for a in self.engine.list_adapters() if a["loaded"]))
+            now = time.monotonic()
+            if loaded == self._reported and now - last_sent < REPORT_EVERY_S:
+                continue
+            try:
+                await router.report_adapters.remote(self.config.engine.name, replica, list(loaded))
+                self._reported, last_sent = loaded, now
+            except Exception as e:  # noqa: BLE001
+                logger.debug("adapter report to the Router failed: %s", e)
+                await asyncio.sleep(REPORT_EVERY_S)
 
     def adapters(self) -> list[dict[str, Any]]:
         return self.engine.list_adapters()
@@ -147,6 +206,7 @@ def build_model_deployment(config: ModelDeploymentConfig | dict[str, Any],
         "name": name or deployment_name(cfg.engine.name),
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
+                              **({"resources": cfg.resources} if cfg.resources else {}),
                               "runtime_env": {"env_vars": settings_env(StudioSettings())}},
     }
     if cfg.autoscaling:

@@ -6,15 +6,23 @@ Names (docs: ARCHITECTURE.md "Endpoint model names"):
 * a served base model id → that base, no adapter;
 * a registry name → its champion version (else its newest);
 * ``name@N`` → that version;
+* an active experiment alias → one of its arms (any of the names above) by weighted draw, sticky
+  per the request's ``user`` (``studio.experiments.ab.pick_arm``);
 * anything else → a 404 in OpenAI's shape pointing at ``GET /v1/models``.
 
 A registry version is served as the adapter id ``name@N-<model_versions.id>`` (unique per version,
 never reused even if a name is deleted and registered again), loaded on the base's ModelDeployment
-on first use. Registry lookups hit the database with a TTL cache of ``REGISTRY_TTL_S`` so a newly
-registered or promoted version answers within about a second, without a redeploy.
+by whichever ModelDeployment replica answers (the request carries the adapter's id and URI, and a
+replica that lacks it loads it first), so any number of replicas serve every version. Registry and
+experiment lookups hit the database with a TTL cache of ``REGISTRY_TTL_S`` so a newly registered
+or promoted version (or a new experiment) answers within about a second, without a redeploy.
+
+Every answered request is recorded in the completion log (``CompletionRecorder``: batched writes
+from a background task, never on the request path) and counted in ``ServingMetrics``.
 
 ``chat(body)`` / ``completions(body)`` are generators (call with ``handle.options(stream=True)``):
-the first item is ``{"studio_model_version": "name@N"}`` (or the base id), then the engine's
+the first item is ``{"studio_model_version": "name@N"}`` (or the base id; plus
+``studio_experiment`` / ``studio_arm`` for an alias), then the engine's
 items — one dict (a whole JSON body; errors carry ``error.code`` = HTTP status) or SSE strings.
 When the name does not resolve, the only item is the error dict.
 """
@@ -24,7 +32,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +41,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.engines.base import error_body
+from deployments.serving_metrics import UNRESOLVED, ServingMetrics
 from studio.errors import StudioError
+from studio.experiments.ab import pick_arm
+from studio.experiments.completions import CompletionRecorder, ResponseCapture, prompt_text
 
 logger = logging.getLogger("ray.serve")
 REGISTRY_TTL_S = 1.0
@@ -45,6 +57,14 @@ class Target:
     label: str  # what answered: the base id or name@N
     adapter_id: str | None = None
     uri: str | None = None
+    experiment: str | None = None  # the alias requested, when an experiment chose this
+    arm: str | None = None  # the arm's model name
+
+    def meta(self) -> dict[str, str]:
+        meta = {"studio_model_version": self.label}
+        if self.experiment:
+            meta.update(studio_experiment=self.experiment, studio_arm=self.arm)
+        return meta
 
 
 def normalize_base(model: str) -> str:
@@ -71,7 +91,9 @@ class Router:
             self._aliases[normalize_base(info.get("model") or base)] = base
         self._db_url = StudioSettings().db_url
         self._cache: dict[str, tuple[float, Target | dict]] = {}
-        self._loaded: dict[str, set[str]] = {b: set() for b in self._handles}
+        self._experiments: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
+        self.metrics = ServingMetrics()
+        self.recorder = CompletionRecorder(self._db_url)
 
     # ---- names -------------------------------------------------------------------------------
     def _base_of(self, base_model: str) -> str | None:
@@ -99,12 +121,28 @@ class Router:
                               404, "NotFoundError", "model")
         return Target(base, f"{name}@{version}", adapter_id(name, version, row_id), uri)
 
-    async def resolve(self, model: Any) -> Target | dict:
+    async def resolve(self, model: Any, user: Any = None) -> Target | dict:
         if not isinstance(model, str) or not model:
             return error_body(f"`model` must name a model; {MODELS_HINT}", 400,
                               "BadRequestError", "model")
         if model in self._handles:
             return Target(model, model)
+        experiment = (await self._active_experiments()).get(model)
+        if experiment is None:
+            return await self._resolve_name(model)
+        if experiment["status"] != "active":
+            return error_body(f"The model `{model}` is an experiment that is stopped; reactivate "
+                              f"it (PATCH /api/experiments/{model}) or request one of its arms; "
+                              f"{MODELS_HINT}", 404, "NotFoundError", "model")
+        arm = pick_arm(model, experiment["arms"], user if isinstance(user, str) else None)
+        target = Target(arm, arm) if arm in self._handles else await self._resolve_name(arm)
+        if isinstance(target, dict):  # a copy: the cached error stays as it is
+            error = target["error"]
+            return {"error": {**error, "message": f"experiment `{model}` arm `{arm}`: "
+                                                  f"{error['message']}"}}
+        return replace(target, experiment=model, arm=arm)
+
+    async def _resolve_name(self, model: str) -> Target | dict:
         now = time.monotonic()
         hit = self._cache.get(model)
         if hit and hit[0] > now:
@@ -113,12 +151,21 @@ class Router:
         self._cache[model] = (now + REGISTRY_TTL_S, target)
         return target
 
-    async def _ensure_loaded(self, target: Target, force: bool = False) -> None:
-        loaded = self._loaded[target.base]
-        if target.adapter_id in loaded and not force:
-            return
-        await self._handles[target.base].load_adapter.remote(target.adapter_id, target.uri)
-        loaded.add(target.adapter_id)
+    async def _active_experiments(self) -> dict[str, dict[str, Any]]:
+        """alias → {"status", "arms"} for every experiment (stopped ones too, for their 404)."""
+        expires, experiments = self._experiments
+        if expires <= time.monotonic():
+            experiments = await asyncio.to_thread(self._experiment_rows)
+            self._experiments = (time.monotonic() + REGISTRY_TTL_S, experiments)
+        return experiments
+
+    def _experiment_rows(self) -> dict[str, dict[str, Any]]:
+        from studio.experiments.ab import list_experiments
+        from studio.store.db import session_scope
+
+        with session_scope(self._db_url) as session:
+            return {e.alias: {"status": e.status, "arms": list(e.arms)}
+                    for e in list_experiments(session)}
 
     # ---- endpoints ---------------------------------------------------------------------------
     async def models(self) -> dict[str, Any]:
@@ -130,7 +177,28 @@ class Router:
         for ref, base, created in rows:
             data.append({"id": ref, "object": "model", "created": created, "owned_by": "studio",
                          "root": base, "parent": base})
+        for alias, exp in (await self._active_experiments()).items():
+            if exp["status"] == "active":
+                data.append({"id": alias, "object": "model", "created": now, "owned_by": "studio",
+                             "root": None, "parent": None, "studio_experiment": {
+                                 "arms": exp["arms"]}})
         return {"object": "list", "data": data}
+
+    def bases(self) -> list[str]:
+        return list(self._handles)
+
+    def report_adapters(self, model: str, replica: str, adapter_ids: list[str]) -> None:
+        """A ModelDeployment replica telling which adapters it holds (for /metrics)."""
+        self.metrics.report_adapters(model, replica, adapter_ids)
+
+    def metrics_text(self) -> str:
+        self.metrics.completion_log.labels("written").set(self.recorder.written)
+        self.metrics.completion_log.labels("dropped").set(self.recorder.dropped)
+        return self.metrics.render()
+
+    async def flush_completions(self) -> int:
+        """Write the buffered completion log now (feedback on a just-answered completion)."""
+        return await self.recorder.flush()
 
     def _registry_rows(self) -> list[tuple[str, str, int]]:
         from studio.registry.versions import list_versions
@@ -157,48 +225,72 @@ class Router:
             yield item
 
     async def _forward(self, endpoint: str, body: dict[str, Any]):
-        target = await self.resolve(body.get("model"))
+        started = time.perf_counter()
+        target = await self.resolve(body.get("model"), body.get("user"))
         if isinstance(target, dict):
+            self.metrics.errors.labels(UNRESOLVED, UNRESOLVED, str(target["error"]["code"])).inc()
             yield target
             return
-        yield {"studio_model_version": target.label}
-        request = dict(body)
+        labels = (target.base, target.label)
+        self.metrics.requests.labels(*labels, endpoint).inc()
+        yield target.meta()
+        request, adapter = {**body, "model": target.adapter_id or target.base}, None
         if target.adapter_id:
-            await self._ensure_loaded(target)
-            request["model"] = target.adapter_id
+            adapter = {"id": target.adapter_id, "uri": target.uri, "label": target.label}
         handle = getattr(self._handles[target.base].options(stream=True), endpoint)
-        gen = handle.remote(request)
+        gen = handle.remote(request, adapter)
+        capture, ttft, done = ResponseCapture(), None, False
         try:
-            first = await gen.__anext__()
-            if target.adapter_id and _is_unknown_model(first):
-                # Loaded on another replica, or forgotten (replica restarted): load, then retry once.
-                gen.cancel()
-                await self._ensure_loaded(target, force=True)
-                gen = handle.remote(request)
-                first = await gen.__anext__()
-            yield _relabel(first, target)
             async for item in gen:
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+                    self.metrics.ttft.labels(*labels).observe(ttft)
+                capture.add(item)
+                # A whole body is the only item, and the ingress cancels us once it has it.
+                done = done or isinstance(item, dict)
                 yield _relabel(item, target)
-        except StopAsyncIteration:
-            return
+            done = True
+        except Exception:  # the replica failed (not the client leaving: that is a BaseException)
+            capture.error = {"code": 500}
+            raise
         finally:
             # Client gone (our generator cancelled/closed) or done: stop the engine request too.
             gen.cancel()
+            self._account(endpoint, body, target, capture, started, ttft, done)
 
-
-def _is_unknown_model(item: Any) -> bool:
-    return isinstance(item, dict) and (item.get("error") or {}).get("code") == 404
+    def _account(self, endpoint, body, target: Target, capture: ResponseCapture, started: float,
+                  ttft: float | None, done: bool) -> None:
+        labels = (target.base, target.label)
+        latency = time.perf_counter() - started
+        if capture.error is not None:
+            self.metrics.errors.labels(*labels, str(capture.error.get("code", 500))).inc()
+            return
+        if not done:
+            return  # the client left mid-answer: nothing whole to log
+        self.metrics.latency.labels(*labels).observe(latency)
+        self.metrics.output_tokens.labels(*labels).inc(capture.tokens)
+        if not capture.id:
+            return
+        prompt = body.get("messages") if endpoint == "chat" else body.get("prompt")
+        user = body.get("user")
+        self.recorder.record({
+            "id": capture.id, "endpoint": endpoint, "requested_model": str(body.get("model")),
+            "experiment": target.experiment, "arm": target.arm, "model_version": target.label,
+            "prompt": prompt, "prompt_text": prompt_text(endpoint, prompt),
+            "response": capture.text, "latency_ms": round(latency * 1000, 3),
+            "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
+            "output_tokens": capture.tokens, "user": user if isinstance(user, str) else None,
+            "created_at": datetime.now(timezone.utc)})
 
 
 def _relabel(item: Any, target: Target) -> Any:
     """Show clients the name they can use (name@N), not the internal adapter id."""
-    if target.adapter_id is None:
-        if isinstance(item, dict) and "error" not in item:
-            item["studio_model_version"] = target.label
-        return item
     if isinstance(item, str):
+        if target.adapter_id is None:
+            return item
         return item.replace(f'"model":"{target.adapter_id}"', f'"model":"{target.label}"')
     if isinstance(item, dict) and "error" not in item:
-        item["model"] = target.label
-        item["studio_model_version"] = target.label
+        if target.adapter_id:
+            item["model"] = target.label
+        item.update(target.meta())
     return item

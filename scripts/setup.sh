@@ -15,6 +15,24 @@ if [[ -z "${STUDIO_SETUP_GPU:-}" ]]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then STUDIO_SETUP_GPU=1; else STUDIO_SETUP_GPU=0; fi
 fi
 
+# Optional: Debian's Chromium for the UI's browser tests (tests/ui skip without it). Checked on
+# every run (cheap), installed only when missing, as root, with apt-get; never fails the setup.
+# STUDIO_SETUP_BROWSER=0 skips it.
+install_browser() {
+  [[ ${STUDIO_SETUP_BROWSER:-1} == 1 ]] || return 0
+  [[ -x /usr/bin/chromium ]] && return 0
+  if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: /usr/bin/chromium is missing and apt-get as root is not available; the UI browser" \
+         "tests will skip (install the Debian packages chromium and chromium-driver to run them)" >&2
+    return 0
+  fi
+  echo "==> installing chromium for the UI browser tests (apt-get)"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; } \
+    || echo "setup: could not install chromium; the UI browser tests will skip" >&2
+}
+install_browser
+
 stamp_inputs=$(cat pyproject.toml "$LOCK" scripts/setup.sh; echo "gpu=$STUDIO_SETUP_GPU")
 want=$(printf '%s' "$stamp_inputs" | sha256sum | cut -d' ' -f1)
 if [[ -x $VENV/bin/python && -f $VENV/.setup-stamp && "$(cat $VENV/.setup-stamp)" == "$want" ]]; then

@@ -6,6 +6,7 @@ needs no configuration; a cluster overrides the database, artifact store, MLflow
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -52,9 +53,36 @@ class StudioSettings(BaseSettings):
         "deployments, train workers and engines can all be placed on a small machine.",
     )
     dashboard_port: int = Field(default=8265, ge=1, le=65535, description="Ray dashboard port.")
+    train_worker_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources every training worker reserves on top of CPU/GPU, as JSON, "
+        'e.g. {"training": 1} on a cluster whose training worker group alone advertises it '
+        "(cluster/aws.yaml): training then never lands on, or starves, the serving GPUs.",
+    )
+    cluster_max_gpus: int | None = Field(
+        default=None, ge=0,
+        description="GPUs the cluster can autoscale to. Set: a GPU job is refused only when it asks "
+        "for more than this, and otherwise waits for the autoscaler (an autoscaling cluster may "
+        "have 0 GPUs attached). Unset: the GPUs attached now are the limit.",
+    )
     admin_key: str | None = Field(
         default=None,
         description="Admin API key to register at `studio up` instead of generating one.",
+    )
+    data_roots: str | None = Field(
+        default=None,
+        description="Directories / URL prefixes (comma-separated) that `studio data ingest` and "
+        "POST /api/datasets/ingest may read (STUDIO_DATA_ROOTS); default: the working directory, "
+        "the user's home, STUDIO_HOME, the temp directory and the artifact store.",
+    )
+    upload_max_bytes: int = Field(
+        default=2 * 1024**3, ge=1,
+        description="Largest dataset upload accepted over HTTP, in bytes (STUDIO_UPLOAD_MAX_BYTES).",
+    )
+    data_ray_min_bytes: int = Field(
+        default=256 * 1024**2, ge=0,
+        description="Inputs at least this large ingest through Ray Data (STUDIO_DATA_RAY_MIN_BYTES); "
+        "smaller ones stream in-process, which skips Ray's start-up cost.",
     )
 
     @property
@@ -104,6 +132,10 @@ def settings_env(settings: StudioSettings) -> dict[str, str]:
         value = getattr(settings, name)
         if value:
             env[f"STUDIO_{name.upper()}"] = value
+    if settings.train_worker_resources:
+        env["STUDIO_TRAIN_WORKER_RESOURCES"] = json.dumps(settings.train_worker_resources)
+    if settings.cluster_max_gpus is not None:
+        env["STUDIO_CLUSTER_MAX_GPUS"] = str(settings.cluster_max_gpus)
     env["STUDIO_HTTP_HOST"] = settings.http_host
     env["STUDIO_HTTP_PORT"] = str(settings.http_port)
     return env

@@ -28,7 +28,23 @@ def _validate_serve(path: Path) -> None:
         validate_spec(AppArgs, app.args or {}, f"{path} args")
 
 
+def _validate_gateway(path: Path) -> None:
+    from studio.gateway.spec import load_gateway_spec
+
+    load_gateway_spec(path)
+
+
+def _validate_data(path: Path) -> None:
+    from studio.data.curate import CurateSpec
+    from studio.data.synth.spec import SynthSpec
+
+    load_recipe(path, SynthSpec if path.name.startswith("synth") else CurateSpec)
+
+
 VALIDATORS = {
+    "data": _validate_data,
+    "eval": lambda p: load_recipe(p, __import__("studio.evals.spec", fromlist=["EvalSpec"]).EvalSpec),
+    "gateway.yaml": _validate_gateway,
     "models": lambda p: load_recipe(p, TinyModelSpec),
     "serve": _validate_serve,
     "train": lambda p: load_recipe(p, TrainSpec),

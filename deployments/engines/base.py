@@ -14,7 +14,8 @@ never re-loaded in place with other weights; a new version is a new id.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import Field, model_validator
@@ -57,9 +58,9 @@ class EngineConfig(Spec):
         description="Skip graph capture/compilation: on CPU compile warm-up costs a minute; "
         "turn it off on GPUs for throughput.",
     )
-    kv_cache_space_gib: float | None = Field(
-        default=1.0, gt=0, description="KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE); "
-        "ignored on GPU, where gpu_memory_utilization sizes it."
+    kv_cache_space_gib: int | None = Field(
+        default=1, ge=1, description="KV cache size on CPU in whole GiB (VLLM_CPU_KVCACHE_SPACE, "
+        "which vLLM reads as an integer); ignored on GPU, where gpu_memory_utilization sizes it."
     )
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0, le=1,
@@ -122,6 +123,9 @@ class Engine(Protocol):
     async def remove_adapter(self, adapter_id: str) -> None:
         """Unload and forget the adapter; requests naming it then get a 404."""
 
+    def has_adapter(self, adapter_id: str) -> bool:
+        """Whether ``adapter_id`` is registered here (loaded now or loadable on demand)."""
+
     def list_adapters(self) -> list[dict[str, Any]]:
         """Registered adapters: id, path, loaded, in-flight requests, last use."""
 
@@ -165,3 +169,57 @@ def error_body(message: str, status: int = 400, err_type: str = "BadRequestError
                param: str | None = None) -> dict[str, Any]:
     """An error in OpenAI's shape, for failures found before the engine's serving layer runs."""
     return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+
+
+class EngineAdapters:
+    """The adapter bookkeeping every engine shares: refuse bad adapters before the engine sees
+    them, keep at most ``max_loras`` loaded (``AdapterLRU``), and hold an adapter loaded while a
+    request uses it. The engine supplies only its own ``load(id, path)`` / ``unload(id)``."""
+
+    def __init__(self, config: EngineConfig, load: Callable[[str, str], Awaitable[None]],
+                 unload: Callable[[str], Awaitable[None]]):
+        from deployments.engines.adapter_lru import AdapterLRU
+
+        self.config = config
+        self.lru = AdapterLRU(config.max_loras, load, unload)
+
+    def __contains__(self, adapter_id: str) -> bool:
+        return adapter_id in self.lru.registered
+
+    async def add(self, adapter_id: str, path: str) -> None:
+        from deployments.engines.adapter_lru import check_adapter_id
+
+        check_adapter_id(adapter_id, self.config.name)
+        if adapter_id not in self.lru.registered:
+            await asyncio.to_thread(check_adapter, path, self.config)
+        await self.lru.add(adapter_id, path)
+
+    async def remove(self, adapter_id: str) -> None:
+        await self.lru.remove(adapter_id)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return self.lru.describe()
+
+    def stats(self) -> dict[str, Any]:
+        return self.lru.stats()
+
+    async def acquire(self, model: str) -> Callable[[], None] | dict[str, Any]:
+        """The release function of the request's adapter (loaded again if it was evicted), or an
+        OpenAI error body when it cannot be loaded. Other names pass through untouched."""
+        try:
+            return await self.lru.acquire(model)
+        except StudioError as e:  # an evicted adapter could not be loaded again
+            return error_body(str(e), e.status_code, type(e).__name__, "model")
+
+
+async def released_after(stream: AsyncIterator[Any], release: Callable[[], None]):
+    """Relay an engine's SSE stream as text, then release the request's adapter. Closing it
+    early (client gone) closes the engine's stream, which aborts the request in the engine."""
+    try:
+        async for chunk in stream:
+            yield chunk.decode() if isinstance(chunk, bytes) else chunk
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        release()

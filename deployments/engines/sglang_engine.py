@@ -12,19 +12,18 @@ the tokenizer manager under their version-unique id; a request selects one with 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 from pydantic import ValidationError
 
-from deployments.engines.adapter_lru import AdapterLRU, check_adapter_id
 from deployments.engines.base import (
     Endpoint,
+    EngineAdapters,
     EngineConfig,
     GenerateResult,
-    check_adapter,
     error_body,
+    released_after,
 )
 from studio.errors import StudioError, Unavailable
 
@@ -36,7 +35,7 @@ class SGLangEngine:
         self.config = config
         self._engine = None
         self._chat = self._completion = None
-        self._adapters = AdapterLRU(config.max_loras, self._load, self._unload)
+        self._adapters = EngineAdapters(config, self._load, self._unload)
 
     def engine_kwargs(self) -> dict[str, Any]:
         c = self.config
@@ -84,7 +83,7 @@ class SGLangEngine:
             return error_body("the engine is not started", 503, "ServiceUnavailableError")
         body = dict(request)
         model = body.get("model") or ""
-        if model in self._adapters.registered:
+        if model in self._adapters:
             body.update(model=self.config.name, lora_path=model)
         elif model and model != self.config.name:
             return error_body(f"The model `{model}` does not exist.", 404, "NotFoundError", "model")
@@ -92,10 +91,9 @@ class SGLangEngine:
             parsed = (ChatCompletionRequest if endpoint == "chat" else CompletionRequest)(**body)
         except ValidationError as e:
             return error_body(str(e.errors()[0]["msg"]), 400)
-        try:
-            release = await self._adapters.acquire(model)
-        except StudioError as e:
-            return error_body(str(e), e.status_code, type(e).__name__, "model")
+        release = await self._adapters.acquire(model)
+        if isinstance(release, dict):
+            return release
         serving = self._chat if endpoint == "chat" else self._completion
         try:
             result = await serving.handle_request(parsed, None)
@@ -103,7 +101,7 @@ class SGLangEngine:
             release()
             return error_body(str(e), 500, "InternalServerError")
         if isinstance(result, StreamingResponse):
-            return _released_after(result.body_iterator, release)
+            return released_after(result.body_iterator, release)
         release()
         if isinstance(result, ErrorResponse):  # SGLang's error is flat; ours nests under "error"
             return error_body(result.message, result.code, result.type, result.param)
@@ -112,13 +110,13 @@ class SGLangEngine:
         return result.model_dump(mode="json")
 
     async def add_adapter(self, adapter_id: str, path: str) -> None:
-        check_adapter_id(adapter_id, self.config.name)
-        if adapter_id not in self._adapters.registered:
-            await asyncio.to_thread(check_adapter, path, self.config)
         await self._adapters.add(adapter_id, path)
 
     async def remove_adapter(self, adapter_id: str) -> None:
         await self._adapters.remove(adapter_id)
+
+    def has_adapter(self, adapter_id: str) -> bool:
+        return adapter_id in self._adapters
 
     def list_adapters(self) -> list[dict[str, Any]]:
         return self._adapters.describe()
@@ -155,10 +153,3 @@ class SGLangEngine:
             self._engine.shutdown()
             self._engine = None
 
-
-async def _released_after(stream, release):
-    try:
-        async for chunk in stream:
-            yield chunk.decode() if isinstance(chunk, bytes) else chunk
-    finally:
-        release()

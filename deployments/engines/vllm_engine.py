@@ -15,21 +15,20 @@ only forgets the name). ``AdapterLRU`` decides what is loaded.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import ValidationError
 
-from deployments.engines.adapter_lru import AdapterLRU, check_adapter_id
 from deployments.engines.base import (
     Endpoint,
+    EngineAdapters,
     EngineConfig,
     GenerateResult,
-    check_adapter,
     error_body,
+    released_after,
 )
 from studio.errors import StudioError, Unavailable
 
@@ -41,7 +40,7 @@ class VLLMEngine:
         self.config = config
         self._client = None  # vllm.v1.engine.async_llm.AsyncLLM
         self._models = self._chat = self._completion = None
-        self._adapters = AdapterLRU(config.max_loras, self._load, self._unload)
+        self._adapters = EngineAdapters(config, self._load, self._unload)
 
     def engine_args(self):
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -79,7 +78,7 @@ class VLLMEngine:
 
         if current_platform.is_cpu() and self.config.kv_cache_space_gib:
             # Read by the engine-core process this starts; vLLM's CPU default takes far more.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{self.config.kv_cache_space_gib:g}"
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.config.kv_cache_space_gib)
         engine_args = self.engine_args()
         try:
             self._client = AsyncLLM.from_engine_args(engine_args)
@@ -117,10 +116,9 @@ class VLLMEngine:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             return error_body(f"{where}: {first['msg']}", 400, param=where or None)
-        try:
-            release = await self._adapters.acquire(parsed.model or "")
-        except StudioError as e:  # an evicted adapter could not be loaded again
-            return error_body(str(e), e.status_code, type(e).__name__, "model")
+        release = await self._adapters.acquire(parsed.model or "")
+        if isinstance(release, dict):
+            return release
         try:
             if endpoint == "chat":
                 result = await self._chat.create_chat_completion(parsed, None)
@@ -132,16 +130,16 @@ class VLLMEngine:
         if isinstance(result, ErrorResponse) or not isinstance(result, AsyncIterator):
             release()
             return result.model_dump(mode="json")
-        return _released_after(result, release)
+        return released_after(result, release)
 
     async def add_adapter(self, adapter_id: str, path: str) -> None:
-        check_adapter_id(adapter_id, self.config.name)
-        if adapter_id not in self._adapters.registered:
-            await asyncio.to_thread(check_adapter, path, self.config)
         await self._adapters.add(adapter_id, path)
 
     async def remove_adapter(self, adapter_id: str) -> None:
         await self._adapters.remove(adapter_id)
+
+    def has_adapter(self, adapter_id: str) -> bool:
+        return adapter_id in self._adapters
 
     def list_adapters(self) -> list[dict[str, Any]]:
         return self._adapters.describe()
@@ -187,12 +185,3 @@ class VLLMEngine:
             self._client.shutdown()
             self._client = None
 
-
-async def _released_after(stream: AsyncIterator[str], release: Callable[[], None]):
-    """Relay vLLM's SSE stream; closing it early (client gone) aborts the request in vLLM."""
-    try:
-        async for chunk in stream:
-            yield chunk
-    finally:
-        await stream.aclose()
-        release()

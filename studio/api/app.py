@@ -8,8 +8,14 @@ from fastapi import FastAPI
 from studio import __version__
 from studio.api.errors import install_error_handlers
 from studio.api.routes import datasets, health, jobs, keys, models, openai, scheduler
+from studio.api.routes import experiments
+from studio.api.routes import evals
+from studio.api.routes import gateway as gateway_routes
+from studio.api.routes import usage
+from studio.api.routes import synth as synth_routes
 from studio.settings import StudioSettings, get_settings
 from studio.store.db import init_db
+from studio.ui import mount_ui
 
 
 def create_app(settings: StudioSettings | None = None) -> FastAPI:
@@ -20,12 +26,19 @@ def create_app(settings: StudioSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.scheduler = None  # the JobScheduler's handle, set by the Serve ingress
     app.state.router = None  # the Router's handle (OpenAI /v1/*), set by the Serve ingress
+    app.state.gateway = None  # the Gateway's handle (/gateway/v1/*), set by the Serve ingress
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(keys.router)
     app.include_router(datasets.router)
+    app.include_router(synth_routes.router)
     app.include_router(jobs.router)
     app.include_router(scheduler.router)
     app.include_router(models.router)
     app.include_router(openai.router)
+    app.include_router(gateway_routes.router)  # /gateway/v1/*: the LLM gateway
+    app.include_router(usage.router)
+    app.include_router(experiments.router)
+    app.include_router(evals.router)
+    mount_ui(app)  # /ui: static pages that call the API above with the user's key
     return app

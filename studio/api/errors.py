@@ -18,7 +18,7 @@ _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403:
 
 def error_response(request: Request, status: int, detail: str, fix: str | None = None,
                    headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> JSONResponse:
-    if request.url.path.startswith("/v1/"):
+    if request.url.path.startswith(("/v1/", "/gateway/v1/")):  # the OpenAI-shaped surfaces
         body = {"error": {"message": detail + (f" Fix: {fix}" if fix else ""),
                           "type": _OPENAI_TYPES.get(status, "server_error"), "param": None, "code": status}}
         return JSONResponse(body, status_code=status, headers=headers)

@@ -9,6 +9,9 @@ from pathlib import Path
 import typer
 
 from studio.cli import data, jobs, keys, models, train
+from studio.cli import experiments
+from studio.cli import eval as eval_cli
+from studio.cli import usage
 from studio.cli.common import console, err_console, settings_with_db
 from studio.errors import StudioError
 
@@ -24,6 +27,9 @@ app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
 app.add_typer(train.app, name="train")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(experiments.app, name="experiments")
+app.add_typer(eval_cli.app, name="eval")
+app.command("usage")(usage.usage)
 
 
 @app.command()

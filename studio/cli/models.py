@@ -84,16 +84,82 @@ def show(ref: str = typer.Argument(..., help="name (its champion, else newest) o
         console.print(f"mlflow run {m['mlflow_run_id']}")
 
 
+def _scorer_option(value: str | None) -> dict | None:
+    """``exact_match`` → {"type": "exact_match"}; a YAML/JSON mapping is taken as the scorer."""
+    if value is None:
+        return None
+    import yaml
+
+    parsed = yaml.safe_load(value)
+    return parsed if isinstance(parsed, dict) else {"type": str(value)}
+
+
 @app.command("promote")
 def promote_cmd(
     ref: str = typer.Argument(..., help="A pinned version: name@N."),
     stage: str = typer.Option("champion", "--stage", help=f"One of {', '.join(STAGES)}."),
+    force: bool = typer.Option(False, "--force", help="Promote even if the gate refuses (recorded as forced)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Gate on this golden dataset for this call "
+                                       "(default: the name's gate, see `studio models gate`)."),
+    scorer: str | None = typer.Option(None, "--scorer", help="Gate scorer: a type (exact_match) or a YAML mapping."),
+    margin: float | None = typer.Option(None, "--margin", help="Required lead of the candidate's mean over the champion's."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="When the gate queues an eval, wait for it and decide."),
 ) -> None:
-    """Set a version's stage; champion (what the bare name serves) archives the previous champion."""
-    from studio.registry.versions import promote
+    """Set a version's stage; champion (what the bare name serves) archives the previous champion.
+    With a promotion gate, the candidate must beat the champion on the golden dataset (an eval is
+    run, or a finished one reused); a refusal exits 1 and is recorded, --force overrides it."""
+    import getpass
+
+    from studio.evals.gate import gated_promote
+
+    settings = settings_with_db()
+    by = f"cli:{getpass.getuser()}"
+    override = {"dataset": dataset, "scorer": _scorer_option(scorer), "margin": margin}
+    while True:
+        with session_scope(settings.db_url) as s:
+            o = gated_promote(s, ref, stage, force=force, by=by, override=override)
+        if o.outcome != "evaluating":
+            break
+        console.print(f"gate: {o.reason}", highlight=False)
+        if not wait:
+            console.print(f"run `studio models promote {ref}` again when eval {o.eval_id} is done")
+            return
+        from studio.cli.eval import watch
+
+        if watch(settings, o.eval_id) != 0:
+            raise typer.Exit(1)
+    if o.outcome == "refused":
+        console.print(f"[red]{o.ref} was not promoted[/]: {o.reason}", highlight=False)
+        console.print("improve the candidate, or pass --force (recorded)")
+        raise typer.Exit(1)
+    color = "yellow" if o.outcome == "forced" else "green"
+    console.print(f"[{color}]{o.ref}[/] is now {stage} ({o.outcome}: {o.reason})", highlight=False)
+
+
+@app.command("gate")
+def gate_cmd(
+    name: str = typer.Argument(..., help="A registered model name."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Golden dataset (name, name@N or snapshot id)."),
+    scorer: str = typer.Option("exact_match", "--scorer", help="Scorer type or a YAML mapping (an EvalSpec scorer)."),
+    margin: float = typer.Option(0.0, "--margin", help="Candidate mean minus champion mean must exceed this."),
+    limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N rows."),
+    max_tokens: int = typer.Option(64, "--max-tokens", help="Longest answer generated in the gate's eval."),
+) -> None:
+    """Show the name's promotion gate; with --dataset, set it."""
+    import json
+
+    from studio.evals.gate import GateConfig, get_gate, promotion_history, set_gate
 
     settings = settings_with_db()
     with session_scope(settings.db_url) as s:
-        mv = promote(s, ref, stage)
-        out = f"{mv.name}@{mv.version}"
-    console.print(f"[green]{out}[/] is now {stage}")
+        if dataset:
+            set_gate(s, name, GateConfig(dataset, _scorer_option(scorer), margin, limit, {"max_tokens": max_tokens}))
+        cfg = get_gate(s, name)
+        history = promotion_history(s, name)
+    if cfg is None:
+        console.print(f"{name}: no promotion gate (promotions are not gated); set one with --dataset")
+    else:
+        console.print(f"{name}: gate {json.dumps(cfg.__dict__)}", highlight=False)
+    for e in history[-10:]:
+        console.print(f"  {e['at'][:19]} v{e['version']} → {e['to_stage']}: {e['outcome']} · {e['reason']}",
+                      highlight=False)

@@ -7,7 +7,11 @@ chat       messages: [{role, content}, ...]         SFT, eval
 prompt_completion prompt, completion                SFT, eval, GRPO (prompt)
 preference prompt, chosen, rejected                 DPO
 text       text                                     CPT
+document   source, text                             synthetic generation
 ========== ======================================= =========================
+
+A ``document`` row is one whole source file's extracted text (Markdown, HTML, PDF, plain text),
+named by its path relative to the ingested root; synthesis chunks it.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+import pyarrow as pa
+
 
 class DatasetKind(StrEnum):
     chat = "chat"
     prompt_completion = "prompt_completion"
     preference = "preference"
     text = "text"
+    document = "document"
 
 
 COLUMNS: dict[DatasetKind, tuple[str, ...]] = {
@@ -28,6 +35,14 @@ COLUMNS: dict[DatasetKind, tuple[str, ...]] = {
     DatasetKind.prompt_completion: ("prompt", "completion"),
     DatasetKind.preference: ("prompt", "chosen", "rejected"),
     DatasetKind.text: ("text",),
+    DatasetKind.document: ("source", "text"),
+}
+
+_STR = pa.string()
+SCHEMAS: dict[DatasetKind, pa.Schema] = {
+    DatasetKind.chat: pa.schema(
+        [("messages", pa.list_(pa.struct([("role", _STR), ("content", _STR)])))]),
+    **{k: pa.schema([(c, _STR) for c in cols]) for k, cols in COLUMNS.items() if k != "chat"},
 }
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -45,6 +60,8 @@ def detect_kind(row: dict[str, Any]) -> DatasetKind | None:
         return DatasetKind.preference
     if "completion" in keys and "prompt" in keys:
         return DatasetKind.prompt_completion
+    if {"source", "text"} <= keys:
+        return DatasetKind.document
     if "text" in keys:
         return DatasetKind.text
     return None
@@ -96,3 +113,13 @@ def normalize_row(row: Any, kind: DatasetKind) -> dict[str, Any]:
 def _kind_name(row: dict[str, Any]) -> str:
     k = detect_kind(row)
     return k.value if k else "unknown"
+
+
+def row_text(row: dict[str, Any], kind: DatasetKind | str) -> str:
+    """All the text of a normalized row, for deduplication, length bounds and token counts."""
+    kind = DatasetKind(kind)
+    if kind is DatasetKind.chat:
+        return "\n".join(m["content"] for m in row["messages"])
+    if kind is DatasetKind.document:
+        return row["text"]
+    return "\n".join(row[c] for c in COLUMNS[kind])

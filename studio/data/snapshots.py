@@ -57,8 +57,8 @@ def _first(session: Session, stmt):
     return session.scalars(stmt).first()
 
 
-def list_datasets(session: Session) -> list[dict[str, Any]]:
-    """One entry per name: its newest version and snapshot."""
+def list_datasets(session: Session, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+    """One entry per name: its newest version and snapshot; a page of names with ``limit``."""
     newest = (
         select(DatasetVersion.name, func.max(DatasetVersion.version).label("v"))
         .group_by(DatasetVersion.name)
@@ -69,6 +69,7 @@ def list_datasets(session: Session) -> list[dict[str, Any]]:
         .join(newest, (DatasetVersion.name == newest.c.name) & (DatasetVersion.version == newest.c.v))
         .join(DatasetSnapshot, DatasetSnapshot.id == DatasetVersion.snapshot_id)
         .order_by(DatasetVersion.name)
+        .limit(limit).offset(offset)
     ).all()
     return [version_info(dv, snap) for dv, snap in rows]
 
@@ -89,14 +90,17 @@ def version_info(dv: DatasetVersion, snap: DatasetSnapshot) -> dict[str, Any]:
     }
 
 
-def dataset_versions(session: Session, name: str) -> list[dict[str, Any]]:
+def dataset_versions(session: Session, name: str, limit: int | None = None,
+                     offset: int = 0, newest_first: bool = False) -> list[dict[str, Any]]:
+    order = DatasetVersion.version.desc() if newest_first else DatasetVersion.version
     rows = session.execute(
         select(DatasetVersion, DatasetSnapshot)
         .join(DatasetSnapshot, DatasetSnapshot.id == DatasetVersion.snapshot_id)
         .where(DatasetVersion.name == name)
-        .order_by(DatasetVersion.version)
+        .order_by(order).limit(limit).offset(offset)
     ).all()
-    if not rows:
+    # An empty page past the end of an existing name is not "no such dataset".
+    if not rows and not _first(session, select(DatasetVersion.id).where(DatasetVersion.name == name)):
         raise NotFound(f"no dataset named {name!r}", "see `studio data ls`")
     return [version_info(dv, snap) for dv, snap in rows]
 

@@ -246,7 +246,9 @@ class _Pass:
         """Submit the attempt the row already records. Runs after that row is committed, so a
         crash in between leaves a STARTING job whose id Ray does not know — `poll` resubmits it."""
         try:
-            self.client.submit_job(entrypoint=entrypoint(self.config, job_id), submission_id=sid,
+            with session_scope(self.settings.db_url) as s:
+                kind = s.get(Job, job_id).kind
+            self.client.submit_job(entrypoint=entrypoint(self.config, job_id, kind), submission_id=sid,
                                    runtime_env=job_runtime_env(self.settings, self.config),
                                    metadata={"studio_job_id": str(job_id)})
         except (RuntimeError, ValueError, TypeError) as e:
@@ -271,9 +273,14 @@ class _Pass:
             logger.info("scheduler: resubmitted %s (Ray had no record of it)", sid)
 
 
-def entrypoint(config: SchedulerConfig, job_id: int) -> str:
+# Jobs of another kind than training run their own entrypoint module.
+KIND_ENTRYPOINTS = {"eval": "studio.evals.run", "synth": "studio.data.synth.run"}
+
+
+def entrypoint(config: SchedulerConfig, job_id: int, kind: str = "train") -> str:
     python = config.python or sys.executable
-    return f"{shlex.quote(python)} -m {config.entrypoint_module} --job-id {job_id}"
+    module = KIND_ENTRYPOINTS.get(kind, config.entrypoint_module)
+    return f"{shlex.quote(python)} -m {module} --job-id {job_id}"
 
 
 def job_runtime_env(settings: StudioSettings, config: SchedulerConfig) -> dict[str, Any]:

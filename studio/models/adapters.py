@@ -48,6 +48,9 @@ def fetch_adapter(uri: str, cache_dir: str | Path) -> Path:
         return dest
     fs, path = url_to_fs(uri)
     path = path.rstrip("/")
+    # Object-store filesystems cache listings per process: a replica that listed before this
+    # version was written elsewhere (by a training job on another node) would not see it.
+    fs.invalidate_cache(path)
     if not fs.isdir(path):
         raise NotFound(
             f"adapter {uri} does not exist (or is not a directory)",

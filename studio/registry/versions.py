@@ -53,8 +53,10 @@ def get_version(session: Session, ref: str) -> ModelVersion:
     return next((m for m in versions if m.stage == "champion"), versions[0])
 
 
-def list_versions(session: Session, name: str | None = None) -> list[ModelVersion]:
-    stmt = select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version)
+def list_versions(session: Session, name: str | None = None, *, limit: int | None = None,
+                  offset: int = 0, newest_first: bool = False) -> list[ModelVersion]:
+    order = ModelVersion.version.desc() if newest_first else ModelVersion.version
+    stmt = select(ModelVersion).order_by(ModelVersion.name, order).limit(limit).offset(offset)
     if name:
         stmt = stmt.where(ModelVersion.name == name)
     return list(session.scalars(stmt))
@@ -103,10 +105,13 @@ def version_dict(mv: ModelVersion) -> dict[str, Any]:
     }
 
 
-def model_summaries(session: Session) -> list[dict[str, Any]]:
-    """One row per registered name: how many versions, the newest, and the champion (if any)."""
+def model_summaries(session: Session, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+    """One row per registered name: how many versions, the newest, and the champion (if any);
+    a page of names (by name) with ``limit``."""
+    names = select(ModelVersion.name).distinct().order_by(ModelVersion.name).limit(limit).offset(offset)
     by_name: dict[str, list[ModelVersion]] = {}
-    for mv in list_versions(session):
+    for mv in session.scalars(select(ModelVersion).where(ModelVersion.name.in_(names.scalar_subquery()))
+                              .order_by(ModelVersion.name, ModelVersion.version)):
         by_name.setdefault(mv.name, []).append(mv)
     out = []
     for name, versions in by_name.items():

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, TypeDecorator, UniqueConstraint
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -50,6 +51,10 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Gateway limits (null: unlimited): requests and tokens per minute, total spend in USD.
+    rpm_limit: Mapped[int | None] = mapped_column(Integer)
+    tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    budget_usd: Mapped[float | None] = mapped_column(Float)
 
 
 class DatasetSnapshot(Base):
@@ -64,6 +69,14 @@ class DatasetSnapshot(Base):
     uri: Mapped[str] = mapped_column(String(1024))
     stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Lineage of a derived snapshot (curation, split, synthesis, mix): the snapshot it came from,
+    # the transform and its parameters. Null for an ingested file.
+    parent_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    transform: Mapped[str | None] = mapped_column(String(64))
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Rows the transform dropped, each with its reason (Parquet in the artifact store).
+    dropped_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    dropped_uri: Mapped[str | None] = mapped_column(String(1024))
 
     versions: Mapped[list[DatasetVersion]] = relationship(back_populates="snapshot")
 
@@ -80,6 +93,8 @@ class DatasetVersion(Base):
     snapshot_id: Mapped[str] = mapped_column(ForeignKey("dataset_snapshots.id"))
     source: Mapped[str] = mapped_column(String(1024))
     rejected_rows: Mapped[int] = mapped_column(Integer, default=0)
+    # Every row the ingest rejected, with its file, row number and reason (Parquet artifact).
+    rejected_uri: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     snapshot: Mapped[DatasetSnapshot] = relationship(back_populates="versions")
@@ -158,3 +173,154 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     stage: Mapped[str] = mapped_column(String(16), default="candidate")  # candidate|champion|archived
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Experiment(Base):
+    """An A/B experiment: an endpoint alias split over arms (model names the router resolves) by
+    weight. ``arms`` is ``[{"model": "tiny", "weight": 0.5}, ...]``; status ``active|stopped``."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alias: Mapped[str] = mapped_column(String(128), unique=True)
+    arms: Mapped[list[Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Completion(Base):
+    """One answered /v1 request, recorded by the Router in the background: what was asked, by
+    which name, which concrete version answered, and what it said (the first choice)."""
+
+    __tablename__ = "completions"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the response's own id
+    endpoint: Mapped[str] = mapped_column(String(16))  # chat | completions
+    requested_model: Mapped[str] = mapped_column(String(256))
+    experiment: Mapped[str | None] = mapped_column(String(128), index=True)  # alias, if any
+    arm: Mapped[str | None] = mapped_column(String(256))  # the arm's model name
+    model_version: Mapped[str] = mapped_column(String(256), index=True)  # base id or name@N
+    prompt: Mapped[Any] = mapped_column(JSON)  # messages list (chat) or prompt (completions)
+    prompt_text: Mapped[str] = mapped_column(Text)  # the prompt flattened; preference rows use it
+    response: Mapped[str] = mapped_column(Text)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    user: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Feedback(Base):
+    """A judgement of a completion: a rating (+1/-1 or any number) and/or "the completion
+    ``preferred_completion_id`` is better than this one" (same prompt), and a comment."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    completion_id: Mapped[str] = mapped_column(ForeignKey("completions.id"), index=True)
+    rating: Mapped[float | None] = mapped_column(Float)
+    preferred_completion_id: Mapped[str | None] = mapped_column(ForeignKey("completions.id"))
+    comment: Mapped[str | None] = mapped_column(String(4096))
+    key_name: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsageRecord(Base):
+    """One gateway call: who (key, service, job) asked which model group, which concrete
+    deployment answered, tokens, cost, latency, cache hit, error. Written in the background."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    key_name: Mapped[str | None] = mapped_column(String(128))
+    service: Mapped[str] = mapped_column(String(64), index=True)  # synth | eval | grpo | playground
+    job_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    endpoint: Mapped[str] = mapped_column(String(16))  # chat | completions
+    model_group: Mapped[str] = mapped_column(String(256), index=True)
+    deployment: Mapped[str | None] = mapped_column(String(256))  # concrete model/version answered
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    cache_hit: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[int] = mapped_column(Integer, default=200)  # HTTP status the caller saw
+    error: Mapped[str | None] = mapped_column(String(1024))
+
+
+class EvalOutput(Base):
+    """One model's completion of one datapoint in an eval run (a ``jobs`` row of kind ``eval``).
+    Written once its pointwise scores are in, so a resumed run skips exactly these pairs."""
+
+    __tablename__ = "eval_outputs"
+    __table_args__ = (UniqueConstraint("job_id", "datapoint", "model", name="uq_eval_output"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    datapoint: Mapped[int] = mapped_column(Integer)  # row index in the evaluated split
+    model: Mapped[str] = mapped_column(String(256))  # the name as the spec lists it
+    model_version: Mapped[str | None] = mapped_column(String(256))  # what answered (base id or name@N)
+    input: Mapped[Any] = mapped_column(JSON)  # the messages sent
+    reference: Mapped[str | None] = mapped_column(Text)
+    output: Mapped[str | None] = mapped_column(Text)  # None: the call failed (error says why)
+    error: Mapped[str | None] = mapped_column(String(2048))
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    cache_hit: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class EvalScore(Base):
+    """One scorer's verdict on one output. ``score`` None = unscored (``status`` unscored | error |
+    skipped, ``reason`` says why, ``raw`` keeps e.g. the judge's unparseable reply). Pairwise judge
+    rows score ``model`` against the judge's baseline (1 win, 0.5 tie, 0 loss)."""
+
+    __tablename__ = "eval_scores"
+    __table_args__ = (UniqueConstraint("job_id", "datapoint", "model", "scorer", name="uq_eval_score"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    datapoint: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(256))
+    scorer: Mapped[str] = mapped_column(String(128))
+    score: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="scored")  # scored|unscored|error|skipped
+    reason: Mapped[str | None] = mapped_column(String(2048))
+    raw: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PromotionGate(Base):
+    """A registry name's promotion gate: a new champion must beat the current one on ``dataset``
+    by ``margin`` in the mean of ``scorer`` (an EvalSpec scorer, as JSON)."""
+
+    __tablename__ = "promotion_gates"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dataset: Mapped[str] = mapped_column(String(256))
+    scorer: Mapped[dict[str, Any]] = mapped_column(JSON)
+    margin: Mapped[float] = mapped_column(Float, default=0.0)
+    limit: Mapped[int | None] = mapped_column(Integer)
+    generation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class PromotionEvent(Base):
+    """Every stage change of a model version, with why: the gate's verdict (and its eval run),
+    ``forced`` when --force skipped a refusal, or "no gate"."""
+
+    __tablename__ = "promotion_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    to_stage: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))  # promoted | refused | forced
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    eval_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    reason: Mapped[str] = mapped_column(String(4096))
+    by: Mapped[str | None] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

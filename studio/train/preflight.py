@@ -51,5 +51,19 @@ def preflight(spec: TrainSpec, session: Session, *, cluster_gpus: float | None =
         # DeepSpeed (world size 1 in a 2-process group), so the first collective fails.
         raise StudioError("a deepspeed section needs GPU workers (resources.use_gpu: true)",
                           "remove the deepspeed section to train on CPU (plain DDP), or set resources.use_gpu=true")
+    if spec.grpo is not None:
+        check_grpo(spec)
     dataset_ref = f"{ref.name}@{ref.version}" if ref.name else snap.id
     return ResolvedInputs(base, snap.id, snap.uri, snap.kind, dataset_ref)
+
+
+def check_grpo(spec: TrainSpec) -> None:
+    """Rewards build (a python callable imports, a regex compiles, a schema is a schema), and vLLM
+    rollouts have a LoRA to load each step."""
+    from studio.train.rewards import build_reward_funcs
+
+    if spec.adapter == "full" and spec.grpo.rollout.engine == "vllm":
+        raise StudioError("GRPO with vLLM rollouts trains a LoRA adapter (the rollout engine loads the policy's "
+                          "LoRA each step); adapter: full is not supported with them",
+                          "use adapter: lora (or qlora), or grpo.rollout.engine=hf for full fine-tuning")
+    build_reward_funcs(spec.grpo.rewards)

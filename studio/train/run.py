@@ -6,10 +6,11 @@
 
 Flow: job row (read, or created for a recipe) → preflight (a bad job fails here, before Ray) →
 STARTING → RUNNING: Ray Train ``TorchTrainer`` running the method's runner (``sft.py``, ``cpt.py``,
-``dpo.py``) → CHECKPOINTING: copy the final adapter into the artifact store, log it to MLflow,
-evaluate (``eval_after``), register a model version with lineage → SUCCEEDED. Any error → FAILED
-with a one-line reason; retries are the scheduler's decision, and a retry resumes from the job's
-latest Ray Train checkpoint (same storage path and run name).
+``dpo.py``, ``grpo.py`` with its vLLM rollout actor from ``rollout.py``) → CHECKPOINTING: copy the
+final adapter into the artifact store, log it to MLflow, evaluate (``eval_after``), register a model
+version with lineage → SUCCEEDED. Any error → FAILED with a one-line reason; retries are the
+scheduler's decision, and a retry resumes from the job's latest Ray Train checkpoint (same storage
+path and run name).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from studio import stack
+from studio.cluster import cluster_gpu_capacity, worker_resources
 from studio.errors import NotFound, StudioError
 from studio.jobs.status import IllegalTransition, JobStatus, create_job, transition
 from studio.recipes import load_recipe
@@ -182,11 +184,13 @@ def train_on_ray(settings: StudioSettings, spec: TrainSpec, job_id: int, worker_
     from ray.train.torch import TorchConfig, TorchTrainer
 
     r = spec.resources
-    resources = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {})}
+    # Waits (does not fail) while the cluster cannot place the workers: studio/cluster.py.
+    resources = worker_resources(r, settings)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker_config,
-        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources,
+                                     accelerator_type=r.accelerator_type if r.use_gpu else None),
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         run_config=RunConfig(
             # Same name and storage path on every attempt: Ray restores the run's checkpoints.
@@ -201,6 +205,15 @@ def train_on_ray(settings: StudioSettings, spec: TrainSpec, job_id: int, worker_
         ),
     )
     return trainer.fit()
+
+
+def start_rollout(settings: StudioSettings, spec: TrainSpec, job_id: int, base_model: str):
+    """GRPO: the job's vLLM rollout actor (None: HF generate, which ``start_rollout_actor`` announces)."""
+    if spec.method != "grpo":
+        return None
+    from studio.train.rollout import actor_name, start_rollout_actor
+
+    return start_rollout_actor(spec, base_model, actor_name(settings.db_url, job_id), say)
 
 
 def ray_storage_path(settings: StudioSettings, job_id: int) -> str:
@@ -238,7 +251,8 @@ def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec, status: JobS
             import ray
 
             with session_scope(settings.db_url) as s:
-                preflight(spec, s, cluster_gpus=ray.cluster_resources().get("GPU", 0.0))
+                preflight(spec, s, cluster_gpus=cluster_gpu_capacity(ray.cluster_resources().get("GPU", 0.0),
+                                                                     settings))
     except StudioError as e:
         fail(settings, job_id, f"preflight: {e}", stage="preflight")
         return EXIT_REFUSED
@@ -259,10 +273,16 @@ def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec, status: JobS
             s.get(Job, job_id).mlflow_run_id = mlflow_run_id
             transition(s, job_id, JobStatus.RUNNING,
                        f"Ray Train: {spec.resources.num_workers} worker(s), attempt {attempt}")
+        rollout = start_rollout(settings, spec, job_id, inputs.base_model)
         worker = WorkerJob(spec=spec.model_dump(mode="json", by_alias=True), base_model=inputs.base_model,
                            snapshot_uri=inputs.snapshot_uri, job_id=job_id, attempt=attempt,
-                           db_url=settings.db_url, mlflow_uri=settings.mlflow, mlflow_run_id=mlflow_run_id)
-        result = train_on_ray(settings, spec, job_id, asdict(worker))
+                           db_url=settings.db_url, mlflow_uri=settings.mlflow, mlflow_run_id=mlflow_run_id,
+                           rollout_actor=rollout.name if rollout else None)
+        try:
+            result = train_on_ray(settings, spec, job_id, asdict(worker))
+        finally:
+            if rollout:
+                rollout.stop()
 
         # 3. register
         with session_scope(settings.db_url) as s:

@@ -61,6 +61,9 @@ class ResourcesSpec(Spec):
     use_gpu: bool = Field(default=False, description="One GPU per worker; the job is refused without GPUs.")
     cpus_per_worker: float = Field(default=1.0, gt=0, description="Logical CPUs each worker reserves.")
     gpus_per_worker: float = Field(default=1.0, ge=0, description="GPUs each worker reserves when use_gpu.")
+    accelerator_type: str | None = Field(
+        default=None, description="GPU type every worker must run on, as Ray names it (A100, H100, "
+        "L4, ...; ray.util.accelerators): with use_gpu, workers wait for (or the autoscaler adds) such nodes.")
     max_worker_failures: int = Field(
         default=1, ge=0,
         description="Within one attempt, how often Ray Train restarts a failed worker group from the latest "
@@ -87,28 +90,63 @@ class DPOSpec(Spec):
 
 class RewardSpec(Spec):
     type: Literal["exact_match", "regex", "json_schema", "python", "judge"] = Field(
-        description="exact_match vs the completion column; regex match; JSON-schema validity; "
-        "a Python callable; an LLM judge through the gateway."
+        description="exact_match: the stripped completion equals the reference answer (the completion "
+        "column, or the last assistant turn of a chat row); regex: the completion matches `pattern`; "
+        "json_schema: the completion is JSON valid under `schema`; python: a callable named by import "
+        "path; judge: an LLM judge through the gateway scores 0-10."
     )
-    weight: float = Field(default=1.0, description="Weight in the summed reward.")
-    pattern: str | None = Field(default=None, description="regex: pattern the completion must match.")
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema", description="json_schema: the schema.")
-    callable: str | None = Field(default=None, description="python: 'module.path:function'.")
-    judge_model: str | None = Field(default=None, description="judge: gateway model group.")
-    judge_prompt: str | None = Field(default=None, description="judge: instructions; answer 0-10.")
+    weight: float = Field(default=1.0, description="Weight of this reward in the weighted sum.")
+    pattern: str | None = Field(default=None,
+                                description="regex: pattern the whole completion must match (re.fullmatch).")
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema", description="json_schema: the JSON schema.")
+    callable: str | None = Field(
+        default=None, description="python: 'package.module:function', called as TRL calls reward functions: "
+        "f(prompts=..., completions=..., completion_ids=..., reference=..., **kwargs) -> list[float | None]."
+    )
+    judge_model: str | None = Field(default=None, description="judge: gateway model group that judges.")
+    judge_prompt: str | None = Field(
+        default=None, description="judge: instructions for the judge; it must answer with a score 0-10 "
+        "(default: rate how well the answer fulfils the request).")
+    name: str | None = Field(default=None, description="Name in the metrics (rewards/<name>/mean); default: the type.")
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> RewardSpec:
+        needs = {"regex": "pattern", "json_schema": "schema_", "python": "callable", "judge": "judge_model"}
+        field = needs.get(self.type)
+        if field and getattr(self, field) is None:
+            raise ValueError(f"a {self.type} reward needs '{field.rstrip('_')}'")
+        return self
+
+
+class RolloutSpec(Spec):
+    engine: Literal["vllm", "hf"] = Field(
+        default="vllm", description="vllm: a vLLM engine in a Ray actor samples the rollouts, loading the policy's "
+        "LoRA each step; hf: transformers generate inside the trainer (slow fallback; also used, loudly, when "
+        "vLLM cannot be imported).")
+    num_cpus: float = Field(default=1.0, ge=0, description="Logical CPUs the rollout actor reserves.")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs the rollout actor reserves (1 on a GPU cluster).")
+    dtype: str = Field(default="auto", description="vLLM dtype; the tiny float32 test model needs float32 on CPU.")
+    max_model_len: int | None = Field(default=None, ge=16, description="vLLM context length; default: the model's.")
+    max_num_seqs: int = Field(default=64, ge=1, description="Sequences vLLM decodes together at most.")
+    kv_cache_space_gib: float = Field(default=1.0, gt=0, description="KV cache on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1,
+                                          description="Share of the GPU the engine may take (GPU only).")
+    enforce_eager: bool = Field(default=True, description="Skip graph capture (a minute of warm-up on CPU).")
+    reserved_cpus: int | None = Field(
+        default=None, ge=0, description="CPU only: cores vLLM keeps free of its OpenMP compute threads "
+        "(VLLM_CPU_NUM_OF_RESERVED_CPU); default: vLLM's choice (1 core, for its scheduler process).")
 
 
 class GRPOSpec(Spec):
-    num_generations: int = Field(default=4, ge=2, description="Completions sampled per prompt.")
+    num_generations: int = Field(default=4, ge=2, description="Completions sampled per prompt (one GRPO group).")
     max_completion_length: int = Field(default=16, ge=1, description="Tokens per sampled completion.")
     temperature: float = Field(default=1.0, gt=0, description="Sampling temperature of rollouts.")
-    beta: float = Field(default=0.0, ge=0, description="KL coefficient.")
-    rollout: Literal["vllm", "hf"] = Field(
-        default="vllm", description="vllm: vLLM engines as Ray actors; hf: transformers generate (fallback)."
-    )
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling of rollouts.")
+    beta: float = Field(default=0.0, ge=0, description="KL coefficient (0: no reference model).")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Where rollouts are generated.")
     rewards: list[RewardSpec] = Field(
-        default_factory=lambda: [RewardSpec(type="exact_match")], description="Summed reward functions."
-    )
+        default_factory=lambda: [RewardSpec(type="exact_match")], min_length=1,
+        description="Reward functions; the reward is their weighted sum.")
 
 
 class EvalAfterSpec(Spec):
@@ -147,6 +185,12 @@ class TrainSpec(Spec):
             raise ValueError("a 'dpo' section needs method: dpo")
         if self.method != "grpo" and self.grpo is not None:
             raise ValueError("a 'grpo' section needs method: grpo")
+        if self.grpo is not None:
+            per_step = self.hyper.batch_size * self.resources.num_workers
+            if per_step % self.grpo.num_generations:
+                raise ValueError(
+                    f"GRPO needs whole groups per step: hyper.batch_size x resources.num_workers = {per_step} "
+                    f"completions is not a multiple of grpo.num_generations = {self.grpo.num_generations}")
         if self.adapter == "qlora" and self.deepspeed is not None and self.deepspeed.stage == 3:
             raise ValueError("QLoRA cannot be combined with DeepSpeed ZeRO-3")
         return self

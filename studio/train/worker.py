@@ -14,7 +14,8 @@ from typing import Any
 
 from studio.train.spec import TrainSpec
 
-RUNNERS = {"sft": "studio.train.sft", "cpt": "studio.train.cpt", "dpo": "studio.train.dpo"}
+RUNNERS = {"sft": "studio.train.sft", "cpt": "studio.train.cpt", "dpo": "studio.train.dpo",
+           "grpo": "studio.train.grpo"}
 
 # In the last checkpoint of a run: the finished adapter (plain PEFT dir, or the full model) and its metrics.
 FINAL_DIR = "final"
@@ -34,6 +35,7 @@ class WorkerJob:
     db_url: str
     mlflow_uri: str
     mlflow_run_id: str | None = None
+    rollout_actor: str | None = None  # GRPO: name of the job's vLLM rollout actor; None: HF generate
 
     @property
     def train_spec(self) -> TrainSpec:

@@ -136,7 +136,8 @@ def test_upload_with_a_forced_kind(client, user_key):
 
 
 def test_upload_of_an_unknown_format_is_400(client, user_key):
-    problem = assert_problem(upload(client, user_key, "x", "x.txt", "hello"), 400, "'x.txt'")
+    # .txt is a document format now (one row per file); an unknown extension is still refused.
+    problem = assert_problem(upload(client, user_key, "x", "x.xyz", "hello"), 400, "'x.xyz'")
     assert ".jsonl" in problem["fix"]
 
 

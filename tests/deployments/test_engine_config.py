@@ -27,6 +27,13 @@ def test_engine_config_forbids_unknown_fields():
         validate_spec(EngineConfig, {"model": "m", "max_lora": 2}, "engine config")
 
 
+def test_kv_cache_space_is_whole_gib():
+    # vLLM parses VLLM_CPU_KVCACHE_SPACE as an int: 0.5 would fail minutes later in the replica.
+    with pytest.raises(StudioError, match="kv_cache_space_gib"):
+        validate_spec(EngineConfig, {"model": "m", "kv_cache_space_gib": 0.5}, "engine config")
+    assert EngineConfig(model="m", kv_cache_space_gib=2).kv_cache_space_gib == 2
+
+
 @pytest.mark.skipif(cuda_available(), reason="this machine has a CUDA GPU")
 def test_sglang_on_a_cpu_machine_fails_at_config_time():
     with pytest.raises(StudioError) as err:

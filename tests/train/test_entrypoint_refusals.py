@@ -82,10 +82,17 @@ def test_deepspeed_on_cpu_workers_is_refused(env: StudioSettings):
     assert_refused(env, only_job(env), "a deepspeed section needs GPU workers", "remove the deepspeed section")
 
 
-def test_grpo_is_refused_as_not_available_yet(env: StudioSettings):
-    rc = run.main(["--recipe", str(RECIPES / "sft_reverse_tiny.yaml"), "method=grpo"])
+def test_grpo_full_finetune_with_vllm_rollouts_is_refused(env: StudioSettings):
+    rc = run.main(["--recipe", str(RECIPES / "grpo_reverse_tiny.yaml"), "adapter=full"])
     assert rc == run.EXIT_REFUSED
-    assert_refused(env, only_job(env), "the grpo runner is not available yet")
+    assert_refused(env, only_job(env), "GRPO with vLLM rollouts trains a LoRA adapter", "grpo.rollout.engine=hf")
+
+
+def test_grpo_reward_that_cannot_be_imported_is_refused(env: StudioSettings):
+    rc = run.main(["--recipe", str(RECIPES / "grpo_reverse_tiny.yaml"),
+                   'grpo.rewards=[{type: python, callable: "no_such_pkg.rewards:score"}]'])
+    assert rc == run.EXIT_REFUSED
+    assert_refused(env, only_job(env), "module 'no_such_pkg.rewards' cannot be imported", "check the module path")
 
 
 def test_scheduler_job_id_path_fails_a_bad_job_from_starting(env: StudioSettings):

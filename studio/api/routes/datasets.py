@@ -1,32 +1,47 @@
 from __future__ import annotations
 
-import shutil
+import json
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import Field
 
 from studio.api.deps import KeyDep, SessionDep, SettingsDep
-from studio.data.ingest import FORMATS, ingest_file
+from studio.data import tools
+from studio.data.curate import CurateSpec, curate
+from studio.data.ingest import ALL_FORMATS, ingest_file, ingest_path
 from studio.data.kinds import DatasetKind
 from studio.data.snapshots import dataset_versions, list_datasets, load_split, resolve_snapshot
+from studio.data.sources import check_allowed
+from studio.data.upload import TooLarge, discard, receive_upload
 from studio.errors import StudioError
+from studio.recipes import Spec
+from studio.settings import StudioSettings
+from studio.store.artifacts import ArtifactStore
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
 
 
 @router.get("")
-def get_datasets(_: KeyDep, session: SessionDep) -> list[dict]:
-    return list_datasets(session)
+def get_datasets(_: KeyDep, session: SessionDep,
+                 limit: Annotated[int | None, Query(ge=1, le=500, description="Names per page.")] = None,
+                 offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
+    """Dataset names (each with its newest version) by name; a page of them with ``limit``."""
+    return list_datasets(session, limit, offset)
 
 
 @router.get("/{name}")
-def get_dataset(name: str, _: KeyDep, session: SessionDep) -> dict:
-    """All versions of a dataset name, oldest first."""
-    return {"name": name, "versions": dataset_versions(session, name)}
+def get_dataset(name: str, _: KeyDep, session: SessionDep,
+                limit: Annotated[int | None, Query(ge=1, le=500, description="Versions per page.")] = None,
+                offset: Annotated[int, Query(ge=0)] = 0,
+                newest_first: bool = False) -> dict:
+    """Versions of a dataset name, oldest first (or newest first); a page of them with ``limit``."""
+    return {"name": name, "versions": dataset_versions(session, name, limit, offset, newest_first)}
 
 
 @router.get("/{ref}/rows")
@@ -42,24 +57,177 @@ def get_rows(ref: str, _: KeyDep, session: SessionDep, split: str = "all",
             "rows": table.slice(offset, limit).to_pylist()}
 
 
-@router.post("", status_code=201)
-async def post_dataset(
-    _: KeyDep,
-    settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="JSONL, JSON, CSV or Parquet")],
-    name: Annotated[str, Form(description="Dataset name; a new version is added on new content.")],
-    kind: Annotated[DatasetKind | None, Form(description="Force the row kind.")] = None,
-) -> dict:
-    filename = Path(file.filename or "").name.replace("\x00", "")
-    suffix = Path(filename).suffix.lower()
-    if suffix not in FORMATS:
-        raise StudioError(f"cannot tell the format of {file.filename!r}", f"upload one of {', '.join(sorted(FORMATS))}")
-    with tempfile.TemporaryDirectory() as tmp:
-        # Keep the uploaded name so ingest errors name the user's file, not a temporary one.
-        dest = Path(tmp) / (filename if len(filename.encode()) <= 200 else f"upload{suffix}")
-        with dest.open("wb") as out:
-            shutil.copyfileobj(file.file, out)
-        report = await run_in_threadpool(ingest_file, dest, name, settings, kind=kind, source=file.filename)
+@router.get("/{ref}/stats")
+async def get_stats(ref: str, _: KeyDep, settings: SettingsDep, tokenizer: str | None = None,
+                    validation_ratio: Annotated[float, Query(ge=0, lt=1)] = 0.1, seed: int = 0,
+                    bins: Annotated[int, Query(ge=1, le=100)] = 10) -> dict:
+    """Rows and tokens per split, length histogram, lineage."""
+    if tokenizer:
+        check_allowed(tokenizer, settings)
+    return await run_in_threadpool(tools.snapshot_stats, settings, ref, tokenizer=tokenizer,
+                                   validation_ratio=validation_ratio, seed=seed, bins=bins)
+
+
+@router.get("/{ref}/sample")
+async def get_sample(ref: str, _: KeyDep, settings: SettingsDep,
+                     n: Annotated[int, Query(ge=1, le=500)] = 5, seed: int = 0) -> dict:
+    """A seeded random sample of rows."""
+    return {"rows": await run_in_threadpool(tools.sample_rows, settings, ref, n, seed)}
+
+
+@router.get("/{ref}/dropped")
+async def get_dropped(ref: str, _: KeyDep, settings: SettingsDep,
+                      limit: Annotated[int, Query(ge=0, le=500)] = 50,
+                      offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+    """Rows the snapshot's transform dropped (or the ingest rejected), each with its reason."""
+    return await run_in_threadpool(tools.dropped_rows, settings, ref, limit, offset)
+
+
+@router.get("/{a}/diff/{b}")
+async def get_diff(a: str, b: str, _: KeyDep, settings: SettingsDep,
+                   show: Annotated[int, Query(ge=0, le=100)] = 5) -> dict:
+    """Rows only in ``a``, only in ``b`` and in both."""
+    return await run_in_threadpool(tools.diff_snapshots, settings, a, b, show)
+
+
+class ExportRequest(Spec):
+    path: str = Field(description="Destination on the server (under STUDIO_DATA_ROOTS).")
+    format: str = Field(default="jsonl", description="jsonl | parquet | hf")
+    split: str = Field(default="all", description="all | train | validation")
+    validation_ratio: float = Field(default=0.0, ge=0, lt=1, description="Share held out as validation.")
+    seed: int = Field(default=0, description="Seed of the split.")
+
+
+@router.post("/{ref}/export")
+async def post_export(ref: str, body: ExportRequest, _: KeyDep, settings: SettingsDep) -> dict:
+    """Write a snapshot (or a split) to a server path as JSONL, Parquet or an HF dataset folder."""
+    dest = check_allowed(body.path, settings)
+    return await run_in_threadpool(tools.export_snapshot, settings, ref, dest, body.format, body.split,
+                                   body.validation_ratio, body.seed)
+
+
+class SplitRequest(Spec):
+    validation_ratio: float = Field(gt=0, lt=1, description="Share held out as validation.")
+    seed: int = Field(default=0, description="Seed of the split.")
+    name: str | None = Field(default=None, description="Base name of NAME-train / NAME-validation.")
+
+
+@router.post("/{ref}/split", status_code=201)
+async def post_split(ref: str, body: SplitRequest, _: KeyDep, settings: SettingsDep) -> dict:
+    """Materialize train and validation snapshots (lineage: split, seed, ratio)."""
+    return await run_in_threadpool(tools.split_snapshot, settings, ref, body.validation_ratio,
+                                   body.seed, body.name)
+
+
+@router.post("/curate", status_code=201)
+async def post_curate(spec: CurateSpec, _: KeyDep, settings: SettingsDep) -> dict:
+    """Run curation steps on a snapshot: a new snapshot with lineage and recorded dropped rows."""
+    for step in spec.steps:
+        if getattr(step, "tokenizer", None):
+            check_allowed(step.tokenizer, settings)
+    return await run_in_threadpool(curate, spec, settings)
+
+
+class FromEvalRequest(Spec):
+    eval_job_id: int = Field(description="Evaluation job whose pairwise judge verdicts to use.")
+    name: str = Field(description="Name of the preference dataset.")
+    scorer: str | None = Field(default=None, description="Pairwise judge scorer; default: the first.")
+
+
+@router.post("/from-eval", status_code=201)
+async def post_from_eval(body: FromEvalRequest, _: KeyDep, settings: SettingsDep) -> dict:
+    """A preference snapshot (prompt, chosen, rejected) from an eval run's pairwise verdicts."""
+    from studio.data.preference import preference_from_eval
+
+    return await run_in_threadpool(preference_from_eval, settings, body.eval_job_id, body.name, body.scorer)
+
+
+class IngestRequest(Spec):
+    source: str = Field(description="File, directory or fsspec URL on the server, under STUDIO_DATA_ROOTS.")
+    name: str = Field(description="Dataset name; a new version is added on new content.")
+    kind: DatasetKind | None = Field(default=None, description="Force the row kind.")
+    column_map: dict[str, str] | None = Field(default=None, description="Target column -> source column.")
+    use_ray: bool | None = Field(default=None, description="Read with Ray Data; null: by input size.")
+
+
+@router.post("/ingest", status_code=201)
+async def post_ingest(body: IngestRequest, _: KeyDep, settings: SettingsDep) -> dict:
+    """Ingest a file or directory the server can read (a shared volume, an s3:// prefix)."""
+    report = await run_in_threadpool(ingest_path, body.source, body.name, settings, kind=body.kind,
+                                     column_map=body.column_map, use_ray=body.use_ray)
+    return asdict(report)
+
+
+_UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "name"], "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": "JSONL, JSON, CSV, Parquet, or a .txt/.md/.html/.pdf document"},
+        "name": {"type": "string", "description": "Dataset name; a new version is added on new content."},
+        "kind": {"type": "string", "enum": [k.value for k in DatasetKind], "description": "Force the row kind."},
+        "column_map": {"type": "string", "description": 'JSON object target column -> file column, '
+                       'e.g. {"completion": "answer"}.'}}}}}}}
+
+
+@router.post("", status_code=201, openapi_extra=_UPLOAD_DOC)
+async def post_dataset(request: Request, _: KeyDep, settings: SettingsDep) -> dict:
+    """Upload a file (multipart: ``file``, ``name``, optional ``kind`` and ``column_map``). The body
+    streams into the artifact store; over STUDIO_UPLOAD_MAX_BYTES it is refused with 413 as soon
+    as the limit is passed, without reading the rest."""
+    declared = request.headers.get("content-length", "")
+    # The body holds the form fields and boundaries too: allow a little over the file limit.
+    if declared.isdigit() and int(declared) > settings.upload_max_bytes + 1024 * 1024:
+        raise TooLarge(f"upload of {declared} bytes is over the limit of {settings.upload_max_bytes} bytes",
+                       "split the file, or raise STUDIO_UPLOAD_MAX_BYTES")
+    store = ArtifactStore(settings.artifacts)
+    up = await receive_upload(request.stream(), request.headers.get("content-type", ""), store,
+                              settings.upload_max_bytes, set(ALL_FORMATS))
+    try:
+        name, kind, mapping = _form(up.fields)
+        report = await run_in_threadpool(_ingest_upload, store, up.key, up.filename, name, kind,
+                                         mapping, settings)
+    finally:
+        discard(store, up)
     out = asdict(report)
-    out["source"] = file.filename
+    out["source"] = up.filename
     return out
+
+
+def _form(fields: dict[str, str]) -> tuple[str, DatasetKind | None, dict[str, str] | None]:
+    errors: list[dict[str, Any]] = []
+    name = fields.get("name", "")
+    if not name:
+        errors.append({"loc": ("body", "name"), "msg": "Field required", "type": "missing"})
+    kind = None
+    if fields.get("kind"):
+        try:
+            kind = DatasetKind(fields["kind"])
+        except ValueError:
+            allowed = ", ".join(repr(k.value) for k in DatasetKind)
+            errors.append({"loc": ("body", "kind"), "msg": f"Input should be {allowed}", "type": "enum"})
+    if errors:
+        raise RequestValidationError(errors)
+    return name, kind, _column_map(fields.get("column_map"))
+
+
+def _ingest_upload(store: ArtifactStore, key: str, filename: str, name: str, kind: DatasetKind | None,
+                   mapping: dict[str, str] | None, settings: StudioSettings):
+    if store.protocol == "file":
+        return ingest_file(store.path(key), name, settings, kind=kind, column_map=mapping, source=filename)
+    with tempfile.TemporaryDirectory() as tmp:  # remote store: read a local copy
+        local = Path(tmp) / filename
+        store.fs.get_file(store.path(key), str(local))
+        return ingest_file(local, name, settings, kind=kind, column_map=mapping, source=filename)
+
+
+def _column_map(raw: str | None) -> dict[str, str] | None:
+    if not raw or not raw.strip():
+        return None
+    try:
+        mapping = json.loads(raw)
+    except ValueError:
+        mapping = None
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
+                                                for k, v in mapping.items()):
+        raise StudioError(f"column_map {raw!r} is not a JSON object of column names",
+                          'send e.g. {"completion": "answer"} (target column: column in the file)')
+    return mapping or None

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -23,6 +23,12 @@ def me(key: KeyDep) -> dict:
 
 
 @router.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-def metrics(_: KeyDep) -> PlainTextResponse:
-    """Prometheus metrics of this process (scrape with a bearer token)."""
-    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(_: KeyDep, request: Request) -> PlainTextResponse:
+    """Prometheus metrics of this process, then the serving metrics the Router keeps for every
+    /v1 request (per model and version; see deployments/serving_metrics.py). Scrape with a bearer
+    token."""
+    text = generate_latest().decode()
+    router_handle = getattr(request.app.state, "router", None)
+    if router_handle is not None:
+        text += await router_handle.metrics_text.remote()
+    return PlainTextResponse(text, media_type=CONTENT_TYPE_LATEST)

@@ -5,14 +5,17 @@ A ``ref`` is ``name`` (its champion, else its newest version) or ``name@N``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from studio.api.deps import KeyDep, SessionDep, UserOrAdminDep
 from studio.errors import NotFound
-from studio.registry.versions import lineage, list_versions, model_summaries, promote, version_dict
+from studio.evals.gate import (GateConfig, PromotionRefused, gate_dict, gated_promote, get_gate,
+                               promotion_history, set_gate)
+from studio.registry.versions import lineage, list_versions, model_summaries, version_dict
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
@@ -21,19 +24,38 @@ class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stage: Literal["candidate", "champion", "archived"] = Field(
         default="champion", description="champion archives the name's previous champion.")
+    force: bool = Field(default=False, description="Promote even if the gate refuses (recorded as forced).")
+    dataset: str | None = Field(default=None, description="Gate dataset for this call (overrides the name's gate).")
+    scorer: dict[str, Any] | None = Field(default=None, description="Gate scorer (an EvalSpec scorer) for this call.")
+    margin: float | None = Field(default=None, description="Required lead over the champion for this call.")
+
+
+class GateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = Field(description="The golden dataset: name, name@N or snapshot id.")
+    scorer: dict[str, Any] = Field(default_factory=lambda: {"type": "exact_match"},
+                                   description="An EvalSpec scorer whose mean decides.")
+    margin: float = Field(default=0.0, description="Candidate mean minus champion mean must exceed this.")
+    limit: int | None = Field(default=None, gt=0, description="Evaluate only the first N rows.")
+    generation: dict[str, Any] = Field(default_factory=dict, description="EvalSpec generation parameters.")
 
 
 @router.get("")
-def get_models(_: KeyDep, session: SessionDep) -> list[dict]:
-    """Registered names with their newest and champion versions."""
-    return model_summaries(session)
+def get_models(_: KeyDep, session: SessionDep,
+               limit: Annotated[int | None, Query(ge=1, le=500, description="Names per page.")] = None,
+               offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
+    """Registered names with their newest and champion versions; a page of names with ``limit``."""
+    return model_summaries(session, limit, offset)
 
 
 @router.get("/{name}")
-def get_model(name: str, _: KeyDep, session: SessionDep) -> dict:
-    """Every version of a name, oldest first."""
-    versions = list_versions(session, name)
-    if not versions:
+def get_model(name: str, _: KeyDep, session: SessionDep,
+              limit: Annotated[int | None, Query(ge=1, le=500, description="Versions per page.")] = None,
+              offset: Annotated[int, Query(ge=0)] = 0, newest_first: bool = False) -> dict:
+    """Versions of a name, oldest first (or newest first); a page of them with ``limit``."""
+    versions = list_versions(session, name, limit=limit, offset=offset, newest_first=newest_first)
+    # An empty page past the end of an existing name is not "no such model".
+    if not versions and not (offset and list_versions(session, name, limit=1)):
         raise NotFound(f"no registered model named {name!r}", "see GET /api/models (or `studio models ls`)")
     return {"name": name, "versions": [version_dict(v) for v in versions]}
 
@@ -44,7 +66,40 @@ def get_lineage(ref: str, _: KeyDep, session: SessionDep) -> dict:
     return lineage(session, ref)
 
 
-@router.post("/{ref}/promote")
-def post_promote(ref: str, body: PromoteRequest, _: UserOrAdminDep, session: SessionDep) -> dict:
-    """Set a pinned version's stage (``name@N``); promoting to champion archives the previous one."""
-    return version_dict(promote(session, ref, body.stage))
+@router.post("/{ref}/promote", response_model=None)
+def post_promote(ref: str, body: PromoteRequest, key: UserOrAdminDep, session: SessionDep) -> dict | JSONResponse:
+    """Set a pinned version's stage (``name@N``); promoting to champion archives the previous one.
+
+    With a promotion gate (``PUT /api/models/{name}/gate``, or ``dataset`` in the body) the
+    candidate must beat the champion: 200 promoted (the version, with ``promotion``), 202 an eval
+    was queued (``promotion.eval_id``; ask again when it is done), 409 refused (recorded).
+    ``force`` promotes anyway and is recorded."""
+    override = {"dataset": body.dataset, "scorer": body.scorer, "margin": body.margin}
+    session.commit()  # a gate's eval asks the gateway over HTTP: release the key row first (see evals.py)
+    o = gated_promote(session, ref, body.stage, force=body.force, by=key.name, override=override)
+    if o.outcome == "evaluating":
+        return JSONResponse({"promotion": o.as_dict()}, status_code=202)
+    if o.outcome == "refused":
+        session.commit()  # the refusal is part of the record
+        raise PromotionRefused(f"{o.ref} was not promoted: {o.reason}",
+                               "improve the candidate, lower the gate's margin, or pass force=true")
+    return {**o.version, "promotion": {k: v for k, v in o.as_dict().items() if k != "version"}}
+
+
+@router.get("/{name}/gate")
+def get_model_gate(name: str, _: KeyDep, session: SessionDep) -> dict:
+    """The name's promotion gate (null: promotions are not gated)."""
+    return gate_dict(name, get_gate(session, name))
+
+
+@router.put("/{name}/gate")
+def put_model_gate(name: str, body: GateRequest, _: UserOrAdminDep, session: SessionDep) -> dict:
+    """Set the name's promotion gate: golden dataset, scorer, margin."""
+    set_gate(session, name, GateConfig(**body.model_dump()))
+    return gate_dict(name, get_gate(session, name))
+
+
+@router.get("/{name}/promotions")
+def get_promotions(name: str, _: KeyDep, session: SessionDep) -> list[dict]:
+    """Every promotion of the name's versions: promoted, refused or forced, and why."""
+    return promotion_history(session, name)

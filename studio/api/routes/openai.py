@@ -1,8 +1,12 @@
 """/v1/*: the OpenAI-compatible endpoint. Thin: authenticate, parse the JSON body, hand it to the
 Router deployment (``app.state.router``) and relay its answer — a JSON body or a server-sent-event
 stream. Every answer names the concrete version that produced it in ``x-studio-model-version``
-(non-streamed bodies also carry ``studio_model_version``). A client that disconnects mid-stream
-cancels the router call, which cancels the engine request."""
+(non-streamed bodies also carry ``studio_model_version``); an answer for an experiment alias also
+names the experiment and arm (``x-studio-experiment``, ``x-studio-arm``). A client that
+disconnects mid-stream cancels the router call, which cancels the engine request.
+
+``POST /v1/feedback`` judges a logged completion (its response ``id``): see
+``studio.experiments.completions``."""
 
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
-from studio.api.deps import KeyDep
+from studio.api.deps import KeyDep, SettingsDep
 from studio.api.errors import error_response
-from studio.errors import StudioError, Unavailable
+from studio.errors import NotFound, StudioError, Unavailable
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 VERSION_HEADER = "x-studio-model-version"
+META_HEADERS = {"studio_model_version": VERSION_HEADER, "studio_experiment": "x-studio-experiment",
+                "studio_arm": "x-studio-arm"}
 
 
 def _router(request: Request):
@@ -44,8 +51,42 @@ async def completions(_: KeyDep, request: Request):
     return await _forward(request, "completions")
 
 
-async def _forward(request: Request, endpoint: str):
-    handle = _router(request)
+@router.post("/feedback")
+async def feedback(key: KeyDep, request: Request, settings: SettingsDep) -> dict[str, Any]:
+    """Judge a logged completion: a rating and/or a better completion to the same prompt."""
+    import asyncio
+
+    from studio.experiments.completions import FeedbackSpec
+
+    try:
+        spec = FeedbackSpec.model_validate(await _json_body(request))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(body)"
+        raise StudioError(f"invalid feedback: {where}: {first['msg']}",
+                          "send {completion_id, rating?, preferred_completion_id?, comment?}") from None
+    try:
+        return await asyncio.to_thread(_store_feedback, settings.db_url, spec, key.name)
+    except NotFound:
+        # The completion may still sit in the Router's write buffer: write it out, then retry.
+        handle = getattr(request.app.state, "router", None)
+        if handle is None:
+            raise
+        await handle.flush_completions.remote()
+        return await asyncio.to_thread(_store_feedback, settings.db_url, spec, key.name)
+
+
+def _store_feedback(db_url: str, spec, key_name: str) -> dict[str, Any]:
+    # A session of its own, not the request's: the Router's log writes must not wait on it.
+    from studio.experiments.completions import add_feedback, feedback_dict, get_completion
+    from studio.store.db import session_scope
+
+    with session_scope(db_url) as session:
+        fb = add_feedback(session, spec, key_name)
+        return {"object": "feedback", **feedback_dict(fb, get_completion(session, fb.completion_id))}
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -53,12 +94,18 @@ async def _forward(request: Request, endpoint: str):
                           "send a JSON object with Content-Type: application/json") from None
     if not isinstance(body, dict):
         raise StudioError("the request body must be a JSON object", 'send {"model": ..., ...}')
+    return body
+
+
+async def _forward(request: Request, endpoint: str):
+    handle = _router(request)
+    body = await _json_body(request)
     gen = getattr(handle.options(stream=True), endpoint).remote(body)
     try:
         first = await gen.__anext__()
         headers = {}
         if "studio_model_version" in first:
-            headers[VERSION_HEADER] = first["studio_model_version"]
+            headers = {META_HEADERS[k]: v for k, v in first.items() if k in META_HEADERS}
             first = await gen.__anext__()
     except BaseException:
         gen.cancel()

@@ -1,0 +1,42 @@
+"""Gateway: the Serve deployment every internal LLM call goes through (``/gateway/v1/*`` on the
+ingress; ``studio.gateway.Client`` in Python). Thin: the logic is ``studio.gateway.service``.
+
+The ingress authenticates the key and hands over ``(body, ctx)`` — ``ctx`` names the key and its
+limits, the calling service, the job and its concurrency cap; the studio Router's handle comes in
+as an init argument, so studio groups reach the engines without another HTTP hop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+
+@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=256)
+class Gateway:
+    def __init__(self, spec: dict[str, Any], router: DeploymentHandle | None = None):
+        import studio.gateway  # noqa: F401 — sets LITELLM_LOCAL_MODEL_COST_MAP before litellm loads
+        from studio.gateway.service import GatewayService
+        from studio.gateway.spec import load_gateway_spec
+        from studio.settings import StudioSettings
+
+        settings = StudioSettings()
+        self._service = GatewayService(load_gateway_spec(spec), router, settings.db_url,
+                                       settings.redis_url)
+
+    async def chat(self, body: dict[str, Any], ctx: dict[str, Any]):
+        return await self._service.handle("chat", body, ctx)
+
+    async def completions(self, body: dict[str, Any], ctx: dict[str, Any]):
+        return await self._service.handle("completions", body, ctx)
+
+    async def models(self) -> dict[str, Any]:
+        return await self._service.models()
+
+    def __del__(self):
+        # Write the queued usage rows when Serve tears the replica down.
+        service = getattr(self, "_service", None)
+        if service is not None:
+            service.close()

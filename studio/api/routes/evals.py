@@ -1,0 +1,93 @@
+"""/api/evals: queue an eval (EvalSpec body, the fields of a configs/eval/*.yaml), list, show with
+the live leaderboard, page through per-datapoint results, stream them (SSE), cancel; and the
+leaderboard pooled over every run on a dataset.
+
+A spec that cannot run is refused before a job exists: 422 for a wrong field, 400/404 naming the
+problem (0 rows, a scorer needing a reference the dataset lacks, an unknown model)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from studio.api.deps import KeyDep, SessionDep, SettingsDep
+from studio.data.snapshots import resolve_snapshot
+from studio.errors import StudioError
+from studio.evals.leaderboard import dataset_leaderboard
+from studio.evals.queue import enqueue_eval, get_eval, list_evals
+from studio.evals.spec import EvalSpec
+from studio.evals.views import eval_detail, eval_summary, follow_eval, results_page
+from studio.jobs.follow import FollowEvent
+from studio.jobs.queue import request_cancel
+
+router = APIRouter(prefix="/api/evals", tags=["evals"])
+
+
+@router.post("", status_code=201)
+def post_eval(spec: EvalSpec, key: KeyDep, session: SessionDep) -> dict:
+    """Queue an eval run; the scheduler starts it on Ray within about a second."""
+    # Preflight asks the gateway (over HTTP, authenticated with a key): end this request's
+    # transaction first, or its write of the key's last_used_at would block that request.
+    session.commit()
+    job = enqueue_eval(session, spec, submitted_by=key.name)
+    return eval_detail(session, job)
+
+
+@router.get("")
+def get_evals(_: KeyDep, session: SessionDep,
+              dataset: Annotated[str | None, Query(description="Only runs on this dataset name.")] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 100,
+              offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
+    """Eval runs, newest first, with their progress."""
+    return [eval_summary(session, j) for j in list_evals(session, limit, offset, dataset)]
+
+
+@router.get("/leaderboard")
+def get_dataset_leaderboard(_: KeyDep, session: SessionDep,
+                            dataset: Annotated[str, Query(description="name, name@N or snapshot id")]) -> dict:
+    """Every run on this dataset snapshot pooled: models keyed by the version that answered."""
+    return dataset_leaderboard(session, resolve_snapshot(session, dataset).snapshot.id)
+
+
+@router.get("/{eval_id}")
+def get_one_eval(eval_id: int, _: KeyDep, session: SessionDep) -> dict:
+    """Spec, status, progress, events and the leaderboard so far (live while the run goes)."""
+    return eval_detail(session, get_eval(session, eval_id))
+
+
+@router.get("/{eval_id}/results")
+def get_results(eval_id: int, _: KeyDep, session: SessionDep,
+                model: Annotated[str | None, Query(description="Only this model's answers.")] = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+    """Per-datapoint answers with every scorer's verdict (unscored ones keep the reason and the raw reply)."""
+    job = get_eval(session, eval_id)
+    return {"eval_id": eval_id, "limit": limit, "offset": offset,
+            "results": results_page(session, job, limit=limit, offset=offset, model=model)}
+
+
+@router.post("/{eval_id}/cancel", status_code=202)
+def cancel_eval(eval_id: int, key: KeyDep, session: SessionDep) -> dict:
+    """Cancel a queued or running eval (the results stored so far stay)."""
+    get_eval(session, eval_id)
+    return eval_summary(session, request_cancel(session, eval_id, key.name))
+
+
+@router.get("/{eval_id}/events", response_model=None)
+def get_events(eval_id: int, _: KeyDep, session: SessionDep, settings: SettingsDep) -> StreamingResponse:
+    """``text/event-stream``: ``status``, ``result`` (one per answer), ``leaderboard``, ``end``."""
+    get_eval(session, eval_id)
+    session.commit()  # the stream may last long: do not hold this request's transaction
+
+    def stream() -> Iterator[str]:
+        try:
+            for event in follow_eval(settings.db_url, eval_id):
+                yield event.sse()
+        except StudioError as e:
+            yield FollowEvent("error", {"detail": e.problem, "fix": e.fix}).sse()
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

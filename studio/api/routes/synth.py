@@ -1,0 +1,67 @@
+"""/api/synth: queue synthetic generation jobs, read their progress (JSON or SSE) and draft rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import Field
+
+from studio.api.deps import KeyDep, SettingsDep
+from studio.data import synth
+from studio.data.sources import check_allowed
+from studio.data.synth.spec import SynthSpec
+from studio.errors import StudioError
+from studio.recipes import Spec
+
+router = APIRouter(prefix="/api/synth", tags=["synth"])
+
+
+class SynthRequest(Spec):
+    spec: SynthSpec = Field(description="The generation recipe (same fields as configs/data/synth-*.yaml).")
+    max_retries: int = Field(default=2, ge=0, le=10, description="Job retries; each resumes from the "
+                             "finished chunks.")
+
+
+@router.post("", status_code=201)
+async def post_synth(body: SynthRequest, key: KeyDep, settings: SettingsDep) -> dict:
+    """Queue a generation job; poll ``GET /api/synth/{id}`` or stream ``/events``."""
+    if body.spec.tokenizer:
+        check_allowed(body.spec.tokenizer, settings)
+    job_id = await run_in_threadpool(synth.submit, body.spec, settings, key.name, body.max_retries)
+    return synth.status(settings, job_id)
+
+
+@router.get("/{job_id}")
+def get_synth(job_id: int, _: KeyDep, settings: SettingsDep) -> dict:
+    """Status, progress (chunks done/total, rows, parse failures, tokens, cost) and result."""
+    return synth.status(settings, job_id)
+
+
+@router.get("/{job_id}/rows")
+def get_draft_rows(job_id: int, _: KeyDep, settings: SettingsDep,
+                   limit: Annotated[int, Query(ge=0, le=500)] = 50,
+                   offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+    """Rows generated so far (before curation), while the job runs or after."""
+    return synth.draft_rows(settings, job_id, limit, offset)
+
+
+@router.get("/{job_id}/events")
+def get_events(job_id: int, _: KeyDep, settings: SettingsDep) -> StreamingResponse:
+    """Server-Sent Events: ``progress`` on every change, then ``end`` with the final status."""
+    synth.status(settings, job_id)  # 404 before the stream starts
+
+    def events() -> Iterator[str]:
+        try:
+            for info in synth.follow(settings, job_id):
+                kind = "end" if info["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") else "progress"
+                yield f"event: {kind}\ndata: {json.dumps(info, default=str)}\n\n"
+        except StudioError as e:
+            yield f"event: error\ndata: {json.dumps({'detail': e.problem, 'fix': e.fix})}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,88 @@
+"""Synthetic data from documents: QA pairs, chain-of-thought pairs and summaries, generated through
+the gateway as a job (kind ``synth``, entrypoint ``python -m studio.data.synth.run --job-id N``).
+
+``submit`` checks the recipe (the source exists and holds documents, the chunk plan is not empty)
+and queues the job; the scheduler runs it on Ray. ``status`` and ``follow`` read its progress
+(chunks done/total, rows, tokens, cost) from the job row, and ``draft_rows`` the rows generated so
+far, while it runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from studio.data.synth.spec import SynthSpec
+from studio.errors import NotFound
+from studio.settings import StudioSettings
+from studio.store.db import session_scope
+
+__all__ = ["SynthSpec", "draft_rows", "follow", "status", "submit"]
+
+
+def submit(spec: SynthSpec, settings: StudioSettings, submitted_by: str | None,
+           max_retries: int = 2, local: bool = False) -> int:
+    """Queue a synth job (``local``: mark it STARTING for an in-process run the scheduler leaves
+    alone). Returns the job id."""
+    from studio.data.synth.run import plan
+    from studio.jobs.status import JobStatus, create_job, transition
+
+    _, chunks = plan(spec, settings)  # fails now, naming the problem, rather than on the cluster
+    with session_scope(settings.db_url) as s:
+        job = create_job(s, name=spec.name, spec=spec.model_dump(mode="json"), max_retries=max_retries,
+                         submitted_by=submitted_by, kind="synth")
+        job.result = {"progress": {"chunks_done": 0, "chunks_total": len(chunks), "rows": 0,
+                                   "parse_failures": 0, "tokens": 0, "cost_usd": 0.0}}
+        if local:
+            job.attempts = 1
+            transition(s, job.id, JobStatus.STARTING, "running in the submitting process (--local)")
+        return job.id
+
+
+def status(settings: StudioSettings, job_id: int) -> dict[str, Any]:
+    from studio.store.models import Job
+
+    with session_scope(settings.db_url) as s:
+        job = s.get(Job, job_id)
+        if job is None or job.kind != "synth":
+            raise NotFound(f"no synthesis job {job_id}", "list jobs with `studio jobs ls`")
+        result = dict(job.result or {})
+        return {"id": job.id, "name": job.name, "status": job.status, "attempts": job.attempts,
+                "error": job.error, "progress": result.pop("progress", {}), "result": result,
+                "spec": job.spec, "created_at": job.created_at.isoformat(),
+                "updated_at": job.updated_at.isoformat()}
+
+
+def follow(settings: StudioSettings, job_id: int, interval_s: float = 0.5,
+           timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the job's status each time it changes, until it ends (SUCCEEDED, FAILED, CANCELLED)."""
+    last = None
+    start = time.monotonic()
+    while True:
+        info = status(settings, job_id)
+        seen = (info["status"], info["progress"])
+        if seen != last:
+            last = seen
+            yield info
+        if info["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            return
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            return
+        time.sleep(interval_s)
+
+
+def draft_rows(settings: StudioSettings, job_id: int, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+    """Rows generated so far (the draft), in chunk order, before curation."""
+    from studio.data.synth.run import load_chunk
+    from studio.store.artifacts import ArtifactStore
+
+    info = status(settings, job_id)
+    store = ArtifactStore(settings.artifacts)
+    rows: list[dict[str, Any]] = []
+    total = info["progress"].get("chunks_total", 0)
+    for i in range(total):
+        rec = load_chunk(store, f"job-{job_id}", i)
+        if rec:
+            rows += [{**r, "chunk": i, "source": rec["source"]} for r in rec["rows"]]
+    return {"job_id": job_id, "status": info["status"], "total": len(rows), "rows": rows[offset: offset + limit]}

@@ -1,0 +1,157 @@
+"""Stream a multipart dataset upload into the artifact store, enforcing a size limit as it goes.
+
+Starlette's form parsing would spool the whole body to a temporary file before the route sees it;
+here the body is parsed chunk by chunk (``python_multipart``'s push parser): small form fields are
+kept in memory (64 KiB each at most), the file part is written straight to
+``uploads/<uuid>/<filename>`` in the artifact store, and the request fails with 413 the moment the
+file passes the limit — nothing beyond one chunk is held. The declared part content type must
+fit the file's extension, and the first bytes are sniffed so a binary file named ``.csv`` is
+refused with its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from studio.errors import StudioError
+from studio.store.artifacts import ArtifactStore
+
+MAX_FIELD_BYTES = 64 * 1024
+GENERIC = {"application/octet-stream", ""}
+# Content types a client may declare per extension (browsers and curl vary); others are refused.
+CONTENT_TYPES = {
+    ".jsonl": {"application/jsonl", "application/x-ndjson", "application/json", "text/plain",
+               "application/jsonlines", "application/x-jsonlines"},
+    ".ndjson": {"application/x-ndjson", "application/json", "text/plain"},
+    ".json": {"application/json", "text/plain"},
+    ".csv": {"text/csv", "application/csv", "text/plain", "application/vnd.ms-excel"},
+    ".parquet": {"application/vnd.apache.parquet", "application/x-parquet"},
+    ".txt": {"text/plain"}, ".text": {"text/plain"},
+    ".md": {"text/markdown", "text/x-markdown", "text/plain"},
+    ".markdown": {"text/markdown", "text/x-markdown", "text/plain"},
+    ".html": {"text/html"}, ".htm": {"text/html"},
+    ".pdf": {"application/pdf"},
+}
+TEXT_SUFFIXES = {".jsonl", ".ndjson", ".json", ".csv", ".txt", ".text", ".md", ".markdown", ".html", ".htm"}
+
+
+class TooLarge(StudioError):
+    status_code = 413
+
+
+@dataclass
+class Upload:
+    fields: dict[str, str] = field(default_factory=dict)
+    filename: str | None = None
+    key: str | None = None  # artifact key of the stored file
+    size: int = 0
+
+
+async def receive_upload(stream: AsyncIterator[bytes], content_type: str, store: ArtifactStore,
+                         max_bytes: int, allowed_suffixes: set[str]) -> Upload:
+    """Parse the multipart body from ``stream``; the one file part goes to the store."""
+    ctype, params = parse_options_header(content_type or "")
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise StudioError(f"expected a multipart/form-data upload, got {content_type or 'no content type'!r}",
+                          "send the file as a form field 'file' (curl -F file=@data.jsonl -F name=...)",
+                          status_code=415)
+    up = Upload()
+    state: dict[str, Any] = {"headers": {}, "hf": b"", "hv": b"", "out": None, "name": None,
+                             "value": b"", "head": b""}
+    errors: list[StudioError] = []
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["hf"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["hv"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["hf"].decode("latin-1").lower()] = state["hv"].decode("latin-1")
+        state["hf"] = state["hv"] = b""
+
+    def on_headers_finished() -> None:
+        _, disp = parse_options_header(state["headers"].get("content-disposition", ""))
+        name = disp.get(b"name", b"").decode("utf-8", "replace")
+        filename = disp.get(b"filename")
+        state["name"], state["value"] = name, b""
+        if filename is not None and name == "file":
+            if up.key is not None:
+                raise StudioError("more than one file in the upload", "send one file per request")
+            fname = PurePath(filename.decode("utf-8", "replace").replace("\\", "/")).name.replace("\x00", "")
+            suffix = PurePath(fname).suffix.lower()
+            if suffix not in allowed_suffixes:
+                raise StudioError(f"cannot tell the format of {fname!r}",
+                                  f"upload one of {', '.join(sorted(allowed_suffixes))}")
+            declared = state["headers"].get("content-type", "").split(";")[0].strip().lower()
+            if declared not in GENERIC and declared not in CONTENT_TYPES.get(suffix, set()):
+                raise StudioError(f"{fname} is sent as {declared!r}, which is not a {suffix} file",
+                                  "send it with its own content type or application/octet-stream",
+                                  status_code=415)
+            up.filename = fname if len(fname.encode()) <= 200 else f"upload{suffix}"
+            up.key = f"uploads/{uuid.uuid4().hex}/{up.filename}"
+            dest = store.path(up.key)
+            store.fs.makedirs(os.path.dirname(dest), exist_ok=True)
+            state["out"] = store.fs.open(dest, "wb")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if state["out"] is not None:
+            if up.size < 8192 and up.filename and PurePath(up.filename).suffix.lower() in TEXT_SUFFIXES:
+                state["head"] += chunk[: 8192 - up.size]
+                if b"\x00" in state["head"]:
+                    raise StudioError(f"{up.filename} claims to be {PurePath(up.filename).suffix} text but "
+                                      "holds binary data (NUL bytes)", "upload the real file")
+            up.size += len(chunk)
+            if up.size > max_bytes:
+                raise TooLarge(f"upload is over the limit of {max_bytes} bytes",
+                               "split the file, or raise STUDIO_UPLOAD_MAX_BYTES")
+            state["out"].write(chunk)
+        else:
+            state["value"] += chunk
+            if len(state["value"]) > MAX_FIELD_BYTES:
+                raise StudioError(f"form field {state['name']!r} is over {MAX_FIELD_BYTES} bytes",
+                                  "send the data as the 'file' part")
+
+    def on_part_end() -> None:
+        if state["out"] is not None:
+            state["out"].close()
+            state["out"] = None
+        elif state["name"]:
+            up.fields[state["name"]] = state["value"].decode("utf-8", "replace")
+        state["headers"], state["head"] = {}, b""
+
+    callbacks = {"on_header_field": on_header_field, "on_header_value": on_header_value,
+                 "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+                 "on_part_data": on_part_data, "on_part_end": on_part_end}
+    parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
+    try:
+        async for chunk in stream:
+            parser.write(chunk)
+        parser.finalize()
+    except StudioError as e:
+        errors.append(e)
+    finally:
+        if state["out"] is not None:
+            state["out"].close()
+    if errors:
+        discard(store, up)
+        raise errors[0]
+    if up.key is None:
+        raise StudioError("the upload holds no file part", "send the file as form field 'file'")
+    if up.size == 0:
+        discard(store, up)
+        raise StudioError(f"{up.filename} is empty; there is nothing to ingest", "upload a file with rows")
+    return up
+
+
+def discard(store: ArtifactStore, up: Upload) -> None:
+    if up.key and store.exists(up.key):
+        store.fs.rm(store.path(up.key))

@@ -1,0 +1,187 @@
+"""The promotion gate: a version becomes its name's champion only if it beats the current champion
+on the name's golden dataset.
+
+Where the gate lives: one row per registry name in ``promotion_gates`` (dataset, scorer, margin,
+row limit), set with ``studio models gate NAME --dataset D [--scorer exact_match] [--margin M]``
+or ``PUT /api/models/{name}/gate``. ``promote`` options ``--dataset/--scorer/--margin`` override
+it for one call. A name without a gate promotes as before (recorded as "no gate").
+
+Decision: the newest SUCCEEDED eval on the gate's dataset snapshot that has both versions and the
+scorer is reused; none → one is queued (``evaluating``: the CLI waits for it and asks again, the API
+answers 202 with its id). Promoted when ``mean(candidate) − mean(champion) > margin``. ``force``
+promotes without waiting and is recorded as forced, with the verdict if one exists. Every outcome
+is a ``promotion_events`` row."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from studio.data.snapshots import resolve_snapshot
+from studio.errors import Conflict, StudioError
+from studio.evals.queue import KIND, enqueue_eval, gateway_models
+from studio.evals.spec import EvalSpec, GenerationParams, scorer_name
+from studio.recipes import validate_spec
+from studio.registry.versions import get_version, promote
+from studio.store.models import EvalScore, Job, ModelVersion, PromotionEvent, PromotionGate
+
+
+class PromotionRefused(Conflict):
+    """The candidate did not beat the champion (the refusal is recorded)."""
+
+
+@dataclass
+class GateConfig:
+    dataset: str
+    scorer: dict[str, Any] = field(default_factory=lambda: {"type": "exact_match"})
+    margin: float = 0.0
+    limit: int | None = None
+    generation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """``promoted`` | ``refused`` | ``forced`` | ``evaluating`` (eval ``eval_id`` is running)."""
+
+    outcome: str
+    ref: str
+    reason: str
+    eval_id: int | None = None
+    candidate_score: float | None = None
+    champion_score: float | None = None
+    champion: str | None = None
+    version: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def set_gate(session: Session, name: str, cfg: GateConfig) -> PromotionGate:
+    _check_scorer(cfg.scorer)
+    resolve_snapshot(session, cfg.dataset)  # refuse a dataset that does not exist, now
+    gate = session.get(PromotionGate, name) or PromotionGate(name=name)
+    gate.dataset, gate.scorer, gate.margin, gate.limit, gate.generation = (
+        cfg.dataset, cfg.scorer, cfg.margin, cfg.limit, cfg.generation)
+    session.add(gate)
+    session.flush()
+    return gate
+
+
+def get_gate(session: Session, name: str) -> GateConfig | None:
+    g = session.get(PromotionGate, name)
+    return None if g is None else GateConfig(g.dataset, g.scorer, g.margin, g.limit, g.generation or {})
+
+
+def gate_dict(name: str, cfg: GateConfig | None) -> dict[str, Any]:
+    return {"name": name, "gate": None if cfg is None else cfg.__dict__}
+
+
+def _check_scorer(scorer: dict[str, Any]) -> None:
+    validate_spec(EvalSpec, {"dataset": "x", "models": ["x"], "scorers": [scorer]}, "gate scorer")
+
+
+def _record(session: Session, mv: ModelVersion, stage: str, o: Outcome, by: str | None) -> None:
+    session.add(PromotionEvent(name=mv.name, version=mv.version, to_stage=stage, outcome=o.outcome,
+                               forced=o.outcome == "forced", eval_job_id=o.eval_id, reason=o.reason[:4096], by=by))
+    session.flush()
+
+
+def _mean(session: Session, job_id: int, model: str, scorer: str) -> float | None:
+    values = list(session.scalars(select(EvalScore.score).where(
+        EvalScore.job_id == job_id, EvalScore.model == model, EvalScore.scorer == scorer,
+        EvalScore.score.is_not(None))))
+    return statistics.fmean(values) if values else None
+
+
+def find_eval(session: Session, snapshot_id: str, refs: list[str], scorer: str,
+              statuses: tuple[str, ...] = ("SUCCEEDED",)) -> Job | None:
+    """The newest eval in ``statuses`` on this snapshot that has every ref and the scorer."""
+    for job in session.scalars(select(Job).where(Job.kind == KIND, Job.status.in_(statuses))
+                               .order_by(Job.id.desc()).limit(500)):
+        spec = job.spec or {}
+        if ((job.result or {}).get("snapshot_id") == snapshot_id and set(refs) <= set(spec.get("models") or [])
+                and scorer in [s.get("name") or s.get("type") for s in spec.get("scorers") or []]):
+            return job
+    return None
+
+
+def gated_promote(session: Session, ref: str, stage: str = "champion", *, force: bool = False,
+                  by: str | None = None, override: dict[str, Any] | None = None,
+                  models_available=gateway_models) -> Outcome:
+    """Promote ``ref`` (``name@N``) through the gate. Refusals are recorded and returned (the
+    caller commits, then reports them); ``evaluating`` means an eval was queued and nothing changed."""
+    if "@" not in ref:
+        raise StudioError(f"promote needs a pinned version, got {ref!r}", f"write {ref}@N (see `studio models ls`)")
+    mv = get_version(session, ref)
+    ref = f"{mv.name}@{mv.version}"
+    override = {k: v for k, v in (override or {}).items() if v is not None}
+    cfg = get_gate(session, mv.name)
+    if override.get("dataset") or (cfg and override):
+        base = cfg.__dict__ if cfg else {}
+        cfg = GateConfig(**{**base, **override})
+        _check_scorer(cfg.scorer)
+    champion = next(iter(session.scalars(select(ModelVersion).where(
+        ModelVersion.name == mv.name, ModelVersion.stage == "champion"))), None)
+
+    def done(o: Outcome) -> Outcome:
+        if o.outcome in ("promoted", "forced"):
+            o.version = _version(promote(session, ref, stage))
+        _record(session, mv, stage, o, by)
+        return o
+
+    if stage != "champion" or cfg is None:
+        why = "no promotion gate for this name" if cfg is None else f"stage {stage} is not gated"
+        return done(Outcome("promoted", ref, why))
+    if champion is None or champion.id == mv.id:
+        why = "already the champion" if champion is not None else "no champion yet to beat"
+        return done(Outcome("promoted", ref, why))
+    champ_ref = f"{champion.name}@{champion.version}"
+    scorer = scorer_name(validate_spec(EvalSpec, {"dataset": "x", "models": ["x"], "scorers": [cfg.scorer]},
+                                       "gate scorer").scorers[0])
+    snapshot_id = resolve_snapshot(session, cfg.dataset).snapshot.id
+    job = find_eval(session, snapshot_id, [ref, champ_ref], scorer)
+    if job is None and force:
+        return done(Outcome("forced", ref, f"forced by {by or 'unknown'} without an eval against {champ_ref}",
+                            champion=champ_ref))
+    if job is None:
+        # A gate eval of this pair still on its way (a second `promote` while it runs): wait for it.
+        running = find_eval(session, snapshot_id, [ref, champ_ref], scorer,
+                            ("QUEUED", "STARTING", "RUNNING", "CHECKPOINTING", "RETRYING"))
+        if running is not None:
+            return Outcome("evaluating", ref, f"eval {running.id} is running: {ref} vs champion {champ_ref} on "
+                           f"{cfg.dataset} ({scorer})", eval_id=running.id, champion=champ_ref)
+        spec = EvalSpec(name=f"gate {ref} vs {champ_ref}", dataset=cfg.dataset, models=[ref, champ_ref],
+                        scorers=[cfg.scorer], limit=cfg.limit,
+                        generation=GenerationParams(**(cfg.generation or {"max_tokens": 64})))
+        ev = enqueue_eval(session, spec, submitted_by=f"gate:{by or 'unknown'}", models_available=models_available)
+        return Outcome("evaluating", ref, f"eval {ev.id} queued: {ref} vs champion {champ_ref} on {cfg.dataset} "
+                       f"({scorer})", eval_id=ev.id, champion=champ_ref)
+    cand, champ = _mean(session, job.id, ref, scorer), _mean(session, job.id, champ_ref, scorer)
+    verdict = (f"{scorer} {_fmt(cand)} vs champion {champ_ref} {_fmt(champ)} on {cfg.dataset} "
+               f"(eval {job.id}, margin {cfg.margin:g})")
+    beats = cand is not None and (champ is None or cand - champ > cfg.margin)
+    o = Outcome("promoted" if beats else "forced" if force else "refused", ref,
+                ("beats " if beats else "does not beat; " + (f"forced by {by or 'unknown'}: " if force else ""))
+                + verdict, eval_id=job.id, candidate_score=cand, champion_score=champ, champion=champ_ref)
+    return done(o)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _version(mv: ModelVersion) -> dict[str, Any]:
+    from studio.registry.versions import version_dict
+
+    return version_dict(mv)
+
+
+def promotion_history(session: Session, name: str) -> list[dict[str, Any]]:
+    return [{"version": e.version, "to_stage": e.to_stage, "outcome": e.outcome, "forced": e.forced,
+             "eval_id": e.eval_job_id, "reason": e.reason, "by": e.by, "at": e.at.isoformat()}
+            for e in session.scalars(select(PromotionEvent).where(PromotionEvent.name == name)
+                                     .order_by(PromotionEvent.id))]

@@ -1,0 +1,120 @@
+"""What the API and the CLI share about eval runs: check a spec up front, queue it as a job of kind
+``eval``, list and show runs.
+
+Everything that can be known before a run starts is checked here, so a bad spec never becomes a
+job: the dataset exists and has rows, scorers that need a reference get one, every model (and
+judge) is a name the gateway serves, a JSON schema is a valid schema."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from studio.errors import NotFound, StudioError
+from studio.evals.data import load_datapoints
+from studio.evals.spec import EvalSpec, needs_reference, scorer_name
+from studio.jobs.status import create_job
+from studio.store.models import Job
+
+KIND = "eval"
+
+
+def gateway_models() -> list[str]:
+    """Model names the gateway serves (its groups and the studio Router's models)."""
+    from studio.gateway import Client, GatewayError
+
+    try:
+        with Client(service="eval") as client:
+            return client.models()
+    except GatewayError as e:
+        raise StudioError(f"cannot check the model names: {e.problem}",
+                          e.fix or "start the studio with `studio up`", status_code=503) from e
+
+
+def preflight(session: Session, spec: EvalSpec,
+              models_available: Callable[[], list[str]] | None = gateway_models) -> dict[str, Any]:
+    """Refuse a spec that cannot run (``StudioError`` naming the problem and the fix); return what
+    it resolved: ``{"dataset": name@N or snapshot id, "snapshot_id", "rows"}``."""
+    ref, points = load_datapoints(session, spec)
+    where = f"dataset {spec.dataset!r} (split {spec.split}{f', limit {spec.limit}' if spec.limit else ''})"
+    if not points:
+        raise StudioError(f"{where} has 0 rows to evaluate",
+                          "pick a dataset or split with rows (see `studio data show NAME`)")
+    missing = sum(1 for p in points if p.reference is None)
+    for s in spec.scorers:
+        if needs_reference(s) and missing:
+            raise StudioError(
+                f"scorer {scorer_name(s)!r} ({s.type}) compares with a reference, but {missing} of "
+                f"{len(points)} rows of {where} have none (kind {ref.snapshot.kind})",
+                "evaluate a prompt_completion dataset or chat rows ending in an assistant turn, or "
+                "use scorers without a reference (regex, json, judge, http)")
+        if s.type == "json" and s.json_schema is not None:
+            import jsonschema
+
+            try:
+                jsonschema.validators.validator_for(s.json_schema).check_schema(s.json_schema)
+            except jsonschema.SchemaError as e:
+                raise StudioError(f"scorer {scorer_name(s)!r}: the JSON schema is invalid: {e.message}",
+                                  "fix the schema") from e
+    if models_available is not None:
+        served = set(models_available())
+        wanted = list(spec.models) + [s.model for s in spec.scorers if s.type == "judge"]
+        unknown = [m for m in dict.fromkeys(wanted) if m not in served and not _pinned_version_of(m, served)]
+        if unknown:
+            raise NotFound(f"the gateway serves no model named {', '.join(map(repr, unknown))}",
+                           f"use one of: {', '.join(sorted(served)) or '(none)'}; name@N for a registry "
+                           "version (see `studio models ls`)")
+    dataset = f"{ref.name}@{ref.version}" if ref.name else ref.snapshot.id
+    return {"dataset": dataset, "snapshot_id": ref.snapshot.id, "rows": len(points)}
+
+
+def _pinned_version_of(model: str, served: set[str]) -> bool:
+    # The gateway lists registry names; name@N of a listed name is served too (the router resolves
+    # it, and answers 404 for a version that does not exist — checked against the registry here).
+    name, sep, v = model.partition("@")
+    return bool(sep) and name in served and v.isdigit()
+
+
+def enqueue_eval(session: Session, spec: EvalSpec, submitted_by: str | None,
+                 models_available: Callable[[], list[str]] | None = gateway_models) -> Job:
+    """Preflight, then store the run QUEUED with the dataset pinned to name@N."""
+    resolved = preflight(session, spec, models_available)
+    for m in spec.models:
+        if "@" in m:
+            _check_registry_version(session, m)
+    pinned = spec.model_copy(deep=True)
+    pinned.dataset = resolved["dataset"]
+    job = create_job(session, name=spec.name, spec=pinned.model_dump(mode="json", by_alias=True),
+                     max_retries=spec.max_retries, submitted_by=submitted_by, kind=KIND)
+    job.result = {"snapshot_id": resolved["snapshot_id"], "rows": resolved["rows"], "done": 0,
+                  "total": resolved["rows"] * len(spec.models)}
+    session.flush()
+    return job
+
+
+def _check_registry_version(session: Session, ref: str) -> None:
+    from studio.registry.versions import get_version
+
+    name, _, v = ref.partition("@")
+    try:
+        get_version(session, ref)
+    except NotFound:
+        raise NotFound(f"model {name!r} has no version {v}", "see `studio models ls`") from None
+
+
+def get_eval(session: Session, eval_id: int) -> Job:
+    job = session.get(Job, eval_id)
+    if job is None or job.kind != KIND:
+        raise NotFound(f"eval {eval_id} does not exist", "see `studio eval ls` (or GET /api/evals)")
+    return job
+
+
+def list_evals(session: Session, limit: int = 100, offset: int = 0, dataset: str | None = None) -> list[Job]:
+    stmt = select(Job).where(Job.kind == KIND).order_by(Job.id.desc()).limit(limit).offset(offset)
+    jobs = list(session.scalars(stmt))
+    if dataset:
+        jobs = [j for j in jobs if (j.spec or {}).get("dataset", "").partition("@")[0] == dataset.partition("@")[0]]
+    return jobs

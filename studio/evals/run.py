@@ -1,0 +1,158 @@
+"""The eval job entrypoint (a Ray Job driver when the scheduler starts it). Two ways in:
+
+    python -m studio.evals.run --job-id 12                                   # the scheduler
+    python -m studio.evals.run --spec configs/eval/reverse_tiny.yaml models=[tiny,rev@1]   # by hand
+
+Flow: job row (kind ``eval``) → STARTING → RUNNING: ``EvalRun`` (completions through the gateway,
+scores stored per datapoint as they arrive) → CHECKPOINTING: the leaderboard is written to
+``job.result`` → SUCCEEDED. An error → FAILED with the reason; a retry (the scheduler's decision)
+resumes, skipping the datapoints already stored. A cancelled job stops within a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from studio.errors import NotFound, StudioError
+from studio.evals.leaderboard import run_leaderboard
+from studio.evals.queue import KIND, enqueue_eval
+from studio.evals.runner import EvalRun, RunCancelled
+from studio.evals.spec import EvalSpec
+from studio.jobs.status import IllegalTransition, JobStatus, transition
+from studio.recipes import load_recipe
+from studio.settings import StudioSettings
+from studio.store.db import init_db, session_scope
+from studio.store.models import Job
+
+EXIT_FAILED, EXIT_REFUSED = 1, 2
+
+
+def say(msg: str) -> None:
+    print(f"[studio.evals] {msg}", flush=True)
+
+
+def claim(db_url: str, job_id: int) -> EvalSpec:
+    """Check the row is a startable eval and move it to RUNNING (via STARTING when nobody claimed it)."""
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        if job is None or job.kind != KIND:
+            raise NotFound(f"eval {job_id} does not exist", "see `studio eval ls`")
+        status = JobStatus(job.status)
+        if status not in (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.STARTING):
+            raise StudioError(f"eval {job_id} is {status}; only a QUEUED, RETRYING or STARTING eval can start",
+                              "start a new eval with `studio eval run`")
+        spec = EvalSpec.model_validate(job.spec)
+        if status is not JobStatus.STARTING:
+            transition(s, job_id, JobStatus.STARTING, "eval entrypoint started")
+            job.attempts += 1
+        job.attempts = max(job.attempts, 1)
+        transition(s, job_id, JobStatus.RUNNING,
+                   f"evaluating {len(spec.models)} model(s) on {spec.dataset}, attempt {job.attempts}")
+        return spec
+
+
+def create_here(db_url: str, spec: EvalSpec, by: str, models_available: Any = "gateway") -> int:
+    """Queue ``spec`` and claim it for this process in one transaction (STARTING with no Ray
+    submission id), so the studio's scheduler never starts it a second time."""
+    kwargs = {} if models_available == "gateway" else {"models_available": models_available}
+    with session_scope(db_url) as s:
+        job = enqueue_eval(s, spec, submitted_by=by, **kwargs)
+        transition(s, job.id, JobStatus.STARTING, f"run in-process by {by}")
+        job.attempts, job.ray_submission_id = 1, ray_submission_id()
+        return job.id
+
+
+def ray_submission_id() -> str | None:
+    """The Ray Job's submission id when this driver runs as one (Ray passes its metadata in env)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    try:
+        return (json.loads(raw).get("metadata") or {}).get("job_submission_id") if raw else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def _cancel_if_requested(db_url: str, job_id: int) -> None:
+    # Run outside Ray (`--spec`, `studio eval run --here`) no scheduler stops it: record it here.
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        if job is not None and job.cancel_requested and not JobStatus(job.status).is_terminal():
+            transition(s, job_id, JobStatus.CANCELLED, "cancelled on request while RUNNING; stored results kept")
+
+
+def fail(db_url: str, job_id: int, reason: str) -> None:
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        if job is not None and not JobStatus(job.status).is_terminal():
+            transition(s, job_id, JobStatus.FAILED, reason)
+    say(f"eval {job_id} FAILED: {reason}")
+
+
+def run_job(settings: StudioSettings, job_id: int, client: Any = None,
+            on_result: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Run eval ``job_id`` to its end here, recording every transition. ``client``: a gateway
+    Client (default: one for this job, capped at the spec's concurrency)."""
+    t0 = time.monotonic()
+    try:
+        spec = claim(settings.db_url, job_id)
+    except StudioError as e:
+        say(f"eval {job_id} not started: {e}")
+        return EXIT_REFUSED
+    own_client = client is None
+    if own_client:
+        from studio.gateway import Client
+
+        client = Client(service="eval", job_id=f"eval-{job_id}", max_concurrency=spec.concurrency)
+    try:
+        summary = asyncio.run(EvalRun(settings.db_url, job_id, spec, client, on_result=on_result).run())
+        with session_scope(settings.db_url) as s:
+            transition(s, job_id, JobStatus.CHECKPOINTING, "all datapoints answered and scored; writing the leaderboard")
+            job = s.get(Job, job_id)
+            board = run_leaderboard(s, job)
+            job.result = {**(job.result or {}), **summary, "leaderboard": board}
+            transition(s, job_id, JobStatus.SUCCEEDED, f"{summary['rows']} rows × {len(spec.models)} models "
+                       f"in {time.monotonic() - t0:.0f} s")
+        say(f"eval {job_id} SUCCEEDED: {summary}")
+        return 0
+    except (RunCancelled, IllegalTransition) as e:
+        _cancel_if_requested(settings.db_url, job_id)
+        say(f"eval {job_id} stopped: {e}")
+        return EXIT_FAILED
+    except Exception as e:  # noqa: BLE001 - every failure must end the job row, with its reason
+        fail(settings.db_url, job_id, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:1000])
+        return EXIT_FAILED
+    finally:
+        if own_client:
+            client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m studio.evals.run", description=__doc__.splitlines()[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--job-id", type=int, help="run the eval with this id (its spec is in the jobs table)")
+    which.add_argument("--spec", help="an EvalSpec YAML (configs/eval/*.yaml); creates the eval row")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the spec")
+    args = parser.parse_args(argv)
+    settings = StudioSettings()
+    try:
+        init_db(settings.db_url)
+        if args.spec:
+            spec = load_recipe(args.spec, EvalSpec, args.overrides)
+            job_id = create_here(settings.db_url, spec, "python -m studio.evals.run")
+            say(f"created eval {job_id} from {args.spec}")
+        else:
+            job_id = args.job_id
+    except StudioError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    return run_job(settings, job_id)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Eval runs as JSON (API, CLI, SSE): summary, detail with the live leaderboard, pages of
+per-datapoint results, and ``follow_eval`` — the event stream behind ``GET /api/evals/{id}/events``
+and ``studio eval show --watch``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from studio.evals.leaderboard import progress, run_leaderboard
+from studio.evals.queue import get_eval
+from studio.jobs.follow import FollowEvent, is_done
+from studio.store.db import session_scope
+from studio.store.models import EvalOutput, EvalScore, Job, JobEvent
+
+
+def eval_summary(session: Session, job: Job) -> dict[str, Any]:
+    spec = job.spec or {}
+    return {"id": job.id, "name": job.name, "status": job.status, "dataset": spec.get("dataset"),
+            "models": spec.get("models"), "scorers": [s.get("name") or s.get("type") for s in spec.get("scorers", [])],
+            "progress": progress(session, job), "attempts": job.attempts, "error": job.error,
+            "submitted_by": job.submitted_by, "cancel_requested": job.cancel_requested,
+            "created_at": job.created_at.isoformat(), "updated_at": job.updated_at.isoformat()}
+
+
+def eval_detail(session: Session, job: Job) -> dict[str, Any]:
+    events = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id))
+    result = {k: v for k, v in (job.result or {}).items() if k != "leaderboard"}
+    return {**eval_summary(session, job), "spec": job.spec, "result": result,
+            "leaderboard": run_leaderboard(session, job),
+            "events": [{"at": e.at.isoformat(), "from": e.from_status, "to": e.to_status, "reason": e.reason}
+                       for e in events]}
+
+
+def results_page(session: Session, job: Job, *, limit: int = 50, offset: int = 0, model: str | None = None,
+                 after_id: int | None = None) -> list[dict[str, Any]]:
+    """Answers in the order they were stored, each with every scorer's verdict."""
+    stmt = select(EvalOutput).where(EvalOutput.job_id == job.id)
+    if model:
+        stmt = stmt.where(EvalOutput.model == model)
+    if after_id is not None:
+        stmt = stmt.where(EvalOutput.id > after_id)
+    outs = list(session.scalars(stmt.order_by(EvalOutput.id).limit(limit).offset(offset)))
+    if not outs:
+        return []
+    dps = {o.datapoint for o in outs}
+    scores: dict[tuple[int, str], dict[str, Any]] = {}
+    for sc in session.scalars(select(EvalScore).where(EvalScore.job_id == job.id, EvalScore.datapoint.in_(dps))):
+        scores.setdefault((sc.datapoint, sc.model), {})[sc.scorer] = {
+            "score": sc.score, "status": sc.status, "reason": sc.reason, "raw": sc.raw}
+    return [{"id": o.id, "datapoint": o.datapoint, "model": o.model, "model_version": o.model_version,
+             "input": o.input, "reference": o.reference, "output": o.output, "error": o.error,
+             "latency_ms": o.latency_ms, "cost_usd": o.cost_usd, "cache_hit": o.cache_hit,
+             "scores": scores.get((o.datapoint, o.model), {})} for o in outs]
+
+
+def follow_eval(db_url: str, eval_id: int, poll_s: float = 0.5, max_results: int = 200) -> Iterator[FollowEvent]:
+    """``status`` on every transition, ``result`` per stored answer, ``leaderboard`` after each
+    batch of new answers, ``end`` once nothing more will happen."""
+    last_event, last_output = 0, 0
+    while True:
+        with session_scope(db_url) as s:
+            job = get_eval(s, eval_id)
+            for e in s.scalars(select(JobEvent).where(JobEvent.job_id == eval_id, JobEvent.id > last_event)
+                               .order_by(JobEvent.id)):
+                last_event = e.id
+                yield FollowEvent("status", {"status": e.to_status, "reason": e.reason, "at": e.at.isoformat()})
+            new = results_page(s, job, limit=max_results, after_id=last_output)
+            for r in new:
+                last_output = r["id"]
+                yield FollowEvent("result", {k: v for k, v in r.items() if k != "input"})
+            done = is_done(job)
+            if new or done:
+                yield FollowEvent("leaderboard", {"progress": progress(s, job), **run_leaderboard(s, job)})
+            if done and len(new) < max_results:
+                yield FollowEvent("end", {"status": job.status, "error": job.error})
+                return
+        if len(new) < max_results:
+            time.sleep(poll_s)

@@ -1,0 +1,332 @@
+"""GatewayService: what the ``Gateway`` Serve deployment does per call, testable without Serve.
+
+Per request: check the key's limits and the job's concurrency cap → answer from cache if the
+request is deterministic and seen before → else walk the model group and its fallbacks: studio
+groups call the studio Router's handle directly (no HTTP hop, every sampling parameter passed
+through untouched), external groups go through ``litellm.Router`` (retries with backoff, cooldown
+of failing deployments, timeouts, load balancing, LiteLLM's price map) → attach
+``studio_gateway`` (cache_hit, cost_usd, model_group, deployment, latency_ms) → queue a usage row.
+
+Every outcome is ``(status, body, headers)``; errors are OpenAI-shaped bodies whose message names
+the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from studio.errors import StudioError
+from studio.gateway.cache import cache_key, is_cacheable
+from studio.gateway.limits import KeyLimits, Limiter, RateLimited
+from studio.gateway.spec import GatewaySpec, GroupSpec, Provider, missing_key_envs
+from studio.gateway.store import KVStore
+from studio.gateway.usage import UsageRow, UsageWriter, key_spent_usd
+
+logger = logging.getLogger("studio.gateway")
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                429: "rate_limit_error", 503: "service_unavailable", 504: "timeout"}
+_SPENT_TTL_S = 5.0
+
+
+class UpstreamError(StudioError):
+    """A model group failed (after its retries); ``fallback_ok`` says whether to try the next."""
+
+    def __init__(self, problem: str, fix: str | None = None, *, status: int = 502,
+                 fallback_ok: bool = True):
+        super().__init__(problem, fix, status_code=status)
+        self.fallback_ok = fallback_ok
+
+
+@dataclass
+class CallContext:
+    """Who is calling: the authenticated key (with its limits), the service and the job."""
+
+    key: KeyLimits
+    service: str = "unknown"
+    job_id: str | None = None
+    job_concurrency: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CallContext:
+        key = KeyLimits(d.get("key_id"), d.get("key_name"), d.get("rpm"), d.get("tpm"),
+                        d.get("budget_usd"))
+        return cls(key, d.get("service") or "unknown", d.get("job_id"), d.get("job_concurrency"))
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"),
+                      "param": None, "code": status}}
+
+
+class GatewayService:
+    def __init__(self, spec: GatewaySpec, studio_router: Any | None, db_url: str,
+                 redis_url: str | None = None):
+        self.spec = spec
+        self.studio_router = studio_router  # the studio Router's DeploymentHandle
+        self.store = KVStore(redis_url, spec.cache.namespace, spec.cache.max_entries)
+        self.limiter = Limiter(self.store)
+        self.usage = UsageWriter(db_url)
+        self.db_url = db_url
+        self._groups: dict[str, list[GroupSpec]] = {}
+        for g in spec.groups:
+            self._groups.setdefault(g.name, []).append(g)
+        self._spent: dict[int, tuple[float, float]] = {}
+        self.llm = self._build_llm_router()
+
+    def _build_llm_router(self):
+        external = [g for g in self.spec.groups if g.provider != Provider.studio]
+        if not external:
+            return None
+        from litellm import Router
+
+        policy = self.spec.router
+        model_list = []
+        for g in external:
+            params: dict[str, Any] = {"model": g.litellm_model(),
+                                      "timeout": g.timeout_s or policy.timeout_s,
+                                      "max_retries": 0}  # retries are the Router's, with backoff
+            if g.api_base:
+                params["api_base"] = g.api_base
+            # LiteLLM reads "os.environ/NAME" at call time: the key never sits in our config.
+            params["api_key"] = f"os.environ/{g.api_key_env}" if g.api_key_env else "none"
+            if g.price:
+                params["input_cost_per_token"] = g.price.input_per_1m_tokens_usd / 1e6
+                params["output_cost_per_token"] = g.price.output_per_1m_tokens_usd / 1e6
+            model_list.append({"model_name": g.name, "litellm_params": params})
+        return Router(model_list=model_list, num_retries=policy.num_retries,
+                      retry_after=policy.retry_after_s, allowed_fails=policy.allowed_fails,
+                      cooldown_time=policy.cooldown_time_s, timeout=policy.timeout_s)
+
+    # ---- public ------------------------------------------------------------------------------
+    async def models(self) -> dict[str, Any]:
+        now = int(time.time())
+        data = [{"id": name, "object": "model", "created": now, "owned_by":
+                 self._groups[name][0].provider.value} for name in sorted(self._groups)]
+        if self.spec.studio_models.enabled and self.studio_router is not None:
+            listed = await self.studio_router.models.remote()
+            data += [m for m in listed["data"] if m["id"] not in self._groups]
+        return {"object": "list", "data": data}
+
+    async def handle(self, endpoint: str, body: Any, ctx: dict[str, Any] | CallContext
+                     ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        ctx = ctx if isinstance(ctx, CallContext) else CallContext.from_dict(ctx)
+        start = time.perf_counter()
+        group = body.get("model") if isinstance(body, dict) else None
+        row = UsageRow(service=ctx.service, endpoint=endpoint, model_group=str(group or "?"),
+                       latency_ms=0.0, key_id=ctx.key.key_id, key_name=ctx.key.key_name,
+                       job_id=ctx.job_id)
+        job_slot = False
+        try:
+            self._check_body(endpoint, body)
+            await self.limiter.admit(ctx.key, await self._spent_usd(ctx.key))
+            job_slot = await self.limiter.acquire_job(
+                ctx.job_id, ctx.job_concurrency or self.spec.default_job_concurrency)
+            out, headers = await self._answer(endpoint, body, row, start)
+            await self.limiter.count_tokens(ctx.key, row.prompt_tokens + row.completion_tokens)
+            return 200, out, headers
+        except StudioError as e:
+            row.status, row.error = e.status_code, str(e)[:1024]
+            headers = {}
+            if isinstance(e, RateLimited):
+                headers["Retry-After"] = str(e.retry_after_s)
+            return e.status_code, error_body(e.status_code, str(e)), headers
+        finally:
+            if job_slot:
+                await self.limiter.release_job(ctx.job_id)
+            row.latency_ms = (time.perf_counter() - start) * 1000
+            self.usage.record(row)
+
+    def close(self) -> None:
+        self.usage.close()
+
+    # ---- steps -------------------------------------------------------------------------------
+    @staticmethod
+    def _check_body(endpoint: str, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise StudioError("the request body must be a JSON object", 'send {"model": ..., ...}')
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            raise StudioError("`model` must name a model group", "see GET /gateway/v1/models")
+        field = "messages" if endpoint == "chat" else "prompt"
+        if field not in body:
+            raise StudioError(f"`{field}` is required on this endpoint", f"send `{field}`")
+        if body.get("stream"):
+            raise StudioError("the gateway answers whole responses, not streams",
+                              "drop `stream: true` (or call the studio /v1 endpoint to stream)")
+
+    async def _spent_usd(self, key: KeyLimits) -> float | None:
+        if key.budget_usd is None or key.key_id is None:
+            return None
+        now = time.monotonic()
+        hit = self._spent.get(key.key_id)
+        if hit is None or hit[0] < now:
+            spent = await asyncio.to_thread(self._read_spent, key.key_id)
+            hit = (now + _SPENT_TTL_S, spent)
+            self._spent[key.key_id] = hit
+        return hit[1] + self.usage.pending_cost(key.key_id)
+
+    def _read_spent(self, key_id: int) -> float:
+        from studio.store.db import session_scope
+
+        with session_scope(self.db_url) as s:
+            return key_spent_usd(s, key_id)
+
+    async def _answer(self, endpoint: str, body: dict, row: UsageRow, start: float
+                      ) -> tuple[dict[str, Any], dict[str, str]]:
+        group = body["model"]
+        ckey = None
+        if self.spec.cache.enabled and is_cacheable(body):
+            ckey = cache_key(self.spec.cache.namespace, endpoint, body)
+            cached = await self.store.get(ckey)
+            if cached is not None:
+                out = json.loads(cached)
+                info = out["studio_gateway"]
+                info.update(cache_hit=True, cost_usd=0.0,
+                            latency_ms=round((time.perf_counter() - start) * 1000, 3))
+                row.model_group, row.deployment, row.cache_hit = info["model_group"], \
+                    info["deployment"], True
+                return out, {"x-studio-cache": "hit"}
+        out, answered_by, deployment, cost = await self._call_with_fallbacks(endpoint, body)
+        usage = out.get("usage") or {}
+        row.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        row.completion_tokens = int(usage.get("completion_tokens") or 0)
+        if cost is None:  # a studio group: priced by the config, not by LiteLLM's map
+            price = (self._groups.get(answered_by) or [None])[0]
+            price = (price.price if price and price.price else None) or self.spec.studio_models.price
+            cost = price.cost(row.prompt_tokens, row.completion_tokens,
+                              time.perf_counter() - start)
+        row.model_group, row.deployment, row.cost_usd = answered_by, deployment, cost
+        out["studio_gateway"] = {"cache_hit": False, "cost_usd": cost, "model_group": answered_by,
+                                 "deployment": deployment,
+                                 "latency_ms": round((time.perf_counter() - start) * 1000, 3)}
+        if answered_by != group:
+            out["studio_gateway"]["fallback_from"] = group
+        if ckey is not None:
+            await self.store.set(ckey, json.dumps(out), self.spec.cache.ttl_s)
+        return out, {"x-studio-cache": "miss"}
+
+    async def _call_with_fallbacks(self, endpoint: str, body: dict):
+        group = body["model"]
+        chain = [group, *self.spec.fallbacks.get(group, [])]
+        failures = []
+        for name in chain:
+            try:
+                return await self._call_group(endpoint, name, body)
+            except UpstreamError as e:
+                failures.append(f"{name}: {e.problem}")
+                if not e.fallback_ok or name == chain[-1]:
+                    if len(chain) == 1:
+                        raise
+                    raise UpstreamError("; ".join(failures), e.fix, status=e.status_code,
+                                        fallback_ok=False) from None
+                logger.warning("gateway: group %s failed (%s); falling back", name, e.problem)
+        raise AssertionError("unreachable")
+
+    async def _call_group(self, endpoint: str, name: str, body: dict):
+        entries = self._groups.get(name)
+        if entries is None:
+            if self.spec.studio_models.enabled and self.studio_router is not None:
+                return await self._call_studio(endpoint, name, name, body)
+            raise self._unknown(name)
+        if entries[0].provider == Provider.studio:
+            timeout = entries[0].timeout_s or self.spec.router.timeout_s
+            return await self._call_studio(endpoint, name, entries[0].model, body, timeout)
+        return await self._call_litellm(endpoint, name, body)
+
+    def _unknown(self, name: str, studio_too: bool = False) -> UpstreamError:
+        groups = ", ".join(sorted(self._groups)) or "(none configured)"
+        where = " and the studio Router serves no model of that name" if studio_too else ""
+        return UpstreamError(f"unknown model group {name!r}{where}; groups: {groups}",
+                             "pass one of those, a studio model from GET /gateway/v1/models, or "
+                             "add the group to configs/gateway.yaml", status=404,
+                             fallback_ok=False)
+
+    async def _call_studio(self, endpoint: str, group: str, model: str, body: dict,
+                           timeout_s: float | None = None):
+        if self.studio_router is None:
+            raise UpstreamError(f"group {group!r} is served by the studio Router, but this "
+                                "studio serves no models", "add a models: section to the serve "
+                                "config", status=503)
+        request = {**body, "model": model}
+        gen = getattr(self.studio_router.options(stream=True), endpoint).remote(request)
+        try:
+            first, item = await asyncio.wait_for(self._two(gen),
+                                                 timeout_s or self.spec.router.timeout_s)
+        except asyncio.TimeoutError:
+            gen.cancel()
+            raise UpstreamError(f"the studio model {model!r} did not answer within "
+                                f"{timeout_s or self.spec.router.timeout_s:.0f} s",
+                                "raise timeout_s or add a fallback group", status=504) from None
+        err = (first if "error" in first else item if isinstance(item, dict) and "error" in item
+               else None)
+        if err is not None:
+            status = (err.get("error") or {}).get("code")
+            status = status if isinstance(status, int) and 400 <= status < 600 else 502
+            if status == 404 and group == model and group not in self._groups:
+                raise self._unknown(group, studio_too=True)
+            raise UpstreamError(err["error"].get("message", "studio model error"), status=status,
+                                fallback_ok=status >= 500 or status == 429)
+        version = first.get("studio_model_version", model)
+        item["studio_model_version"] = version
+        return item, group, f"studio/{version}", None
+
+    @staticmethod
+    async def _two(gen):
+        first = await gen.__anext__()
+        if "error" in first:
+            return first, None
+        item = await gen.__anext__()
+        async for _ in gen:  # drain: the router ends the stream after the whole body
+            pass
+        return first, item
+
+    async def _call_litellm(self, endpoint: str, name: str, body: dict):
+        import litellm
+
+        missing = missing_key_envs(self.spec, name)
+        if missing and len(missing) == len({g.api_key_env for g in self._groups[name]
+                                            if g.api_key_env}):
+            raise UpstreamError(f"model group {name!r} needs the provider key in "
+                                f"{' or '.join(missing)}, which is not set in the gateway's "
+                                "environment", f"export {missing[0]}=... before `studio up`",
+                                status=503)
+        params = {k: v for k, v in body.items() if k not in ("model", "messages", "prompt")}
+        try:
+            if endpoint == "chat":
+                resp = await self.llm.acompletion(model=name, messages=body["messages"], **params)
+            else:
+                resp = await self.llm.atext_completion(model=name, prompt=body["prompt"], **params)
+        except litellm.exceptions.Timeout as e:
+            raise UpstreamError(f"group {name!r} timed out ({_short(e)})",
+                                "raise its timeout_s or add a fallback group", status=504) from None
+        except Exception as e:  # noqa: BLE001 — any provider failure becomes one clean error
+            status = getattr(e, "status_code", None)
+            status = status if isinstance(status, int) and 400 <= status < 600 else 502
+            if status < 500 and status not in (408, 429):
+                status_out, fallback_ok = status, False
+            else:
+                status_out, fallback_ok = (429 if status == 429 else 502), True
+            raise UpstreamError(f"group {name!r} failed: {_short(e)}",
+                                "check the provider's status, its key, or add a fallback group",
+                                status=status_out, fallback_ok=fallback_ok) from None
+        hidden = getattr(resp, "_hidden_params", {}) or {}
+        cost = hidden.get("response_cost")
+        if cost is None:
+            try:
+                cost = litellm.completion_cost(completion_response=resp)
+            except Exception:  # noqa: BLE001 — a model missing from the price map costs 0
+                cost = 0.0
+        deployment = hidden.get("litellm_model_name") or hidden.get("model") or resp.model
+        provider = hidden.get("custom_llm_provider")
+        if provider and deployment and not str(deployment).startswith(f"{provider}/"):
+            deployment = f"{provider}/{deployment}"
+        return resp.model_dump(exclude_none=True), name, str(deployment), float(cost or 0.0)
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:400]

@@ -1,0 +1,55 @@
+// A line chart as inline SVG: one series of {step, value}; no chart library to ship or build.
+const NS = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs, text) {
+  const el = document.createElementNS(NS, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+function fmt(v) {
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(2);
+  return Number(v.toPrecision(4)).toString();
+}
+
+export function lineChart(title, points) {
+  const W = 400, H = 200, L = 52, R = 10, T = 22, B = 24;
+  const root = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title,
+                           "data-metric": title, "data-points": String(points.length) });
+  root.append(svg("text", { x: L, y: 14, "font-weight": "600" }, `${title} (${points.length} points)`));
+  if (!points.length) return root;
+  const xs = points.map((p) => p.step), ys = points.map((p) => p.value);
+  let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  if (x0 === x1) x1 = x0 + 1;
+  if (y0 === y1) { y0 -= Math.abs(y0) * 0.1 || 1; y1 += Math.abs(y1) * 0.1 || 1; }
+  const X = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+  const Y = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
+  root.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#d9dee7" }));
+  root.append(svg("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#d9dee7" }));
+  root.append(svg("text", { x: 4, y: T + 4 }, fmt(y1)));
+  root.append(svg("text", { x: 4, y: H - B }, fmt(y0)));
+  root.append(svg("text", { x: L, y: H - 6 }, `step ${x0}`));
+  root.append(svg("text", { x: W - R, y: H - 6, "text-anchor": "end" }, `step ${x1}`));
+  root.append(svg("polyline", { points: points.map((p) => `${X(p.step)},${Y(p.value)}`).join(" ") }));
+  if (points.length === 1) root.append(svg("circle", { cx: X(xs[0]), cy: Y(ys[0]), r: 3, fill: "#2f5bd3" }));
+  return root;
+}
+
+// Horizontal bars: [{label, value}] (usage by group), largest first as given.
+export function barChart(title, bars) {
+  const W = 400, row = 18, L = 150, R = 60, T = 22;
+  const H = T + Math.max(1, bars.length) * row + 6;
+  const root = svg("svg", { class: "chart bars", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title,
+                           "data-metric": title, "data-points": String(bars.length), style: `height: ${H}px` });
+  root.append(svg("text", { x: 4, y: 14, "font-weight": "600" }, title));
+  const max = Math.max(0, ...bars.map((b) => b.value)) || 1;
+  bars.forEach((b, i) => {
+    const y = T + i * row;
+    root.append(svg("text", { x: L - 4, y: y + 12, "text-anchor": "end" }, String(b.label).slice(0, 26)));
+    root.append(svg("rect", { x: L, y: y + 2, height: row - 6, width: Math.max(1, ((W - L - R) * b.value) / max), fill: "#2f5bd3" }));
+    root.append(svg("text", { x: L + ((W - L - R) * b.value) / max + 4, y: y + 12 }, fmt(b.value)));
+  });
+  return root;
+}

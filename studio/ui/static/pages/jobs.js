@@ -1,0 +1,125 @@
+// Jobs: a list paged on the server (newest first, live states), and a job page with its state
+// timeline, progress, live log tail (SSE over fetch: EventSource cannot send the key), live metric
+// charts from /api/jobs/{id}/metrics, and cancel / retry.
+import { auth, get, post, readSSE, request } from "../api.js";
+import { badge, banner, fill, fmtTime, h, pager, showError, table } from "../dom.js";
+import { lineChart } from "../chart.js";
+
+const PAGE = 25;
+const STATUSES = ["QUEUED", "STARTING", "RUNNING", "CHECKPOINTING", "RETRYING", "SUCCEEDED", "FAILED", "CANCELLED"];
+const TERMINAL = ["SUCCEEDED", "FAILED", "CANCELLED"];
+const POLL_MS = 2000;
+
+export async function jobsPage(main) {
+  const list = h("div", { id: "jobs-list" });
+  const status = h("select", { id: "status-filter" }, h("option", { value: "" }, "all states"),
+    STATUSES.map((s) => h("option", { value: s }, s)));
+  let offset = 0, timer = null, stopped = false;
+  const load = async () => {
+    clearTimeout(timer);
+    try {
+      const q = `limit=${PAGE + 1}&offset=${offset}` + (status.value ? `&status=${status.value}` : "");
+      const rows = await get(`/api/jobs?${q}`);
+      if (stopped) return;
+      list.replaceChildren(table([
+        // Eval and synthesis jobs share the jobs table; each kind has its own page.
+        { title: "Job", cell: (j) => h("a", { href: `#/${{ eval: "evals", synth: "synth" }[j.kind] || "jobs"}/${j.id}` }, `#${j.id}`) },
+        { title: "Name", cell: (j) => j.name }, { title: "Method", cell: (j) => j.method || j.kind },
+        { title: "State", cell: (j) => badge(j.status) },
+        { title: "Attempts", cell: (j) => `${j.attempts}/${j.max_retries + 1}` },
+        { title: "By", cell: (j) => j.submitted_by || "" },
+        { title: "Created", cell: (j) => fmtTime(j.created_at) },
+        { title: "Error", cell: (j) => j.error || "" },
+      ], rows.slice(0, PAGE), { empty: status.value ? `No ${status.value} jobs.` : "No jobs yet: start one from New experiment." }),
+      pager(offset, PAGE, rows.length > PAGE, (o) => { offset = o; load(); }));
+    } catch (e) { showError(e); }
+    if (!stopped) timer = setTimeout(load, POLL_MS * 2);
+  };
+  status.addEventListener("change", () => { offset = 0; load(); });
+  main.append(h("h1", {}, "Jobs"), h("div", { class: "row" }, "Show", status,
+    h("a", { href: "#/new" }, "+ New experiment")), list);
+  await load();
+  return () => { stopped = true; clearTimeout(timer); };
+}
+
+function timeline(events) {
+  return h("ul", { class: "timeline", id: "timeline" }, events.map((e) => h("li", {},
+    h("span", { class: "muted" }, fmtTime(e.at)), " ", e.from ? `${e.from} → ` : "", badge(e.to),
+    e.reason ? h("span", { class: "muted" }, ` ${e.reason}`) : null)));
+}
+
+export async function jobPage(main, id) {
+  const head = h("div", { class: "card", id: "job-head" });
+  const charts = h("div", { class: "charts", id: "charts" });
+  const log = h("pre", { class: "log", id: "log" });
+  const logState = h("span", { class: "muted", id: "log-state" }, "connecting…");
+  let stopped = false, timer = null;
+  const ctl = new AbortController();
+  main.append(h("p", {}, h("a", { href: "#/jobs" }, "← all jobs")), head,
+    h("div", { class: "card" }, h("h2", {}, "Metrics"), charts),
+    h("div", { class: "card" }, h("h2", {}, "Log ", logState), log));
+
+  const canAct = auth.me && auth.me.role !== "service";
+  const act = async (what, fn) => {
+    banner(null);
+    try { await fn(); banner(what, "info"); await refresh(); } catch (e) { showError(e); }
+  };
+  const render = (job) => {
+    const done = TERMINAL.includes(job.status);
+    const pct = job.total_steps ? Math.min(100, Math.round((100 * (job.step || 0)) / job.total_steps)) : null;
+    fill(head,
+      h("h1", {}, `Job #${job.id} · ${job.name} `, badge(job.status)),
+      h("p", { class: "muted" }, `${job.method || job.kind} on ${job.spec?.data?.dataset ?? "?"} · base ${job.spec?.base_model ?? "?"}` +
+        ` · attempt ${job.attempts} of ${job.max_retries + 1} · by ${job.submitted_by || "?"}`),
+      pct !== null ? h("div", {}, h("div", { class: "progress", title: `${pct}%` }, h("div", { style: `width: ${pct}%` })),
+        h("span", { class: "muted", id: "progress-text" }, `step ${job.step || 0} of ${job.total_steps}`)) : null,
+      job.error ? h("p", { class: "err", id: "job-error" }, job.error) : null,
+      job.status === "SUCCEEDED" && job.result?.model ? h("p", {}, "Registered ",
+        h("a", { href: `#/models/${encodeURIComponent(String(job.result.model).split("@")[0])}` }, String(job.result.model))) : null,
+      canAct ? h("div", { class: "row" },
+        !done ? h("button", { class: "danger", id: "cancel", onclick: () => act(`Cancel requested for job #${job.id}.`,
+          () => post(`/api/jobs/${job.id}/cancel`)) }, "Cancel") : null,
+        // Retry = the same pinned spec as a new job (the scheduler's own retries resume in place).
+        done && job.status !== "SUCCEEDED" ? h("button", { class: "secondary", id: "retry", onclick: async () => {
+          try { const j = await post("/api/jobs", job.spec); location.hash = `#/jobs/${j.id}`; } catch (e) { showError(e); }
+        } }, "Retry as a new job") : null) : null,
+      h("h2", {}, "State timeline"), timeline(job.events || []));
+    return done;
+  };
+  const refresh = async () => {
+    const [job, m] = await Promise.all([get(`/api/jobs/${id}`), get(`/api/jobs/${id}/metrics`)]);
+    if (stopped) return true;
+    const done = render(job);
+    const keys = Object.keys(m.metrics).sort((a, b) => (a === "loss" ? -1 : b === "loss" ? 1 : a.localeCompare(b)));
+    charts.replaceChildren(...(keys.length ? keys.map((k) => lineChart(k, m.metrics[k].filter((p) => p.attempt === Math.max(...m.metrics[k].map((x) => x.attempt)))))
+      : [h("p", { class: "muted" }, done ? "This job reported no metrics." : "Waiting for the first metrics…")]));
+    return done;
+  };
+  const poll = async () => {
+    let done = false;
+    try { done = await refresh(); } catch (e) { showError(e); }
+    if (!stopped && !done) timer = setTimeout(poll, POLL_MS);
+  };
+  const tail = async () => {
+    try {
+      const resp = await request(`/api/jobs/${id}/logs?follow=true`, { raw: true, signal: ctl.signal });
+      logState.textContent = "live";
+      await readSSE(resp, (event, data) => {
+        const d = JSON.parse(data);
+        if (event === "log") {
+          log.append(d.line.replace(/\x1b\[[0-9;]*m/g, "") + "\n");  // drop terminal colours
+          log.scrollTop = log.scrollHeight;
+        } else if (event === "end") {
+          logState.textContent = `ended: ${d.status}`;
+        } else if (event === "error") {
+          logState.textContent = `log stream stopped: ${d.detail}${d.fix ? `. Fix: ${d.fix}` : ""}`;
+        }
+      });
+    } catch (e) {
+      if (e.name !== "AbortError") logState.textContent = `no live log: ${e.message}`;
+    }
+  };
+  await poll();
+  tail();
+  return () => { stopped = true; clearTimeout(timer); ctl.abort(); };
+}

@@ -1,0 +1,68 @@
+// Models: registry names, and a name's versions with lineage (dataset snapshot, job, MLflow run),
+// eval scores and stage; promote to champion or archive (user and admin keys; the API decides).
+import { auth, get, post } from "../api.js";
+import { badge, banner, fmtTime, h, pager, showError, table } from "../dom.js";
+
+const PAGE = 25;
+
+export async function modelsPage(main) {
+  const list = h("div", { class: "card" });
+  let offset = 0;
+  const load = async () => {
+    try {
+      const rows = await get(`/api/models?limit=${PAGE + 1}&offset=${offset}`);
+      list.replaceChildren(table([
+        { title: "Name", cell: (m) => h("a", { href: `#/models/${encodeURIComponent(m.name)}` }, m.name) },
+        { title: "Versions", cell: (m) => m.versions },
+        { title: "Champion", cell: (m) => (m.champion_version ? `${m.name}@${m.champion_version}` : "none") },
+        { title: "Newest", cell: (m) => `${m.name}@${m.latest_version}` },
+        { title: "Method", cell: (m) => m.method }, { title: "Base", cell: (m) => m.base_model },
+        { title: "Updated", cell: (m) => fmtTime(m.updated_at) },
+      ], rows.slice(0, PAGE), { empty: "No registered models yet: a succeeded training job registers one." }),
+      pager(offset, PAGE, rows.length > PAGE, (o) => { offset = o; load(); }));
+    } catch (e) { showError(e); }
+  };
+  main.append(h("h1", {}, "Models"), list);
+  await load();
+}
+
+function metricsText(metrics) {
+  const entries = Object.entries(metrics || {}).filter(([, v]) => typeof v === "number");
+  return entries.length ? entries.map(([k, v]) => `${k} ${Number(v.toPrecision(4))}`).join(" · ") : "—";
+}
+
+export async function modelPage(main, name) {
+  const box = h("div", {});
+  main.append(h("p", {}, h("a", { href: "#/models" }, "← all models")), h("h1", {}, `Model ${name}`), box);
+  const canPromote = auth.me && auth.me.role !== "service";
+  let offset = 0;
+  const load = async () => {
+    const r = await get(`/api/models/${encodeURIComponent(name)}?newest_first=true&limit=${PAGE + 1}&offset=${offset}`);
+    const stage = async (ref, to) => {
+      banner(null);
+      try {
+        const v = await post(`/api/models/${encodeURIComponent(ref)}/promote`, { stage: to });
+        banner(`${v.ref} is now ${v.stage}.`, "info");
+        await load();
+      } catch (e) { showError(e); }
+    };
+    box.replaceChildren(h("div", { class: "card" }, table([
+      { title: "Version", cell: (v) => v.ref }, { title: "Stage", cell: (v) => badge(v.stage) },
+      { title: "Method", cell: (v) => `${v.method} · ${v.adapter_type}` },
+      { title: "Eval / train scores", cell: (v) => metricsText(v.metrics) },
+      { title: "Lineage", cell: (v) => h("div", {},
+        v.dataset_snapshot_id ? h("div", {}, "data ", h("a", { href: `#/snapshots/${encodeURIComponent(v.dataset_snapshot_id)}` },
+          v.dataset_snapshot_id.slice(0, 12))) : null,
+        v.job_id ? h("div", {}, "job ", h("a", { href: `#/jobs/${v.job_id}` }, `#${v.job_id}`)) : null,
+        v.mlflow_run_id ? h("div", { class: "muted" }, `MLflow run ${v.mlflow_run_id}`) : null,
+        h("div", { class: "muted" }, `base ${v.base_model}`)) },
+      { title: "Created", cell: (v) => fmtTime(v.created_at) },
+      { title: "", cell: (v) => (canPromote ? h("div", { class: "row" },
+        v.stage !== "champion" ? h("button", { class: "promote", "data-ref": v.ref, onclick: () => stage(v.ref, "champion") }, "Promote to champion") : null,
+        v.stage !== "archived" ? h("button", { class: "danger archive", "data-ref": v.ref, onclick: () => stage(v.ref, "archived") }, "Archive") : null)
+        : h("span", { class: "muted" }, "service keys cannot promote")) },
+    ], r.versions.slice(0, PAGE))),
+    pager(offset, PAGE, r.versions.length > PAGE, (o) => { offset = o; load().catch(showError); }));
+  };
+  try { await load(); } catch (e) { showError(e); }
+}

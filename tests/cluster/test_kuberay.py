@@ -1,0 +1,166 @@
+"""cluster/kuberay/: the RayService and the training RayCluster have the fields KubeRay requires,
+the autoscaler on, GPU worker groups with their custom resources, secrets only by reference; the
+RayService's serveConfigV2 is exactly what ``studio.cluster`` generates from the local Serve config,
+and its import path resolves to the studio's app builder."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from studio import cluster
+
+REPO = Path(__file__).resolve().parents[2]
+KUBERAY = REPO / "cluster" / "kuberay"
+SECRET = "llm-studio-secrets"
+# Settings that hold credentials: in a manifest they may only come from a Secret.
+SECRET_ENV = {"STUDIO_DATABASE_URL", "STUDIO_REDIS_URL", "STUDIO_ADMIN_KEY", "RAY_AUTH_TOKEN",
+              "OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
+
+
+def docs(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((KUBERAY / name).read_text()) if d]
+
+
+def service() -> dict:
+    (doc,) = docs("rayservice.yaml")
+    return doc
+
+
+def training() -> dict:
+    (doc,) = docs("raycluster-training.yaml")
+    return doc
+
+
+def cluster_specs() -> list[tuple[str, dict]]:
+    return [("rayservice", service()["spec"]["rayClusterConfig"]), ("training", training()["spec"])]
+
+
+def containers(spec: dict) -> list[dict]:
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return [c for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def test_kinds_and_api_versions():
+    assert (service()["apiVersion"], service()["kind"]) == ("ray.io/v1", "RayService")
+    assert (training()["apiVersion"], training()["kind"]) == ("ray.io/v1", "RayCluster")
+    kinds = {d["kind"]: d for d in docs("config.yaml")}
+    assert set(kinds) == {"ConfigMap", "ServiceAccount"}
+    for d in (service(), training(), *kinds.values()):
+        assert d["metadata"]["name"]
+
+
+@pytest.mark.parametrize("which,spec", cluster_specs(), ids=lambda x: x if isinstance(x, str) else "")
+def test_cluster_spec_required_fields_and_autoscaling(which: str, spec: dict):
+    import ray
+
+    assert spec["rayVersion"] == ray.__version__
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["autoscalerOptions"]["idleTimeoutSeconds"] > 0
+    head = spec["headGroupSpec"]
+    assert isinstance(head["rayStartParams"], dict)
+    assert head["rayStartParams"].get("num-gpus") == "0"  # the head takes no GPU work
+    assert head["template"]["spec"]["containers"][0]["image"]
+    assert spec["workerGroupSpecs"], f"{which}: no worker group"
+    for group in spec["workerGroupSpecs"]:
+        for key in ("groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"):
+            assert key in group, f"{which}/{group.get('groupName')}: missing {key}"
+        assert group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
+        (container,) = group["template"]["spec"]["containers"]
+        gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
+        assert gpus >= 1 and container["resources"]["requests"]["nvidia.com/gpu"] == str(gpus)
+        for c in containers(spec):
+            assert c["image"] == container["image"], "every pod must run the same studio image"
+
+
+def custom_resources(group: dict) -> dict[str, float]:
+    # KubeRay passes rayStartParams through to `ray start --resources='{...}'`.
+    raw = group["rayStartParams"]["resources"]
+    return yaml.safe_load(yaml.safe_load(raw))
+
+
+def test_serving_and_training_groups_are_apart():
+    (serving,) = service()["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    (train,) = training()["spec"]["workerGroupSpecs"]
+    assert set(custom_resources(serving)) == {"serving"}
+    assert set(custom_resources(train)) == {"training"}
+    gpus = int(train["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert custom_resources(train)["training"] == gpus and gpus == 8
+    assert (train["minReplicas"], train["maxReplicas"]) == (0, 8)
+    assert serving["minReplicas"] >= 1
+    config = next(d for d in docs("config.yaml") if d["kind"] == "ConfigMap")["data"]
+    assert yaml.safe_load(config["STUDIO_TRAIN_WORKER_RESOURCES"]) == {"training": 1}
+    assert int(config["STUDIO_CLUSTER_MAX_GPUS"]) == gpus * train["maxReplicas"]
+
+
+@pytest.mark.parametrize("which,spec", cluster_specs(), ids=lambda x: x if isinstance(x, str) else "")
+def test_secrets_only_by_reference(which: str, spec: dict):
+    config_names = {d["metadata"]["name"] for d in docs("config.yaml") if d["kind"] == "ConfigMap"}
+    for c in containers(spec):
+        env = {e["name"]: e for e in c["env"]}
+        assert {"STUDIO_DATABASE_URL", "STUDIO_REDIS_URL", "OPENAI_API_KEY"} <= set(env)
+        for name in SECRET_ENV & set(env):
+            assert "value" not in env[name], f"{which}: {name} is written into the manifest"
+            ref = env[name]["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == SECRET and ref["key"]
+        assert [r["configMapRef"]["name"] for r in c["envFrom"]] == sorted(config_names)
+    config = next(d for d in docs("config.yaml") if d["kind"] == "ConfigMap")["data"]
+    assert not SECRET_ENV & set(config), "a secret setting sits in the ConfigMap"
+    assert config["STUDIO_ARTIFACTS_URI"].startswith(("s3://", "gs://"))
+
+
+def test_serve_config_is_the_generated_one():
+    embedded = cluster.embedded_serve_config()
+    assert embedded == cluster.serve_config(cluster.KUBERAY_SERVE_CONFIG), (
+        "cluster/kuberay/rayservice.yaml is stale: run `python -m studio.cluster sync-kuberay`")
+    assert embedded["http_options"]["host"] == "0.0.0.0"
+
+
+def test_serve_config_validates_and_its_import_path_resolves():
+    from ray.serve.schema import ServeDeploySchema
+
+    from deployments.app import AppArgs
+    from studio.recipes import validate_spec
+
+    schema = ServeDeploySchema.model_validate(cluster.embedded_serve_config())
+    (app,) = schema.applications
+    module, _, attr = app.import_path.partition(":")
+    builder = getattr(importlib.import_module(module), attr)
+    from deployments.app import build_app
+
+    assert builder is build_app
+    args = validate_spec(AppArgs, app.args or {}, "serveConfigV2 args")
+    assert all(m.resources.get("serving") for m in args.models)
+    # Jobs go to the training RayCluster's head service (KubeRay names it <cluster>-head-svc).
+    assert args.scheduler.ray_address == f"http://{training()['metadata']['name']}-head-svc:8265"
+
+
+def test_sync_rewrites_a_stale_manifest_and_then_holds(tmp_path: Path):
+    manifest = tmp_path / "rayservice.yaml"
+    shutil.copy(KUBERAY / "rayservice.yaml", manifest)
+    serve = tmp_path / "serve.yaml"
+    data = yaml.safe_load(cluster.KUBERAY_SERVE_CONFIG.read_text())
+    data["applications"][0]["args"]["ingress"]["num_replicas"] = 5
+    serve.write_text(yaml.safe_dump(data))
+
+    assert cluster.embedded_serve_config(manifest) != cluster.serve_config(serve)
+    assert cluster.sync_kuberay(manifest, serve) is True
+    assert cluster.embedded_serve_config(manifest) == cluster.serve_config(serve)
+    assert cluster.sync_kuberay(manifest, serve) is False
+    # Only the block changed: the rest of the manifest is as written.
+    before = yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())
+    after = yaml.safe_load(manifest.read_text())
+    before["spec"].pop("serveConfigV2"), after["spec"].pop("serveConfigV2")
+    assert before == after
+    assert cluster.main(["sync-kuberay", "--manifest", str(manifest), "--serve-config", str(serve)]) == 0
+
+
+def test_generator_refuses_a_config_without_applications(tmp_path: Path, capsys):
+    bad = tmp_path / "empty.yaml"
+    bad.write_text("proxy_location: EveryNode\n")
+    assert cluster.main(["serve-config", str(bad)]) == 2
+    assert "has no applications" in capsys.readouterr().err

@@ -1,0 +1,88 @@
+"""A scripted OpenAI-compatible generator on loopback (the external edge a paid provider would be).
+
+Replies depend on the chunk text in the prompt: ``PROSE`` → a refusal in prose (unparseable),
+``FENCED`` → JSON in a code fence after chatter; anything else → a clean JSON reply for the mode
+asked (QA list, CoT list, summary object). ``down`` makes every call fail with HTTP 500 (the
+generator down); ``calls`` counts calls per chunk text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import threading
+import time
+from collections import Counter
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeGenerator:
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.down = False
+        self.down_after: int | None = None  # go down after this many answered calls
+        self.answered = 0
+        self.delay_s = 0.0  # per-reply latency (benchmarks)
+        self.port = free_port()
+        app = FastAPI()
+        app.post("/chat/completions")(self._chat)
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeGenerator:
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+    async def _chat(self, request: Request):
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        body = await request.json()
+        prompt = body["messages"][-1]["content"]
+        text = prompt.split("Text:\n", 1)[-1]
+        self.calls[text] += 1
+        if self.down or (self.down_after is not None and self.answered >= self.down_after):
+            return JSONResponse({"error": {"message": "scripted outage", "type": "server_error"}}, 500)
+        self.answered += 1
+        topic = " ".join(re.findall(r"[A-Za-z]+", text)[:3]) or "text"
+        if "PROSE" in text:
+            content = "I'm sorry, I can't write questions about this."
+        elif "Summarize" in prompt:
+            content = json.dumps({"summary": f"A text about {topic}."})
+        elif "reasoning" in prompt:
+            content = json.dumps([{"question": f"What is {topic}?", "reasoning": "The text says so.",
+                                   "answer": topic}])
+        else:
+            pairs = [{"question": f"What is {topic}?", "answer": f"It is {topic}."},
+                     {"question": f"Which words open the text about {topic}?", "answer": topic}]
+            content = json.dumps(pairs)
+            if "FENCED" in text:
+                content = f"Here you go!\n```json\n{content}\n```\nHope this helps."
+        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(content.split())}
+        return {"id": "chatcmpl-fake", "object": "chat.completion", "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": "stop"}],
+                "usage": {**usage, "total_tokens": sum(usage.values())},
+                "studio_gateway": {"cache_hit": False, "cost_usd": 0.001, "model_group": body["model"],
+                                   "deployment": "fake/gen-1", "latency_ms": 1.0}}

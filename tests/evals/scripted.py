@@ -1,0 +1,109 @@
+"""The external edge, scripted on loopback: an OpenAI-compatible provider whose models behave in
+known ways, and a bring-your-own evaluator. The gateway (real ``GatewayService``, real API route)
+sits between these and the eval runner.
+
+Provider models: ``good`` reverses the digits of "reverse: …" (always right), ``bad`` echoes them
+(always wrong), ``judge`` answers "Score: 8" to rubric prompts and prefers the answer that is the
+reversal in pairwise prompts, ``judge-garbage`` answers something unparseable.
+Evaluator: ``/score`` → 1 when output == reference; ``/down`` → 500; ``/slow`` → never in time."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+import time
+from collections import Counter
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    def __init__(self, app):
+        self.port = free_port()
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self._server.started, "a loopback test server did not start"
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+
+def reverse_answer(prompt: str) -> str:
+    return " ".join(reversed(prompt.removeprefix("reverse: ").split()))
+
+
+def _pairwise_winner(text: str) -> str:
+    q = re.search(r"Question: (.*)", text).group(1)
+    a = re.search(r"Answer A: (.*)", text).group(1).strip()
+    return "A" if a == reverse_answer(q) else "B"
+
+
+def build_provider(calls: Counter) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        model, text = body["model"], body["messages"][-1]["content"]
+        calls[model] += 1
+        if model == "slow":
+            await asyncio.sleep(0.3)
+        if model in ("good", "slow"):
+            out = reverse_answer(text)
+        elif model == "bad":
+            out = text.removeprefix("reverse: ")
+        elif model == "judge":
+            out = f"Winner: {_pairwise_winner(text)}" if "Answer A:" in text else "Score: 8"
+        else:
+            out = "I would rather not say."
+        return {"id": f"c-{calls[model]}", "object": "chat.completion", "created": int(time.time()), "model": model,
+                "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14},
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": out}}]}
+
+    return app
+
+
+def build_evaluator(calls: Counter) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/score")
+    async def score(request: Request):
+        body = await request.json()
+        calls["score"] += 1
+        ok = body["output"].strip() == (body["reference"] or "").strip()
+        return {"score": 1.0 if ok else 0.0, "reason": "same" if ok else "differs"}
+
+    @app.post("/down")
+    async def down():
+        calls["down"] += 1
+        return JSONResponse({"error": "scripted outage"}, status_code=500)
+
+    @app.post("/slow")
+    async def slow():
+        calls["slow"] += 1
+        await asyncio.sleep(5)
+        return {"score": 1}
+
+    return app

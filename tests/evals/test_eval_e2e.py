@@ -1,0 +1,126 @@
+"""Evaluation in a live studio (`studio up` serving the tiny model on vLLM, the gateway, the
+scheduler): `studio eval run` queues the tiny base vs an SFT adapter on digit reversal, the
+scheduler runs it as a Ray job, GET /api/evals/{id} shows the leaderboard growing while it runs,
+the adapter wins by exact match, the judge (the tiny model itself: its scores are noise, the path is
+what is tested) scores or marks every answer. Then the promotion gate: a better candidate is
+promoted, a worse one refused, --force recorded.
+
+Adapters: the "good" one is trained once per module in this process (tests/evals/quick_adapter.py,
+no Ray: quicker than a training job), the "bad" one is random LoRA weights; both are registered the
+way a training job registers its result. STUDIO_TEST_QUICK_ADAPTER_STEPS (default 150) sets the
+adapter's optimizer steps (batch 64, lr 3e-3)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import pytest
+import yaml
+
+from studio.models.tiny import make_tiny
+from tests.e2e.test_stack import REPO, free_port, run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+QUICK_STEPS = int(os.environ.get("STUDIO_TEST_QUICK_ADAPTER_STEPS", "150"))
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    from studio.data.ingest import ingest_file
+    from studio.demo import write_reversal_files
+    from studio.registry.versions import register_version
+    from studio.settings import StudioSettings
+    from studio.store.db import init_db, session_scope
+    from tests.deployments.conftest import make_adapter
+    from tests.evals.quick_adapter import train_adapter
+
+    home = tmp_path_factory.mktemp("evals-home")
+    model = make_tiny(home / "models" / "tiny")
+    good = train_adapter(model, home / "adapters" / "good", steps=QUICK_STEPS)
+    bad = make_adapter(model, home / "adapters" / "bad", seed=5)
+
+    cfg = yaml.safe_load((REPO / "configs/serve/studio_tiny.yaml").read_text())
+    args = cfg["applications"][0]["args"]
+    args["models"][0]["engine"]["model"] = str(model)
+    args["gateway"] = {"spec": {"cache": {"namespace": f"evals-e2e-{os.getpid()}"}}}
+    config = home / "serve.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {**os.environ, "STUDIO_HOME": str(home), "STUDIO_HTTP_PORT": str(free_port()),
+           "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port())}
+    for var in ("RAY_ADDRESS", "STUDIO_ADMIN_KEY", "STUDIO_API_KEY", "STUDIO_GATEWAY_URL", "STUDIO_DATABASE_URL",
+                "STUDIO_REDIS_URL"):
+        env.pop(var, None)
+
+    settings = StudioSettings(home=home, database_url=None, artifacts_uri=None, mlflow_uri=None, redis_url=None,
+                              admin_key=None)
+    init_db(settings.db_url)
+    _, test = write_reversal_files(home / "data", n_train=10, n_test=60)
+    ingest_file(test, "reverse-test", settings)
+    with session_scope(settings.db_url) as s:
+        for uri in (bad, good, bad):  # rev@1 bad, rev@2 good, rev@3 bad
+            register_version(s, name="rev", base_model=str(model), method="sft", adapter_type="lora", uri=str(uri))
+
+    r = run(["up", "--config", str(config)], env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    key = (home / "admin.key").read_text().strip()
+    base = f"http://127.0.0.1:{env['STUDIO_HTTP_PORT']}"
+    try:
+        yield {"env": env, "home": home, "api": httpx.Client(base_url=base, timeout=60,
+                                                            headers={"Authorization": f"Bearer {key}"})}
+    finally:
+        run(["down"], env)
+
+
+def test_adapter_beats_base_and_the_leaderboard_is_live(studio):
+    spec = studio["home"] / "eval.yaml"
+    spec.write_text(
+        "# studio eval run eval.yaml\nname: e2e\ndataset: reverse-test\nmodels: [tiny, rev@2]\n"
+        "generation: {max_tokens: 16}\nconcurrency: 2\nscorers:\n  - type: exact_match\n"
+        "  - {type: judge, model: tiny, max_tokens: 8}\n")
+    r = run(["eval", "run", str(spec)], studio["env"], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "eval 1" in r.stdout
+    api = studio["api"]
+    seen, deadline = [], time.monotonic() + 400
+    while time.monotonic() < deadline:
+        d = api.get("/api/evals/1").raise_for_status().json()
+        seen.append((d["status"], d["progress"]["done"], len(d["leaderboard"]["scores"])))
+        if d["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            break
+        time.sleep(0.3)
+    assert d["status"] == "SUCCEEDED", (d["error"], d["events"])
+    # the leaderboard had rows while the run was still going
+    assert any(status == "RUNNING" and 0 < done < 120 and rows > 0 for status, done, rows in seen), seen
+    means = {(x["model"], x["scorer"]): x for x in d["leaderboard"]["scores"]}
+    em = {m: means[(m, "exact_match")]["mean"] for m in ("tiny", "rev@2")}
+    print(f"exact match: {em}")  # the quick adapter is short-trained: it wins, it need not be perfect
+    assert em["rev@2"] >= em["tiny"] + 0.2, em
+    judge = [means[(m, "judge")] for m in ("tiny", "rev@2")]
+    assert all(j["n"] + j["unscored"] == 60 for j in judge)  # every answer judged or kept unscored
+    win = next(w for w in d["leaderboard"]["win_rates"]
+               if (w["scorer"], w["model"], w["opponent"]) == ("exact_match", "rev@2", "tiny"))
+    assert win["win_rate"] > 0.5
+    assert any(e["to"] == "STARTING" and "studio-job-1-a1" in e["reason"] for e in d["events"])  # a Ray job
+
+    r = run(["eval", "show", "1", "--results", "2"], studio["env"])
+    assert r.returncode == 0 and "rev@2" in r.stdout and "exact_match" in r.stdout
+
+
+def test_promotion_gate_refuses_worse_and_promotes_better(studio):
+    env = studio["env"]
+    r = run(["models", "gate", "rev", "--dataset", "reverse-test", "--limit", "30", "--max-tokens", "16"], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run(["models", "promote", "rev@1"], env)
+    assert r.returncode == 0 and "no champion yet" in r.stdout, r.stdout + r.stderr
+    r = run(["models", "promote", "rev@2"], env, timeout=400)
+    assert r.returncode == 0 and "promoted: beats" in r.stdout, r.stdout + r.stderr
+    r = run(["models", "promote", "rev@3"], env, timeout=400)
+    assert r.returncode == 1 and "was not promoted" in r.stdout, r.stdout + r.stderr
+    assert studio["api"].get("/api/models/rev").json()["versions"][1]["stage"] == "champion"
+    r = run(["models", "promote", "rev@3", "--force"], env)
+    assert r.returncode == 0 and "forced" in r.stdout, r.stdout + r.stderr
+    history = studio["api"].get("/api/models/rev/promotions").json()
+    assert [(h["version"], h["outcome"]) for h in history] == [(1, "promoted"), (2, "promoted"), (3, "refused"),
+                                                               (3, "forced")]

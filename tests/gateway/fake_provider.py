@@ -1,0 +1,83 @@
+"""A scripted OpenAI-compatible provider on loopback — the one fake the gateway tests use, standing
+in for a paid provider at the external edge. What it does depends on the requested model:
+``broken*`` → HTTP 500, ``hang*`` → never answers in time, anything else → a normal answer that
+echoes the model and the last message. ``calls`` counts requests per model."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections import Counter
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeProvider:
+    def __init__(self):
+        self.calls: Counter[str] = Counter()
+        self.auth: list[str | None] = []
+        self.port = free_port()
+        self.app = self._build()
+        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                                     log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeProvider:
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+
+        async def answer(request: Request, kind: str):
+            body = await request.json()
+            model = body["model"]
+            self.calls[model] += 1
+            self.auth.append(request.headers.get("authorization"))
+            if model.startswith("broken"):
+                return JSONResponse({"error": {"message": "scripted failure", "type": "server_error",
+                                               "code": 500}}, status_code=500)
+            if model.startswith("hang"):
+                await asyncio.sleep(8)
+            usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+            if kind == "chat":
+                text = f"{model} says: {body['messages'][-1]['content']}"
+                return {"id": f"chatcmpl-{self.calls[model]}", "object": "chat.completion",
+                        "created": int(time.time()), "model": model, "usage": usage,
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": text}}]}
+            return {"id": f"cmpl-{self.calls[model]}", "object": "text_completion",
+                    "created": int(time.time()), "model": model, "usage": usage,
+                    "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                                 "text": f"{model} completes: {body['prompt']}"}]}
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request):
+            return await answer(request, "chat")
+
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            return await answer(request, "completions")
+
+        return app

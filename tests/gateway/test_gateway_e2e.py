@@ -1,0 +1,179 @@
+"""The gateway in a live studio (`studio up` serving the tiny model, Redis cache): a call through
+``studio.gateway.Client(service="eval")`` shows up in /api/usage tagged eval; a repeated
+temperature-0 call is a cache hit served from Redis; a failing primary (a scripted provider that
+answers 500) falls back to the studio's tiny model; a burst above a key's RPM gets 429 with
+Retry-After; the official ``openai`` client works against /gateway/v1. One stack start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+
+import httpx
+import openai
+import pytest
+import redis
+import yaml
+
+from studio.gateway import Client, GatewayError
+from studio.models.tiny import make_tiny
+from tests.e2e.test_stack import REPO, free_port, run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+REDIS_URL = "redis://127.0.0.1:6379/0"
+PROMPT = [{"role": "user", "content": "reverse: 1 2 3"}]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, provider):
+    home = tmp_path_factory.mktemp("gateway-home")
+    model = make_tiny(home / "models" / "tiny")
+    namespace = f"studio-test-gw-{uuid.uuid4().hex[:8]}"
+    cfg = yaml.safe_load((REPO / "configs/serve/studio_tiny.yaml").read_text())
+    args = cfg["applications"][0]["args"]
+    args["models"][0]["engine"]["model"] = str(model)
+    args["scheduler"]["enabled"] = False
+    args["gateway"] = {"spec": {
+        "groups": [
+            {"name": "judge", "provider": "studio", "model": "tiny"},
+            {"name": "flaky", "provider": "hosted_vllm", "model": "broken-e2e",
+             "api_base": provider.base},
+            {"name": "ext", "provider": "openai", "model": "gpt-4o-mini", "api_base": provider.base,
+             "api_key_env": "STUDIO_TEST_FAKE_PROVIDER_KEY"},
+            {"name": "nokey", "provider": "openai", "model": "gpt-4o",
+             "api_key_env": "STUDIO_TEST_UNSET_KEY"},
+        ],
+        "fallbacks": {"flaky": ["judge"]},
+        "router": {"num_retries": 0, "cooldown_time_s": 1},
+        "cache": {"namespace": namespace},
+    }}
+    config = home / "serve.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {**os.environ, "STUDIO_HOME": str(home), "STUDIO_HTTP_PORT": str(free_port()),
+           "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port()),
+           "STUDIO_REDIS_URL": REDIS_URL, "STUDIO_TEST_FAKE_PROVIDER_KEY": "sk-fake-e2e-123"}
+    for var in ("RAY_ADDRESS", "STUDIO_ADMIN_KEY", "STUDIO_API_KEY", "STUDIO_GATEWAY_URL",
+                "STUDIO_TEST_UNSET_KEY"):
+        env.pop(var, None)
+    r = run(["up", "--config", str(config)], env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    base = f"http://127.0.0.1:{env['STUDIO_HTTP_PORT']}"
+    try:
+        yield {"env": env, "base": base, "gw": f"{base}/gateway/v1", "namespace": namespace,
+               "admin": (home / "admin.key").read_text().strip()}
+    finally:
+        run(["down"], env)
+        r = redis.Redis.from_url(REDIS_URL)
+        for k in r.scan_iter(f"{namespace}:*"):
+            r.delete(k)
+
+
+def usage(studio, **params) -> list[dict]:
+    r = httpx.get(f"{studio['base']}/api/usage", params=params,
+                  headers={"Authorization": f"Bearer {studio['admin']}"})
+    assert r.status_code == 200, r.text
+    return r.json()["rows"]
+
+
+def wait_usage(studio, predicate, **params) -> list[dict]:
+    deadline = time.monotonic() + 30  # rows are written in the background, in batches
+    while True:
+        rows = usage(studio, **params)
+        if predicate(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
+
+
+def test_eval_call_is_cached_in_redis_and_recorded_as_eval(studio):
+    client = Client(service="eval", job_id="eval-e2e", base_url=studio["gw"], api_key=studio["admin"])
+    # min_tokens is a vLLM extension: it reaching the engine shows parameters pass through as sent.
+    first = client.chat("tiny", PROMPT, max_tokens=8, min_tokens=8, temperature=0)
+    assert first["object"] == "chat.completion" and first["usage"]["completion_tokens"] == 8
+    assert first["studio_model_version"] == "tiny"
+    info = first["studio_gateway"]
+    assert info["cache_hit"] is False and info["model_group"] == "tiny"
+    assert info["deployment"] == "studio/tiny"
+
+    second = client.chat("tiny", PROMPT, max_tokens=8, min_tokens=8, temperature=0)
+    assert second["studio_gateway"]["cache_hit"] is True
+    assert second["studio_gateway"]["cost_usd"] == 0.0
+    assert second["choices"] == first["choices"]
+    assert list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{studio['namespace']}:cache:*"))
+
+    rows = wait_usage(studio, lambda rs: rs and rs[0]["calls"] >= 2, group_by="service,model,job",
+                      service="eval")
+    assert [(r["service"], r["model"], r["job"], r["calls"], r["cache_hits"]) for r in rows] == \
+        [("eval", "tiny", "eval-e2e", 2, 1)]
+    assert rows[0]["prompt_tokens"] > 0 and rows[0]["completion_tokens"] == 8  # the hit adds none
+
+
+def test_async_client_is_tagged_with_its_service(studio):
+    client = Client(service="synth", job_id="synth-e2e", base_url=studio["gw"],
+                    api_key=studio["admin"], max_concurrency=2)
+
+    async def burst():
+        return await asyncio.gather(*[client.acompletions("ext", f"row {i}", max_tokens=4)
+                                      for i in range(4)])
+
+    bodies = asyncio.run(burst())
+    # LiteLLM sends a text completion for a chat model (gpt-4o-mini) to the chat endpoint.
+    assert [b["choices"][0]["text"] for b in bodies] == [f"gpt-4o-mini says: row {i}" for i in range(4)]
+    assert all(b["studio_gateway"]["cost_usd"] > 0 for b in bodies)  # LiteLLM's gpt-4o-mini price
+    rows = wait_usage(studio, lambda rs: rs and rs[0]["calls"] >= 4, group_by="service,model",
+                      service="synth")
+    assert [(r["service"], r["model"], r["calls"]) for r in rows] == [("synth", "ext", 4)]
+
+
+def test_failing_primary_falls_back_to_the_studio_model(studio, provider):
+    client = Client(service="grpo", job_id="grpo-e2e", base_url=studio["gw"], api_key=studio["admin"])
+    body = client.chat("flaky", PROMPT, max_tokens=8, temperature=0.7)
+    assert provider.calls["broken-e2e"] >= 1
+    assert body["studio_gateway"]["model_group"] == "judge"
+    assert body["studio_gateway"]["fallback_from"] == "flaky"
+    assert body["studio_model_version"] == "tiny"
+    rows = wait_usage(studio, lambda rs: bool(rs), group_by="service,model,deployment,job",
+                      service="grpo")
+    assert [(r["service"], r["model"], r["deployment"], r["job"], r["calls"]) for r in rows] == \
+        [("grpo", "judge", "studio/tiny", "grpo-e2e", 1)]
+
+
+def test_burst_over_the_keys_rpm_gets_429_with_retry_after(studio):
+    r = run(["keys", "create", "--name", "bursty", "--role", "service", "--rpm", "3"], studio["env"])
+    assert r.returncode == 0, r.stderr
+    secret = r.stdout.strip().splitlines()[-1]
+    if time.time() % 60 > 50:  # keep the burst inside one rate window
+        time.sleep(61 - time.time() % 60)
+    statuses, last = [], None
+    with httpx.Client(base_url=studio["gw"], headers={"Authorization": f"Bearer {secret}",
+                                                      "x-studio-service": "eval"}) as http:
+        for i in range(5):
+            last = http.post("/completions", json={"model": "ext", "prompt": f"b{i}", "max_tokens": 2})
+            statuses.append(last.status_code)
+    assert statuses == [200, 200, 200, 429, 429]
+    assert int(last.headers["retry-after"]) >= 1
+    assert "3 requests per minute" in last.json()["error"]["message"]
+    client = Client(service="eval", base_url=studio["gw"], api_key=secret, max_retries=0)
+    with pytest.raises(GatewayError) as err:
+        client.completions("ext", "again", max_tokens=2)
+    assert err.value.status == 429 and err.value.retry_after_s >= 1
+
+
+def test_openai_client_against_the_gateway(studio):
+    client = openai.OpenAI(base_url=studio["gw"], api_key=studio["admin"], max_retries=0)
+    names = {m.id for m in client.models.list()}
+    assert {"judge", "ext", "flaky", "tiny"} <= names
+    out = client.chat.completions.create(model="ext", messages=[{"role": "user", "content": "hi"}])
+    assert out.choices[0].message.content == "gpt-4o-mini says: hi"
+    out = client.chat.completions.create(model="judge", messages=PROMPT, max_tokens=4)
+    assert out.choices[0].message.content is not None
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="no-such-group", messages=PROMPT)
+    assert "no-such-group" in str(err.value) and "judge" in str(err.value)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="nokey", messages=PROMPT)
+    assert err.value.status_code == 503 and "STUDIO_TEST_UNSET_KEY" in str(err.value)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=studio["gw"], api_key="sk-studio-wrong-key-123",
+                      max_retries=0).models.list()

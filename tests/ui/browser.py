@@ -1,0 +1,108 @@
+"""Playwright driving Debian's Chromium (never Playwright's downloaded browsers): launch, a page
+that records console errors and uncaught exceptions, and screenshots as test artifacts.
+
+A test fails on any console error except "Failed to load resource" for HTTP statuses the current
+step expects (a deliberate wrong key is a 401 the browser logs): see ``Browser.expect_status``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("STUDIO_UI_CHROMIUM", "/usr/bin/chromium")
+_RESOURCE = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
+
+
+def need_chromium() -> None:
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        pytest.skip(f"Chromium is not installed at {CHROMIUM}: apt-get install -y chromium chromium-driver "
+                    "(scripts/setup.sh does it when run as root), or set STUDIO_UI_CHROMIUM")
+
+
+def screenshot_dir(tmp_path_factory) -> Path:
+    """``$STUDIO_UI_SCREENSHOTS`` (CI collects it), else ``ui-screenshots`` under pytest's basetemp."""
+    out = Path(os.environ.get("STUDIO_UI_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "ui-screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class Browser:
+    def __init__(self, page, shots: Path, base: str):
+        self.page, self.shots, self.base = page, shots, base
+        self.errors: list[str] = []
+        self._allowed: set[int] = set()
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+
+    def _console(self, msg) -> None:
+        if msg.type != "error":
+            return
+        m = _RESOURCE.search(msg.text)
+        if m and int(m.group(1)) in self._allowed:
+            return
+        self.errors.append(f"console: {msg.text} ({msg.location.get('url', '')})")
+
+    @contextmanager
+    def expect_status(self, *statuses: int):
+        """HTTP errors this step provokes on purpose (and shows in words)."""
+        self._allowed = set(statuses)
+        try:
+            yield
+        finally:
+            self._allowed = set()
+
+    def goto(self, hash_: str) -> None:
+        self.page.goto(f"{self.base}/ui/{hash_}")
+
+    def shot(self, name: str) -> Path:
+        """Screenshot the page, after checking it shows no unfilled values."""
+        text = self.page.inner_text("body")
+        for junk in ("undefined", "[object Object]", "NaN", "nullnull"):
+            assert junk not in text, f"page {name} shows {junk!r}:\n{text}"
+        path = self.shots / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def banner(self) -> str:
+        el = self.page.locator("#banner")
+        return el.inner_text() if el.is_visible() else ""
+
+    def wait(self, selector: str, timeout_s: float = 30) -> None:
+        """Wait for ``selector``; on a timeout, fail with what the page said (banner, errors)."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        try:
+            self.page.wait_for_selector(selector, timeout=timeout_s * 1000)
+        except PlaywrightTimeout:
+            pytest.fail(f"{selector!r} did not appear in {timeout_s:.0f} s; banner: {self.banner()!r}; "
+                        f"browser errors: {self.errors}; page:\n{self.page.inner_text('main')[:2000]}")
+
+    def login(self, key: str) -> None:
+        self.goto("#/login")
+        self.page.fill("#key", key)
+        self.page.click("#login")
+        self.page.wait_for_selector("#logout")
+
+    def assert_clean(self) -> None:
+        assert not self.errors, "browser errors:\n" + "\n".join(self.errors)
+
+
+@contextmanager
+def chromium_page(base: str, shots: Path):
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            context.set_default_timeout(30_000)
+            yield Browser(context.new_page(), shots, base)
+        finally:
+            browser.close()

@@ -1,0 +1,276 @@
+"""Every page in a real browser against the studio's HTTP app served by uvicorn on a real database
+(no Ray: jobs stay QUEUED, /v1 answers 503), with 10 000 jobs so the job list must page on the
+server. Wrong input is shown in words; no console errors; a screenshot per page."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from sqlalchemy import insert
+
+from studio.data.ingest import ingest_file
+from studio.keys import create_key
+from studio.registry.versions import register_version
+from studio.settings import StudioSettings
+from studio.store.db import init_db, session_scope
+from studio.store.models import Job
+from tests.e2e.test_stack import REPO, free_port
+from tests.jobs.inputs import make_model_dir
+from tests.ui.browser import chromium_page, need_chromium, screenshot_dir
+
+pytestmark = [pytest.mark.e2e]
+N_JOBS = 10_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    need_chromium()
+    home = tmp_path_factory.mktemp("ui-home")
+    settings = StudioSettings(home=home)
+    init_db(settings.db_url)
+    now = datetime.now(UTC)
+    with session_scope(settings.db_url) as s:
+        keys = {role: create_key(s, f"{role}-1", role)[0] for role in ("admin", "user", "service")}
+        # Bulk rows: the list page must stay fast because it asks the server for one page only.
+        s.execute(insert(Job), [{"kind": "train", "name": f"bulk-{i}", "spec": {"method": "sft"},
+                                 "status": "FAILED" if i % 10 == 0 else "SUCCEEDED", "attempts": 1,
+                                 "max_retries": 0, "submitted_by": "bulk", "result": {},
+                                 "created_at": now, "updated_at": now} for i in range(1, N_JOBS + 1)])
+        register_version(s, name="reverser", base_model="tiny", method="sft", adapter_type="lora",
+                         uri=str(home / "adapter"), job_id=1, metrics={"exact_match": 0.97})
+    model = make_model_dir(home / "base-model")
+    digits = home / "digits.jsonl"
+    digits.write_text("".join(json.dumps({"prompt": f"reverse: {i}", "completion": str(i)[::-1]}) + "\n"
+                              for i in range(10, 40)))
+    ingest_file(digits, "digits", settings)
+    notes = home / "notes.md"
+    notes.write_text("# Reversing digits\n\nTo reverse 1 2 3, read it from the right: 3 2 1.\n")
+    ingest_file(notes, "notes", settings)
+    port = free_port()
+    env = {**os.environ, "STUDIO_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "studio.api.app:create_app", "--factory",
+                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                             # a job page's log stream of a never-started job would hold shutdown
+                             "--timeout-graceful-shutdown", "3"],
+                            env=env, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.3)
+        yield {"base": base, "keys": keys, "home": home, "model": model}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    return screenshot_dir(tmp_path_factory)
+
+
+def test_login_refuses_a_wrong_key_in_words_and_menus_follow_the_role(server, shots):
+    with chromium_page(server["base"], shots) as b:
+        b.page.goto(f"{server['base']}/ui/")
+        b.page.wait_for_selector("#key")  # any page without a key leads to the login
+        with b.expect_status(401):
+            b.page.fill("#key", "sk-studio-wrong")
+            b.page.click("#login")
+            b.page.wait_for_function("document.getElementById('banner').textContent.length > 0")
+        assert "invalid or revoked API key" in b.banner()
+        b.shot("01-login-error")
+        b.login(server["keys"]["user"])
+        assert "user-1 · user" in b.page.inner_text("#who")
+        assert b.page.locator("nav a", has_text="Keys").count() == 0
+        b.page.click("#logout")
+        b.login(server["keys"]["admin"])
+        b.page.click("nav a:has-text('Keys')")
+        b.wait("text=service-1")
+        b.shot("08-keys")
+        b.assert_clean()
+
+
+def test_jobs_list_pages_on_the_server_and_filters_by_state(server, shots):
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["user"])
+        b.goto("#/jobs")
+        rows = b.page.locator("#jobs-list tbody tr")
+        rows.first.wait_for()
+        assert rows.count() == 25
+        assert rows.first.locator("td").first.inner_text() == f"#{N_JOBS}"
+        b.shot("04-jobs")
+        b.page.click("text=Next →")
+        b.wait(f"#jobs-list a:text-is('#{N_JOBS - 25}')")
+        b.page.select_option("#status-filter", "FAILED")
+        b.wait(f"#jobs-list a:text-is('#{N_JOBS}')")
+        states = b.page.locator("#jobs-list tbody tr .badge").all_inner_texts()
+        assert len(states) == 25 and set(states) == {"FAILED"}
+        b.assert_clean()
+
+
+def test_upload_with_mapping_then_browse_the_snapshot(server, shots, tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": f"reverse: {i} {i + 1}", "answer": f"{i + 1} {i}"}) + "\n"
+                            for i in range(30)) + "{broken\n")
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["user"])
+        b.goto("#/datasets")
+        b.page.set_input_files("#upload-file", str(data))
+        b.page.fill("#upload-name", "qa")
+        with b.expect_status(400):  # without the mapping the columns are not a kind: said in words
+            b.page.click("#upload-submit")
+            b.page.wait_for_function("document.getElementById('banner').textContent.length > 0")
+        assert "question" in b.banner() and "Fix:" in b.banner()
+        for target, source in (("prompt", "question"), ("completion", "answer")):
+            b.page.click("#add-map")
+            b.page.locator(".map-row .map-target").last.select_option(target)
+            b.page.locator(".map-row .map-source").last.fill(source)
+        b.page.click("#upload-submit")
+        report = b.page.locator("#ingest-report")
+        report.locator("text=Created qa@1").wait_for()
+        assert "30 rows kept, 1 dropped" in report.inner_text()
+        assert "broken JSON" in report.inner_text()
+        b.shot("02-datasets-upload")
+        b.page.click("text=Open the snapshot")
+        b.wait("#sample-rows tbody tr")
+        assert b.page.locator("#sample-rows tbody tr").count() == 10
+        assert "reverse: 0 1" in b.page.inner_text("#sample-rows")
+        assert "prompt_completion" in b.page.inner_text("main")
+        b.wait("#dropped-rows tbody tr")
+        assert "broken JSON" in b.page.inner_text("#dropped-rows")
+        b.wait("#snapshot-stats svg.chart")
+        b.shot("03-snapshot")
+        b.page.click("#sample-rows >> text=Next →")
+        b.wait("#sample-rows >> text=reverse: 10 11")
+        b.assert_clean()
+
+
+def test_experiment_form_validates_inline_shows_the_recipe_and_submits(server, shots):
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["user"])
+        b.goto("#/new")
+        b.wait("#f-hyper-learning_rate")
+        submit = b.page.locator("#submit-job")
+        assert submit.is_disabled()  # name, base model and dataset are required
+        b.page.fill("#f-name", "bad name!")
+        assert "must match" in b.page.inner_text("[data-error-for='name']")
+        b.page.fill("#f-name", "ui-sft")
+        b.page.fill("#f-base_model", str(server["home"] / "no-such-model"))
+        b.page.fill("#f-data-dataset", "qa@1")
+        b.page.fill("#f-hyper-learning_rate", "-1")
+        assert b.page.inner_text("[data-error-for='hyper.learning_rate']") == "must be > 0"
+        assert submit.is_disabled()
+        b.page.fill("#f-hyper-learning_rate", "0.003")
+        b.page.fill("#f-hyper-max_steps", "5")
+        assert submit.is_enabled()
+        recipe = b.page.inner_text("#recipe-yaml")
+        assert recipe.startswith("# studio train submit ui-sft.yaml")
+        for line in ("name: ui-sft", "method: sft", "  dataset: qa@1", "  learning_rate: 0.003", "  max_steps: 5"):
+            assert line in recipe.splitlines(), recipe
+        assert "batch_size" not in recipe  # defaults are left out, as in a hand-written recipe
+        assert "studio train submit ui-sft.yaml" in b.page.inner_text("#recipe-cli")
+        with b.expect_status(400):  # preflight: the server's words, not a stack trace
+            submit.click()
+            b.page.wait_for_function("document.getElementById('banner').textContent.length > 0")
+        assert "no-such-model" in b.banner()
+        b.page.fill("#f-base_model", str(server["model"]))
+        b.shot("05-new-experiment")
+        submit.click()
+        b.page.wait_for_url(f"**/ui/#/jobs/{N_JOBS + 1}")
+        b.wait("#job-head .badge:text-is('QUEUED')")
+        assert "submitted by user-1" in b.page.inner_text("#timeline")
+        b.shot("06-job-queued")
+        b.page.click("#cancel")
+        b.wait("#job-head h1 .badge:text-is('CANCELLED')")
+        b.page.click("#retry")
+        b.page.wait_for_url(f"**/ui/#/jobs/{N_JOBS + 2}")
+        b.wait("#job-head h1 .badge:text-is('QUEUED')")
+        b.assert_clean()
+
+
+def test_models_promote_and_what_a_service_key_sees(server, shots):
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["service"])
+        b.goto("#/models/reverser")
+        b.wait("text=service keys cannot promote")
+        b.page.click("#logout")
+        b.login(server["keys"]["user"])
+        b.goto("#/models")
+        b.page.click("text=reverser")
+        b.wait("text=exact_match 0.97")
+        b.page.click("button.promote[data-ref='reverser@1']")
+        b.wait("text=reverser@1 is now champion.")
+        b.wait("td .badge:text-is('champion')")  # the table reloads after the banner
+        assert b.page.locator("td .badge:text-is('champion')").count() == 1
+        b.shot("07-models")
+        b.goto("#/playground")  # no models served here: the API's 503 in words
+        with b.expect_status(503):
+            b.page.reload()
+            b.wait("#pg-unavailable")
+        assert "no models are served" in b.page.inner_text("#pg-unavailable")
+        b.assert_clean()
+
+
+def test_evaluations_experiments_and_usage_pages(server, shots):
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["user"])
+        with b.expect_status(503):  # the form asks /v1/models for suggestions; none served here
+            b.goto("#/evals")
+            b.wait("#ev-start")
+        b.page.fill("#ev-dataset", "digits@1")
+        b.page.fill("#ev-models", "tiny, reverser@1")
+        b.page.fill("#ev-limit", "5")
+        assert "  - exact_match" in b.page.inner_text("#ev-yaml") or "type: exact_match" in b.page.inner_text("#ev-yaml")
+        with b.expect_status(503):  # no gateway without `studio up`: the API's words, shown
+            b.page.click("#ev-start")
+            b.page.wait_for_function("document.getElementById('banner').textContent.length > 0")
+        assert "cannot check the model names" in b.banner() and "Fix:" in b.banner()
+        b.shot("09-evaluations")
+
+        b.goto("#/usage")
+        b.wait("#usage >> text=No gateway calls in this period.")
+        b.page.select_option("#usage-group", "day")
+        b.shot("10-usage")
+
+        b.goto("#/experiments")
+        b.page.fill("#exp-alias", "bad alias!")
+        b.page.locator(".arm-model").first.fill("tiny")
+        with b.expect_status(422):
+            b.page.click("#exp-create")
+            b.page.wait_for_function("document.getElementById('banner').textContent.length > 0")
+        assert "alias" in b.banner()
+        b.shot("11-experiments")
+        b.assert_clean()
+
+
+def test_start_synthetic_generation_and_watch_it(server, shots):
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["user"])
+        b.goto("#/datasets")
+        b.wait("#sy-start")
+        b.page.fill("#sy-source", "digits@1")
+        b.page.fill("#sy-name", "digits-qa")
+        b.page.fill("#sy-max-chunks", "2")
+        with b.expect_status(400):  # not documents: the API's words
+            b.page.click("#sy-start")
+            b.page.wait_for_function("document.getElementById('banner').textContent.length > 0")
+        assert "prompt_completion" in b.banner() and "Fix:" in b.banner()
+        b.page.fill("#sy-source", "notes@1")
+        b.page.click("#sy-start")
+        b.wait("#synth-head h1 .badge:text-is('QUEUED')")  # no scheduler here: it waits
+        assert "Generation #" in b.page.inner_text("#synth-head")
+        b.shot("12-synth")
+        b.assert_clean()

@@ -1,0 +1,151 @@
+"""The UI's main walk in a real browser against a live `studio up` serving the tiny model:
+login → upload + ingest → configure and start an SFT job → watch it to SUCCEEDED with a live loss
+chart and log → compare base vs the new adapter side by side in the playground → promote.
+One module-scoped stack (an engine costs ~3 GB and ~45 s to start); run it under the heavy lock."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+
+import pytest
+import yaml
+
+from studio.models.tiny import make_tiny, reversal_example
+from tests.e2e.test_stack import REPO, free_port, run
+from tests.ui.browser import chromium_page, need_chromium, screenshot_dir
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    need_chromium()  # before the expensive part
+    home = tmp_path_factory.mktemp("ui-stack-home")
+    model = make_tiny(home / "models" / "tiny")
+    cfg = yaml.safe_load((REPO / "configs/serve/studio_tiny.yaml").read_text())
+    for app in cfg["applications"]:
+        for m in app["args"].get("models", []):
+            m["engine"]["model"] = str(model)
+    config = home / "serve.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {**os.environ, "STUDIO_HOME": str(home), "STUDIO_HTTP_PORT": str(free_port()),
+           "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port())}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("STUDIO_ADMIN_KEY", None)
+    r = run(["up", "--config", str(config)], env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        yield {"base": f"http://127.0.0.1:{env['STUDIO_HTTP_PORT']}", "home": home, "model": model,
+               "admin": (home / "admin.key").read_text().strip()}
+    finally:
+        run(["down"], env)
+
+
+def test_login_ingest_train_watch_compare_promote(studio, tmp_path_factory, tmp_path):
+    shots = screenshot_dir(tmp_path_factory)
+    rng = random.Random(0)
+    data = tmp_path / "reverse.csv"
+    lines = ["question,answer"] + [",".join(f'"{x}"' for x in reversal_example(rng)) for _ in range(200)]
+    data.write_text("\n".join(lines) + "\n")
+    with chromium_page(studio["base"], shots) as b:
+        b.login(studio["admin"])
+
+        b.goto("#/datasets")
+        b.page.set_input_files("#upload-file", str(data))
+        b.page.fill("#upload-name", "reverse")
+        for target, source in (("prompt", "question"), ("completion", "answer")):
+            b.page.click("#add-map")
+            b.page.locator(".map-row .map-target").last.select_option(target)
+            b.page.locator(".map-row .map-source").last.fill(source)
+        b.page.click("#upload-submit")
+        b.page.locator("#ingest-report >> text=Created reverse@1").wait_for(timeout=60_000)
+        b.shot("stack-01-datasets")
+
+        b.goto("#/new")
+        b.page.wait_for_selector("#f-hyper-learning_rate")
+        for sel, value in (("#f-name", "ui-reverse"), ("#f-base_model", str(studio["model"])),
+                           ("#f-data-dataset", "reverse@1"), ("#f-hyper-max_steps", "12"),
+                           ("#f-hyper-learning_rate", "0.003"), ("#f-hyper-batch_size", "16"),
+                           ("#f-hyper-max_seq_length", "64"), ("#f-hyper-logging_steps", "2"),
+                           ("#f-max_retries", "0")):
+            b.page.fill(sel, value)
+        assert "max_steps: 12" in b.page.inner_text("#recipe-yaml")
+        b.shot("stack-02-new-experiment")
+        b.page.click("#submit-job")
+        b.page.wait_for_url("**/ui/#/jobs/1")
+        b.page.wait_for_selector("#job-head h1 .badge:text-is('RUNNING')", timeout=240_000)
+        b.page.wait_for_selector("svg.chart[data-metric='loss']", timeout=240_000)
+        b.page.wait_for_selector("#job-head h1 .badge:text-is('SUCCEEDED')", timeout=300_000)
+        b.page.wait_for_selector("#log-state:text-is('ended: SUCCEEDED')", timeout=60_000)
+        points = int(b.page.get_attribute("svg.chart[data-metric='loss']", "data-points"))
+        assert points >= 3, points  # logging every 2 of 12 steps
+        assert b.page.inner_text("#log").strip(), "the live log tail stayed empty"
+        timeline = b.page.inner_text("#timeline")
+        for state in ("QUEUED", "STARTING", "RUNNING", "SUCCEEDED"):
+            assert state in timeline, timeline
+        b.shot("stack-03-job-succeeded")
+
+        b.goto("#/playground")
+        b.page.wait_for_selector("#pg-model-1")
+        b.page.select_option("#pg-model-0", "tiny")
+        b.page.select_option("#pg-model-1", "ui-reverse@1")
+        b.page.fill("#pg-prompt", "reverse: 1 2 3")
+        b.page.fill("#pg-max-tokens", "8")
+        b.page.click("#pg-run")
+        for i in (0, 1):
+            b.page.wait_for_selector(f".answer:nth-child({i + 1})[data-done]", timeout=180_000)
+        b.shot("stack-04-playground")
+        for i in (0, 1):
+            stats = b.page.inner_text(f"#pg-stats-{i}")
+            assert not stats.startswith("error"), stats
+            tokens = re.search(r"(\d+) tokens", stats)
+            assert tokens and int(tokens.group(1)) >= 1, stats
+            # A random-init model may answer only whitespace: any text at all gives a first token.
+            streamed = b.page.eval_on_selector(f"#pg-answer-{i}", "e => e.textContent.length")
+            assert ("first token" in stats) if streamed else ("no text streamed" in stats), stats
+        assert "served by tiny" in b.page.inner_text("#pg-stats-0")
+        assert "served by ui-reverse@1" in b.page.inner_text("#pg-stats-1")
+        b.page.click("#pg-votes-1 .pg-better")  # feedback on the logged answers, by response id
+        b.wait("#pg-votes-1 .pg-feedback-note:text-is('recorded: this one is better')")
+        b.page.click("#pg-votes-0 .pg-up")
+        b.wait("#pg-votes-0 .pg-feedback-note:text-is('recorded: good')")
+        b.goto("#/models/ui-reverse")
+        b.page.click("button.promote[data-ref='ui-reverse@1']")
+        b.page.wait_for_selector("text=ui-reverse@1 is now champion.")
+        b.shot("stack-05-models")
+        b.assert_clean()
+    print(f"screenshots: {shots}")
+
+
+def test_run_an_evaluation_and_read_usage(studio, tmp_path_factory):
+    """After the walk above (reverse@1 ingested, ui-reverse@1 trained): base vs adapter through the
+    gateway, the leaderboard filling in, per-datapoint answers, then the usage those calls made."""
+    shots = screenshot_dir(tmp_path_factory)
+    with chromium_page(studio["base"], shots) as b:
+        b.login(studio["admin"])
+        b.goto("#/evals")
+        b.wait("#ev-start")
+        b.page.fill("#ev-name", "ui-eval")
+        b.page.fill("#ev-dataset", "reverse@1")
+        b.page.fill("#ev-models", "tiny, ui-reverse@1")
+        b.page.fill("#ev-limit", "8")
+        b.page.fill("#ev-max-tokens", "8")
+        b.page.click("#ev-start")
+        b.wait("#eval-head h1 .badge", timeout_s=30)
+        # The leaderboard fills in live while the run goes: every answer scored is the outcome
+        # this page shows (the run's own end state is the eval service's contract).
+        b.wait("#eval-head .eval-progress:text-is('16 of 16 answers scored')", timeout_s=300)
+        board = b.page.inner_text("#leaderboard")
+        assert "tiny" in board and "ui-reverse@1" in board and "exact_match" in board, board
+        b.wait("#eval-results tbody tr")
+        assert b.page.locator("#eval-results tbody tr").count() == 16  # 8 rows × 2 models (page of 20)
+        b.shot("stack-06-evaluation")
+
+        b.goto("#/usage")
+        b.page.select_option("#usage-days", "")
+        b.wait("#usage tbody tr")
+        assert "eval" in b.page.inner_text("#usage"), b.page.inner_text("#usage")
+        b.shot("stack-07-usage")
+        b.assert_clean()
