@@ -54,7 +54,8 @@ class AppArgs(Spec):
     scheduler: SchedulerArgs = Field(default_factory=SchedulerArgs, description="Training job scheduler.")
     models: list[ModelDeploymentConfig] = Field(
         default_factory=list, description="Base models served on /v1 (one ModelDeployment each, "
-        "with its registry adapters); none: no engine starts and /v1 answers 503.")
+        "with its registry adapters); none: no engine starts until a model is deployed at "
+        "runtime (`studio serve deploy`).")
     router_num_cpus: float = Field(default=0.05, gt=0, description="Logical CPUs the Router reserves.")
     gateway: GatewayArgs = Field(default_factory=GatewayArgs, description="LLM gateway.")
 
@@ -77,9 +78,8 @@ def resolve_model(cfg: ModelDeploymentConfig) -> ModelDeploymentConfig:
 
 
 def build_router(models: list[ModelDeploymentConfig], num_cpus: float, env: dict[str, str]):
-    """The Router bound with one ModelDeployment per base model; None when no model is served."""
-    if not models:
-        return None
+    """The Router bound with one ModelDeployment per base model. Always deployed, even with no
+    models: it also serves the models deployed at runtime (``studio.serving``)."""
     bases = {}
     for cfg in map(resolve_model, models):
         bases[cfg.engine.name] = {"handle": build_model_deployment(cfg), "model": cfg.engine.model}

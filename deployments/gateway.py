@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import studio  # noqa: F401 — sets RAY_AUTH_MODE before the first `import ray` of a process
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -31,6 +32,15 @@ class Gateway:
 
     async def completions(self, body: dict[str, Any], ctx: dict[str, Any]):
         return await self._service.handle("completions", body, ctx)
+
+    async def chat_stream(self, body: dict[str, Any], ctx: dict[str, Any]):
+        """``stream: true``: (status, error body, headers) first, then SSE strings."""
+        async for item in self._service.stream("chat", body, ctx):
+            yield item
+
+    async def completions_stream(self, body: dict[str, Any], ctx: dict[str, Any]):
+        async for item in self._service.stream("completions", body, ctx):
+            yield item
 
     async def models(self) -> dict[str, Any]:
         return await self._service.models()

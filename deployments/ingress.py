@@ -29,6 +29,6 @@ class ApiIngress:
 
         app = create_app()
         app.state.scheduler = self._scheduler
-        app.state.router = self._router  # None when the config serves no models: /v1 answers 503
+        app.state.router = self._router  # the Router: config models and runtime-deployed ones
         app.state.gateway = self._gateway  # the LLM gateway (/gateway/v1/*); None when disabled
         return app

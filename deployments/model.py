@@ -45,6 +45,28 @@ from studio.settings import StudioSettings, settings_env
 
 logger = logging.getLogger("ray.serve")
 REPORT_EVERY_S = 5.0
+STATS_EVERY_S = 2.0
+
+
+def replica_memory() -> dict[str, Any]:
+    import psutil
+
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            return {"memory_kind": "gpu", "memory_bytes": total - free}
+    except ImportError:
+        pass
+    me = psutil.Process()
+    rss = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            rss += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return {"memory_kind": "rss", "memory_bytes": rss}
 
 
 class AutoscalingSpec(Spec):
@@ -68,6 +90,10 @@ class ModelDeploymentConfig(Spec):
     num_gpus: float = Field(
         default=0, ge=0,
         description="GPUs a replica reserves: 0 on CPU, tensor_parallel_size on GPU.")
+    memory_gib: float | None = Field(
+        default=None, gt=0, description="Memory a replica reserves in Ray's accounting (GiB; "
+        "a vLLM CPU engine of a small model takes about 3): a deploy the cluster cannot hold "
+        "then fails up front, naming the memory missing. None: reserve nothing.")
     resources: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources a replica reserves, e.g. "
         "{serving: 1}: on a cluster this pins replicas to the serving worker group "
@@ -95,8 +121,11 @@ def deployment_name(base_model: str) -> str:
 @serve.deployment(name="ModelDeployment", max_ongoing_requests=32, health_check_period_s=10,
                   health_check_timeout_s=30, ray_actor_options={"num_cpus": 1})
 class ModelDeployment:
-    async def __init__(self, config: dict[str, Any]):
+    async def __init__(self, config: dict[str, Any], report_to: str | None = None):
+        """``report_to``: the Serve application whose Router gets this replica's reports (default:
+        this replica's own application; a runtime-deployed model names the studio's)."""
         self.config = ModelDeploymentConfig.model_validate(config)
+        self._report_to = report_to
         self._cache_dir = Path(self.config.adapter_cache_dir
                                or StudioSettings().home_abs / "cache" / "adapters")
         self.engine: Engine = make_engine(self.config.engine)
@@ -160,15 +189,22 @@ class ModelDeployment:
         disturb serving, and a ModelDeployment deployed without a Router reports nothing."""
         try:
             ctx = serve.get_replica_context()
-            router = serve.get_deployment_handle("Router", app_name=ctx.app_name)
+            router = serve.get_deployment_handle("Router", app_name=self._report_to or ctx.app_name)
             replica = ctx.replica_id.unique_id
         except Exception:  # noqa: BLE001 — no Router in this application
             return
-        last_sent = 0.0
+        last_sent = last_stats = 0.0
         while True:
             await asyncio.sleep(0.5)
             loaded = tuple(sorted(a["id"] for a in self.engine.list_adapters() if a["loaded"]))
             now = time.monotonic()
+            if now - last_stats >= STATS_EVERY_S:
+                last_stats = now
+                try:
+                    await router.report_stats.remote(self.config.engine.name, replica,
+                                                     await self.stats())
+                except Exception as e:  # noqa: BLE001
+                    logger.debug("stats report to the Router failed: %s", e)
             if loaded == self._reported and now - last_sent < REPORT_EVERY_S:
                 continue
             try:
@@ -182,7 +218,10 @@ class ModelDeployment:
         return self.engine.list_adapters()
 
     async def stats(self) -> dict[str, Any]:
-        return await self.engine.stats()
+        """The engine's load (running/waiting requests, KV-cache use, generated tokens, adapters)
+        plus this replica's memory: GPU memory in use where there is a GPU, else the resident
+        memory of the replica and the engine processes it started."""
+        return {**await self.engine.stats(), **replica_memory()}
 
     async def check_health(self) -> None:
         await self.engine.health()
@@ -195,8 +234,10 @@ class ModelDeployment:
 
 
 def build_model_deployment(config: ModelDeploymentConfig | dict[str, Any],
-                           name: str | None = None) -> Application:
-    """The bound deployment for one base model (the router binds one per base model)."""
+                           name: str | None = None, report_to: str | None = None,
+                           **serve_options: Any) -> Application:
+    """The bound deployment for one base model (the router binds one per base model; a runtime
+    deployment is an application of its own). ``serve_options`` go to ``Deployment.options``."""
     cfg = ModelDeploymentConfig.model_validate(config)
     model = Path(cfg.engine.model).expanduser()
     if model.exists():  # replicas run in another cwd
@@ -207,10 +248,12 @@ def build_model_deployment(config: ModelDeploymentConfig | dict[str, Any],
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
                               **({"resources": cfg.resources} if cfg.resources else {}),
+                              **({"memory": int(cfg.memory_gib * 2**30)} if cfg.memory_gib else {}),
                               "runtime_env": {"env_vars": settings_env(StudioSettings())}},
     }
+    options.update(serve_options)
     if cfg.autoscaling:
         options["autoscaling_config"] = cfg.autoscaling.model_dump()
     else:
         options["num_replicas"] = cfg.num_replicas
-    return ModelDeployment.options(**options).bind(cfg.model_dump())
+    return ModelDeployment.options(**options).bind(cfg.model_dump(), report_to)

@@ -10,6 +10,12 @@ Names (docs: ARCHITECTURE.md "Endpoint model names"):
   per the request's ``user`` (``studio.experiments.ab.pick_arm``);
 * anything else → a 404 in OpenAI's shape pointing at ``GET /v1/models``.
 
+Base models come from the serve config's ``models:`` (bound in, fixed) and from runtime
+deployments (``studio.serving``: each its own Serve application, a ``serving_deployments`` row).
+The Router reads READY rows into handles every ``REGISTRY_TTL_S`` and at once when the lifecycle
+calls ``sync_deployments``; an evicted (or evicting) name answers 404 "not deployed", and a request
+whose replica went away during an eviction gets a clean 503.
+
 A registry version is served as the adapter id ``name@N-<model_versions.id>`` (unique per version,
 never reused even if a name is deleted and registered again), loaded on the base's ModelDeployment
 by whichever ModelDeployment replica answers (the request carries the adapter's id and URI, and a
@@ -84,16 +90,93 @@ class Router:
         id}``. Registry versions whose ``base_model`` is either the id or the path go to it."""
         from studio.settings import StudioSettings
 
-        self._handles: dict[str, DeploymentHandle] = {k: v["handle"] for k, v in bases.items()}
-        self._aliases: dict[str, str] = {}
-        for base, info in bases.items():
-            self._aliases[base] = base
-            self._aliases[normalize_base(info.get("model") or base)] = base
+        self._static = dict(bases)
+        self._runtime: dict[str, dict[str, Any]] = {}  # READY runtime deployments, same shape
+        self._gone: dict[str, str] = {}  # evicted/evicting/failed runtime name → why
+        self._synced_at = 0.0
+        self._sync_started = self._sync_applied = 0
+        self._inflight: dict[str, int] = {}
+        self._last_request: dict[str, float] = {}
+        self._rebuild_names()
         self._db_url = StudioSettings().db_url
         self._cache: dict[str, tuple[float, Target | dict]] = {}
         self._experiments: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self.metrics = ServingMetrics()
         self.recorder = CompletionRecorder(self._db_url)
+
+    # ---- runtime deployments -----------------------------------------------------------------
+    def _rebuild_names(self) -> None:
+        bases = {**self._runtime, **self._static}
+        self._handles: dict[str, DeploymentHandle] = {k: v["handle"] for k, v in bases.items()}
+        self._aliases: dict[str, str] = {}
+        for base, info in bases.items():
+            self._aliases[base] = base
+            self._aliases[normalize_base(info.get("model") or base)] = base
+
+    def _deployment_rows(self) -> list[tuple[str, str, str, str, str | None]]:
+        from studio.serving.recipe import list_rows
+        from studio.store.db import session_scope
+
+        with session_scope(self._db_url) as session:
+            return [(r.name, r.app_name, r.status, r.recipe["deployment"]["engine"]["model"],
+                     r.message) for r in list_rows(session)]
+
+    async def sync_deployments(self) -> list[str]:
+        """Re-read the runtime deployments now; the served base names."""
+        from deployments.model import deployment_name
+
+        self._sync_started += 1
+        seq = self._sync_started
+        rows = await asyncio.to_thread(self._deployment_rows)
+        if seq < self._sync_applied:  # a later read already landed: this one is older
+            return list(self._handles)
+        self._sync_applied = seq
+        runtime, gone = {}, {}
+        for name, app, status, model, message in rows:
+            if status == "ready":
+                info = self._runtime.get(name)
+                if info is None or info["app"] != app:
+                    try:
+                        handle = serve.get_deployment_handle(deployment_name(name), app)
+                    except Exception:  # noqa: BLE001 — a row that outlived its cluster
+                        gone[name] = (f"its Serve application {app} is not running (did the "
+                                      "cluster restart?)")
+                        continue
+                    info = {"handle": handle, "model": model, "app": app}
+                runtime[name] = info
+            elif name not in self._static:
+                gone[name] = message or status
+        for name in set(self._runtime) - set(runtime):
+            self.metrics.drop_model(name)
+        self._runtime, self._gone, self._synced_at = runtime, gone, time.monotonic()
+        self._rebuild_names()
+        return list(self._handles)
+
+    async def _maybe_sync(self) -> None:
+        if time.monotonic() - self._synced_at >= REGISTRY_TTL_S:
+            try:
+                await self.sync_deployments()
+            except Exception as e:  # noqa: BLE001 — keep serving what we know
+                logger.warning("reading runtime deployments failed: %s", e)
+                self._synced_at = time.monotonic()
+
+    def _not_deployed(self, model: str) -> dict:
+        return error_body(f"The model `{model}` is not deployed ({self._gone[model]}); deploy it "
+                          f"again with `studio serve deploy` or POST /api/deployments; "
+                          f"{MODELS_HINT}", 404, "NotFoundError", "model")
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Per served base: requests in flight here, seconds since its last request (None: none
+        since the Router started), and its replicas' latest figures (``ServingMetrics``)."""
+        now, replicas = time.monotonic(), self.metrics.replica_stats()
+        return {b: {"in_flight": self._inflight.get(b, 0),
+                    "idle_s": (round(now - self._last_request[b], 3)
+                               if b in self._last_request else None),
+                    "replicas": replicas.get(b, [])} for b in self._handles}
+
+    def report_stats(self, model: str, replica: str, stats: dict[str, Any]) -> None:
+        """A ModelDeployment replica's load (memory, KV cache, requests, tokens) for /metrics."""
+        self.metrics.report_stats(model, replica, stats)
 
     # ---- names -------------------------------------------------------------------------------
     def _base_of(self, base_model: str) -> str | None:
@@ -125,8 +208,11 @@ class Router:
         if not isinstance(model, str) or not model:
             return error_body(f"`model` must name a model; {MODELS_HINT}", 400,
                               "BadRequestError", "model")
+        await self._maybe_sync()
         if model in self._handles:
             return Target(model, model)
+        if model in self._gone:
+            return self._not_deployed(model)
         experiment = (await self._active_experiments()).get(model)
         if experiment is None:
             return await self._resolve_name(model)
@@ -237,7 +323,15 @@ class Router:
         request, adapter = {**body, "model": target.adapter_id or target.base}, None
         if target.adapter_id:
             adapter = {"id": target.adapter_id, "uri": target.uri, "label": target.label}
-        handle = getattr(self._handles[target.base].options(stream=True), endpoint)
+        base_handle = self._handles.get(target.base)
+        if base_handle is None:  # evicted between resolving and here
+            yield self._not_deployed(target.base) if target.base in self._gone else error_body(
+                f"The model `{target.base}` is not served; {MODELS_HINT}", 404, "NotFoundError",
+                "model")
+            return
+        handle = getattr(base_handle.options(stream=True), endpoint)
+        self._inflight[target.base] = self._inflight.get(target.base, 0) + 1
+        self._last_request[target.base] = time.monotonic()
         gen = handle.remote(request, adapter)
         capture, ttft, done = ResponseCapture(), None, False
         try:
@@ -251,9 +345,18 @@ class Router:
                 yield _relabel(item, target)
             done = True
         except Exception:  # the replica failed (not the client leaving: that is a BaseException)
+            if ttft is None and target.base not in self._handles:
+                # Evicted while this request waited for a replica: a clean, retryable 503.
+                capture.error = {"code": 503}
+                yield error_body(f"The model `{target.base}` was evicted before this request "
+                                 f"was answered; retry, or {MODELS_HINT}", 503,
+                                 "ServiceUnavailableError", "model")
+                return
             capture.error = {"code": 500}
             raise
         finally:
+            self._inflight[target.base] -= 1
+            self._last_request[target.base] = time.monotonic()
             # Client gone (our generator cancelled/closed) or done: stop the engine request too.
             gen.cancel()
             self._account(endpoint, body, target, capture, started, ttft, done)

@@ -7,6 +7,11 @@ engine-side: each ModelDeployment replica reports its loaded adapters to the Rou
 (``report_adapters``), labelled by replica; a replica not heard from for ``REPLICA_STALE_S``
 (scaled down, dead) drops out.
 
+Each replica also reports its load every few seconds (``report_stats``): memory (GPU where there
+is one, else RSS of the replica and its engine processes), KV-cache use, running and waiting
+requests, adapters loaded and tokens/s (from the engine's generated-token count between two
+reports) — the ``studio_replica_*`` gauges, and ``replica_stats()`` for ``GET /api/deployments``.
+
 ``model`` is the served base model id; ``version`` is what answered (the base id or ``name@N``).
 Requests whose name does not resolve count under ``model="(unresolved)"`` so client-chosen strings
 never become label values.
@@ -46,6 +51,79 @@ class ServingMetrics:
                                     "router started, by outcome (written, dropped).",
                                     ["outcome"], registry=r)
         self._replicas: dict[tuple[str, str], tuple[float, list[str]]] = {}
+        replica = ["model", "replica"]
+        self.memory = Gauge("studio_replica_memory_bytes", "Memory of a model replica: GPU memory "
+                            "in use (kind=gpu) or RSS of the replica and its engine (kind=rss).",
+                            replica + ["kind"], registry=r)
+        self.kv_cache = Gauge("studio_replica_kv_cache_usage", "Fraction of the replica's KV "
+                              "cache in use (0-1).", replica, registry=r)
+        self.running = Gauge("studio_replica_running_requests", "Requests the engine is "
+                             "decoding.", replica, registry=r)
+        self.waiting = Gauge("studio_replica_waiting_requests", "Requests queued in the engine.",
+                             replica, registry=r)
+        self.tokens_per_s = Gauge("studio_replica_tokens_per_second", "Generated tokens per "
+                                  "second between the replica's last two reports.", replica,
+                                  registry=r)
+        self._stats: dict[tuple[str, str], dict] = {}
+
+    def report_stats(self, model: str, replica: str, stats: dict) -> None:
+        now = time.monotonic()
+        prev = self._stats.get((model, replica))
+        tokens = stats.get("generated_tokens_total")
+        rate = None
+        if prev and tokens is not None and prev.get("generated_tokens_total") is not None:
+            elapsed = now - prev["_at"]
+            rate = max(0, tokens - prev["generated_tokens_total"]) / elapsed if elapsed > 0 else 0.0
+        adapters = (stats.get("adapters") or {}).get("loaded") or []
+        row = {"replica": replica, "memory_bytes": stats.get("memory_bytes"),
+               "memory_kind": stats.get("memory_kind"),
+               "kv_cache_usage": stats.get("kv_cache_usage"),
+               "running_requests": stats.get("running_requests"),
+               "waiting_requests": stats.get("waiting_requests"),
+               "adapters_loaded": [version_label(a) for a in adapters],
+               "tokens_per_s": rate, "generated_tokens_total": tokens, "_at": now}
+        self._drop_stats(model, replica)
+        self._stats[(model, replica)] = row
+        if row["memory_bytes"] is not None:
+            self.memory.labels(model, replica, row["memory_kind"] or "rss").set(row["memory_bytes"])
+        for gauge, key in ((self.kv_cache, "kv_cache_usage"), (self.running, "running_requests"),
+                           (self.waiting, "waiting_requests"), (self.tokens_per_s, "tokens_per_s")):
+            if row[key] is not None:
+                gauge.labels(model, replica).set(row[key])
+        for key, seen in list(self._stats.items()):
+            if now - seen["_at"] > REPLICA_STALE_S:
+                self._drop_stats(*key)
+
+    def drop_model(self, model: str) -> None:
+        """Forget an evicted model's replicas at once (not after REPLICA_STALE_S)."""
+        for key in [k for k in self._stats if k[0] == model]:
+            self._drop_stats(*key)
+        for key in [k for k in self._replicas if k[0] == model]:
+            self._drop(*key)
+            del self._replicas[key]
+
+    def _drop_stats(self, model: str, replica: str) -> None:
+        row = self._stats.pop((model, replica), None)
+        if row is None:
+            return
+        for gauge, labels in ((self.memory, (model, replica, row["memory_kind"] or "rss")),
+                              (self.kv_cache, (model, replica)), (self.running, (model, replica)),
+                              (self.waiting, (model, replica)),
+                              (self.tokens_per_s, (model, replica))):
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+
+    def replica_stats(self) -> dict[str, list[dict]]:
+        """model → its replicas' latest figures, with ``age_s`` since each report."""
+        now, out = time.monotonic(), {}
+        for (model, _), row in sorted(self._stats.items()):
+            if now - row["_at"] <= REPLICA_STALE_S:
+                out.setdefault(model, []).append(
+                    {**{k: v for k, v in row.items() if k != "_at"},
+                     "age_s": round(now - row["_at"], 3)})
+        return out
 
     def report_adapters(self, model: str, replica: str, adapter_ids: list[str]) -> None:
         now = time.monotonic()

@@ -38,6 +38,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def gpu_name() -> str | None:
+    """The GPU the engine could use, or None (vLLM CPU)."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 def make_adapter(base_dir: Path, out: Path) -> Path:
     """A LoRA adapter with random B weights (so it answers differently from the base)."""
     import torch
@@ -140,7 +147,7 @@ def main() -> None:
     result = {
         "benchmark": "eval",
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": False,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "gpu": gpu_name(),
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in load_after]},
         "model": "tiny (studio.models.tiny) + a random LoRA adapter, float32, vLLM CPU", "engine": ENGINE,

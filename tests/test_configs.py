@@ -19,6 +19,11 @@ def _validate_serve(path: Path) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     from deployments.app import AppArgs
+    from studio.serving.recipe import ServingRecipe
+
+    if path.parent.name == "models":  # serving recipes: `studio serve deploy`
+        load_recipe(path, ServingRecipe)
+        return
 
     data = yaml.safe_load(path.read_text())
     schema = ServeDeploySchema.model_validate(data)

@@ -68,6 +68,40 @@ class EngineConfig(Spec):
     )
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one replica shards over.")
     seed: int = Field(default=0, description="Sampling seed of the engine.")
+    chat_template: str | None = Field(
+        default=None, description="Chat template (a Jinja file path or the template itself) "
+        "replacing the model's own; for tools it must render the request's `tools`."
+    )
+    tool_call_parser: str | None = Field(
+        default=None, description="vLLM tool parser that turns the model's output into OpenAI "
+        "`tool_calls` (e.g. hermes for ChatML-style models such as the tiny one, llama3_json, "
+        "mistral); needed for any `tool_choice` other than none."
+    )
+    enable_auto_tool_choice: bool = Field(
+        default=False, description="Let the model decide to call a tool (`tool_choice: auto`, "
+        "the default when a request has tools); needs tool_call_parser."
+    )
+    structured_outputs_backend: Literal[
+        "auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer", "none"] = Field(
+        default="auto", description="Guided-decoding library for `response_format` JSON schemas "
+        "and named/required tool choices; `none`: this engine does not guide, and such requests "
+        "get a 400."
+    )
+    structured_outputs_compact: bool = Field(
+        default=False, description="Guided JSON without free whitespace (xgrammar/guidance; "
+        "with backend auto this picks xgrammar): keeps a weak model from spending its tokens on "
+        "spaces."
+    )
+
+    @model_validator(mode="after")
+    def _tools_need_a_parser(self) -> EngineConfig:
+        if self.enable_auto_tool_choice and not self.tool_call_parser:
+            raise ValueError("enable_auto_tool_choice needs tool_call_parser (e.g. hermes)")
+        if self.structured_outputs_compact and self.structured_outputs_backend not in (
+                "auto", "xgrammar", "guidance"):
+            raise ValueError("structured_outputs_compact works with the xgrammar or guidance "
+                             "backend only")
+        return self
 
     @model_validator(mode="after")
     def _sglang_needs_cuda(self) -> EngineConfig:
@@ -169,6 +203,97 @@ def error_body(message: str, status: int = 400, err_type: str = "BadRequestError
                param: str | None = None) -> dict[str, Any]:
     """An error in OpenAI's shape, for failures found before the engine's serving layer runs."""
     return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+
+
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+MAX_STOP_STRINGS = 256
+
+
+def check_request(config: EngineConfig, endpoint: Endpoint, request: dict[str, Any],
+                  max_model_len: int | None = None) -> dict[str, Any] | None:
+    """An OpenAI 400, naming the field, for what the engine's serving layer would accept and then
+    mishandle (or refuse in terms of its CLI flags): empty messages, an unknown role, max_tokens
+    below 1 or above the context length (``max_model_len``: the engine's; vLLM itself would
+    quietly cut it to what is left after the prompt), thousands of stop strings, a tool or response schema that is not JSON Schema, a
+    tool_choice the engine is not set up for, guided decoding asked of an engine that has it off.
+    None when the request may go on."""
+    from jsonschema import SchemaError, validators
+
+    messages = request.get("messages") if endpoint == "chat" else None
+    if messages == []:
+        return error_body("messages is empty; a chat request needs at least one message", 400,
+                          param="messages")
+    if isinstance(messages, list):
+        for i, message in enumerate(messages):
+            role = message.get("role") if isinstance(message, dict) else None
+            if isinstance(role, str) and role not in CHAT_ROLES:
+                return error_body(f"messages[{i}].role is {role!r}, which is not a chat role; use "
+                                  f"one of {', '.join(CHAT_ROLES)}", 400,
+                                  param=f"messages[{i}].role")
+    for field in ("max_tokens", "max_completion_tokens"):
+        value = request.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            return error_body(f"{field} is {value}; it must be at least 1 (or left out: up to the "
+                              "context length)", 400, param=field)
+        if isinstance(value, int) and max_model_len and value > max_model_len:
+            return error_body(f"{field} is {value}, above the context length of {config.name!r} "
+                              f"({max_model_len} tokens, prompt included); ask for at most "
+                              f"{max_model_len} (or leave it out)", 400, param=field)
+    stop = request.get("stop")
+    if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:
+        return error_body(f"stop has {len(stop)} strings; at most {MAX_STOP_STRINGS} are accepted "
+                          "(each one is checked after every generated token)", 400, param="stop")
+    schemas: list[tuple[str, Any]] = []
+    tools = request.get("tools") if endpoint == "chat" else None
+    if isinstance(tools, list):
+        for i, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if isinstance(function, dict) and "parameters" in function:
+                schemas.append((f"tools[{i}].function.parameters", function["parameters"]))
+    fmt = request.get("response_format")
+    if isinstance(fmt, dict) and isinstance(fmt.get("json_schema"), dict):
+        json_schema = fmt["json_schema"]
+        schema = json_schema.get("schema", json_schema.get("json_schema"))
+        if schema is not None:
+            schemas.append(("response_format.json_schema.schema", schema))
+    for where, schema in schemas:
+        if not isinstance(schema, dict):
+            return error_body(f"{where} must be a JSON Schema object, not "
+                              f"{type(schema).__name__}", 400, param=where)
+        try:
+            validators.validator_for(schema).check_schema(schema)
+        except SchemaError as e:
+            at = "/".join(str(p) for p in e.path) or "(root)"
+            return error_body(f"{where} is not a valid JSON Schema: {e.message} (at {at}); fix "
+                              "the schema (https://json-schema.org)", 400, param=where)
+    choice = request.get("tool_choice") if tools else None
+    if choice not in (None, "none") and not config.tool_call_parser:
+        return error_body(f"model {config.name!r} is served without a tool parser, so it cannot "
+                          "answer with tool calls; send tool_choice none, or serve the model with "
+                          "engine.tool_call_parser set (e.g. hermes)", 400, param="tool_choice")
+    if choice == "auto" and not config.enable_auto_tool_choice:
+        return error_body(f"model {config.name!r} is served without automatic tool choice; name "
+                          "the tool in tool_choice (or send required), or serve the model with "
+                          "engine.enable_auto_tool_choice: true", 400, param="tool_choice")
+    if config.structured_outputs_backend == "none" and _wants_guidance(request):
+        return error_body(
+            f"model {config.name!r} is served by an engine with guided decoding off "
+            "(engine.structured_outputs_backend: none), so it cannot follow `response_format` "
+            "or a named/required `tool_choice`; drop them, or serve the model with "
+            "structured_outputs_backend: auto", 400, param="response_format")
+    return None
+
+
+def _wants_guidance(request: dict[str, Any]) -> bool:
+    fmt = request.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+        return True
+    if any(request.get(k) is not None for k in ("structured_outputs", "guided_json",
+                                                 "guided_regex", "guided_choice",
+                                                 "guided_grammar")):
+        return True
+    choice = request.get("tool_choice")
+    return bool(request.get("tools")) and (choice == "required" or isinstance(choice, dict))
 
 
 class EngineAdapters:

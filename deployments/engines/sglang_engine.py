@@ -22,6 +22,7 @@ from deployments.engines.base import (
     EngineAdapters,
     EngineConfig,
     GenerateResult,
+    check_request,
     error_body,
     released_after,
 )
@@ -54,6 +55,9 @@ class SGLangEngine:
             "mem_fraction_static": c.gpu_memory_utilization,
             "tp_size": c.tensor_parallel_size,
             "random_seed": c.seed,
+            # SGLang's own names for these (its tool parsers are named differently from vLLM's).
+            "tool_call_parser": c.tool_call_parser,
+            "chat_template": c.chat_template,
         }
 
     async def start(self) -> None:
@@ -72,6 +76,9 @@ class SGLangEngine:
         self._completion = OpenAIServingCompletion(tm, templates)
 
     async def generate(self, endpoint: Endpoint, request: dict[str, Any]) -> GenerateResult:
+        refused = check_request(self.config, endpoint, request)
+        if refused is not None:
+            return refused
         from sglang.srt.entrypoints.openai.protocol import (
             ChatCompletionRequest,
             CompletionRequest,

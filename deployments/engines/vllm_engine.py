@@ -27,6 +27,7 @@ from deployments.engines.base import (
     EngineAdapters,
     EngineConfig,
     GenerateResult,
+    check_request,
     error_body,
     released_after,
 )
@@ -43,10 +44,16 @@ class VLLMEngine:
         self._adapters = EngineAdapters(config, self._load, self._unload)
 
     def engine_args(self):
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
 
         c = self.config
+        backend = c.structured_outputs_backend
+        if backend == "none":  # ours: the engine keeps its default, check_request refuses guidance
+            backend = "auto"
+        if c.structured_outputs_compact and backend == "auto":
+            backend = "xgrammar"  # vLLM takes compact JSON only with a named backend
         return AsyncEngineArgs(
             # Inside a Ray actor vLLM may pick its Ray executor, whose placement group asks for
             # GPU bundles that a CPU cluster never schedules: keep CPU engines in local processes.
@@ -65,14 +72,31 @@ class VLLMEngine:
             gpu_memory_utilization=c.gpu_memory_utilization,
             tensor_parallel_size=c.tensor_parallel_size,
             seed=c.seed,
+            structured_outputs_config=StructuredOutputsConfig(
+                backend=backend, disable_any_whitespace=c.structured_outputs_compact),
         )
+
+    def frontend_args(self, engine_args) -> argparse.Namespace:
+        """What ``vllm serve`` would parse: vLLM's frontend defaults, our engine args, and the
+        chat settings of the config (chat template, tool parser)."""
+        from vllm.entrypoints.launchers.cli_args import FrontendArgs
+        from vllm.tool_parsers import ToolParserManager
+
+        c = self.config
+        parser = c.tool_call_parser
+        if parser is not None and parser not in ToolParserManager.list_registered():
+            raise StudioError(f"engine.tool_call_parser {parser!r} is not a vLLM tool parser",
+                              "choose one of: "
+                              + ", ".join(sorted(ToolParserManager.list_registered())))
+        return argparse.Namespace(**(vars(FrontendArgs()) | vars(engine_args) | {
+            "chat_template": c.chat_template, "tool_call_parser": parser,
+            "enable_auto_tool_choice": c.enable_auto_tool_choice}))
 
     async def start(self) -> None:
         if self._client is not None:
             return
         from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-        from vllm.entrypoints.launchers.cli_args import FrontendArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -80,14 +104,18 @@ class VLLMEngine:
             # Read by the engine-core process this starts; vLLM's CPU default takes far more.
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.config.kv_cache_space_gib)
         engine_args = self.engine_args()
+        args = self.frontend_args(engine_args)  # a bad tool parser fails before the engine starts
         try:
-            self._client = AsyncLLM.from_engine_args(engine_args)
+            from deployments.engines.vllm_load import EngineLoad
+
+            self._load_stats = EngineLoad()
+            self._client = AsyncLLM.from_engine_args(engine_args,
+                                                     stat_loggers=[self._load_stats.factory])
         except Exception as e:
             # vLLM's config errors are pydantic dataclass errors that do not pickle across Ray.
             raise Unavailable(f"vLLM could not start {self.config.model!r}: {e}",
                               "check the model path and the engine config fields") from None
         state = State()
-        args = argparse.Namespace(**(vars(FrontendArgs()) | vars(engine_args)))
         try:
             tasks = await self._client.get_supported_tasks()
             await init_app_state(self._client, state, args, supported_tasks=tasks)
@@ -107,6 +135,10 @@ class VLLMEngine:
         from vllm.entrypoints.serve import create_error_response
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
+        max_len = self._client.model_config.max_model_len if self._client is not None else None
+        refused = check_request(self.config, endpoint, request, max_len)
+        if refused is not None:
+            return refused
         if self._client is None:
             return error_body("the engine is not started", 503, "ServiceUnavailableError")
         model_cls = ChatCompletionRequest if endpoint == "chat" else CompletionRequest
@@ -178,6 +210,7 @@ class VLLMEngine:
             "unfinished_requests": self._client.get_num_unfinished_requests() if started else 0,
             "engine_lora_ids": sorted(await self._client.list_loras()) if started else [],
             "adapters": self._adapters.stats(),
+            **(self._load_stats.as_dict() if started else {}),
         }
 
     def shutdown(self) -> None:

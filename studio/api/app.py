@@ -12,6 +12,7 @@ from studio.api.routes import experiments
 from studio.api.routes import evals
 from studio.api.routes import gateway as gateway_routes
 from studio.api.routes import usage
+from studio.api.routes import deployments as deployment_routes
 from studio.api.routes import synth as synth_routes
 from studio.settings import StudioSettings, get_settings
 from studio.store.db import init_db
@@ -40,5 +41,6 @@ def create_app(settings: StudioSettings | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(experiments.router)
     app.include_router(evals.router)
+    app.include_router(deployment_routes.router)  # /api/deployments: runtime models
     mount_ui(app)  # /ui: static pages that call the API above with the user's key
     return app

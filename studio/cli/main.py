@@ -12,6 +12,7 @@ from studio.cli import data, jobs, keys, models, train
 from studio.cli import experiments
 from studio.cli import eval as eval_cli
 from studio.cli import usage
+from studio.cli import serve as serve_cli
 from studio.cli.common import console, err_console, settings_with_db
 from studio.errors import StudioError
 
@@ -29,6 +30,7 @@ app.add_typer(train.app, name="train")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(experiments.app, name="experiments")
 app.add_typer(eval_cli.app, name="eval")
+app.add_typer(serve_cli.app, name="serve")
 app.command("usage")(usage.usage)
 
 
@@ -92,11 +94,14 @@ def status() -> None:
 
 
 @app.command()
-def demo(exit_at_end: bool = typer.Option(False, "--exit", help="Stop the stack at the end.")) -> None:
-    """Run the studio's main loop on the tiny model (see docs/demo.md)."""
+def demo(exit_at_end: bool = typer.Option(False, "--exit", help="Stop the stack at the end."),
+         profile: str = typer.Option("full", "--profile",
+                                     help="full (make demo) or small (fewer rows and steps; the e2e test's)")) -> None:
+    """Run the studio's main loop on the tiny model: data → eval → SFT → hot-load → eval → promote →
+    A/B + feedback → DPO (see docs/walkthrough.md)."""
     from studio.demo import run_demo
 
-    run_demo(exit_at_end=exit_at_end)
+    run_demo(exit_at_end=exit_at_end, profile=profile)
 
 
 def main() -> None:

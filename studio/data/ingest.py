@@ -161,6 +161,12 @@ def _ingest_hf(where: str, name: str, settings: StudioSettings, kind: DatasetKin
 def _file_records(f: SourceFile, single: bool) -> Iterator[Record]:
     label = None if single else f.label
     fmt = _format_of(f.label)
+    if f.hf:  # a `save_to_disk` folder inside the directory: rows labelled folder[split]
+        try:
+            yield from read_hf_dataset(f.path, label=f.label)
+        except StudioError as e:
+            yield label, 0, RowError(e.problem + (f"; {e.fix}" if e.fix else ""))
+        return
     try:
         if fmt is None:
             raise StudioError(f"unknown format (extension {Path(f.label).suffix or 'none'})",
@@ -235,9 +241,11 @@ def _consume(records: Iterator[Record], name: str, settings: StudioSettings, kin
     it = rows()
     try:
         if kind is None:
+            parsed = 0
             for rec in it:
                 head.append(rec)
-                if sum(isinstance(r[2], dict) for r in head) >= DETECT_ROWS:
+                parsed += isinstance(rec[2], dict)
+                if parsed >= DETECT_ROWS:
                     break
             kind = _vote(head, shown)
         writer = SnapshotWriter(kind)

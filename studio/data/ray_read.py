@@ -55,7 +55,7 @@ def ray_records(files: list[SourceFile], settings: StudioSettings, single: bool,
     ctx.enable_progress_bars = False
     for f in files:
         fmt = FORMATS.get(Path(f.label).suffix.lower())
-        if f.size == 0 or (fmt not in _RAY_FORMATS and Path(f.label).suffix.lower() not in DOCUMENT_FORMATS):
+        if f.hf or f.size == 0 or (fmt not in _RAY_FORMATS and Path(f.label).suffix.lower() not in DOCUMENT_FORMATS):
             yield from fallback(f, single)
         elif fmt == "jsonl":
             yield from _jsonl(f, single)

@@ -74,12 +74,31 @@ class SourceFile:
     path: str  # local path or fsspec URL
     size: int
     remote: bool
+    hf: bool = False  # a folder written by ``datasets.save_to_disk`` (read as one source)
 
 
 def is_hf_dataset_dir(path: str) -> bool:
     return not _is_url(path) and os.path.isdir(path) and any(
         os.path.exists(os.path.join(path, f)) for f in ("dataset_info.json", "dataset_dict.json",
                                                         "state.json"))
+
+
+_HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def _hf_roots(files: list[str]) -> list[str]:
+    """Top-level folders among ``files`` that ``datasets.save_to_disk`` wrote: a Dataset folder
+    holds state.json and dataset_info.json, a DatasetDict folder dataset_dict.json."""
+    names: dict[str, set[str]] = {}
+    for p in files:
+        names.setdefault(os.path.dirname(p), set()).add(os.path.basename(p))
+    found = sorted(d for d, n in names.items()
+                   if "dataset_dict.json" in n or {"state.json", "dataset_info.json"} <= n)
+    top: list[str] = []
+    for d in found:  # a DatasetDict's split folders belong to it
+        if not any(d.startswith(t.rstrip("/") + "/") for t in top):
+            top.append(d)
+    return top
 
 
 def is_directory(source: str) -> bool:
@@ -105,11 +124,18 @@ def list_files(source: str) -> list[SourceFile]:
     if not fs.isdir(root):
         return [SourceFile(os.path.basename(root), full(root), fs.size(root) or 0, remote)]
     out = []
-    for p, info in sorted(fs.find(root, detail=True).items()):
-        rel = os.path.relpath(p, root)
-        if any(part.startswith(".") for part in rel.split("/")):
+    found = {p: info for p, info in fs.find(root, detail=True).items()
+             if not any(part.startswith(".") for part in os.path.relpath(p, root).split("/"))}
+    # Hugging Face datasets saved to disk inside the directory are read whole, as one source each.
+    hf_dirs = [] if remote else _hf_roots(list(found))
+    for d in hf_dirs:
+        size = sum(info.get("size") or 0 for p, info in found.items() if p.startswith(d + "/"))
+        out.append(SourceFile(os.path.relpath(d, root), d, size, False, hf=True))
+    for p, info in sorted(found.items()):
+        if any(p.startswith(d + "/") for d in hf_dirs):
             continue
-        out.append(SourceFile(rel, full(p), info.get("size") or 0, remote))
+        out.append(SourceFile(os.path.relpath(p, root), full(p), info.get("size") or 0, remote))
+    out.sort(key=lambda f: f.label)
     if not out:
         raise StudioError(f"directory {source} holds no files", "pass a directory with data files")
     return out
@@ -228,8 +254,10 @@ def document_text(path: Path, fmt: str) -> str:
 # --- Hugging Face datasets saved to disk --------------------------------------------------------
 
 
-def read_hf_dataset(path: str, batch_rows: int = 1024) -> Iterator[tuple[str, int, Any]]:
-    """Rows of ``datasets.load_from_disk(path)``; every split of a DatasetDict, labelled by split."""
+def read_hf_dataset(path: str, batch_rows: int = 1024,
+                    label: str | None = None) -> Iterator[tuple[str, int, Any]]:
+    """Rows of ``datasets.load_from_disk(path)``; every split of a DatasetDict, labelled by split
+    (``label``: the name rows are reported under; default the folder's name)."""
     import datasets
 
     try:
@@ -238,10 +266,11 @@ def read_hf_dataset(path: str, batch_rows: int = 1024) -> Iterator[tuple[str, in
         raise StudioError(f"{path} is not a dataset saved with `save_to_disk`: {e}", "check the folder") from e
     splits = ds.items() if isinstance(ds, datasets.DatasetDict) else [("", ds)]
     for split, d in splits:
-        label = f"{os.path.basename(path.rstrip('/'))}{'[' + split + ']' if split else ''}"
+        name = label or os.path.basename(path.rstrip("/"))
+        where = f"{name}{'[' + split + ']' if split else ''}"
         rowno = 0
         for batch in d.iter(batch_size=batch_rows):
             cols = list(batch)
             for i in range(len(batch[cols[0]]) if cols else 0):
                 rowno += 1
-                yield label, rowno, {c: batch[c][i] for c in cols}
+                yield where, rowno, {c: batch[c][i] for c in cols}

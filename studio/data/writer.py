@@ -39,8 +39,12 @@ DROPPED_SCHEMA = pa.schema([("row", pa.int64()), ("file", pa.string()), ("step",
                             ("reason", pa.string()), ("data", pa.string())])
 
 
+# One encoder for every row: json.dumps with options builds a new encoder per call.
+_ROW_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def row_json(row: Any) -> str:
-    return json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return _ROW_ENCODER.encode(row)
 
 
 @dataclass

@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 from studio.data.snapshots import resolve_snapshot
 from studio.errors import Conflict, StudioError
 from studio.evals.queue import KIND, enqueue_eval, gateway_models
-from studio.evals.spec import EvalSpec, GenerationParams, scorer_name
+from studio.evals.spec import AfterTrainingSpec, EvalSpec, GenerationParams, scorer_name
+from studio.jobs.status import JobStatus, will_retry
 from studio.recipes import validate_spec
 from studio.registry.versions import get_version, promote
 from studio.store.models import EvalScore, Job, ModelVersion, PromotionEvent, PromotionGate
@@ -102,6 +103,8 @@ def find_eval(session: Session, snapshot_id: str, refs: list[str], scorer: str,
     """The newest eval in ``statuses`` on this snapshot that has every ref and the scorer."""
     for job in session.scalars(select(Job).where(Job.kind == KIND, Job.status.in_(statuses))
                                .order_by(Job.id.desc()).limit(500)):
+        if job.status == JobStatus.FAILED and not will_retry(job):
+            continue  # FAILED counts only while the scheduler will retry it
         spec = job.spec or {}
         if ((job.result or {}).get("snapshot_id") == snapshot_id and set(refs) <= set(spec.get("models") or [])
                 and scorer in [s.get("name") or s.get("type") for s in spec.get("scorers") or []]):
@@ -118,14 +121,8 @@ def gated_promote(session: Session, ref: str, stage: str = "champion", *, force:
         raise StudioError(f"promote needs a pinned version, got {ref!r}", f"write {ref}@N (see `studio models ls`)")
     mv = get_version(session, ref)
     ref = f"{mv.name}@{mv.version}"
-    override = {k: v for k, v in (override or {}).items() if v is not None}
-    cfg = get_gate(session, mv.name)
-    if override.get("dataset") or (cfg and override):
-        base = cfg.__dict__ if cfg else {}
-        cfg = GateConfig(**{**base, **override})
-        _check_scorer(cfg.scorer)
-    champion = next(iter(session.scalars(select(ModelVersion).where(
-        ModelVersion.name == mv.name, ModelVersion.stage == "champion"))), None)
+    cfg = effective_gate(session, mv.name, override)
+    champion = _champion(session, mv.name)
 
     def done(o: Outcome) -> Outcome:
         if o.outcome in ("promoted", "forced"):
@@ -149,15 +146,12 @@ def gated_promote(session: Session, ref: str, stage: str = "champion", *, force:
                             champion=champ_ref))
     if job is None:
         # A gate eval of this pair still on its way (a second `promote` while it runs): wait for it.
-        running = find_eval(session, snapshot_id, [ref, champ_ref], scorer,
-                            ("QUEUED", "STARTING", "RUNNING", "CHECKPOINTING", "RETRYING"))
+        running = find_eval(session, snapshot_id, [ref, champ_ref], scorer, ACTIVE)
         if running is not None:
             return Outcome("evaluating", ref, f"eval {running.id} is running: {ref} vs champion {champ_ref} on "
                            f"{cfg.dataset} ({scorer})", eval_id=running.id, champion=champ_ref)
-        spec = EvalSpec(name=f"gate {ref} vs {champ_ref}", dataset=cfg.dataset, models=[ref, champ_ref],
-                        scorers=[cfg.scorer], limit=cfg.limit,
-                        generation=GenerationParams(**(cfg.generation or {"max_tokens": 64})))
-        ev = enqueue_eval(session, spec, submitted_by=f"gate:{by or 'unknown'}", models_available=models_available)
+        ev = enqueue_eval(session, _gate_spec(cfg, f"gate {ref} vs {champ_ref}", [ref, champ_ref]),
+                          submitted_by=f"gate:{by or 'unknown'}", models_available=models_available)
         return Outcome("evaluating", ref, f"eval {ev.id} queued: {ref} vs champion {champ_ref} on {cfg.dataset} "
                        f"({scorer})", eval_id=ev.id, champion=champ_ref)
     cand, champ = _mean(session, job.id, ref, scorer), _mean(session, job.id, champ_ref, scorer)
@@ -168,6 +162,95 @@ def gated_promote(session: Session, ref: str, stage: str = "champion", *, force:
                 ("beats " if beats else "does not beat; " + (f"forced by {by or 'unknown'}: " if force else ""))
                 + verdict, eval_id=job.id, candidate_score=cand, champion_score=champ, champion=champ_ref)
     return done(o)
+
+
+# An eval still on its way: active, or FAILED with a retry to come (find_eval keeps only those).
+ACTIVE = ("QUEUED", "STARTING", "RUNNING", "CHECKPOINTING", "RETRYING", "FAILED")
+
+
+def effective_gate(session: Session, name: str, override: dict[str, Any] | None = None) -> GateConfig | None:
+    """The name's gate with ``override``'s set values on top (a dataset alone makes a gate)."""
+    override = {k: v for k, v in (override or {}).items() if v is not None}
+    cfg = get_gate(session, name)
+    if override.get("dataset") or (cfg and override):
+        base = cfg.__dict__ if cfg else {}
+        cfg = GateConfig(**{**base, **override})
+        _check_scorer(cfg.scorer)
+    return cfg
+
+
+def _champion(session: Session, name: str) -> ModelVersion | None:
+    return next(iter(session.scalars(select(ModelVersion).where(
+        ModelVersion.name == name, ModelVersion.stage == "champion"))), None)
+
+
+def _gate_spec(cfg: GateConfig, label: str, models: list[str]) -> EvalSpec:
+    return EvalSpec(name=label[:128], dataset=cfg.dataset, models=models, scorers=[cfg.scorer], limit=cfg.limit,
+                    generation=GenerationParams(**(cfg.generation or {"max_tokens": 64})))
+
+
+def after_training(session: Session, job: Job, models_available=gateway_models) -> dict[str, Any]:
+    """One step of a SUCCEEDED training job's ``after_training`` (the scheduler calls it every pass
+    until ``done``): queue an eval of the registered version against the name's champion on the
+    golden dataset; once it SUCCEEDED, with ``promote`` decide through the gate
+    (``gated_promote``: promoted, or refused and recorded), without it record the two means.
+    Returns the state to store as ``job.result["after_training"]``."""
+    want = AfterTrainingSpec.model_validate((job.spec or {}).get("after_training") or {})
+    state = dict((job.result or {}).get("after_training") or {})
+    ref = (job.result or {}).get("model") or ""
+
+    def end(outcome: str, reason: str, **kw: Any) -> dict[str, Any]:
+        return {**state, "done": True, "outcome": outcome, "reason": reason, **kw}
+
+    if "@" not in ref:
+        return end("skipped", "the job registered no model version")
+    try:
+        return _after_training_step(session, job, want, state, ref, end, models_available)
+    except StudioError as e:
+        if e.status_code >= 500:
+            raise  # the gateway or the database is briefly away: the next pass tries again
+        # a 4xx cannot get better by asking again (a version or dataset gone, a model not served)
+        return end("refused", f"{e.problem}{' (' + e.fix + ')' if e.fix else ''}")
+
+
+def _after_training_step(session: Session, job: Job, want: AfterTrainingSpec, state: dict[str, Any], ref: str,
+                         end: Any, models_available: Any) -> dict[str, Any]:
+    by = f"job:{job.id}"
+    mv = get_version(session, ref)
+    scorer = want.scorer.model_dump(mode="json", by_alias=True, exclude_none=True) if want.scorer else None
+    override = {"dataset": want.dataset, "scorer": scorer, "margin": want.margin, "limit": want.limit,
+                "generation": {"max_tokens": want.max_tokens} if want.max_tokens else None}
+    cfg = effective_gate(session, mv.name, override)
+    if cfg is None:
+        return end("skipped", f"no golden dataset: set a gate (`studio models gate {mv.name} --dataset D`) "
+                   "or after_training.dataset in the recipe")
+    ev = session.get(Job, state["eval_id"]) if state.get("eval_id") else None
+    if ev is not None and ev.status in (JobStatus.FAILED, JobStatus.CANCELLED) and not (
+            ev.status == JobStatus.FAILED and will_retry(ev)):
+        why = f"eval {ev.id} ended {ev.status}" + (f": {ev.error.splitlines()[0]}" if ev.error else "")
+        return end("eval_failed", why + (f"; {ref} was not promoted" if want.promote else ""))
+    if want.promote:
+        o = gated_promote(session, ref, force=False, by=by, override=override, models_available=models_available)
+        if o.outcome == "evaluating":
+            return {**state, "done": False, "outcome": "evaluating", "eval_id": o.eval_id, "reason": o.reason}
+        return end(o.outcome, o.reason, eval_id=o.eval_id, candidate_score=o.candidate_score,
+                   champion_score=o.champion_score, champion=o.champion)
+    # auto-eval only: the new version (and the champion, to compare with) on the golden dataset
+    champion = _champion(session, mv.name)
+    champ_ref = f"{champion.name}@{champion.version}" if champion and champion.id != mv.id else None
+    models = [ref, *([champ_ref] if champ_ref else [])]
+    if ev is None:
+        ev = enqueue_eval(session, _gate_spec(cfg, f"after job {job.id}: {' vs '.join(models)}", models),
+                          submitted_by=by, models_available=models_available)
+        return {**state, "done": False, "outcome": "evaluating", "eval_id": ev.id,
+                "reason": f"eval {ev.id} queued: {' vs '.join(models)} on {cfg.dataset}"}
+    if ev.status != JobStatus.SUCCEEDED:
+        return state
+    first = (ev.spec or {}).get("scorers", [{}])[0]
+    name = first.get("name") or first.get("type")
+    means = {m: _mean(session, ev.id, m, name) for m in (ev.spec or {}).get("models", [])}
+    return end("evaluated", f"eval {ev.id}: " + ", ".join(f"{m} {_fmt(v)}" for m, v in means.items())
+               + f" ({name} on {cfg.dataset})", means=means)
 
 
 def _fmt(x: float | None) -> str:

@@ -68,6 +68,7 @@ class GatewayService:
                  redis_url: str | None = None):
         self.spec = spec
         self.studio_router = studio_router  # the studio Router's DeploymentHandle
+        self._studio_stream = None  # its streaming variant, made on first use
         self.store = KVStore(redis_url, spec.cache.namespace, spec.cache.max_entries)
         self.limiter = Limiter(self.store)
         self.usage = UsageWriter(db_url)
@@ -141,12 +142,149 @@ class GatewayService:
             row.latency_ms = (time.perf_counter() - start) * 1000
             self.usage.record(row)
 
+    async def stream(self, endpoint: str, body: Any, ctx: dict[str, Any] | CallContext):
+        """A streamed call (``stream: true``) of a studio-served model: yields
+        ``(status, error_body | None, headers)`` first, then — when status is 200 — the Router's
+        SSE strings as they come. Limits, job caps, fallbacks before the first chunk (to other
+        studio groups) and the usage row as in :meth:`handle`; never cached. External groups are
+        not streamed (400 naming the fix)."""
+        ctx = ctx if isinstance(ctx, CallContext) else CallContext.from_dict(ctx)
+        start = time.perf_counter()
+        group = body.get("model") if isinstance(body, dict) else None
+        row = UsageRow(service=ctx.service, endpoint=endpoint, model_group=str(group or "?"),
+                       latency_ms=0.0, key_id=ctx.key.key_id, key_name=ctx.key.key_name,
+                       job_id=ctx.job_id)
+        job_slot, gen = False, None
+        try:
+            try:
+                self._check_body(endpoint, body, stream=True)
+                await self.limiter.admit(ctx.key, await self._spent_usd(ctx.key))
+                job_slot = await self.limiter.acquire_job(
+                    ctx.job_id, ctx.job_concurrency or self.spec.default_job_concurrency)
+                gen, first, meta, answered_by = await self._open_stream(endpoint, body)
+            except StudioError as e:
+                row.status, row.error = e.status_code, str(e)[:1024]
+                headers = {"Retry-After": str(e.retry_after_s)} if isinstance(e, RateLimited) \
+                    else {}
+                yield e.status_code, error_body(e.status_code, str(e)), headers
+                return
+            version = meta.get("studio_model_version", answered_by)
+            row.model_group, row.deployment = answered_by, f"studio/{version}"
+            headers = {"x-studio-model-version": str(version), "x-studio-cache": "miss",
+                       "x-studio-model-group": answered_by}
+            if answered_by != group:
+                headers["x-studio-fallback-from"] = str(group)
+            yield 200, None, headers
+            chunk = first
+            while True:
+                if '"usage"' in chunk:
+                    self._stream_usage(chunk, row)
+                yield chunk
+                try:
+                    chunk = await gen.__anext__()
+                except StopAsyncIteration:
+                    break
+        finally:
+            if gen is not None:
+                gen.cancel()
+            if job_slot:
+                await self.limiter.release_job(ctx.job_id)
+            latency_s = time.perf_counter() - start
+            if row.status == 200:
+                entry = (self._groups.get(row.model_group) or [None])[0]
+                price = (entry.price if entry and entry.price else None) \
+                    or self.spec.studio_models.price
+                row.cost_usd = price.cost(row.prompt_tokens, row.completion_tokens, latency_s)
+                await self.limiter.count_tokens(ctx.key,
+                                                row.prompt_tokens + row.completion_tokens)
+            row.latency_ms = latency_s * 1000
+            self.usage.record(row)
+
+    async def _open_stream(self, endpoint: str, body: dict):
+        """(generator, first SSE chunk, Router meta, group that answers), walking the fallbacks
+        until a studio model starts answering."""
+        group = body["model"]
+        chain = [group, *self.spec.fallbacks.get(group, [])]
+        failures = []
+        for name in chain:
+            entries = self._groups.get(name)
+            try:
+                if entries is not None and entries[0].provider != Provider.studio:
+                    raise UpstreamError(f"group {name!r} is an external provider; the gateway "
+                                        "streams only studio-served models", "drop `stream: true` "
+                                        "for this group", status=400, fallback_ok=False)
+                if entries is None and not self.spec.studio_models.enabled:
+                    raise self._unknown(name)
+                model = entries[0].model if entries else name
+                timeout = (entries[0].timeout_s if entries else None) or self.spec.router.timeout_s
+                return (*await self._start_studio_stream(endpoint, name, model, body, timeout),
+                        name)
+            except UpstreamError as e:
+                failures.append(f"{name}: {e.problem}")
+                if not e.fallback_ok or name == chain[-1]:
+                    if len(chain) == 1:
+                        raise
+                    raise UpstreamError("; ".join(failures), e.fix, status=e.status_code,
+                                        fallback_ok=False) from None
+                logger.warning("gateway: group %s failed (%s); falling back", name, e.problem)
+        raise AssertionError("unreachable")
+
+    async def _start_studio_stream(self, endpoint: str, group: str, model: str, body: dict,
+                                   timeout_s: float):
+        if self.studio_router is None:
+            raise UpstreamError(f"group {group!r} is served by the studio Router, but this "
+                                "studio serves no models", "add a models: section to the serve "
+                                "config", status=503)
+        if self._studio_stream is None:
+            self._studio_stream = self.studio_router.options(stream=True)
+        gen = getattr(self._studio_stream, endpoint).remote({**body, "model": model})
+
+        async def head():
+            meta = await gen.__anext__()
+            if "error" in meta:
+                return meta, None
+            return meta, await gen.__anext__()
+
+        try:
+            meta, first = await asyncio.wait_for(head(), timeout_s)
+        except asyncio.TimeoutError:
+            gen.cancel()
+            raise UpstreamError(f"the studio model {model!r} did not start answering within "
+                                f"{timeout_s:.0f} s", "raise timeout_s or add a fallback group",
+                                status=504) from None
+        except BaseException:
+            gen.cancel()
+            raise
+        err = meta if "error" in meta else first if isinstance(first, dict) else None
+        if err is not None:
+            gen.cancel()
+            status = (err.get("error") or {}).get("code")
+            status = status if isinstance(status, int) and 400 <= status < 600 else 502
+            if status == 404 and group == model and group not in self._groups:
+                raise self._unknown(group, studio_too=True)
+            raise UpstreamError(err["error"].get("message", "studio model error"), status=status,
+                                fallback_ok=status >= 500 or status == 429)
+        return gen, first, meta
+
+    @staticmethod
+    def _stream_usage(chunk: str, row: UsageRow) -> None:
+        """Token counts from an SSE chunk carrying ``usage`` (``stream_options.include_usage``)."""
+        for line in chunk.splitlines():
+            if not line.startswith("data:") or '"usage"' not in line:
+                continue
+            try:
+                usage = json.loads(line[5:].strip()).get("usage") or {}
+            except ValueError:
+                continue
+            row.prompt_tokens = int(usage.get("prompt_tokens") or row.prompt_tokens)
+            row.completion_tokens = int(usage.get("completion_tokens") or row.completion_tokens)
+
     def close(self) -> None:
         self.usage.close()
 
     # ---- steps -------------------------------------------------------------------------------
     @staticmethod
-    def _check_body(endpoint: str, body: Any) -> None:
+    def _check_body(endpoint: str, body: Any, stream: bool = False) -> None:
         if not isinstance(body, dict):
             raise StudioError("the request body must be a JSON object", 'send {"model": ..., ...}')
         if not isinstance(body.get("model"), str) or not body["model"]:
@@ -154,9 +292,10 @@ class GatewayService:
         field = "messages" if endpoint == "chat" else "prompt"
         if field not in body:
             raise StudioError(f"`{field}` is required on this endpoint", f"send `{field}`")
-        if body.get("stream"):
-            raise StudioError("the gateway answers whole responses, not streams",
-                              "drop `stream: true` (or call the studio /v1 endpoint to stream)")
+        if body.get("stream") and not stream:
+            raise StudioError("this gateway path answers whole responses, not streams",
+                              "drop `stream: true`, or send it over HTTP to /gateway/v1, which "
+                              "streams studio models")
 
     async def _spent_usd(self, key: KeyLimits) -> float | None:
         if key.budget_usd is None or key.key_id is None:
@@ -252,12 +391,13 @@ class GatewayService:
                                 "studio serves no models", "add a models: section to the serve "
                                 "config", status=503)
         request = {**body, "model": model}
-        gen = getattr(self.studio_router.options(stream=True), endpoint).remote(request)
+        if self._studio_stream is None:  # one streaming handle, not a new one per call
+            self._studio_stream = self.studio_router.options(stream=True)
+        gen = getattr(self._studio_stream, endpoint).remote(request)
         try:
             first, item = await asyncio.wait_for(self._two(gen),
                                                  timeout_s or self.spec.router.timeout_s)
         except asyncio.TimeoutError:
-            gen.cancel()
             raise UpstreamError(f"the studio model {model!r} did not answer within "
                                 f"{timeout_s or self.spec.router.timeout_s:.0f} s",
                                 "raise timeout_s or add a fallback group", status=504) from None
@@ -276,13 +416,16 @@ class GatewayService:
 
     @staticmethod
     async def _two(gen):
-        first = await gen.__anext__()
-        if "error" in first:
-            return first, None
-        item = await gen.__anext__()
-        async for _ in gen:  # drain: the router ends the stream after the whole body
-            pass
-        return first, item
+        """(meta, body) from the studio Router's stream. Like the /v1 route, stop the stream once
+        the whole body is in instead of waiting for its end to travel back from the engine replica:
+        the Router logs the completion in its ``finally`` either way."""
+        try:
+            first = await gen.__anext__()
+            if "error" in first:
+                return first, None
+            return first, await gen.__anext__()
+        finally:
+            gen.cancel()
 
     async def _call_litellm(self, endpoint: str, name: str, body: dict):
         import litellm

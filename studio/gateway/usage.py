@@ -22,6 +22,9 @@ from studio.store.models import UsageRecord, utcnow
 
 logger = logging.getLogger("studio.gateway")
 GROUP_BY = ("service", "model", "key", "day", "job", "deployment")
+_LIMITS = {name: UsageRecord.__table__.c[name].type.length
+           for name in ("key_name", "service", "job_id", "endpoint", "model_group", "deployment",
+                        "error")}
 
 
 @dataclass
@@ -46,7 +49,7 @@ class UsageRow:
 class UsageWriter:
     def __init__(self, db_url: str, flush_interval_s: float = 0.5, batch_size: int = 200):
         self.db_url = db_url
-        self._q: queue.Queue[UsageRow | None] = queue.Queue()
+        self._q: queue.Queue[UsageRow | threading.Event | None] = queue.Queue()
         self._interval = flush_interval_s
         self._batch = batch_size
         self._pending_cost: dict[int, float] = {}  # key_id → cost queued but not yet written
@@ -55,6 +58,12 @@ class UsageWriter:
         self._thread.start()
 
     def record(self, row: UsageRow) -> None:
+        # Caller-chosen labels (service, job, model) are cut to their columns: one overlong value
+        # must not make PostgreSQL refuse the whole batch it is written with.
+        for name, size in _LIMITS.items():
+            value = getattr(row, name)
+            if isinstance(value, str) and len(value) > size:
+                setattr(row, name, value[:size])
         if row.key_id is not None and row.cost_usd:
             with self._lock:
                 self._pending_cost[row.key_id] = self._pending_cost.get(row.key_id, 0) + row.cost_usd
@@ -64,26 +73,36 @@ class UsageWriter:
         with self._lock:
             return self._pending_cost.get(key_id, 0.0)
 
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Block until every row recorded so far is written; False if that took over timeout_s."""
+        done = threading.Event()
+        self._q.put(done)
+        return done.wait(timeout_s)
+
     def _run(self) -> None:
         stop = False
         while not stop:
             rows: list[UsageRow] = []
+            flushed: list[threading.Event] = []
             try:
                 item = self._q.get(timeout=self._interval)
-                if item is None:
-                    stop = True
-                else:
-                    rows.append(item)
-                while len(rows) < self._batch:
-                    item = self._q.get_nowait()
+                while True:
                     if item is None:
                         stop = True
                         break
-                    rows.append(item)
+                    if isinstance(item, threading.Event):
+                        flushed.append(item)
+                    else:
+                        rows.append(item)
+                    if len(rows) >= self._batch:
+                        break
+                    item = self._q.get_nowait()
             except queue.Empty:
                 pass
             if rows:
                 self._write(rows)
+            for done in flushed:
+                done.set()
 
     def _write(self, rows: list[UsageRow]) -> None:
         from studio.store.db import session_scope

@@ -31,6 +31,7 @@ def enqueue_train_job(session: Session, spec: TrainSpec, submitted_by: str | Non
     pinned = spec.model_copy(deep=True)
     pinned.base_model = inputs.base_model
     pinned.data.dataset = inputs.dataset_ref
+    pinned.init_adapter = inputs.init_adapter_ref  # name@N or an absolute path / URI (None without one)
     return create_job(session, name=spec.name, spec=pinned.model_dump(mode="json", by_alias=True),
                       max_retries=spec.max_retries, submitted_by=submitted_by)
 

@@ -18,6 +18,10 @@ a scheduler that restarts, or two that briefly overlap during a redeploy, lose a
             scheduler got there first, and the submission is adopted. A QUEUED row that already
             has a submission id belongs to a driver on Ray (``ray job submit … --recipe``): polled
             and cancellable, never started.
+5. after    SUCCEEDED training job whose recipe has ``after_training``: its auto-eval is queued (an
+            eval job, started by the next pass) and, once that eval is done, the version is
+            promoted through the gate or the refusal recorded (``studio.evals.gate.after_training``);
+            the state lives in ``result.after_training`` until ``done``.
 
 Everything the training run does in between (STARTING → RUNNING ⇄ CHECKPOINTING → SUCCEEDED, or
 FAILED on a Python error) is recorded by the entrypoint itself, ``python -m studio.train.run --job-id N``.
@@ -94,10 +98,12 @@ class TickReport:
     failed: list[int] = field(default_factory=list)
     retrying: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
+    after_training: list[int] = field(default_factory=list)  # SUCCEEDED jobs whose auto-eval moved on
     errors: list[str] = field(default_factory=list)
 
     def changed(self) -> bool:
-        return any((self.submitted, self.adopted, self.failed, self.retrying, self.cancelled, self.errors))
+        return any((self.submitted, self.adopted, self.failed, self.retrying, self.cancelled, self.after_training,
+                    self.errors))
 
 
 # A pass must not stop at one bad job: Ray or the database may be briefly unreachable, or the
@@ -130,12 +136,25 @@ def reconcile_once(settings: StudioSettings, client: JobSubmissionClient,
     # python -m studio.train.run --recipe …`, which claims it itself): never start it twice.
     each(_ids(settings, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False),
               Job.ray_submission_id.is_(None)), lambda i: ctx.start(i, JobStatus.QUEUED))
+    # 5. after training: a SUCCEEDED training job whose recipe has `after_training` gets its
+    # auto-eval queued (started by the next pass) and, once that eval is done, its auto-promotion.
+    each(_after_training_ids(settings), ctx.after_training)
     return report
 
 
 def _ids(settings: StudioSettings, *where) -> list[int]:
     with session_scope(settings.db_url) as s:
         return list(s.scalars(select(Job.id).where(*where).order_by(Job.id)))
+
+
+def _after_training_ids(settings: StudioSettings, newest: int = 200) -> list[int]:
+    """SUCCEEDED training jobs (of the newest ``newest``) whose ``after_training`` is not done.
+    Only the two small JSON members are read, not whole specs."""
+    with session_scope(settings.db_url) as s:
+        rows = s.execute(select(Job.id, Job.spec["after_training"], Job.result["after_training"])
+                         .where(Job.kind == "train", Job.status == JobStatus.SUCCEEDED)
+                         .order_by(Job.id.desc()).limit(newest)).all()
+    return sorted(i for i, want, state in rows if want and not (isinstance(state, dict) and state.get("done")))
 
 
 @dataclass
@@ -241,6 +260,18 @@ class _Pass:
             # A new attempt: the last one's error stays in its FAILED event, not on the job.
             job.attempts, job.ray_submission_id, job.next_attempt_at, job.error = attempt, sid, None, None
         self._submit(job_id, sid)
+
+    def after_training(self, job_id: int) -> None:
+        from studio.evals.gate import after_training
+
+        with session_scope(self.settings.db_url) as s:
+            job = s.get(Job, job_id)
+            before = (job.result or {}).get("after_training")
+            state = after_training(s, job)
+            if state != before:
+                job.result = {**(job.result or {}), "after_training": state}
+                self.report.after_training.append(job_id)
+                logger.info("scheduler: job %s after training: %s", job_id, state.get("reason"))
 
     def _submit(self, job_id: int, sid: str, lost: bool = False) -> None:
         """Submit the attempt the row already records. Runs after that row is committed, so a

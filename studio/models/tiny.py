@@ -25,10 +25,27 @@ SPECIAL_TOKENS = ["<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start
 
 # {% generation %} marks assistant text so TRL can train on completions only
 # (assistant_only_loss); transformers and vLLM both render it.
+# With `tools` (OpenAI tool calling) a system turn lists them and asks for Hermes-style
+# <tool_call>{"name": …, "arguments": {…}}</tool_call> answers (vLLM's `hermes` tool parser reads
+# them back); assistant turns with tool_calls render them that way. Without tools or tool calls
+# the rendering is exactly the plain ChatML one.
 CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\n# Tools\n<tools>\n' }}"
+    "{% for tool in tools %}{{ (tool['function'] if tool['function'] is defined else tool) "
+    "| tojson }}{{ '\n' }}{% endfor %}"
+    "{{ '</tools>\nTo call a tool answer <tool_call>{\"name\": <name>, \"arguments\": "
+    "<arguments object>}</tool_call><|im_end|>\n' }}{% endif %}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['role'] == 'assistant' %}"
+    "{% if message['role'] == 'assistant' and message['tool_calls'] is defined "
+    "and message['tool_calls'] %}"
+    "{% generation %}{{ message['content'] or '' }}{% for call in message['tool_calls'] %}"
+    "{% set fn = call['function'] if call['function'] is defined else call %}"
+    "{{ '<tool_call>{\"name\": \"' + fn['name'] + '\", \"arguments\": ' }}"
+    "{% if fn['arguments'] is string %}{{ fn['arguments'] }}{% else %}"
+    "{{ fn['arguments'] | tojson }}{% endif %}{{ '}</tool_call>' }}{% endfor %}"
+    "{{ '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% elif message['role'] == 'assistant' %}"
     "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
     "{% else %}{{ message['content'] + '<|im_end|>\n' }}{% endif %}"
     "{% endfor %}"

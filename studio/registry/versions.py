@@ -93,6 +93,8 @@ def lineage(session: Session, ref: str) -> dict[str, Any]:
                                          "submitted_by": job.submitted_by, "spec": job.spec},
         "dataset": None if snap is None else {"snapshot_id": snap.id, "kind": snap.kind,
                                               "rows": snap.row_count, "uri": snap.uri},
+        # The adapter training started from (TrainSpec.init_adapter, pinned to name@N), if any.
+        "init_adapter": None if job is None else (job.spec or {}).get("init_adapter"),
     }
 
 

@@ -324,3 +324,22 @@ class PromotionEvent(Base):
     reason: Mapped[str] = mapped_column(String(4096))
     by: Mapped[str | None] = mapped_column(String(128))
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ServingDeployment(Base):
+    """A base model deployed at runtime from a serving recipe (``studio serve deploy``,
+    ``POST /api/deployments``): its own Serve application, found by the Router through this row.
+    ``status`` follows ``studio.serving.state.DeploymentStatus``; evicted rows stay so the name
+    answers "not deployed" rather than "unknown"."""
+
+    __tablename__ = "serving_deployments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)  # the served model name
+    app_name: Mapped[str] = mapped_column(String(160))  # the Serve application
+    recipe: Mapped[dict[str, Any]] = mapped_column(JSON)  # a ServingRecipe, as JSON
+    status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)  # why it failed / was evicted
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -94,6 +94,51 @@ def lora_config(spec: TrainSpec):
                       target_modules=spec.lora.target_modules, task_type="CAUSAL_LM")
 
 
+def policy(job: WorkerJob):
+    """What the trainer trains: ``(model, peft_config, quantization_config)`` for TRL's trainers.
+
+    Without ``init_adapter``: the base model by name and a fresh LoRA (TRL loads and wraps it).
+    With it: the base with that adapter loaded trainable (``PeftModel.from_pretrained(...,
+    is_trainable=True)``), so training continues from its weights; the spec's ``lora`` section is
+    then unused (the adapter brings its own rank and targets). TRL's ``DPOTrainer`` given such a
+    ``PeftModel`` (and no ``ref_model``) adds a frozen copy of it as the reference ("ref" adapter),
+    so DPO after SFT is measured against the SFT policy, not the bare base.
+    """
+    spec = job.train_spec
+    if not job.init_adapter:
+        return job.base_model, lora_config(spec), quantization_config(spec)
+    import torch
+    from peft import PeftModel, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    quant = quantization_config(spec)
+    model = AutoModelForCausalLM.from_pretrained(
+        job.base_model, dtype=torch.bfloat16 if use_bf16(spec) else torch.float32, quantization_config=quant)
+    if quant is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.hyper.gradient_checkpointing)
+    return PeftModel.from_pretrained(model, local_adapter_dir(job.init_adapter), is_trainable=True), None, None
+
+
+def local_adapter_dir(uri: str) -> str:
+    """A local directory holding the adapter at ``uri`` (an artifact URI is downloaded once per node)."""
+    from studio.store.artifacts import filesystem
+
+    fs, path = filesystem(uri)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return path
+    dest = Path(tempfile.gettempdir()) / "studio-init-adapters" / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    if not (dest / "adapter_config.json").is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent))
+        fs.get(path.rstrip("/") + "/", str(tmp), recursive=True)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another rank on this node was first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(dest)
+
+
 def deepspeed_config(spec: TrainSpec) -> dict[str, Any] | None:
     ds = spec.deepspeed
     if ds is None:
@@ -235,6 +280,10 @@ def fit(trainer, job: WorkerJob) -> None:
         if rank0:
             # A pickle of TrainingArguments: no loader needs it, and the registry should hold no pickles.
             (Path(tmp) / FINAL_DIR / "training_args.bin").unlink(missing_ok=True)
+            # PEFT saves every adapter of the model; DPO from an init_adapter holds its frozen
+            # reference copy as a second one ("ref/"), which is not part of the result.
+            for extra in (Path(tmp) / FINAL_DIR).glob("*/adapter_config.json"):
+                shutil.rmtree(extra.parent)
             (Path(tmp) / FINAL_METRICS).write_text(json.dumps(final))
         ray.train.report(final, checkpoint=Checkpoint.from_directory(tmp) if rank0 else None)
     scratch = Path(trainer.args.output_dir)

@@ -31,12 +31,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         packing_strategy="wrapped",
         completion_only_loss=False,
     )
+    model, peft_config, quantization_config = common.policy(job)  # init_adapter: continue that adapter
     trainer = SFTTrainer(
-        model=job.base_model,
+        model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=common.lora_config(spec),
-        quantization_config=common.quantization_config(spec),
+        peft_config=peft_config,
+        quantization_config=quantization_config,
     )
     common.fit(trainer, job)

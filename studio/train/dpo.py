@@ -36,13 +36,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         beta=spec.dpo.beta,
         loss_type=[spec.dpo.loss_type],
     )
+    model, peft_config, quantization_config = common.policy(job)
     trainer = DPOTrainer(
-        model=job.base_model,
-        ref_model=None,  # LoRA: adapter disabled; full: TRL loads a frozen copy of the base
+        model=model,
+        # Fresh LoRA: the reference is the base (adapter disabled); init_adapter: a frozen copy of
+        # that adapter (TRL's "ref" adapter); full: TRL loads a frozen copy of the base.
+        ref_model=None,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=common.lora_config(spec),
-        quantization_config=common.quantization_config(spec),
+        peft_config=peft_config,
+        quantization_config=quantization_config,
     )
     common.fit(trainer, job)

@@ -122,14 +122,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         reward_weights=weights,
         log_completions=False,
     )
+    model, peft_config, quantization_config = common.policy(job)  # init_adapter: continue that adapter
     trainer = GRPOTrainer(
-        model=job.base_model,
+        model=model,
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=common.lora_config(spec),
-        quantization_config=common.quantization_config(spec),
+        peft_config=peft_config,
+        quantization_config=quantization_config,
         rollout_func=rollout_func,
     )
     common.fit(trainer, job)

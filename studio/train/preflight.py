@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from studio.data.snapshots import resolve_snapshot
-from studio.errors import StudioError
+from studio.errors import NotFound, StudioError
 from studio.models.source import resolve_model_source
-from studio.train.spec import METHOD_KINDS, TrainSpec
+from studio.train.spec import METHOD_KINDS, TrainSpec, is_adapter_location
 
 
 @dataclass
@@ -21,6 +22,9 @@ class ResolvedInputs:
     snapshot_uri: str
     snapshot_kind: str
     dataset_ref: str  # name@N when the dataset was named, else the id
+    init_adapter_uri: str | None = None  # where the starting adapter is (absolute path or artifact URI)
+    init_adapter_ref: str | None = None  # name@N when it was given as a registry reference, else the URI
+    init_adapter_rank: int | None = None  # its LoRA rank (GRPO's rollout engine must accept it)
 
 
 def preflight(spec: TrainSpec, session: Session, *, cluster_gpus: float | None = None) -> ResolvedInputs:
@@ -53,8 +57,69 @@ def preflight(spec: TrainSpec, session: Session, *, cluster_gpus: float | None =
                           "remove the deepspeed section to train on CPU (plain DDP), or set resources.use_gpu=true")
     if spec.grpo is not None:
         check_grpo(spec)
+    init = resolve_init_adapter(spec, session, base) if spec.init_adapter else (None, None, None)
     dataset_ref = f"{ref.name}@{ref.version}" if ref.name else snap.id
-    return ResolvedInputs(base, snap.id, snap.uri, snap.kind, dataset_ref)
+    return ResolvedInputs(base, snap.id, snap.uri, snap.kind, dataset_ref, *init)
+
+
+def resolve_init_adapter(spec: TrainSpec, session: Session, base: str) -> tuple[str, str, int | None]:
+    """``init_adapter`` → (its location, how lineage names it, its rank): a registry reference is pinned to
+    ``name@N``; a path or URI must hold a PEFT LoRA adapter (``adapter_config.json``). Either way
+    the adapter must have been trained on ``base``."""
+    from studio.registry.versions import get_version
+
+    given = spec.init_adapter
+    if is_adapter_location(given):
+        uri = given if "://" in given else str(Path(given).expanduser().resolve())
+        config = _adapter_config(uri, given)
+        trained_on = config.get("base_model_name_or_path")
+        ref = uri
+    else:
+        try:
+            mv = get_version(session, given)
+        except NotFound as e:
+            raise StudioError(f"init_adapter {given!r}: {e.problem}",
+                              "name a registered adapter version (see `studio models ls`), or give its directory") from e
+        ref, uri, trained_on = f"{mv.name}@{mv.version}", mv.uri, mv.base_model
+        if mv.adapter_type not in ("lora", "qlora"):
+            raise StudioError(f"init_adapter {ref} holds {mv.adapter_type} weights, not a LoRA adapter",
+                              "start from a lora or qlora version, or train from base_model without init_adapter")
+        config = _adapter_config(uri, ref)
+    if trained_on and _same_model(trained_on) != _same_model(base):
+        raise StudioError(
+            f"init_adapter {ref} was trained on base model {trained_on}, but this job's base_model is {base}",
+            f"set base_model to {trained_on}, or pick an adapter trained on {base}")
+    return uri, ref, config.get("r")
+
+
+def _adapter_config(uri: str, given: str) -> dict:
+    """The adapter's ``adapter_config.json``: it must exist and describe a LoRA adapter."""
+    import json
+
+    from studio.store.artifacts import filesystem
+
+    fs, path = filesystem(uri)
+    config_path = f"{path.rstrip('/')}/adapter_config.json"
+    fs.invalidate_cache(path)
+    if not fs.exists(config_path):
+        what = "does not exist" if not fs.exists(path) else "holds no adapter_config.json (not a PEFT adapter)"
+        raise StudioError(f"init_adapter {given}: {uri} {what}",
+                          "give the directory of a LoRA adapter (the registry's `uri` of a version), or name@N")
+    with fs.open(config_path, "rb") as f:
+        try:
+            config = json.loads(f.read())
+        except ValueError as e:
+            raise StudioError(f"init_adapter {given}: {config_path} is not valid JSON", "re-save the adapter") from e
+    if config.get("peft_type") != "LORA":
+        raise StudioError(f"init_adapter {given} is a {config.get('peft_type')} adapter, not LoRA",
+                          "start from a LoRA adapter")
+    return config
+
+
+def _same_model(name: str) -> str:
+    """A model path compared by its real location; a hub id as is."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_absolute() or path.exists() else name
 
 
 def check_grpo(spec: TrainSpec) -> None:

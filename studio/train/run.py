@@ -238,12 +238,15 @@ def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec, status: JobS
                 s.get(Job, job_id).attempts += 1
             job = s.get(Job, job_id)
             job.attempts = max(job.attempts, 1)
+            if inputs.init_adapter_ref and job.spec.get("init_adapter") != inputs.init_adapter_ref:
+                job.spec = {**job.spec, "init_adapter": inputs.init_adapter_ref}  # lineage names name@N
             attempt, mlflow_run_id = job.attempts, job.mlflow_run_id
     except StudioError as e:
         fail(settings, job_id, f"preflight: {e}", stage="preflight")
         return EXIT_REFUSED
     say(f"job {job_id} attempt {attempt}: {spec.method} {spec.adapter} on {inputs.base_model}, "
-        f"data {inputs.dataset_ref} ({inputs.snapshot_kind})")
+        f"data {inputs.dataset_ref} ({inputs.snapshot_kind})"
+        + (f", starting from adapter {inputs.init_adapter_ref}" if inputs.init_adapter_ref else ""))
 
     try:
         connect_ray(settings)
@@ -267,17 +270,23 @@ def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec, status: JobS
             settings.mlflow, experiment=spec.name, artifact_root=tracking.artifact_location(store, spec.name),
             run_name=f"job-{job_id}", params=spec.model_dump(mode="json", by_alias=True),
             tags={"studio.job_id": str(job_id), "studio.dataset": inputs.dataset_ref,
-                  "studio.snapshot_id": inputs.snapshot_id, "studio.base_model": inputs.base_model},
+                  "studio.snapshot_id": inputs.snapshot_id, "studio.base_model": inputs.base_model,
+                  **({"studio.init_adapter": inputs.init_adapter_ref, "studio.init_adapter_uri": inputs.init_adapter_uri}
+                     if inputs.init_adapter_uri else {})},
             run_id=mlflow_run_id)
         with session_scope(settings.db_url) as s:
             s.get(Job, job_id).mlflow_run_id = mlflow_run_id
             transition(s, job_id, JobStatus.RUNNING,
                        f"Ray Train: {spec.resources.num_workers} worker(s), attempt {attempt}")
-        rollout = start_rollout(settings, spec, job_id, inputs.base_model)
+        rollout_spec = spec
+        if inputs.init_adapter_rank:  # the rollout engine loads the policy's LoRA: the started-from rank
+            rollout_spec = spec.model_copy(deep=True)
+            rollout_spec.lora.r = max(spec.lora.r, inputs.init_adapter_rank)
+        rollout = start_rollout(settings, rollout_spec, job_id, inputs.base_model)
         worker = WorkerJob(spec=spec.model_dump(mode="json", by_alias=True), base_model=inputs.base_model,
                            snapshot_uri=inputs.snapshot_uri, job_id=job_id, attempt=attempt,
                            db_url=settings.db_url, mlflow_uri=settings.mlflow, mlflow_run_id=mlflow_run_id,
-                           rollout_actor=rollout.name if rollout else None)
+                           rollout_actor=rollout.name if rollout else None, init_adapter=inputs.init_adapter_uri)
         try:
             result = train_on_ray(settings, spec, job_id, asdict(worker))
         finally:

@@ -3,13 +3,23 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from studio.evals.spec import AfterTrainingSpec
 from studio.recipes import Spec
 
 Method = Literal["cpt", "sft", "dpo", "grpo"]
+
+# init_adapter: a registry reference (name, or name@N) unless it reads as a location.
+ADAPTER_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[0-9]+)?")
+
+
+def is_adapter_location(value: str) -> bool:
+    """An init_adapter given as a directory or an artifact URI, not a registry reference."""
+    return "://" in value or value.startswith(("/", ".", "~"))
 
 # Which dataset kinds each method can train on (studio.data.kinds.DatasetKind values).
 METHOD_KINDS: dict[str, tuple[str, ...]] = {
@@ -165,6 +175,12 @@ class TrainSpec(Spec):
     base_model: str = Field(description="Local model directory or hub id.")
     data: DataSpec = Field(description="Training data.")
     adapter: Literal["lora", "qlora", "full"] = Field(default="lora", description="What is trained.")
+    init_adapter: str | None = Field(
+        default=None,
+        description="Start from this LoRA adapter instead of a fresh one: a registry reference (name@N, or a "
+        "name for its champion, else its newest version) or an adapter directory / artifact URI (file://, "
+        "s3://, ...). Its base model must be base_model; its LoRA shape replaces the lora section. DPO then "
+        "uses a frozen copy of this adapter as the reference model. Not with adapter: full.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (lora and qlora).")
     hyper: HyperSpec = Field(default_factory=HyperSpec, description="Optimization hyperparameters.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Ray Train scaling.")
@@ -174,6 +190,9 @@ class TrainSpec(Spec):
     dpo: DPOSpec | None = Field(default=None, description="DPO settings (method: dpo).")
     grpo: GRPOSpec | None = Field(default=None, description="GRPO settings (method: grpo).")
     eval_after: EvalAfterSpec | None = Field(default=None, description="Evaluate the result after training.")
+    after_training: AfterTrainingSpec | None = Field(
+        default=None, description="Once SUCCEEDED: evaluate the new version against its name's champion on the "
+        "golden dataset, and with promote: true promote it through the promotion gate (docs/evaluation.md).")
 
     @model_validator(mode="after")
     def _method_sections(self) -> TrainSpec:
@@ -191,6 +210,17 @@ class TrainSpec(Spec):
                 raise ValueError(
                     f"GRPO needs whole groups per step: hyper.batch_size x resources.num_workers = {per_step} "
                     f"completions is not a multiple of grpo.num_generations = {self.grpo.num_generations}")
+        if self.init_adapter is not None:
+            self.init_adapter = self.init_adapter.strip()
+            if not self.init_adapter:
+                raise ValueError("init_adapter is empty: give a registry reference (name@N) or an adapter "
+                                 "directory / URI, or leave it out to start from a fresh LoRA")
+            if self.adapter == "full":
+                raise ValueError("init_adapter starts from a LoRA adapter; adapter: full trains all weights "
+                                 "(use adapter: lora or qlora, or drop init_adapter)")
+            if not is_adapter_location(self.init_adapter) and not ADAPTER_REF.fullmatch(self.init_adapter):
+                raise ValueError(f"init_adapter {self.init_adapter!r} is neither a registry reference (name or "
+                                 "name@N) nor a path / URI (start it with /, ./, ~ or scheme://)")
         if self.adapter == "qlora" and self.deepspeed is not None and self.deepspeed.stage == 3:
             raise ValueError("QLoRA cannot be combined with DeepSpeed ZeRO-3")
         return self

@@ -36,6 +36,7 @@ class WorkerJob:
     mlflow_uri: str
     mlflow_run_id: str | None = None
     rollout_actor: str | None = None  # GRPO: name of the job's vLLM rollout actor; None: HF generate
+    init_adapter: str | None = None  # the adapter training starts from (absolute path or artifact URI)
 
     @property
     def train_spec(self) -> TrainSpec:

@@ -2,8 +2,9 @@
 
 Replies depend on the chunk text in the prompt: ``PROSE`` → a refusal in prose (unparseable),
 ``FENCED`` → JSON in a code fence after chatter; anything else → a clean JSON reply for the mode
-asked (QA list, CoT list, summary object). ``down`` makes every call fail with HTTP 500 (the
-generator down); ``calls`` counts calls per chunk text.
+asked (``{"pairs": [...]}`` for QA, a bare list for CoT, a summary object). ``down`` (or
+``down_after`` answered calls) makes calls fail with HTTP 500 (the generator down); ``calls`` counts
+calls per chunk text and ``formats`` records each call's ``response_format``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def free_port() -> int:
 class FakeGenerator:
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.formats: list = []  # the response_format of every call
         self.down = False
         self.down_after: int | None = None  # go down after this many answered calls
         self.answered = 0
@@ -62,6 +64,7 @@ class FakeGenerator:
         prompt = body["messages"][-1]["content"]
         text = prompt.split("Text:\n", 1)[-1]
         self.calls[text] += 1
+        self.formats.append(body.get("response_format"))
         if self.down or (self.down_after is not None and self.answered >= self.down_after):
             return JSONResponse({"error": {"message": "scripted outage", "type": "server_error"}}, 500)
         self.answered += 1
@@ -76,7 +79,7 @@ class FakeGenerator:
         else:
             pairs = [{"question": f"What is {topic}?", "answer": f"It is {topic}."},
                      {"question": f"Which words open the text about {topic}?", "answer": topic}]
-            content = json.dumps(pairs)
+            content = json.dumps({"pairs": pairs})  # the structure response_format asks for
             if "FENCED" in text:
                 content = f"Here you go!\n```json\n{content}\n```\nHope this helps."
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(content.split())}

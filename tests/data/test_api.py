@@ -113,3 +113,28 @@ def test_curate_stats_sample_diff_split_export(client, key, tmp_path):
     assert r.status_code == 200 and len(out.read_text().splitlines()) == 7
     dropped = client.get("/api/datasets/uniq/dropped", headers=h, params={"limit": 1}).json()
     assert dropped["total"] == 20 and dropped["rows"][0]["reason"].startswith("exact duplicate of row 1")
+
+
+def test_a_huge_upload_stops_at_the_limit_without_reading_the_rest(settings):
+    """A (virtually) 1 GiB chunked body: the parser pulls chunks only until the file passes the
+    limit, then stops with 413; what it wrote is removed."""
+    import asyncio
+
+    from studio.data.upload import TooLarge, receive_upload
+
+    limit, chunk = 1024 * 1024, b"x" * 65536
+    pulled = [0]
+
+    async def body():
+        yield (b'--b\r\nContent-Disposition: form-data; name="name"\r\n\r\nbig\r\n--b\r\n'
+               b'Content-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+               b"Content-Type: application/octet-stream\r\n\r\n")
+        for _ in range(2**30 // len(chunk)):  # 1 GiB if it were all read
+            pulled[0] += len(chunk)
+            yield chunk
+
+    store = ArtifactStore(settings.artifacts)
+    with pytest.raises(TooLarge, match=f"over the limit of {limit} bytes"):
+        asyncio.run(receive_upload(body(), "multipart/form-data; boundary=b", store, limit, {".jsonl"}))
+    assert limit < pulled[0] <= limit + len(chunk)  # one chunk past the limit, not 1 GiB
+    assert uploads_left(settings) == []

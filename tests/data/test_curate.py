@@ -139,3 +139,37 @@ def test_recipe_validates_fields(tmp_path):
     p.write_text("source: x\nsteps:\n  - type: dedupe\n    near: 0.5\n")
     with pytest.raises(StudioError, match="near"):
         load_curate_spec(str(p))
+
+
+def test_every_step_reruns_to_the_same_id_in_another_process(settings, noisy, write_rows, tmp_path):
+    """The whole chain (turns, charset, redact, near-dedupe, token bounds with the model's tokenizer,
+    mix) on identical input gives an identical snapshot id — here, in this process and in a fresh
+    one with another hash seed (set iteration order differs there), from another ingest of the
+    same content."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    tok = tmp_path / "tok"
+    build_tokenizer(TinyModelSpec()).save_pretrained(tok)
+    ingest_file(write_rows("general.jsonl", [pc(f"general {i}", "text") for i in range(20)]), "general", settings)
+    steps = [{"type": "turns"}, {"type": "charset"}, {"type": "redact"},
+             {"type": "dedupe", "near_threshold": 0.6},
+             {"type": "length", "tokenizer": str(tok), "min_tokens": 2, "max_tokens": 400},
+             {"type": "mix", "snapshot": "general", "share": 0.3, "seed": 3}]
+    first = curate(CurateSpec(source="noisy", name="chain", steps=steps), settings)
+    ingest_file(write_rows("copy.jsonl", noisy), "noisy-copy", settings)  # same content, other name
+    script = ("import json, sys\nfrom studio.data.curate import CurateSpec, curate\n"
+              "from studio.settings import StudioSettings\n"
+              "s = StudioSettings(home=sys.argv[1], database_url=sys.argv[2], artifacts_uri=None)\n"
+              "print(json.dumps(curate(CurateSpec.model_validate(json.loads(sys.argv[3])), s)))\n")
+    spec = {"source": "noisy-copy", "name": "chain-again", "steps": steps}
+    out = subprocess.run([sys.executable, "-c", script, str(settings.home), settings.db_url, json.dumps(spec)],
+                         env={**os.environ, "PYTHONHASHSEED": "12345"}, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    again = json.loads(out.stdout.strip().splitlines()[-1])
+    assert again["snapshot_id"] == first["snapshot_id"] and again["rows"] == first["rows"]
+    assert [(r["row"], r["step"], r["reason"]) for r in dropped_rows(settings, "chain-again")["rows"]] == \
+        [(r["row"], r["step"], r["reason"]) for r in dropped_rows(settings, "chain")["rows"]]

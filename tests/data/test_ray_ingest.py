@@ -35,9 +35,12 @@ def test_ray_and_python_paths_agree(settings, tmp_path):
     pq.write_table(pa.Table.from_pylist([{"prompt": f"q{i}", "completion": "d"} for i in range(500)]),
                    root / "b.parquet")
     (root / "c.md").write_text("# not a prompt/completion row\n")
+    import datasets  # a `save_to_disk` folder inside the directory is one source (in-process reader)
+
+    datasets.Dataset.from_dict({"prompt": ["h1", "h2"], "completion": ["x", "y"]}).save_to_disk(str(root / "hf"))
     py = ingest_path(str(root), "py", settings, use_ray=False)
     ray_ = ingest_path(str(root), "ray", settings, use_ray=True)
     assert (py.engine, ray_.engine) == ("python", "ray")
-    assert ray_.snapshot_id == py.snapshot_id and ray_.row_count == 3500
+    assert ray_.snapshot_id == py.snapshot_id and ray_.row_count == 3502
     assert [(r.file, r.row, r.reason) for r in ray_.rejected] == [(r.file, r.row, r.reason) for r in py.rejected]
     assert [(r.file, r.row) for r in ray_.rejected] == [("a.jsonl", 11), ("c.md", 1)]

@@ -124,3 +124,44 @@ def test_same_content_from_a_pdf_and_its_directory_is_one_snapshot(settings, tmp
 def test_html_text_drops_scripts_and_keeps_blocks():
     assert html_text(HTML) == ("Volcanoes\n\nMagma rises through the crust & erupts as lava.\n\n"
                                "Shield volcanoes are broad.\n\nStratovolcanoes are steep.")
+
+
+def test_a_directory_of_every_format_with_broken_files_keeps_the_good_rows(settings, tmp_path):
+    """The issue's "done when": JSONL, CSV, Parquet, an HF dataset on disk, text, Markdown, HTML and
+    PDF in one directory, with malformed lines, a 0-byte file, image-only / encrypted / truncated
+    PDFs and a binary file claiming to be CSV — every good row kept, every bad one with a reason."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = mixed_directory(tmp_path / "corpus")  # documents, good and broken
+    jsonl(root / "rows.jsonl", [{"text": "jsonl one"}, "{broken", [1, 2], {"text": ""}, {"text": "jsonl two"}])
+    (root / "table.csv").write_text('text,extra\n"csv one",x\n"csv two",y,surplus\n"csv three",z\n')
+    pq.write_table(pa.table({"text": ["parquet one", None, "parquet two"]}), root / "cols.parquet")
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": ["hf one", "hf two"]}),
+        "test": datasets.Dataset.from_dict({"text": ["   "]}),
+    }).save_to_disk(str(root / "hfdata"))
+    (root / "empty.jsonl").write_bytes(b"")
+
+    report = ingest_path(str(root), "corpus", settings, kind="text")
+    texts = sorted(r["text"] for r in rows_of(settings, "corpus"))
+    assert [t for t in texts if " " in t and t.split()[0] in ("jsonl", "csv", "parquet", "hf")] == [
+        "csv one", "csv three", "hf one", "hf two", "jsonl one", "jsonl two", "parquet one",
+        "parquet two"]
+    assert report.row_count == 8 + 4  # and the four readable documents
+    reasons = {(r.file, r.row): r.reason for r in report.rejected}
+    assert "broken JSON" in reasons[("rows.jsonl", 2)]
+    assert "must be a JSON object, got list" in reasons[("rows.jsonl", 3)]
+    assert "is empty" in reasons[("rows.jsonl", 4)]
+    assert "more fields than the header" in reasons[("table.csv", 2)]
+    assert "must be a string, got NoneType" in reasons[("cols.parquet", 2)]
+    assert "is empty" in reasons[("hfdata[test]", 1)]
+    assert reasons[("empty.jsonl", 0)].startswith("the file is empty")
+    assert "claims to be CSV but holds binary data" in reasons[("fake.csv", 0)]
+    for pdf, why in [("cut.pdf", "truncated"), ("locked.pdf", "encrypted"), ("scan.pdf", "OCR")]:
+        assert why in reasons[(pdf, 1)], reasons[(pdf, 1)]
+    # No file of the HF folder (arrow shards, state.json) is read as a file of its own.
+    assert not [f for f, _ in reasons if f.startswith("hfdata/")]
+    assert report.rejected_count == len(reasons) == 13
+    assert dropped_rows(settings, "corpus")["total"] == 13

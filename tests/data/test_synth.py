@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from studio.api.app import create_app
 from studio.data.ingest import ingest_path
+from studio.data.snapshots import load_split
 from studio.data.synth import draft_rows, status, submit
 from studio.data.synth.parse import Chunk, ParseError, chunk_document, parse_reply
 from studio.data.synth.run import run_job, run_local
@@ -40,7 +41,8 @@ def fake() -> Iterator[FakeGenerator]:
 @pytest.fixture
 def gen(fake) -> FakeGenerator:
     fake.calls.clear()
-    fake.down, fake.down_after, fake.answered = False, None, 0
+    fake.formats.clear()
+    fake.down, fake.down_after, fake.answered, fake.delay_s = False, None, 0, 0.0
     return fake
 
 
@@ -121,6 +123,10 @@ def test_generation_yields_a_snapshot_with_lineage(docs, gen):
     assert len(parse) == 1 and parse[0]["file"].startswith("refuse.txt#chunk")
     assert parse[0]["data"]["reply"].startswith("I'm sorry")
     assert "(reply kept)" in parse[0]["reason"]
+    # Every call asked for the structure by JSON schema (guided decoding where the engine has it).
+    schemas = [f["json_schema"]["schema"] for f in gen.formats]
+    assert len(schemas) == out["chunks_total"] and all(f["type"] == "json_schema" for f in gen.formats)
+    assert schemas[0]["properties"]["pairs"]["items"]["required"] == ["question", "answer"]
 
 
 def test_generator_down_mid_run_fails_cleanly_and_resumes(docs, gen):
@@ -135,6 +141,8 @@ def test_generator_down_mid_run_fails_cleanly_and_resumes(docs, gen):
     assert info["progress"]["chunks_done"] == 3
     assert draft_rows(docs, job_id)["total"] > 0  # rows already generated are kept
     before = dict(gen.calls)
+    # The failing chunk was tried 1 + chunk_retries times; no chunk after it was started.
+    assert sorted(before.values()) == [1, 1, 1, 2]
     gen.down_after = None
     with session_scope(docs.db_url) as s:  # what the scheduler does on a retry
         transition(s, job_id, JobStatus.RETRYING, "retry")
@@ -165,3 +173,90 @@ def test_api_queues_and_streams_progress(docs, gen, settings):
         assert rows["rows"][0]["prompt"].startswith("Summarize")
         bad = http.post("/api/synth", headers=bearer(key), json={"spec": spec(source="nope").model_dump()})
         assert bad.status_code == 404
+
+
+def test_cli_generate_follow_shows_progress_to_the_snapshot(docs, gen, tmp_path, monkeypatch):
+    """`studio data generate --recipe … --local --follow` through the gateway client (pointed at the
+    scripted server with STUDIO_GATEWAY_URL): progress to the end, then the new version."""
+    from typer.testing import CliRunner
+
+    from studio.cli.main import app as cli
+    from studio.settings import get_settings
+
+    for var, value in {"STUDIO_HOME": str(docs.home), "STUDIO_DATABASE_URL": docs.db_url,
+                       "STUDIO_GATEWAY_URL": gen.base, "STUDIO_API_KEY": "sk-test",
+                       "COLUMNS": "300"}.items():
+        monkeypatch.setenv(var, value)
+    get_settings.cache_clear()
+    recipe = tmp_path / "synth.yaml"
+    recipe.write_text("source: docs\nname: docs-cot\nmode: cot\nmodel: gen\nchunk_tokens: 16\n"
+                      "overlap_tokens: 4\n")
+    try:
+        r = CliRunner().invoke(cli, ["data", "generate", "--recipe", str(recipe), "--local", "--follow"])
+    finally:
+        get_settings.cache_clear()
+    assert r.exit_code == 0, r.output
+    total = status(docs, 1)["progress"]["chunks_total"]
+    assert f"{total}/{total}" in r.output and "1 unparsed" in r.output  # the final progress line
+    assert "docs-cot@1 snapshot" in r.output and "see `studio data show docs-cot --dropped`" in r.output
+    with session_scope(docs.db_url) as s:
+        snap = s.query(DatasetSnapshot).filter(DatasetSnapshot.transform == "synth").one()
+        assert snap.params["mode"] == "cot"
+        rows = load_split(snap.uri).to_pylist()
+    assert rows and all("\n\nAnswer: " in r["completion"] for r in rows)
+
+
+def test_a_killed_run_resumes_without_regenerating_finished_chunks(docs, gen):
+    """The job process is killed (SIGKILL) mid-run; the retry generates only the chunks that had
+    not finished."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    gen.delay_s = 0.3
+    job_id = submit(spec(max_concurrency=1), docs, "test")
+    with session_scope(docs.db_url) as s:  # the scheduler's part
+        transition(s, job_id, JobStatus.STARTING, "submitted")
+    env = {**os.environ, "STUDIO_HOME": str(docs.home), "STUDIO_DATABASE_URL": docs.db_url,
+           "STUDIO_GATEWAY_URL": gen.base, "STUDIO_API_KEY": "sk-test"}
+    proc = subprocess.Popen([sys.executable, "-m", "studio.data.synth.run", "--job-id", str(job_id)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while draft_chunks(docs, job_id) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    done_before = draft_chunks(docs, job_id)
+    total = status(docs, job_id)["progress"]["chunks_total"]
+    assert 2 <= done_before < total
+    answered = dict(gen.calls)
+    with session_scope(docs.db_url) as s:  # what the scheduler does when the job's process died
+        transition(s, job_id, JobStatus.FAILED, "the job's process died")
+        transition(s, job_id, JobStatus.RETRYING, "retry")
+        transition(s, job_id, JobStatus.STARTING, "attempt 2")
+    gen.delay_s = 0.0
+    result = run_job(job_id, docs, client=client_for(gen))
+    assert result["chunks_done"] == total and status(docs, job_id)["status"] == "SUCCEEDED"
+    # Calls of the retry: one per chunk not finished before the kill (a call in flight at the kill
+    # had no stored result, so it is asked again).
+    retried = sum(gen.calls.values()) - sum(answered.values())
+    assert retried == total - done_before
+
+
+def draft_chunks(settings, job_id: int) -> int:
+    from studio.store.artifacts import ArtifactStore
+
+    store = ArtifactStore(settings.artifacts)
+    prefix = f"synth/job-{job_id}/chunks"
+    return len(store.fs.find(store.path(prefix))) if store.exists(prefix) else 0
+
+
+def test_raw_control_characters_in_strings_still_parse():
+    # Guided decoding keeps the structure but a weak model's strings may hold raw control bytes.
+    rows = parse_reply('{"pairs": [{"question": "Q\x1d?", "answer": "A\x08."}]}', CHUNK, "qa")
+    assert rows == [{"prompt": "Q\x1d?", "completion": "A\x08."}]

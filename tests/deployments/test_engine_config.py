@@ -132,3 +132,93 @@ def test_fetch_adapter_from_any_fsspec_uri(adapters, tmp_path):
     assert fetch_adapter("memory://store/rev2", tmp_path / "cache") == local  # cached by uri
     with pytest.raises(NotFound, match="does not exist"):
         fetch_adapter("memory://store/missing", tmp_path / "cache")
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+CHAT_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_tool_and_structured_output_settings_are_checked_at_config_time():
+    with pytest.raises(StudioError, match="enable_auto_tool_choice needs tool_call_parser"):
+        validate_spec(EngineConfig, {"model": "m", "enable_auto_tool_choice": True}, "engine")
+    with pytest.raises(StudioError, match="xgrammar or guidance"):
+        validate_spec(EngineConfig, {"model": "m", "structured_outputs_backend": "outlines",
+                                     "structured_outputs_compact": True}, "engine")
+    ok = EngineConfig(model="m", tool_call_parser="hermes", enable_auto_tool_choice=True)
+    assert ok.structured_outputs_backend == "auto"
+
+
+def test_requests_the_engine_would_mishandle_are_refused_before_it_runs():
+    from deployments.engines.base import check_request
+    from deployments.engines.vllm_engine import VLLMEngine
+
+    config = EngineConfig(model="m")
+    assert check_request(config, "chat", {**CHAT_BODY, "tools": TOOLS, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}) is None
+
+    bad_tool = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"city": {"type": "strnig"}}}}}]
+    err = check_request(config, "chat", {**CHAT_BODY, "tools": bad_tool})["error"]
+    assert err["code"] == 400 and err["param"] == "tools[0].function.parameters"
+    assert "not a valid JSON Schema" in err["message"] and "properties/city/type" in err["message"]
+    err = check_request(config, "chat", {**CHAT_BODY, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"minLength": -1}}}})["error"]
+    assert err["param"] == "response_format.json_schema.schema"
+    err = check_request(config, "chat", {**CHAT_BODY, "messages": [
+        {"role": "wizard", "content": "hi"}]})["error"]
+    assert err["param"] == "messages[0].role" and "'wizard'" in err["message"]
+    err = check_request(config, "completions", {"model": "m", "prompt": "x",
+                                                "stop": ["s"] * 10_000})["error"]
+    assert err["param"] == "stop" and "10000" in err["message"]
+    err = check_request(config, "chat", {**CHAT_BODY, "max_tokens": 0})["error"]
+    assert err["param"] == "max_tokens" and "at least 1" in err["message"]
+    err = check_request(config, "chat", {**CHAT_BODY, "max_tokens": 600}, 512)["error"]
+    assert err["param"] == "max_tokens" and "context length" in err["message"]
+    assert check_request(config, "chat", {**CHAT_BODY, "max_tokens": 512}, 512) is None
+    err = check_request(config, "chat", {**CHAT_BODY, "messages": []})["error"]
+    assert err["param"] == "messages" and "empty" in err["message"]
+    # Tool choices the engine is not set up for name the engine setting, not vLLM's CLI flag.
+    err = check_request(config, "chat", {**CHAT_BODY, "tools": TOOLS,
+                                         "tool_choice": "required"})["error"]
+    assert err["param"] == "tool_choice" and "engine.tool_call_parser" in err["message"]
+    parser_only = EngineConfig(model="m", tool_call_parser="hermes")
+    assert check_request(parser_only, "chat", {**CHAT_BODY, "tools": TOOLS,
+                                               "tool_choice": "required"}) is None
+    err = check_request(parser_only, "chat", {**CHAT_BODY, "tools": TOOLS,
+                                              "tool_choice": "auto"})["error"]
+    assert "engine.enable_auto_tool_choice" in err["message"]
+
+    # An engine with guided decoding off says so, naming the setting (before it even starts).
+    no_guide = VLLMEngine(EngineConfig(model="m", structured_outputs_backend="none",
+                                       tool_call_parser="hermes"))
+    for extra in ({"response_format": {"type": "json_object"}},
+                  {"tools": TOOLS, "tool_choice": "required"},
+                  {"tools": TOOLS, "tool_choice": {"type": "function",
+                                                   "function": {"name": "get_weather"}}}):
+        result = asyncio.run(no_guide.generate("chat", {**CHAT_BODY, **extra}))
+        assert result["error"]["code"] == 400, extra
+        assert "structured_outputs_backend" in result["error"]["message"]
+    plain = asyncio.run(no_guide.generate("chat", {**CHAT_BODY, "tools": TOOLS}))
+    assert plain["error"]["code"] == 503  # not refused: only the unstarted engine stops it
+
+
+def test_tiny_chat_template_renders_tools_and_leaves_plain_chat_as_it_was():
+    from studio.models.tiny import TinyModelSpec, build_tokenizer
+
+    tok = build_tokenizer(TinyModelSpec(corpus_lines=200))
+    chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yo"}, {"role": "user", "content": "x"}]
+    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == (
+        "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+        "<|im_start|>assistant\nyo<|im_end|>\n<|im_start|>user\nx<|im_end|>\n"
+        "<|im_start|>assistant\n")
+    called = [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": None,
+              "tool_calls": [{"id": "c1", "type": "function", "function": {
+                  "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+              {"role": "tool", "content": "sunny"}]
+    text = tok.apply_chat_template(called, tools=TOOLS, tokenize=False,
+                                   add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\n# Tools\n<tools>\n{\"name\": \"get_weather\"")
+    assert ('<|im_start|>assistant\n<tool_call>{"name": "get_weather", "arguments": '
+            '{"city": "Paris"}}</tool_call><|im_end|>\n<|im_start|>tool\nsunny<|im_end|>\n') in text

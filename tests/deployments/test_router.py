@@ -3,7 +3,9 @@ of the tiny model) under real Ray Serve with its HTTP proxy on a free port, a re
 and a real API key, called with the official ``openai`` client.
 
 One engine for the whole module (start ≈30-60 s). Registry changes (register, promote) must be
-answered within a few seconds without a redeploy.
+answered within a few seconds without a redeploy. Bad requests and bad registry versions get
+OpenAI-shaped 4xx answers and leave the model serving as before; tool calls and JSON-schema
+outputs come back in OpenAI's shape and parse against their schemas.
 """
 
 from __future__ import annotations
@@ -66,7 +68,10 @@ def studio(tiny_model_dir, tmp_path_factory):
         args = {"scheduler": {"enabled": False}, "models": [{
             "engine": {"model": str(tiny_model_dir), "served_model_name": "tiny",
                        "dtype": "float32", "max_model_len": 512, "max_loras": 4,
-                       "kv_cache_space_gib": 1, "seed": 0},
+                       "kv_cache_space_gib": 1, "seed": 0,
+                       # tools: the tiny model's template is ChatML + Hermes tool calls
+                       "tool_call_parser": "hermes", "enable_auto_tool_choice": True,
+                       "structured_outputs_compact": True},
             "num_cpus": 0.5}]}
         started = time.perf_counter()
         serve.run(build_app(args), name="studio", route_prefix="/")
@@ -87,8 +92,8 @@ def studio(tiny_model_dir, tmp_path_factory):
 
 
 def _chat(client, model: str, **kw):
-    return client.chat.completions.create(model=model, messages=CHAT, max_tokens=12,
-                                          temperature=0, **kw)
+    return client.chat.completions.create(**{"model": model, "messages": CHAT, "max_tokens": 12,
+                                             "temperature": 0, **kw})
 
 
 def _version(client, model: str) -> tuple[str, str]:
@@ -237,3 +242,143 @@ def test_client_disconnect_mid_stream_aborts_the_engine_request(studio):
 def _expect(result: tuple[str, str], version: str) -> tuple[str, str]:
     assert result[0] == version, result
     return result
+
+
+def _status(call) -> tuple[int, str]:
+    try:
+        call()
+    except openai.APIStatusError as e:
+        return e.status_code, e.message
+    raise AssertionError("the request was accepted")
+
+
+def test_bad_requests_are_openai_4xx_and_the_model_keeps_serving(studio):
+    client = studio["client"]
+    before = _chat(client, "tiny").choices[0].message.content
+    long_text = " ".join(["hello world"] * 400)  # ~800 tokens > max_model_len 512
+
+    def chat(**kw):
+        return lambda: client.chat.completions.create(**{"model": "tiny", "messages": CHAT,
+                                                         "max_tokens": 4, **kw})
+
+    cases = {
+        "max_tokens 0": chat(max_tokens=0),
+        "max_tokens -1": chat(max_tokens=-1),
+        "max_tokens above the context": chat(max_tokens=10_000),
+        "empty messages": chat(messages=[]),
+        "wrong role": chat(messages=[{"role": "wizard", "content": "hi"}]),
+        "10 000 stop strings": chat(stop=[f"s{i}" for i in range(10_000)]),
+        "chat prompt longer than the context": chat(messages=[{"role": "user",
+                                                               "content": long_text}]),
+        "completion prompt longer than the context": lambda: client.completions.create(
+            model="tiny", prompt=long_text, max_tokens=4),
+    }
+    for case, call in cases.items():
+        status, message = _status(call)
+        print(f"{case}: {status} {message[:160]}")
+        assert status == 400, (case, status, message)
+        assert message, case
+    assert "wizard" in _status(cases["wrong role"])[1]
+    assert "10000" in _status(cases["10 000 stop strings"])[1]
+    assert _chat(client, "tiny").choices[0].message.content == before
+
+
+def test_bad_registry_versions_fail_clearly_and_nothing_else(studio, tmp_path, other_base_adapter):
+    client, settings, base = studio["client"], studio["settings"], studio["base_dir"]
+    good = make_adapter(base, tmp_path / "good", seed=5)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for f in good.iterdir():
+        data = f.read_bytes()
+        (corrupt / f.name).write_bytes(data[:len(data) // 2] if f.suffix == ".safetensors"
+                                       else data)
+    _register(settings, "fine", good, base)
+    _, fine_text = _eventually(lambda: _version(client, "fine"))
+    _, base_text = _version(client, "tiny")
+
+    expected = {"missing": (tmp_path / "gone", "does not exist"),
+                "corrupt": (corrupt, "unreadable or truncated"),
+                "alien": (other_base_adapter, "does not fit base model")}
+    for name, (uri, problem) in expected.items():
+        ref = _register(settings, name, uri, base)
+        status, message = _eventually(lambda: _status(lambda: _chat(client, ref)))
+        print(f"{name}: {status} {message[:200]}")
+        assert 400 <= status < 500 and f"{ref}' cannot be served" in message, (status, message)
+        assert problem in message, message
+    assert _version(client, "tiny") == ("tiny", base_text)
+    assert _version(client, "fine") == ("fine@1", fine_text)
+
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 12},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["city", "days"], "additionalProperties": False}}}]
+ANSWER_SCHEMA = {"type": "object", "properties": {
+    "answer": {"type": "integer", "minimum": 0, "maximum": 99},
+    "sure": {"type": "boolean"},
+    "colour": {"enum": ["red", "green", "blue"]},
+    "note": {"type": "string", "maxLength": 8}},
+    "required": ["answer", "sure", "colour", "note"], "additionalProperties": False}
+
+
+def _streamed_tool_calls(stream) -> list[tuple[str, str]]:
+    calls: dict[int, list[str]] = {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                name, args = calls.setdefault(call.index, ["", ""])[:2]
+                calls[call.index] = [name + (call.function.name or ""),
+                                     args + (call.function.arguments or "")]
+    return [tuple(calls[i]) for i in sorted(calls)]
+
+
+def test_json_schema_outputs_and_tool_calls_through_the_official_client(studio):
+    import json
+
+    import jsonschema
+
+    client = studio["client"]
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA,
+                                                  "strict": True}}
+    whole = _chat(client, "tiny", response_format=fmt, max_tokens=120)
+    text = whole.choices[0].message.content
+    jsonschema.validate(json.loads(text), ANSWER_SCHEMA)  # even from an untrained model
+    streamed = _chat(client, "tiny", response_format=fmt, max_tokens=120, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text
+
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice in (named, "required"):
+        # One call at most: an untrained model might otherwise list calls until max_tokens.
+        message = _chat(client, "tiny", tools=TOOLS, tool_choice=choice, max_tokens=120,
+                        parallel_tool_calls=False).choices[0].message
+        [call] = message.tool_calls
+        assert call.type == "function" and call.function.name == "get_weather" and call.id
+        jsonschema.validate(json.loads(call.function.arguments),
+                            TOOLS[0]["function"]["parameters"])
+    whole_call = _chat(client, "tiny", tools=TOOLS, tool_choice=named,
+                       max_tokens=120).choices[0].message.tool_calls[0].function
+    stream = _chat(client, "tiny", tools=TOOLS, tool_choice=named, max_tokens=120, stream=True)
+    [(name, args)] = _streamed_tool_calls(stream)
+    assert name == "get_weather" and json.loads(args) == json.loads(whole_call.arguments)
+
+    # tool_choice auto: the model's own text goes through vLLM's hermes parser. An untrained
+    # model would not call a tool by itself, so its output is guided into a Hermes tool call.
+    hermes = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}' \
+             '</tool_call>'
+    literal = "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in hermes)
+    guided = {"structured_outputs": {"regex": literal}}
+    auto = _chat(client, "tiny", tools=TOOLS, max_tokens=120, extra_body=guided).choices[0]
+    assert auto.finish_reason == "tool_calls", auto
+    [call] = auto.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Oslo", "days": 2}
+    stream = _chat(client, "tiny", tools=TOOLS, max_tokens=120, extra_body=guided, stream=True)
+    [(name, args)] = _streamed_tool_calls(stream)
+    assert name == "get_weather" and json.loads(args) == {"city": "Oslo", "days": 2}
+
+    bad = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"city": {"type": "strnig"}}}}}]
+    with pytest.raises(openai.BadRequestError, match="not a valid JSON Schema"):
+        _chat(client, "tiny", tools=bad)

@@ -19,7 +19,7 @@ def reversal_rows(n: int, seed: int) -> list[dict[str, str]]:
     return [dict(zip(("prompt", "completion"), reversal_example(rng), strict=True)) for _ in range(n)]
 
 
-def train_adapter(model_dir: Path, out: Path, steps: int = 300, rows: int = 2000) -> Path:
+def train_adapter(model_dir: Path, out: Path, steps: int = 480, rows: int = 2000) -> Path:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -48,7 +48,7 @@ if __name__ == "__main__":
     from studio.train.evaluate import exact_match
 
     model_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
-    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 300
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 480
     t0 = time.monotonic()
     train_adapter(model_dir, out, steps)
     took = time.monotonic() - t0

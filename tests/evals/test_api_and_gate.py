@@ -123,3 +123,25 @@ def test_promotion_gate(settings, gateway, reverse_data):
     assert n_evals == 2  # the refusal and the forced promotion reused the eval
     assert api.get("/api/models/rev/gate").json()["gate"]["margin"] == 0.1
     assert len(api.get("/api/models/rev/promotions").json()) == 4
+
+
+def test_the_leaderboard_is_live_while_the_run_goes(settings, gateway, reverse_data):
+    from studio.evals.run import create_here
+    from studio.evals.spec import EvalSpec
+
+    api = httpx.Client(base_url=gateway.api_url, headers=gateway.headers(), timeout=30)
+    s = EvalSpec.model_validate({"dataset": reverse_data, "models": ["good", "bad"], "limit": 4, "concurrency": 1,
+                                 "generation": {"max_tokens": 16}, "scorers": [{"type": "exact_match"}]})
+    eval_id = create_here(settings.db_url, s, "test")
+    snapshots = []
+
+    def look(event):  # called by the runner after each answer is stored: what a client sees right now
+        snapshots.append(api.get(f"/api/evals/{eval_id}").raise_for_status().json())
+
+    with gateway.client() as client:
+        assert run_job(settings, eval_id, client=client, on_result=look) == 0
+    assert [d["status"] for d in snapshots] == ["RUNNING"] * 8
+    done = [d["progress"]["done"] for d in snapshots]
+    assert done == sorted(done) and done[0] < 8 and all(n >= i + 1 for i, n in enumerate(done)), done
+    # the scores of every answer stored so far (an answer and its scores are one transaction)
+    assert [sum(r["n"] for r in d["leaderboard"]["scores"]) for d in snapshots] == done

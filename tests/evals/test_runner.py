@@ -65,16 +65,41 @@ def test_good_model_wins_on_every_scorer(settings, gateway, reverse_data, evalua
     assert perf["good"]["latency_ms_mean"] is not None or perf["good"]["cache_hits"] == 30
 
 
-def test_an_unparseable_judge_leaves_datapoints_unscored_with_the_reply(settings, gateway, reverse_data):
-    s = spec(reverse_data, ["good"], [{"type": "exact_match"}, {"type": "judge", "model": "judge-garbage"}], limit=5)
+def test_unparseable_judges_and_a_down_evaluator_leave_datapoints_unscored_and_the_run_goes_on(
+        settings, gateway, reverse_data, evaluator, evaluator_calls):
+    s = spec(reverse_data, ["good", "bad"], [
+        {"type": "exact_match"}, {"type": "judge", "model": "judge-garbage"},
+        {"type": "judge", "name": "pairs", "model": "judge-garbage", "mode": "pairwise"},
+        {"type": "http", "name": "byo", "url": f"{evaluator.url}/down", "retries": 1}], limit=5)
+    before = evaluator_calls["down"]
     eval_id = run(settings, gateway, s)
     with session_scope(settings.db_url) as ses:
         assert ses.get(Job, eval_id).status == "SUCCEEDED"
-        judged = ses.scalars(select(EvalScore).where(EvalScore.job_id == eval_id, EvalScore.scorer == "judge")).all()
-        assert len(judged) == 5
-        assert all(j.score is None and j.status == "unscored" and j.raw == "I would rather not say." for j in judged)
+        by = {n: ses.scalars(select(EvalScore).where(EvalScore.job_id == eval_id, EvalScore.scorer == n)).all()
+              for n in ("judge", "pairs", "byo")}
         board = run_leaderboard(ses, ses.get(Job, eval_id))
+    assert len(by["judge"]) == 10
+    assert all(j.score is None and j.status == "unscored" and j.raw == "I would rather not say." for j in by["judge"])
+    # pairwise: one verdict per datapoint for the candidate (baseline: the first model); the reply kept
+    assert len(by["pairs"]) == 5 and {j.model for j in by["pairs"]} == {"bad"}
+    assert all(j.score is None and j.status == "unscored" and "I would rather not say." in j.raw for j in by["pairs"])
+    # the evaluator is down: each datapoint tried twice (1 retry), then marked error with the reason
+    assert len(by["byo"]) == 10 and evaluator_calls["down"] - before == 20
+    assert all(j.score is None and j.status == "error" and "answered 500 (2 tries)" in j.reason for j in by["byo"])
     assert row(board, "good", "judge")["unscored"] == 5 and row(board, "good", "exact_match")["mean"] == 1.0
+    assert row(board, "bad", "byo")["unscored"] == 5 and row(board, "bad", "exact_match")["mean"] == 0.0
+
+
+def test_rerunning_the_same_eval_is_answered_from_the_gateway_cache(settings, gateway, reverse_data, provider_calls):
+    s = spec(reverse_data, ["good", "bad"], [{"type": "exact_match"}], limit=3)  # greedy: cacheable
+    first = run(settings, gateway, s)
+    before = provider_calls["good"] + provider_calls["bad"]
+    second = run(settings, gateway, s)
+    with session_scope(settings.db_url) as ses:
+        boards = [run_leaderboard(ses, ses.get(Job, i)) for i in (first, second)]
+    assert provider_calls["good"] + provider_calls["bad"] == before  # nothing reached the provider
+    assert [m["cache_hits"] for m in boards[1]["models"]] == [3, 3]
+    assert boards[1]["scores"] == boards[0]["scores"]
 
 
 def test_a_crashed_run_resumes_without_redoing_stored_datapoints(settings, gateway, reverse_data, provider_calls):

@@ -1,7 +1,9 @@
 """A scripted OpenAI-compatible provider on loopback — the one fake the gateway tests use, standing
 in for a paid provider at the external edge. What it does depends on the requested model:
-``broken*`` → HTTP 500, ``hang*`` → never answers in time, anything else → a normal answer that
-echoes the model and the last message. ``calls`` counts requests per model."""
+``broken*`` → HTTP 500, ``hang*`` → never answers in time, ``qa*`` → a JSON list of one
+question/answer pair (what a synthetic-data generator returns), ``score*`` → "Score: 7" (a judge),
+anything else → a normal answer that echoes the model and the last message. ``calls`` counts
+requests per model."""
 
 from __future__ import annotations
 
@@ -63,6 +65,10 @@ class FakeProvider:
             usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
             if kind == "chat":
                 text = f"{model} says: {body['messages'][-1]['content']}"
+                if model.startswith("qa"):
+                    text = '[{"question": "What rises twice a day?", "answer": "The tide."}]'
+                elif model.startswith("score"):
+                    text = "Score: 7"
                 return {"id": f"chatcmpl-{self.calls[model]}", "object": "chat.completion",
                         "created": int(time.time()), "model": model, "usage": usage,
                         "choices": [{"index": 0, "finish_reason": "stop",

@@ -7,6 +7,7 @@ Retry-After; the official ``openai`` client works against /gateway/v1. One stack
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -34,6 +35,8 @@ def studio(tmp_path_factory, provider):
     cfg = yaml.safe_load((REPO / "configs/serve/studio_tiny.yaml").read_text())
     args = cfg["applications"][0]["args"]
     args["models"][0]["engine"]["model"] = str(model)
+    # Guided JSON without free whitespace, so the tiny model's synthetic-data replies fit max_tokens.
+    args["models"][0]["engine"]["structured_outputs_compact"] = True
     args["scheduler"]["enabled"] = False
     args["gateway"] = {"spec": {
         "groups": [
@@ -177,3 +180,35 @@ def test_openai_client_against_the_gateway(studio):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=studio["gw"], api_key="sk-studio-wrong-key-123",
                       max_retries=0).models.list()
+
+
+def test_playground_streams_through_the_gateway(studio):
+    headers = {"Authorization": f"Bearer {studio['admin']}", "x-studio-service": "playground"}
+    body = {"model": "judge", "messages": PROMPT, "max_tokens": 6, "min_tokens": 6, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with httpx.Client(base_url=studio["gw"], headers=headers, timeout=120) as http:
+        with http.stream("POST", "/chat/completions", json=body) as r:
+            assert r.status_code == 200, r.read()
+            assert r.headers["content-type"].startswith("text/event-stream")
+            assert r.headers["x-studio-model-version"] == "tiny"
+            assert r.headers["x-studio-model-group"] == "judge"
+            lines = [x for x in r.iter_lines() if x.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(x[6:]) for x in lines[:-1]]
+    assert any(c["choices"] and c["choices"][0]["delta"].get("content") for c in chunks)
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
+    rows = wait_usage(studio, lambda rs: bool(rs), group_by="service,model,deployment",
+                      service="playground")
+    assert [(r["model"], r["deployment"], r["calls"], r["completion_tokens"]) for r in rows] == \
+        [("judge", "studio/tiny", 1, 6)]
+
+
+def test_synthetic_data_from_documents_on_the_tiny_model(studio, tmp_path):
+    from tests.data.synth_e2e import check_synth_on_the_tiny_model
+    from tests.e2e.test_stack import STUDIO
+
+    check_synth_on_the_tiny_model(studio, tmp_path, STUDIO, REPO)
+    # `studio data generate` called the tiny model through the gateway, tagged synth.
+    rows = wait_usage(studio, lambda rs: any(r["model"] == "tiny" for r in rs),
+                      group_by="service,model", service="synth")
+    assert any(r["model"] == "tiny" and r["calls"] >= 1 for r in rows), rows

@@ -133,3 +133,24 @@ def test_every_call_is_a_usage_row(service):
         ("eval", "eval-1", "k7", "backup", "openai/gpt-4o-mini", True, 200, 0, 0, False),
         ("synth", "eval-1", "k7", "nope", None, False, 404, 0, 0, False),
     ]
+
+
+def test_a_deployment_that_keeps_failing_is_cooled_down(settings, provider):
+    tag = uuid.uuid4().hex[:6]
+    pool = {"name": "pool", "provider": "hosted_vllm", "api_base": provider.base}
+    spec = load_gateway_spec({"groups": [  # one group, two deployments, load-balanced
+        {**pool, "model": f"broken-{tag}"}, {**pool, "model": f"echo-{tag}"}],
+        "router": {"num_retries": 2, "allowed_fails": 1, "cooldown_time_s": 60},
+        "cache": {"namespace": f"studio-test-{tag}"}})
+    svc = GatewayService(spec, None, settings.db_url)
+    try:
+        answers = [call(svc, "chat", {"model": "pool",
+                                      "messages": [{"role": "user", "content": str(i)}]})
+                   for i in range(12)]
+    finally:
+        svc.close()
+    assert [(s, b["studio_gateway"]["deployment"]) for s, b, _ in answers] == \
+        [(200, f"hosted_vllm/echo-{tag}")] * 12  # the retry reaches the healthy deployment
+    # Load-balanced at random, the broken one would be picked ~6 times in 12 calls; cooled down
+    # after its allowed failure it is asked at most twice.
+    assert provider.calls[f"broken-{tag}"] <= 2

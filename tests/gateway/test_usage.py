@@ -90,3 +90,15 @@ def test_gateway_routes_without_a_gateway_answer_503_in_openai_shape(settings):
     assert r.status_code == 503 and "gateway is not deployed" in r.json()["error"]["message"]
     r = client.get("/gateway/v1/models")
     assert r.status_code == 401 and r.json()["error"]["code"] == 401
+
+
+def test_overlong_caller_labels_do_not_lose_the_batch(settings):
+    # A caller picks its service tag, job id and model name; PostgreSQL refuses a value longer than
+    # its column, which would drop every row written in the same batch.
+    write(settings.db_url, [UsageRow("s" * 300, "chat", "m" * 900, 1.0, job_id="j" * 500),
+                            *rows()])
+    with session_scope(settings.db_url) as s:
+        total = aggregate_usage(s, [])
+        long = aggregate_usage(s, ["service", "model", "job"], service="s" * 64)
+    assert total[0]["calls"] == 5
+    assert [(len(r["service"]), len(r["model"]), len(r["job"])) for r in long] == [(64, 256, 128)]

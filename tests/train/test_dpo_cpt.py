@@ -1,12 +1,17 @@
 """DPO and CPT through the real entrypoint with a few steps each: the job succeeds, a version is
-registered with lineage, and the adapter's weights moved."""
+registered with lineage, and the adapter's weights moved. The DPO run starts from an existing
+adapter (``init_adapter``), as the demo's DPO after SFT does."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
+from safetensors.torch import load_file
 from sqlalchemy import select
 
-from studio.registry.versions import get_version
+from studio.registry.versions import get_version, register_version
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 from studio.store.models import Job, JobMetric
@@ -33,10 +38,42 @@ def run_recipe(home: StudioSettings, entrypoint: Entrypoint, recipe: str, *overr
     return job, mv, keys
 
 
-def test_dpo_recipe(home: StudioSettings, entrypoint: Entrypoint):
-    job, mv, keys = run_recipe(home, entrypoint, "dpo_reverse_tiny.yaml", "hyper.max_steps=6", "hyper.logging_steps=3")
+def test_dpo_recipe_from_an_sft_adapter(home: StudioSettings, entrypoint: Entrypoint, tmp_path: Path):
+    """DPO after SFT: ``init_adapter`` names a registered adapter (rank 4, random B, unlike the
+    recipe's fresh rank-8 LoRA with B = 0); the result continues from its weights."""
+    tiny = str((home.models_dir / "tiny").resolve())
+    sft = write_adapter(tiny, tmp_path / "sft-adapter", r=4, b_std=0.05)
+    with session_scope(home.db_url) as s:
+        register_version(s, name="reverse-tiny", base_model=tiny, method="sft", adapter_type="lora", uri=str(sft))
+    job, mv, keys = run_recipe(home, entrypoint, "dpo_reverse_tiny.yaml", "hyper.max_steps=6", "hyper.logging_steps=3",
+                               "init_adapter=reverse-tiny@1")
     assert (mv.method, mv.adapter_type, mv.metrics["global_step"]) == ("dpo", "lora", 6)
     assert {"loss", "lr", "rewards/margins", "rewards/accuracies"} <= keys
+    assert job.spec["init_adapter"] == "reverse-tiny@1"
+    # Started from the SFT adapter: its rank, and every matrix near (but not at) its starting value.
+    assert json.loads((Path(mv.uri) / "adapter_config.json").read_text())["r"] == 4
+    assert not (Path(mv.uri) / "ref").exists(), "TRL's frozen reference copy leaked into the result"
+    start, end = load_file(str(sft / "adapter_model.safetensors")), load_file(str(Path(mv.uri) / "adapter_model.safetensors"))
+    assert start.keys() == end.keys()
+    moved = {k: float((end[k] - start[k]).norm() / start[k].norm()) for k in start if "lora_B" in k}
+    assert all(0 < d < 0.5 for d in moved.values()), moved
+
+
+def write_adapter(base_model: str, out: Path, *, r: int, b_std: float) -> Path:
+    """A LoRA adapter whose B matrices are random (a fresh one's are zero): a stand-in SFT result."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_model),
+                           LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, b_std)
+    model.save_pretrained(str(out))
+    return out
 
 
 def test_cpt_recipe(home: StudioSettings, entrypoint: Entrypoint):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("STUDIO_UI_CHROMIUM", "/usr/bin/chromium")
 _RESOURCE = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
 
@@ -25,11 +26,19 @@ def need_chromium() -> None:
                     "(scripts/setup.sh does it when run as root), or set STUDIO_UI_CHROMIUM")
 
 
-def screenshot_dir(tmp_path_factory) -> Path:
-    """``$STUDIO_UI_SCREENSHOTS`` (CI collects it), else ``ui-screenshots`` under pytest's basetemp."""
-    out = Path(os.environ.get("STUDIO_UI_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "ui-screenshots")
-    out.mkdir(parents=True, exist_ok=True)
+def screenshot_dir() -> Path:
+    """``$STUDIO_UI_SCREENSHOTS``, else ``ui-screenshots/`` at the repository root (gitignored; CI
+    collects it). The first call of a run empties it of older screenshots."""
+    out = Path(os.environ.get("STUDIO_UI_SCREENSHOTS") or REPO / "ui-screenshots").resolve()
+    if out not in SCREENSHOT_DIRS:
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*.png"):
+            old.unlink()
+        SCREENSHOT_DIRS.add(out)
     return out
+
+
+SCREENSHOT_DIRS: set[Path] = set()  # printed at the end of the run (tests/ui/conftest.py)
 
 
 class Browser:

@@ -1,6 +1,7 @@
 """The UI's main walk in a real browser against a live `studio up` serving the tiny model:
 login → upload + ingest → configure and start an SFT job → watch it to SUCCEEDED with a live loss
-chart and log → compare base vs the new adapter side by side in the playground → promote.
+chart and log → compare base vs the new adapter side by side in the playground → run an eval →
+promote; then an A/B experiment between them with feedback, and the usage all of it made.
 One module-scoped stack (an engine costs ~3 GB and ~45 s to start); run it under the heavy lock."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
 
 import pytest
 import yaml
@@ -43,8 +45,8 @@ def studio(tmp_path_factory):
         run(["down"], env)
 
 
-def test_login_ingest_train_watch_compare_promote(studio, tmp_path_factory, tmp_path):
-    shots = screenshot_dir(tmp_path_factory)
+def test_login_ingest_train_watch_and_compare(studio, tmp_path):
+    shots = screenshot_dir()
     rng = random.Random(0)
     data = tmp_path / "reverse.csv"
     lines = ["question,answer"] + [",".join(f'"{x}"' for x in reversal_example(rng)) for _ in range(200)]
@@ -111,18 +113,14 @@ def test_login_ingest_train_watch_compare_promote(studio, tmp_path_factory, tmp_
         b.wait("#pg-votes-1 .pg-feedback-note:text-is('recorded: this one is better')")
         b.page.click("#pg-votes-0 .pg-up")
         b.wait("#pg-votes-0 .pg-feedback-note:text-is('recorded: good')")
-        b.goto("#/models/ui-reverse")
-        b.page.click("button.promote[data-ref='ui-reverse@1']")
-        b.page.wait_for_selector("text=ui-reverse@1 is now champion.")
-        b.shot("stack-05-models")
         b.assert_clean()
-    print(f"screenshots: {shots}")
 
 
-def test_run_an_evaluation_and_read_usage(studio, tmp_path_factory):
+def test_evaluate_promote_ab_test_and_read_usage(studio):
     """After the walk above (reverse@1 ingested, ui-reverse@1 trained): base vs adapter through the
-    gateway, the leaderboard filling in, per-datapoint answers, then the usage those calls made."""
-    shots = screenshot_dir(tmp_path_factory)
+    gateway, the leaderboard filling in, per-datapoint answers; promote the adapter; an A/B
+    experiment base vs champion with traffic and feedback per arm; then the usage those calls made."""
+    shots = screenshot_dir()
     with chromium_page(studio["base"], shots) as b:
         b.login(studio["admin"])
         b.goto("#/evals")
@@ -141,11 +139,57 @@ def test_run_an_evaluation_and_read_usage(studio, tmp_path_factory):
         assert "tiny" in board and "ui-reverse@1" in board and "exact_match" in board, board
         b.wait("#eval-results tbody tr")
         assert b.page.locator("#eval-results tbody tr").count() == 16  # 8 rows × 2 models (page of 20)
-        b.shot("stack-06-evaluation")
+        b.shot("stack-05-evaluation")
+
+        b.goto("#/models/ui-reverse")
+        b.page.click("button.promote[data-ref='ui-reverse@1']")
+        b.wait("text=ui-reverse@1 is now champion.")
+        b.wait("td .badge:text-is('champion')")
+        b.goto("#/models")  # names with their champion, and the deployments serving them
+        b.wait("#deployments td:text-is('tiny')")
+        assert "ui-reverse@1" in b.page.inner_text("main")
+        b.shot("stack-06-models")
+
+        b.goto("#/experiments")
+        b.page.fill("#exp-alias", "reverse-ab")
+        b.page.locator(".arm-model").nth(0).fill("tiny")
+        b.page.locator(".arm-model").nth(1).fill("ui-reverse")  # the champion
+        b.page.click("#exp-create")
+        b.page.wait_for_url("**/ui/#/experiments/reverse-ab")
+        b.wait("#exp-arms-stats tbody tr")
+        b.goto("#/playground")
+        b.wait("#pg-model-1")
+        for _ in range(10):  # the Router re-reads active experiments every second
+            if b.page.locator("#pg-model-0 option[value='reverse-ab']").count():
+                break
+            time.sleep(1)
+            b.page.reload()
+            b.wait("#pg-model-1")
+        b.page.select_option("#pg-model-0", "reverse-ab")
+        b.page.select_option("#pg-model-1", "reverse-ab")
+        b.page.fill("#pg-prompt", "reverse: 4 5 6")
+        b.page.fill("#pg-max-tokens", "8")
+        b.page.click("#pg-run")
+        for i in (0, 1):
+            b.page.wait_for_selector(f".answer:nth-child({i + 1})[data-done]", timeout=120_000)
+            assert not b.page.inner_text(f"#pg-stats-{i}").startswith("error"), b.page.inner_text(f"#pg-stats-{i}")
+        b.page.click("#pg-votes-0 .pg-better")
+        b.wait("#pg-votes-0 .pg-feedback-note:text-is('recorded: this one is better')")
+        b.page.click("#pg-votes-1 .pg-down")
+        b.wait("#pg-votes-1 .pg-feedback-note:text-is('recorded: bad')")
+        b.goto("#/experiments/reverse-ab")
+        b.wait("#exp-summary:has-text('2 requests · 2 feedback')")  # live: the page polls
+        arms = b.page.locator("#exp-arms-stats tbody tr")
+        assert arms.count() == 2
+        table = b.page.inner_text("#exp-arms-stats")
+        assert "tiny" in table and "ui-reverse" in table and "50%" in table, table
+        served = sum(int(arms.nth(i).locator("td").nth(2).inner_text()) for i in range(2))
+        assert served == 2, table
+        b.shot("stack-07-ab-experiment")
 
         b.goto("#/usage")
         b.page.select_option("#usage-days", "")
         b.wait("#usage tbody tr")
         assert "eval" in b.page.inner_text("#usage"), b.page.inner_text("#usage")
-        b.shot("stack-07-usage")
+        b.shot("stack-08-usage")
         b.assert_clean()

@@ -63,12 +63,33 @@ def _token_spans(text: str, tokenizer: str | None) -> list[tuple[int, int]]:
 
 _INSTRUCTIONS = {
     "qa": ('Write {n} question-answer pairs that can be answered from the text alone. Reply with '
-           'only a JSON list: [{{"question": "...", "answer": "..."}}]'),
+           'only JSON: {{"pairs": [{{"question": "...", "answer": "..."}}]}}'),
     "cot": ('Write {n} questions about the text, each with step-by-step reasoning and a short final '
-            'answer. Reply with only a JSON list: [{{"question": "...", "reasoning": "...", '
-            '"answer": "..."}}]'),
+            'answer. Reply with only JSON: {{"pairs": [{{"question": "...", "reasoning": "...", '
+            '"answer": "..."}}]}}'),
     "summary": 'Summarize the text in a few sentences. Reply with only JSON: {{"summary": "..."}}',
 }
+_FIELDS = {"qa": ("question", "answer"), "cot": ("question", "reasoning", "answer")}
+
+
+def response_format(spec: SynthSpec) -> dict[str, Any]:
+    """The OpenAI ``response_format`` (json_schema) of the reply the instructions ask for; the root
+    is an object (OpenAI refuses array roots). Not strict: ``maxLength`` is outside strict mode."""
+    text: dict[str, Any] = {"type": "string", "minLength": 1}
+    if spec.max_field_chars:
+        text["maxLength"] = spec.max_field_chars
+
+    def obj(fields: tuple[str, ...]) -> dict[str, Any]:
+        return {"type": "object", "properties": {f: text for f in fields}, "required": list(fields),
+                "additionalProperties": False}
+
+    if spec.mode == "summary":
+        schema = obj(("summary",))
+    else:
+        schema = {"type": "object", "properties": {"pairs": {
+            "type": "array", "items": obj(_FIELDS[spec.mode]), "minItems": 1,
+            "maxItems": spec.pairs_per_chunk}}, "required": ["pairs"], "additionalProperties": False}
+    return {"type": "json_schema", "json_schema": {"name": f"synth_{spec.mode}", "schema": schema}}
 
 
 def messages_for(chunk: Chunk, spec: SynthSpec) -> list[dict[str, str]]:
@@ -87,7 +108,8 @@ def _json_candidates(reply: str) -> list[Any]:
             lo, hi = c.find(opener), c.rfind(closer)
             if lo >= 0 and hi > lo:
                 try:
-                    out.append(json.loads(c[lo: hi + 1]))
+                    # strict=False: raw control characters inside strings (weak models emit them)
+                    out.append(json.loads(c[lo: hi + 1], strict=False))
                 except json.JSONDecodeError:
                     continue
     return out

@@ -27,7 +27,8 @@ from typing import Any
 from studio.data.curate import _Drop, _Runner, iter_rows
 from studio.data.kinds import DatasetKind
 from studio.data.snapshots import resolve_snapshot
-from studio.data.synth.parse import Chunk, ParseError, chunk_document, messages_for, parse_reply
+from studio.data.synth.parse import (Chunk, ParseError, chunk_document, messages_for, parse_reply,
+                                     response_format)
 from studio.data.synth.spec import SynthSpec
 from studio.data.writer import Lineage, SnapshotWriter
 from studio.errors import StudioError
@@ -125,8 +126,10 @@ async def _call(client: Any, spec: SynthSpec, chunk: Chunk, stop: list[BaseExcep
 
     for attempt in range(spec.chunk_retries + 1):
         try:
-            return await client.achat(spec.model, messages_for(chunk, spec),
-                                      temperature=spec.temperature, max_tokens=spec.max_tokens)
+            params: dict[str, Any] = {"temperature": spec.temperature, "max_tokens": spec.max_tokens}
+            if spec.structured:
+                params["response_format"] = response_format(spec)
+            return await client.achat(spec.model, messages_for(chunk, spec), **params)
         except GatewayError as e:
             if e.status in _FINAL_STATUSES or attempt == spec.chunk_retries:
                 if not stop:

@@ -32,6 +32,13 @@ class SynthSpec(Spec):
     max_concurrency: int = Field(default=4, ge=1, le=256, description="Generator calls in flight.")
     temperature: float = Field(default=0.7, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int = Field(default=512, ge=1, description="Most tokens per generator reply.")
+    structured: bool = Field(
+        default=True, description="Send the reply's JSON schema as `response_format` (json_schema), "
+        "so engines with guided decoding (vLLM, OpenAI) answer in the asked-for structure; the "
+        "reply is parsed leniently either way. Turn off for providers that refuse it.")
+    max_field_chars: int | None = Field(
+        default=None, ge=1, description="With structured: longest string per field (maxLength "
+        "in the schema) — keeps a weak model's guided reply within max_tokens.")
     chunk_retries: int = Field(default=2, ge=0, le=10, description="Retries of a failed call of a "
                                "chunk (after the gateway client's own) before the run stops.")
     curate: list[Step] = Field(

@@ -127,12 +127,13 @@ export async function evalPage(main, id) {
       const r = await get(`/api/evals/${id}/results?${q}`);
       drill.replaceChildren(table([
         { title: "#", cell: (x) => x.datapoint }, { title: "Model", cell: (x) => x.model_version || x.model },
-        { title: "Input", class: "rowtext", cell: (x) => (typeof x.input === "string" ? x.input : JSON.stringify(x.input)) },
+        { title: "Input", class: "rowtext", cell: (x) => inputText(x.input) },
         { title: "Reference", class: "rowtext", cell: (x) => x.reference ?? "" },
         { title: "Output", class: "rowtext", cell: (x) => (x.error ? h("span", { class: "err" }, x.error) : x.output ?? "") },
         { title: "Scores", cell: (x) => Object.entries(x.scores || {}).map(([k, s]) =>
           h("div", { title: s.reason || "" }, `${k}: ${s.score === null ? s.status : num(s.score)}`)) },
-      ], r.results, { empty: "No answers yet." }),
+      ], [...r.results].sort((a, b) => a.datapoint - b.datapoint || a.model.localeCompare(b.model)),
+      { empty: "No answers yet." }),
       pager(offset, limit, r.results.length === limit, (o) => { offset = o; loadResults(); }));
     } catch (e) { showError(e); }
   };
@@ -160,4 +161,12 @@ export async function evalPage(main, id) {
   };
   await poll();
   return () => { stopped = true; clearTimeout(timer); };
+}
+
+// The messages sent, as "role: text" lines (a bare user turn as its text alone).
+function inputText(input) {
+  if (typeof input === "string") return input;
+  if (!Array.isArray(input)) return JSON.stringify(input);
+  if (input.length === 1 && input[0]?.role === "user" && typeof input[0].content === "string") return input[0].content;
+  return input.map((m) => `${m?.role ?? "?"}: ${typeof m?.content === "string" ? m.content : JSON.stringify(m?.content)}`).join("\n");
 }

@@ -1,6 +1,7 @@
 // A/B experiments: aliases that split /v1 traffic between arms (sticky per `user`); per arm the
 // requests, latency, versions that answered, ratings and preferences. Create, stop and resume.
 import { auth, get, post, request } from "../api.js";
+import { barChart } from "../chart.js";
 import { badge, banner, field, fmtTime, h, showError, table } from "../dom.js";
 
 export async function experimentsPage(main) {
@@ -59,18 +60,29 @@ export async function experimentDetailPage(main, alias) {
     };
     box.replaceChildren(h("div", { class: "card" },
       h("h1", {}, `Experiment ${e.alias} `, badge(e.status)),
-      h("p", { class: "muted" }, `${e.requests ?? 0} requests · ${e.feedback ?? 0} feedback · by ${e.created_by || "?"}`),
-      table([
+      h("p", { class: "muted", id: "exp-summary" }, `${e.requests ?? 0} requests · ${e.feedback ?? 0} feedback · by ${e.created_by || "?"}`),
+      h("div", { id: "exp-arms-stats" }, table([
         { title: "Arm", cell: (a) => a.model }, { title: "Traffic", cell: (a) => `${Math.round(a.share * 100)}%` },
         { title: "Requests", cell: (a) => a.requests ?? 0 },
         { title: "Versions", cell: (a) => (a.versions || []).join(", ") },
         { title: "p50 latency ms", cell: (a) => a.latency_ms_p50 ?? "—" }, { title: "p50 TTFT ms", cell: (a) => a.ttft_ms_p50 ?? "—" },
         { title: "Ratings (+/−)", cell: (a) => `${a.ratings ?? 0} (${a.positive ?? 0}/${a.negative ?? 0})` },
+        { title: "Mean rating", cell: (a) => (a.rating_mean == null ? "—" : Number(a.rating_mean).toFixed(2)) },
         { title: "Preferred / not", cell: (a) => `${a.preferred ?? 0} / ${a.not_preferred ?? 0}` },
-      ], e.arms),
+      ], e.arms)),
+      e.arms.some((a) => a.requests) ? h("div", { class: "charts" },
+        barChart("requests per arm", e.arms.map((a) => ({ label: a.model, value: a.requests || 0 }))),
+        barChart("preferred (wins) per arm", e.arms.map((a) => ({ label: a.model, value: a.preferred || 0 })))) : null,
       canEdit ? h("p", {}, e.status === "active"
         ? h("button", { class: "danger", onclick: () => setStatus("stopped") }, "Stop")
         : h("button", { onclick: () => setStatus("active") }, "Resume")) : h("span", {})));
   };
-  try { await load(); } catch (e) { showError(e); }
+  // Live: traffic and feedback keep arriving while the experiment runs.
+  let stopped = false, timer = null;
+  const poll = async () => {
+    try { await load(); } catch (e) { showError(e); return; }
+    if (!stopped) timer = setTimeout(poll, 5000);
+  };
+  await poll();
+  return () => { stopped = true; clearTimeout(timer); };
 }

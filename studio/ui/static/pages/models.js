@@ -22,8 +22,32 @@ export async function modelsPage(main) {
       pager(offset, PAGE, rows.length > PAGE, (o) => { offset = o; load(); }));
     } catch (e) { showError(e); }
   };
-  main.append(h("h1", {}, "Models"), list);
-  await load();
+  const deployed = h("div", { id: "deployments" });
+  main.append(h("h1", {}, "Models"), list, h("div", { class: "card" }, h("h2", {}, "Deployments"), deployed));
+  await Promise.all([load(), deploymentsCard(deployed)]);
+}
+
+const dash = (v) => (v === null || v === undefined ? "—" : v);
+
+// Served base models (serve config and runtime deployments) with live figures per deployment.
+// A studio without Serve (or an older one) answers an error: said in the card, not the banner.
+async function deploymentsCard(box) {
+  try {
+    const rows = await get("/api/deployments");
+    box.replaceChildren(table([
+      { title: "Model", cell: (d) => d.name }, { title: "From", cell: (d) => dash(d.source) },
+      { title: "State", cell: (d) => badge(String(dash(d.status))) },
+      { title: "Replicas", cell: (d) => dash(d.totals?.replicas) },
+      { title: "In flight", cell: (d) => dash(d.in_flight) },
+      { title: "Running / waiting", cell: (d) => `${dash(d.totals?.running_requests)} / ${dash(d.totals?.waiting_requests)}` },
+      { title: "Memory GiB", cell: (d) => (d.totals?.memory_bytes == null ? "—" : (d.totals.memory_bytes / 2 ** 30).toFixed(2)) },
+      { title: "Tokens/s", cell: (d) => (d.totals?.tokens_per_s == null ? "—" : Number(d.totals.tokens_per_s).toFixed(1)) },
+      { title: "Adapters loaded", cell: (d) => (d.totals?.adapters_loaded || []).join(", ") || "—" },
+      { title: "Note", cell: (d) => d.message || "" },
+    ], Array.isArray(rows) ? rows : [], { empty: "No models are deployed." }));
+  } catch (e) {
+    box.replaceChildren(h("p", { class: "muted", id: "deployments-unavailable" }, e.message));
+  }
 }
 
 function metricsText(metrics) {

@@ -1,0 +1,63 @@
+"""/api/deployments: base models deployed at runtime from serving recipes, next to the serve
+config's models, with live figures per replica (memory, KV cache, running/waiting requests,
+adapters loaded, tokens/s). Deploying and evicting need an admin key: they take or free cluster
+resources. The work is ``studio.serving.lifecycle``'s; it runs off the event loop because a deploy
+waits for the engine to start (bounded by the recipe's ``deploy_timeout_s``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from studio.api.deps import AdminDep, KeyDep, SettingsDep
+from studio.errors import Unavailable
+from studio.serving import lifecycle
+from studio.serving.recipe import ServingRecipe, resolve_model_path
+
+router = APIRouter(prefix="/api/deployments", tags=["serving"])
+
+
+def _router(request: Request):
+    handle = getattr(request.app.state, "router", None)
+    if handle is None:
+        raise Unavailable("this API process is not part of a running studio: models are deployed "
+                          "by the Serve application `studio up` starts",
+                          "run `studio up`, then call the API it serves")
+    return handle
+
+
+async def _load(request: Request) -> dict[str, Any]:
+    """The Router's live figures; none outside Serve (the stored rows are still listed)."""
+    handle = getattr(request.app.state, "router", None)
+    return await handle.load.remote() if handle is not None else {}
+
+
+@router.get("")
+async def list_deployments(request: Request, settings: SettingsDep, _: KeyDep) -> list[dict[str, Any]]:
+    """Every served base model (runtime-deployed and from the serve config) with live figures."""
+    return await asyncio.to_thread(lifecycle.list_deployments, settings, await _load(request))
+
+
+@router.get("/{name}")
+async def get_deployment(name: str, request: Request, settings: SettingsDep, _: KeyDep) -> dict[str, Any]:
+    return await asyncio.to_thread(lifecycle.get_deployment, settings, name, await _load(request))
+
+
+@router.post("", status_code=201)
+async def deploy(recipe: ServingRecipe, request: Request, settings: SettingsDep, key: AdminDep):
+    """Deploy a recipe; answers once the model serves (201), or with why it cannot."""
+    _router(request)
+    # A relative model path is read from STUDIO_HOME (the API has no working directory of yours).
+    recipe = resolve_model_path(recipe, settings.home_abs)
+    row = await asyncio.to_thread(lifecycle.deploy, settings, recipe, key.name)
+    return JSONResponse(row, status_code=201)
+
+
+@router.delete("/{name}")
+async def evict(name: str, request: Request, settings: SettingsDep, key: AdminDep) -> dict[str, Any]:
+    """Stop serving a runtime-deployed model: new requests get 404, those in flight finish."""
+    _router(request)
+    return await asyncio.to_thread(lifecycle.evict, settings, name, f"evicted by {key.name}")

@@ -1,0 +1,80 @@
+"""``studio serve``: deploy, list and evict base models at runtime on the running studio (this
+process joins its Ray cluster, like ``studio up``; the API offers the same at /api/deployments)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from studio.cli.common import console, settings_with_db
+
+app = typer.Typer(help="Serving recipes: deploy, list and evict base models at runtime.",
+                  no_args_is_help=True)
+
+
+@app.command("deploy")
+def deploy(
+    recipe: Path = typer.Argument(..., help="Serving recipe YAML, e.g. configs/serve/models/tiny2.yaml."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. "
+                                          "deployment.num_replicas=2 name=tiny3"),
+) -> None:
+    """Deploy a base model next to the ones served; waits until it answers (or says why not)."""
+    from studio import stack
+    from studio.recipes import load_recipe
+    from studio.serving import lifecycle
+    from studio.serving.recipe import ServingRecipe, resolve_model_path
+
+    spec = resolve_model_path(load_recipe(recipe, ServingRecipe, overrides or []), Path.cwd())
+    settings = settings_with_db()
+    stack.connect(settings)
+    with console.status(f"deploying {spec.name} …") as status:
+        row = lifecycle.deploy(settings, spec, "cli", progress=status.update)
+    console.print(f"[green]{row['name']} is serving[/] (Serve application {row['app_name']}); "
+                  f"request it as model={row['name']!r} on /v1")
+
+
+@app.command("ls")
+def ls(as_json: bool = typer.Option(False, "--json", help="Print the JSON document.")) -> None:
+    """Served base models with their status and live figures (when the studio runs)."""
+    from studio import stack
+    from studio.serving import lifecycle
+
+    settings = settings_with_db()
+    try:
+        stack.connect(settings)
+    except Exception:  # noqa: BLE001 — studio down: the rows alone
+        pass
+    entries = lifecycle.list_deployments(settings)
+    if as_json:
+        console.print_json(json.dumps(entries))
+        return
+    table = Table("name", "source", "status", "replicas", "memory", "running", "waiting",
+                  "tokens/s", "adapters", "message")
+    for e in entries:
+        t = e["totals"]
+        mem = f"{t['memory_bytes'] / 2**30:.2f} GiB" if t["memory_bytes"] is not None else "-"
+        rate = f"{t['tokens_per_s']:.1f}" if t["tokens_per_s"] is not None else "-"
+        table.add_row(e["name"], e["source"], e["status"], str(t["replicas"]), mem,
+                      _num(t["running_requests"]), _num(t["waiting_requests"]), rate,
+                      ", ".join(t["adapters_loaded"]) or "-", (e.get("message") or "")[:60])
+    console.print(table)
+
+
+def _num(value) -> str:
+    return "-" if value is None else str(value)
+
+
+@app.command("evict")
+def evict(name: str = typer.Argument(..., help="The model name to stop serving.")) -> None:
+    """Stop serving a runtime-deployed model; requests in flight finish, new ones get 404."""
+    from studio import stack
+    from studio.serving import lifecycle
+
+    settings = settings_with_db()
+    stack.connect(settings)
+    with console.status(f"evicting {name} (requests in flight finish first) …"):
+        lifecycle.evict(settings, name, "evicted with `studio serve evict`")
+    console.print(f"{name} evicted: its name now answers 404 (not deployed)")

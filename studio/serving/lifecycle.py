@@ -1,0 +1,313 @@
+"""Deploy, list and evict base models at runtime, on the Ray cluster this process is connected to
+(the CLI after ``stack.connect``; the API from inside its Serve replica).
+
+Each runtime model is a Serve application of its own (``model-<name>``, no HTTP route) holding one
+``ModelDeployment``; the studio application's Router finds it through its ``serving_deployments``
+row. Deploying or deleting an application leaves every other application as it is, so the models
+already served keep answering while one comes or goes (docs/decisions.md, "Runtime models").
+
+* ``deploy``: checks the model path and the name, checks the cluster's free resources (evicting
+  idle runtime models first when the recipe allows it), submits the application without waiting
+  on Serve, then polls its status until every replica is healthy, Serve gives up, or
+  ``deploy_timeout_s`` passes — a failure removes the half-started application and names why.
+* ``evict``: the Router stops routing the name first (404 "not deployed"), then the application is
+  deleted; Serve's graceful shutdown lets requests in flight finish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from studio.errors import Conflict, NotFound, Unavailable
+from studio.serving.recipe import (
+    DeploymentStatus,
+    ServingRecipe,
+    claim,
+    get_row,
+    list_rows,
+    require_row,
+    row_dict,
+    set_status,
+)
+from studio.settings import StudioSettings
+from studio.stack import APP_NAME
+from studio.store.db import session_scope
+
+POLL_S = 1.0
+# A replica whose engine cannot start is retried this often before Serve marks the app failed.
+CONSTRUCTOR_RETRIES = 2
+# Requests in flight when a model is evicted get this long to finish (Serve's blocking delete
+# itself gives up after 60 s).
+GRACEFUL_SHUTDOWN_S = 30.0
+Progress = Callable[[str], None]
+
+
+def router_handle():
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():  # Serve would start a new local Ray here
+        raise Unavailable("this process is not connected to the studio's Ray cluster",
+                          "run `studio up` (or set RAY_ADDRESS) first")
+    try:
+        return serve.get_deployment_handle("Router", app_name=APP_NAME)
+    except Exception as e:  # noqa: BLE001 — Serve says "not found" in several ways
+        raise Unavailable(f"the studio application is not running on this Ray cluster ({e})",
+                          "run `studio up` first") from None
+
+
+def _router_call(method: str, *args, timeout_s: float = 30.0):
+    return getattr(router_handle(), method).remote(*args).result(timeout_s=timeout_s)
+
+
+def _served_names() -> list[str]:
+    return _router_call("bases")
+
+
+def missing_resources(need: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Resource → (needed, available) for what the cluster cannot give now."""
+    import ray
+
+    free = ray.available_resources()
+    return {k: (v, free.get(k, 0.0)) for k, v in need.items() if v > free.get(k, 0.0) + 1e-6}
+
+
+def describe_missing(missing: dict[str, tuple[float, float]]) -> str:
+    def fmt(key: str, value: float) -> str:
+        return f"{value / 2**30:.1f} GiB" if key == "memory" else f"{value:g}"
+
+    return ", ".join(f"{k}: needs {fmt(k, need)}, {fmt(k, free)} free"
+                     for k, (need, free) in missing.items())
+
+
+def deploy(settings: StudioSettings, recipe: ServingRecipe, created_by: str | None = None,
+           progress: Progress | None = None) -> dict[str, Any]:
+    """Deploy ``recipe`` as a new Serve application and wait until it serves; the row as a dict.
+    The model path is expected resolved already (``resolve_model_path``)."""
+    from ray import serve
+
+    say = progress or (lambda _: None)
+    served = _served_names()
+    with session_scope(settings.db_url) as session:
+        row = get_row(session, recipe.name)
+        if row is not None and row.status == DeploymentStatus.READY.value \
+                and row.app_name not in serve.status().applications:
+            set_status(row, DeploymentStatus.EVICTING)  # outlived its cluster (studio down/up)
+            set_status(row, DeploymentStatus.EVICTED, "its Serve application was gone")
+        live = row is not None and DeploymentStatus(row.status).is_live()
+        if recipe.name in served and not live:
+            raise Conflict(f"model {recipe.name!r} is served from the serve config's models: "
+                           "section", "choose another name, or remove it from the serve config "
+                           "and run `studio up` again")
+        claim(session, recipe, created_by)
+    try:
+        _make_room(settings, recipe, say)
+        from deployments.model import build_model_deployment, deployment_name
+
+        app = build_model_deployment(
+            recipe.deployment, name=deployment_name(recipe.name), report_to=APP_NAME,
+            max_constructor_retry_count=CONSTRUCTOR_RETRIES,
+            graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
+        say(f"submitting Serve application {recipe.app_name}")
+        serve.run_many([serve.RunTarget(target=app, name=recipe.app_name, route_prefix=None)],
+                       wait_for_ingress_deployment_creation=False,
+                       wait_for_applications_running=False)
+        _wait_running(settings, recipe, say)
+    except BaseException as e:
+        _abandon(settings, recipe, e)
+        raise
+    with session_scope(settings.db_url) as session:
+        row = require_row(session, recipe.name)
+        set_status(row, DeploymentStatus.READY)
+        session.flush()
+        result = row_dict(row)
+    _router_call("sync_deployments")
+    return result
+
+
+def _make_room(settings: StudioSettings, recipe: ServingRecipe, say: Progress) -> None:
+    need = recipe.resources_needed()
+    missing = missing_resources(need)
+    evicted: list[str] = []
+    while missing and recipe.evict_idle:
+        victim = _idle_victim(settings, recipe)
+        if victim is None:
+            break
+        say(f"evicting idle model {victim} to make room")
+        evict(settings, victim, reason=f"evicted while idle to make room for {recipe.name!r}")
+        evicted.append(victim)
+        deadline = time.monotonic() + 15  # Ray frees an actor's resources shortly after it exits
+        while (missing := missing_resources(need)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    if missing:
+        tried = f" (evicted idle {', '.join(evicted)} first)" if evicted else ""
+        hint = "" if recipe.evict_idle else ", set evict_idle: true to evict an idle model"
+        raise Unavailable(f"the cluster lacks the resources to deploy {recipe.name!r} "
+                          f"({recipe.replicas()} replica(s)): {describe_missing(missing)}{tried}",
+                          f"evict a model (`studio serve evict NAME`), lower the recipe's "
+                          f"num_replicas/num_cpus/num_gpus/memory_gib{hint}, or add nodes")
+
+
+def _idle_victim(settings: StudioSettings, recipe: ServingRecipe) -> str | None:
+    """The runtime model idle the longest (no request in flight, none for ``idle_s``)."""
+    load = _router_call("load")
+    with session_scope(settings.db_url) as session:
+        ready = [r.name for r in list_rows(session)
+                 if r.status == DeploymentStatus.READY.value and r.name != recipe.name]
+    idle = []
+    for name in ready:
+        info = load.get(name) or {}
+        idle_s = info.get("idle_s")
+        if info.get("in_flight", 0) == 0 and (idle_s is None or idle_s >= recipe.idle_s):
+            idle.append((float("inf") if idle_s is None else idle_s, name))
+    return max(idle)[1] if idle else None
+
+
+def _wait_running(settings: StudioSettings, recipe: ServingRecipe, say: Progress) -> None:
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + recipe.deploy_timeout_s
+    said = None
+    while True:
+        app = serve.status().applications.get(recipe.app_name)
+        status = app.status if app else ApplicationStatus.NOT_STARTED
+        if status == ApplicationStatus.RUNNING:
+            return
+        detail = _status_detail(app)
+        if status in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
+            raise Unavailable(f"model {recipe.name!r} failed to start: {detail or status.value}",
+                              "fix the recipe (see the replica logs in the Ray dashboard) and "
+                              "deploy again")
+        with session_scope(settings.db_url) as session:
+            row = get_row(session, recipe.name)
+            if row is None or row.status != DeploymentStatus.DEPLOYING.value:
+                raise Conflict(f"model {recipe.name!r} was evicted while it was deploying")
+        if time.monotonic() > deadline:
+            raise Unavailable(f"model {recipe.name!r} did not become ready within "
+                              f"{recipe.deploy_timeout_s:g} s: {detail or status.value}",
+                              "free resources, or raise deploy_timeout_s if the model loads "
+                              "slowly")
+        if status.value != said:
+            say(f"{recipe.app_name}: {status.value.lower()}")
+            said = status.value
+        time.sleep(POLL_S)
+
+
+def _status_detail(app) -> str:
+    if app is None:
+        return ""
+    parts = [app.message] if app.message else []
+    parts += [d.message for d in app.deployments.values() if d.message]
+    return "; ".join(parts)[:2000]
+
+
+def _abandon(settings: StudioSettings, recipe: ServingRecipe, error: BaseException) -> None:
+    """After a failed deploy: remove the half-started application, record why."""
+    from ray import serve
+
+    try:
+        serve.delete(recipe.app_name, _blocking=True)
+    except Exception:  # noqa: BLE001 — nothing was started
+        pass
+    problem = getattr(error, "problem", None) or str(error) or type(error).__name__
+    with session_scope(settings.db_url) as session:
+        row = get_row(session, recipe.name)
+        if row is not None and row.status == DeploymentStatus.DEPLOYING.value:
+            set_status(row, DeploymentStatus.FAILED, problem[:4000])
+    try:
+        _router_call("sync_deployments")  # the name now answers 404 "not deployed (why)"
+    except Exception:  # noqa: BLE001 — the Router reads it within a second anyway
+        pass
+
+
+def evict(settings: StudioSettings, name: str, reason: str | None = None) -> dict[str, Any]:
+    """Stop serving ``name`` and delete its application; requests in flight finish first."""
+    from ray import serve
+
+    with session_scope(settings.db_url) as session:
+        row = get_row(session, name)
+        if row is None:
+            if name in _served_names():
+                raise Conflict(f"model {name!r} is served from the serve config's models: section",
+                               "remove it there and run `studio up` again")
+            raise NotFound(f"model {name!r} is not deployed",
+                           "see `studio serve ls` (GET /api/deployments) for the deployments")
+        status = DeploymentStatus(row.status)
+        if status in (DeploymentStatus.EVICTED, DeploymentStatus.EVICTING):
+            raise NotFound(f"model {name!r} is not deployed (status {status.value})",
+                           "see `studio serve ls` for the deployments")
+        app = row.app_name
+        if status == DeploymentStatus.FAILED:
+            set_status(row, DeploymentStatus.EVICTED, row.message)
+            session.flush()
+            return row_dict(row)
+        set_status(row, DeploymentStatus.EVICTING, reason)
+    _router_call("sync_deployments")  # new requests for the name now answer 404 "not deployed"
+    try:
+        serve.delete(app, _blocking=True)
+    except TimeoutError:  # still shutting down: Serve finishes it, the name is already gone
+        pass
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    with session_scope(settings.db_url) as session:
+        row = require_row(session, name)
+        set_status(row, DeploymentStatus.EVICTED, reason or f"evicted at {when}")
+        session.flush()
+        result = row_dict(row)
+    _router_call("sync_deployments")
+    return result
+
+
+def describe(rows: list[dict[str, Any]], load: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runtime rows and the serve config's models, each with its live figures from the Router
+    (``Router.load``): requests in flight, idle time, per-replica memory, KV cache, running and
+    waiting requests, adapters loaded, tokens/s, and their totals."""
+    out = []
+    runtime = {r["name"] for r in rows}
+    static = [{"name": n, "source": "config", "status": DeploymentStatus.READY.value}
+              for n in load if n not in runtime]
+    for entry in static + rows:
+        info = load.get(entry["name"]) if entry["status"] == DeploymentStatus.READY.value else None
+        replicas = (info or {}).get("replicas", [])
+        out.append({**entry, "in_flight": (info or {}).get("in_flight", 0),
+                    "idle_s": (info or {}).get("idle_s"), "replicas": replicas,
+                    "totals": _totals(replicas)})
+    return out
+
+
+def _totals(replicas: list[dict[str, Any]]) -> dict[str, Any]:
+    def total(key: str):
+        values = [r[key] for r in replicas if r.get(key) is not None]
+        return sum(values) if values else None
+
+    return {"replicas": len(replicas), "memory_bytes": total("memory_bytes"),
+            "running_requests": total("running_requests"),
+            "waiting_requests": total("waiting_requests"),
+            "tokens_per_s": total("tokens_per_s"),
+            "adapters_loaded": sorted({a for r in replicas for a in r.get("adapters_loaded", [])})}
+
+
+def list_deployments(settings: StudioSettings, load: dict[str, dict[str, Any]] | None = None
+                     ) -> list[dict[str, Any]]:
+    """Every deployment with live figures; ``load`` from the Router (fetched here when None and
+    the studio runs; without it, the rows alone)."""
+    if load is None:
+        try:
+            load = _router_call("load", timeout_s=10)
+        except Exception:  # noqa: BLE001 — the studio is down or unreachable: rows only
+            load = {}
+    with session_scope(settings.db_url) as session:
+        rows = [row_dict(r) for r in list_rows(session)]
+    return describe(rows, load)
+
+
+def get_deployment(settings: StudioSettings, name: str,
+                   load: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    for entry in list_deployments(settings, load):
+        if entry["name"] == name:
+            return entry
+    raise NotFound(f"model {name!r} is not deployed",
+                   "see `studio serve ls` (GET /api/deployments) for the deployments")

@@ -1,0 +1,294 @@
+"""Runtime model lifecycle (studio.serving): serving recipes, their states and rows, the live
+figures per replica, and — slow, on one real stack — a second tiny base model deployed at runtime
+through ``POST /api/deployments``, served next to the first with no failed request to the first
+while it comes and goes, then evicted (its name answers 404 "not deployed"), plus the bad inputs:
+a model path that does not exist, a name deployed twice, a deploy the cluster cannot hold, and an
+eviction with a request in flight."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.serving_metrics import ServingMetrics
+from studio.errors import Conflict, StudioError
+from studio.serving.lifecycle import describe
+from studio.serving.recipe import (
+    DeploymentStatus,
+    ServingRecipe,
+    claim,
+    get_row,
+    resolve_model_path,
+    set_status,
+)
+from studio.store.db import session_scope
+
+CHAT = [{"role": "user", "content": "reverse: 1 2 3"}]
+
+
+def _recipe(model: str, name: str = "tiny2", **deployment) -> dict:
+    return {"name": name, "deployment": {
+        "engine": {"model": model, "dtype": "float32", "max_model_len": 512,
+                   "kv_cache_space_gib": 1, "max_loras": 2, "seed": 0},
+        "num_cpus": 0.5, **deployment}}
+
+
+# ---- recipes, rows, figures (no Ray) ---------------------------------------------------------------
+def test_recipe_serves_its_name_and_sums_the_resources_it_needs(tmp_path):
+    r = ServingRecipe.model_validate(_recipe("org/model", num_gpus=0, memory_gib=3,
+                                             autoscaling={"min_replicas": 2, "max_replicas": 4},
+                                             resources={"serving": 1}))
+    assert r.deployment.engine.name == "tiny2" and r.app_name == "model-tiny2"
+    assert r.resources_needed() == {"CPU": 1.0, "memory": 6 * 2**30, "serving": 2}
+    with pytest.raises(ValueError, match="differs from name"):
+        ServingRecipe.model_validate({**_recipe("org/model"), "deployment": {
+            "engine": {"model": "org/model", "served_model_name": "other"}}})
+    with pytest.raises(ValueError, match="not a valid model name"):
+        ServingRecipe.model_validate(_recipe("org/model", name="a b/c"))
+
+
+def test_model_paths_must_exist_and_hold_a_model(tmp_path, tiny_model_dir):
+    with pytest.raises(StudioError, match="model path '/no/such/dir' does not exist"):
+        resolve_model_path(ServingRecipe.model_validate(_recipe("/no/such/dir")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StudioError, match="not a model directory"):
+        resolve_model_path(ServingRecipe.model_validate(_recipe(str(tmp_path / "empty"))))
+    rel = os.path.relpath(tiny_model_dir, tiny_model_dir.parent.parent)
+    got = resolve_model_path(ServingRecipe.model_validate(_recipe(rel)), tiny_model_dir.parent.parent)
+    assert got.deployment.engine.model == str(tiny_model_dir.resolve())
+    hub = ServingRecipe.model_validate(_recipe("org/model"))
+    assert resolve_model_path(hub) == hub
+
+
+def test_a_live_name_cannot_be_claimed_twice_and_states_follow_the_table(settings):
+    recipe = ServingRecipe.model_validate(_recipe("org/model"))
+    with session_scope(settings.db_url) as s:
+        row = claim(s, recipe, "root")
+        assert row.status == "deploying"
+        with pytest.raises(Conflict, match="already deployed"):
+            claim(s, recipe, "root")
+        with pytest.raises(Conflict, match="from deploying to evicted"):
+            set_status(row, DeploymentStatus.EVICTED)
+        set_status(row, DeploymentStatus.FAILED, "no room")
+        claim(s, recipe, "again")  # a failed name can be deployed again
+        assert get_row(s, "tiny2").status == "deploying" and get_row(s, "tiny2").message is None
+
+
+def test_replica_figures_give_tokens_per_second_totals_and_gauges():
+    m = ServingMetrics()
+    stats = {"memory_bytes": 3 * 2**30, "memory_kind": "rss", "kv_cache_usage": 0.25,
+             "running_requests": 2, "waiting_requests": 1, "generated_tokens_total": 100,
+             "adapters": {"loaded": ["rev@1-7"]}}
+    m.report_stats("tiny", "r1", stats)
+    time.sleep(0.2)
+    m.report_stats("tiny", "r1", {**stats, "generated_tokens_total": 150})
+    (row,) = m.replica_stats()["tiny"]
+    assert row["tokens_per_s"] > 0 and row["adapters_loaded"] == ["rev@1"]
+    text = m.render()
+    assert 'studio_replica_memory_bytes{kind="rss",model="tiny",replica="r1"}' in text
+    assert 'studio_replica_kv_cache_usage{model="tiny",replica="r1"} 0.25' in text
+    load = {"tiny": {"in_flight": 0, "idle_s": 1.0, "replicas": m.replica_stats()["tiny"]}}
+    (entry,) = describe([], load)
+    assert entry["source"] == "config" and entry["totals"]["memory_bytes"] == 3 * 2**30
+    assert entry["totals"]["running_requests"] == 2 and entry["totals"]["adapters_loaded"] == ["rev@1"]
+    m.drop_model("tiny")
+    assert m.replica_stats() == {} and "studio_replica_memory_bytes{" not in m.render()
+
+
+def test_cli_deploy_of_a_missing_model_path_fails_before_touching_anything(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: ghost\ndeployment:\n  engine:\n    model: ./nowhere/model\n")
+    env = {**os.environ, "STUDIO_HOME": str(tmp_path / "home")}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run([str(Path(sys.executable).with_name("studio")), "serve", "deploy",
+                        str(recipe)], env=env, capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 1
+    assert "model path './nowhere/model' does not exist" in r.stderr and "fix:" in r.stderr
+
+
+# ---- live: one stack, a second base model deployed and evicted --------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_model_dir, tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+    from studio.keys import create_key
+    from studio.models.tiny import TinyModelSpec, make_tiny
+    from studio.settings import StudioSettings
+    from studio.store.db import init_db
+
+    home = tmp_path_factory.mktemp("studio-home")
+    second = make_tiny(tmp_path_factory.mktemp("tiny2") / "model", TinyModelSpec(seed=1))
+    saved = {k: os.environ.get(k) for k in ("STUDIO_HOME", "STUDIO_DATABASE_URL")}
+    os.environ["STUDIO_HOME"] = str(home)
+    os.environ.pop("STUDIO_DATABASE_URL", None)
+    settings = StudioSettings()
+    init_db(settings.db_url)
+    with session_scope(settings.db_url) as session:
+        key, _ = create_key(session, "lifecycle-test", "admin")
+    port = _free_port()
+    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = {"scheduler": {"enabled": False}, "gateway": {"enabled": False}, "models": [{
+            "engine": {"model": str(tiny_model_dir), "served_model_name": "tiny",
+                       "dtype": "float32", "max_model_len": 256, "kv_cache_space_gib": 1,
+                       "max_loras": 2, "seed": 0},
+            "num_cpus": 0.5}]}
+        started = time.perf_counter()
+        serve.run(build_app(args), name="studio", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        print(f"studio with the tiny model ready in {time.perf_counter() - started:.1f} s")
+        yield {"url": url, "http": http, "second": str(second), "settings": settings}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _chat(http: httpx.Client, model: str, max_tokens: int = 4) -> httpx.Response:
+    return http.post("/v1/chat/completions", json={
+        "model": model, "messages": CHAT, "max_tokens": max_tokens, "temperature": 0,
+        # The untrained tiny model answers special tokens only: kept, the text is not empty.
+        "ignore_eos": True, "skip_special_tokens": False}, timeout=120)
+
+
+class _Client(threading.Thread):
+    """Asks the first model over and over; keeps every status that was not 200."""
+
+    def __init__(self, url: str, headers: dict[str, str]):
+        super().__init__(daemon=True)
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=120)
+        self.stop, self.ok, self.failed = threading.Event(), 0, []
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                r = _chat(self.http, "tiny")
+                if r.status_code == 200 and r.json()["choices"][0]["message"]["content"]:
+                    self.ok += 1
+                else:
+                    self.failed.append((r.status_code, r.text[:200]))
+            except httpx.HTTPError as e:
+                self.failed.append(("exception", repr(e)))
+            time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_second_base_model_deployed_served_and_evicted_without_disturbing_the_first(stack):
+    http, second = stack["http"], stack["second"]
+    loop = _Client(stack["url"], dict(http.headers))
+    loop.start()
+    try:
+        # Bad input first: each is refused with why, and nothing else is disturbed.
+        r = http.post("/api/deployments", json=_recipe("/no/such/model"))
+        assert r.status_code == 400 and "does not exist" in r.json()["detail"], r.text
+        r = http.post("/api/deployments", json=_recipe(second, name="tiny"))
+        assert r.status_code == 409 and "serve config" in r.json()["detail"], r.text
+        r = http.post("/api/deployments", json=_recipe(second, name="huge", memory_gib=100000))
+        assert r.status_code == 503, r.text
+        assert re.search(r"memory: needs 100000\.0 GiB", r.json()["detail"]), r.text
+        assert "evict_idle" in r.json()["fix"]
+        r = _chat(http, "huge")
+        assert r.status_code == 404 and "not deployed" in r.json()["error"]["message"]
+
+        r = http.post("/api/deployments", json=_recipe(second))
+        assert r.status_code == 201, r.text
+        assert r.json()["status"] == "ready" and r.json()["recipe"]["deployment"]["engine"][
+            "model"] == second
+        r = http.post("/api/deployments", json=_recipe(second))
+        assert r.status_code == 409 and "already deployed" in r.json()["detail"]
+
+        answer = _chat(http, "tiny2", max_tokens=8)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"]
+        assert answer.headers["x-studio-model-version"] == "tiny2"
+        served = [m["id"] for m in http.get("/v1/models").json()["data"]]
+        assert "tiny" in served and "tiny2" in served
+
+        # Live figures per replica: memory, KV cache, requests, adapters, tokens/s.
+        deadline = time.monotonic() + 60
+        while True:
+            _chat(http, "tiny2", max_tokens=16)
+            entries = {e["name"]: e for e in http.get("/api/deployments").json()}
+            replicas = entries["tiny2"]["replicas"]
+            if replicas and replicas[0]["tokens_per_s"] is not None and entries["tiny"]["replicas"]:
+                break
+            assert time.monotonic() < deadline, entries
+            time.sleep(1)
+        rep = replicas[0]
+        assert rep["memory_kind"] == "rss" and rep["memory_bytes"] > 2**28
+        assert 0 <= rep["kv_cache_usage"] <= 1 and rep["running_requests"] >= 0
+        assert rep["waiting_requests"] >= 0 and rep["adapters_loaded"] == []
+        assert entries["tiny2"]["source"] == "runtime" and entries["tiny"]["source"] == "config"
+        assert entries["tiny2"]["totals"]["memory_bytes"] == rep["memory_bytes"]
+        assert http.get("/api/deployments/tiny2").json()["status"] == "ready"
+        metrics = http.get("/metrics").text
+        assert re.search(r'studio_replica_memory_bytes\{kind="rss",model="tiny2",replica="[^"]+"\} '
+                         r'[0-9.e+]+', metrics)
+        assert 'studio_replica_tokens_per_second{model="tiny2"' in metrics
+
+        # Evict while a long request is in flight: it finishes, or gets a clean 503.
+        outcome = {}
+
+        def long_request():
+            r = _chat(httpx.Client(base_url=stack["url"], headers=dict(http.headers)), "tiny2",
+                      max_tokens=400)
+            outcome["status"] = r.status_code
+            outcome["tokens"] = r.json().get("usage", {}).get("completion_tokens")
+
+        inflight = threading.Thread(target=long_request)
+        inflight.start()
+        time.sleep(0.3)
+        r = http.delete("/api/deployments/tiny2")
+        assert r.status_code == 200 and r.json()["status"] == "evicted", r.text
+        inflight.join(120)
+        assert outcome["status"] in (200, 503), outcome
+        if outcome["status"] == 200:
+            assert outcome["tokens"] == 400
+        r = _chat(http, "tiny2")
+        assert r.status_code == 404, r.text
+        assert "`tiny2` is not deployed" in r.json()["error"]["message"]
+        assert http.delete("/api/deployments/tiny2").status_code == 404
+        entries = {e["name"]: e for e in http.get("/api/deployments").json()}
+        assert entries["tiny2"]["status"] == "evicted" and entries["tiny2"]["replicas"] == []
+        assert entries["huge"]["status"] == "failed"
+        assert "tiny2" not in [m["id"] for m in http.get("/v1/models").json()["data"]]
+    finally:
+        loop.stop.set()
+        loop.join(180)
+    assert loop.failed == [], loop.failed[:5]
+    assert loop.ok >= 10
+    print(f"first model answered {loop.ok} requests during the change, none failed; the request "
+          f"in flight at eviction: {outcome}")
