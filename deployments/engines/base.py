@@ -68,6 +68,12 @@ class EngineConfig(Spec):
     )
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one replica shards over.")
     seed: int = Field(default=0, description="Sampling seed of the engine.")
+    stream_interval: int = Field(
+        default=1, ge=1, description="Tokens per streamed chunk after the first (vLLM's "
+        "stream_interval; the first token is always sent at once). Each chunk crosses the "
+        "Serve hops (model replica → Router → ingress) as one message, so on a small CPU "
+        "machine 4-8 cuts that overhead several-fold; 1 streams token by token."
+    )
     chat_template: str | None = Field(
         default=None, description="Chat template (a Jinja file path or the template itself) "
         "replacing the model's own; for tools it must render the request's `tools`."
@@ -80,6 +86,12 @@ class EngineConfig(Spec):
     enable_auto_tool_choice: bool = Field(
         default=False, description="Let the model decide to call a tool (`tool_choice: auto`, "
         "the default when a request has tools); needs tool_call_parser."
+    )
+    tool_strict_level: Literal["auto", "function", "parameter"] = Field(
+        default="auto", description="How tightly vLLM guides tool calls: auto (the call's "
+        "envelope when tool_choice forces a call; arguments pinned to their schema only for "
+        "tools sent with `strict: true`), function (the envelope for every request with tools), "
+        "parameter (also every tool's arguments, as if all were strict)."
     )
     structured_outputs_backend: Literal[
         "auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer", "none"] = Field(

@@ -72,6 +72,7 @@ class VLLMEngine:
             gpu_memory_utilization=c.gpu_memory_utilization,
             tensor_parallel_size=c.tensor_parallel_size,
             seed=c.seed,
+            stream_interval=c.stream_interval,
             structured_outputs_config=StructuredOutputsConfig(
                 backend=backend, disable_any_whitespace=c.structured_outputs_compact),
         )
@@ -90,7 +91,8 @@ class VLLMEngine:
                               + ", ".join(sorted(ToolParserManager.list_registered())))
         return argparse.Namespace(**(vars(FrontendArgs()) | vars(engine_args) | {
             "chat_template": c.chat_template, "tool_call_parser": parser,
-            "enable_auto_tool_choice": c.enable_auto_tool_choice}))
+            "enable_auto_tool_choice": c.enable_auto_tool_choice,
+            "tool_strict_level": c.tool_strict_level}))
 
     async def start(self) -> None:
         if self._client is not None:

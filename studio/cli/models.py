@@ -80,6 +80,8 @@ def show(ref: str = typer.Argument(..., help="name (its champion, else newest) o
         console.print(f"dataset snapshot {data['snapshot_id'][:12]} · {data['kind']} · {data['rows']} rows")
     if job:
         console.print(f"job {job['id']} · {job['status']} · {job['attempts']} attempt(s) · by {job['submitted_by']}")
+    if info.get("init_adapter"):
+        console.print(f"started from adapter {info['init_adapter']}", highlight=False)
     if m["mlflow_run_id"]:
         console.print(f"mlflow run {m['mlflow_run_id']}")
 

@@ -180,8 +180,8 @@ def stack(tiny_model_dir, tmp_path_factory):
 def _chat(http: httpx.Client, model: str, max_tokens: int = 4) -> httpx.Response:
     return http.post("/v1/chat/completions", json={
         "model": model, "messages": CHAT, "max_tokens": max_tokens, "temperature": 0,
-        # The untrained tiny model answers special tokens only: kept, the text is not empty.
-        "ignore_eos": True, "skip_special_tokens": False}, timeout=120)
+        # The untrained tiny model's text may be empty: judge by the tokens it generated.
+        "ignore_eos": True}, timeout=120)
 
 
 class _Client(threading.Thread):
@@ -196,7 +196,7 @@ class _Client(threading.Thread):
         while not self.stop.is_set():
             try:
                 r = _chat(self.http, "tiny")
-                if r.status_code == 200 and r.json()["choices"][0]["message"]["content"]:
+                if r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4:
                     self.ok += 1
                 else:
                     self.failed.append((r.status_code, r.text[:200]))
@@ -232,7 +232,7 @@ def test_second_base_model_deployed_served_and_evicted_without_disturbing_the_fi
 
         answer = _chat(http, "tiny2", max_tokens=8)
         assert answer.status_code == 200, answer.text
-        assert answer.json()["choices"][0]["message"]["content"]
+        assert answer.json()["usage"]["completion_tokens"] == 8
         assert answer.headers["x-studio-model-version"] == "tiny2"
         served = [m["id"] for m in http.get("/v1/models").json()["data"]]
         assert "tiny" in served and "tiny2" in served
