@@ -72,7 +72,7 @@ def run_eval(settings, client, dataset: str, concurrency: int, tag: str) -> dict
         "name": f"bench-{tag}", "dataset": dataset, "models": ["tiny", "bench-adapter@1"],
         "system_prompt": f"run {tag}", "generation": {"max_tokens": 16, "temperature": 0},
         "scorers": [{"type": "exact_match"}], "concurrency": concurrency})
-    eval_id = create_here(settings.db_url, spec, "bench")
+    eval_id = create_here(settings.db_url, spec, "bench", models_available=client.models)  # this gateway's names
     t = time.perf_counter()
     assert run_job(settings, eval_id, client=client) == 0, f"eval {eval_id} failed"
     wall = time.perf_counter() - t

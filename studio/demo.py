@@ -61,7 +61,8 @@ class Profile:
     eval_limit: int = 100  # test rows each eval scores
     sft_overrides: tuple[str, ...] = ()
     ab_prompts: int = 24  # distinct prompts sent through the experiment alias ...
-    ab_repeats: int = 4  # ... each this many times (both arms answer most prompts)
+    ab_repeats: int = 3  # ... each this many times greedily (both arms answer most prompts) ...
+    ab_sampled: int = 2  # ... and this many times sampled at temperature 1
     dpo_overrides: tuple[str, ...] = ("hyper.max_steps=8", "hyper.batch_size=8", "hyper.logging_steps=2",
                                       "hyper.learning_rate=0.0002")
     min_adapter_em: float = 0.9
@@ -70,7 +71,7 @@ class Profile:
 
 PROFILES = {
     "full": Profile(),
-    "small": Profile(n_test=60, eval_limit=40, ab_prompts=12, ab_repeats=4,
+    "small": Profile(n_test=60, eval_limit=40, ab_prompts=12,
                      dpo_overrides=("hyper.max_steps=4", "hyper.batch_size=8", "hyper.logging_steps=2",
                                     "hyper.learning_rate=0.0002")),
 }
@@ -340,21 +341,25 @@ class Demo:
                 (self.settings.home_abs / "demo-data" / "reverse_test.jsonl").read_text().splitlines()]
         rows = rows[-self.p.ab_prompts:]  # away from the rows the evals score first
 
-        def ask(row: dict[str, str]) -> tuple[str, bool, str]:
-            # Sampled, like real traffic: the untrained base then answers with (wrong) text instead of
-            # an empty string (its greedy answer is usually an immediate end of text), and a wrong
-            # answer is only a preference pair's "rejected" side when it has text.
+        def ask(job: tuple[dict[str, str], float]) -> tuple[str, bool, str]:
+            # Greedy and sampled traffic: greedily the adapter is right and the untrained base mostly
+            # answers nothing (an immediate end of text); sampled at temperature 1 both answer wrong
+            # text. A preference pair needs text on both sides: right (greedy) vs wrong (sampled).
+            row, temperature = job
             r = client.chat.completions.with_raw_response.create(
-                model=ALIAS, temperature=1.0, max_tokens=16, messages=[{"role": "user", "content": row["prompt"]}])
+                model=ALIAS, temperature=temperature, max_tokens=16,
+                messages=[{"role": "user", "content": row["prompt"]}])
             c = r.parse()
             return c.id, c.choices[0].message.content.strip() == row["completion"], r.headers.get("x-studio-arm", "?")
 
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(ask, [r for r in rows for _ in range(self.p.ab_repeats)]))
+            answers = list(pool.map(ask, [(r, t) for r in rows for t in
+                                          [0.0] * self.p.ab_repeats + [1.0] * self.p.ab_sampled]))
         per_arm: dict[str, list[bool]] = {}
         for _, ok, arm in answers:
             per_arm.setdefault(arm, []).append(ok)
-        console.print(f"  {len(answers)} requests through the alias with the openai client: "
+        console.print(f"  {len(answers)} requests through the alias with the openai client "
+                      f"({self.p.ab_repeats} greedy + {self.p.ab_sampled} sampled per prompt): "
                       + ", ".join(f"{arm} {len(v)} ({sum(v)} correct)" for arm, v in sorted(per_arm.items())),
                       highlight=False)
         if len(per_arm) < 2:

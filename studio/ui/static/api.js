@@ -34,8 +34,8 @@ async function errorOf(resp) {
   return new ApiError(resp.status, `${resp.status} ${resp.statusText || "error"} from ${resp.url}`);
 }
 
-export async function request(path, { method = "GET", json, form, raw = false, signal } = {}) {
-  const init = { method, headers: headers(), signal };
+export async function request(path, { method = "GET", json, form, raw = false, signal, extraHeaders = {} } = {}) {
+  const init = { method, headers: headers(extraHeaders), signal };
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);

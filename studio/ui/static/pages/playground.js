@@ -1,5 +1,6 @@
-// Playground: one prompt to 2–4 served models side by side over /v1 (the same OpenAI-compatible
-// endpoint clients use), streamed, with sampling settings and per-answer latency and tokens.
+// Playground: one prompt to 2–4 served models side by side through the gateway
+// (/gateway/v1, tagged service "playground" so its calls show in usage), streamed, with sampling
+// settings and per-answer latency and tokens.
 import { get, post, readSSE, request } from "../api.js";
 import { banner, field, h, showError } from "../dom.js";
 
@@ -40,7 +41,8 @@ async function ask(card, messages, sampling, signal) {
   const t0 = performance.now();
   let first = null, chunks = 0, usage = null, version = null;
   try {
-    const resp = await request("/v1/chat/completions", { method: "POST", raw: true, signal,
+    const resp = await request("/gateway/v1/chat/completions", { method: "POST", raw: true, signal,
+      extraHeaders: { "x-studio-service": "playground" },
       json: { model: card.select.value, messages, stream: true, stream_options: { include_usage: true }, ...sampling } });
     version = resp.headers.get("x-studio-model-version");
     await readSSE(resp, (_event, data) => {
