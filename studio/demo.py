@@ -132,8 +132,9 @@ class Demo:
         t0 = time.monotonic()
         try:
             out = fn()
-        except Exception:
-            console.print(f"[red]✗ step {n} failed[/] after {time.monotonic() - t0:.1f} s: {title}")
+        except Exception as e:  # said here too: with --exit, stopping the stack comes before the CLI's report
+            console.print(f"[red]✗ step {n} failed[/] after {time.monotonic() - t0:.1f} s: {title}\n  {e}",
+                          highlight=False)
             raise
         took = time.monotonic() - t0
         self.result.step_seconds[f"{n}. {title}"] = round(took, 1)
@@ -330,13 +331,21 @@ class Demo:
         self.call("POST", "/api/experiments", json={
             "alias": ALIAS, "arms": [{"model": "tiny", "weight": 0.5}, {"model": ref, "weight": 0.5}]})
         console.print(f"  experiment {ALIAS!r}: tiny 50% / {ref} 50%", highlight=False)
-        deadline = time.monotonic() + 30  # the Router reads experiments through a ~1 s cache
-        while ALIAS not in [m["id"] for m in self.call("GET", "/v1/models")["data"]]:
-            if time.monotonic() > deadline:
-                raise DemoError(f"/v1/models does not list {ALIAS!r} 30 s after it was created",
-                                "see the Router's logs in the Ray dashboard (Serve)")
-            time.sleep(0.5)
         client = OpenAI(base_url=f"{self.settings.base_url}/v1", api_key=self.admin_key, max_retries=0)
+        # The Router reads experiments through a short cache (per replica): wait until the alias answers.
+        import openai
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.chat.completions.create(model=ALIAS, max_tokens=1,
+                                               messages=[{"role": "user", "content": "reverse: 1"}])
+                break
+            except openai.NotFoundError as e:
+                if time.monotonic() > deadline:
+                    raise DemoError(f"/v1 does not know {ALIAS!r} 30 s after it was created: {e}",
+                                    "see the Router's logs in the Ray dashboard (Serve)") from e
+                time.sleep(0.5)
         rows = [json.loads(x) for x in
                 (self.settings.home_abs / "demo-data" / "reverse_test.jsonl").read_text().splitlines()]
         rows = rows[-self.p.ab_prompts:]  # away from the rows the evals score first
@@ -474,6 +483,10 @@ def run_demo(exit_at_end: bool = False, profile: str = "full",
         if demo.api is not None:
             demo.api.close()
         if exit_at_end:
+            import ray
+
+            if ray.is_initialized():  # detach before the head goes, or Ray aborts this process later
+                ray.shutdown()
             stack.down(settings)
 
 
