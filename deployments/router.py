@@ -106,12 +106,15 @@ class Router:
 
     # ---- runtime deployments -----------------------------------------------------------------
     def _rebuild_names(self) -> None:
+        # Built aside and swapped in whole: _lookup reads _aliases from worker threads, and a
+        # half-built dict made registry versions of a served base answer 404 for a moment.
         bases = {**self._runtime, **self._static}
-        self._handles: dict[str, DeploymentHandle] = {k: v["handle"] for k, v in bases.items()}
-        self._aliases: dict[str, str] = {}
+        aliases: dict[str, str] = {}
         for base, info in bases.items():
-            self._aliases[base] = base
-            self._aliases[normalize_base(info.get("model") or base)] = base
+            aliases[base] = base
+            aliases[normalize_base(info.get("model") or base)] = base
+        self._aliases = aliases
+        self._handles: dict[str, DeploymentHandle] = {k: v["handle"] for k, v in bases.items()}
 
     def _deployment_rows(self) -> list[tuple[str, str, str, str, str | None]]:
         from studio.serving.recipe import list_rows

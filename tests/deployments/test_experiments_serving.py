@@ -265,8 +265,14 @@ def test_ab_alias_splits_by_weight_sticky_per_user_with_feedback_and_export(stac
     assert http.post("/api/experiments/rev-ab/stop").json()["status"] == "stopped"
 
     def stopped():
-        with pytest.raises(openai.NotFoundError, match="stopped"):
+        # An assertion, not pytest.raises: its "DID NOT RAISE" is no AssertionError, and
+        # _eventually must retry until the Router re-reads the experiments.
+        try:
             _ask(stack["client"], "rev-ab", "user-1")
+        except openai.NotFoundError as e:
+            assert "stopped" in str(e), e
+        else:
+            raise AssertionError("the stopped experiment still answered")
 
     _eventually(stopped)
 

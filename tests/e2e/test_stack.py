@@ -94,6 +94,38 @@ def test_up_again_is_idempotent_and_status_reports_up(stack):
     assert r.returncode == 0 and " up" in r.stdout
 
 
+def test_serve_deploy_ls_evict_from_the_cli(stack, tmp_path):
+    """The default `studio up` serves no model; `studio serve deploy` adds one at runtime (the
+    recipe in configs/serve/models/ with a model path override), `ls` shows it with live figures,
+    `evict` removes it and its name answers 404 "not deployed"."""
+    env, base = stack["env"], stack["base"]
+    auth = {"Authorization": f"Bearer {(stack['home'] / 'admin.key').read_text().strip()}"}
+    model = tmp_path / "tiny-cli"
+    r = run(["models", "make-tiny", "--out", str(model), "seed=2"], env)
+    assert r.returncode == 0, r.stderr
+    r = run(["serve", "deploy", str(REPO / "configs/serve/models/tiny2.yaml"), "name=tiny-cli",
+             f"deployment.engine.model={model}"], env, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "tiny-cli is serving" in r.stdout
+    chat = {"model": "tiny-cli", "messages": [{"role": "user", "content": "reverse: 1 2"}],
+            "max_tokens": 4, "temperature": 0, "ignore_eos": True}
+    answer = httpx.post(f"{base}/v1/chat/completions", json=chat, headers=auth, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["usage"]["completion_tokens"] == 4
+    r = run(["serve", "ls", "--json"], env)
+    assert r.returncode == 0, r.stderr
+    entry = {e["name"]: e for e in json.loads(r.stdout)}["tiny-cli"]
+    assert entry["status"] == "ready" and entry["source"] == "runtime", entry
+    assert entry["totals"]["replicas"] == 1 and entry["totals"]["memory_bytes"] > 2**28, entry
+    r = run(["serve", "deploy", str(REPO / "configs/serve/models/tiny2.yaml"), "name=tiny-cli",
+             f"deployment.engine.model={model}"], env)
+    assert r.returncode != 0 and "already deployed" in r.stdout + r.stderr, r.stdout + r.stderr
+    r = run(["serve", "evict", "tiny-cli"], env, timeout=300)
+    assert r.returncode == 0 and "evicted" in r.stdout, r.stdout + r.stderr
+    gone = httpx.post(f"{base}/v1/chat/completions", json=chat, headers=auth, timeout=60)
+    assert gone.status_code == 404 and "not deployed" in gone.json()["error"]["message"], gone.text
+
+
 def test_up_on_a_taken_port_says_which_and_how_to_fix(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
