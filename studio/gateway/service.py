@@ -203,31 +203,20 @@ class GatewayService:
     async def _open_stream(self, endpoint: str, body: dict):
         """(generator, first SSE chunk, Router meta, group that answers), walking the fallbacks
         until a studio model starts answering."""
-        group = body["model"]
-        chain = [group, *self.spec.fallbacks.get(group, [])]
-        failures = []
-        for name in chain:
+
+        async def start(name: str):
             entries = self._groups.get(name)
-            try:
-                if entries is not None and entries[0].provider != Provider.studio:
-                    raise UpstreamError(f"group {name!r} is an external provider; the gateway "
-                                        "streams only studio-served models", "drop `stream: true` "
-                                        "for this group", status=400, fallback_ok=False)
-                if entries is None and not self.spec.studio_models.enabled:
-                    raise self._unknown(name)
-                model = entries[0].model if entries else name
-                timeout = (entries[0].timeout_s if entries else None) or self.spec.router.timeout_s
-                return (*await self._start_studio_stream(endpoint, name, model, body, timeout),
-                        name)
-            except UpstreamError as e:
-                failures.append(f"{name}: {e.problem}")
-                if not e.fallback_ok or name == chain[-1]:
-                    if len(chain) == 1:
-                        raise
-                    raise UpstreamError("; ".join(failures), e.fix, status=e.status_code,
-                                        fallback_ok=False) from None
-                logger.warning("gateway: group %s failed (%s); falling back", name, e.problem)
-        raise AssertionError("unreachable")
+            if entries is not None and entries[0].provider != Provider.studio:
+                raise UpstreamError(f"group {name!r} is an external provider; the gateway "
+                                    "streams only studio-served models", "drop `stream: true` "
+                                    "for this group", status=400, fallback_ok=False)
+            if entries is None and not self.spec.studio_models.enabled:
+                raise self._unknown(name)
+            model = entries[0].model if entries else name
+            timeout = (entries[0].timeout_s if entries else None) or self.spec.router.timeout_s
+            return (*await self._start_studio_stream(endpoint, name, model, body, timeout), name)
+
+        return await self._with_fallbacks(body["model"], start)
 
     async def _start_studio_stream(self, endpoint: str, group: str, model: str, body: dict,
                                    timeout_s: float):
@@ -349,12 +338,17 @@ class GatewayService:
         return out, {"x-studio-cache": "miss"}
 
     async def _call_with_fallbacks(self, endpoint: str, body: dict):
-        group = body["model"]
+        return await self._with_fallbacks(
+            body["model"], lambda name: self._call_group(endpoint, name, body))
+
+    async def _with_fallbacks(self, group: str, attempt):
+        """``await attempt(name)`` for the group, then its fallbacks, until one answers; the
+        failures of every group tried are named in the error."""
         chain = [group, *self.spec.fallbacks.get(group, [])]
         failures = []
         for name in chain:
             try:
-                return await self._call_group(endpoint, name, body)
+                return await attempt(name)
             except UpstreamError as e:
                 failures.append(f"{name}: {e.problem}")
                 if not e.fallback_ok or name == chain[-1]:
