@@ -12,20 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
-import threading
-import time
 from collections import Counter
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.loopback import ServerThread
 
 
 class FakeGenerator:
@@ -36,26 +28,21 @@ class FakeGenerator:
         self.down_after: int | None = None  # go down after this many answered calls
         self.answered = 0
         self.delay_s = 0.0  # per-reply latency (benchmarks)
-        self.port = free_port()
         app = FastAPI()
         app.post("/chat/completions")(self._chat)
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._server = ServerThread(app)
+        self.port = self._server.port
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeGenerator:
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._server.stop()
 
     async def _chat(self, request: Request):
         if self.delay_s:

@@ -8,46 +8,33 @@ requests per model."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections import Counter
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.loopback import ServerThread
 
 
 class FakeProvider:
     def __init__(self):
         self.calls: Counter[str] = Counter()
         self.auth: list[str | None] = []
-        self.port = free_port()
         self.app = self._build()
-        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                     log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._server = ServerThread(self.app)
+        self.port = self._server.port
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> FakeProvider:
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._server.stop()
 
     def _build(self) -> FastAPI:
         app = FastAPI()

@@ -7,14 +7,12 @@ the gateway's logic). ``STUDIO_GATEWAY_URL`` and ``STUDIO_API_KEY`` point every 
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
+
+from tests.loopback import ServerThread
 
 
 class _Method:
@@ -54,36 +52,6 @@ class ServiceHandle:
 
     def options(self, stream: bool = False) -> ServiceHandle:
         return self
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerThread:
-    def __init__(self, app):
-        self.port = free_port()
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                     log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ServerThread:
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert self._server.started, "the loopback studio API did not start"
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
 
 
 @dataclass
