@@ -3,6 +3,9 @@ adapters on it, whose lora_B weights are randomly perturbed so each visibly chan
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,53 @@ def other_base_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     other = make_tiny(root / "model", TinyModelSpec(hidden_size=64, intermediate_size=192,
                                                       num_attention_heads=2, num_key_value_heads=2))
     return make_adapter(other, root / "adapter", seed=7)
+
+
+@contextlib.contextmanager
+def serve_studio(tmp_path_factory: pytest.TempPathFactory, args: dict, key_name: str):
+    """The studio Serve app (``build_app(args)``) on a private local Ray with its own STUDIO_HOME
+    (SQLite) and a free HTTP port; yields ``(url, admin key, settings)`` once /healthz answers."""
+    import httpx
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+    from studio.keys import create_key
+    from studio.settings import StudioSettings
+    from studio.store.db import init_db, session_scope
+    from tests.loopback import free_port
+
+    home = tmp_path_factory.mktemp("studio-home")
+    saved = {k: os.environ.get(k) for k in ("STUDIO_HOME", "STUDIO_DATABASE_URL")}
+    os.environ["STUDIO_HOME"] = str(home)
+    os.environ.pop("STUDIO_DATABASE_URL", None)
+    settings = StudioSettings()
+    init_db(settings.db_url)
+    with session_scope(settings.db_url) as session:
+        key, _ = create_key(session, key_name, "admin")
+    port = free_port()
+    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        started = time.perf_counter()
+        serve.run(build_app(args), name="studio", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        print(f"studio ready in {time.perf_counter() - started:.1f} s")
+        yield url, key, settings
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -15,9 +15,7 @@ One stack for the module (two engines start in parallel, ≈1-2 min on 2 cores).
 from __future__ import annotations
 
 import functools
-import os
 import re
-import socket
 import threading
 import time
 from collections import Counter
@@ -26,10 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-import ray
-from ray import serve
-
-from tests.deployments.conftest import make_adapter
+from tests.deployments.conftest import make_adapter, serve_studio
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
@@ -37,61 +32,18 @@ PROMPT = [{"role": "user", "content": "reverse: 1 2 3"}]
 _BASE_DIR: list[str] = []  # the stack's tiny model, for _ask's tokenizer
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stack(tiny_model_dir, tmp_path_factory):
-    from deployments.app import build_app
-    from studio.keys import create_key
-    from studio.settings import StudioSettings
-    from studio.store.db import init_db, session_scope
-
-    home = tmp_path_factory.mktemp("studio-home")
-    saved = {k: os.environ.get(k) for k in ("STUDIO_HOME", "STUDIO_DATABASE_URL")}
-    os.environ["STUDIO_HOME"] = str(home)
-    os.environ.pop("STUDIO_DATABASE_URL", None)
-    settings = StudioSettings()
-    init_db(settings.db_url)
-    with session_scope(settings.db_url) as session:
-        key, _ = create_key(session, "serving-test", "admin")
-    port = _free_port()
-    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = {"scheduler": {"enabled": False}, "models": [{
-            "engine": {"model": str(tiny_model_dir), "served_model_name": "tiny",
-                       "dtype": "float32", "max_model_len": 256, "max_loras": 2,
-                       "kv_cache_space_gib": 1, "max_num_seqs": 8, "seed": 0},
-            "num_replicas": 2, "num_cpus": 0.5}]}
-        started = time.perf_counter()
-        serve.run(build_app(args), name="studio", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{url}/healthz", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        print(f"studio with 2 tiny-model replicas ready in {time.perf_counter() - started:.1f} s")
+    args = {"scheduler": {"enabled": False}, "models": [{
+        "engine": {"model": str(tiny_model_dir), "served_model_name": "tiny",
+                   "dtype": "float32", "max_model_len": 256, "max_loras": 2,
+                   "kv_cache_space_gib": 1, "max_num_seqs": 8, "seed": 0},
+        "num_replicas": 2, "num_cpus": 0.5}]}
+    with serve_studio(tmp_path_factory, args, "serving-test") as (url, key, settings):
         _BASE_DIR[:] = [str(tiny_model_dir)]
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         yield {"url": url, "key": key, "settings": settings, "base_dir": str(tiny_model_dir),
                "http": http, "client": _client(url, key)}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _client(url: str, key: str):

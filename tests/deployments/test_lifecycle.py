@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from studio.serving.recipe import (
     set_status,
 )
 from studio.store.db import session_scope
+from tests.deployments.conftest import serve_studio
 
 CHAT = [{"role": "user", "content": "reverse: 1 2 3"}]
 
@@ -117,64 +117,21 @@ def test_cli_deploy_of_a_missing_model_path_fails_before_touching_anything(tmp_p
 
 
 # ---- live: one stack, a second base model deployed and evicted --------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def stack(tiny_model_dir, tmp_path_factory):
-    import ray
-    from ray import serve
-
-    from deployments.app import build_app
-    from studio.keys import create_key
     from studio.models.tiny import TinyModelSpec, make_tiny
-    from studio.settings import StudioSettings
-    from studio.store.db import init_db
 
-    home = tmp_path_factory.mktemp("studio-home")
     second = make_tiny(tmp_path_factory.mktemp("tiny2") / "model", TinyModelSpec(seed=1))
-    saved = {k: os.environ.get(k) for k in ("STUDIO_HOME", "STUDIO_DATABASE_URL")}
-    os.environ["STUDIO_HOME"] = str(home)
-    os.environ.pop("STUDIO_DATABASE_URL", None)
-    settings = StudioSettings()
-    init_db(settings.db_url)
-    with session_scope(settings.db_url) as session:
-        key, _ = create_key(session, "lifecycle-test", "admin")
-    port = _free_port()
-    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = {"scheduler": {"enabled": False}, "gateway": {"enabled": False}, "models": [{
-            "engine": {"model": str(tiny_model_dir), "served_model_name": "tiny",
-                       "dtype": "float32", "max_model_len": 256, "kv_cache_space_gib": 1,
-                       "max_loras": 2, "seed": 0},
-            "num_cpus": 0.5}]}
-        started = time.perf_counter()
-        serve.run(build_app(args), name="studio", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
+    args = {"scheduler": {"enabled": False}, "gateway": {"enabled": False}, "models": [{
+        "engine": {"model": str(tiny_model_dir), "served_model_name": "tiny",
+                   "dtype": "float32", "max_model_len": 256, "kv_cache_space_gib": 1,
+                   "max_loras": 2, "seed": 0},
+        "num_cpus": 0.5}]}
+    with serve_studio(tmp_path_factory, args, "lifecycle-test") as (url, key, settings):
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{url}/healthz", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        print(f"studio with the tiny model ready in {time.perf_counter() - started:.1f} s")
         yield {"url": url, "http": http, "second": str(second), "settings": settings}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _chat(http: httpx.Client, model: str, max_tokens: int = 4) -> httpx.Response:

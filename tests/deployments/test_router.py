@@ -10,85 +10,33 @@ outputs come back in OpenAI's shape and parse against their schemas.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 
 import pytest
 
-import ray
 from ray import serve
 
-from tests.deployments.conftest import make_adapter
+from tests.deployments.conftest import make_adapter, serve_studio
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
 CHAT = [{"role": "user", "content": "hello"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(port: int, timeout: float = 60) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def studio(tiny_model_dir, tmp_path_factory):
-    from deployments.app import build_app
-    from studio.keys import create_key
-    from studio.settings import StudioSettings
-    from studio.store.db import init_db, session_scope
-
-    home = tmp_path_factory.mktemp("studio-home")
-    saved = {k: os.environ.get(k) for k in ("STUDIO_HOME", "STUDIO_DATABASE_URL")}
-    os.environ["STUDIO_HOME"] = str(home)
-    os.environ.pop("STUDIO_DATABASE_URL", None)
-    settings = StudioSettings()
-    init_db(settings.db_url)
-    with session_scope(settings.db_url) as session:
-        key, _ = create_key(session, "router-test", "admin")
-    port = _free_port()
-    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = {"scheduler": {"enabled": False}, "models": [{
-            "engine": {"model": str(tiny_model_dir), "served_model_name": "tiny",
-                       "dtype": "float32", "max_model_len": 512, "max_loras": 4,
-                       "kv_cache_space_gib": 1, "seed": 0,
-                       # tools: the tiny model's template is ChatML + Hermes tool calls
-                       "tool_call_parser": "hermes", "enable_auto_tool_choice": True,
-                       "structured_outputs_compact": True},
-            "num_cpus": 0.5}]}
-        started = time.perf_counter()
-        serve.run(build_app(args), name="studio", route_prefix="/")
-        _wait_http(port)
-        print(f"studio with tiny model ready in {time.perf_counter() - started:.1f} s")
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0,
-                               timeout=60)
-        yield {"client": client, "port": port, "key": key, "settings": settings,
-               "base_dir": str(tiny_model_dir)}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    args = {"scheduler": {"enabled": False}, "models": [{
+        "engine": {"model": str(tiny_model_dir), "served_model_name": "tiny",
+                   "dtype": "float32", "max_model_len": 512, "max_loras": 4,
+                   "kv_cache_space_gib": 1, "seed": 0,
+                   # tools: the tiny model's template is ChatML + Hermes tool calls
+                   "tool_call_parser": "hermes", "enable_auto_tool_choice": True,
+                   "structured_outputs_compact": True},
+        "num_cpus": 0.5}]}
+    with serve_studio(tmp_path_factory, args, "router-test") as (url, key, settings):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+        yield {"client": client, "port": int(url.rsplit(":", 1)[1]), "key": key,
+               "settings": settings, "base_dir": str(tiny_model_dir)}
 
 
 def _chat(client, model: str, **kw):
