@@ -1,6 +1,10 @@
-"""``build_app(args)``: the Serve application. It is the ``import_path`` of
-``configs/serve/studio.yaml`` (so ``serve run configs/serve/studio.yaml`` works) and what
-``studio up`` deploys."""
+"""``build_app(args)``: the Serve application. It is the ``import_path`` of every
+``configs/serve/studio*.yaml`` (so ``serve run configs/serve/studio.yaml`` works) and what
+``studio up`` deploys.
+
+A model path may start with ``$STUDIO_HOME``; ``$STUDIO_HOME/models/tiny`` (what
+``configs/serve/studio.yaml`` serves) is built here when missing, as ``studio models make-tiny``
+builds it."""
 
 from __future__ import annotations
 
@@ -25,6 +29,10 @@ class IngressConfig(Spec):
     num_cpus: float = Field(
         default=0.1, gt=0, description="Logical CPUs each ingress replica reserves (keep it small)."
     )
+    max_ongoing_requests: int = Field(
+        default=1024, ge=1, description="HTTP requests one ingress replica handles at once "
+        "(streams included) before Serve queues them; Serve's own default of 5 would queue the "
+        "6th concurrent chat completion.")
 
 
 class SchedulerArgs(SchedulerConfig):
@@ -69,11 +77,29 @@ class AppArgs(Spec):
         return self
 
 
+HOME_VAR = ("${STUDIO_HOME}", "$STUDIO_HOME")
+
+
 def resolve_model(cfg: ModelDeploymentConfig) -> ModelDeploymentConfig:
-    """A local model path made absolute (replicas run in another cwd); hub ids stay as they are."""
-    path = Path(cfg.engine.model).expanduser()
+    """A local model path made absolute (replicas run in another cwd); hub ids stay as they are.
+    ``$STUDIO_HOME/...`` is read against this studio's home; its tiny model is built if missing."""
+    model = cfg.engine.model
+    settings = StudioSettings()
+    for var in HOME_VAR:
+        if model == var or model.startswith(var + "/"):
+            model = str(settings.home_abs) + model[len(var):]
+            break
+    path = Path(model).expanduser()
+    if not path.exists() and path.resolve() == (settings.models_dir / "tiny").resolve():
+        import logging
+
+        from studio.models.tiny import make_tiny
+
+        logging.getLogger("ray.serve").info("building the tiny model at %s (first start)", path)
+        make_tiny(path)
     if not path.exists():
-        return cfg
+        return cfg if model == cfg.engine.model else cfg.model_copy(
+            update={"engine": cfg.engine.model_copy(update={"model": model})})
     return cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"model": str(path.resolve())})})
 
 
@@ -122,5 +148,6 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     # its model deployments are deployed because the ingress is bound with their handles.
     return ApiIngress.options(
         num_replicas=cfg.ingress.num_replicas,
+        max_ongoing_requests=cfg.ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus, "runtime_env": {"env_vars": env}},
     ).bind(scheduler, router, gateway=gateway)

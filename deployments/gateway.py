@@ -3,7 +3,8 @@ ingress; ``studio.gateway.Client`` in Python). Thin: the logic is ``studio.gatew
 
 The ingress authenticates the key and hands over ``(body, ctx)`` — ``ctx`` names the key and its
 limits, the calling service, the job and its concurrency cap; the studio Router's handle comes in
-as an init argument, so studio groups reach the engines without another HTTP hop.
+as an init argument, so studio groups reach the engines without another HTTP hop (the Router
+routes; the answer streams straight from the model deployment).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ class Gateway:
         from studio.gateway.spec import load_gateway_spec
         from studio.settings import StudioSettings
 
+        from deployments.router import RouterClient
+
         settings = StudioSettings()
-        self._service = GatewayService(load_gateway_spec(spec), router, settings.db_url,
+        client = RouterClient(router) if router is not None else None
+        self._service = GatewayService(load_gateway_spec(spec), client, settings.db_url,
                                        settings.redis_url)
 
     async def chat(self, body: dict[str, Any], ctx: dict[str, Any]):

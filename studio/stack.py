@@ -27,7 +27,7 @@ from studio.settings import StudioSettings, settings_env
 
 APP_NAME = "studio"
 
-DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "serve" / "studio.yaml"
+DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "serve" / "studio_api.yaml"
 
 
 @dataclass

@@ -36,7 +36,7 @@ app.command("usage")(usage.usage)
 
 @app.command()
 def up(
-    config: Path | None = typer.Option(None, "--config", help="Serve config; default configs/serve/studio.yaml."),
+    config: Path | None = typer.Option(None, "--config", help="Serve config; default configs/serve/studio_api.yaml (no engine); configs/serve/studio.yaml also serves the tiny model."),
 ) -> None:
     """Start (or join, with RAY_ADDRESS) a local Ray head and deploy the studio on it."""
     from studio import stack

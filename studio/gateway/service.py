@@ -2,8 +2,8 @@
 
 Per request: check the key's limits and the job's concurrency cap → answer from cache if the
 request is deterministic and seen before → else walk the model group and its fallbacks: studio
-groups call the studio Router's handle directly (no HTTP hop, every sampling parameter passed
-through untouched), external groups go through ``litellm.Router`` (retries with backoff, cooldown
+groups go through ``deployments.router.RouterClient`` (no HTTP hop: the Router names the model
+deployment, which answers straight to the gateway; every sampling parameter passed through untouched), external groups go through ``litellm.Router`` (retries with backoff, cooldown
 of failing deployments, timeouts, load balancing, LiteLLM's price map) → attach
 ``studio_gateway`` (cache_hit, cost_usd, model_group, deployment, latency_ms) → queue a usage row.
 
@@ -67,8 +67,9 @@ class GatewayService:
     def __init__(self, spec: GatewaySpec, studio_router: Any | None, db_url: str,
                  redis_url: str | None = None):
         self.spec = spec
-        self.studio_router = studio_router  # the studio Router's DeploymentHandle
-        self._studio_stream = None  # its streaming variant, made on first use
+        # deployments.router.RouterClient: routes by the studio Router, answers straight from
+        # the model deployments
+        self.studio_router = studio_router
         self.store = KVStore(redis_url, spec.cache.namespace, spec.cache.max_entries)
         self.limiter = Limiter(self.store)
         self.usage = UsageWriter(db_url)
@@ -109,7 +110,7 @@ class GatewayService:
         data = [{"id": name, "object": "model", "created": now, "owned_by":
                  self._groups[name][0].provider.value} for name in sorted(self._groups)]
         if self.spec.studio_models.enabled and self.studio_router is not None:
-            listed = await self.studio_router.models.remote()
+            listed = await self.studio_router.models()
             data += [m for m in listed["data"] if m["id"] not in self._groups]
         return {"object": "list", "data": data}
 
@@ -186,7 +187,7 @@ class GatewayService:
                     break
         finally:
             if gen is not None:
-                gen.cancel()
+                await gen.aclose()
             if job_slot:
                 await self.limiter.release_job(ctx.job_id)
             latency_s = time.perf_counter() - start
@@ -224,9 +225,7 @@ class GatewayService:
             raise UpstreamError(f"group {group!r} is served by the studio Router, but this "
                                 "studio serves no models", "add a models: section to the serve "
                                 "config", status=503)
-        if self._studio_stream is None:
-            self._studio_stream = self.studio_router.options(stream=True)
-        gen = getattr(self._studio_stream, endpoint).remote({**body, "model": model})
+        gen = self.studio_router.stream(endpoint, {**body, "model": model})
 
         async def head():
             meta = await gen.__anext__()
@@ -237,16 +236,16 @@ class GatewayService:
         try:
             meta, first = await asyncio.wait_for(head(), timeout_s)
         except asyncio.TimeoutError:
-            gen.cancel()
+            await gen.aclose()
             raise UpstreamError(f"the studio model {model!r} did not start answering within "
                                 f"{timeout_s:.0f} s", "raise timeout_s or add a fallback group",
                                 status=504) from None
         except BaseException:
-            gen.cancel()
+            await gen.aclose()
             raise
         err = meta if "error" in meta else first if isinstance(first, dict) else None
         if err is not None:
-            gen.cancel()
+            await gen.aclose()
             status = (err.get("error") or {}).get("code")
             status = status if isinstance(status, int) and 400 <= status < 600 else 502
             if status == 404 and group == model and group not in self._groups:
@@ -384,10 +383,7 @@ class GatewayService:
             raise UpstreamError(f"group {group!r} is served by the studio Router, but this "
                                 "studio serves no models", "add a models: section to the serve "
                                 "config", status=503)
-        request = {**body, "model": model}
-        if self._studio_stream is None:  # one streaming handle, not a new one per call
-            self._studio_stream = self.studio_router.options(stream=True)
-        gen = getattr(self._studio_stream, endpoint).remote(request)
+        gen = self.studio_router.stream(endpoint, {**body, "model": model})
         try:
             first, item = await asyncio.wait_for(self._two(gen),
                                                  timeout_s or self.spec.router.timeout_s)
@@ -410,16 +406,16 @@ class GatewayService:
 
     @staticmethod
     async def _two(gen):
-        """(meta, body) from the studio Router's stream. Like the /v1 route, stop the stream once
+        """(meta, body) from the studio model's stream. Like the /v1 route, stop the stream once
         the whole body is in instead of waiting for its end to travel back from the engine replica:
-        the Router logs the completion in its ``finally`` either way."""
+        the completion is logged either way."""
         try:
             first = await gen.__anext__()
             if "error" in first:
                 return first, None
             return first, await gen.__anext__()
         finally:
-            gen.cancel()
+            await gen.aclose()
 
     async def _call_litellm(self, endpoint: str, name: str, body: dict):
         import litellm

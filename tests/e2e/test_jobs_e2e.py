@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     home = tmp_path_factory.mktemp("jobs-home")
-    cfg = yaml.safe_load((REPO / "configs/serve/studio.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "configs/serve/studio_api.yaml").read_text())
     args = cfg["applications"][0]["args"]
     args["scheduler"].update(entrypoint_module="tests.jobs.fake_train", retry_backoff_s=0.5,
                              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})

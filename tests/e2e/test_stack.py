@@ -170,21 +170,32 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
-def test_serve_run_with_the_config_file_starts_the_same_app(tmp_path):
+def test_serve_run_with_the_config_file_serves_the_tiny_model_and_its_adapters(tmp_path):
+    """`serve run configs/serve/studio.yaml`: the same app as `studio up`, serving the tiny model
+    (built on first start under $STUDIO_HOME) and, without a redeploy, a registered adapter."""
+    from studio.keys import create_key
+    from studio.registry.versions import register_version
+    from studio.settings import StudioSettings
+    from studio.store.db import session_scope
+    from tests.deployments.conftest import make_adapter
+
     cfg = yaml.safe_load((REPO / "configs/serve/studio.yaml").read_text())
+    assert cfg["applications"][0]["args"]["models"][0]["engine"]["model"] == "$STUDIO_HOME/models/tiny"
     port = free_port()
     cfg["http_options"]["port"] = port
     cfg_path = tmp_path / "studio.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "STUDIO_HOME": str(tmp_path / "home"), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1"}
+    home = tmp_path / "home"
+    env = {**os.environ, "STUDIO_HOME": str(home), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("STUDIO_DATABASE_URL", None)
     serve_bin = str(Path(sys.executable).with_name("serve"))
     # RAY_ADDRESS=local: a fresh local Ray of its own, never another cluster on this machine.
     proc = subprocess.Popen([serve_bin, "run", str(cfg_path)], env={**env, "RAY_ADDRESS": "local"},
                             cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 420
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
@@ -194,8 +205,40 @@ def test_serve_run_with_the_config_file_starts_the_same_app(tmp_path):
             assert proc.poll() is None, "serve run exited early"
             time.sleep(1)
         else:
-            pytest.fail("serve run did not serve /healthz in 180 s")
-        assert httpx.get(f"http://127.0.0.1:{port}/api/datasets").status_code == 401
+            pytest.fail("serve run did not serve /healthz in 420 s")
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/api/datasets").status_code == 401
+        model_dir = home / "models" / "tiny"
+        assert (model_dir / "config.json").exists(), "the tiny model was not built on first start"
+        settings = StudioSettings(home=home)
+        with session_scope(settings.db_url) as session:
+            key, _ = create_key(session, "serve-run", "admin")
+        http = httpx.Client(base_url=f"{url}/v1", headers={"Authorization": f"Bearer {key}"},
+                            timeout=120)
+        assert "tiny" in [m["id"] for m in http.get("/models").json()["data"]]
+
+        def ask(model: str) -> tuple[str, str]:
+            r = http.post("/chat/completions", json={
+                "model": model, "max_tokens": 8, "temperature": 0,
+                "messages": [{"role": "user", "content": "reverse: 1 2 3"}]})
+            assert r.status_code == 200, r.text
+            return r.headers["x-studio-model-version"], r.json()["choices"][0]["message"]["content"]
+
+        version, base_text = ask("tiny")
+        assert version == "tiny"
+        adapter = make_adapter(model_dir, tmp_path / "adapter", seed=3)
+        with session_scope(settings.db_url) as session:
+            register_version(session, name="srun", base_model=str(model_dir.resolve()),
+                             method="sft", adapter_type="lora", uri=str(adapter))
+        deadline = time.monotonic() + 30
+        while True:  # the Router re-reads the registry within about a second
+            r = http.post("/chat/completions", json={"model": "srun", "max_tokens": 1,
+                                                     "messages": [{"role": "user", "content": "x"}]})
+            if r.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        version, adapter_text = ask("srun")
+        assert version == "srun@1" and adapter_text != base_text
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:

@@ -43,7 +43,7 @@ def studio(tmp_path_factory):
     good = train_adapter(model, home / "adapters" / "good", steps=QUICK_STEPS)
     bad = make_adapter(model, home / "adapters" / "bad", seed=5)
 
-    cfg = yaml.safe_load((REPO / "configs/serve/studio_tiny.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "configs/serve/studio.yaml").read_text())
     args = cfg["applications"][0]["args"]
     args["models"][0]["engine"]["model"] = str(model)
     args["gateway"] = {"spec": {"cache": {"namespace": f"evals-e2e-{os.getpid()}"}}}

@@ -32,7 +32,7 @@ def studio(tmp_path_factory, provider):
     home = tmp_path_factory.mktemp("gateway-home")
     model = make_tiny(home / "models" / "tiny")
     namespace = f"studio-test-gw-{uuid.uuid4().hex[:8]}"
-    cfg = yaml.safe_load((REPO / "configs/serve/studio_tiny.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "configs/serve/studio.yaml").read_text())
     args = cfg["applications"][0]["args"]
     args["models"][0]["engine"]["model"] = str(model)
     # Guided JSON without free whitespace, so the tiny model's synthetic-data replies fit max_tokens.

@@ -26,7 +26,7 @@ def studio(tmp_path_factory):
     need_chromium()  # before the expensive part
     home = tmp_path_factory.mktemp("ui-stack-home")
     model = make_tiny(home / "models" / "tiny")
-    cfg = yaml.safe_load((REPO / "configs/serve/studio_tiny.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "configs/serve/studio.yaml").read_text())
     for app in cfg["applications"]:
         for m in app["args"].get("models", []):
             m["engine"]["model"] = str(model)

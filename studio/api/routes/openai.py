@@ -1,9 +1,10 @@
 """/v1/*: the OpenAI-compatible endpoint. Thin: authenticate, parse the JSON body, hand it to the
-Router deployment (``app.state.router``) and relay its answer — a JSON body or a server-sent-event
-stream. Every answer names the concrete version that produced it in ``x-studio-model-version``
+Router (``app.state.router``) through ``deployments.router.RouterClient``, which asks the Router
+where the request goes and streams the answer straight from that model's deployment — a JSON body or
+a server-sent-event stream. Every answer names the concrete version that produced it in ``x-studio-model-version``
 (non-streamed bodies also carry ``studio_model_version``); an answer for an experiment alias also
 names the experiment and arm (``x-studio-experiment``, ``x-studio-arm``). A client that
-disconnects mid-stream cancels the router call, which cancels the engine request.
+disconnects mid-stream closes the stream, which cancels the engine request.
 
 ``POST /v1/feedback`` judges a logged completion (its response ``id``): see
 ``studio.experiments.completions``."""
@@ -32,8 +33,18 @@ def _router(request: Request):
     if handle is None:
         raise Unavailable("no models are served",
                           "add a models: section to the serve config (see "
-                          "configs/serve/studio_tiny.yaml) and run `studio up` again")
+                          "configs/serve/studio.yaml) and run `studio up` again")
     return handle
+
+
+def _client(request: Request):
+    """One RouterClient per app (it caches the model deployments' handles)."""
+    client = getattr(request.app.state, "router_client", None)
+    if client is None:
+        from deployments.router import RouterClient
+
+        client = request.app.state.router_client = RouterClient(_router(request))
+    return client
 
 
 @router.get("/models")
@@ -68,10 +79,12 @@ async def feedback(key: KeyDep, request: Request, settings: SettingsDep) -> dict
     try:
         return await asyncio.to_thread(_store_feedback, settings.db_url, spec, key.name)
     except NotFound:
-        # The completion may still sit in the Router's write buffer: write it out, then retry.
+        # The completion may still be on its way to the Router (this replica's reports) or in
+        # its write buffer: send ours, write the buffer out, then retry.
         handle = getattr(request.app.state, "router", None)
         if handle is None:
             raise
+        await _client(request).drain()
         await handle.flush_completions.remote()
         return await asyncio.to_thread(_store_feedback, settings.db_url, spec, key.name)
 
@@ -98,9 +111,9 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 async def _forward(request: Request, endpoint: str):
-    handle = _router(request)
+    client = _client(request)
     body = await _json_body(request)
-    gen = getattr(handle.options(stream=True), endpoint).remote(body)
+    gen = client.stream(endpoint, body)
     try:
         first = await gen.__anext__()
         headers = {}
@@ -108,10 +121,10 @@ async def _forward(request: Request, endpoint: str):
             headers = {META_HEADERS[k]: v for k, v in first.items() if k in META_HEADERS}
             first = await gen.__anext__()
     except BaseException:
-        gen.cancel()
+        await gen.aclose()
         raise
     if isinstance(first, dict):
-        gen.cancel()
+        await gen.aclose()  # a whole body is the only item: stop now, not at the engine's end
         status = (first.get("error") or {}).get("code") if "error" in first else 200
         if not isinstance(status, int) or not 400 <= status < 600:
             status = 200 if "error" not in first else 500
@@ -129,4 +142,4 @@ async def _relay(first: str, gen):
             yield chunk
     finally:
         # Runs when the stream ends and when Starlette stops it because the client went away.
-        gen.cancel()
+        await gen.aclose()
