@@ -13,7 +13,8 @@ Workload: ``--requests`` streamed chat completions, ``--concurrency`` at a time,
 each (``ignore_eos``), through the official ``openai`` client. Throughput = output tokens / wall
 time; TTFT = request sent → first streamed token. Reported: studio/raw throughput ratio and the
 TTFT the studio adds (p50, p99). Then the same workload spread over 4 LoRA adapters vs base-only
-(throughput ratio) on the studio (registry versions) and on raw vLLM (``--lora-modules``), so the
+(throughput ratio) on the studio (registry versions) and on raw vLLM (loaded after its base-only
+phase with ``/v1/load_lora_adapter``, as the studio loads them on first use), so the
 engine's own cost of mixed-adapter batches is told apart from the studio's, and promotion → the first answer from the new version
 (registering + promoting a version in the database, then asking the registry name in a loop).
 Last, Ray Serve LLM (``ray.serve.llm``) on the same model and engine settings, base model only, as a
@@ -124,9 +125,16 @@ async def load(base_url: str, key: str, models: list[str], requests: int, concur
             "ttft_ms_p99": round(ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] * 1000, 2)}
 
 
+def warmup(args) -> int:
+    """Requests sent before each measured base-only phase: a quarter of them. A warm-up of one
+    round (8) left raw vLLM's first phase at half its later speed on the 2-core box."""
+    return max(args.concurrency, args.requests // 4)
+
+
 def bench_raw_vllm(model_dir: Path, adapters: list[Path], args) -> dict:
     port = free_port()
-    loras = [f"bench-{i}={path}" for i, path in enumerate(adapters)]
+    # Adapters are loaded after the base-only phase (runtime LoRA loading, as the studio loads
+    # them): resident adapters change how the engine runs even base-only batches.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--served-model-name", "tiny", "--dtype", ENGINE["dtype"],
            "--max-model-len", str(ENGINE["max_model_len"]), "--enable-lora",
@@ -134,8 +142,9 @@ def bench_raw_vllm(model_dir: Path, adapters: list[Path], args) -> dict:
            "--max-lora-rank", str(ENGINE["max_lora_rank"]),
            "--max-num-seqs", str(ENGINE["max_num_seqs"]), "--enforce-eager",
            "--seed", str(ENGINE["seed"]), "--stream-interval", str(ENGINE["stream_interval"]),
-           "--lora-modules", *loras, "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_space_gib"])}
+           "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_space_gib"]),
+           "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
     log = open(Path(tempfile.gettempdir()) / f"bench-serve-vllm-{port}.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -144,9 +153,14 @@ def bench_raw_vllm(model_dir: Path, adapters: list[Path], args) -> dict:
         wait_http(f"http://127.0.0.1:{port}/health")
         ready_s = time.perf_counter() - started
         url = f"http://127.0.0.1:{port}/v1"
-        asyncio.run(load(url, "none", ["tiny"], args.concurrency, args.concurrency))  # warm-up
+        asyncio.run(load(url, "none", ["tiny"], warmup(args), args.concurrency))
         result = asyncio.run(load(url, "none", ["tiny"], args.requests, args.concurrency))
-        names = [lora.split("=")[0] for lora in loras]
+        import httpx
+
+        names = [f"bench-{i}" for i in range(len(adapters))]
+        for name, path in zip(names, adapters):
+            httpx.post(f"{url}/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)},
+                       timeout=120).raise_for_status()
         asyncio.run(load(url, "none", names, len(names), len(names)))  # warm-up
         mixed = asyncio.run(load(url, "none", names, args.requests, args.concurrency))
         return {**result, "mixed_4_adapters": mixed, "ready_s": round(ready_s, 1),
@@ -188,7 +202,7 @@ def bench_studio(model_dir: Path, home: Path, adapters: list[Path], args) -> dic
         wait_http(f"http://127.0.0.1:{port}/healthz")
         ready_s = time.perf_counter() - started
         url = f"http://127.0.0.1:{port}/v1"
-        asyncio.run(load(url, key, ["tiny"], args.concurrency, args.concurrency))  # warm-up
+        asyncio.run(load(url, key, ["tiny"], warmup(args), args.concurrency))
         base = asyncio.run(load(url, key, ["tiny"], args.requests, args.concurrency))
 
         names = []
@@ -236,7 +250,7 @@ def bench_ray_serve_llm(model_dir: Path, args) -> dict:
         wait_http(f"http://127.0.0.1:{port}/v1/models", timeout=240)
         ready_s = time.perf_counter() - started
         url = f"http://127.0.0.1:{port}/v1"
-        asyncio.run(load(url, "none", ["tiny"], args.concurrency, args.concurrency))  # warm-up
+        asyncio.run(load(url, "none", ["tiny"], warmup(args), args.concurrency))
         result = asyncio.run(load(url, "none", ["tiny"], args.requests, args.concurrency))
         return {**result, "ready_s": round(ready_s, 1), "engine_kwargs": engine_kwargs,
                 "lora": False}
