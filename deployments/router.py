@@ -393,35 +393,36 @@ class RouterClient:
         if isinstance(target, dict):
             yield target
             return
-        yield target.meta()
-        request, adapter = {**body, "model": target.adapter_id or target.base}, None
-        if target.adapter_id:
-            adapter = {"id": target.adapter_id, "uri": target.uri, "label": target.label}
-        gen = getattr(self._model(target), endpoint).remote(request, adapter)
-        capture, ttft, done = ResponseCapture(), None, False
-        try:
-            async for item in gen:
-                if ttft is None:
-                    ttft = time.perf_counter() - started
-                capture.add(item)
-                # A whole body is the only item, and callers close us once they have it.
-                done = done or isinstance(item, dict)
-                yield _relabel(item, target)
-            done = True
-        except Exception:  # the replica failed (not the client leaving: that is a BaseException)
-            gone = await self.router.gone.remote(target.base) if ttft is None else None
-            if gone is not None:
+        capture, ttft, done, gen = ResponseCapture(), None, False, None
+        try:  # from here on, every way out reports to the Router (it counts this in flight)
+            yield target.meta()
+            request, adapter = {**body, "model": target.adapter_id or target.base}, None
+            if target.adapter_id:
+                adapter = {"id": target.adapter_id, "uri": target.uri, "label": target.label}
+            gen = getattr(self._model(target), endpoint).remote(request, adapter)
+            try:
+                async for item in gen:
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                    capture.add(item)
+                    # A whole body is the only item, and callers close us once they have it.
+                    done = done or isinstance(item, dict)
+                    yield _relabel(item, target)
+                done = True
+            except Exception:  # the replica failed (the client leaving is a BaseException)
+                gone = await self.router.gone.remote(target.base) if ttft is None else None
+                if gone is None:
+                    capture.error = {"code": 500}
+                    raise
                 # Evicted while this request waited for a replica: a clean, retryable 503.
                 capture.error = {"code": 503}
                 yield error_body(f"The model `{target.base}` was evicted before this request "
                                  f"was answered; retry, or {MODELS_HINT}", 503,
                                  "ServiceUnavailableError", "model")
-                return
-            capture.error = {"code": 500}
-            raise
         finally:
             # Client gone (this generator closed or cancelled) or done: stop the engine request.
-            gen.cancel()
+            if gen is not None:
+                gen.cancel()
             self._report(endpoint, body, target, capture, started, ttft, done)
 
     def _report(self, endpoint, body, target: Target, capture: ResponseCapture, started: float,
