@@ -97,10 +97,11 @@ def resolve_model(cfg: ModelDeploymentConfig) -> ModelDeploymentConfig:
 
         logging.getLogger("ray.serve").info("building the tiny model at %s (first start)", path)
         make_tiny(path)
-    if not path.exists():
-        return cfg if model == cfg.engine.model else cfg.model_copy(
-            update={"engine": cfg.engine.model_copy(update={"model": model})})
-    return cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"model": str(path.resolve())})})
+    if path.exists():
+        model = str(path.resolve())
+    if model == cfg.engine.model:
+        return cfg
+    return cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"model": model})})
 
 
 def build_router(models: list[ModelDeploymentConfig], num_cpus: float, env: dict[str, str]):

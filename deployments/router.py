@@ -123,8 +123,6 @@ class Router:
             aliases[normalize_base(info.get("model") or base)] = base
         self._aliases = aliases
         self._handles: dict[str, DeploymentHandle] = {k: v["handle"] for k, v in bases.items()}
-        self._where = {k: (v["handle"].deployment_name, v["handle"].app_name)
-                       for k, v in bases.items()}
 
     def _deployment_rows(self) -> list[tuple[str, str, str, str, str | None]]:
         from studio.serving.recipe import list_rows
@@ -323,14 +321,12 @@ class Router:
         if isinstance(target, dict):
             self.metrics.errors.labels(UNRESOLVED, UNRESOLVED, str(target["error"]["code"])).inc()
             return target
-        where = self._where.get(target.base)
-        if where is None:  # evicted since the name was cached
-            return self.gone(target.base) or error_body(
-                f"The model `{target.base}` is not served; {MODELS_HINT}", 404, "NotFoundError",
-                "model")
+        handle = self._handles.get(target.base)
+        if handle is None:  # evicted since the name was cached
+            return self.gone(target.base)
         self._inflight[target.base] = self._inflight.get(target.base, 0) + 1
         self._last_request[target.base] = time.monotonic()
-        return replace(target, deployment=where[0], app=where[1])
+        return replace(target, deployment=handle.deployment_name, app=handle.app_name)
 
     def gone(self, base: str) -> dict | None:
         """The 404 for a base that is no longer deployed (None while it is)."""

@@ -1,5 +1,5 @@
-"""Serving benchmark: the studio's /v1 path (Serve ingress → Router → ModelDeployment → vLLM) vs
-raw vLLM's own OpenAI server on the same tiny model and engine settings, in one run.
+"""Serving benchmark: the studio's /v1 path (Serve ingress → ModelDeployment → vLLM, routed by the
+Router) vs raw vLLM's own OpenAI server on the same tiny model and engine settings, in one run.
 
     .venv/bin/python scripts/bench_serve.py [--requests 192] [--concurrency 8] [--out bench-results/serve.json]
 
@@ -14,8 +14,9 @@ each (``ignore_eos``), through the official ``openai`` client. Throughput = outp
 time; TTFT = request sent → first streamed token. Reported: studio/raw throughput ratio and the
 TTFT the studio adds (p50, p99). Then the same workload spread over 4 LoRA adapters vs base-only
 (throughput ratio) on the studio (registry versions) and on raw vLLM (loaded after its base-only
-phase with ``/v1/load_lora_adapter``, as the studio loads them on first use), so the
-engine's own cost of mixed-adapter batches is told apart from the studio's, and promotion → the first answer from the new version
+phase with ``/v1/load_lora_adapter``, as the studio loads them on first use), so the engine's own
+cost of mixed-adapter batches is told apart from the studio's, and promotion → the first answer
+from the new version
 (registering + promoting a version in the database, then asking the registry name in a loop).
 Last, Ray Serve LLM (``ray.serve.llm``) on the same model and engine settings, base model only, as a
 second anchor; if it cannot start here, the JSON says why instead.
@@ -133,8 +134,8 @@ def warmup(args) -> int:
 
 def bench_raw_vllm(model_dir: Path, adapters: list[Path], args) -> dict:
     port = free_port()
-    # Adapters are loaded after the base-only phase (runtime LoRA loading, as the studio loads
-    # them): resident adapters change how the engine runs even base-only batches.
+    # Adapters are loaded after the base-only phase (runtime LoRA loading), as the studio loads
+    # them on first use, so both base-only phases run with no adapter resident.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--served-model-name", "tiny", "--dtype", ENGINE["dtype"],
            "--max-model-len", str(ENGINE["max_model_len"]), "--enable-lora",

@@ -3,7 +3,8 @@
 Per request: check the key's limits and the job's concurrency cap → answer from cache if the
 request is deterministic and seen before → else walk the model group and its fallbacks: studio
 groups go through ``deployments.router.RouterClient`` (no HTTP hop: the Router names the model
-deployment, which answers straight to the gateway; every sampling parameter passed through untouched), external groups go through ``litellm.Router`` (retries with backoff, cooldown
+deployment, which answers straight to the gateway; every sampling parameter passed through
+untouched), external groups go through ``litellm.Router`` (retries with backoff, cooldown
 of failing deployments, timeouts, load balancing, LiteLLM's price map) → attach
 ``studio_gateway`` (cache_hit, cost_usd, model_group, deployment, latency_ms) → queue a usage row.
 

@@ -1,8 +1,8 @@
 """/v1/*: the OpenAI-compatible endpoint. Thin: authenticate, parse the JSON body, hand it to the
 Router (``app.state.router``) through ``deployments.router.RouterClient``, which asks the Router
-where the request goes and streams the answer straight from that model's deployment — a JSON body or
-a server-sent-event stream. Every answer names the concrete version that produced it in ``x-studio-model-version``
-(non-streamed bodies also carry ``studio_model_version``); an answer for an experiment alias also
+where the request goes and streams the answer straight from that model's deployment — a JSON body
+or a server-sent-event stream. Every answer names the concrete version that produced it in
+``x-studio-model-version`` (non-streamed bodies also carry ``studio_model_version``); an answer for an experiment alias also
 names the experiment and arm (``x-studio-experiment``, ``x-studio-arm``). A client that
 disconnects mid-stream closes the stream, which cancels the engine request.
 
