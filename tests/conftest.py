@@ -150,6 +150,12 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def pytest_configure(config):
+    from tests.leaks import LeakWatch
+
+    config.pluginmanager.register(LeakWatch(), "studio-leak-watch")
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need a CUDA device; without one they are skipped, with the reason."""
     gpu_items = [item for item in items if "gpu" in item.keywords]

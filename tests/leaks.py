@@ -1,0 +1,100 @@
+"""A pytest plugin: after each test module, the processes it left running.
+
+Heavy modules start Ray clusters, Serve apps and vLLM engines; one that is not stopped keeps using
+the CPU of a 2-core machine and every later test runs slower. After the last test of a module (its
+module fixtures torn down), processes that did not exist when the session started and still live
+are listed, with the module's wall time and the load average, in the terminal summary. A module
+whose leftovers are still there at the next module's end is named as the one that leaked them.
+
+``STUDIO_TEST_LEAKS=fail`` makes a leak fail the session (exit status 1 after the summary);
+the default only reports. Processes under a session-scoped fixture are expected to outlive a module
+and are reported once, at their module, not failed on (set ``STUDIO_TEST_LEAKS=fail`` only in
+focused runs).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import psutil
+import pytest
+
+MARKS = ("ray", "VLLM", "vllm", "python", "chrom", "studio", "redis-server", "minio", "moto")
+
+
+@dataclass
+class ModuleReport:
+    module: str
+    seconds: float
+    load: float
+    new: list[str] = field(default_factory=list)
+
+
+class LeakWatch:
+    def __init__(self) -> None:
+        self.me = os.getpid()
+        self.baseline = {p.pid for p in psutil.process_iter()}
+        self.seen: set[int] = set()
+        self.reports: list[ModuleReport] = []
+        self.module_t0: dict[str, float] = {}
+
+    def survivors(self) -> list[psutil.Process]:
+        """New live processes of the kinds tests start (Ray, vLLM, Python, browsers); kernel
+        threads and unrelated system processes are not counted."""
+        out = []
+        for p in psutil.process_iter(["pid", "name", "status", "cmdline"]):
+            if p.pid in self.baseline or p.pid == self.me or p.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            cmd = " ".join(p.info["cmdline"] or [])
+            if any(mark in cmd for mark in MARKS) and "pip install" not in cmd:
+                out.append(p)
+        return out
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        self.module_t0.setdefault(str(item.path), time.monotonic())
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None):
+        yield
+        if nextitem is not None and nextitem.path == item.path:
+            return
+        module = os.path.relpath(str(item.path))
+        seconds = time.monotonic() - self.module_t0.get(str(item.path), time.monotonic())
+        time.sleep(0.5)  # what a teardown just signalled to stop gets a moment to go
+        new = []
+        for p in self.survivors():
+            if p.pid in self.seen:
+                continue
+            self.seen.add(p.pid)
+            try:
+                cpu = sum(p.cpu_times()[:2])
+                cmd = " ".join(p.info["cmdline"] or [p.info["name"] or "?"])[:140]
+            except psutil.Error:
+                continue
+            new.append(f"{p.pid} cpu {cpu:.0f}s {cmd}")
+        self.reports.append(ModuleReport(module, seconds, os.getloadavg()[0], new))
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        tr = terminalreporter
+        tr.section("modules: wall time, 1-min load at their end, processes they left running")
+        for r in sorted(self.reports, key=lambda r: -r.seconds)[:30]:
+            tr.write_line(f"{r.seconds:7.1f} s  load {r.load:5.2f}  {r.module}"
+                          + (f"  LEFT {len(r.new)} process(es)" if r.new else ""))
+        leaked = [r for r in self.reports if r.new]
+        for r in leaked:
+            tr.write_line(f"left running after {r.module}:")
+            for line in r.new[:12]:
+                tr.write_line(f"    {line}")
+        still = self.survivors()
+        if still:
+            tr.write_line(f"still running at the end of the session: {len(still)} process(es)")
+            for p in still[:12]:
+                try:
+                    tr.write_line(f"    {p.pid} {' '.join(p.cmdline())[:140]}")
+                except psutil.Error:
+                    pass
+        if leaked and os.environ.get("STUDIO_TEST_LEAKS") == "fail":
+            tr.session.exitstatus = 1
