@@ -198,8 +198,8 @@ def start_studio(model_dir: Path, home: Path, port: int) -> tuple[str, str]:
 
 def start_ray_serve_llm(model_dir: Path, port: int) -> tuple[str, dict]:
     """The second anchor: Ray Serve LLM (``ray.serve.llm.build_openai_app``) on the same model and
-    engine settings, CPU placement, at ``/rayllm``. Base model only (its LoRA loading takes cloud
-    URIs)."""
+    engine settings (LoRA enabled too), CPU placement, at ``/rayllm``. Base model only (its LoRA
+    loading takes cloud URIs)."""
     from ray import serve
     from ray.serve.llm import LLMConfig, build_openai_app
 
@@ -207,6 +207,9 @@ def start_ray_serve_llm(model_dir: Path, port: int) -> tuple[str, dict]:
                      "max_num_seqs": ENGINE["max_num_seqs"],
                      "enforce_eager": ENGINE["enforce_eager"], "seed": ENGINE["seed"],
                      "stream_interval": ENGINE["stream_interval"],
+                     # LoRA on, as on the other two sides (its own LoRA loading is not used)
+                     "enable_lora": True, "max_loras": ENGINE["max_loras"],
+                     "max_cpu_loras": ENGINE["max_loras"], "max_lora_rank": ENGINE["max_lora_rank"],
                      "distributed_executor_backend": "mp"}
     config = LLMConfig(
         model_loading_config={"model_id": "tiny", "model_source": str(model_dir)},
@@ -314,7 +317,7 @@ def main() -> None:
                 llm_url, engine_kwargs = start_ray_serve_llm(model_dir, port)
                 sides["ray_serve_llm"] = (llm_url, "none")
                 ready["ray_serve_llm"] = round(time.perf_counter() - t0, 1)
-                serve_llm = {"engine_kwargs": engine_kwargs, "lora": False}
+                serve_llm = {"engine_kwargs": engine_kwargs}
             except Exception as e:  # noqa: BLE001 — the second anchor is optional; say why it is absent
                 serve_llm = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
 

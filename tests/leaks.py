@@ -29,6 +29,7 @@ class ModuleReport:
     module: str
     seconds: float
     load: float
+    rss_gib: float
     new: list[str] = field(default_factory=list)
 
 
@@ -39,6 +40,8 @@ class LeakWatch:
         self.seen: set[int] = set()
         self.reports: list[ModuleReport] = []
         self.module_t0: dict[str, float] = {}
+        self.env = dict(os.environ)
+        self.env_changes: list[str] = []
 
     def survivors(self) -> list[psutil.Process]:
         """New live processes of the kinds tests start (Ray, vLLM, Python, browsers); kernel
@@ -75,14 +78,21 @@ class LeakWatch:
             except psutil.Error:
                 continue
             new.append(f"{p.pid} cpu {cpu:.0f}s {cmd}")
-        self.reports.append(ModuleReport(module, seconds, os.getloadavg()[0], new))
+        rss = psutil.Process(self.me).memory_info().rss / 2**30
+        self.reports.append(ModuleReport(module, seconds, os.getloadavg()[0], rss, new))
+        changed = sorted(k for k in set(os.environ) | set(self.env) if os.environ.get(k) != self.env.get(k))
+        if changed:
+            self.env_changes.append(f"{module}: {', '.join(changed)}")
+            self.env = dict(os.environ)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         tr = terminalreporter
-        tr.section("modules: wall time, 1-min load at their end, processes they left running")
+        tr.section("modules: wall time, load and pytest's memory at their end, processes they left")
         for r in sorted(self.reports, key=lambda r: -r.seconds)[:30]:
-            tr.write_line(f"{r.seconds:7.1f} s  load {r.load:5.2f}  {r.module}"
+            tr.write_line(f"{r.seconds:7.1f} s  load {r.load:5.2f}  pytest rss {r.rss_gib:4.1f} GiB  {r.module}"
                           + (f"  LEFT {len(r.new)} process(es)" if r.new else ""))
+        for line in self.env_changes:
+            tr.write_line(f"environment changed by {line}")
         leaked = [r for r in self.reports if r.new]
         for r in leaked:
             tr.write_line(f"left running after {r.module}:")
