@@ -48,8 +48,10 @@ def _call(handle, method: str, body: dict) -> list:
 
 
 def _sse(chunks: list[str]) -> list[dict]:
-    assert chunks[-1] == "data: [DONE]\n\n"
-    return [json.loads(c.removeprefix("data: ")) for c in chunks[:-1]]
+    """The events of a stream (an item may hold several: the replica joins back-to-back ones)."""
+    events = [e for e in "".join(chunks).split("\n\n") if e]
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
+    return [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
 
 
 def test_chat_and_completion_with_usage_streamed_equals_whole(model):
