@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from studio.keys import Role, verify_key
 from studio.settings import StudioSettings
@@ -18,7 +19,9 @@ from studio.store.models import ApiKey
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_settings(request: Request) -> StudioSettings:
+# The dependencies that do no I/O are async: FastAPI runs a sync one in a worker thread, a hop
+# per dependency per request.
+async def get_settings(request: Request) -> StudioSettings:
     return request.app.state.settings
 
 
@@ -27,20 +30,27 @@ def get_session(settings: Annotated[StudioSettings, Depends(get_settings)]) -> I
         yield session
 
 
-def current_key(
+def _verified(db_url: str, secret: str) -> ApiKey | None:
+    with session_scope(db_url) as session:  # expire_on_commit=False: the columns stay readable
+        return verify_key(session, secret)
+
+
+async def current_key(
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    session: Annotated[Session, Depends(get_session, scope="function")],
+    settings: Annotated[StudioSettings, Depends(get_settings)],
 ) -> ApiKey:
+    """The calling key, checked against the database on every request (a revoked key stops at
+    once) in one worker-thread hop with a session of its own: the /v1 data path needs no other."""
     if creds is None or not creds.credentials:
         raise HTTPException(401, "missing API key: send `Authorization: Bearer <key>` "
                             "(create one with `studio keys create`)", headers={"WWW-Authenticate": "Bearer"})
-    key = verify_key(session, creds.credentials)
+    key = await run_in_threadpool(_verified, settings.db_url, creds.credentials)
     if key is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return key
 
 
-def require_admin(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
+async def require_admin(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
     if key.role != Role.admin.value:
         raise HTTPException(403, f"this needs an admin key; key {key.name!r} has role {key.role!r}")
     return key
@@ -49,7 +59,7 @@ def require_admin(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
 def require_roles(*roles: Role):
     """A dependency that lets only keys of ``roles`` through (403 naming the key's role otherwise)."""
 
-    def check(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
+    async def check(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
         if key.role not in roles:
             raise HTTPException(403, f"this needs a key with role {' or '.join(roles)}; "
                                 f"key {key.name!r} has role {key.role!r}")
