@@ -62,14 +62,24 @@ def replica_memory() -> dict[str, Any]:
             return {"memory_kind": "gpu", "memory_bytes": total - free}
     except ImportError:
         pass
+    global _children
     me = psutil.Process()
     rss = me.memory_info().rss
-    for child in me.children(recursive=True):
+    now = time.monotonic()
+    if _children is None or now - _children[0] > CHILDREN_EVERY_S:
+        # Listing descendants reads every process's parent from /proc: the engine's processes,
+        # started with the replica, are listed again only every CHILDREN_EVERY_S.
+        _children = (now, me.children(recursive=True))
+    for child in _children[1]:
         try:
             rss += child.memory_info().rss
         except psutil.Error:
-            pass
+            _children = None
     return {"memory_kind": "rss", "memory_bytes": rss}
+
+
+CHILDREN_EVERY_S = 30.0
+_children: tuple[float, list] | None = None
 
 
 class AutoscalingSpec(Spec):
