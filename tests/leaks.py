@@ -25,6 +25,13 @@ MARKS = ("ray", "VLLM", "vllm", "python", "chrom", "studio", "redis-server", "mi
 NOT_LEAKS = ("multiprocessing.resource_tracker", "pip install")
 
 
+def alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 @dataclass
 class ModuleReport:
     module: str
@@ -67,9 +74,12 @@ class LeakWatch:
             return
         module = os.path.relpath(str(item.path))
         seconds = time.monotonic() - self.module_t0.get(str(item.path), time.monotonic())
-        time.sleep(0.5)  # what a teardown just signalled to stop gets a moment to go
+        survivors = [p for p in self.survivors() if p.pid not in self.seen]
+        if survivors:  # what a teardown just signalled to stop gets a moment to go
+            time.sleep(0.5)
+            survivors = [p for p in survivors if alive(p)]
         new = []
-        for p in self.survivors():
+        for p in survivors:
             if p.pid in self.seen:
                 continue
             self.seen.add(p.pid)
