@@ -51,6 +51,10 @@ REPORT_EVERY_S = 5.0
 STATS_EVERY_S = 2.0
 
 
+CHILDREN_EVERY_S = 30.0
+_children: tuple[float, list] | None = None  # (when listed, this replica's descendant processes)
+
+
 def replica_memory() -> dict[str, Any]:
     import psutil
 
@@ -76,10 +80,6 @@ def replica_memory() -> dict[str, Any]:
         except psutil.Error:
             _children = None
     return {"memory_kind": "rss", "memory_bytes": rss}
-
-
-CHILDREN_EVERY_S = 30.0
-_children: tuple[float, list] | None = None
 
 
 class AutoscalingSpec(Spec):

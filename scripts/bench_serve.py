@@ -2,7 +2,7 @@
 Router) vs raw vLLM's own OpenAI server and vs Ray Serve LLM, on the same tiny model and engine
 settings, in one run.
 
-    .venv/bin/python scripts/bench_serve.py [--rounds 5] [--requests 64] [--concurrency 8] [--out bench-results/serve.json]
+    .venv/bin/python scripts/bench_serve.py [--rounds 4] [--requests 192] [--concurrency 8] [--out bench-results/serve.json]
 
 The three servers run side by side, each idle while another is measured, and the phases are
 interleaved: every round runs each side once (base model only, then 4 adapters mixed) in a rotated
@@ -256,9 +256,13 @@ def paired(a: list[dict], b: list[dict], key: str, ratio: bool) -> float:
     return round(statistics.median(pairs), 3 if ratio else 2)
 
 
-def promotion_latency(url, key, settings, model_dir, adapters, register_version, promote,
-                      session_scope) -> dict:
+def promotion_latency(url: str, key: str, home: Path, model_dir: Path, adapters: list[Path]) -> dict:
     """Seconds from the promoting commit to the first answer that names the new version."""
+    from studio.registry.versions import promote, register_version
+    from studio.settings import StudioSettings
+    from studio.store.db import session_scope
+
+    settings = StudioSettings(home=home)
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
     body = {"model": "promo", "messages": PROMPT, "max_tokens": 4, "temperature": 0}
     trials = []
@@ -285,8 +289,8 @@ def promotion_latency(url, key, settings, model_dir, adapters, register_version,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=64, help="requests per phase per round")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=192, help="requests per phase per round")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--no-ray-serve-llm", action="store_true", help="skip the second anchor")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "serve.json")
@@ -348,12 +352,7 @@ def main() -> None:
                 f"{s} {base_rounds[s][-1]['tokens_per_s']:.0f}" for s in sides) + " tok/s base; " + ", ".join(
                 f"{s} {mixed_rounds[s][-1]['tokens_per_s']:.0f}" for s in mixed) + " tok/s 4 adapters", flush=True)
 
-        from studio.registry.versions import promote, register_version
-        from studio.settings import StudioSettings
-        from studio.store.db import session_scope
-
-        promotion = promotion_latency(studio_url, key, StudioSettings(home=home), model_dir, adapters[4:],
-                                      register_version, promote, session_scope)
+        promotion = promotion_latency(studio_url, key, home, model_dir, adapters[4:])
         load_after = os.getloadavg()
 
     raw, studio = base_rounds["raw_vllm"], base_rounds["studio"]

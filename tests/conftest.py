@@ -32,19 +32,6 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def module_environment() -> Iterator[None]:
-    """Every test module ends with the environment it started with. Starting a vLLM engine in
-    the test process sets LD_PRELOAD (libgomp/tcmalloc), LOCAL_WORLD_SIZE, thread settings and
-    more in ``os.environ`` (vllm/platforms/cpu.py); subprocesses of later modules inherited them,
-    and an SFT job then trained 3.5x slower (334 s instead of 95 s)."""
-    saved = dict(os.environ)
-    yield
-    if dict(os.environ) != saved:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """URL of a database created for this test session (dropped at its end), or skip saying why.
@@ -164,6 +151,7 @@ def _has_cuda() -> bool:
 
 
 def pytest_configure(config):
+    """tests/leaks.py: each module ends with the environment it started with; per-module report."""
     from tests.leaks import LeakWatch
 
     config.pluginmanager.register(LeakWatch(), "studio-leak-watch")

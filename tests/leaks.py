@@ -1,12 +1,16 @@
-"""A pytest plugin: per test module, its wall time, the load, pytest's memory, the environment
-variables it changed and the processes it left running, printed in the terminal summary.
+"""A pytest plugin: every test module ends with the environment it started with, and the run ends
+with a report per module — wall time, load, pytest's memory, the environment variables it changed
+(and that were put back) and the processes it left running.
 
-Heavy modules start Ray clusters, Serve apps and vLLM engines; one left running keeps using the
-CPU of a 2-core machine and every later test runs slower. After the last test of a module (its
-module fixtures torn down), live processes of the kinds tests start (Ray, vLLM, Python, browsers)
-that did not exist when the session started are listed under the first module after which they
-were seen. A session-scoped fixture's processes show up under the module that first used it.
+Starting a vLLM engine in the test process sets LD_PRELOAD (libgomp/tcmalloc), LOCAL_WORLD_SIZE,
+thread settings and more in ``os.environ`` (vllm/platforms/cpu.py); subprocesses of later modules
+inherited them, and an SFT job trained 3.5x slower (334 s instead of 95 s). So ``os.environ`` is
+saved before a module's first test (before its fixtures) and restored after its last teardown.
 
+Heavy modules also start Ray clusters, Serve apps and vLLM engines; one left running keeps using
+the CPU of a 2-core machine. After a module, live processes of the kinds tests start (Ray, vLLM,
+Python, browsers) that did not exist when the session started are listed under the first module
+after which they were seen (a session-scoped fixture's under the module that first used it).
 ``STUDIO_TEST_LEAKS=fail`` makes any such process fail the run (exit status 1); the default only
 reports. Processes of another test run on the same machine are counted too: use it alone.
 """
@@ -48,7 +52,7 @@ class LeakWatch:
         self.seen: set[int] = set()
         self.reports: list[ModuleReport] = []
         self.module_t0: dict[str, float] = {}
-        self.env = dict(os.environ)
+        self.module_env: dict[str, str] = {}
         self.env_changes: list[str] = []
 
     def survivors(self) -> list[psutil.Process]:
@@ -65,7 +69,9 @@ class LeakWatch:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        self.module_t0.setdefault(str(item.path), time.monotonic())
+        if str(item.path) not in self.module_t0:  # a module's first test, before its fixtures
+            self.module_t0[str(item.path)] = time.monotonic()
+            self.module_env = dict(os.environ)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None):
@@ -80,8 +86,6 @@ class LeakWatch:
             survivors = [p for p in survivors if alive(p)]
         new = []
         for p in survivors:
-            if p.pid in self.seen:
-                continue
             self.seen.add(p.pid)
             try:
                 cpu = sum(p.cpu_times()[:2])
@@ -91,10 +95,12 @@ class LeakWatch:
             new.append(f"{p.pid} cpu {cpu:.0f}s {cmd}")
         rss = psutil.Process(self.me).memory_info().rss / 2**30
         self.reports.append(ModuleReport(module, seconds, os.getloadavg()[0], rss, new))
-        changed = sorted(k for k in set(os.environ) | set(self.env) if os.environ.get(k) != self.env.get(k))
+        saved = self.module_env
+        changed = sorted(k for k in set(os.environ) | set(saved) if os.environ.get(k) != saved.get(k))
         if changed:
             self.env_changes.append(f"{module}: {', '.join(changed)}")
-            self.env = dict(os.environ)
+            os.environ.clear()
+            os.environ.update(saved)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         tr = terminalreporter
@@ -103,7 +109,7 @@ class LeakWatch:
             tr.write_line(f"{r.seconds:7.1f} s  load {r.load:5.2f}  pytest rss {r.rss_gib:4.1f} GiB  {r.module}"
                           + (f"  LEFT {len(r.new)} process(es)" if r.new else ""))
         for line in self.env_changes:
-            tr.write_line(f"environment changed by {line}")
+            tr.write_line(f"environment changed (and put back) by {line}")
         leaked = [r for r in self.reports if r.new]
         for r in leaked:
             tr.write_line(f"left running after {r.module}:")
