@@ -22,7 +22,8 @@ speed); interleaving puts the drift on all sides alike.
 Workload per phase: ``--requests`` streamed chat completions, ``--concurrency`` at a time, 32 output
 tokens each (``ignore_eos``), through the official ``openai`` client. Throughput = output tokens /
 wall time; TTFT = request sent → first streamed token. Reported: studio/raw throughput and the
-TTFT the studio adds (p50, p99); 4 adapters mixed vs base-only on both engines (the engine's own
+TTFT the studio adds (p50, p99), under that load and one request at a time (``--latency-requests``
+per round, 8 tokens each: no queueing, so the difference is the path's own latency); 4 adapters mixed vs base-only on both engines (the engine's own
 cost of mixed LoRA batches told apart from the studio's); and promotion → the first answer from
 the new version (registering + promoting a version in the database, then asking the registry name
 in a loop). Takes ~6 min on 2 cores (~10 GB of RAM: three engines); the JSON records the load
@@ -161,12 +162,18 @@ def start_raw_vllm(model_dir: Path, stack: ExitStack) -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
-def start_ray_serve(stack: ExitStack) -> int:
-    """A private local Ray with Serve on a free port (shut down on exit); the port."""
+def start_ray_serve(stack: ExitStack, fast_path: bool = True) -> int:
+    """A private local Ray with Serve on a free port (shut down on exit); the port. ``fast_path``:
+    Ray Serve's high-throughput mode (HAProxy, direct ingress, gRPC), for every Serve app alike."""
     import ray
     from ray import serve
 
     port = free_port()
+    if fast_path:  # Serve's high-throughput mode, as `studio up` starts its head
+        from studio.settings import StudioSettings
+        from studio.stack import serve_env
+
+        os.environ.update(serve_env(StudioSettings(serve_fast_path=True)))
     ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
     stack.callback(ray.shutdown)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -292,7 +299,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--requests", type=int, default=192, help="requests per phase per round")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--latency-requests", type=int, default=32,
+                        help="requests per round of the one-at-a-time latency phase (0: skip it)")
     parser.add_argument("--no-ray-serve-llm", action="store_true", help="skip the second anchor")
+    parser.add_argument("--no-fast-path", action="store_true",
+                        help="Serve's default Python proxy instead of its high-throughput mode "
+                        "(STUDIO_SERVE_FAST_PATH=0)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "serve.json")
     args = parser.parse_args()
 
@@ -300,6 +312,10 @@ def main() -> None:
 
     def run(url: str, key: str, models: list[str], n: int | None = None) -> dict:
         return asyncio.run(load(url, key, models, n or args.requests, args.concurrency))
+
+    def one_at_a_time(url: str, key: str) -> dict:
+        # No queueing anywhere: the TTFT a server adds here is its own path's latency.
+        return asyncio.run(load(url, key, ["tiny"], args.latency_requests, 1, max_tokens=8))
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, ExitStack() as stack:
         home = Path(tmp) / "home"
@@ -309,7 +325,7 @@ def main() -> None:
         t0 = time.perf_counter()
         raw_url = start_raw_vllm(model_dir, stack)
         ready = {"raw_vllm": round(time.perf_counter() - t0, 1)}
-        port = start_ray_serve(stack)
+        port = start_ray_serve(stack, fast_path=not args.no_fast_path)
         t0 = time.perf_counter()
         studio_url, key = start_studio(model_dir, home, port)
         ready["studio"] = round(time.perf_counter() - t0, 1)
@@ -338,6 +354,7 @@ def main() -> None:
             if side in mixed:
                 run(url, k, mixed[side])
         base_rounds: dict[str, list[dict]] = {side: [] for side in sides}
+        idle_rounds: dict[str, list[dict]] = {side: [] for side in sides}
         mixed_rounds: dict[str, list[dict]] = {side: [] for side in mixed}
         for i in range(args.rounds):
             # Every side once per round, the order rotated, so drift of a shared machine falls on
@@ -345,6 +362,8 @@ def main() -> None:
             order = list(sides)[i % len(sides):] + list(sides)[:i % len(sides)]
             for side in order:
                 base_rounds[side].append(run(*sides[side], ["tiny"]))
+            for side in order if args.latency_requests else ():
+                idle_rounds[side].append(one_at_a_time(*sides[side]))
             for side in order:
                 if side in mixed:
                     mixed_rounds[side].append(run(*sides[side], mixed[side]))
@@ -363,6 +382,7 @@ def main() -> None:
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in load_after]},
         "model": "tiny (studio.models.tiny), float32", "engine": ENGINE,
+        "serve_fast_path": not args.no_fast_path,
         "workload": {"rounds": args.rounds, "requests_per_phase": args.requests,
                      "concurrency": args.concurrency, "max_tokens": 32, "stream": True},
         "ready_s": ready,
@@ -387,6 +407,19 @@ def main() -> None:
                   "mixed_4_adapters_vs_base_only_throughput": ">= 0.75",
                   "promotion_to_first_answer_s_max": "<= 2"},
     }
+    if args.latency_requests:
+        idle_raw, idle_studio = idle_rounds["raw_vllm"], idle_rounds["studio"]
+        result["one_at_a_time"] = {
+            "workload": {"requests_per_round": args.latency_requests, "concurrency": 1,
+                         "max_tokens": 8, "stream": True},
+            **{side: summary(rounds) for side, rounds in idle_rounds.items()}}
+        result["ratios"]["studio_added_ttft_ms_p50_one_at_a_time"] = paired(
+            idle_studio, idle_raw, "ttft_ms_p50", False)
+        result["ratios"]["studio_added_ttft_ms_p99_one_at_a_time"] = paired(
+            idle_studio, idle_raw, "ttft_ms_p99", False)
+        if "ray_serve_llm" in sides:
+            result["ratios"]["ray_serve_llm_added_ttft_ms_p50_one_at_a_time"] = paired(
+                idle_rounds["ray_serve_llm"], idle_raw, "ttft_ms_p50", False)
     if "ray_serve_llm" in sides:
         llm = base_rounds["ray_serve_llm"]
         result["ratios"]["studio_vs_ray_serve_llm_throughput"] = paired(studio, llm, "tokens_per_s", True)

@@ -74,6 +74,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Ray Serve's own high-throughput mode (docs.ray.io: "Enable High Throughput on Ray Serve"): HAProxy
+# as the HTTP front door, ingress replicas that serve HTTP themselves (no Python proxy hop), gRPC
+# between replicas. Ray's processes read it at import, so it goes in the environment Ray starts
+# with. An ingress replica holds on for the draining period before it stops, so HAProxy can take it
+# out of rotation first: Ray's 30 s default suits a cloud load balancer, HAProxy on the node needs
+# ~1 s.
+SERVE_FAST_PATH_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    # The bundle would run each replica's handle router on its event loop, which makes a handle
+    # unusable from a worker thread; the API's deploy/evict (studio.serving.lifecycle, shared with
+    # the CLI) calls the Router from one.
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+}
+# HAProxy's stats page and Prometheus exporter bind fixed ports (8404, 9101) on every interface; a
+# second Ray with Serve on the machine (tests, a benchmark) would collide, so each Ray gets free ones.
+HAPROXY_PORT_VARS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
+def serve_env(settings: StudioSettings) -> dict[str, str]:
+    """Ray Serve's env vars for a Ray this studio starts (``studio up``'s head, the tests' and the
+    benchmarks' local Ray): the fast path unless ``STUDIO_SERVE_FAST_PATH=0``. Values already in
+    the environment win, so a user's own Ray Serve tuning is kept."""
+    if not settings.serve_fast_path:
+        return {}
+    env = {**SERVE_FAST_PATH_ENV, **{var: str(_free_port()) for var in HAPROXY_PORT_VARS}}
+    return {k: os.environ.get(k, v) for k, v in env.items()}
+
+
 def _ray_executable() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
@@ -109,7 +139,7 @@ def start_head(settings: StudioSettings, wait_s: float = 90.0) -> HeadState:
         f"--dashboard-agent-listen-port={_free_port()}",
         "--disable-usage-stats",
     ]
-    env = {**os.environ, **settings_env(settings)}
+    env = {**os.environ, **settings_env(settings), **serve_env(settings)}
     env.pop("RAY_ADDRESS", None)
     # On SIGTERM the head drains for up to 30 s by default (for rolling upgrades on Kubernetes);
     # a local single-node stack has no other node to drain to.
@@ -225,6 +255,46 @@ def health(settings: StudioSettings, timeout_s: float = 2.0) -> dict[str, Any] |
     return body if body.get("status") == "ok" else None
 
 
+def _listener(port: int):
+    """The process listening on ``port`` (a psutil.Process), or None."""
+    import psutil
+
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            try:
+                return psutil.Process(conn.pid)
+            except psutil.Error:
+                return None
+    return None
+
+
+def front_door(settings: StudioSettings) -> str | None:
+    """Which process listens on the HTTP port: ``haproxy`` on the fast path, a Ray Serve proxy
+    actor otherwise; None when nothing listens (or it belongs to another user)."""
+    import psutil
+
+    proc = _listener(settings.http_port)
+    try:
+        name = proc.name() if proc else None
+    except psutil.Error:
+        return None
+    return "haproxy" if name and "haproxy" in name else name
+
+
+def _stop_orphaned_haproxy(settings: StudioSettings) -> None:
+    """HAProxy is started by a Ray actor in a process group of its own: a head that died hard
+    (SIGKILL, OOM) leaves it holding the HTTP port, and the next `studio up` could not bind it."""
+    import psutil
+
+    proc = _listener(settings.http_port)
+    try:
+        if proc is not None and "haproxy" in proc.name():
+            proc.terminate()
+            proc.wait(timeout=10)
+    except (psutil.Error, psutil.TimeoutExpired):
+        pass
+
+
 def load_serve_config(path: str | Path | None = None) -> dict[str, Any]:
     """The studio application's entry of a Serve config file (name, import_path, args)."""
     path = Path(path) if path else DEFAULT_SERVE_CONFIG
@@ -288,6 +358,7 @@ def down(settings: StudioSettings) -> bool:
         if _pid_alive(state.pid):
             _kill_group(state.pid)
             stopped = True
+        _stop_orphaned_haproxy(settings)
         _state_file(settings).unlink(missing_ok=True)
         _forget_current_cluster(settings)
     return stopped

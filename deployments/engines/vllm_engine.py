@@ -210,10 +210,15 @@ class VLLMEngine:
             "served_model_name": self.config.name,
             "started": started,
             "unfinished_requests": self._client.get_num_unfinished_requests() if started else 0,
-            "engine_lora_ids": sorted(await self._client.list_loras()) if started else [],
             "adapters": self._adapters.stats(),
             **(self._load_stats.as_dict() if started else {}),
         }
+
+    async def engine_lora_ids(self) -> list[int]:
+        """The LoRA ids vLLM itself holds. Not part of ``stats`` (reported every few seconds): it
+        is a call into vLLM's workers, and a CPU worker spins on its queue for a second after each
+        call, so a periodic one keeps an idle engine burning half a core."""
+        return sorted(await self._client.list_loras()) if self._client is not None else []
 
     def shutdown(self) -> None:
         if self._client is not None:

@@ -89,6 +89,10 @@ def status() -> None:
         shell_env = " ".join(f"{k}={v}" for k, v in stack.client_env(settings).items())
         console.print(f"ray shell    export {shell_env}", highlight=False)
     console.print(f"studio       {settings.base_url} " + ("[green]up[/]" if health else "[red]down[/]"))
+    if health:
+        door = stack.front_door(settings)
+        what = {"haproxy": "HAProxy (Ray Serve's high-throughput mode)"}.get(door or "", door)
+        console.print(f"front door   {what or 'unknown'}")
     if not health:
         raise typer.Exit(1)
 

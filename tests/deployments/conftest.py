@@ -65,6 +65,7 @@ def serve_studio(tmp_path_factory: pytest.TempPathFactory, args: dict, key_name:
     from deployments.app import build_app
     from studio.keys import create_key
     from studio.settings import StudioSettings
+    from studio.stack import serve_env
     from studio.store.db import init_db, session_scope
     from tests.loopback import free_port
 
@@ -77,6 +78,8 @@ def serve_studio(tmp_path_factory: pytest.TempPathFactory, args: dict, key_name:
     with session_scope(settings.db_url) as session:
         key, _ = create_key(session, key_name, "admin")
     port = free_port()
+    # Serve's fast path, as `studio up` starts its head (tests/leaks.py restores the environment).
+    os.environ.update(serve_env(settings))
     ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

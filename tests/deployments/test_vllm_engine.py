@@ -158,7 +158,7 @@ def test_lru_evicts_the_least_recently_used_and_reloads_on_demand(loop, engine, 
     run(engine.add_adapter("rev@3", str(adapters["rev@3"])))
     loaded = {a["id"] for a in engine.list_adapters() if a["loaded"]}
     assert loaded == {"rev@2", "rev@3"}
-    assert len(run(engine.stats())["engine_lora_ids"]) == 2  # vLLM holds two as well
+    assert len(run(engine.engine_lora_ids())) == 2  # vLLM holds two as well
 
     # All three stay servable: rev@1 loads again (evicting rev@2) and answers as before.
     assert token_ids(run(completion(engine, "rev@1", PROMPTS[0]))) == first["rev@1"]

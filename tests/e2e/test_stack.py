@@ -92,6 +92,10 @@ def test_up_again_is_idempotent_and_status_reports_up(stack):
     assert json.loads((stack["home"] / "ray-head.json").read_text())["pid"] == stack["head_pid"]
     r = run(["status"], stack["env"])
     assert r.returncode == 0 and " up" in r.stdout
+    # Serve's high-throughput mode (STUDIO_SERVE_FAST_PATH, on by default): HAProxy holds the
+    # HTTP port (test_down_stops_the_head_and_its_processes: and lets go of it at `studio down`).
+    assert "front door   HAProxy" in r.stdout, r.stdout
+    assert "haproxy" in _listener(int(stack["env"]["STUDIO_HTTP_PORT"])).name()
 
 
 def test_serve_deploy_ls_evict_from_the_cli(stack, tmp_path):
@@ -161,6 +165,14 @@ def test_down_stops_the_head_and_its_processes(stack):
         time.sleep(0.5)
     assert not left, [p.cmdline() for p in left]
     assert not (stack["home"] / "ray-head.json").exists()
+    # HAProxy runs in a process group of its own: it is gone too, the HTTP port is free again.
+    assert _listener(int(env["STUDIO_HTTP_PORT"])) is None
+
+
+def _listener(port: int) -> psutil.Process | None:
+    pid = next((c.pid for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port), None)
+    return psutil.Process(pid) if pid else None
 
 
 def _pgid(pid: int) -> int | None:
