@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -71,16 +71,28 @@ def create_key(session: Session, name: str, role: Role | str, secret: str | None
     return secret, _info(key)
 
 
-def verify_key(session: Session, secret: str) -> ApiKey | None:
-    """The live key for this secret, or None. Updates last_used_at at most once a minute."""
+TOUCH_EVERY = timedelta(minutes=1)
+
+
+def verify_key(session: Session, secret: str, touch: bool = True) -> ApiKey | None:
+    """The live key for this secret, or None. ``touch``: also update last_used_at (at most once a
+    minute, ``last_use_is_stale``); the API passes False and touches later, off the request."""
     key = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(secret))).first()
     if key is None or key.revoked_at is not None:
         return None
-    now = utcnow()
-    last = key.last_used_at  # aware UTC on every backend (store.models.UTCDateTime)
-    if last is None or now - last > timedelta(minutes=1):
-        key.last_used_at = now
+    if touch and last_use_is_stale(key):
+        key.last_used_at = utcnow()
     return key
+
+
+def last_use_is_stale(key: ApiKey) -> bool:
+    last = key.last_used_at  # aware UTC on every backend (store.models.UTCDateTime)
+    return last is None or utcnow() - last > TOUCH_EVERY
+
+
+def touch_key(session: Session, key_id: int) -> None:
+    """Record a use of the key now (one UPDATE, no read)."""
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=utcnow()))
 
 
 def list_keys(session: Session) -> list[KeyInfo]:

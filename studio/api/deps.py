@@ -3,6 +3,7 @@ Each is overridable in tests through ``app.dependency_overrides``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from studio.keys import Role, verify_key
+from studio.keys import Role, last_use_is_stale, touch_key, verify_key
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 from studio.store.models import ApiKey
@@ -32,7 +33,22 @@ def get_session(settings: Annotated[StudioSettings, Depends(get_settings)]) -> I
 
 def _verified(db_url: str, secret: str) -> ApiKey | None:
     with session_scope(db_url) as session:  # expire_on_commit=False: the columns stay readable
-        return verify_key(session, secret)
+        return verify_key(session, secret, touch=False)
+
+
+def _touch(db_url: str, key_id: int) -> None:
+    try:
+        with session_scope(db_url) as session:
+            touch_key(session, key_id)
+    finally:
+        _touching.discard(key_id)
+
+
+# Keys whose last_used_at is being written. The write happens after the check, off the request:
+# on SQLite it waits for the write lock, which a burst of completion-log writes can hold for a
+# second, and a request must not wait for a timestamp. One write per key at a time.
+_touching: set[int] = set()
+_background: set[asyncio.Task] = set()
 
 
 async def current_key(
@@ -47,6 +63,11 @@ async def current_key(
     key = await run_in_threadpool(_verified, settings.db_url, creds.credentials)
     if key is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    if last_use_is_stale(key) and key.id not in _touching:
+        _touching.add(key.id)
+        task = asyncio.create_task(run_in_threadpool(_touch, settings.db_url, key.id))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
     return key
 
 

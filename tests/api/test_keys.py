@@ -71,3 +71,25 @@ def test_invalid_key_request_is_422_naming_the_field(client, admin_key, body, fi
 
 def test_revoking_an_unknown_key_is_404(client, admin_key):
     assert_problem(client.delete("/api/keys/ghost", headers=bearer(admin_key)), 404, "'ghost'")
+
+
+def test_a_request_records_the_keys_last_use_after_answering(client, admin_key, settings):
+    """The key check is read-only; last_used_at is written off the request, once a minute at most."""
+    import time
+
+    from studio.keys import list_keys
+    from studio.store.db import session_scope
+
+    def last_used() -> str | None:
+        with session_scope(settings.db_url) as s:
+            return next(k.last_used_at for k in list_keys(s) if k.name == "root")
+
+    assert client.get("/api/me", headers=bearer(admin_key)).status_code == 200
+    deadline = time.monotonic() + 10
+    while last_used() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first = last_used()
+    assert first is not None
+    assert client.get("/api/me", headers=bearer(admin_key)).status_code == 200
+    time.sleep(0.3)
+    assert last_used() == first  # within the minute: not written again

@@ -30,7 +30,7 @@ router = APIRouter(prefix="/api/evals", tags=["evals"])
 def post_eval(spec: EvalSpec, key: KeyDep, session: SessionDep) -> dict:
     """Queue an eval run; the scheduler starts it on Ray within about a second."""
     # Preflight asks the gateway (over HTTP, authenticated with a key): end this request's
-    # transaction first, or its write of the key's last_used_at would block that request.
+    # transaction first, so no lock of it is held while that request runs.
     session.commit()
     job = enqueue_eval(session, spec, submitted_by=key.name)
     return eval_detail(session, job)

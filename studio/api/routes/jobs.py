@@ -70,7 +70,7 @@ def get_logs(job_id: int, _: KeyDep, session: SessionDep, settings: SettingsDep,
     job = get_job(session, job_id)
     if follow:
         # The stream may last hours: end this request's transaction now rather than hold it
-        # (and on SQLite, the write lock of the key's last_used_at) until the stream closes.
+        # until the stream closes.
         session.commit()
         return StreamingResponse(_sse(settings, job_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
