@@ -375,17 +375,18 @@ class RouterClient:
     from that base model's ModelDeployment; the outcome goes back to the Router afterwards, off
     the request path, in batches (``books``, every ``BOOKS_EVERY_S``).
 
-    A request that names a served base id by that id skips the ``route`` call for
-    ``REGISTRY_TTL_S`` after one was answered (a base id always means that base, and the Router's
-    sync keeps running on the other calls); it is counted in flight through the next batch. Names,
-    versions and experiment aliases are always routed (promotions, sticky arms)."""
+    A request that names a served base id or a registry version (``name@N``) skips the ``route``
+    call for ``REGISTRY_TTL_S`` after one was answered: both always mean the same weights (an
+    experiment alias cannot contain ``@``), and the Router's sync keeps running on the other calls;
+    such a request is counted in flight through the next batch. Registry names (their champion
+    moves on promotion) and experiment aliases (sticky arms) are always routed."""
 
     BOOKS_EVERY_S = 0.05
 
     def __init__(self, router: DeploymentHandle):
         self.router = router
         self._models: dict[tuple[str, str], DeploymentHandle] = {}
-        self._bases: dict[str, tuple[float, Target]] = {}  # base id → (expires, its Target)
+        self._pinned: dict[str, tuple[float, Target]] = {}  # base id / name@N → (expires, Target)
         self._started: list[str] = []  # bases of requests started without `route`, not yet sent
         self._ended: list[dict[str, Any]] = []  # reports not yet sent
         self._timer: asyncio.Task | None = None
@@ -404,15 +405,15 @@ class RouterClient:
 
     async def _route(self, model: Any, user: Any) -> tuple[Target | dict, bool]:
         """Where the request goes, and whether that came from this client's cache."""
-        hit = self._bases.get(model) if isinstance(model, str) else None
+        hit = self._pinned.get(model) if isinstance(model, str) else None
         if hit is not None and hit[0] > time.monotonic():
             self._started.append(hit[1].base)
             self._schedule()
             return hit[1], True
         target = await self.router.route.remote(model, user)
-        if isinstance(target, Target) and target.adapter_id is None and target.experiment is None \
-                and target.label == model:
-            self._bases[model] = (time.monotonic() + REGISTRY_TTL_S, target)
+        # A base id or name@N (what answered is what was asked), never a name or an alias.
+        if isinstance(target, Target) and target.experiment is None and target.label == model:
+            self._pinned[model] = (time.monotonic() + REGISTRY_TTL_S, target)
         return target, False
 
     async def stream(self, endpoint: str, body: dict[str, Any]):
@@ -439,7 +440,7 @@ class RouterClient:
                     yield _relabel(item, target)
                 done = True
             except Exception:  # the replica failed (the client leaving is a BaseException)
-                self._bases.pop(target.base, None)  # ask the Router next time
+                self._pinned.pop(target.label, None)  # ask the Router next time
                 gone = await self.router.gone.remote(target.base) if ttft is None else None
                 if gone is None:
                     capture.error = {"code": 500}
