@@ -19,12 +19,15 @@ speed); interleaving puts the drift on all sides alike.
   the 4 adapters are registry versions, loaded on first use;
 - Ray Serve LLM (``ray.serve.llm.build_openai_app``) in the same Serve instance at ``/rayllm``, base
   model only (its LoRA loading takes cloud URIs); if it cannot start, the JSON says why.
+The Serve instance runs in Ray Serve's high-throughput mode, as ``studio up`` starts it (HAProxy,
+direct ingress, gRPC); ``--no-fast-path`` measures both Serve apps on Serve's Python proxy.
 Workload per phase: ``--requests`` streamed chat completions, ``--concurrency`` at a time, 32 output
 tokens each (``ignore_eos``), through the official ``openai`` client. Throughput = output tokens /
 wall time; TTFT = request sent → first streamed token. Reported: studio/raw throughput and the
 TTFT the studio adds (p50, p99), under that load and one request at a time (``--latency-requests``
-per round, 8 tokens each: no queueing, so the difference is the path's own latency); 4 adapters mixed vs base-only on both engines (the engine's own
-cost of mixed LoRA batches told apart from the studio's); and promotion → the first answer from
+per round, 8 tokens each: no queueing, so the difference is the path's own latency); 4 adapters
+mixed vs base-only on both engines (the engine's own cost of mixed LoRA batches told apart from
+the studio's); and promotion → the first answer from
 the new version (registering + promoting a version in the database, then asking the registry name
 in a loop). Takes ~6 min on 2 cores (~10 GB of RAM: three engines); the JSON records the load
 average.
