@@ -282,8 +282,10 @@ def front_door(settings: StudioSettings) -> str | None:
 
 
 def _stop_orphaned_haproxy(settings: StudioSettings) -> None:
-    """HAProxy is started by a Ray actor in a process group of its own: a head that died hard
-    (SIGKILL, OOM) leaves it holding the HTTP port, and the next `studio up` could not bind it."""
+    """HAProxy is started by a Ray actor, outside the head's process group. Stopping the head
+    stops it too (tests/e2e/test_stack.py), but one that outlived its Ray (seen when the process
+    that started that Ray was killed) would hold the HTTP port and the next `studio up` could not
+    bind it: stop one still listening there."""
     import psutil
 
     proc = _listener(settings.http_port)

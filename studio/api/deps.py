@@ -4,6 +4,7 @@ Each is overridable in tests through ``app.dependency_overrides``."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -40,6 +41,8 @@ def _touch(db_url: str, key_id: int) -> None:
     try:
         with session_scope(db_url) as session:
             touch_key(session, key_id)
+    except Exception as e:  # noqa: BLE001 — a missed timestamp must not surface anywhere
+        logging.getLogger(__name__).warning("could not record the use of key %s: %s", key_id, e)
     finally:
         _touching.discard(key_id)
 
