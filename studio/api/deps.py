@@ -48,8 +48,8 @@ def _touch(db_url: str, key_id: int) -> None:
 
 
 # Keys whose last_used_at is being written. The write happens after the check, off the request:
-# on SQLite it waits for the write lock, which a burst of completion-log writes can hold for a
-# second, and a request must not wait for a timestamp. One write per key at a time.
+# on SQLite it waits for the write lock (a burst of completion-log writes holds it), and a request
+# must not wait for a timestamp. One write per key at a time.
 _touching: set[int] = set()
 _background: set[asyncio.Task] = set()
 
