@@ -74,14 +74,12 @@ def create_key(session: Session, name: str, role: Role | str, secret: str | None
 TOUCH_EVERY = timedelta(minutes=1)
 
 
-def verify_key(session: Session, secret: str, touch: bool = True) -> ApiKey | None:
-    """The live key for this secret, or None. ``touch``: also update last_used_at (at most once a
-    minute, ``last_use_is_stale``); the API passes False and touches later, off the request."""
+def verify_key(session: Session, secret: str) -> ApiKey | None:
+    """The live key for this secret, or None. Read-only: the API records the use afterwards,
+    off the request (``last_use_is_stale``, ``touch_key``)."""
     key = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(secret))).first()
     if key is None or key.revoked_at is not None:
         return None
-    if touch and last_use_is_stale(key):
-        key.last_used_at = utcnow()
     return key
 
 

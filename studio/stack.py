@@ -281,22 +281,6 @@ def front_door(settings: StudioSettings) -> str | None:
     return "haproxy" if name and "haproxy" in name else name
 
 
-def _stop_orphaned_haproxy(settings: StudioSettings) -> None:
-    """HAProxy is started by a Ray actor, outside the head's process group. Stopping the head
-    stops it too (tests/e2e/test_stack.py), but one that outlived its Ray (seen when the process
-    that started that Ray was killed) would hold the HTTP port and the next `studio up` could not
-    bind it: stop one still listening there."""
-    import psutil
-
-    proc = _listener(settings.http_port)
-    try:
-        if proc is not None and "haproxy" in proc.name():
-            proc.terminate()
-            proc.wait(timeout=10)
-    except (psutil.Error, psutil.TimeoutExpired):
-        pass
-
-
 def load_serve_config(path: str | Path | None = None) -> dict[str, Any]:
     """The studio application's entry of a Serve config file (name, import_path, args)."""
     path = Path(path) if path else DEFAULT_SERVE_CONFIG
@@ -360,7 +344,6 @@ def down(settings: StudioSettings) -> bool:
         if _pid_alive(state.pid):
             _kill_group(state.pid)
             stopped = True
-        _stop_orphaned_haproxy(settings)
         _state_file(settings).unlink(missing_ok=True)
         _forget_current_cluster(settings)
     return stopped

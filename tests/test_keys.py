@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import select, text
 
 from studio.errors import Conflict, NotFound, StudioError
-from studio.keys import KEY_PREFIX, create_key, has_admin, list_keys, revoke_key, verify_key
+from studio.keys import (KEY_PREFIX, create_key, has_admin, last_use_is_stale, list_keys, revoke_key,
+                         touch_key, verify_key)
 from studio.store.db import session_scope
 from studio.store.models import ApiKey, utcnow
 
@@ -51,28 +52,29 @@ def test_verify_accepts_the_secret_and_rejects_others(settings):
         assert verify_key(s, "") is None
 
 
-def test_verify_records_last_use(settings):
+def test_verify_is_read_only_and_a_touch_records_the_use(settings):
     with session_scope(settings.db_url) as s:
         secret, info = create_key(s, "u", "user")
     assert info.last_used_at is None
     with session_scope(settings.db_url) as s:
-        verify_key(s, secret)
+        key = verify_key(s, secret)
+        assert last_use_is_stale(key)
     with session_scope(settings.db_url) as s:
-        (info,) = list_keys(s)
-    assert info.last_used_at is not None
+        assert list_keys(s)[0].last_used_at is None  # verifying wrote nothing
+        touch_key(s, key.id)
+    with session_scope(settings.db_url) as s:
+        key = verify_key(s, secret)
+        assert key.last_used_at is not None and not last_use_is_stale(key)
 
 
-def test_verify_refreshes_a_stale_last_use(settings):
+def test_a_use_an_hour_old_is_stale(settings):
     with session_scope(settings.db_url) as s:
         secret, _ = create_key(s, "u", "user")
     old = utcnow() - timedelta(hours=1)
     with session_scope(settings.db_url) as s:
         s.scalars(select(ApiKey)).one().last_used_at = old
     with session_scope(settings.db_url) as s:
-        verify_key(s, secret)
-    with session_scope(settings.db_url) as s:
-        last = s.scalars(select(ApiKey)).one().last_used_at
-    assert last > old + timedelta(minutes=59)
+        assert last_use_is_stale(verify_key(s, secret))
 
 
 def test_revoked_keys_fail_verification(settings):

@@ -34,7 +34,7 @@ def get_session(settings: Annotated[StudioSettings, Depends(get_settings)]) -> I
 
 def _verified(db_url: str, secret: str) -> ApiKey | None:
     with session_scope(db_url) as session:  # expire_on_commit=False: the columns stay readable
-        return verify_key(session, secret, touch=False)
+        return verify_key(session, secret)
 
 
 def _touch(db_url: str, key_id: int) -> None:
