@@ -55,6 +55,10 @@ class ApiKey(Base):
     rpm_limit: Mapped[int | None] = mapped_column(Integer)
     tpm_limit: Mapped[int | None] = mapped_column(Integer)
     budget_usd: Mapped[float | None] = mapped_column(Float)
+    # A job key: derived from its submitter's key (parent_id) for one job, revoked when it ends.
+    parent_id: Mapped[int | None] = mapped_column(Integer)
+    job_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class DatasetSnapshot(Base):
@@ -96,6 +100,7 @@ class DatasetVersion(Base):
     # Every row the ingest rejected, with its file, row number and reason (Parquet artifact).
     rejected_uri: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the key that owns it
 
     snapshot: Mapped[DatasetSnapshot] = relationship(back_populates="versions")
 
@@ -115,6 +120,7 @@ class Job(Base):
     max_retries: Mapped[int] = mapped_column(Integer, default=0)
     ray_submission_id: Mapped[str | None] = mapped_column(String(128))
     submitted_by: Mapped[str | None] = mapped_column(String(128))  # key name or "ray job submit"
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the key that owns it
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     checkpoint_uri: Mapped[str | None] = mapped_column(String(1024))  # latest, for resume
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
@@ -186,6 +192,7 @@ class Experiment(Base):
     arms: Mapped[list[Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_by: Mapped[str | None] = mapped_column(String(128))
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the key that owns it
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -209,6 +216,7 @@ class Completion(Base):
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     output_tokens: Mapped[int | None] = mapped_column(Integer)
     user: Mapped[str | None] = mapped_column(String(256))
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the key that owns it
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -224,6 +232,7 @@ class Feedback(Base):
     preferred_completion_id: Mapped[str | None] = mapped_column(ForeignKey("completions.id"))
     comment: Mapped[str | None] = mapped_column(String(4096))
     key_name: Mapped[str | None] = mapped_column(String(128))
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the key that owns it
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -323,6 +332,7 @@ class PromotionEvent(Base):
     eval_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     reason: Mapped[str] = mapped_column(String(4096))
     by: Mapped[str | None] = mapped_column(String(128))
+    by_key_id: Mapped[int | None] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -341,5 +351,19 @@ class ServingDeployment(Base):
     status: Mapped[str] = mapped_column(String(16))
     message: Mapped[str | None] = mapped_column(Text)  # why it failed / was evicted
     created_by: Mapped[str | None] = mapped_column(String(128))
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the key that owns it
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class OwnedName(Base):
+    """Who owns a name that several rows share: a registry name (``kind`` "model") or a dataset
+    name ("dataset"). The first key to register the name owns it; only the owner (or an admin)
+    adds versions to it, promotes them or changes its gate."""
+
+    __tablename__ = "owned_names"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner_key_id: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
