@@ -416,8 +416,10 @@ class RouterClient:
             self._pinned[model] = (time.monotonic() + REGISTRY_TTL_S, target)
         return target, False
 
-    async def stream(self, endpoint: str, body: dict[str, Any]):
-        """The answer to an OpenAI request body (see the module docstring for the items)."""
+    async def stream(self, endpoint: str, body: dict[str, Any], owner_key_id: int | None = None):
+        """The answer to an OpenAI request body (see the module docstring for the items).
+        ``owner_key_id``: the calling key's principal, recorded with the logged completion (only
+        its owner may read or rate it)."""
         started = time.perf_counter()
         target, cached = await self._route(body.get("model"), body.get("user"))
         if isinstance(target, dict):
@@ -458,10 +460,10 @@ class RouterClient:
             # Client gone (this generator closed or cancelled) or done: stop the engine request.
             if gen is not None:
                 gen.cancel()
-            self._report(endpoint, body, target, capture, started, ttft, done)
+            self._report(endpoint, body, target, capture, started, ttft, done, owner_key_id)
 
     def _report(self, endpoint, body, target: Target, capture: ResponseCapture, started: float,
-                ttft: float | None, done: bool) -> None:
+                ttft: float | None, done: bool, owner_key_id: int | None = None) -> None:
         latency = time.perf_counter() - started
         report: dict[str, Any] = {"target": target, "endpoint": endpoint, "ttft_s": ttft,
                                   "latency_s": latency, "done": done, "tokens": capture.tokens,
@@ -478,7 +480,7 @@ class RouterClient:
                 "latency_ms": round(latency * 1000, 3),
                 "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
                 "output_tokens": capture.tokens, "user": user if isinstance(user, str) else None,
-                "created_at": datetime.now(timezone.utc)}
+                "owner_key_id": owner_key_id, "created_at": datetime.now(timezone.utc)}
         self._ended.append(report)
         self._schedule()
 

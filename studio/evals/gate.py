@@ -85,9 +85,11 @@ def _check_scorer(scorer: dict[str, Any]) -> None:
     validate_spec(EvalSpec, {"dataset": "x", "models": ["x"], "scorers": [scorer]}, "gate scorer")
 
 
-def _record(session: Session, mv: ModelVersion, stage: str, o: Outcome, by: str | None) -> None:
+def _record(session: Session, mv: ModelVersion, stage: str, o: Outcome, by: str | None,
+            by_key_id: int | None = None) -> None:
     session.add(PromotionEvent(name=mv.name, version=mv.version, to_stage=stage, outcome=o.outcome,
-                               forced=o.outcome == "forced", eval_job_id=o.eval_id, reason=o.reason[:4096], by=by))
+                               forced=o.outcome == "forced", eval_job_id=o.eval_id, reason=o.reason[:4096], by=by,
+                               by_key_id=by_key_id))
     session.flush()
 
 
@@ -114,7 +116,7 @@ def find_eval(session: Session, snapshot_id: str, refs: list[str], scorer: str,
 
 def gated_promote(session: Session, ref: str, stage: str = "champion", *, force: bool = False,
                   by: str | None = None, override: dict[str, Any] | None = None,
-                  models_available=gateway_models) -> Outcome:
+                  models_available=gateway_models, owner_key_id: int | None = None) -> Outcome:
     """Promote ``ref`` (``name@N``) through the gate. Refusals are recorded and returned (the
     caller commits, then reports them); ``evaluating`` means an eval was queued and nothing changed."""
     if "@" not in ref:
@@ -127,7 +129,7 @@ def gated_promote(session: Session, ref: str, stage: str = "champion", *, force:
     def done(o: Outcome) -> Outcome:
         if o.outcome in ("promoted", "forced"):
             o.version = _version(promote(session, ref, stage))
-        _record(session, mv, stage, o, by)
+        _record(session, mv, stage, o, by, owner_key_id)
         return o
 
     if stage != "champion" or cfg is None:
@@ -151,7 +153,8 @@ def gated_promote(session: Session, ref: str, stage: str = "champion", *, force:
             return Outcome("evaluating", ref, f"eval {running.id} is running: {ref} vs champion {champ_ref} on "
                            f"{cfg.dataset} ({scorer})", eval_id=running.id, champion=champ_ref)
         ev = enqueue_eval(session, _gate_spec(cfg, f"gate {ref} vs {champ_ref}", [ref, champ_ref]),
-                          submitted_by=f"gate:{by or 'unknown'}", models_available=models_available)
+                          submitted_by=f"gate:{by or 'unknown'}", models_available=models_available,
+                          owner_key_id=owner_key_id)
         return Outcome("evaluating", ref, f"eval {ev.id} queued: {ref} vs champion {champ_ref} on {cfg.dataset} "
                        f"({scorer})", eval_id=ev.id, champion=champ_ref)
     cand, champ = _mean(session, job.id, ref, scorer), _mean(session, job.id, champ_ref, scorer)

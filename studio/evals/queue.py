@@ -79,7 +79,8 @@ def _pinned_version_of(model: str, served: set[str]) -> bool:
 
 
 def enqueue_eval(session: Session, spec: EvalSpec, submitted_by: str | None,
-                 models_available: Callable[[], list[str]] | None = gateway_models) -> Job:
+                 models_available: Callable[[], list[str]] | None = gateway_models,
+                 owner_key_id: int | None = None) -> Job:
     """Preflight, then store the run QUEUED with the dataset pinned to name@N."""
     resolved = preflight(session, spec, models_available)
     for m in spec.models:
@@ -88,7 +89,8 @@ def enqueue_eval(session: Session, spec: EvalSpec, submitted_by: str | None,
     pinned = spec.model_copy(deep=True)
     pinned.dataset = resolved["dataset"]
     job = create_job(session, name=spec.name, spec=pinned.model_dump(mode="json", by_alias=True),
-                     max_retries=spec.max_retries, submitted_by=submitted_by, kind=KIND)
+                     max_retries=spec.max_retries, submitted_by=submitted_by, kind=KIND,
+                     owner_key_id=owner_key_id)
     job.result = {"snapshot_id": resolved["snapshot_id"], "rows": resolved["rows"], "done": 0,
                   "total": resolved["rows"] * len(spec.models)}
     session.flush()

@@ -11,29 +11,36 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from studio.access import claim_name, owns, principal_id, require_owner
 from studio.errors import Conflict, NotFound
 from studio.jobs.status import JobStatus, create_job, transition, will_retry
-from studio.store.models import Job, JobEvent, JobMetric
+from studio.store.models import ApiKey, Job, JobEvent, JobMetric
 from studio.train.preflight import preflight
 from studio.train.spec import TrainSpec
 
 
 def enqueue_train_job(session: Session, spec: TrainSpec, submitted_by: str | None, *,
-                      cluster_gpus: float | None = None) -> Job:
+                      cluster_gpus: float | None = None, key: ApiKey | None = None) -> Job:
     """Preflight the spec (raises ``StudioError`` naming the problem; nothing is created), then
     store it QUEUED.
 
     The stored spec pins what preflight resolved: the dataset as ``name@N`` (a version ingested
     later does not change what this job — or its retries — trains on) and the base model as an
     absolute path (Ray workers run in another working directory).
+
+    With the submitting ``key``, the job is that key's and so is its registry name: a name another
+    key registered first is refused (403) before anything is stored.
     """
+    if key is not None:
+        claim_name(session, "model", spec.name, key)
     inputs = preflight(spec, session, cluster_gpus=cluster_gpus)
     pinned = spec.model_copy(deep=True)
     pinned.base_model = inputs.base_model
     pinned.data.dataset = inputs.dataset_ref
     pinned.init_adapter = inputs.init_adapter_ref  # name@N or an absolute path / URI (None without one)
     return create_job(session, name=spec.name, spec=pinned.model_dump(mode="json", by_alias=True),
-                      max_retries=spec.max_retries, submitted_by=submitted_by)
+                      max_retries=spec.max_retries, submitted_by=submitted_by,
+                      owner_key_id=principal_id(key) if key is not None else None)
 
 
 def get_job(session: Session, job_id: int) -> Job:
@@ -43,11 +50,14 @@ def get_job(session: Session, job_id: int) -> Job:
     return job
 
 
-def request_cancel(session: Session, job_id: int, by: str | None) -> Job:
+def request_cancel(session: Session, job_id: int, by: str | None, key: ApiKey | None = None) -> Job:
     """Cancel a job. QUEUED and RETRYING jobs have nothing running on Ray and are CANCELLED now;
     STARTING/RUNNING/CHECKPOINTING ones are marked, and the scheduler stops their Ray job and
-    records CANCELLED within a tick. A FAILED job with retries left is kept from retrying."""
+    records CANCELLED within a tick. A FAILED job with retries left is kept from retrying.
+    With the calling ``key``: only the job's owner or an admin (403 otherwise)."""
     job = get_job(session, job_id)
+    if key is not None:
+        require_owner(key, job.owner_key_id, f"{job.kind} job {job_id}")
     status = JobStatus(job.status)
     who = f" by {by}" if by else ""
     if status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED) or (status is JobStatus.FAILED and not will_retry(job)):
@@ -91,16 +101,28 @@ def job_summary(job: Job) -> dict[str, Any]:
         "id": job.id, "kind": job.kind, "name": job.name, "method": spec.get("method"),
         "status": job.status, "attempts": job.attempts, "max_retries": job.max_retries,
         "cancel_requested": job.cancel_requested, "submitted_by": job.submitted_by,
+        "owner_key_id": job.owner_key_id,
         "ray_submission_id": job.ray_submission_id, "error": job.error,
         "created_at": job.created_at.isoformat(), "updated_at": job.updated_at.isoformat(),
         "next_attempt_at": job.next_attempt_at.isoformat() if job.next_attempt_at else None,
     }
 
 
-def job_detail(session: Session, job: Job) -> dict[str, Any]:
+HIDDEN_SPEC = "hidden: a job's spec is shown to its owner and admins only"
+
+
+def visible_spec(job: Job, key: ApiKey | None) -> dict[str, Any] | None:
+    """The job's spec for ``key`` (None: the caller is trusted, e.g. the CLI in-process)."""
+    return job.spec if key is None or owns(key, job.owner_key_id) else None
+
+
+def job_detail(session: Session, job: Job, key: ApiKey | None = None) -> dict[str, Any]:
+    """The job with its spec, result and events; the spec only for its owner or an admin."""
     events = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id))
+    spec = visible_spec(job, key)
+    hidden = {"spec_hidden": HIDDEN_SPEC} if spec is None and job.spec else {}
     return {
-        **job_summary(job), "spec": job.spec, "result": job.result, "checkpoint_uri": job.checkpoint_uri,
+        **job_summary(job), "spec": spec, **hidden, "result": job.result, "checkpoint_uri": job.checkpoint_uri,
         "mlflow_run_id": job.mlflow_run_id, "step": latest_step(session, job), "total_steps": total_steps(job),
         "events": [{"at": e.at.isoformat(), "from": e.from_status, "to": e.to_status, "reason": e.reason}
                    for e in events],

@@ -88,9 +88,9 @@ def transition(session: Session, job_id: int, to: JobStatus | str, reason: str) 
 
 
 def create_job(session: Session, *, name: str, spec: dict, max_retries: int, submitted_by: str | None,
-               kind: str = "train") -> Job:
+               kind: str = "train", owner_key_id: int | None = None) -> Job:
     job = Job(kind=kind, name=name, spec=spec, status=JobStatus.QUEUED.value, attempts=0,
-              max_retries=max_retries, submitted_by=submitted_by, result={})
+              max_retries=max_retries, submitted_by=submitted_by, result={}, owner_key_id=owner_key_id)
     session.add(job)
     session.flush()
     session.add(JobEvent(job_id=job.id, from_status=None, to_status=JobStatus.QUEUED.value,

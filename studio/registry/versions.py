@@ -12,16 +12,23 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from studio.access import claim_name
 from studio.errors import NotFound, StudioError
-from studio.store.models import DatasetSnapshot, Job, ModelVersion
+from studio.store.models import ApiKey, DatasetSnapshot, Job, ModelVersion, OwnedName
 
 STAGES = ("candidate", "champion", "archived")
 
 
 def register_version(session: Session, *, name: str, base_model: str, method: str, adapter_type: str,
                      uri: str, dataset_snapshot_id: str | None = None, job_id: int | None = None,
-                     mlflow_run_id: str | None = None, metrics: dict[str, Any] | None = None) -> ModelVersion:
-    """Add the next version of ``name`` as a candidate. Safe against a concurrent registration."""
+                     mlflow_run_id: str | None = None, metrics: dict[str, Any] | None = None,
+                     owner_key_id: int | None = None) -> ModelVersion:
+    """Add the next version of ``name`` as a candidate. Safe against a concurrent registration.
+    With ``owner_key_id`` (the submitter of the job that trained it) the name must be that key's,
+    or unowned (it becomes that key's), or the key an admin's (403 otherwise)."""
+    if owner_key_id is not None:
+        owner = session.get(ApiKey, owner_key_id)
+        claim_name(session, "model", name, owner if owner is not None else owner_key_id)
     for _ in range(3):
         version = (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
         mv = ModelVersion(name=name, version=version, base_model=base_model, method=method,
@@ -115,11 +122,14 @@ def model_summaries(session: Session, limit: int | None = None, offset: int = 0)
     for mv in session.scalars(select(ModelVersion).where(ModelVersion.name.in_(names.scalar_subquery()))
                               .order_by(ModelVersion.name, ModelVersion.version)):
         by_name.setdefault(mv.name, []).append(mv)
+    owners = dict(session.execute(
+        select(OwnedName.name, ApiKey.name).join(ApiKey, ApiKey.id == OwnedName.owner_key_id)
+        .where(OwnedName.kind == "model", OwnedName.name.in_(list(by_name)))).all())
     out = []
     for name, versions in by_name.items():
         newest = versions[-1]
         champion = next((m.version for m in versions if m.stage == "champion"), None)
         out.append({"name": name, "versions": len(versions), "latest_version": newest.version,
                     "champion_version": champion, "base_model": newest.base_model, "method": newest.method,
-                    "updated_at": newest.created_at.isoformat()})
+                    "owner": owners.get(name), "updated_at": newest.created_at.isoformat()})
     return out

@@ -340,9 +340,11 @@ def register_result(settings: StudioSettings, store: ArtifactStore, spec: TrainS
     tracking.log_metrics(settings.mlflow, mlflow_run_id, {f"final_{k}": float(v) for k, v in metrics.items()},
                          int(metrics.get("global_step", 0)))
     with session_scope(settings.db_url) as s:
+        job = s.get(Job, job_id)
         mv = register_version(s, name=spec.name, base_model=inputs.base_model, method=spec.method,
                               adapter_type=spec.adapter, uri=uri, dataset_snapshot_id=inputs.snapshot_id,
-                              job_id=job_id, mlflow_run_id=mlflow_run_id, metrics=metrics)
+                              job_id=job_id, mlflow_run_id=mlflow_run_id, metrics=metrics,
+                              owner_key_id=job.owner_key_id if job is not None else None)
         ref = f"{mv.name}@{mv.version}"
     return {"model": ref, "uri": uri, "metrics": metrics}
 

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
+from studio.access import principal_id
 from studio.api.deps import KeyDep, SessionDep, SettingsDep
 from studio.data.snapshots import resolve_snapshot
 from studio.errors import StudioError
@@ -32,7 +33,7 @@ def post_eval(spec: EvalSpec, key: KeyDep, session: SessionDep) -> dict:
     # Preflight asks the gateway (over HTTP, authenticated with a key): end this request's
     # transaction first, so no lock of it is held while that request runs.
     session.commit()
-    job = enqueue_eval(session, spec, submitted_by=key.name)
+    job = enqueue_eval(session, spec, submitted_by=key.name, owner_key_id=principal_id(key))
     return eval_detail(session, job)
 
 
@@ -73,7 +74,7 @@ def get_results(eval_id: int, _: KeyDep, session: SessionDep,
 def cancel_eval(eval_id: int, key: KeyDep, session: SessionDep) -> dict:
     """Cancel a queued or running eval (the results stored so far stay)."""
     get_eval(session, eval_id)
-    return eval_summary(session, request_cancel(session, eval_id, key.name))
+    return eval_summary(session, request_cancel(session, eval_id, key.name, key))
 
 
 @router.get("/{eval_id}/events", response_model=None)

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
+from studio.access import require_owner
 from studio.api.deps import KeyDep, SessionDep, SettingsDep
 from studio.errors import StudioError
 from studio.jobs import ray_jobs
@@ -28,8 +29,9 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep) -> dict:
     """Queue a training job. The body has the fields of a `configs/train/*.yaml` recipe. The job
     starts when the scheduler (in the running studio) picks it up, within about a second."""
-    job = enqueue_train_job(session, spec, submitted_by=key.name, cluster_gpus=ray_jobs.cluster_gpus())
-    return job_detail(session, job)
+    job = enqueue_train_job(session, spec, submitted_by=key.name, cluster_gpus=ray_jobs.cluster_gpus(),
+                            key=key)
+    return job_detail(session, job, key)
 
 
 @router.get("")
@@ -42,16 +44,17 @@ def get_jobs(_: KeyDep, session: SessionDep,
 
 
 @router.get("/{job_id}")
-def get_one_job(job_id: int, _: KeyDep, session: SessionDep) -> dict:
-    """A job with its spec, result, progress and every status change (events)."""
-    return job_detail(session, get_job(session, job_id))
+def get_one_job(job_id: int, key: KeyDep, session: SessionDep) -> dict:
+    """A job with its result, progress and every status change (events); its spec for its owner
+    and admins."""
+    return job_detail(session, get_job(session, job_id), key)
 
 
 @router.post("/{job_id}/cancel", status_code=202)
 def cancel_job(job_id: int, key: KeyDep, session: SessionDep) -> dict:
     """Cancel: queued or retrying jobs are CANCELLED at once; a job on Ray is stopped by the
     scheduler within a tick (202: watch the status). 409 when there is nothing left to cancel."""
-    return job_summary(request_cancel(session, job_id, key.name))
+    return job_summary(request_cancel(session, job_id, key.name, key))
 
 
 @router.get("/{job_id}/metrics")
@@ -61,13 +64,15 @@ def get_metrics(job_id: int, _: KeyDep, session: SessionDep) -> dict:
 
 
 @router.get("/{job_id}/logs", response_model=None)
-def get_logs(job_id: int, _: KeyDep, session: SessionDep, settings: SettingsDep,
+def get_logs(job_id: int, key: KeyDep, session: SessionDep, settings: SettingsDep,
              follow: Annotated[bool, Query(description="Stream Server-Sent Events until the job is done.")] = False,
              attempt: Annotated[int | None, Query(ge=1, description="An earlier attempt; default: the latest.")] = None,
              ) -> dict | StreamingResponse:
     """The Ray job logs of an attempt. With ``follow=true``: ``text/event-stream`` of ``status``,
-    ``progress``, ``log`` and finally ``end`` events (``error`` if Ray stops answering)."""
+    ``progress``, ``log`` and finally ``end`` events (``error`` if Ray stops answering). The
+    owner's and admins' only: logs show what the job read and wrote."""
     job = get_job(session, job_id)
+    require_owner(key, job.owner_key_id, f"the logs of job {job_id}")
     if follow:
         # The stream may last hours: end this request's transaction now rather than hold it
         # until the stream closes.

@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from studio.api.deps import KeyDep, SessionDep, UserOrAdminDep
-from studio.errors import NotFound
+from studio.access import Forbidden, name_owner, owns, principal_id, require_admin
+from studio.errors import NotFound, StudioError
 from studio.evals.gate import (GateConfig, PromotionRefused, gate_dict, gated_promote, get_gate,
                                promotion_history, set_gate)
 from studio.registry.versions import lineage, list_versions, model_summaries, version_dict
@@ -24,10 +25,20 @@ class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stage: Literal["candidate", "champion", "archived"] = Field(
         default="champion", description="champion archives the name's previous champion.")
-    force: bool = Field(default=False, description="Promote even if the gate refuses (recorded as forced).")
-    dataset: str | None = Field(default=None, description="Gate dataset for this call (overrides the name's gate).")
-    scorer: dict[str, Any] | None = Field(default=None, description="Gate scorer (an EvalSpec scorer) for this call.")
-    margin: float | None = Field(default=None, description="Required lead over the champion for this call.")
+    force: bool = Field(default=False, description="Promote even if the gate refuses (recorded as "
+                        "forced, with `reason`). Admin keys only.")
+    reason: str | None = Field(default=None, max_length=1024,
+                               description="Why the gate is forced or overridden: required with `force` "
+                               "or an override, recorded with the promotion.")
+    dataset: str | None = Field(default=None, description="Gate dataset for this call (overrides the "
+                                "name's gate). Admin keys only.")
+    scorer: dict[str, Any] | None = Field(default=None, description="Gate scorer (an EvalSpec scorer) for "
+                                          "this call. Admin keys only.")
+    margin: float | None = Field(default=None, description="Required lead over the champion for this "
+                                 "call. Admin keys only.")
+
+    def overrides_gate(self) -> bool:
+        return self.force or any(v is not None for v in (self.dataset, self.scorer, self.margin))
 
 
 class GateRequest(BaseModel):
@@ -73,10 +84,20 @@ def post_promote(ref: str, body: PromoteRequest, key: UserOrAdminDep, session: S
     With a promotion gate (``PUT /api/models/{name}/gate``, or ``dataset`` in the body) the
     candidate must beat the champion: 200 promoted (the version, with ``promotion``), 202 an eval
     was queued (``promotion.eval_id``; ask again when it is done), 409 refused (recorded).
-    ``force`` promotes anyway and is recorded."""
+    ``force`` promotes anyway and is recorded. Only the name's owner or an admin promotes; only an
+    admin forces or overrides the gate, and says why (``reason``)."""
+    _check_name_owner(session, key, ref.split("@", 1)[0], "promote its versions")
+    by = key.name
+    if body.overrides_gate():
+        require_admin(key, "forcing or overriding the promotion gate")
+        if not (body.reason or "").strip():
+            raise StudioError("forcing or overriding the promotion gate needs a reason",
+                              'add "reason": "why" to the body (it is recorded with the promotion)')
+        by = f"{key.name} (reason: {body.reason.strip()})"
     override = {"dataset": body.dataset, "scorer": body.scorer, "margin": body.margin}
     session.commit()  # a gate's eval asks the gateway over HTTP: release the key row first (see evals.py)
-    o = gated_promote(session, ref, body.stage, force=body.force, by=key.name, override=override)
+    o = gated_promote(session, ref, body.stage, force=body.force, by=by, override=override,
+                      owner_key_id=principal_id(key))
     if o.outcome == "evaluating":
         return JSONResponse({"promotion": o.as_dict()}, status_code=202)
     if o.outcome == "refused":
@@ -93,10 +114,19 @@ def get_model_gate(name: str, _: KeyDep, session: SessionDep) -> dict:
 
 
 @router.put("/{name}/gate")
-def put_model_gate(name: str, body: GateRequest, _: UserOrAdminDep, session: SessionDep) -> dict:
-    """Set the name's promotion gate: golden dataset, scorer, margin."""
+def put_model_gate(name: str, body: GateRequest, key: UserOrAdminDep, session: SessionDep) -> dict:
+    """Set the name's promotion gate: golden dataset, scorer, margin. The name's owner or an admin."""
+    _check_name_owner(session, key, name, "change its promotion gate")
     set_gate(session, name, GateConfig(**body.model_dump()))
     return gate_dict(name, get_gate(session, name))
+
+
+def _check_name_owner(session, key, name: str, action: str) -> None:
+    """Only the key that registered ``name`` (or an admin) may ``action``. A name registered
+    before owners were recorded is an admin's to change."""
+    if not owns(key, name_owner(session, "model", name)):
+        raise Forbidden(f"registry name {name!r} belongs to another key: key {key.name!r} may not {action}",
+                        "ask the name's owner or an admin")
 
 
 @router.get("/{name}/promotions")

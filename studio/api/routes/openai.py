@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
+from studio.access import principal_id
 from studio.api.deps import KeyDep, SettingsDep
 from studio.api.errors import error_response
 from studio.errors import NotFound, StudioError, Unavailable
@@ -53,13 +54,13 @@ async def list_models(_: KeyDep, request: Request) -> dict[str, Any]:
 
 
 @router.post("/chat/completions")
-async def chat_completions(_: KeyDep, request: Request):
-    return await _forward(request, "chat")
+async def chat_completions(key: KeyDep, request: Request):
+    return await _forward(request, "chat", key)
 
 
 @router.post("/completions")
-async def completions(_: KeyDep, request: Request):
-    return await _forward(request, "completions")
+async def completions(key: KeyDep, request: Request):
+    return await _forward(request, "completions", key)
 
 
 @router.post("/feedback")
@@ -110,10 +111,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _forward(request: Request, endpoint: str):
+async def _forward(request: Request, endpoint: str, key):
     client = _client(request)
     body = await _json_body(request)
-    gen = client.stream(endpoint, body)
+    gen = client.stream(endpoint, body, owner_key_id=principal_id(key))
     try:
         first = await gen.__anext__()
         headers = {}

@@ -11,7 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
+from studio.access import owns, principal_id
 from studio.api.deps import KeyDep, SettingsDep
+from studio.jobs.queue import HIDDEN_SPEC
 from studio.data import synth
 from studio.data.sources import check_allowed
 from studio.data.synth.spec import SynthSpec
@@ -32,14 +34,23 @@ async def post_synth(body: SynthRequest, key: KeyDep, settings: SettingsDep) -> 
     """Queue a generation job; poll ``GET /api/synth/{id}`` or stream ``/events``."""
     if body.spec.tokenizer:
         check_allowed(body.spec.tokenizer, settings)
-    job_id = await run_in_threadpool(synth.submit, body.spec, settings, key.name, body.max_retries)
+    job_id = await run_in_threadpool(synth.submit, body.spec, settings, key.name, body.max_retries,
+                                     owner_key_id=principal_id(key))
     return synth.status(settings, job_id)
+
+
+def _for_key(info: dict, key) -> dict:
+    """A synth job's status; its spec for its owner and admins only."""
+    if not owns(key, info.get("owner_key_id")):
+        info = {**info, "spec": None, "spec_hidden": HIDDEN_SPEC}
+    return info
 
 
 @router.get("/{job_id}")
-def get_synth(job_id: int, _: KeyDep, settings: SettingsDep) -> dict:
-    """Status, progress (chunks done/total, rows, parse failures, tokens, cost) and result."""
-    return synth.status(settings, job_id)
+def get_synth(job_id: int, key: KeyDep, settings: SettingsDep) -> dict:
+    """Status, progress (chunks done/total, rows, parse failures, tokens, cost) and result; the
+    spec for the job's owner and admins."""
+    return _for_key(synth.status(settings, job_id), key)
 
 
 @router.get("/{job_id}/rows")

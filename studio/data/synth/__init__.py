@@ -22,7 +22,7 @@ __all__ = ["SynthSpec", "draft_rows", "follow", "status", "submit"]
 
 
 def submit(spec: SynthSpec, settings: StudioSettings, submitted_by: str | None,
-           max_retries: int = 2, local: bool = False) -> int:
+           max_retries: int = 2, local: bool = False, owner_key_id: int | None = None) -> int:
     """Queue a synth job (``local``: mark it STARTING for an in-process run the scheduler leaves
     alone). Returns the job id."""
     from studio.data.synth.run import plan
@@ -31,7 +31,7 @@ def submit(spec: SynthSpec, settings: StudioSettings, submitted_by: str | None,
     _, chunks = plan(spec, settings)  # fails now, naming the problem, rather than on the cluster
     with session_scope(settings.db_url) as s:
         job = create_job(s, name=spec.name, spec=spec.model_dump(mode="json"), max_retries=max_retries,
-                         submitted_by=submitted_by, kind="synth")
+                         submitted_by=submitted_by, kind="synth", owner_key_id=owner_key_id)
         job.result = {"progress": {"chunks_done": 0, "chunks_total": len(chunks), "rows": 0,
                                    "parse_failures": 0, "tokens": 0, "cost_usd": 0.0}}
         if local:
@@ -50,7 +50,8 @@ def status(settings: StudioSettings, job_id: int) -> dict[str, Any]:
         result = dict(job.result or {})
         return {"id": job.id, "name": job.name, "status": job.status, "attempts": job.attempts,
                 "error": job.error, "progress": result.pop("progress", {}), "result": result,
-                "spec": job.spec, "created_at": job.created_at.isoformat(),
+                "spec": job.spec, "owner_key_id": job.owner_key_id,
+                "created_at": job.created_at.isoformat(),
                 "updated_at": job.updated_at.isoformat()}
 
 
