@@ -85,6 +85,19 @@ class StudioSettings(BaseSettings):
         default=2 * 1024**3, ge=1,
         description="Largest dataset upload accepted over HTTP, in bytes (STUDIO_UPLOAD_MAX_BYTES).",
     )
+    egress_allow: str | None = Field(
+        default=None,
+        description="Hosts, IP addresses or CIDRs (comma-separated) that URLs fetched for a caller "
+        "(BYO evaluator, init_adapter, dataset URLs) may reach although they are loopback, private, "
+        "link-local or metadata addresses (STUDIO_EGRESS_ALLOW); default: none, only public "
+        "addresses. A metadata address (169.254.169.254…) opens only when listed by itself.",
+    )
+    reward_allowlist: str | None = Field(
+        default=None,
+        description="GRPO `python` rewards allowed besides studio.train.rewards' own, comma-separated "
+        "`module:function` or `module:*` (STUDIO_REWARD_ALLOWLIST); anything else is refused "
+        "before it is imported.",
+    )
     data_ray_min_bytes: int = Field(
         default=256 * 1024**2, ge=0,
         description="Inputs at least this large ingest through Ray Data (STUDIO_DATA_RAY_MIN_BYTES); "
@@ -142,6 +155,10 @@ def settings_env(settings: StudioSettings) -> dict[str, str]:
         env["STUDIO_TRAIN_WORKER_RESOURCES"] = json.dumps(settings.train_worker_resources)
     if settings.cluster_max_gpus is not None:
         env["STUDIO_CLUSTER_MAX_GPUS"] = str(settings.cluster_max_gpus)
+    for name in ("egress_allow", "reward_allowlist"):  # jobs check evaluator URLs and rewards again
+        value = getattr(settings, name)
+        if value:
+            env[f"STUDIO_{name.upper()}"] = value
     env["STUDIO_HTTP_HOST"] = settings.http_host
     env["STUDIO_HTTP_PORT"] = str(settings.http_port)
     return env
