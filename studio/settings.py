@@ -98,6 +98,16 @@ class StudioSettings(BaseSettings):
         "`module:function` or `module:*` (STUDIO_REWARD_ALLOWLIST); anything else is refused "
         "before it is imported.",
     )
+    max_n: int = Field(
+        default=8, ge=1,
+        description="Most choices (`n`, `best_of`) one /v1 or /gateway/v1 request may ask for "
+        "(STUDIO_MAX_N).",
+    )
+    max_tokens: int = Field(
+        default=8192, ge=1,
+        description="Most tokens (`max_tokens`, `max_completion_tokens`) one /v1 or /gateway/v1 "
+        "request may ask for (STUDIO_MAX_TOKENS).",
+    )
     data_ray_min_bytes: int = Field(
         default=256 * 1024**2, ge=0,
         description="Inputs at least this large ingest through Ray Data (STUDIO_DATA_RAY_MIN_BYTES); "
@@ -159,6 +169,7 @@ def settings_env(settings: StudioSettings) -> dict[str, str]:
         value = getattr(settings, name)
         if value:
             env[f"STUDIO_{name.upper()}"] = value
+    env["STUDIO_MAX_N"], env["STUDIO_MAX_TOKENS"] = str(settings.max_n), str(settings.max_tokens)
     env["STUDIO_HTTP_HOST"] = settings.http_host
     env["STUDIO_HTTP_PORT"] = str(settings.http_port)
     return env

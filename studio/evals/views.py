@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from studio.evals.leaderboard import progress, run_leaderboard
 from studio.evals.queue import get_eval
+from studio.evals.spec import redact_spec
 from studio.jobs.follow import FollowEvent, is_done
 from studio.store.db import session_scope
 from studio.store.models import EvalOutput, EvalScore, Job, JobEvent
@@ -30,7 +31,7 @@ def eval_summary(session: Session, job: Job) -> dict[str, Any]:
 def eval_detail(session: Session, job: Job) -> dict[str, Any]:
     events = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id))
     result = {k: v for k, v in (job.result or {}).items() if k != "leaderboard"}
-    return {**eval_summary(session, job), "spec": job.spec, "result": result,
+    return {**eval_summary(session, job), "spec": redact_spec(job.spec), "result": result,
             "leaderboard": run_leaderboard(session, job),
             "events": [{"at": e.at.isoformat(), "from": e.from_status, "to": e.to_status, "reason": e.reason}
                        for e in events]}

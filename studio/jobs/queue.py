@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from studio.access import claim_name, owns, principal_id, require_owner
 from studio.errors import Conflict, NotFound
+from studio.evals.spec import redact_spec
 from studio.jobs.status import JobStatus, create_job, transition, will_retry
 from studio.store.models import ApiKey, Job, JobEvent, JobMetric
 from studio.train.preflight import preflight
@@ -113,7 +114,7 @@ HIDDEN_SPEC = "hidden: a job's spec is shown to its owner and admins only"
 
 def visible_spec(job: Job, key: ApiKey | None) -> dict[str, Any] | None:
     """The job's spec for ``key`` (None: the caller is trusted, e.g. the CLI in-process)."""
-    return job.spec if key is None or owns(key, job.owner_key_id) else None
+    return redact_spec(job.spec) if key is None or owns(key, job.owner_key_id) else None
 
 
 def job_detail(session: Session, job: Job, key: ApiKey | None = None) -> dict[str, Any]:
