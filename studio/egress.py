@@ -79,19 +79,20 @@ def check_host(host: str, port: int, settings: StudioSettings | None = None, *,
     else the 400 of ``guard_url``."""
     allow = allow_entries(settings)
     name = host.strip("[]").rstrip(".").lower()
+    where = f"{what}: host {host!r}" if what else f"host {host!r}"
     if name in METADATA_HOSTS and name not in allow.hosts:
-        raise StudioError(f"{what}: host {host!r} is a cloud metadata endpoint; refused", FIX)
+        raise StudioError(f"{where} is a cloud metadata endpoint; refused", FIX)
     try:
         infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
-        raise StudioError(f"{what}: host {host!r} does not resolve ({e})",
+        raise StudioError(f"{where} does not resolve ({e})",
                           "check the host name (the studio's own DNS resolves it)") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         category = blocked_category(ip)
         if category and not allow.permits(name, ip, metadata=category == "cloud metadata"):
-            raise StudioError(f"{what}: host {host!r} resolves to {ip} ({category}); the studio "
+            raise StudioError(f"{where} resolves to {ip} ({category}); the studio "
                               "does not fetch loopback, private, link-local or metadata addresses "
                               "for a caller", FIX)
     return addresses
@@ -185,7 +186,7 @@ def _guarded_backend(settings: StudioSettings | None):
 
         async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                               local_address: str | None = None, socket_options: Any = None):
-            addresses = await anyio.to_thread.run_sync(partial(check_host, host, port, settings))
+            addresses = await anyio.to_thread.run_sync(partial(check_host, host, port, settings, what=""))
             error: Exception | None = None
             for address in addresses:
                 try:
@@ -230,7 +231,7 @@ async def _guarded_aiohttp_session(settings: StudioSettings | None = None, **kwa
             import asyncio
 
             # Checked here, then connected to exactly these addresses (aiohttp uses what we return).
-            allowed = set(await asyncio.to_thread(check_host, host, port or 80, settings))
+            allowed = set(await asyncio.to_thread(check_host, host, port or 80, settings, what=""))
             return [r for r in await self.inner.resolve(host, port, family) if r["host"] in allowed]
 
         async def close(self) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from studio.errors import NotFound, StudioError
 from studio.evals.data import load_datapoints
+from studio.evals.scorers.http import check_http_scorer
 from studio.evals.spec import EvalSpec, needs_reference, scorer_name
 from studio.jobs.status import create_job
 from studio.store.models import Job
@@ -45,6 +46,8 @@ def preflight(session: Session, spec: EvalSpec,
                           "pick a dataset or split with rows (see `studio data show NAME`)")
     missing = sum(1 for p in points if p.reference is None)
     for s in spec.scorers:
+        if s.type == "http":  # the evaluator URL passes the egress guard before a job exists
+            check_http_scorer(s)
         if needs_reference(s) and missing:
             raise StudioError(
                 f"scorer {scorer_name(s)!r} ({s.type}) compares with a reference, but {missing} of "

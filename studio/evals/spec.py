@@ -4,11 +4,18 @@ type) that keys its results, so two scorers of one type need two names."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from studio.errors import StudioError
 from studio.recipes import Spec
+
+# Plain http scorer headers are stored with the job: names that usually carry a secret are refused.
+SECRET_HEADER = re.compile(r"auth|cookie|key|token|secret|passw|signature|session|credential", re.I)
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+ENV_PREFIX = "EVAL_"  # headers_env may read only these: an eval job's environment holds other secrets
 
 
 class Normalize(Spec):
@@ -80,8 +87,42 @@ class HttpScorer(Spec):
     timeout_s: float = Field(default=10.0, gt=0, description="Per-call timeout.")
     retries: int = Field(default=2, ge=0, description="Retries after a timeout, a connection error or a 5xx; "
                          "then the datapoint is marked unscored with the error.")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers "
-                                    "(e.g. an Authorization header for the evaluator).")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers that are no "
+                                    "secret (shown as *** in job details); a secret-looking one "
+                                    "(Authorization, Cookie, *key*, *token*, *secret*…) is refused: use headers_env.")
+    headers_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Secret request headers as templates over environment variables of the eval job, "
+        "e.g. {\"Authorization\": \"Bearer ${EVAL_TOKEN}\"}: the value is filled in when the evaluator is "
+        "called, so the secret is never stored in the spec. Only variables named EVAL_* may be used.")
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secret_in_plain_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name in headers:
+            if SECRET_HEADER.search(name):
+                # StudioError, not ValueError: a 400 that names the fix, not a 422 echoing the input.
+                raise StudioError(
+                    f"http scorer header {name!r} looks like a secret, and plain headers are stored "
+                    "with the job and shown to every key",
+                    f'move it to headers_env, e.g. headers_env: {{"{name}": "Bearer ${{EVAL_TOKEN}}"}}, '
+                    "and set EVAL_TOKEN where the eval jobs run")
+        return headers
+
+    @field_validator("headers_env")
+    @classmethod
+    def _env_templates(cls, headers_env: dict[str, str]) -> dict[str, str]:
+        for name, template in headers_env.items():
+            names = ENV_REF.findall(template)
+            if not names or "$" in ENV_REF.sub("", template):
+                raise ValueError(f"headers_env[{name!r}] must reference variables as ${{NAME}} "
+                                 "(e.g. 'Bearer ${EVAL_TOKEN}')")
+            wrong = [n for n in names if not n.startswith(ENV_PREFIX)]
+            if wrong:
+                raise ValueError(f"headers_env[{name!r}] reads ${{{wrong[0]}}}: only variables named "
+                                 f"{ENV_PREFIX}* may be sent to an evaluator (the job's environment holds "
+                                 "the studio's own secrets too)")
+        return headers_env
 
 
 ScorerSpec = Annotated[ExactMatchScorer | RegexScorer | JsonScorer | NumericScorer | EmbeddingScorer
@@ -141,6 +182,29 @@ class EvalSpec(Spec):
 
 def scorer_name(s: Any) -> str:
     return s.name or s.type
+
+
+def redact_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored job spec (eval or train) fit for a response: every http scorer's plain header
+    values become "***" and URLs lose their user info. headers_env holds only variable names."""
+    if not spec:
+        return spec
+
+    def scorer(s: Any) -> Any:
+        if not isinstance(s, dict) or s.get("type") != "http":
+            return s
+        from studio.egress import redact_url
+
+        return {**s, "url": redact_url(str(s.get("url", ""))),
+                "headers": {k: "***" for k in (s.get("headers") or {})}}
+
+    out = dict(spec)
+    if isinstance(out.get("scorers"), list):
+        out["scorers"] = [scorer(s) for s in out["scorers"]]
+    after = out.get("after_training")
+    if isinstance(after, dict) and after.get("scorer"):
+        out["after_training"] = {**after, "scorer": scorer(after["scorer"])}
+    return out
 
 
 def needs_reference(s: Any) -> bool:
