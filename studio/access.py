@@ -37,10 +37,11 @@ def owns(key: ApiKey, owner_key_id: int | None) -> bool:
     return is_admin(key) or (owner_key_id is not None and owner_key_id == principal_id(key))
 
 
-def require_owner(key: ApiKey, owner_key_id: int | None, what: str) -> None:
+def require_owner(key: ApiKey, owner_key_id: int | None, what: str, action: str = "change it") -> None:
     """Refuse (403) unless ``key`` is an admin or owns ``what`` (a phrase: "job 7")."""
     if not owns(key, owner_key_id):
-        raise Forbidden(f"{what} belongs to another key; key {key.name!r} may read it but not change it",
+        owner = "another key" if owner_key_id is not None else "no key (it predates owners: admins only)"
+        raise Forbidden(f"{what} belongs to {owner}; key {key.name!r} may not {action}",
                         "ask its owner or an admin")
 
 

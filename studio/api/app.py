@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from studio import __version__
+from studio.api.deps import require_team
 from studio.api.errors import install_error_handlers
 from studio.api.routes import datasets, health, jobs, keys, models, openai, scheduler
 from studio.api.routes import experiments
@@ -29,18 +30,21 @@ def create_app(settings: StudioSettings | None = None) -> FastAPI:
     app.state.router = None  # the Router's handle (OpenAI /v1/*), set by the Serve ingress
     app.state.gateway = None  # the Gateway's handle (/gateway/v1/*), set by the Serve ingress
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(keys.router)
-    app.include_router(datasets.router)
-    app.include_router(synth_routes.router)
-    app.include_router(jobs.router)
-    app.include_router(scheduler.router)
-    app.include_router(models.router)
+    # Role floors (docs/security.md): /v1 and /gateway/v1 take any key; the studio API's
+    # resources take team keys (user, admin); routes add admin-only and owner rules on top.
+    team = [Depends(require_team)]
+    app.include_router(health.router)  # /healthz (no key), /api/me (any key), /metrics (team)
+    app.include_router(keys.router)  # admin only, per route
+    app.include_router(datasets.router, dependencies=team)
+    app.include_router(synth_routes.router, dependencies=team)
+    app.include_router(jobs.router, dependencies=team)
+    app.include_router(scheduler.router, dependencies=team)
+    app.include_router(models.router, dependencies=team)
     app.include_router(openai.router)
     app.include_router(gateway_routes.router)  # /gateway/v1/*: the LLM gateway
-    app.include_router(usage.router)
-    app.include_router(experiments.router)
-    app.include_router(evals.router)
-    app.include_router(deployment_routes.router)  # /api/deployments: runtime models
+    app.include_router(usage.router, dependencies=team)
+    app.include_router(experiments.router, dependencies=team)
+    app.include_router(evals.router, dependencies=team)
+    app.include_router(deployment_routes.router, dependencies=team)  # /api/deployments: runtime models
     mount_ui(app)  # /ui: static pages that call the API above with the user's key
     return app

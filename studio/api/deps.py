@@ -97,5 +97,8 @@ SettingsDep = Annotated[StudioSettings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 KeyDep = Annotated[ApiKey, Depends(current_key)]
 AdminDep = Annotated[ApiKey, Depends(require_admin)]
-# Changes people make by hand (promoting a model): not for service keys, which automation holds.
-UserOrAdminDep = Annotated[ApiKey, Depends(require_roles(Role.admin, Role.user))]
+# The team's catalog and everything people do by hand: not for service keys, which only call
+# models (/v1, /gateway/v1). Also the role floor of every /api router (studio.api.app).
+require_team = require_roles(Role.admin, Role.user)
+UserOrAdminDep = Annotated[ApiKey, Depends(require_team)]
+TeamDep = UserOrAdminDep

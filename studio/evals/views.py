@@ -24,7 +24,8 @@ def eval_summary(session: Session, job: Job) -> dict[str, Any]:
     return {"id": job.id, "name": job.name, "status": job.status, "dataset": spec.get("dataset"),
             "models": spec.get("models"), "scorers": [s.get("name") or s.get("type") for s in spec.get("scorers", [])],
             "progress": progress(session, job), "attempts": job.attempts, "error": job.error,
-            "submitted_by": job.submitted_by, "cancel_requested": job.cancel_requested,
+            "submitted_by": job.submitted_by, "owner_key_id": job.owner_key_id,
+            "cancel_requested": job.cancel_requested,
             "created_at": job.created_at.isoformat(), "updated_at": job.updated_at.isoformat()}
 
 

@@ -99,7 +99,7 @@ def _check_arms_exist(session: Session, arms: list[ArmSpec], bases: set[str] | N
 
 
 def create_experiment(session: Session, spec: ExperimentSpec, created_by: str | None = None,
-                      bases: set[str] | None = None) -> Experiment:
+                      bases: set[str] | None = None, owner_key_id: int | None = None) -> Experiment:
     if session.scalars(select(Experiment).where(Experiment.alias == spec.alias)).first():
         raise Conflict(f"experiment {spec.alias!r} exists",
                        "change it with `PATCH /api/experiments/ALIAS` or pick another alias")
@@ -110,7 +110,7 @@ def create_experiment(session: Session, spec: ExperimentSpec, created_by: str | 
         raise Conflict(f"alias {spec.alias!r} is a served base model", "pick another alias")
     _check_arms_exist(session, spec.arms, bases)
     exp = Experiment(alias=spec.alias, arms=[a.model_dump() for a in spec.arms],
-                     status=spec.status, created_by=created_by)
+                     status=spec.status, created_by=created_by, owner_key_id=owner_key_id)
     session.add(exp)
     session.flush()
     return exp
@@ -151,6 +151,7 @@ def stop_experiment(session: Session, alias: str) -> Experiment:
 def experiment_dict(exp: Experiment) -> dict[str, Any]:
     total = sum(a["weight"] for a in exp.arms)
     return {"alias": exp.alias, "status": exp.status, "created_by": exp.created_by,
+            "owner_key_id": exp.owner_key_id,
             "arms": [{**a, "share": round(a["weight"] / total, 4)} for a in exp.arms],
             "created_at": exp.created_at.isoformat(), "updated_at": exp.updated_at.isoformat()}
 

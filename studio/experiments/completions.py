@@ -19,9 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from studio.access import owns, principal_id
 from studio.errors import NotFound, StudioError
 from studio.recipes import Spec
-from studio.store.models import Completion, Feedback
+from studio.store.models import ApiKey, Completion, Feedback
 
 logger = logging.getLogger("ray.serve")
 FLUSH_EVERY_S = 0.5
@@ -131,13 +132,21 @@ def get_completion(session: Session, completion_id: str) -> Completion | None:
     return session.get(Completion, completion_id)
 
 
-def add_feedback(session: Session, spec: FeedbackSpec, key_name: str | None = None) -> Feedback:
-    completion = get_completion(session, spec.completion_id)
+def add_feedback(session: Session, spec: FeedbackSpec, key_name: str | None = None,
+                 key: ApiKey | None = None) -> Feedback:
+    """Record a judgement. With the calling ``key``: only completions that key (or, for a job key,
+    its submitter) was answered, unless it is an admin's; another key's completion is "not
+    recorded" (404), so neither its existence nor its rating leaks, and no key can steer the
+    preference data built from others' traffic."""
+    def visible(c: Completion | None) -> Completion | None:
+        return c if c is not None and (key is None or owns(key, c.owner_key_id)) else None
+
+    completion = visible(get_completion(session, spec.completion_id))
     if completion is None:
         raise NotFound(f"no completion {spec.completion_id!r} is recorded",
                        "send the `id` of a /v1/chat/completions or /v1/completions response")
     if spec.preferred_completion_id:
-        preferred = get_completion(session, spec.preferred_completion_id)
+        preferred = visible(get_completion(session, spec.preferred_completion_id))
         if preferred is None:
             raise NotFound(f"no completion {spec.preferred_completion_id!r} is recorded "
                            "(preferred_completion_id)",
@@ -149,7 +158,7 @@ def add_feedback(session: Session, spec: FeedbackSpec, key_name: str | None = No
                 "send preferred_completion_id of a response to the same prompt, or a rating")
     fb = Feedback(completion_id=spec.completion_id, rating=spec.rating,
                   preferred_completion_id=spec.preferred_completion_id, comment=spec.comment,
-                  key_name=key_name)
+                  key_name=key_name, owner_key_id=principal_id(key) if key is not None else None)
     session.add(fb)
     session.flush()
     return fb

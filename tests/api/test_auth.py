@@ -35,8 +35,8 @@ def test_me_with_a_wrong_key_is_401(client, user_key):
 
 
 def test_me_with_a_key_names_it(client, user_key, admin_key):
-    assert client.get("/api/me", headers=bearer(user_key)).json() == {"name": "alice", "role": "user"}
-    assert client.get("/api/me", headers=bearer(admin_key)).json() == {"name": "root", "role": "admin"}
+    assert client.get("/api/me", headers=bearer(user_key)).json() == {"id": 1, "name": "alice", "role": "user"}
+    assert client.get("/api/me", headers=bearer(admin_key)).json() == {"id": 2, "name": "root", "role": "admin"}
 
 
 def test_metrics_need_a_key(client, user_key):

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import pytest
 
+from sqlalchemy import select
+
+from studio.access import claim_name
 from studio.data.snapshots import resolve_snapshot
 from studio.jobs.status import create_job
 from studio.keys import create_key
 from studio.registry.versions import register_version
 from studio.store.db import session_scope
+from studio.store.models import ApiKey
 from tests.api.checks import assert_problem, bearer
 from tests.jobs.inputs import ingest_datasets
 
 
-@pytest.fixture
-def registered(settings, tmp_path) -> dict:
-    """``rev`` v1 and v2 (v2 from a job on digits@1), ``other`` v1."""
-    ingest_datasets(settings, tmp_path / "data")
+def key_id(settings, name: str) -> int:
     with session_scope(settings.db_url) as s:
+        return s.scalars(select(ApiKey.id).where(ApiKey.name == name)).one()
+
+
+@pytest.fixture
+def registered(settings, tmp_path, user_key) -> dict:
+    """``rev`` v1 and v2 (v2 from a job on digits@1), ``other`` v1; both names alice's."""
+    ingest_datasets(settings, tmp_path / "data")
+    alice = key_id(settings, "alice")
+    with session_scope(settings.db_url) as s:
+        claim_name(s, "model", "rev", alice)
+        claim_name(s, "model", "other", alice)
         snap = resolve_snapshot(s, "digits").snapshot
         job = create_job(s, name="rev", spec={"method": "sft"}, max_retries=0, submitted_by="alice")
         common = {"base_model": "/models/tiny", "method": "sft", "adapter_type": "lora"}
@@ -70,4 +82,36 @@ def test_promote_needs_a_user_or_admin_key(client, settings, admin_key, register
     r = client.post("/api/models/rev@1/promote", headers=bearer(service), json={})
     assert_problem(r, 403, "role admin or user", "'service'")
     assert client.post("/api/models/rev@1/promote", headers=bearer(admin_key), json={}).status_code == 200
-    assert client.get("/api/models", headers=bearer(service)).status_code == 200  # reading is fine
+    # Service keys only call models: the catalog is the team's.
+    assert_problem(client.get("/api/models", headers=bearer(service)), 403, "role admin or user")
+
+
+def test_only_the_names_owner_or_an_admin_promotes_or_sets_its_gate(client, settings, admin_key, registered):
+    with session_scope(settings.db_url) as s:
+        bob = create_key(s, "bob", "user")[0]
+    r = client.post("/api/models/rev@1/promote", headers=bearer(bob), json={})
+    assert_problem(r, 403, "registry name 'rev' belongs to another key", "'bob'")
+    gate = {"dataset": "digits", "scorer": {"type": "exact_match"}}
+    assert_problem(client.put("/api/models/rev/gate", headers=bearer(bob), json=gate), 403, "'rev'")
+    versions = client.get("/api/models/rev", headers=bearer(bob)).json()["versions"]
+    assert {v["stage"] for v in versions} == {"candidate"}  # nothing changed
+    assert client.get("/api/models/rev/gate", headers=bearer(bob)).json()["gate"] is None
+    assert client.post("/api/models/rev@1/promote", headers=bearer(admin_key), json={}).status_code == 200
+    # A name nobody registered yet becomes the gate-setter's; then only it (or an admin) may.
+    assert client.put("/api/models/bobs/gate", headers=bearer(bob), json=gate).status_code == 200
+    assert client.get("/api/me", headers=bearer(bob)).json()["id"] == key_id(settings, "bob")
+
+
+def test_forcing_or_overriding_the_gate_is_an_admins_with_a_reason(client, settings, user_key, admin_key,
+                                                                   registered):
+    def promote(key, **body):
+        return client.post("/api/models/rev@2/promote", headers=bearer(key), json=body)
+
+    assert_problem(promote(user_key, force=True), 403, "admin key", "'alice'")
+    assert_problem(promote(user_key, margin=-1.0), 403, "admin key")
+    assert_problem(promote(user_key, dataset="digits"), 403, "admin key")
+    assert_problem(promote(admin_key, force=True), 400, "needs a reason")
+    r = promote(admin_key, force=True, reason="hotfix for ticket 42")
+    assert r.status_code == 200 and r.json()["stage"] == "champion"
+    history = client.get("/api/models/rev/promotions", headers=bearer(user_key)).json()
+    assert history[-1]["by"] == "root (reason: hotfix for ticket 42)", history

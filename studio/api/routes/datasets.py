@@ -9,20 +9,24 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from pydantic import Field
 
+from studio.access import Forbidden, is_admin
 from studio.api.deps import KeyDep, SessionDep, SettingsDep
 from studio.data import tools
 from studio.data.curate import CurateSpec, curate
 from studio.data.ingest import ALL_FORMATS, ingest_file, ingest_path
 from studio.data.kinds import DatasetKind
 from studio.data.snapshots import dataset_versions, list_datasets, load_split, resolve_snapshot
-from studio.data.sources import check_allowed
+from studio.data.sources import check_allowed, check_tokenizer
 from studio.data.upload import TooLarge, discard, receive_upload
+from studio.data.writer import check_owner
 from studio.errors import StudioError
 from studio.recipes import Spec
 from studio.settings import StudioSettings
 from studio.store.artifacts import ArtifactStore
+from studio.store.models import ApiKey
 
 router = APIRouter(prefix="/api/datasets", tags=["datasets"])
 
@@ -57,13 +61,21 @@ def get_rows(ref: str, _: KeyDep, session: SessionDep, split: str = "all",
             "rows": table.slice(offset, limit).to_pylist()}
 
 
+def _server_paths_are_admin_only(key: ApiKey, what: str, instead: str) -> None:
+    if not is_admin(key):
+        raise Forbidden(f"{what} names a path on the server, which only an admin key may; key "
+                        f"{key.name!r} has role {key.role!r}", instead)
+
+
 @router.get("/{ref}/stats")
-async def get_stats(ref: str, _: KeyDep, settings: SettingsDep, tokenizer: str | None = None,
+async def get_stats(ref: str, key: KeyDep, settings: SettingsDep,
+                    tokenizer: Annotated[str | None, Query(description="A model under $STUDIO_HOME/models "
+                                                           "(folder name or path) or a hub id.")] = None,
                     validation_ratio: Annotated[float, Query(ge=0, lt=1)] = 0.1, seed: int = 0,
                     bins: Annotated[int, Query(ge=1, le=100)] = 10) -> dict:
     """Rows and tokens per split, length histogram, lineage."""
     if tokenizer:
-        check_allowed(tokenizer, settings)
+        tokenizer = check_tokenizer(tokenizer, settings, is_admin(key))
     return await run_in_threadpool(tools.snapshot_stats, settings, ref, tokenizer=tokenizer,
                                    validation_ratio=validation_ratio, seed=seed, bins=bins)
 
@@ -90,8 +102,23 @@ async def get_diff(a: str, b: str, _: KeyDep, settings: SettingsDep,
     return await run_in_threadpool(tools.diff_snapshots, settings, a, b, show)
 
 
+@router.get("/{ref}/export", response_class=StreamingResponse, responses={200: {"content": {
+    "application/jsonl": {}, "application/vnd.apache.parquet": {}}, "description": "The file."}})
+async def get_export(ref: str, _: KeyDep, settings: SettingsDep,
+                     format: Annotated[str, Query(description="jsonl | parquet")] = "jsonl",
+                     split: Annotated[str, Query(description="all | train | validation")] = "all",
+                     validation_ratio: Annotated[float, Query(ge=0, lt=1)] = 0.0,
+                     seed: int = 0) -> StreamingResponse:
+    """Download a snapshot (or a split) as one JSONL or Parquet file: the export for every key
+    (writing to a server path is admin-only)."""
+    filename, media_type, chunks = await run_in_threadpool(
+        tools.export_download, settings, ref, format, split, validation_ratio, seed)
+    return StreamingResponse(chunks, media_type=media_type,
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
 class ExportRequest(Spec):
-    path: str = Field(description="Destination on the server (under STUDIO_DATA_ROOTS).")
+    path: str = Field(description="Destination on the server (under STUDIO_DATA_ROOTS); admin keys only.")
     format: str = Field(default="jsonl", description="jsonl | parquet | hf")
     split: str = Field(default="all", description="all | train | validation")
     validation_ratio: float = Field(default=0.0, ge=0, lt=1, description="Share held out as validation.")
@@ -99,9 +126,13 @@ class ExportRequest(Spec):
 
 
 @router.post("/{ref}/export")
-async def post_export(ref: str, body: ExportRequest, _: KeyDep, settings: SettingsDep) -> dict:
-    """Write a snapshot (or a split) to a server path as JSONL, Parquet or an HF dataset folder."""
-    dest = check_allowed(body.path, settings)
+async def post_export(ref: str, body: ExportRequest, key: KeyDep, settings: SettingsDep) -> dict:
+    """Write a snapshot (or a split) to a server path as JSONL, Parquet or an HF dataset folder
+    (admin keys; others download it with ``GET /api/datasets/{ref}/export``)."""
+    _server_paths_are_admin_only(key, "an export to a file", f"download it instead: GET /api/datasets/"
+                                 f"{ref}/export?format=jsonl (or parquet), or `studio data export` "
+                                 "on the studio's machine")
+    dest = check_allowed(body.path, settings, "export path")
     return await run_in_threadpool(tools.export_snapshot, settings, ref, dest, body.format, body.split,
                                    body.validation_ratio, body.seed)
 
@@ -113,19 +144,19 @@ class SplitRequest(Spec):
 
 
 @router.post("/{ref}/split", status_code=201)
-async def post_split(ref: str, body: SplitRequest, _: KeyDep, settings: SettingsDep) -> dict:
+async def post_split(ref: str, body: SplitRequest, key: KeyDep, settings: SettingsDep) -> dict:
     """Materialize train and validation snapshots (lineage: split, seed, ratio)."""
     return await run_in_threadpool(tools.split_snapshot, settings, ref, body.validation_ratio,
-                                   body.seed, body.name)
+                                   body.seed, body.name, key)
 
 
 @router.post("/curate", status_code=201)
-async def post_curate(spec: CurateSpec, _: KeyDep, settings: SettingsDep) -> dict:
+async def post_curate(spec: CurateSpec, key: KeyDep, settings: SettingsDep) -> dict:
     """Run curation steps on a snapshot: a new snapshot with lineage and recorded dropped rows."""
     for step in spec.steps:
         if getattr(step, "tokenizer", None):
-            check_allowed(step.tokenizer, settings)
-    return await run_in_threadpool(curate, spec, settings)
+            step.tokenizer = check_tokenizer(step.tokenizer, settings, is_admin(key))
+    return await run_in_threadpool(curate, spec, settings, key)
 
 
 class FromEvalRequest(Spec):
@@ -135,15 +166,17 @@ class FromEvalRequest(Spec):
 
 
 @router.post("/from-eval", status_code=201)
-async def post_from_eval(body: FromEvalRequest, _: KeyDep, settings: SettingsDep) -> dict:
+async def post_from_eval(body: FromEvalRequest, key: KeyDep, settings: SettingsDep) -> dict:
     """A preference snapshot (prompt, chosen, rejected) from an eval run's pairwise verdicts."""
     from studio.data.preference import preference_from_eval
 
-    return await run_in_threadpool(preference_from_eval, settings, body.eval_job_id, body.name, body.scorer)
+    return await run_in_threadpool(preference_from_eval, settings, body.eval_job_id, body.name,
+                                   body.scorer, key)
 
 
 class IngestRequest(Spec):
-    source: str = Field(description="File, directory or fsspec URL on the server, under STUDIO_DATA_ROOTS.")
+    source: str = Field(description="Absolute file, directory or fsspec URL on the server, under "
+                        "STUDIO_DATA_ROOTS; admin keys only.")
     name: str = Field(description="Dataset name; a new version is added on new content.")
     kind: DatasetKind | None = Field(default=None, description="Force the row kind.")
     column_map: dict[str, str] | None = Field(default=None, description="Target column -> source column.")
@@ -151,10 +184,14 @@ class IngestRequest(Spec):
 
 
 @router.post("/ingest", status_code=201)
-async def post_ingest(body: IngestRequest, _: KeyDep, settings: SettingsDep) -> dict:
-    """Ingest a file or directory the server can read (a shared volume, an s3:// prefix)."""
+async def post_ingest(body: IngestRequest, key: KeyDep, settings: SettingsDep) -> dict:
+    """Ingest a file or directory the server can read (a shared volume, an s3:// prefix); admin
+    keys only (others upload with ``POST /api/datasets``)."""
+    _server_paths_are_admin_only(key, "an ingest from a server path or URL",
+                                 "upload the file instead: POST /api/datasets (multipart: file, name), "
+                                 "or `studio data ingest FILE` on the studio's machine")
     report = await run_in_threadpool(ingest_path, body.source, body.name, settings, kind=body.kind,
-                                     column_map=body.column_map, use_ray=body.use_ray)
+                                     column_map=body.column_map, use_ray=body.use_ray, owner=key)
     return asdict(report)
 
 
@@ -169,7 +206,7 @@ _UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 
 @router.post("", status_code=201, openapi_extra=_UPLOAD_DOC)
-async def post_dataset(request: Request, _: KeyDep, settings: SettingsDep) -> dict:
+async def post_dataset(request: Request, key: KeyDep, settings: SettingsDep) -> dict:
     """Upload a file (multipart: ``file``, ``name``, optional ``kind`` and ``column_map``). The body
     streams into the artifact store; over STUDIO_UPLOAD_MAX_BYTES it is refused with 413 as soon
     as the limit is passed, without reading the rest."""
@@ -183,8 +220,9 @@ async def post_dataset(request: Request, _: KeyDep, settings: SettingsDep) -> di
                               settings.upload_max_bytes, set(ALL_FORMATS))
     try:
         name, kind, mapping = _form(up.fields)
+        await run_in_threadpool(check_owner, settings, [name], key)
         report = await run_in_threadpool(_ingest_upload, store, up.key, up.filename, name, kind,
-                                         mapping, settings)
+                                         mapping, settings, key)
     finally:
         discard(store, up)
     out = asdict(report)
@@ -210,13 +248,15 @@ def _form(fields: dict[str, str]) -> tuple[str, DatasetKind | None, dict[str, st
 
 
 def _ingest_upload(store: ArtifactStore, key: str, filename: str, name: str, kind: DatasetKind | None,
-                   mapping: dict[str, str] | None, settings: StudioSettings):
+                   mapping: dict[str, str] | None, settings: StudioSettings, owner: ApiKey):
     if store.protocol == "file":
-        return ingest_file(store.path(key), name, settings, kind=kind, column_map=mapping, source=filename)
+        return ingest_file(store.path(key), name, settings, kind=kind, column_map=mapping,
+                           source=filename, owner=owner)
     with tempfile.TemporaryDirectory() as tmp:  # remote store: read a local copy
         local = Path(tmp) / filename
         store.fs.get_file(store.path(key), str(local))
-        return ingest_file(local, name, settings, kind=kind, column_map=mapping, source=filename)
+        return ingest_file(local, name, settings, kind=kind, column_map=mapping, source=filename,
+                           owner=owner)
 
 
 def _column_map(raw: str | None) -> dict[str, str] | None:

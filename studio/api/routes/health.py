@@ -5,7 +5,8 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from studio import __version__
-from studio.api.deps import KeyDep
+from studio.access import principal_id
+from studio.api.deps import KeyDep, TeamDep
 
 router = APIRouter()
 
@@ -19,11 +20,11 @@ def healthz() -> dict:
 @router.get("/api/me", tags=["health"])
 def me(key: KeyDep) -> dict:
     """Who the presented key is: a cheap authenticated check."""
-    return {"name": key.name, "role": key.role}
+    return {"id": principal_id(key), "name": key.name, "role": key.role}
 
 
 @router.get("/metrics", tags=["health"], response_class=PlainTextResponse)
-async def metrics(_: KeyDep, request: Request) -> PlainTextResponse:
+async def metrics(_: TeamDep, request: Request) -> PlainTextResponse:
     """Prometheus metrics of this process, then the serving metrics the Router keeps for every
     /v1 request (per model and version; see deployments/serving_metrics.py). Scrape with a bearer
     token."""

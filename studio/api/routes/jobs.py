@@ -72,7 +72,7 @@ def get_logs(job_id: int, key: KeyDep, session: SessionDep, settings: SettingsDe
     ``progress``, ``log`` and finally ``end`` events (``error`` if Ray stops answering). The
     owner's and admins' only: logs show what the job read and wrote."""
     job = get_job(session, job_id)
-    require_owner(key, job.owner_key_id, f"the logs of job {job_id}")
+    require_owner(key, job.owner_key_id, f"job {job_id}", "read its logs")
     if follow:
         # The stream may last hours: end this request's transaction now rather than hold it
         # until the stream closes.

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from studio.api.deps import AdminDep, SessionDep
@@ -18,8 +20,10 @@ class KeyCreate(BaseModel):
 
 
 @router.get("")
-def get_keys(_: AdminDep, session: SessionDep) -> list[dict]:
-    return [asdict(k) for k in list_keys(session)]
+def get_keys(_: AdminDep, session: SessionDep,
+             job_keys: Annotated[bool, Query(description="Include the per-job keys the scheduler "
+                                             "derives from their submitters' keys.")] = False) -> list[dict]:
+    return [asdict(k) for k in list_keys(session, job_keys=job_keys)]
 
 
 @router.post("", status_code=201)

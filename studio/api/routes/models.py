@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from studio.api.deps import KeyDep, SessionDep, UserOrAdminDep
-from studio.access import Forbidden, name_owner, owns, principal_id, require_admin
+from studio.access import Forbidden, claim_name, name_owner, owns, principal_id, require_admin
 from studio.errors import NotFound, StudioError
 from studio.evals.gate import (GateConfig, PromotionRefused, gate_dict, gated_promote, get_gate,
                                promotion_history, set_gate)
-from studio.registry.versions import lineage, list_versions, model_summaries, version_dict
+from studio.registry.versions import get_version, lineage, list_versions, model_summaries, version_dict
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
@@ -68,7 +68,8 @@ def get_model(name: str, _: KeyDep, session: SessionDep,
     # An empty page past the end of an existing name is not "no such model".
     if not versions and not (offset and list_versions(session, name, limit=1)):
         raise NotFound(f"no registered model named {name!r}", "see GET /api/models (or `studio models ls`)")
-    return {"name": name, "versions": [version_dict(v) for v in versions]}
+    owner = name_owner(session, "model", name)
+    return {"name": name, "owner_key_id": owner, "versions": [version_dict(v) for v in versions]}
 
 
 @router.get("/{ref}/lineage")
@@ -86,6 +87,8 @@ def post_promote(ref: str, body: PromoteRequest, key: UserOrAdminDep, session: S
     was queued (``promotion.eval_id``; ask again when it is done), 409 refused (recorded).
     ``force`` promotes anyway and is recorded. Only the name's owner or an admin promotes; only an
     admin forces or overrides the gate, and says why (``reason``)."""
+    if "@" in ref:
+        get_version(session, ref)  # 404 for an unknown version before any ownership question
     _check_name_owner(session, key, ref.split("@", 1)[0], "promote its versions")
     by = key.name
     if body.overrides_gate():
@@ -122,9 +125,14 @@ def put_model_gate(name: str, body: GateRequest, key: UserOrAdminDep, session: S
 
 
 def _check_name_owner(session, key, name: str, action: str) -> None:
-    """Only the key that registered ``name`` (or an admin) may ``action``. A name registered
+    """Only the key that registered ``name`` (or an admin) may ``action``. A name nobody has
+    registered yet becomes the caller's (a gate set before the first training run); one registered
     before owners were recorded is an admin's to change."""
-    if not owns(key, name_owner(session, "model", name)):
+    owner = name_owner(session, "model", name)
+    if owner is None and not list_versions(session, name, limit=1):
+        claim_name(session, "model", name, key)
+        return
+    if not owns(key, owner):
         raise Forbidden(f"registry name {name!r} belongs to another key: key {key.name!r} may not {action}",
                         "ask the name's owner or an admin")
 

@@ -65,7 +65,8 @@ async def completions(key: KeyDep, request: Request):
 
 @router.post("/feedback")
 async def feedback(key: KeyDep, request: Request, settings: SettingsDep) -> dict[str, Any]:
-    """Judge a logged completion: a rating and/or a better completion to the same prompt."""
+    """Judge a logged completion: a rating and/or a better completion to the same prompt. Only
+    completions answered to this key (an admin: any)."""
     import asyncio
 
     from studio.experiments.completions import FeedbackSpec
@@ -78,7 +79,7 @@ async def feedback(key: KeyDep, request: Request, settings: SettingsDep) -> dict
         raise StudioError(f"invalid feedback: {where}: {first['msg']}",
                           "send {completion_id, rating?, preferred_completion_id?, comment?}") from None
     try:
-        return await asyncio.to_thread(_store_feedback, settings.db_url, spec, key.name)
+        return await asyncio.to_thread(_store_feedback, settings.db_url, spec, key)
     except NotFound:
         # The completion may still be on its way to the Router (this replica's reports) or in
         # its write buffer: send ours, write the buffer out, then retry.
@@ -87,16 +88,16 @@ async def feedback(key: KeyDep, request: Request, settings: SettingsDep) -> dict
             raise
         await _client(request).drain()
         await handle.flush_completions.remote()
-        return await asyncio.to_thread(_store_feedback, settings.db_url, spec, key.name)
+        return await asyncio.to_thread(_store_feedback, settings.db_url, spec, key)
 
 
-def _store_feedback(db_url: str, spec, key_name: str) -> dict[str, Any]:
+def _store_feedback(db_url: str, spec, key) -> dict[str, Any]:
     # A session of its own, not the request's: the Router's log writes must not wait on it.
     from studio.experiments.completions import add_feedback, feedback_dict, get_completion
     from studio.store.db import session_scope
 
     with session_scope(db_url) as session:
-        fb = add_feedback(session, spec, key_name)
+        fb = add_feedback(session, spec, key.name, key)
         return {"object": "feedback", **feedback_dict(fb, get_completion(session, fb.completion_id))}
 
 

@@ -11,11 +11,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from studio.access import owns, principal_id
+from studio.access import is_admin, owns, principal_id
 from studio.api.deps import KeyDep, SettingsDep
 from studio.jobs.queue import HIDDEN_SPEC
 from studio.data import synth
-from studio.data.sources import check_allowed
+from studio.data.sources import check_tokenizer
 from studio.data.synth.spec import SynthSpec
 from studio.errors import StudioError
 from studio.recipes import Spec
@@ -33,7 +33,7 @@ class SynthRequest(Spec):
 async def post_synth(body: SynthRequest, key: KeyDep, settings: SettingsDep) -> dict:
     """Queue a generation job; poll ``GET /api/synth/{id}`` or stream ``/events``."""
     if body.spec.tokenizer:
-        check_allowed(body.spec.tokenizer, settings)
+        body.spec.tokenizer = check_tokenizer(body.spec.tokenizer, settings, is_admin(key))
     job_id = await run_in_threadpool(synth.submit, body.spec, settings, key.name, body.max_retries,
                                      owner_key_id=principal_id(key))
     return synth.status(settings, job_id)
