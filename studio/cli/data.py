@@ -40,10 +40,13 @@ def ingest(
     ray: bool | None = typer.Option(None, "--ray/--no-ray", help="Read with Ray Data (default: "
                                     "for inputs over STUDIO_DATA_RAY_MIN_BYTES)."),
 ) -> None:
-    """Validate every row, keep the good ones as an immutable snapshot, report the bad ones."""
+    """Validate every row, keep the good ones as an immutable snapshot, report the bad ones.
+    Runs in this process as the operator: any file this user can read (STUDIO_DATA_ROOTS limits
+    only paths named over HTTP)."""
     settings = settings_with_db()
     with console.status(f"ingesting {file} …"):
-        report = ingest_path(file, name, settings, kind=kind, column_map=_parse_map(map_), use_ray=ray)
+        report = ingest_path(file, name, settings, kind=kind, column_map=_parse_map(map_), use_ray=ray,
+                             check_roots=False)
     verb = "created" if report.created else "unchanged (same content as"
     console.print(
         f"[green]{name}@{report.version}[/] {verb}{')' if not report.created else ''} "
@@ -187,7 +190,8 @@ def export_cmd(
     validation_ratio: float = typer.Option(0.1, "--validation-ratio", help="Share held out as validation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split."),
 ) -> None:
-    """Write a snapshot (or one split) to JSONL, Parquet or a Hugging Face dataset folder."""
+    """Write a snapshot (or one split) to JSONL, Parquet or a Hugging Face dataset folder, on this
+    machine as the operator (over HTTP, GET /api/datasets/REF/export downloads it)."""
     out = tools.export_snapshot(settings_with_db(), ref, dest, fmt, split,
                                 validation_ratio if split != "all" else 0.0, seed)
     console.print(f"wrote {out['rows']} rows of {out['snapshot_id'][:12]} to {out['path']} ({fmt})")

@@ -29,7 +29,7 @@ from pydantic import Field
 from studio.data.kinds import DatasetKind, row_text
 from studio.data.snapshots import resolve_snapshot
 from studio.data.tokens import token_counter
-from studio.data.writer import Lineage, SnapshotWriter
+from studio.data.writer import Lineage, Owner, SnapshotWriter, check_owner
 from studio.errors import StudioError
 from studio.recipes import Spec, load_recipe
 from studio.settings import StudioSettings
@@ -247,8 +247,9 @@ def iter_rows(uri: str) -> Iterator[dict[str, Any]]:
             yield from batch.to_pylist()
 
 
-def curate(spec: CurateSpec, settings: StudioSettings) -> dict[str, Any]:
-    """Run the recipe; returns the new snapshot's id, name@version, kept and dropped counts."""
+def curate(spec: CurateSpec, settings: StudioSettings, owner: Owner = None) -> dict[str, Any]:
+    """Run the recipe; returns the new snapshot's id, name@version, kept and dropped counts.
+    ``owner``: the key adding the version (see ``SnapshotWriter.commit``)."""
     with session_scope(settings.db_url) as s:
         ref = resolve_snapshot(s, spec.source)
         src_id, kind, src_uri = ref.snapshot.id, DatasetKind(ref.snapshot.kind), ref.snapshot.uri
@@ -263,6 +264,7 @@ def curate(spec: CurateSpec, settings: StudioSettings) -> dict[str, Any]:
                 mixes[step.snapshot] = (g.id, g.uri)
     if name is None:
         raise StudioError(f"source {spec.source!r} is a bare snapshot id", "give the result a name (--name)")
+    check_owner(settings, [name], owner)
     # Recorded parameters: mix sources pinned to their snapshot ids, so a re-run is reproducible.
     steps = [s.model_dump() | ({"snapshot": mixes[s.snapshot][0]} if isinstance(s, MixStep) else {})
              for s in spec.steps]
@@ -279,7 +281,7 @@ def curate(spec: CurateSpec, settings: StudioSettings) -> dict[str, Any]:
         if writer.row_count == 0:
             raise StudioError(f"curation of {spec.source!r} dropped every row ({writer.dropped_count})",
                               "loosen the steps; nothing was stored")
-        done = writer.commit(settings, name, f"curate {spec.source} ({src_id[:12]})")
+        done = writer.commit(settings, name, f"curate {spec.source} ({src_id[:12]})", owner)
     return {"snapshot_id": done.snapshot_id, "name": name, "version": done.version,
             "created": done.created, "rows": done.row_count, "dropped": done.dropped_count,
             "redactions": runner.redactions, "parent_id": src_id}
@@ -294,7 +296,8 @@ def _mix_in(writer: SnapshotWriter, step: MixStep, general: tuple[str, str]) -> 
         writer.add(rows[j])
 
 
-def rerun(snapshot_ref: str, source: str, settings: StudioSettings, name: str | None = None) -> dict[str, Any]:
+def rerun(snapshot_ref: str, source: str, settings: StudioSettings, name: str | None = None,
+          owner: Owner = None) -> dict[str, Any]:
     """Apply the curation steps recorded on ``snapshot_ref`` to ``source``."""
     with session_scope(settings.db_url) as s:
         snap: DatasetSnapshot = resolve_snapshot(s, snapshot_ref).snapshot
@@ -302,4 +305,4 @@ def rerun(snapshot_ref: str, source: str, settings: StudioSettings, name: str | 
             raise StudioError(f"snapshot {snap.id[:12]} was not made by curation "
                               f"(transform: {snap.transform or 'ingest'})", "pass a curated snapshot")
         steps = snap.params["steps"]
-    return curate(CurateSpec(source=source, name=name, steps=steps), settings)
+    return curate(CurateSpec(source=source, name=name, steps=steps), settings, owner)

@@ -23,10 +23,10 @@ from typing import Any
 
 from studio.data.kinds import COLUMNS, SCHEMAS, DatasetKind, RowError, detect_kind, normalize_row  # noqa: F401
 from studio.data.readers import FORMATS, MAX_ROW_BYTES, READERS
-from studio.data.sources import (DOCUMENT_FORMATS, SourceFile, check_allowed, check_text_file,
-                                 document_text, is_directory, is_hf_dataset_dir, list_files, local_copy,
-                                 read_hf_dataset)
-from studio.data.writer import SnapshotWriter
+from studio.data.sources import (DOCUMENT_FORMATS, SourceFile, check_allowed, check_path_syntax,
+                                 check_text_file, document_text, is_directory, is_hf_dataset_dir,
+                                 list_files, local_copy, read_hf_dataset)
+from studio.data.writer import Owner, SnapshotWriter, check_owner
 from studio.errors import StudioError
 from studio.settings import StudioSettings
 
@@ -99,12 +99,15 @@ def ingest_file(
     kind: DatasetKind | str | None = None,
     column_map: dict[str, str] | None = None,
     source: str | None = None,
+    owner: Owner = None,
 ) -> IngestReport:
     """Ingest one local file. ``source`` is what the version records as its origin (default: the
-    file's absolute path). No allowed-roots check: callers pass trusted paths (use ``ingest_path``
-    for user-given ones)."""
+    file's absolute path); ``owner`` the calling key (or the submitter's key id) that must own
+    ``name`` or may claim it (None: the operator, in-process). No allowed-roots check: callers
+    pass trusted paths (use ``ingest_path`` for user-given ones)."""
     path = Path(path).expanduser()
     _check_name(name)
+    check_owner(settings, [name], owner)
     if not path.is_file():
         raise StudioError(f"dataset file {path} does not exist", "check the path")
     fmt = _format_of(path.name)
@@ -115,7 +118,7 @@ def ingest_file(
         raise StudioError(f"{path} is empty; there is nothing to ingest", "pass a file with rows")
     files = [SourceFile(path.name, str(path), path.stat().st_size, False)]
     return _ingest(files, name, settings, kind=_check_kind(kind), column_map=column_map,
-                   source=source or str(path.resolve()), single=True, use_ray=False)
+                   source=source or str(path.resolve()), single=True, use_ray=False, owner=owner)
 
 
 def ingest_path(
@@ -126,15 +129,28 @@ def ingest_path(
     kind: DatasetKind | str | None = None,
     column_map: dict[str, str] | None = None,
     use_ray: bool | None = None,
+    owner: Owner = None,
+    check_roots: bool = True,
 ) -> IngestReport:
     """Ingest a file, a directory (every file under it) or an fsspec URL of either, after checking
-    it lies under the allowed roots. ``use_ray``: None decides by size (see module doc)."""
+    it lies under the allowed roots. ``use_ray``: None decides by size (see module doc).
+    ``check_roots=False`` is for the operator in-process (the CLI on its own machine), who may
+    read any file it can: relative paths are then taken from the working directory."""
     _check_name(name)
     kind = _check_kind(kind)
-    where = check_allowed(str(source), settings)
+    if check_roots:
+        where = check_allowed(str(source), settings, "source")
+    else:
+        where = check_path_syntax(str(source), "source")
+        where = where if "://" in where else str(Path(where).expanduser().resolve())
+    check_owner(settings, [name], owner)
     if is_hf_dataset_dir(where):
-        return _ingest_hf(where, name, settings, kind, column_map)
+        return _ingest_hf(where, name, settings, kind, column_map, owner)
     files = list_files(where)
+    if check_roots:  # a link inside an allowed folder may point anywhere
+        for f in files:
+            if not f.remote:
+                check_allowed(f.path, settings, "source file")
     single = not is_directory(where)
     if single and files[0].size == 0:
         raise StudioError(f"{where} is empty; there is nothing to ingest", "pass a file with rows")
@@ -144,7 +160,7 @@ def ingest_path(
     if use_ray is None:
         use_ray = _ray_connected() or sum(f.size for f in files) >= settings.data_ray_min_bytes
     return _ingest(files, name, settings, kind=kind, column_map=column_map, source=where,
-                   single=single, use_ray=use_ray)
+                   single=single, use_ray=use_ray, owner=owner)
 
 
 def _ray_connected() -> bool:
@@ -154,8 +170,9 @@ def _ray_connected() -> bool:
 
 
 def _ingest_hf(where: str, name: str, settings: StudioSettings, kind: DatasetKind | None,
-               column_map: dict[str, str] | None) -> IngestReport:
-    return _consume(read_hf_dataset(where), name, settings, kind, column_map, where, where, "python")
+               column_map: dict[str, str] | None, owner: Owner) -> IngestReport:
+    return _consume(read_hf_dataset(where), name, settings, kind, column_map, where, where, "python",
+                    owner)
 
 
 def _file_records(f: SourceFile, single: bool) -> Iterator[Record]:
@@ -192,7 +209,8 @@ def _file_records(f: SourceFile, single: bool) -> Iterator[Record]:
 
 
 def _ingest(files: list[SourceFile], name: str, settings: StudioSettings, *, kind: DatasetKind | None,
-            column_map: dict[str, str] | None, source: str, single: bool, use_ray: bool) -> IngestReport:
+            column_map: dict[str, str] | None, source: str, single: bool, use_ray: bool,
+            owner: Owner) -> IngestReport:
     if use_ray:
         from studio.data.ray_read import ray_records
 
@@ -201,11 +219,12 @@ def _ingest(files: list[SourceFile], name: str, settings: StudioSettings, *, kin
         records = (r for f in files for r in _file_records(f, single))
     shown = files[0].label if single else source
     return _consume(records, name, settings, kind, column_map, source, shown,
-                    "ray" if use_ray else "python")
+                    "ray" if use_ray else "python", owner)
 
 
 def _consume(records: Iterator[Record], name: str, settings: StudioSettings, kind: DatasetKind | None,
-             column_map: dict[str, str] | None, source: str, shown: str, engine: str) -> IngestReport:
+             column_map: dict[str, str] | None, source: str, shown: str, engine: str,
+             owner: Owner = None) -> IngestReport:
     # column_map {"completion": "answer"}: the file's column ``answer`` becomes ``completion``.
     rename = {src: dst for dst, src in (column_map or {}).items()}
     rejected: list[RejectedRow] = []
@@ -258,7 +277,7 @@ def _consume(records: Iterator[Record], name: str, settings: StudioSettings, kin
             raise StudioError(f"{shown} holds no rows, only blank lines", "pass a file with rows")
         if writer.row_count == 0:
             raise _no_valid_rows(kind.value, shown, rejected, n_rejected)
-        done = writer.commit(settings, name, source)
+        done = writer.commit(settings, name, source, owner)
     finally:
         if writer is not None:
             writer.discard()

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from studio.data.kinds import DatasetKind
-from studio.data.writer import Lineage, SnapshotWriter
+from studio.data.writer import Lineage, Owner, SnapshotWriter, check_owner
 from studio.errors import NotFound, StudioError
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
@@ -46,7 +46,8 @@ def _pairwise_scorers(spec: dict[str, Any]) -> dict[str, str]:
 
 
 def preference_from_eval(settings: StudioSettings, eval_job_id: int, name: str,
-                         scorer: str | None = None) -> dict[str, Any]:
+                         scorer: str | None = None, owner: Owner = None) -> dict[str, Any]:
+    check_owner(settings, [name], owner)
     with session_scope(settings.db_url) as s:
         job = s.get(Job, eval_job_id)
         if job is None or job.kind != "eval":
@@ -86,6 +87,6 @@ def preference_from_eval(settings: StudioSettings, eval_job_id: int, name: str,
         if w.row_count == 0:
             raise StudioError(f"evaluation {eval_job_id} has no decided pairwise verdicts for {scorer!r} "
                               f"({w.dropped_count} ties or failures)", "nothing was stored")
-        done = w.commit(settings, name, f"eval {eval_job_id} pairwise {scorer}")
+        done = w.commit(settings, name, f"eval {eval_job_id} pairwise {scorer}", owner)
     return {"snapshot_id": done.snapshot_id, "name": name, "version": done.version,
             "rows": done.row_count, "dropped": done.dropped_count, "created": done.created}

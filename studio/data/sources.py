@@ -2,8 +2,10 @@
 text extraction (plain text, Markdown, HTML, PDF) and Hugging Face ``datasets`` saved to disk.
 
 A source is a file, a directory (every file under it, sorted, hidden files skipped) or an fsspec
-URL of either. Local paths must lie under one of the allowed roots (``STUDIO_DATA_ROOTS``) and no
-path may contain a ``..`` component, so a server-side ingest can't be pointed at /etc.
+URL of either. A path a caller names over HTTP (an admin: non-admins name no server path) must lie
+under one of the allowed roots (``STUDIO_DATA_ROOTS``, default ``$STUDIO_HOME`` and the artifact
+store), after symlinks are resolved, with no ``..`` and no hidden component (``.ssh``, ``.env``)
+below the root, also once URL-decoded — so a request can't reach ~/.ssh or write ~/.bash_profile.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from studio.data.kinds import RowError
 from studio.errors import StudioError
@@ -29,14 +32,18 @@ TEXT_SNIFF_BYTES = 64 * 1024
 MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
 
 
+class Refused(StudioError):
+    status_code = 403
+
+
 def allowed_roots(settings: StudioSettings) -> list[str]:
-    """``STUDIO_DATA_ROOTS`` (comma-separated paths or URL prefixes), else the working
-    directory, the user's home, STUDIO_HOME, the temp directory and the artifact store."""
+    """``STUDIO_DATA_ROOTS`` (comma-separated paths or URL prefixes), else ``$STUDIO_HOME`` and
+    the artifact store only: never the home directory, the temp directory or the working
+    directory, where a write could plant ~/.bash_profile or a read could take ~/.ssh."""
     if settings.data_roots:
         raw = [r.strip() for r in settings.data_roots.split(",") if r.strip()]
     else:
-        raw = [os.getcwd(), str(Path.home()), str(settings.home_abs), tempfile.gettempdir(),
-               settings.artifacts]
+        raw = [str(settings.home_abs), settings.artifacts]
     return [r if _is_url(r) else str(Path(r).expanduser().resolve()) for r in raw]
 
 
@@ -44,26 +51,102 @@ def _is_url(s: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s)) and not s.startswith("file://")
 
 
-def check_allowed(source: str, settings: StudioSettings) -> str:
-    """Return the source to read (a resolved local path or a URL) or refuse it, naming the fix."""
-    parts = re.split(r"[\\/]+", source)
-    if ".." in parts:
-        raise StudioError(f"path {source!r} contains '..'; refused",
-                          "pass the path without '..' components (an absolute path works)",
-                          status_code=403)
+def _decoded(source: str) -> str:
+    """``source`` URL-decoded until it stops changing (``%252e`` is ``%2e`` is ``.``)."""
+    for _ in range(5):
+        plain = unquote(source)
+        if plain == source:
+            break
+        source = plain
+    return source
+
+
+def _parts(path: str) -> list[str]:
+    return [p for p in re.split(r"[\\/]+", path) if p]
+
+
+def check_path_syntax(source: str, what: str = "path") -> str:
+    """Refuse a source that is empty, has a ``..`` component or a NUL byte (also once
+    URL-decoded); fast, before anything touches the filesystem. Returns it stripped."""
+    source = (source or "").strip()
+    if not source:
+        raise StudioError(f"the {what} is empty", f"name a file under STUDIO_DATA_ROOTS, or upload it")
+    plain = _decoded(source)
+    if "\x00" in plain:
+        raise StudioError(f"{what} {source!r} holds a NUL byte", "pass a plain path")
+    if ".." in _parts(plain.split("://", 1)[-1]):
+        raise Refused(f"{what} {source!r} contains '..'"
+                      + (" once URL-decoded" if ".." not in _parts(source) else "") + "; refused",
+                      "pass the path without '..' components (an absolute path works)")
+    return source
+
+
+def _hidden_below(path: str, root: str) -> str | None:
+    below = path[len(root):] if path.startswith(root) else path
+    return next((p for p in _parts(_decoded(below)) if p.startswith(".")), None)
+
+
+def check_allowed(source: str, settings: StudioSettings, what: str = "path") -> str:
+    """Return the source to read or write (a resolved local path or a URL) or refuse it, naming
+    the fix: 400 for an empty or relative path, 403 for one outside the roots, with ``..`` or a
+    hidden component below its root. Symlinks are resolved first, so a link under a root that
+    points outside is outside."""
+    source = check_path_syntax(source, what)
     roots = allowed_roots(settings)
     if _is_url(source):
-        if any(source.startswith(r.rstrip("/") + "/") or source == r for r in roots if _is_url(r)):
-            return source
-        raise StudioError(f"URL {source!r} is outside the allowed data roots",
-                          "add its prefix to STUDIO_DATA_ROOTS (comma-separated)", status_code=403)
-    local = str(Path(source.removeprefix("file://")).expanduser().resolve())
-    for r in roots:
-        if not _is_url(r) and (local == r or local.startswith(r.rstrip(os.sep) + os.sep)):
+        for r in (r for r in roots if _is_url(r)):
+            if source == r or source.startswith(r.rstrip("/") + "/"):
+                _refuse_hidden(source, r.rstrip("/"), what)
+                return source
+        raise Refused(f"URL {source!r} is outside the allowed data roots",
+                      "add its prefix to STUDIO_DATA_ROOTS (comma-separated)")
+    given = source.removeprefix("file://")
+    if not os.path.isabs(given):
+        raise StudioError(f"{what} {source!r} is not absolute",
+                          f"pass an absolute path under one of {', '.join(roots)}")
+    local = str(Path(given).resolve())
+    for r in (r for r in roots if not _is_url(r)):
+        if local == r or local.startswith(r.rstrip(os.sep) + os.sep):
+            _refuse_hidden(local, r, what)
+            if local != os.path.normpath(given):  # the link's own path may hide a component
+                _refuse_hidden(os.path.normpath(given), r, what)
             return local
-    raise StudioError(f"path {local} is outside the allowed data roots ({', '.join(roots)})",
-                      "move the data under one of them or add its directory to STUDIO_DATA_ROOTS",
-                      status_code=403)
+    raise Refused(f"{what} {local} is outside the allowed data roots ({', '.join(roots)})",
+                  "move the data under one of them or add its directory to STUDIO_DATA_ROOTS")
+
+
+def _refuse_hidden(path: str, root: str, what: str) -> None:
+    hidden = _hidden_below(path, root)
+    if hidden is not None:
+        raise Refused(f"{what} {path} has a hidden component {hidden!r}; refused (secrets such as "
+                      ".ssh and .env live there)", "move the data to a folder without a leading '.'")
+
+
+# A Hugging Face hub id ("gpt2", "org/model"): no leading '/', '.' or '~', at most one '/'.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+
+
+def check_tokenizer(tokenizer: str, settings: StudioSettings, admin: bool) -> str:
+    """What a caller may name as a tokenizer: a model folder under ``$STUDIO_HOME/models`` (its
+    path or its folder name) or a hub id that names no local path; an admin also a folder under
+    the data roots. Never another server path. Returns what to load."""
+    name = check_path_syntax(tokenizer, "tokenizer")
+    models = str(settings.models_dir.resolve())
+    if os.path.isabs(name.removeprefix("file://")):
+        local = str(Path(name.removeprefix("file://")).resolve())
+        if local.startswith(models + os.sep):
+            _refuse_hidden(local, models, "tokenizer")
+            return local
+        if admin:
+            return check_allowed(name, settings, "tokenizer")
+    elif HUB_ID.fullmatch(name) and ".." not in name:
+        if (settings.models_dir / name).is_dir():
+            return str(settings.models_dir / name)
+        if not os.path.exists(name):  # else a relative path in the server's working directory
+            return name
+    raise Refused(f"tokenizer {tokenizer!r} names a server path outside {models}",
+                  "name a model under $STUDIO_HOME/models (its folder name or path) or a hub id "
+                  "such as 'gpt2'")
 
 
 @dataclass

@@ -8,24 +8,31 @@ lineage (``split``, seed, ratio), so training can pin either by name.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from studio.data.curate import iter_rows
 from studio.data.kinds import DatasetKind, row_text
 from studio.data.snapshots import read_table, resolve_snapshot, split_indices
 from studio.data.tokens import token_counter
-from studio.data.writer import Lineage, SnapshotWriter, row_json
+from studio.data.writer import Lineage, Owner, SnapshotWriter, check_owner, row_json
 from studio.errors import NotFound, StudioError
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 from studio.store.models import DatasetSnapshot, DatasetVersion
 
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
+# An HF folder is many files: downloads are one file; `datasets.Dataset.from_parquet` reads parquet.
+DOWNLOAD_FORMATS = ("jsonl", "parquet")
+MEDIA_TYPES = {"jsonl": "application/jsonl", "parquet": "application/vnd.apache.parquet"}
 
 
 def _snapshot(settings: StudioSettings, ref: str) -> tuple[DatasetSnapshot, str | None]:
@@ -121,22 +128,19 @@ def export_snapshot(settings: StudioSettings, ref: str, dest: str | Path, fmt: s
     from ``datasets.Dataset.save_to_disk`` (``hf``)."""
     if fmt not in EXPORT_FORMATS:
         raise StudioError(f"unknown export format {fmt!r}", f"use one of {', '.join(EXPORT_FORMATS)}")
-    snap, _ = _snapshot(settings, ref)
-    table = read_table(snap.uri)
-    if split != "all":
-        table = table.take(split_indices(table.num_rows, split, validation_ratio, seed))
+    snap, _, table = _export_table(settings, ref, split, validation_ratio, seed)
     dest = Path(dest).expanduser()
     empty_dir = dest.is_dir() and not any(dest.iterdir())
-    if dest.exists() and not (fmt == "hf" and empty_dir):
+    if (dest.exists() or dest.is_symlink()) and not (fmt == "hf" and empty_dir):
         raise StudioError(f"{dest} already exists", "pass a new path (exports never overwrite)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "jsonl":
-        with dest.open("w", encoding="utf-8") as f:
-            for batch in table.to_batches(4096):
-                for row in batch.to_pylist():
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with dest.open("x", encoding="utf-8") as f:  # "x": never through a link planted meanwhile
+            for chunk in _jsonl_chunks(table):
+                f.write(chunk.decode())
     elif fmt == "parquet":
-        pq.write_table(table, dest)
+        with dest.open("xb") as f:
+            pq.write_table(table, f)
     else:
         import datasets
 
@@ -144,8 +148,43 @@ def export_snapshot(settings: StudioSettings, ref: str, dest: str | Path, fmt: s
     return {"snapshot_id": snap.id, "format": fmt, "split": split, "rows": table.num_rows, "path": str(dest)}
 
 
+def _export_table(settings: StudioSettings, ref: str, split: str, validation_ratio: float,
+                  seed: int) -> tuple[DatasetSnapshot, str, pa.Table]:
+    """The snapshot, a file name stem for it (``name-v3-train``) and the rows of the split."""
+    with session_scope(settings.db_url) as s:
+        r = resolve_snapshot(s, ref)
+        s.expunge(r.snapshot)
+    table = read_table(r.snapshot.uri)
+    if split != "all":
+        table = table.take(split_indices(table.num_rows, split, validation_ratio, seed))
+    stem = f"{r.name}-v{r.version}" if r.name else r.snapshot.id[:12]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".") + ("" if split == "all" else f"-{split}")
+    return r.snapshot, stem, table
+
+
+def _jsonl_chunks(table: pa.Table) -> Iterator[bytes]:
+    for batch in table.to_batches(4096):
+        yield "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in batch.to_pylist()).encode()
+
+
+def export_download(settings: StudioSettings, ref: str, fmt: str = "jsonl", split: str = "all",
+                    validation_ratio: float = 0.0, seed: int = 0) -> tuple[str, str, Iterator[bytes]]:
+    """A snapshot (or one split) as the bytes of one file, for an HTTP download: (file name,
+    media type, chunks). No server path is involved."""
+    if fmt not in DOWNLOAD_FORMATS:
+        raise StudioError(f"format {fmt!r} cannot be downloaded as one file" if fmt == "hf"
+                          else f"unknown export format {fmt!r}",
+                          "download parquet (datasets.Dataset.from_parquet reads it) or jsonl")
+    _, stem, table = _export_table(settings, ref, split, validation_ratio, seed)
+    if fmt == "jsonl":
+        return f"{stem}.jsonl", MEDIA_TYPES[fmt], _jsonl_chunks(table)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return f"{stem}.parquet", MEDIA_TYPES[fmt], iter([buf.getvalue()])
+
+
 def split_snapshot(settings: StudioSettings, ref: str, validation_ratio: float, seed: int = 0,
-                   name: str | None = None) -> dict[str, Any]:
+                   name: str | None = None, owner: Owner = None) -> dict[str, Any]:
     """Materialize ``name-train`` and ``name-validation`` snapshots (lineage: split, seed, ratio)."""
     snap, snap_name = _snapshot(settings, ref)
     base = name or snap_name
@@ -153,6 +192,7 @@ def split_snapshot(settings: StudioSettings, ref: str, validation_ratio: float, 
         raise StudioError(f"{ref!r} is a bare snapshot id", "give the splits a base name (--name)")
     if not 0.0 < validation_ratio < 1.0:
         raise StudioError(f"validation ratio {validation_ratio} is out of range", "use 0 < ratio < 1")
+    check_owner(settings, [f"{base}-train", f"{base}-validation"], owner)
     table = read_table(snap.uri)
     out = {}
     for split in ("train", "validation"):
@@ -161,7 +201,7 @@ def split_snapshot(settings: StudioSettings, ref: str, validation_ratio: float, 
         with SnapshotWriter(snap.kind, Lineage(snap.id, "split", params)) as w:
             for row in table.take(idx).to_pylist():
                 w.add(row)
-            done = w.commit(settings, f"{base}-{split}", f"split {snap.id[:12]} {split}")
+            done = w.commit(settings, f"{base}-{split}", f"split {snap.id[:12]} {split}", owner)
         out[split] = {"snapshot_id": done.snapshot_id, "name": f"{base}-{split}",
                       "version": done.version, "rows": done.row_count}
     return out

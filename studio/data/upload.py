@@ -7,6 +7,11 @@ kept in memory (64 KiB each at most), the file part is written straight to
 file passes the limit — nothing beyond one chunk is held. The declared part content type must
 fit the file's extension, and the first bytes are sniffed so a binary file named ``.csv`` is
 refused with its reason.
+
+Caps: one file part (named ``file``), at most ``MAX_FIELDS`` other form fields of
+``MAX_FIELD_BYTES`` each; a malformed body (bad boundary, truncated before its closing
+boundary) is a 400, and whatever the upload wrote is removed however it ends — an error, a
+client that disconnects mid-body, a cancelled request.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from studio.errors import StudioError
 from studio.store.artifacts import ArtifactStore
 
 MAX_FIELD_BYTES = 64 * 1024
+MAX_FIELDS = 8  # name, kind, column_map and room for clients that send a few more
 GENERIC = {"application/octet-stream", ""}
 # Content types a client may declare per extension (browsers and curl vary); others are refused.
 CONTENT_TYPES = {
@@ -64,7 +71,7 @@ async def receive_upload(stream: AsyncIterator[bytes], content_type: str, store:
                           status_code=415)
     up = Upload()
     state: dict[str, Any] = {"headers": {}, "hf": b"", "hv": b"", "out": None, "name": None,
-                             "value": b"", "head": b""}
+                             "value": b"", "head": b"", "fields": 0, "ended": False}
     errors: list[StudioError] = []
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -82,6 +89,14 @@ async def receive_upload(stream: AsyncIterator[bytes], content_type: str, store:
         name = disp.get(b"name", b"").decode("utf-8", "replace")
         filename = disp.get(b"filename")
         state["name"], state["value"] = name, b""
+        if filename is not None and name != "file":
+            raise StudioError(f"the upload has a file in form field {name!r}",
+                              "send one file, as form field 'file'")
+        if filename is None:
+            state["fields"] += 1
+            if state["fields"] > MAX_FIELDS:
+                raise StudioError(f"the upload has more than {MAX_FIELDS} form fields",
+                                  "send file, name and optionally kind and column_map")
         if filename is not None and name == "file":
             if up.key is not None:
                 raise StudioError("more than one file in the upload", "send one file per request")
@@ -128,19 +143,32 @@ async def receive_upload(stream: AsyncIterator[bytes], content_type: str, store:
             up.fields[state["name"]] = state["value"].decode("utf-8", "replace")
         state["headers"], state["head"] = {}, b""
 
+    def on_end() -> None:
+        state["ended"] = True
+
     callbacks = {"on_header_field": on_header_field, "on_header_value": on_header_value,
                  "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-                 "on_part_data": on_part_data, "on_part_end": on_part_end}
-    parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
+                 "on_part_data": on_part_data, "on_part_end": on_part_end, "on_end": on_end}
     try:
+        parser = MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
         async for chunk in stream:
             parser.write(chunk)
         parser.finalize()
+        if not state["ended"]:
+            raise StudioError("the multipart body ended before its closing boundary (truncated, or "
+                              "a boundary other than the one in the Content-Type)",
+                              "send the whole form again (curl -F file=@data.jsonl -F name=...)")
     except StudioError as e:
         errors.append(e)
+    except FormParserError as e:  # the parser's ValueErrors: a malformed body, not a server fault
+        errors.append(StudioError(f"malformed multipart body: {str(e)[:200]}",
+                                  "send a well-formed multipart/form-data body (curl -F ...)"))
+    except BaseException:  # the client went away (or the request was cancelled) mid-body
+        _close(state)
+        discard(store, up)
+        raise
     finally:
-        if state["out"] is not None:
-            state["out"].close()
+        _close(state)
     if errors:
         discard(store, up)
         raise errors[0]
@@ -152,6 +180,15 @@ async def receive_upload(stream: AsyncIterator[bytes], content_type: str, store:
     return up
 
 
+def _close(state: dict[str, Any]) -> None:
+    if state["out"] is not None:
+        state["out"].close()
+        state["out"] = None
+
+
 def discard(store: ArtifactStore, up: Upload) -> None:
-    if up.key and store.exists(up.key):
-        store.fs.rm(store.path(up.key))
+    """Remove the upload's folder (``uploads/<uuid>``) with whatever it holds."""
+    if up.key:
+        folder = os.path.dirname(up.key)
+        if store.exists(folder):
+            store.fs.rm(store.path(folder), recursive=True)

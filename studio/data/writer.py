@@ -26,12 +26,19 @@ import pyarrow.parquet as pq
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from sqlalchemy.orm import Session
+
+from studio.access import Forbidden, claim_name, is_admin, name_owner, principal_id
 from studio.data.kinds import COLUMNS, SCHEMAS, DatasetKind, row_text
 from studio.errors import Conflict
 from studio.settings import StudioSettings
 from studio.store.artifacts import ArtifactStore
 from studio.store.db import session_scope
-from studio.store.models import DatasetSnapshot, DatasetVersion
+from studio.store.models import ApiKey, DatasetSnapshot, DatasetVersion
+
+# Who adds a version: the calling key, the submitter's key id (a job or service acting for it),
+# or None for the operator in-process (CLI, demo), who acts as an admin and records no owner.
+Owner = ApiKey | int | None
 
 BATCH_ROWS = 8192
 _STORE_ATTEMPTS = 16
@@ -149,10 +156,14 @@ class SnapshotWriter:
             if spool is not None:
                 spool.discard()
 
-    def commit(self, settings: StudioSettings, name: str | None, source: str) -> Committed:
+    def commit(self, settings: StudioSettings, name: str | None, source: str,
+               owner: Owner = None) -> Committed:
         """Upload and record the snapshot; with ``name``, add a version unless the newest version
         of that name is already this snapshot. For an ingest (no lineage) the dropped rows are the
-        version's rejected rows; for a transform they belong to the snapshot."""
+        version's rejected rows; for a transform they belong to the snapshot. ``owner`` must own
+        ``name`` (or claims it when new); refused before anything is uploaded."""
+        if name is not None:
+            check_owner(settings, [name], owner)
         self._rows.close()
         if self._dropped is not None:
             self._dropped.close()
@@ -170,7 +181,7 @@ class SnapshotWriter:
             dropped_uri = _upload(store, self._dropped.path, f"datasets/{snap_id}/{tag}.parquet")
         for _attempt in range(_STORE_ATTEMPTS):
             try:
-                return self._record(settings, snap_id, uri, dropped_uri, name, source)
+                return self._record(settings, snap_id, uri, dropped_uri, name, source, owner)
             except IntegrityError:
                 # Writers of one name (or one content) at once: each loser retries.
                 time.sleep(random.uniform(0.0, 0.05))
@@ -178,7 +189,7 @@ class SnapshotWriter:
                        "the race to other writers of the same name", "run it again")
 
     def _record(self, settings: StudioSettings, snap_id: str, uri: str, dropped_uri: str | None,
-                name: str | None, source: str) -> Committed:
+                name: str | None, source: str, owner: Owner) -> Committed:
         derived = self.lineage is not None
         with session_scope(settings.db_url) as s:
             snap = s.get(DatasetSnapshot, snap_id)
@@ -197,6 +208,7 @@ class SnapshotWriter:
                             None if derived else dropped_uri)
             if name is None:
                 return out
+            owner_id = _claim(s, name, owner)
             latest = s.scalars(select(DatasetVersion).where(DatasetVersion.name == name)
                                .order_by(DatasetVersion.version.desc()).limit(1)).first()
             if latest is not None and latest.snapshot_id == snap_id:
@@ -206,9 +218,46 @@ class SnapshotWriter:
                                 .where(DatasetVersion.name == name)) or 0) + 1
             s.add(DatasetVersion(name=name, version=version, snapshot_id=snap_id, source=source[:1024],
                                  rejected_rows=0 if derived else self.dropped_count,
-                                 rejected_uri=None if derived else dropped_uri))
+                                 rejected_uri=None if derived else dropped_uri, owner_key_id=owner_id))
             out.version = version
             return out
+
+
+def check_owner(settings: StudioSettings, names: list[str], owner: Owner) -> None:
+    """Refuse (403) before any work unless ``owner`` may add versions to every name in ``names``."""
+    if owner is None:
+        return
+    with session_scope(settings.db_url) as s:
+        for name in names:
+            _may_add(s, name, owner)
+
+
+def _may_add(s: Session, name: str, owner: ApiKey | int) -> int:
+    key_id = owner if isinstance(owner, int) else principal_id(owner)
+    admin = not isinstance(owner, int) and is_admin(owner)
+    if not isinstance(owner, int) and owner.role == "service":
+        raise Forbidden(f"key {owner.name!r} has role 'service', which calls models only",
+                        "use a user key to add datasets")
+    current = name_owner(s, "dataset", name)
+    if current is None and not admin and s.scalar(
+            select(DatasetVersion.id).where(DatasetVersion.name == name).limit(1)) is not None:
+        # Versions made before names had owners, or by the operator in-process.
+        raise Forbidden(f"dataset name {name!r} has no owner key; only an admin adds versions to it",
+                        "choose another name, or ask an admin")
+    if current is not None and current != key_id and not admin:
+        raise Forbidden(f"dataset name {name!r} belongs to another key",
+                        "choose another name, or ask its owner or an admin to add to it")
+    return key_id
+
+
+def _claim(s: Session, name: str, owner: Owner) -> int | None:
+    """The owner id to record on the new version; a name nobody owns becomes the caller's."""
+    if owner is None:
+        return None
+    key_id = _may_add(s, name, owner)
+    if name_owner(s, "dataset", name) is None:
+        claim_name(s, "dataset", name, owner)
+    return key_id
 
 
 def _upload(store: ArtifactStore, local: str, key: str) -> str:
@@ -260,4 +309,4 @@ class _Stats:
         return stats
 
 
-__all__ = ["Committed", "Lineage", "SnapshotWriter", "row_json", "row_text"]
+__all__ = ["Committed", "Lineage", "Owner", "SnapshotWriter", "check_owner", "row_json", "row_text"]

@@ -34,6 +34,12 @@ def key(settings) -> str:
         return create_key(s, "alice", "user")[0]
 
 
+@pytest.fixture
+def admin(settings) -> str:
+    with session_scope(settings.db_url) as s:
+        return create_key(s, "root", "admin")[0]
+
+
 def upload(client, key, filename, content: bytes, ctype="application/octet-stream", **form):
     return client.post("/api/datasets", headers=bearer(key), data={"name": "up", **form},
                        files={"file": (filename, content, ctype)})
@@ -78,17 +84,23 @@ def test_content_type_checks(client, key):
                    "claims to be .csv text but holds binary data")
 
 
-def test_server_side_ingest_of_a_directory_and_roots(client, key, settings, tmp_path):
+def test_server_side_ingest_of_a_directory_and_roots(small_limit, admin, key, settings, tmp_path):
+    """Admins ingest server paths under STUDIO_DATA_ROOTS (here: tmp_path); user keys upload."""
     root = mixed_directory(tmp_path / "docs")
-    r = client.post("/api/datasets/ingest", headers=bearer(key), json={"source": str(root), "name": "docs"})
-    assert r.status_code == 201, r.text
-    assert r.json()["row_count"] == 4 and r.json()["rejected_count"] == 6
-    dropped = client.get("/api/datasets/docs/dropped", headers=bearer(key)).json()
-    assert dropped["total"] == 6 and all(row["reason"] for row in dropped["rows"])
-    assert_problem(client.post("/api/datasets/ingest", headers=bearer(key),
-                               json={"source": "/etc/passwd", "name": "x"}), 403, "outside the allowed data roots")
-    assert_problem(client.post("/api/datasets/ingest", headers=bearer(key),
-                               json={"source": f"{root}/../docs", "name": "x"}), 403, "contains '..'")
+    roots = small_limit.model_copy(update={"data_roots": str(tmp_path)})
+    with TestClient(create_app(roots)) as client:
+        r = client.post("/api/datasets/ingest", headers=bearer(admin), json={"source": str(root), "name": "docs"})
+        assert r.status_code == 201, r.text
+        assert r.json()["row_count"] == 4 and r.json()["rejected_count"] == 6
+        dropped = client.get("/api/datasets/docs/dropped", headers=bearer(key)).json()
+        assert dropped["total"] == 6 and all(row["reason"] for row in dropped["rows"])
+        assert_problem(client.post("/api/datasets/ingest", headers=bearer(admin),
+                                   json={"source": "/etc/passwd", "name": "x"}), 403, "outside the allowed data roots")
+        assert_problem(client.post("/api/datasets/ingest", headers=bearer(admin),
+                                   json={"source": f"{root}/../docs", "name": "x"}), 403, "contains '..'")
+        refused = assert_problem(client.post("/api/datasets/ingest", headers=bearer(key),
+                                             json={"source": str(root), "name": "mine"}), 403, "only an admin")
+        assert "POST /api/datasets" in refused["fix"]
 
 
 def test_curate_stats_sample_diff_split_export(client, key, tmp_path):
@@ -108,9 +120,8 @@ def test_curate_stats_sample_diff_split_export(client, key, tmp_path):
     assert (diff["only_a"], diff["only_b"], diff["common"]) == (20, 0, 10)
     split = client.post("/api/datasets/uniq/split", headers=h, json={"validation_ratio": 0.3, "seed": 1})
     assert split.status_code == 201 and split.json()["validation"]["rows"] == 3
-    out = tmp_path / "x.jsonl"
-    r = client.post("/api/datasets/uniq-train/export", headers=h, json={"path": str(out)})
-    assert r.status_code == 200 and len(out.read_text().splitlines()) == 7
+    r = client.get("/api/datasets/uniq-train/export", headers=h)
+    assert r.status_code == 200 and len(r.text.splitlines()) == 7
     dropped = client.get("/api/datasets/uniq/dropped", headers=h, params={"limit": 1}).json()
     assert dropped["total"] == 20 and dropped["rows"][0]["reason"].startswith("exact duplicate of row 1")
 

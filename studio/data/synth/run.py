@@ -146,7 +146,9 @@ async def _call(client: Any, spec: SynthSpec, chunk: Chunk, stop: list[BaseExcep
 
 
 def finalize(spec: SynthSpec, settings: StudioSettings, run: str, src_id: str,
-             chunks: list[Chunk]) -> dict[str, Any]:
+             chunks: list[Chunk], owner: int | None = None) -> dict[str, Any]:
+    """Write the generated rows as a version of ``spec.name``, owned by ``owner`` (the job's
+    submitter's key id; None: the operator in-process)."""
     store = ArtifactStore(settings.artifacts)
     records = [load_chunk(store, run, c.index) for c in chunks]
     if any(r is None for r in records):
@@ -173,7 +175,8 @@ def finalize(spec: SynthSpec, settings: StudioSettings, run: str, src_id: str,
             raise StudioError(f"synthesis produced no usable rows ({w.dropped_count} dropped)",
                               f"see the replies with `studio data show` on the draft; try another model "
                               f"than {spec.model!r}")
-        done = w.commit(settings, spec.name, f"synth {spec.mode} by {spec.model} from {src_id[:12]}")
+        done = w.commit(settings, spec.name, f"synth {spec.mode} by {spec.model} from {src_id[:12]}",
+                        owner)
     return {"snapshot_id": done.snapshot_id, "name": spec.name, "version": done.version,
             "rows": done.row_count, "dropped": done.dropped_count, "parent_id": src_id,
             "model": spec.model, "deployments": deployments, **progress_of(records, len(chunks))}
@@ -198,6 +201,7 @@ def run_job(job_id: int, settings: StudioSettings, client: Any | None = None) ->
         if job is None or job.kind != "synth":
             raise StudioError(f"job {job_id} is not a synthesis job", "pass the id of a `studio data generate` job")
         spec = SynthSpec.model_validate(job.spec)
+        owner = job.owner_key_id  # the submitter's key: the output dataset is theirs
         transition(s, job_id, JobStatus.RUNNING, f"attempt {job.attempts}: generating with {spec.model}")
     if client is None:
         from studio.gateway import Client
@@ -222,7 +226,7 @@ def run_job(job_id: int, settings: StudioSettings, client: Any | None = None) ->
         src_id, chunks = asyncio.run(generate(spec, settings, f"job-{job_id}", client, progress))
         with session_scope(settings.db_url) as s:
             transition(s, job_id, JobStatus.CHECKPOINTING, "all chunks generated; writing the snapshot")
-        result = finalize(spec, settings, f"job-{job_id}", src_id, chunks)
+        result = finalize(spec, settings, f"job-{job_id}", src_id, chunks, owner)
     except Exception as e:  # recorded on the job; the scheduler decides on a retry
         reason = e.problem if isinstance(e, StudioError) else f"{type(e).__name__}: {e}"
         with session_scope(settings.db_url) as s:
