@@ -85,6 +85,26 @@ class StudioSettings(BaseSettings):
         default=2 * 1024**3, ge=1,
         description="Largest dataset upload accepted over HTTP, in bytes (STUDIO_UPLOAD_MAX_BYTES).",
     )
+    max_body_mb: float = Field(
+        default=10.0, gt=0,
+        description="Largest request body any other HTTP request may send, in MiB (STUDIO_MAX_BODY_MB); "
+        "past it the API answers 413 while reading, Content-Length or not.",
+    )
+    max_streams_per_key: int = Field(
+        default=8, ge=1,
+        description="Follow-streams (job logs, eval and synth events) one key may hold open at once "
+        "in one API replica (STUDIO_MAX_STREAMS_PER_KEY); the next one is a 429.",
+    )
+    stream_idle_s: float = Field(
+        default=900.0, gt=0,
+        description="A follow-stream with no event for this long ends with an `error` event saying "
+        "so (STUDIO_STREAM_IDLE_S); heartbeats do not count.",
+    )
+    stream_max_s: float = Field(
+        default=3600.0, gt=0,
+        description="Longest a follow-stream stays open (STUDIO_STREAM_MAX_S); it then ends with an "
+        "`error` event and the client reconnects.",
+    )
     egress_allow: str | None = Field(
         default=None,
         description="Hosts, IP addresses or CIDRs (comma-separated) that URLs fetched for a caller "
@@ -170,6 +190,9 @@ def settings_env(settings: StudioSettings) -> dict[str, str]:
         if value:
             env[f"STUDIO_{name.upper()}"] = value
     env["STUDIO_MAX_N"], env["STUDIO_MAX_TOKENS"] = str(settings.max_n), str(settings.max_tokens)
+    # The ingress replicas enforce these (docs/security.md, Limits).
+    for name in ("upload_max_bytes", "max_body_mb", "max_streams_per_key", "stream_idle_s", "stream_max_s"):
+        env[f"STUDIO_{name.upper()}"] = str(getattr(settings, name))
     env["STUDIO_HTTP_HOST"] = settings.http_host
     env["STUDIO_HTTP_PORT"] = str(settings.http_port)
     return env
