@@ -87,9 +87,10 @@ def post_promote(ref: str, body: PromoteRequest, key: UserOrAdminDep, session: S
     was queued (``promotion.eval_id``; ask again when it is done), 409 refused (recorded).
     ``force`` promotes anyway and is recorded. Only the name's owner or an admin promotes; only an
     admin forces or overrides the gate, and says why (``reason``)."""
-    if "@" in ref:
-        get_version(session, ref)  # 404 for an unknown version before any ownership question
-    _check_name_owner(session, key, ref.split("@", 1)[0], "promote its versions")
+    if "@" not in ref:
+        raise StudioError(f"promote needs a pinned version, got {ref!r}", f"write {ref}@N (see `studio models ls`)")
+    mv = get_version(session, ref)  # 404 for an unknown version before any ownership question
+    _check_name_owner(session, key, mv.name, "promote its versions")
     by = key.name
     if body.overrides_gate():
         require_admin(key, "forcing or overriding the promotion gate")
