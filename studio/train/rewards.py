@@ -9,7 +9,8 @@ The reference answer of a row arrives as the ``reference`` column (see ``grpo.gr
 - exact_match: stripped completion == stripped reference (1.0 / 0.0; None for a row without one)
 - regex: ``re.fullmatch(pattern, completion.strip())``
 - json_schema: the completion parses as JSON and validates under the schema
-- python: any callable by import path, ``package.module:function``
+- python: a function by import path, ``package.module:function``: one of this module's
+  ``PYTHON_REWARDS`` or one the admin allowed (``STUDIO_REWARD_ALLOWLIST``); checked before import
 - judge: an LLM judge through the gateway (``studio.gateway.Client``), score 0-10 → 0.0-1.0
 """
 
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from studio.errors import StudioError
+from studio.settings import StudioSettings
 from studio.train.spec import RewardSpec
 
 RewardFunc = Callable[..., Any]
@@ -92,12 +94,37 @@ class JsonSchemaValid:
         return out
 
 
-def import_callable(path: str) -> RewardFunc:
+# The python rewards of this module a recipe may name without an allowlist entry.
+PYTHON_REWARDS = ("positional_overlap", "char_f1")
+
+
+def check_reward_allowed(path: str, settings: StudioSettings | None = None) -> None:
+    """Refuse (400) a python reward that is neither one of ``PYTHON_REWARDS`` nor allowed by
+    ``STUDIO_REWARD_ALLOWLIST`` (``module:function`` or ``module:*``). Runs before any import:
+    importing a module runs its code, in the API process at preflight."""
+    module_name, _, attr = path.partition(":")
+    if module_name == __name__ and attr in PYTHON_REWARDS:
+        return
+    raw = (settings or StudioSettings()).reward_allowlist or ""
+    for entry in (e.strip() for e in raw.split(",")):
+        allowed_module, _, allowed_attr = entry.partition(":")
+        if entry and allowed_module == module_name and (
+                allowed_attr == attr or (allowed_attr == "*" and attr.isidentifier() and not attr.startswith("_"))):
+            return
+    raise StudioError(
+        f"python reward {path!r} is not allowed: a recipe may name {', '.join(f'{__name__}:{f}' for f in PYTHON_REWARDS)} "
+        "or a function the admin listed in STUDIO_REWARD_ALLOWLIST",
+        "use one of those, or ask an admin to add it to STUDIO_REWARD_ALLOWLIST ('module:function' or "
+        "'module:*', comma-separated) and restart the studio")
+
+
+def import_callable(path: str, settings: StudioSettings | None = None) -> RewardFunc:
     """``package.module:function`` → the function, or a StudioError naming what is wrong."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise StudioError(f"python reward callable {path!r} is not an import path",
                           "write it as 'package.module:function'")
+    check_reward_allowed(path, settings)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

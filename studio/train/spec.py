@@ -111,7 +111,9 @@ class RewardSpec(Spec):
     schema_: dict[str, Any] | None = Field(default=None, alias="schema", description="json_schema: the JSON schema.")
     callable: str | None = Field(
         default=None, description="python: 'package.module:function', called as TRL calls reward functions: "
-        "f(prompts=..., completions=..., completion_ids=..., reference=..., **kwargs) -> list[float | None]."
+        "f(prompts=..., completions=..., completion_ids=..., reference=..., **kwargs) -> list[float | None]. "
+        "Only studio.train.rewards' own (positional_overlap, char_f1) or functions an admin listed in "
+        "STUDIO_REWARD_ALLOWLIST; anything else is refused before it is imported."
     )
     judge_model: str | None = Field(default=None, description="judge: gateway model group that judges.")
     judge_prompt: str | None = Field(

@@ -88,7 +88,8 @@ def test_grpo_full_finetune_with_vllm_rollouts_is_refused(env: StudioSettings):
     assert_refused(env, only_job(env), "GRPO with vLLM rollouts trains a LoRA adapter", "grpo.rollout.engine=hf")
 
 
-def test_grpo_reward_that_cannot_be_imported_is_refused(env: StudioSettings):
+def test_grpo_reward_that_cannot_be_imported_is_refused(env: StudioSettings, monkeypatch):
+    monkeypatch.setenv("STUDIO_REWARD_ALLOWLIST", "no_such_pkg.rewards:*")  # allowed, so the import is tried
     rc = run.main(["--recipe", str(RECIPES / "grpo_reverse_tiny.yaml"),
                    'grpo.rewards=[{type: python, callable: "no_such_pkg.rewards:score"}]'])
     assert rc == run.EXIT_REFUSED

@@ -3,6 +3,8 @@ rewards cannot be built fail with a message naming the reward and the fix."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from studio.errors import StudioError
@@ -55,7 +57,9 @@ def test_python_callable_by_import_path_gets_the_columns():
     ("studio.train.rewards", "is not an import path"),
     ("studio.train.rewards:DEFAULT_JUDGE_PROMPT", "is a str, not a function"),
 ])
-def test_bad_import_path_is_a_clear_error(path: str, needle: str):
+def test_bad_import_path_is_a_clear_error(path: str, needle: str, monkeypatch):
+    # Allowed by the admin, so what is checked is the import itself.
+    monkeypatch.setenv("STUDIO_REWARD_ALLOWLIST", "no_such_module_xyz:*, studio.train.rewards:*")
     with pytest.raises(StudioError, match=needle) as e:
         build(type="python", callable=path)
     assert path in str(e.value) and "Fix:" in str(e.value)
@@ -112,3 +116,32 @@ def test_rollout_adapter_ids_are_versioned_and_ranks_fit_vllm():
     assert [adapter_id(v) for v in (0, 7)] == ["policy-step-0", "policy-step-7"]
     assert actor_name("sqlite:///a.db", 3) != actor_name("sqlite:///b.db", 3)  # studios sharing a cluster
     assert [vllm_lora_rank(r) for r in (1, 8, 12, 64, 300)] == [8, 8, 16, 64, 320]
+
+
+PROBE = "tests.train.reward_probe"  # importing it is visible in sys.modules
+
+
+@pytest.mark.parametrize("path", [
+    "os:system", f"{PROBE}:score", "studio.train.rewards:import_callable", "studio.train.rewards:json.loads",
+    "studio.train.rewards:build_reward_funcs",
+])
+def test_a_python_reward_outside_the_allowlist_is_refused_before_import(path: str, monkeypatch):
+    monkeypatch.delenv("STUDIO_REWARD_ALLOWLIST", raising=False)
+    sys.modules.pop(PROBE, None)
+    with pytest.raises(StudioError, match="is not allowed") as e:
+        build(type="python", callable=path)
+    assert e.value.status_code == 400 and "STUDIO_REWARD_ALLOWLIST" in e.value.fix
+    assert PROBE not in sys.modules  # refused without running the module's code
+
+
+@pytest.mark.parametrize("allow", [f"{PROBE}:score", f"{PROBE}:*", f"json:loads, {PROBE}:score"])
+def test_the_admin_allowlist_opens_a_function_or_a_module(allow: str, monkeypatch):
+    monkeypatch.setenv("STUDIO_REWARD_ALLOWLIST", allow)
+    f, _ = build(type="python", callable=f"{PROBE}:score")
+    assert f(completions=["a", "b"]) == [1.0, 1.0]
+    monkeypatch.setenv("STUDIO_REWARD_ALLOWLIST", f"{PROBE}:other")  # another function of it: refused
+    with pytest.raises(StudioError, match="is not allowed"):
+        build(type="python", callable=f"{PROBE}:score")
+    monkeypatch.setenv("STUDIO_REWARD_ALLOWLIST", f"{PROBE}:*")  # module:* never opens private names
+    with pytest.raises(StudioError, match="is not allowed"):
+        build(type="python", callable=f"{PROBE}:_private")
