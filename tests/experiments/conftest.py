@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from studio.api.app import create_app
 from studio.experiments.completions import CompletionRecorder, prompt_text
@@ -16,6 +17,7 @@ from studio.keys import create_key
 from studio.registry.versions import register_version
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
+from studio.store.models import ApiKey
 
 
 @pytest.fixture
@@ -42,9 +44,13 @@ def registry(settings: StudioSettings) -> None:
 @pytest.fixture
 def log_completions(settings: StudioSettings) -> Callable[..., list[str]]:
     """``log_completions([(id, experiment, arm, version, prompt, response), ...])`` through a
-    CompletionRecorder, as the Router records them."""
+    CompletionRecorder, as the Router records them: answered to the key named ``owner`` (alice,
+    when she exists), whose feedback they then take."""
 
-    def log(rows) -> list[str]:
+    def log(rows, owner: str = "alice") -> list[str]:
+        with session_scope(settings.db_url) as s:
+            owner_id = s.scalars(select(ApiKey.id).where(ApiKey.name == owner)).first()
+
         async def run():
             recorder = CompletionRecorder(settings.db_url)
             for cid, experiment, arm, version, prompt, response in rows:
@@ -55,7 +61,7 @@ def log_completions(settings: StudioSettings) -> Callable[..., list[str]]:
                     "prompt": messages, "prompt_text": prompt_text("chat", messages),
                     "response": response, "latency_ms": 10.0 + len(response), "ttft_ms": 5.0,
                     "output_tokens": len(response.split()), "user": "u1",
-                    "created_at": datetime.now(timezone.utc)})
+                    "owner_key_id": owner_id, "created_at": datetime.now(timezone.utc)})
             await recorder.flush()
             return recorder.written
 
