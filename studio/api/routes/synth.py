@@ -62,7 +62,7 @@ def get_draft_rows(job_id: int, _: KeyDep, settings: SettingsDep,
 
 
 @router.get("/{job_id}/events")
-def get_events(job_id: int, _: KeyDep, settings: SettingsDep) -> StreamingResponse:
+def get_events(job_id: int, key: KeyDep, settings: SettingsDep) -> StreamingResponse:
     """Server-Sent Events: ``progress`` on every change, then ``end`` with the final status."""
     synth.status(settings, job_id)  # 404 before the stream starts
 
@@ -70,7 +70,7 @@ def get_events(job_id: int, _: KeyDep, settings: SettingsDep) -> StreamingRespon
         try:
             for info in synth.follow(settings, job_id):
                 kind = "end" if info["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") else "progress"
-                yield f"event: {kind}\ndata: {json.dumps(info, default=str)}\n\n"
+                yield f"event: {kind}\ndata: {json.dumps(_for_key(info, key), default=str)}\n\n"
         except StudioError as e:
             yield f"event: error\ndata: {json.dumps({'detail': e.problem, 'fix': e.fix})}\n\n"
 
