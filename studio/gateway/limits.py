@@ -8,6 +8,7 @@ known then), so a key may overshoot its TPM by one call; the next call in that m
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
@@ -38,6 +39,41 @@ class KeyLimits:
     rpm: int | None = None
     tpm: int | None = None
     budget_usd: float | None = None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyLimits:
+        return cls(key.id, key.name, key.rpm_limit, key.tpm_limit, key.budget_usd)
+
+    @property
+    def any(self) -> bool:
+        return self.rpm is not None or self.tpm is not None or self.budget_usd is not None
+
+
+class SpentCache:
+    """What each key has spent (the usage table), read at most every ``ttl_s`` per key: a budget
+    check must not cost a database round trip per request."""
+
+    def __init__(self, db_url: str, ttl_s: float = 5.0):
+        self.db_url = db_url
+        self.ttl_s = ttl_s
+        self._spent: dict[int, tuple[float, float]] = {}  # key id → (expires, USD)
+
+    async def spent_usd(self, key_id: int) -> float:
+        now = time.monotonic()
+        hit = self._spent.get(key_id)
+        if hit is None or hit[0] < now:
+            hit = (now + self.ttl_s, await asyncio.to_thread(self._read, key_id))
+            if len(self._spent) > 10_000:  # keys come and go: forget the expired ones
+                self._spent = {k: v for k, v in self._spent.items() if v[0] >= now}
+            self._spent[key_id] = hit
+        return hit[1]
+
+    def _read(self, key_id: int) -> float:
+        from studio.gateway.usage import key_spent_usd
+        from studio.store.db import session_scope
+
+        with session_scope(self.db_url) as s:
+            return key_spent_usd(s, key_id)
 
 
 class Limiter:
@@ -80,11 +116,13 @@ class Limiter:
         minute, _ = self._window()
         await self.store.incr(self.store.k("tpm", key.key_id, minute), tokens)
 
-    async def acquire_job(self, job_id: str | None, cap: int | None) -> bool:
-        """Take one in-flight slot of ``job_id``; True if taken (release it with release_job)."""
+    async def acquire_job(self, job_id: str | None, cap: int | None, scope: int | None = None
+                          ) -> bool:
+        """Take one in-flight slot of ``job_id``; True if taken (release it with release_job).
+        ``scope`` (the calling key's id) keeps one key's job ids from filling another's slots."""
         if not job_id or not cap:
             return False
-        key = self.store.k("job", job_id)
+        key = self.store.k("job", scope, job_id)
         n = await self.store.incr(key, 1, ttl_s=600)
         if n > cap:
             await self.store.incr(key, -1, ttl_s=600)
@@ -93,8 +131,8 @@ class Limiter:
                               "queues them for you)", retry_after_s=1)
         return True
 
-    async def release_job(self, job_id: str) -> None:
-        await self.store.incr(self.store.k("job", job_id), -1, ttl_s=600)
+    async def release_job(self, job_id: str, scope: int | None = None) -> None:
+        await self.store.incr(self.store.k("job", scope, job_id), -1, ttl_s=600)
 
 
 def set_key_limits(session: Session, name: str, *, rpm: int | None = None, tpm: int | None = None,

@@ -183,6 +183,7 @@ OPENAI_CHAT_FIELDS = frozenset(ChatCompletionRequest.model_fields) - ENGINE_FIEL
 OPENAI_COMPLETION_FIELDS = frozenset(CompletionRequest.model_fields) - ENGINE_FIELDS
 # Chat's `echo` is vLLM's; the legacy endpoint's is OpenAI's.
 CHAT_ENGINE_FIELDS = ENGINE_FIELDS | {"echo"}
+_TYPE_TAGS = {"str", "int", "float", "bool"}
 _HINTS = {"guided_json": "structured_outputs: {json: ...}",
           "guided_regex": "structured_outputs: {regex: ...}",
           "guided_choice": "structured_outputs: {choice: [...]}",
@@ -228,7 +229,9 @@ def parse_request(endpoint: str, body: Any, caps: RequestCaps) -> _Common:
 def invalid_request(errors: list[dict[str, Any]], endpoint: str) -> StudioError:
     """One 400 for pydantic's (or FastAPI's) errors: the fields not accepted, all named, with
     why; else each wrong field and pydantic's word on it."""
-    locs = [tuple(p for p in e.get("loc", ()) if p != "body") for e in errors]
+    # Union members add their type to the location ("stop.list[constrained-str]"): keep names.
+    locs = [tuple(p for p in e.get("loc", ()) if p != "body" and (
+        isinstance(p, int) or (str(p).isidentifier() and p not in _TYPE_TAGS))) for e in errors]
     if any(e.get("type") == "json_invalid" for e in errors):
         return StudioError("the request body is not valid JSON",
                            "send a JSON object with Content-Type: application/json")
@@ -247,7 +250,7 @@ def invalid_request(errors: list[dict[str, Any]], endpoint: str) -> StudioError:
             "sampling, stop, tool and format fields, and vLLM's sampling extensions for studio "
             "models (docs/security.md, 'Outbound calls')",
             "drop those fields" + (f" ({'; '.join(hints)})" if hints else ""))
-    named = [f"{'.'.join(map(str, loc)) or '(body)'}: {e.get('msg')}"
-             for loc, e in zip(locs, errors, strict=True)]
+    named = list(dict.fromkeys(f"{'.'.join(map(str, loc)) or '(body)'}: {e.get('msg')}"
+                               for loc, e in zip(locs, errors, strict=True)))
     return StudioError(f"invalid request: {'; '.join(named[:8])}",
                        "correct the fields named (OpenAI's request shape)")

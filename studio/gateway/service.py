@@ -23,15 +23,16 @@ from typing import Any
 
 from studio.errors import StudioError
 from studio.gateway.cache import cache_key, is_cacheable
-from studio.gateway.limits import KeyLimits, Limiter, RateLimited
+from studio.gateway.limits import KeyLimits, Limiter, RateLimited, SpentCache
+from studio.gateway.request import (CHAT_ENGINE_FIELDS, ENGINE_FIELDS, RequestCaps,
+                                    parse_request)
 from studio.gateway.spec import GatewaySpec, GroupSpec, Provider, missing_key_envs
 from studio.gateway.store import KVStore
-from studio.gateway.usage import UsageRow, UsageWriter, key_spent_usd
+from studio.gateway.usage import UsageRow, UsageWriter
 
 logger = logging.getLogger("studio.gateway")
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                 429: "rate_limit_error", 503: "service_unavailable", 504: "timeout"}
-_SPENT_TTL_S = 5.0
 
 
 class UpstreamError(StudioError):
@@ -45,18 +46,22 @@ class UpstreamError(StudioError):
 
 @dataclass
 class CallContext:
-    """Who is calling: the authenticated key (with its limits), the service and the job."""
+    """Who is calling: the authenticated key (with its limits), the service and the job.
+    ``principal_id`` is the key whose cache entries these are: a job key's submitter."""
 
     key: KeyLimits
     service: str = "unknown"
     job_id: str | None = None
     job_concurrency: int | None = None
+    principal_id: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CallContext:
         key = KeyLimits(d.get("key_id"), d.get("key_name"), d.get("rpm"), d.get("tpm"),
                         d.get("budget_usd"))
-        return cls(key, d.get("service") or "unknown", d.get("job_id"), d.get("job_concurrency"))
+        principal = d.get("principal_id", d.get("key_id"))
+        return cls(key, d.get("service") or "unknown", d.get("job_id"), d.get("job_concurrency"),
+                   principal)
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
@@ -66,8 +71,9 @@ def error_body(status: int, message: str) -> dict[str, Any]:
 
 class GatewayService:
     def __init__(self, spec: GatewaySpec, studio_router: Any | None, db_url: str,
-                 redis_url: str | None = None):
+                 redis_url: str | None = None, caps: RequestCaps | None = None):
         self.spec = spec
+        self.caps = caps or RequestCaps()
         # deployments.router.RouterClient: routes by the studio Router, answers straight from
         # the model deployments
         self.studio_router = studio_router
@@ -78,7 +84,7 @@ class GatewayService:
         self._groups: dict[str, list[GroupSpec]] = {}
         for g in spec.groups:
             self._groups.setdefault(g.name, []).append(g)
-        self._spent: dict[int, tuple[float, float]] = {}
+        self._spent = SpentCache(db_url)
         self.llm = self._build_llm_router()
 
     def _build_llm_router(self):
@@ -125,11 +131,12 @@ class GatewayService:
                        job_id=ctx.job_id)
         job_slot = False
         try:
-            self._check_body(endpoint, body)
+            body = self._check_body(endpoint, body)
             await self.limiter.admit(ctx.key, await self._spent_usd(ctx.key))
             job_slot = await self.limiter.acquire_job(
-                ctx.job_id, ctx.job_concurrency or self.spec.default_job_concurrency)
-            out, headers = await self._answer(endpoint, body, row, start)
+                ctx.job_id, ctx.job_concurrency or self.spec.default_job_concurrency,
+                scope=ctx.key.key_id)
+            out, headers = await self._answer(endpoint, body, row, start, ctx.principal_id)
             await self.limiter.count_tokens(ctx.key, row.prompt_tokens + row.completion_tokens)
             return 200, out, headers
         except StudioError as e:
@@ -140,7 +147,7 @@ class GatewayService:
             return e.status_code, error_body(e.status_code, str(e)), headers
         finally:
             if job_slot:
-                await self.limiter.release_job(ctx.job_id)
+                await self.limiter.release_job(ctx.job_id, scope=ctx.key.key_id)
             row.latency_ms = (time.perf_counter() - start) * 1000
             self.usage.record(row)
 
@@ -159,10 +166,13 @@ class GatewayService:
         job_slot, gen = False, None
         try:
             try:
-                self._check_body(endpoint, body, stream=True)
+                body = self._check_body(endpoint, body, stream=True)
+                # Every stream ends with its usage: the key's TPM and the usage row count it.
+                body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
                 await self.limiter.admit(ctx.key, await self._spent_usd(ctx.key))
                 job_slot = await self.limiter.acquire_job(
-                    ctx.job_id, ctx.job_concurrency or self.spec.default_job_concurrency)
+                    ctx.job_id, ctx.job_concurrency or self.spec.default_job_concurrency,
+                    scope=ctx.key.key_id)
                 gen, first, meta, answered_by = await self._open_stream(endpoint, body)
             except StudioError as e:
                 row.status, row.error = e.status_code, str(e)[:1024]
@@ -190,7 +200,7 @@ class GatewayService:
             if gen is not None:
                 await gen.aclose()
             if job_slot:
-                await self.limiter.release_job(ctx.job_id)
+                await self.limiter.release_job(ctx.job_id, scope=ctx.key.key_id)
             latency_s = time.perf_counter() - start
             if row.status == 200:
                 entry = (self._groups.get(row.model_group) or [None])[0]
@@ -272,43 +282,28 @@ class GatewayService:
         self.usage.close()
 
     # ---- steps -------------------------------------------------------------------------------
-    @staticmethod
-    def _check_body(endpoint: str, body: Any, stream: bool = False) -> None:
-        if not isinstance(body, dict):
-            raise StudioError("the request body must be a JSON object", 'send {"model": ..., ...}')
-        if not isinstance(body.get("model"), str) or not body["model"]:
-            raise StudioError("`model` must name a model group", "see GET /gateway/v1/models")
-        field = "messages" if endpoint == "chat" else "prompt"
-        if field not in body:
-            raise StudioError(f"`{field}` is required on this endpoint", f"send `{field}`")
+    def _check_body(self, endpoint: str, body: Any, stream: bool = False) -> dict[str, Any]:
+        """The fields to forward: the caller's body, validated against the one request model
+        (``studio.gateway.request``: unknown fields and caps are a 400). Nothing else of the
+        caller's reaches a model call."""
+        body = parse_request(endpoint, body, self.caps).fields()
         if body.get("stream") and not stream:
             raise StudioError("this gateway path answers whole responses, not streams",
                               "drop `stream: true`, or send it over HTTP to /gateway/v1, which "
                               "streams studio models")
+        return body
 
     async def _spent_usd(self, key: KeyLimits) -> float | None:
         if key.budget_usd is None or key.key_id is None:
             return None
-        now = time.monotonic()
-        hit = self._spent.get(key.key_id)
-        if hit is None or hit[0] < now:
-            spent = await asyncio.to_thread(self._read_spent, key.key_id)
-            hit = (now + _SPENT_TTL_S, spent)
-            self._spent[key.key_id] = hit
-        return hit[1] + self.usage.pending_cost(key.key_id)
+        return await self._spent.spent_usd(key.key_id) + self.usage.pending_cost(key.key_id)
 
-    def _read_spent(self, key_id: int) -> float:
-        from studio.store.db import session_scope
-
-        with session_scope(self.db_url) as s:
-            return key_spent_usd(s, key_id)
-
-    async def _answer(self, endpoint: str, body: dict, row: UsageRow, start: float
-                      ) -> tuple[dict[str, Any], dict[str, str]]:
+    async def _answer(self, endpoint: str, body: dict, row: UsageRow, start: float,
+                      scope: int | None = None) -> tuple[dict[str, Any], dict[str, str]]:
         group = body["model"]
         ckey = None
         if self.spec.cache.enabled and is_cacheable(body):
-            ckey = cache_key(self.spec.cache.namespace, endpoint, body)
+            ckey = cache_key(self.spec.cache.namespace, endpoint, body, scope)
             cached = await self.store.get(ckey)
             if cached is not None:
                 out = json.loads(cached)
@@ -428,6 +423,15 @@ class GatewayService:
                                 f"{' or '.join(missing)}, which is not set in the gateway's "
                                 "environment", f"export {missing[0]}=... before `studio up`",
                                 status=503)
+        # Only OpenAI's fields go to a provider: vLLM's extensions are for studio engines, and
+        # the body is already free of LiteLLM's call options (_check_body).
+        engine_only = sorted(set(body) & (CHAT_ENGINE_FIELDS if endpoint == "chat"
+                                          else ENGINE_FIELDS))
+        if engine_only:
+            raise UpstreamError(f"group {name!r} is an external provider, which takes OpenAI's "
+                                f"fields only, not vLLM's {', '.join(engine_only)}",
+                                "drop them, or call a studio-served model", status=400,
+                                fallback_ok=False)
         params = {k: v for k, v in body.items() if k not in ("model", "messages", "prompt")}
         try:
             if endpoint == "chat":

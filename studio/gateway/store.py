@@ -13,8 +13,6 @@ import logging
 import time
 from typing import Any
 
-from litellm.caching.in_memory_cache import InMemoryCache
-
 logger = logging.getLogger("studio.gateway")
 
 
@@ -23,8 +21,8 @@ class KVStore:
                  retry_redis_after_s: float = 10.0):
         self.namespace = namespace
         self.redis_url = redis_url
-        # LiteLLM's in-memory cache: TTL per entry and a size bound, the same store its Router uses.
-        self.local = InMemoryCache(max_size_in_memory=max_entries, default_ttl=3600)
+        self._max_entries = max_entries
+        self._local = None
         self._counters: dict[str, tuple[float, float]] = {}  # key -> (value, expires_at)
         self._redis = None
         self._redis_down_until = 0.0
@@ -34,6 +32,17 @@ class KVStore:
 
             self._redis = aioredis.from_url(redis_url, socket_connect_timeout=0.5,
                                             socket_timeout=0.5, decode_responses=True)
+
+    @property
+    def local(self):
+        # LiteLLM's in-memory cache: TTL per entry and a size bound, the same store its Router
+        # uses. Made on first use: the /v1 limits need only the counters, and importing LiteLLM
+        # into the API process costs seconds and memory.
+        if self._local is None:
+            from litellm.caching.in_memory_cache import InMemoryCache
+
+            self._local = InMemoryCache(max_size_in_memory=self._max_entries, default_ttl=3600)
+        return self._local
 
     def k(self, *parts: Any) -> str:
         return ":".join([self.namespace, *map(str, parts)])

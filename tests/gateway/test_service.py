@@ -114,7 +114,7 @@ def test_bad_requests_and_unknown_groups_are_named(service):
     assert "unknown model group 'nope'" in body["error"]["message"]
     assert "backup, nokey, primary, slow" in body["error"]["message"]
     status, body, _ = call(service, "chat", {"model": "backup"})
-    assert status == 400 and "`messages` is required" in body["error"]["message"]
+    assert status == 400 and "messages: Field required" in body["error"]["message"]
     status, body, _ = call(service, "chat", {"model": "backup", "messages": MSG, "stream": True})
     assert status == 400 and "stream" in body["error"]["message"]
 

@@ -1,22 +1,30 @@
 """/gateway/v1/*: the gateway's OpenAI-compatible surface (usable with the ``openai`` client,
-``base_url=<studio>/gateway/v1``). Thin: authenticate the studio key, read the caller's tags
-(``x-studio-service``, ``x-studio-job-id``, ``x-studio-job-concurrency``) and hand
-``(body, ctx)`` to the Gateway deployment (``app.state.gateway``), which answers
-``(status, body, headers)``; ``stream: true`` (studio-served models) is relayed as SSE."""
+``base_url=<studio>/gateway/v1``). Thin: authenticate the studio key, validate the body against
+the one request model (``studio.gateway.request``: unknown fields and caps are a 400), read the
+caller's tags (``x-studio-service``; ``x-studio-job-id`` and ``x-studio-job-concurrency`` from a
+job's key only) and hand ``(fields, ctx)`` to the Gateway deployment (``app.state.gateway``),
+which answers ``(status, body, headers)``; ``stream: true`` (studio-served models) is relayed as
+SSE."""
 
 from __future__ import annotations
 
-import json
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from studio.access import Forbidden, is_admin, is_job_key, principal_id
 from studio.api.deps import KeyDep
+from studio.api.openai_body import OpenAIBodyRoute
 from studio.errors import StudioError, Unavailable
+from studio.gateway.request import ChatCompletionRequest, CompletionRequest, RequestCaps, check_caps
 from studio.store.models import ApiKey
 
-router = APIRouter(prefix="/gateway/v1", tags=["gateway"])
+router = APIRouter(prefix="/gateway/v1", tags=["gateway"], route_class=OpenAIBodyRoute)
+JOB_HEADERS = ("x-studio-job-id", "x-studio-job-concurrency")
+# A label in the usage table and its filters: short, and nothing a log or a shell would read.
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
 
 
 def _gateway(request: Request):
@@ -29,6 +37,21 @@ def _gateway(request: Request):
 
 
 def call_context(key: ApiKey, request: Request) -> dict[str, Any]:
+    sent = [h for h in JOB_HEADERS if h in request.headers]
+    # A job's calls share its concurrency cap and carry its id into the usage table: another
+    # key naming a job would spend that job's slots or file its calls under it. Admins run the
+    # operator's tools (benchmarks), which tag their calls too.
+    if sent and not (is_job_key(key) or is_admin(key)):
+        raise Forbidden(f"header {' and '.join(sent)} is accepted only from a job's key; key "
+                        f"{key.name!r} is not one", f"drop {' and '.join(sent)} (jobs the "
+                        "studio runs get a key of their own that may send it)")
+    job_id, service = request.headers.get("x-studio-job-id"), request.headers.get(
+        "x-studio-service")
+    for name, value in (("x-studio-job-id", job_id), ("x-studio-service", service)):
+        if value is not None and not _LABEL.match(value):
+            raise StudioError(f"header {name} must be 1-64 letters, digits or ._:/- (starting "
+                              "with a letter or digit)", f"send a short label in {name}, or "
+                              "leave it out")
     concurrency = request.headers.get("x-studio-job-concurrency")
     try:
         concurrency = int(concurrency) if concurrency else None
@@ -39,9 +62,8 @@ def call_context(key: ApiKey, request: Request) -> dict[str, Any]:
                           f"{concurrency!r}", "send a positive integer or leave the header "
                           "out") from None
     return {"key_id": key.id, "key_name": key.name, "rpm": key.rpm_limit, "tpm": key.tpm_limit,
-            "budget_usd": key.budget_usd,
-            "service": request.headers.get("x-studio-service") or "api",
-            "job_id": request.headers.get("x-studio-job-id"), "job_concurrency": concurrency}
+            "budget_usd": key.budget_usd, "principal_id": principal_id(key),
+            "service": service or "api", "job_id": job_id, "job_concurrency": concurrency}
 
 
 @router.get("/models")
@@ -50,24 +72,22 @@ async def list_models(_: KeyDep, request: Request) -> dict[str, Any]:
 
 
 @router.post("/chat/completions")
-async def chat_completions(key: KeyDep, request: Request):
-    return await _forward(request, key, "chat")
+async def chat_completions(key: KeyDep, request: Request, body: ChatCompletionRequest):
+    return await _forward(request, key, "chat", body)
 
 
 @router.post("/completions")
-async def completions(key: KeyDep, request: Request):
-    return await _forward(request, key, "completions")
+async def completions(key: KeyDep, request: Request, body: CompletionRequest):
+    return await _forward(request, key, "completions", body)
 
 
-async def _forward(request: Request, key: ApiKey, endpoint: str) -> JSONResponse:
+async def _forward(request: Request, key: ApiKey, endpoint: str,
+                   req: ChatCompletionRequest | CompletionRequest) -> JSONResponse:
     handle = _gateway(request)
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StudioError(f"the request body is not valid JSON ({exc})",
-                          "send a JSON object with Content-Type: application/json") from None
+    check_caps(req, RequestCaps.of(request.app.state.settings))
     ctx = call_context(key, request)
-    if isinstance(body, dict) and body.get("stream"):
+    body = req.fields()  # the gateway validates these again: it is the one that calls out
+    if body.get("stream"):
         return await _stream(handle, endpoint, body, ctx)
     status, out, headers = await getattr(handle, endpoint).remote(body, ctx)
     return JSONResponse(out, status_code=status, headers=headers)
