@@ -73,6 +73,11 @@ def guard_url(url: str, settings: StudioSettings | None = None, *, what: str = "
     return url
 
 
+def guard_location(location: str, settings: StudioSettings | None = None, *, what: str = "URL") -> str:
+    """``guard_url`` for a location that may also be a local path (no ``scheme://``), which passes."""
+    return guard_url(location, settings, what=what) if "://" in location else location
+
+
 def check_host(host: str, port: int, settings: StudioSettings | None = None, *,
                what: str = "URL") -> list[str]:
     """Resolve ``host`` and return its addresses (as strings) when every one may be reached;

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from studio.data.kinds import RowError
+from studio.egress import guard_url
 from studio.errors import StudioError
 from studio.settings import StudioSettings
 
@@ -97,7 +98,7 @@ def check_allowed(source: str, settings: StudioSettings, what: str = "path") -> 
         for r in (r for r in roots if _is_url(r)):
             if source == r or source.startswith(r.rstrip("/") + "/"):
                 _refuse_hidden(source, r.rstrip("/"), what)
-                return source
+                return guard_url(source, settings, what=f"dataset {what}")  # no loopback/private/metadata hosts
         raise Refused(f"URL {source!r} is outside the allowed data roots",
                       "add its prefix to STUDIO_DATA_ROOTS (comma-separated)")
     given = source.removeprefix("file://")

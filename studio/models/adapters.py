@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fsspec.core import url_to_fs
 
+from studio.egress import guard_location
 from studio.errors import NotFound, StudioError
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,13 @@ class AdapterInfo:
 
 
 def fetch_adapter(uri: str, cache_dir: str | Path) -> Path:
-    """Copy the adapter directory at ``uri`` (local path or any fsspec URL) into ``cache_dir``.
+    """Copy the adapter directory at ``uri`` (local path or fsspec URL) into ``cache_dir``; an
+    http(s) URL passes the egress guard first (``studio.egress``).
 
     Adapter URIs are version-unique (a registry version never changes), so a directory fetched
     once is reused; it appears under its final name only when complete (copy, then rename)."""
     cache_dir = Path(cache_dir)
+    guard_location(uri, what="adapter URI")  # an http(s) URI must not reach the server's own network
     dest = cache_dir / hashlib.sha256(uri.encode()).hexdigest()[:24]
     if (dest / CONFIG_FILE).is_file():
         return dest

@@ -1,4 +1,5 @@
-"""Where a model comes from: a local directory saved with ``save_pretrained``, or a hub id."""
+"""Where a model comes from: a local directory saved with ``save_pretrained``, or a hub id — never
+a URL (the server does not download a model from a host a caller names)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def resolve_model_source(name: str) -> str:
     if not name or not name.strip():
         raise StudioError(
             "no model given", "pass a model directory or a hub id such as Qwen/Qwen2.5-0.5B"
+        )
+    if "://" in name:
+        # Never fetched: a URL here would make the server download from a host the caller chose.
+        raise StudioError(
+            f"model {name!r} is a URL; the studio takes a model directory or a hub id, and does not "
+            "download models from URLs",
+            "download the model to a directory the studio can read and pass its path, or give a hub id",
         )
     if not _looks_like_path(name):
         if name.count("/") > 1 or " " in name:

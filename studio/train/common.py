@@ -121,9 +121,10 @@ def policy(job: WorkerJob):
 
 def local_adapter_dir(uri: str) -> str:
     """A local directory holding the adapter at ``uri`` (an artifact URI is downloaded once per node)."""
+    from studio.egress import guard_location
     from studio.store.artifacts import filesystem
 
-    fs, path = filesystem(uri)
+    fs, path = filesystem(guard_location(uri, what="init_adapter"))  # checked again where it is fetched
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("file", "local"):
         return path

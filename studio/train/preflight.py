@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from studio.data.snapshots import resolve_snapshot
+from studio.egress import guard_url
 from studio.errors import NotFound, StudioError
 from studio.models.source import resolve_model_source
 from studio.train.spec import METHOD_KINDS, TrainSpec, is_adapter_location
@@ -70,7 +71,7 @@ def resolve_init_adapter(spec: TrainSpec, session: Session, base: str) -> tuple[
 
     given = spec.init_adapter
     if is_adapter_location(given):
-        uri = given if "://" in given else str(Path(given).expanduser().resolve())
+        uri = guard_url(given, what="init_adapter") if "://" in given else str(Path(given).expanduser().resolve())
         config = _adapter_config(uri, given)
         trained_on = config.get("base_model_name_or_path")
         ref = uri
