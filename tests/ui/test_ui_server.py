@@ -118,3 +118,58 @@ def test_models_and_versions_are_paged_on_the_server(client, settings, admin_key
     assert [v["ref"] for v in client.get("/api/models/m-a?limit=2&offset=2", headers=auth).json()["versions"]] == ["m-a@3"]
     assert client.get("/api/models/m-a?limit=2&offset=5", headers=auth).json()["versions"] == []
     assert_problem(client.get("/api/models/nope?limit=2&offset=5", headers=auth), 404, "no registered model named 'nope'")
+
+
+def _key_id(settings, name: str) -> int:
+    from sqlalchemy import select
+
+    from studio.store.db import session_scope
+    from studio.store.models import ApiKey
+
+    with session_scope(settings.db_url) as s:
+        return s.scalar(select(ApiKey.id).where(ApiKey.name == name))
+
+
+def test_the_fields_the_pages_decide_on(client, settings, user_key, tmp_path):
+    """The pages show an action only to a key the API lets do it: they compare `/api/me`'s `id`
+    with an object's `owner_key_id` (a model list row's `owner` with the key's name), hide Retry
+    when the spec is hidden, send service keys to the playground, and download exports."""
+    from studio.jobs.status import create_job
+    from studio.keys import create_key
+    from studio.registry.versions import register_version
+    from studio.store.db import session_scope
+
+    with session_scope(settings.db_url) as s:
+        other = create_key(s, "bob", "user")[0]
+        service = create_key(s, "svc", "service")[0]
+    alice_id, bob_id = _key_id(settings, "alice"), _key_id(settings, "bob")
+    assert client.get("/api/me", headers=bearer(user_key)).json() == {"id": alice_id, "name": "alice", "role": "user"}
+    assert client.get("/api/me", headers=bearer(other)).json()["id"] == bob_id
+    assert client.get("/api/me", headers=bearer(service)).json()["role"] == "service"
+    # A service key gets no team page's data: the menu shows it the playground only.
+    assert_problem(client.get("/api/jobs", headers=bearer(service)), 403, "service")
+    assert_problem(client.get("/api/models", headers=bearer(service)), 403, "service")
+
+    with session_scope(settings.db_url) as s:
+        register_version(s, name="rev", base_model="tiny", method="sft", adapter_type="lora", uri="/x",
+                         owner_key_id=alice_id)
+        job_id = create_job(s, name="rev", spec={"method": "sft", "base_model": "/m", "data": {"dataset": "d@1"}},
+                            max_retries=0, submitted_by="alice", owner_key_id=alice_id).id
+    assert [m["owner"] for m in client.get("/api/models", headers=bearer(other)).json()] == ["alice"]
+    assert client.get("/api/models/rev", headers=bearer(other)).json()["owner_key_id"] == alice_id
+    assert_problem(client.post("/api/models/rev@1/promote", headers=bearer(other), json={}), 403, "rev")
+
+    mine = client.get(f"/api/jobs/{job_id}", headers=bearer(user_key)).json()
+    assert mine["owner_key_id"] == alice_id and mine["spec"]["data"]["dataset"] == "d@1" and "spec_hidden" not in mine
+    theirs = client.get(f"/api/jobs/{job_id}", headers=bearer(other)).json()
+    assert theirs["owner_key_id"] == alice_id and theirs["spec"] is None and theirs["spec_hidden"]
+    assert client.get("/api/jobs", headers=bearer(other)).json()[0]["owner_key_id"] == alice_id
+    assert_problem(client.post(f"/api/jobs/{job_id}/cancel", headers=bearer(other)), 403, f"job {job_id}")
+    assert_problem(client.get(f"/api/jobs/{job_id}/logs", headers=bearer(other)), 403, "logs")
+
+    # The snapshot page's download: a file over HTTP for a user key (no server path involved).
+    _ingest(settings, tmp_path, "d", 2)
+    r = client.get("/api/datasets/d@1/export?format=jsonl", headers=bearer(other))
+    assert r.status_code == 200, r.text
+    assert 'filename="' in r.headers["content-disposition"]
+    assert [json.loads(line)["prompt"] for line in r.text.splitlines()] == ["p0", "p1"]

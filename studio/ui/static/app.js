@@ -1,5 +1,6 @@
 // Hash router, navigation by role, and the login page. Each page is render(main, params) and may
 // return a cleanup function (stop polling and streams) that runs when the user leaves it.
+import { TEAM, homeHash, mayVisit } from "./access.js";
 import { auth, get } from "./api.js";
 import { banner, field, h, showError } from "./dom.js";
 import { datasetPage, datasetsPage, snapshotPage } from "./pages/datasets.js";
@@ -13,23 +14,25 @@ import { playgroundPage } from "./pages/playground.js";
 import { synthPage } from "./pages/synth.js";
 import { usagePage } from "./pages/usage.js";
 
-// [hash pattern, page, roles that see it in the menu (null: every role)]
+// [hash pattern, page, menu title (none: not in the menu), roles that may open it (null: every
+// role)]. Service keys only call models (the API refuses them every /api/* route but /api/me), so
+// the team's pages are for admin and user keys.
 const ROUTES = [
-  [/^#\/datasets$/, datasetsPage, "Datasets", null],
-  [/^#\/datasets\/([^/]+)$/, datasetPage],
-  [/^#\/snapshots\/([^/]+)$/, snapshotPage],
-  [/^#\/synth\/(\d+)$/, synthPage],
-  [/^#\/new$/, experimentPage, "New experiment", null],
-  [/^#\/jobs$/, jobsPage, "Jobs", null],
-  [/^#\/jobs\/(\d+)$/, jobPage],
-  [/^#\/models$/, modelsPage, "Models", null],
-  [/^#\/models\/([^/]+)$/, modelPage],
+  [/^#\/datasets$/, datasetsPage, "Datasets", TEAM],
+  [/^#\/datasets\/([^/]+)$/, datasetPage, null, TEAM],
+  [/^#\/snapshots\/([^/]+)$/, snapshotPage, null, TEAM],
+  [/^#\/synth\/(\d+)$/, synthPage, null, TEAM],
+  [/^#\/new$/, experimentPage, "New experiment", TEAM],
+  [/^#\/jobs$/, jobsPage, "Jobs", TEAM],
+  [/^#\/jobs\/(\d+)$/, jobPage, null, TEAM],
+  [/^#\/models$/, modelsPage, "Models", TEAM],
+  [/^#\/models\/([^/]+)$/, modelPage, null, TEAM],
   [/^#\/playground$/, playgroundPage, "Playground", null],
-  [/^#\/evals$/, evalsPage, "Evaluations", null],
-  [/^#\/evals\/(\d+)$/, evalPage],
-  [/^#\/experiments$/, experimentsPage, "A/B", null],
-  [/^#\/experiments\/([^/]+)$/, experimentDetailPage],
-  [/^#\/usage$/, usagePage, "Usage", null],
+  [/^#\/evals$/, evalsPage, "Evaluations", TEAM],
+  [/^#\/evals\/(\d+)$/, evalPage, null, TEAM],
+  [/^#\/experiments$/, experimentsPage, "A/B", TEAM],
+  [/^#\/experiments\/([^/]+)$/, experimentDetailPage, null, TEAM],
+  [/^#\/usage$/, usagePage, "Usage", TEAM],
   [/^#\/keys$/, keysPage, "Keys", ["admin"]],
 ];
 
@@ -42,9 +45,10 @@ function renderNav() {
   nav.replaceChildren();
   who.replaceChildren();
   const me = auth.me;
+  document.querySelector("#top .brand").setAttribute("href", me ? homeHash() : "#/login");
   if (!me) return;
   for (const [re, , title, roles] of ROUTES) {
-    if (!title || (roles && !roles.includes(me.role))) continue;
+    if (!title || !mayVisit(roles)) continue;
     const href = re.source.replace(/^\^/, "").replace(/\$$/, "").replace(/\\\//g, "/");
     nav.append(h("a", { href, class: location.hash.startsWith(href) ? "active" : "" }, title));
   }
@@ -63,8 +67,9 @@ function loginPage(main) {
     try {
       const me = await get("/api/me");
       auth.set(key, me);
-      location.hash = sessionStorage.getItem("studio.next") || "#/jobs";
+      const next = sessionStorage.getItem("studio.next");
       sessionStorage.removeItem("studio.next");
+      location.hash = next && mayVisit(routeOf(next)?.[3]) ? next : homeHash();
     } catch (e) {
       auth.clear();
       showError(e);
@@ -78,12 +83,28 @@ function loginPage(main) {
   input.focus();
 }
 
+const routeOf = (hash) => ROUTES.find(([re]) => re.test(hash));
+
+// A page the key's role cannot use says so (its API calls would only be refused).
+function notForRole(main, roles) {
+  main.append(h("p", { class: "muted", id: "not-for-role" },
+    `This page is for ${roles.join(" and ")} keys; key ${auth.me.name} has role ${auth.me.role}. `,
+    h("a", { href: homeHash() }, mayVisit(TEAM) ? "Go to jobs" : "Go to the playground")));
+}
+
+// A session from before /api/me named the key's id cannot tell what the key owns: ask again.
+async function refreshMe() {
+  if (!auth.me || "id" in auth.me) return;
+  try { auth.set(auth.key, await get("/api/me")); } catch { /* a 401 already sent us to the login */ }
+}
+
 async function route() {
   if (cleanup) { try { cleanup(); } catch { /* a page's cleanup must not block navigation */ } cleanup = null; }
   banner(null);
   const main = document.getElementById("main");
   main.replaceChildren();
-  const hash = location.hash || "#/jobs";
+  await refreshMe();
+  const hash = location.hash || (auth.me ? homeHash() : "#/jobs");
   visit++;
   if (!auth.me || hash === "#/login") {
     if (hash !== "#/login") sessionStorage.setItem("studio.next", hash);
@@ -93,8 +114,9 @@ async function route() {
     return;
   }
   renderNav();
-  for (const [re, page] of ROUTES) {
+  for (const [re, page, , roles] of ROUTES) {
     const m = hash.match(re);
+    if (m && !mayVisit(roles)) { notForRole(main, roles); return; }
     if (m) {
       const args = m.slice(1).map(decodeURIComponent);
       // Each visit renders into its own box: a page still loading when the user moves on then
@@ -112,7 +134,7 @@ async function route() {
       return;
     }
   }
-  main.append(h("p", {}, "No such page. ", h("a", { href: "#/jobs" }, "Go to jobs")));
+  main.append(h("p", {}, "No such page. ", h("a", { href: homeHash() }, "Go to the start page")));
 }
 
 window.addEventListener("hashchange", route);

@@ -1,5 +1,6 @@
 // Datasets: upload + ingest with a column mapping, names (paged on the server), versions, and a
-// snapshot's stats and rows (paged on the server).
+// snapshot's stats and rows (paged on the server) and its download. Files travel over HTTP both
+// ways: writing to or reading from a server path is an admin's API call, not the UI's.
 import { get, request } from "../api.js";
 import { barChart } from "../chart.js";
 import { synthForm } from "./synth.js";
@@ -107,6 +108,31 @@ export async function datasetPage(main, name) {
   await load();
 }
 
+// A snapshot as one file, fetched with the key (a plain link could not send it) and handed to the
+// browser as a download.
+function downloadButtons(ref) {
+  const save = async (format, button) => {
+    banner(null);
+    button.disabled = true;
+    try {
+      const resp = await request(`/api/datasets/${encodeURIComponent(ref)}/export?format=${format}`, { raw: true });
+      const name = /filename="([^"]+)"/.exec(resp.headers.get("content-disposition") || "")?.[1] || `${ref}.${format}`;
+      const url = URL.createObjectURL(await resp.blob());
+      const link = h("a", { href: url, download: name, hidden: true });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    } catch (e) { showError(e); } finally { button.disabled = false; }
+  };
+  return h("div", { class: "row", id: "snapshot-download" }, "Download",
+    ["jsonl", "parquet"].map((format) => {
+      const button = h("button", { class: "secondary", id: `download-${format}`, type: "button" }, format.toUpperCase());
+      button.addEventListener("click", () => save(format, button));
+      return button;
+    }));
+}
+
 function statsView(stats) {
   const flat = Object.entries(stats || {}).map(([k, v]) => ({ k, v: typeof v === "object" ? JSON.stringify(v) : String(v) }));
   return table([{ title: "Statistic", cell: (s) => s.k }, { title: "Value", cell: (s) => s.v }], flat,
@@ -119,7 +145,7 @@ export async function snapshotPage(main, ref) {
   const info = h("div", {});
   add(main, h("h1", {}, `Snapshot ${ref}`),
     version ? h("p", {}, h("a", { href: `#/datasets/${encodeURIComponent(name)}` }, `← versions of ${name}`)) : null,
-    info, h("div", { class: "card" }, h("h2", {}, "Rows"), rowsBox));
+    info, h("div", { class: "card" }, h("h2", {}, "Rows"), downloadButtons(ref), rowsBox));
   const limit = 10;
   let offset = 0;
   const loadRows = async () => {

@@ -1,6 +1,8 @@
 // Evaluations: runs (paged on the server), start one (models, dataset, scorers; shows the YAML
-// and CLI), and a run's page: live progress and leaderboard, then per-datapoint drill-down.
-import { auth, get, post } from "../api.js";
+// and CLI), and a run's page: live progress and leaderboard, then per-datapoint drill-down; its
+// owner or an admin may cancel it.
+import { ownerNote, owns } from "../access.js";
+import { get, post } from "../api.js";
 import { add, badge, banner, field, fill, fmtTime, h, pager, showError, table } from "../dom.js";
 import { toYaml } from "../yaml.js";
 
@@ -138,7 +140,6 @@ export async function evalPage(main, id) {
     } catch (e) { showError(e); }
   };
   modelFilter.addEventListener("change", () => { offset = 0; loadResults(); });
-  const canCancel = auth.me && auth.me.role !== "service";
   const poll = async () => {
     let done = false;
     try {
@@ -151,9 +152,9 @@ export async function evalPage(main, id) {
       fill(head, h("h1", {}, `Evaluation #${run.id} · ${run.name} `, badge(run.status)),
         h("p", { class: "muted" }, `${(run.models || []).join(" vs ")} on ${run.dataset} · scorers ${(run.scorers || []).join(", ")} · by ${run.submitted_by || "?"}`),
         progressBar(run.progress), run.error ? h("p", { class: "err" }, run.error) : null,
-        !done && canCancel ? h("button", { class: "danger", id: "ev-cancel", onclick: async () => {
+        done ? null : owns(run.owner_key_id) ? h("button", { class: "danger", id: "ev-cancel", onclick: async () => {
           try { await post(`/api/evals/${id}/cancel`); banner("Cancel requested.", "info"); } catch (e) { showError(e); }
-        } }, "Cancel") : null);
+        } }, "Cancel") : ownerNote("cancel it", { id: "ev-owner-note" }));
       fill(board, h("h2", {}, done ? "Leaderboard" : "Leaderboard (filling in live)"), leaderboard(run.leaderboard || {}));
       await loadResults();
     } catch (e) { showError(e); }

@@ -1,6 +1,8 @@
 // A/B experiments: aliases that split /v1 traffic between arms (sticky per `user`); per arm the
-// requests, latency, versions that answered, ratings and preferences. Create, stop and resume.
-import { auth, get, post, request } from "../api.js";
+// requests, latency, versions that answered, ratings and preferences. Create; stop and resume
+// (its owner or an admin).
+import { TEAM, mayVisit, ownerNote, owns } from "../access.js";
+import { get, post, request } from "../api.js";
 import { barChart } from "../chart.js";
 import { badge, banner, field, fmtTime, h, showError, table } from "../dom.js";
 
@@ -35,7 +37,7 @@ export async function experimentsPage(main) {
       location.hash = `#/experiments/${encodeURIComponent(e.alias)}`;
     } catch (e) { showError(e); }
   };
-  const canEdit = auth.me && auth.me.role !== "service";
+  const canEdit = mayVisit(TEAM);
   main.append(h("h1", {}, "A/B experiments"),
     canEdit ? h("form", { class: "card", onsubmit: create }, h("h2", {}, "New experiment"),
       field("Alias", alias, "clients request this name on /v1"), h("label", {}, "Arms", h("span", { class: "help" }, "model and relative weight")),
@@ -48,7 +50,6 @@ export async function experimentsPage(main) {
 export async function experimentDetailPage(main, alias) {
   const box = h("div", {});
   main.append(h("p", {}, h("a", { href: "#/experiments" }, "← all experiments")), box);
-  const canEdit = auth.me && auth.me.role !== "service";
   const load = async () => {
     const e = await get(`/api/experiments/${encodeURIComponent(alias)}`);
     const setStatus = async (status) => {
@@ -73,9 +74,9 @@ export async function experimentDetailPage(main, alias) {
       e.arms.some((a) => a.requests) ? h("div", { class: "charts" },
         barChart("requests per arm", e.arms.map((a) => ({ label: a.model, value: a.requests || 0 }))),
         barChart("preferred (wins) per arm", e.arms.map((a) => ({ label: a.model, value: a.preferred || 0 })))) : null,
-      canEdit ? h("p", {}, e.status === "active"
-        ? h("button", { class: "danger", onclick: () => setStatus("stopped") }, "Stop")
-        : h("button", { onclick: () => setStatus("active") }, "Resume")) : h("span", {})));
+      h("p", {}, !owns(e.owner_key_id) ? ownerNote(e.status === "active" ? "stop it" : "resume it", { id: "exp-owner-note" })
+        : e.status === "active" ? h("button", { class: "danger", id: "exp-stop", onclick: () => setStatus("stopped") }, "Stop")
+          : h("button", { id: "exp-resume", onclick: () => setStatus("active") }, "Resume"))));
   };
   // Live: traffic and feedback keep arriving while the experiment runs.
   let stopped = false, timer = null;

@@ -1,7 +1,9 @@
 // Jobs: a list paged on the server (newest first, live states), and a job page with its state
 // timeline, progress, live log tail (SSE over fetch: EventSource cannot send the key), live metric
-// charts from /api/jobs/{id}/metrics, and cancel / retry.
-import { auth, get, post, readSSE, request } from "../api.js";
+// charts from /api/jobs/{id}/metrics, and cancel / retry (its owner's and admins': the spec and the
+// logs are theirs only too).
+import { ownerNote, owns } from "../access.js";
+import { get, post, readSSE, request } from "../api.js";
 import { badge, banner, fill, fmtTime, h, pager, showError, table } from "../dom.js";
 import { lineChart } from "../chart.js";
 
@@ -42,6 +44,27 @@ export async function jobsPage(main) {
   return () => { stopped = true; clearTimeout(timer); };
 }
 
+// What the job trains on: from its spec, which only its owner and admins see; the summary has no
+// dataset or base model, so others see a dash.
+function inputsOf(job) {
+  return `${job.spec?.data?.dataset ?? "—"} · base ${job.spec?.base_model ?? "—"}`;
+}
+
+// Cancel and Retry for the job's owner and admins; Retry resubmits the spec, so it needs to see it.
+function actions(job, done, act) {
+  if (!owns(job.owner_key_id)) {
+    return h("div", { class: "row" }, done && job.status === "SUCCEEDED" ? null
+      : ownerNote(done ? "retry it" : "cancel it", { id: "job-owner-note" }));
+  }
+  return h("div", { class: "row" },
+    !done ? h("button", { class: "danger", id: "cancel", onclick: () => act(`Cancel requested for job #${job.id}.`,
+      () => post(`/api/jobs/${job.id}/cancel`)) }, "Cancel") : null,
+    // Retry = the same pinned spec as a new job (the scheduler's own retries resume in place).
+    done && job.status !== "SUCCEEDED" && job.spec ? h("button", { class: "secondary", id: "retry", onclick: async () => {
+      try { const j = await post("/api/jobs", job.spec); location.hash = `#/jobs/${j.id}`; } catch (e) { showError(e); }
+    } }, "Retry as a new job") : null);
+}
+
 function timeline(events) {
   return h("ul", { class: "timeline", id: "timeline" }, events.map((e) => h("li", {},
     h("span", { class: "muted" }, fmtTime(e.at)), " ", e.from ? `${e.from} → ` : "", badge(e.to),
@@ -59,30 +82,26 @@ export async function jobPage(main, id) {
     h("div", { class: "card" }, h("h2", {}, "Metrics"), charts),
     h("div", { class: "card" }, h("h2", {}, "Log ", logState), log));
 
-  const canAct = auth.me && auth.me.role !== "service";
   const act = async (what, fn) => {
     banner(null);
     try { await fn(); banner(what, "info"); await refresh(); } catch (e) { showError(e); }
   };
+  let shown = null;
   const render = (job) => {
+    shown = job;
     const done = TERMINAL.includes(job.status);
     const pct = job.total_steps ? Math.min(100, Math.round((100 * (job.step || 0)) / job.total_steps)) : null;
     fill(head,
       h("h1", {}, `Job #${job.id} · ${job.name} `, badge(job.status)),
-      h("p", { class: "muted" }, `${job.method || job.kind} on ${job.spec?.data?.dataset ?? "?"} · base ${job.spec?.base_model ?? "?"}` +
+      h("p", { class: "muted", id: "job-about" }, `${job.method || job.kind} on ${inputsOf(job)}` +
         ` · attempt ${job.attempts} of ${job.max_retries + 1} · by ${job.submitted_by || "?"}`),
+      job.spec_hidden ? h("p", { class: "muted", id: "spec-hidden" }, `Recipe ${job.spec_hidden}.`) : null,
       pct !== null ? h("div", {}, h("div", { class: "progress", title: `${pct}%` }, h("div", { style: `width: ${pct}%` })),
         h("span", { class: "muted", id: "progress-text" }, `step ${job.step || 0} of ${job.total_steps}`)) : null,
       job.error ? h("p", { class: "err", id: "job-error" }, job.error) : null,
       job.status === "SUCCEEDED" && job.result?.model ? h("p", {}, "Registered ",
         h("a", { href: `#/models/${encodeURIComponent(String(job.result.model).split("@")[0])}` }, String(job.result.model))) : null,
-      canAct ? h("div", { class: "row" },
-        !done ? h("button", { class: "danger", id: "cancel", onclick: () => act(`Cancel requested for job #${job.id}.`,
-          () => post(`/api/jobs/${job.id}/cancel`)) }, "Cancel") : null,
-        // Retry = the same pinned spec as a new job (the scheduler's own retries resume in place).
-        done && job.status !== "SUCCEEDED" ? h("button", { class: "secondary", id: "retry", onclick: async () => {
-          try { const j = await post("/api/jobs", job.spec); location.hash = `#/jobs/${j.id}`; } catch (e) { showError(e); }
-        } }, "Retry as a new job") : null) : null,
+      actions(job, done, act),
       h("h2", {}, "State timeline"), timeline(job.events || []));
     return done;
   };
@@ -101,6 +120,7 @@ export async function jobPage(main, id) {
     if (!stopped && !done) timer = setTimeout(poll, POLL_MS);
   };
   const tail = async () => {
+    if (!shown || !owns(shown.owner_key_id)) { logState.textContent = "only its owner or an admin can read the logs"; return; }
     try {
       const resp = await request(`/api/jobs/${id}/logs?follow=true`, { raw: true, signal: ctl.signal });
       logState.textContent = "live";

@@ -1,6 +1,8 @@
 // Models: registry names, and a name's versions with lineage (dataset snapshot, job, MLflow run),
-// eval scores and stage; promote to champion or archive (user and admin keys; the API decides).
-import { auth, get, post } from "../api.js";
+// eval scores and stage; promote to champion or archive (the name's owner and admins; only admins
+// force past the promotion gate, with a reason the studio records).
+import { isAdmin, ownerNote, owns } from "../access.js";
+import { get, post } from "../api.js";
 import { badge, banner, fmtTime, h, pager, showError, table } from "../dom.js";
 
 const PAGE = 25;
@@ -17,6 +19,7 @@ export async function modelsPage(main) {
         { title: "Champion", cell: (m) => (m.champion_version ? `${m.name}@${m.champion_version}` : "none") },
         { title: "Newest", cell: (m) => `${m.name}@${m.latest_version}` },
         { title: "Method", cell: (m) => m.method }, { title: "Base", cell: (m) => m.base_model },
+        { title: "Owner", cell: (m) => m.owner || "—" },
         { title: "Updated", cell: (m) => fmtTime(m.updated_at) },
       ], rows.slice(0, PAGE), { empty: "No registered models yet: a succeeded training job registers one." }),
       pager(offset, PAGE, rows.length > PAGE, (o) => { offset = o; load(); }));
@@ -55,37 +58,59 @@ function metricsText(metrics) {
   return entries.length ? entries.map(([k, v]) => `${k} ${Number(v.toPrecision(4))}`).join(" · ") : "—";
 }
 
+// Admins may force a promotion past the gate; the API records it with the reason.
+function forceControls() {
+  const force = h("input", { type: "checkbox", id: "promote-force" });
+  const reason = h("input", { type: "text", id: "promote-reason", placeholder: "why (recorded with the promotion)",
+    style: "width: 22rem" });
+  const view = h("div", { class: "card row", id: "promote-force-box" },
+    h("label", {}, force, " force past the promotion gate"), reason);
+  // null: the admin asked to force without saying why (the API would refuse it too).
+  const body = () => {
+    if (!force.checked) return {};
+    return reason.value.trim() ? { force: true, reason: reason.value.trim() } : null;
+  };
+  return { view, body };
+}
+
 export async function modelPage(main, name) {
   const box = h("div", {});
-  main.append(h("p", {}, h("a", { href: "#/models" }, "← all models")), h("h1", {}, `Model ${name}`), box);
-  const canPromote = auth.me && auth.me.role !== "service";
+  const forcing = isAdmin() ? forceControls() : null;
+  main.append(h("p", {}, h("a", { href: "#/models" }, "← all models")), h("h1", {}, `Model ${name}`),
+    forcing ? forcing.view : null, box);
   let offset = 0;
   const load = async () => {
     const r = await get(`/api/models/${encodeURIComponent(name)}?newest_first=true&limit=${PAGE + 1}&offset=${offset}`);
+    const canPromote = owns(r.owner_key_id);
     const stage = async (ref, to) => {
       banner(null);
+      const extra = to === "champion" && forcing ? forcing.body() : {};
+      if (extra === null) { banner("Say why you force the promotion (the reason is recorded), or untick force."); return; }
       try {
-        const v = await post(`/api/models/${encodeURIComponent(ref)}/promote`, { stage: to });
+        const v = await post(`/api/models/${encodeURIComponent(ref)}/promote`, { stage: to, ...extra });
         banner(`${v.ref} is now ${v.stage}.`, "info");
         await load();
       } catch (e) { showError(e); }
     };
-    box.replaceChildren(h("div", { class: "card" }, table([
-      { title: "Version", cell: (v) => v.ref }, { title: "Stage", cell: (v) => badge(v.stage) },
-      { title: "Method", cell: (v) => `${v.method} · ${v.adapter_type}` },
-      { title: "Eval / train scores", cell: (v) => metricsText(v.metrics) },
-      { title: "Lineage", cell: (v) => h("div", {},
-        v.dataset_snapshot_id ? h("div", {}, "data ", h("a", { href: `#/snapshots/${encodeURIComponent(v.dataset_snapshot_id)}` },
-          v.dataset_snapshot_id.slice(0, 12))) : null,
-        v.job_id ? h("div", {}, "job ", h("a", { href: `#/jobs/${v.job_id}` }, `#${v.job_id}`)) : null,
-        v.mlflow_run_id ? h("div", { class: "muted" }, `MLflow run ${v.mlflow_run_id}`) : null,
-        h("div", { class: "muted" }, `base ${v.base_model}`)) },
-      { title: "Created", cell: (v) => fmtTime(v.created_at) },
-      { title: "", cell: (v) => (canPromote ? h("div", { class: "row" },
-        v.stage !== "champion" ? h("button", { class: "promote", "data-ref": v.ref, onclick: () => stage(v.ref, "champion") }, "Promote to champion") : null,
-        v.stage !== "archived" ? h("button", { class: "danger archive", "data-ref": v.ref, onclick: () => stage(v.ref, "archived") }, "Archive") : null)
-        : h("span", { class: "muted" }, "service keys cannot promote")) },
-    ], r.versions.slice(0, PAGE))),
+    box.replaceChildren(h("div", { class: "card" },
+      canPromote ? null : h("p", {}, ownerNote("promote or archive its versions",
+        { id: "promote-owner-note", whose: "the name's owner" })),
+      table([
+        { title: "Version", cell: (v) => v.ref }, { title: "Stage", cell: (v) => badge(v.stage) },
+        { title: "Method", cell: (v) => `${v.method} · ${v.adapter_type}` },
+        { title: "Eval / train scores", cell: (v) => metricsText(v.metrics) },
+        { title: "Lineage", cell: (v) => h("div", {},
+          v.dataset_snapshot_id ? h("div", {}, "data ", h("a", { href: `#/snapshots/${encodeURIComponent(v.dataset_snapshot_id)}` },
+            v.dataset_snapshot_id.slice(0, 12))) : null,
+          v.job_id ? h("div", {}, "job ", h("a", { href: `#/jobs/${v.job_id}` }, `#${v.job_id}`)) : null,
+          v.mlflow_run_id ? h("div", { class: "muted" }, `MLflow run ${v.mlflow_run_id}`) : null,
+          h("div", { class: "muted" }, `base ${v.base_model}`)) },
+        { title: "Created", cell: (v) => fmtTime(v.created_at) },
+        { title: "", cell: (v) => (canPromote ? h("div", { class: "row" },
+          v.stage !== "champion" ? h("button", { class: "promote", "data-ref": v.ref, onclick: () => stage(v.ref, "champion") }, "Promote to champion") : null,
+          v.stage !== "archived" ? h("button", { class: "danger archive", "data-ref": v.ref, onclick: () => stage(v.ref, "archived") }, "Archive") : null)
+          : "") },
+      ], r.versions.slice(0, PAGE))),
     pager(offset, PAGE, r.versions.length > PAGE, (o) => { offset = o; load().catch(showError); }));
   };
   try { await load(); } catch (e) { showError(e); }

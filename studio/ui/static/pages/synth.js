@@ -1,6 +1,8 @@
 // Synthetic data: start a generation job (QA / chain-of-thought / summaries from a snapshot of
-// documents, through a gateway model) and watch its progress and draft rows live.
-import { auth, get, post } from "../api.js";
+// documents, through a gateway model) and watch its progress and draft rows live; its owner or an
+// admin may cancel it.
+import { ownerNote, owns } from "../access.js";
+import { get, post } from "../api.js";
 import { badge, banner, field, fill, h, pager, showError, table } from "../dom.js";
 
 const TERMINAL = ["SUCCEEDED", "FAILED", "CANCELLED"];
@@ -61,9 +63,9 @@ export async function synthPage(main, id) {
         h("p", { class: "muted", id: "synth-progress" }, Object.entries(p).map(([k, v]) => `${k} ${v}`).join(" · ") || "waiting to start…"),
         s.error ? h("p", { class: "err" }, s.error) : null,
         out ? h("p", {}, "Result: ", h("a", { href: `#/datasets/${encodeURIComponent(out.split("@")[0])}` }, out)) : null,
-        !done && auth.me && auth.me.role !== "service" ? h("button", { class: "danger", id: "sy-cancel", onclick: async () => {
+        done ? null : owns(s.owner_key_id) ? h("button", { class: "danger", id: "sy-cancel", onclick: async () => {
           try { await post(`/api/jobs/${s.id}/cancel`); banner("Cancel requested.", "info"); } catch (e) { showError(e); }
-        } }, "Cancel") : null);
+        } }, "Cancel") : ownerNote("cancel it", { id: "sy-owner-note" }));
       await loadRows();
     } catch (e) { showError(e); }
     if (!stopped && !done) timer = setTimeout(poll, 2000);
