@@ -14,6 +14,12 @@ from studio.store.db import session_scope
 from tests.data.docs import HTML, jsonl, mixed_directory, text_pdf
 
 
+@pytest.fixture
+def settings(settings, tmp_path):
+    """Server-side paths read only under STUDIO_DATA_ROOTS: here tmp_path, where the tests write."""
+    return settings.model_copy(update={"data_roots": str(tmp_path)})
+
+
 def rows_of(settings, ref: str) -> list[dict]:
     with session_scope(settings.db_url) as s:
         return load_split(resolve_snapshot(s, ref).snapshot.uri).to_pylist()
