@@ -75,6 +75,13 @@ def evaluator(evaluator_calls):
 
 
 @pytest.fixture
+def allow_loopback(monkeypatch):
+    """The scripted evaluator listens on loopback, which the egress guard refuses unless
+    STUDIO_EGRESS_ALLOW lists it (read by the eval run's HttpEvaluator and by POST /api/evals)."""
+    monkeypatch.setenv("STUDIO_EGRESS_ALLOW", "127.0.0.1")
+
+
+@pytest.fixture
 def gateway(settings, provider, monkeypatch):
     """(Client factory, settings): the studio API with a live gateway on a loopback port."""
     from studio.api.app import create_app

@@ -36,7 +36,7 @@ def run(settings, gateway, s: EvalSpec, **kw) -> int:
     return eval_id
 
 
-def test_good_model_wins_on_every_scorer(settings, gateway, reverse_data, evaluator):
+def test_good_model_wins_on_every_scorer(settings, gateway, reverse_data, evaluator, allow_loopback):
     s = spec(reverse_data, ["good", "bad"], [
         {"type": "exact_match"},
         {"type": "judge", "name": "judge_points", "model": "judge"},
@@ -66,7 +66,7 @@ def test_good_model_wins_on_every_scorer(settings, gateway, reverse_data, evalua
 
 
 def test_unparseable_judges_and_a_down_evaluator_leave_datapoints_unscored_and_the_run_goes_on(
-        settings, gateway, reverse_data, evaluator, evaluator_calls):
+        settings, gateway, reverse_data, evaluator, evaluator_calls, allow_loopback):
     s = spec(reverse_data, ["good", "bad"], [
         {"type": "exact_match"}, {"type": "judge", "model": "judge-garbage"},
         {"type": "judge", "name": "pairs", "model": "judge-garbage", "mode": "pairwise"},

@@ -14,6 +14,10 @@ from studio.evals.scorers.judge import parse_score, parse_winner
 from studio.evals.scorers.programmatic import ExactMatch, Json, Numeric, Regex, first_number
 from studio.evals.spec import (EmbeddingScorer, ExactMatchScorer, HttpScorer, JsonScorer, Normalize,
                                NumericScorer, RegexScorer)
+from studio.settings import StudioSettings
+
+# The scripted evaluator listens on loopback: the egress guard lets it through only when allowed.
+LOOPBACK = StudioSettings(egress_allow="127.0.0.1")
 
 
 def score(scorer, output, reference=None):
@@ -95,7 +99,7 @@ def test_judge_winner_parsing(reply, want):
 
 
 def test_byo_evaluator_scores_over_http(evaluator):
-    s = HttpEvaluator(HttpScorer(type="http", url=f"{evaluator.url}/score"))
+    s = HttpEvaluator(HttpScorer(type="http", url=f"{evaluator.url}/score"), LOOPBACK)
     assert score(s, "3 2 1", "3 2 1").score == 1.0
     r = score(s, "1 2 3", "3 2 1")
     assert r.score == 0.0 and r.reason == "differs"
@@ -103,18 +107,19 @@ def test_byo_evaluator_scores_over_http(evaluator):
 
 def test_byo_evaluator_down_is_retried_then_marked(evaluator, evaluator_calls):
     before = evaluator_calls["down"]
-    r = score(HttpEvaluator(HttpScorer(type="http", url=f"{evaluator.url}/down", retries=2)), "x", "y")
+    r = score(HttpEvaluator(HttpScorer(type="http", url=f"{evaluator.url}/down", retries=2), LOOPBACK), "x", "y")
     assert r.score is None and r.status == "error" and "500" in r.reason and "3 tries" in r.reason
     assert evaluator_calls["down"] - before == 3
 
 
 def test_byo_evaluator_slow_times_out_then_is_marked(evaluator):
-    r = score(HttpEvaluator(HttpScorer(type="http", url=f"{evaluator.url}/slow", timeout_s=0.3, retries=1)), "x")
+    r = score(HttpEvaluator(HttpScorer(type="http", url=f"{evaluator.url}/slow", timeout_s=0.3, retries=1),
+                           LOOPBACK), "x")
     assert r.score is None and r.status == "error" and "timed out" in r.reason
 
 
 def test_byo_evaluator_unreachable_is_marked():
     from tests.evals.scripted import free_port
 
-    r = score(HttpEvaluator(HttpScorer(type="http", url=f"http://127.0.0.1:{free_port()}/x", retries=0)), "x")
+    r = score(HttpEvaluator(HttpScorer(type="http", url=f"http://127.0.0.1:{free_port()}/x", retries=0), LOOPBACK), "x")
     assert r.status == "error" and "unreachable" in r.reason
