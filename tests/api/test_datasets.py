@@ -151,3 +151,107 @@ def test_upload_needs_a_key(client):
     r = client.post("/api/datasets", data={"name": "x"},
                     files={"file": ("x.jsonl", b'{"text": "a"}\n', "application/octet-stream")})
     assert_problem(r, 401)
+
+
+# --- dataset names have owners (docs/security.md) -------------------------------------------------
+
+
+def _key_row(settings, name: str, role: str) -> tuple[str, int]:
+    from studio.keys import create_key
+    from studio.store.db import session_scope
+
+    with session_scope(settings.db_url) as s:
+        secret, row = create_key(s, name, role)
+        return secret, row.id
+
+
+def _owners(settings, name: str) -> tuple[int | None, list[int | None]]:
+    from sqlalchemy import select
+
+    from studio.access import name_owner
+    from studio.store.db import session_scope
+    from studio.store.models import DatasetVersion
+
+    with session_scope(settings.db_url) as s:
+        versions = s.scalars(select(DatasetVersion.owner_key_id).where(DatasetVersion.name == name)
+                             .order_by(DatasetVersion.version)).all()
+        return name_owner(s, "dataset", name), list(versions)
+
+
+def _alice_id(settings) -> int:
+    from studio.store.db import session_scope
+    from studio.store.models import ApiKey
+
+    with session_scope(settings.db_url) as s:
+        return s.query(ApiKey).filter_by(name="alice").one().id
+
+
+def test_the_first_key_to_add_a_dataset_name_owns_it(client, settings, user_key, digits):
+    from studio.store.artifacts import ArtifactStore
+
+    alice = _alice_id(settings)
+    assert _owners(settings, "digits") == (alice, [alice, alice])
+    bob, _ = _key_row(settings, "bob", "user")
+    refused = assert_problem(upload(client, bob, "digits", "mine.jsonl", "\n".join(pc_lines(5, 900))),
+                             403, "dataset name 'digits' belongs to another key")
+    assert "choose another name" in refused["fix"]
+    store = ArtifactStore(settings.artifacts)
+    assert not store.exists("uploads") or store.fs.find(store.path("uploads")) == []
+    assert _owners(settings, "digits") == (alice, [alice, alice])
+    # Reading stays open to every user key.
+    assert client.get("/api/datasets/digits/rows", headers=bearer(bob)).json()["total"] == 60
+    assert client.get("/api/datasets/digits/export", headers=bearer(bob)).status_code == 200
+    # The owner and an admin add versions; the name stays the owner's.
+    admin, admin_id = _key_row(settings, "root", "admin")
+    assert upload(client, admin, "digits", "fix.jsonl", "\n".join(pc_lines(7, 500))).json()["version"] == 3
+    assert upload(client, user_key, "digits", "v4.jsonl", "\n".join(pc_lines(8, 600))).json()["version"] == 4
+    assert _owners(settings, "digits") == (alice, [alice, alice, admin_id, alice])
+    # A new name is bob's.
+    assert upload(client, bob, "bobs", "b.jsonl", "\n".join(pc_lines(3))).status_code == 201
+    bobs_owner, versions = _owners(settings, "bobs")
+    assert bobs_owner not in (None, alice) and versions == [bobs_owner]
+
+
+def test_derived_versions_need_the_name_too(client, settings, user_key, digits):
+    alice = _alice_id(settings)
+    bob, _ = _key_row(settings, "bob", "user")
+    h_alice, h_bob = bearer(user_key), bearer(bob)
+    assert client.post("/api/datasets/digits/split", headers=h_alice, json={"validation_ratio": 0.2}).status_code == 201
+    assert _owners(settings, "digits-train") == (alice, [alice])
+    # bob's split of digits (default base name 'digits') would add to alice's names: nothing is written.
+    assert_problem(client.post("/api/datasets/digits/split", headers=h_bob,
+                               json={"validation_ratio": 0.3, "seed": 1}), 403, "'digits-train'")
+    curate = {"source": "digits", "name": "digits", "steps": [{"type": "dedupe", "near_threshold": None}]}
+    assert_problem(client.post("/api/datasets/curate", headers=h_bob, json=curate), 403, "'digits'")
+    assert_problem(client.post("/api/datasets/from-eval", headers=h_bob,
+                               json={"eval_job_id": 123456, "name": "digits"}), 403, "'digits'")
+    assert len(client.get("/api/datasets/digits", headers=h_bob).json()["versions"]) == 2
+    assert _owners(settings, "digits-train") == (alice, [alice])
+    # Under bob's own names, bob derives what he likes from alice's data.
+    r = client.post("/api/datasets/digits/split", headers=h_bob, json={"validation_ratio": 0.3, "name": "bob"})
+    assert r.status_code == 201, r.text
+    curate["name"] = "bob-uniq"
+    assert client.post("/api/datasets/curate", headers=h_bob, json=curate).status_code == 201
+    bob_id = _owners(settings, "bob-uniq")[0]
+    assert bob_id not in (None, alice) and _owners(settings, "bob-train") == (bob_id, [bob_id])
+
+
+def test_names_made_without_an_owner_are_changed_by_admins_only(client, settings, user_key, tmp_path):
+    from studio.data.ingest import ingest_file
+
+    path = tmp_path / "op.jsonl"
+    path.write_text("\n".join(pc_lines(4)) + "\n")
+    ingest_file(path, "operator", settings)  # the operator in-process (CLI, demo): no owner key
+    assert _owners(settings, "operator") == (None, [None])
+    assert_problem(upload(client, user_key, "operator", "x.jsonl", "\n".join(pc_lines(5, 50))), 403,
+                   "has no owner key")
+    admin, admin_id = _key_row(settings, "root", "admin")
+    assert upload(client, admin, "operator", "x.jsonl", "\n".join(pc_lines(5, 50))).json()["version"] == 2
+    assert _owners(settings, "operator") == (admin_id, [None, admin_id])
+
+
+def test_a_service_key_adds_no_dataset(client, settings):
+    service, _ = _key_row(settings, "app", "service")
+    r = upload(client, service, "svc", "s.jsonl", "\n".join(pc_lines(2)))
+    assert r.status_code == 403, r.text
+    assert _owners(settings, "svc") == (None, [])
