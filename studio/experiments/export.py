@@ -82,8 +82,9 @@ def preference_rows(session: Session, alias: str) -> tuple[list[dict[str, str]],
     return unique, counts
 
 
-def export_preferences(settings: StudioSettings, alias: str, name: str) -> dict[str, Any]:
-    """Store the experiment's preference rows as dataset ``name`` (a new version of it)."""
+def export_preferences(settings: StudioSettings, alias: str, name: str, owner: Any = None) -> dict[str, Any]:
+    """Store the experiment's preference rows as dataset ``name`` (a new version of it), added by
+    ``owner`` (the calling key; None: the operator in-process), who must own the name or claim it."""
     from studio.data.ingest import ingest_file
     from studio.store.db import session_scope
 
@@ -102,7 +103,7 @@ def export_preferences(settings: StudioSettings, alias: str, name: str) -> dict[
         path = Path(tmp) / f"{alias}-preferences.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         report = ingest_file(path, name, settings, kind="preference",
-                             source=f"experiment:{alias} feedback")
+                             source=f"experiment:{alias} feedback", owner=owner)
     return {"name": report.name, "version": report.version, "ref": f"{report.name}@{report.version}",
             "snapshot_id": report.snapshot_id, "kind": report.kind, "rows": report.row_count,
             "rejected_rows": report.rejected_count, "created": report.created, **counts}
