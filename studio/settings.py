@@ -77,9 +77,9 @@ class StudioSettings(BaseSettings):
     )
     data_roots: str | None = Field(
         default=None,
-        description="Directories / URL prefixes (comma-separated) that `studio data ingest` and "
-        "POST /api/datasets/ingest may read (STUDIO_DATA_ROOTS); default: the working directory, "
-        "the user's home, STUDIO_HOME, the temp directory and the artifact store.",
+        description="Directories / URL prefixes (comma-separated) under which an admin key may name "
+        "server paths over HTTP (STUDIO_DATA_ROOTS): ingest, export to a path, tokenizer folders; "
+        "default: STUDIO_HOME and the artifact store. Non-admin keys name no server path.",
     )
     upload_max_bytes: int = Field(
         default=2 * 1024**3, ge=1,
