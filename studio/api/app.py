@@ -7,6 +7,7 @@ from fastapi import Depends, FastAPI
 
 from studio import __version__
 from studio.api.deps import require_team
+from studio.api.body_limit import BodyLimitMiddleware
 from studio.api.errors import install_error_handlers
 from studio.api.routes import datasets, health, jobs, keys, models, openai, scheduler
 from studio.api.routes import experiments
@@ -15,6 +16,7 @@ from studio.api.routes import gateway as gateway_routes
 from studio.api.routes import usage
 from studio.api.routes import deployments as deployment_routes
 from studio.api.routes import synth as synth_routes
+from studio.api.streams import StreamSlots
 from studio.settings import StudioSettings, get_settings
 from studio.store.db import init_db
 from studio.ui import mount_ui
@@ -29,7 +31,9 @@ def create_app(settings: StudioSettings | None = None) -> FastAPI:
     app.state.scheduler = None  # the JobScheduler's handle, set by the Serve ingress
     app.state.router = None  # the Router's handle (OpenAI /v1/*), set by the Serve ingress
     app.state.gateway = None  # the Gateway's handle (/gateway/v1/*), set by the Serve ingress
+    app.state.streams = StreamSlots()  # open follow-streams per key (STUDIO_MAX_STREAMS_PER_KEY)
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware)  # 413 past STUDIO_MAX_BODY_MB, counted while reading
     # Role floors (docs/security.md): /v1 and /gateway/v1 take any key; the studio API's
     # resources take team keys (user, admin); routes add admin-only and owner rules on top.
     team = [Depends(require_team)]

@@ -1,11 +1,10 @@
 """Eval runs as JSON (API, CLI, SSE): summary, detail with the live leaderboard, pages of
-per-datapoint results, and ``follow_eval`` — the event stream behind ``GET /api/evals/{id}/events``
+per-datapoint results, and ``EvalPoller`` — the event stream behind ``GET /api/evals/{id}/events``
 and ``studio eval show --watch``."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from sqlalchemy import select
@@ -14,7 +13,7 @@ from sqlalchemy.orm import Session
 from studio.evals.leaderboard import progress, run_leaderboard
 from studio.evals.queue import get_eval
 from studio.evals.spec import redact_spec
-from studio.jobs.follow import FollowEvent, is_done
+from studio.jobs.follow import FollowEvent, follow_async, follow_sync, is_done
 from studio.store.db import session_scope
 from studio.store.models import EvalOutput, EvalScore, Job, JobEvent
 
@@ -60,26 +59,43 @@ def results_page(session: Session, job: Job, *, limit: int = 50, offset: int = 0
              "scores": scores.get((o.datapoint, o.model), {})} for o in outs]
 
 
-def follow_eval(db_url: str, eval_id: int, poll_s: float = 0.5, max_results: int = 200) -> Iterator[FollowEvent]:
+class EvalPoller:
     """``status`` on every transition, ``result`` per stored answer, ``leaderboard`` after each
     batch of new answers, ``end`` once nothing more will happen."""
-    last_event, last_output = 0, 0
-    while True:
-        with session_scope(db_url) as s:
-            job = get_eval(s, eval_id)
-            for e in s.scalars(select(JobEvent).where(JobEvent.job_id == eval_id, JobEvent.id > last_event)
-                               .order_by(JobEvent.id)):
-                last_event = e.id
-                yield FollowEvent("status", {"status": e.to_status, "reason": e.reason, "at": e.at.isoformat()})
-            new = results_page(s, job, limit=max_results, after_id=last_output)
+
+    def __init__(self, db_url: str, eval_id: int, max_results: int = 200):
+        self.db_url, self.eval_id, self.max_results = db_url, eval_id, max_results
+        self.done = self.busy = False
+        self._last_event, self._last_output = 0, 0
+
+    def poll(self) -> list[FollowEvent]:
+        out = []
+        with session_scope(self.db_url) as s:
+            job = get_eval(s, self.eval_id)
+            for e in s.scalars(select(JobEvent).where(JobEvent.job_id == self.eval_id,
+                                                      JobEvent.id > self._last_event).order_by(JobEvent.id)):
+                self._last_event = e.id
+                out.append(FollowEvent("status", {"status": e.to_status, "reason": e.reason,
+                                                  "at": e.at.isoformat()}))
+            new = results_page(s, job, limit=self.max_results, after_id=self._last_output)
             for r in new:
-                last_output = r["id"]
-                yield FollowEvent("result", {k: v for k, v in r.items() if k != "input"})
+                self._last_output = r["id"]
+                out.append(FollowEvent("result", {k: v for k, v in r.items() if k != "input"}))
+            self.busy = len(new) == self.max_results  # a full page: more are stored already
             done = is_done(job)
             if new or done:
-                yield FollowEvent("leaderboard", {"progress": progress(s, job), **run_leaderboard(s, job)})
-            if done and len(new) < max_results:
-                yield FollowEvent("end", {"status": job.status, "error": job.error})
-                return
-        if len(new) < max_results:
-            time.sleep(poll_s)
+                out.append(FollowEvent("leaderboard", {"progress": progress(s, job), **run_leaderboard(s, job)}))
+            if done and not self.busy:
+                out.append(FollowEvent("end", {"status": job.status, "error": job.error}))
+                self.done = True
+        return out
+
+
+def follow_eval(db_url: str, eval_id: int, poll_s: float = 0.5, max_results: int = 200) -> Iterator[FollowEvent]:
+    """The eval's events until it is done (``studio eval show --watch``)."""
+    return follow_sync(EvalPoller(db_url, eval_id, max_results), poll_s)
+
+
+def follow_eval_async(db_url: str, eval_id: int, poll_s: float = 0.5) -> AsyncIterator[FollowEvent]:
+    """The same events for ``GET /api/evals/{id}/events``."""
+    return follow_async(EvalPoller(db_url, eval_id), poll_s)

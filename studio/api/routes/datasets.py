@@ -14,6 +14,7 @@ from pydantic import Field
 
 from studio.access import Forbidden, is_admin
 from studio.api.deps import KeyDep, SessionDep, SettingsDep
+from studio.api.params import Offset
 from studio.data import tools
 from studio.data.curate import CurateSpec, curate
 from studio.data.ingest import ALL_FORMATS, ingest_file, ingest_path
@@ -34,7 +35,7 @@ router = APIRouter(prefix="/api/datasets", tags=["datasets"])
 @router.get("")
 def get_datasets(_: KeyDep, session: SessionDep,
                  limit: Annotated[int | None, Query(ge=1, le=500, description="Names per page.")] = None,
-                 offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
+                 offset: Offset = 0) -> list[dict]:
     """Dataset names (each with its newest version) by name; a page of them with ``limit``."""
     return list_datasets(session, limit, offset)
 
@@ -42,7 +43,7 @@ def get_datasets(_: KeyDep, session: SessionDep,
 @router.get("/{name}")
 def get_dataset(name: str, _: KeyDep, session: SessionDep,
                 limit: Annotated[int | None, Query(ge=1, le=500, description="Versions per page.")] = None,
-                offset: Annotated[int, Query(ge=0)] = 0,
+                offset: Offset = 0,
                 newest_first: bool = False) -> dict:
     """Versions of a dataset name, oldest first (or newest first); a page of them with ``limit``."""
     return {"name": name, "versions": dataset_versions(session, name, limit, offset, newest_first)}
@@ -52,7 +53,7 @@ def get_dataset(name: str, _: KeyDep, session: SessionDep,
 def get_rows(ref: str, _: KeyDep, session: SessionDep, split: str = "all",
              validation_ratio: float = 0.0, seed: int = 0,
              limit: Annotated[int, Query(ge=0, description="Rows per page, at most 500.")] = 20,
-             offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+             offset: Offset = 0) -> dict:
     """A page of rows of a snapshot (``name``, ``name@N`` or an id), optionally of one split."""
     snap = resolve_snapshot(session, ref).snapshot
     table = load_split(snap.uri, split, validation_ratio, seed)
@@ -90,7 +91,7 @@ async def get_sample(ref: str, _: KeyDep, settings: SettingsDep,
 @router.get("/{ref}/dropped")
 async def get_dropped(ref: str, _: KeyDep, settings: SettingsDep,
                       limit: Annotated[int, Query(ge=0, le=500)] = 50,
-                      offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+                      offset: Offset = 0) -> dict:
     """Rows the snapshot's transform dropped (or the ingest rejected), each with its reason."""
     return await run_in_threadpool(tools.dropped_rows, settings, ref, limit, offset)
 

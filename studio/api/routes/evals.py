@@ -7,20 +7,22 @@ problem (0 rows, a scorer needing a reference the dataset lacks, an unknown mode
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from studio.access import principal_id
 from studio.api.deps import KeyDep, SessionDep, SettingsDep
+from studio.api.params import Offset
+from studio.api.streams import follow_response
 from studio.data.snapshots import resolve_snapshot
 from studio.errors import StudioError
 from studio.evals.leaderboard import dataset_leaderboard
 from studio.evals.queue import enqueue_eval, get_eval, list_evals
 from studio.evals.spec import EvalSpec
-from studio.evals.views import eval_detail, eval_summary, follow_eval, results_page
+from studio.evals.views import eval_detail, eval_summary, follow_eval_async, results_page
 from studio.jobs.follow import FollowEvent
 from studio.jobs.queue import request_cancel
 
@@ -41,7 +43,7 @@ def post_eval(spec: EvalSpec, key: KeyDep, session: SessionDep) -> dict:
 def get_evals(_: KeyDep, session: SessionDep,
               dataset: Annotated[str | None, Query(description="Only runs on this dataset name.")] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 100,
-              offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
+              offset: Offset = 0) -> list[dict]:
     """Eval runs, newest first, with their progress."""
     return [eval_summary(session, j) for j in list_evals(session, limit, offset, dataset)]
 
@@ -63,7 +65,7 @@ def get_one_eval(eval_id: int, _: KeyDep, session: SessionDep) -> dict:
 def get_results(eval_id: int, _: KeyDep, session: SessionDep,
                 model: Annotated[str | None, Query(description="Only this model's answers.")] = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-                offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+                offset: Offset = 0) -> dict:
     """Per-datapoint answers with every scorer's verdict (unscored ones keep the reason and the raw reply)."""
     job = get_eval(session, eval_id)
     return {"eval_id": eval_id, "limit": limit, "offset": offset,
@@ -78,17 +80,17 @@ def cancel_eval(eval_id: int, key: KeyDep, session: SessionDep) -> dict:
 
 
 @router.get("/{eval_id}/events", response_model=None)
-def get_events(eval_id: int, _: KeyDep, session: SessionDep, settings: SettingsDep) -> StreamingResponse:
+def get_events(eval_id: int, key: KeyDep, session: SessionDep, settings: SettingsDep,
+               request: Request) -> StreamingResponse:
     """``text/event-stream``: ``status``, ``result`` (one per answer), ``leaderboard``, ``end``."""
     get_eval(session, eval_id)
     session.commit()  # the stream may last long: do not hold this request's transaction
 
-    def stream() -> Iterator[str]:
+    async def stream() -> AsyncIterator[str]:
         try:
-            for event in follow_eval(settings.db_url, eval_id):
+            async for event in follow_eval_async(settings.db_url, eval_id):
                 yield event.sse()
         except StudioError as e:
             yield FollowEvent("error", {"detail": e.problem, "fix": e.fix}).sse()
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return follow_response(request, key, stream())

@@ -6,17 +6,19 @@ field; preflight (model, dataset and its kind, GPUs) is a 400 problem naming the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from studio.access import require_owner
 from studio.api.deps import KeyDep, SessionDep, SettingsDep
+from studio.api.params import Offset
+from studio.api.streams import follow_response
 from studio.errors import StudioError
 from studio.jobs import ray_jobs
-from studio.jobs.follow import FollowEvent, follow_job
+from studio.jobs.follow import FollowEvent, follow_job_async
 from studio.jobs.queue import (enqueue_train_job, get_job, job_detail, job_summary, list_jobs,
                                metrics_by_key, request_cancel)
 from studio.jobs.status import JobStatus
@@ -38,7 +40,7 @@ def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep) -> dict:
 def get_jobs(_: KeyDep, session: SessionDep,
              status: Annotated[list[JobStatus] | None, Query(description="Only these statuses (repeatable).")] = None,
              limit: Annotated[int, Query(ge=1, le=500)] = 100,
-             offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
+             offset: Offset = 0) -> list[dict]:
     """Jobs, newest first."""
     return [job_summary(j) for j in list_jobs(session, status, limit, offset)]
 
@@ -64,7 +66,7 @@ def get_metrics(job_id: int, _: KeyDep, session: SessionDep) -> dict:
 
 
 @router.get("/{job_id}/logs", response_model=None)
-def get_logs(job_id: int, key: KeyDep, session: SessionDep, settings: SettingsDep,
+def get_logs(job_id: int, key: KeyDep, session: SessionDep, settings: SettingsDep, request: Request,
              follow: Annotated[bool, Query(description="Stream Server-Sent Events until the job is done.")] = False,
              attempt: Annotated[int | None, Query(ge=1, description="An earlier attempt; default: the latest.")] = None,
              ) -> dict | StreamingResponse:
@@ -77,8 +79,7 @@ def get_logs(job_id: int, key: KeyDep, session: SessionDep, settings: SettingsDe
         # The stream may last hours: end this request's transaction now rather than hold it
         # until the stream closes.
         session.commit()
-        return StreamingResponse(_sse(settings, job_id), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return follow_response(request, key, _sse(settings, job_id))
     sid = ray_jobs.submission_id(job_id, attempt) if attempt else job.ray_submission_id
     out = {"job_id": job_id, "status": job.status, "attempt": attempt or job.attempts, "submission_id": sid}
     if sid is None:
@@ -86,9 +87,9 @@ def get_logs(job_id: int, key: KeyDep, session: SessionDep, settings: SettingsDe
     return {**out, "logs": ray_jobs.job_logs(ray_jobs.jobs_client(settings), sid)}
 
 
-def _sse(settings, job_id: int) -> Iterator[str]:
+async def _sse(settings, job_id: int) -> AsyncIterator[str]:
     try:
-        for event in follow_job(settings, job_id, logs_client=lambda: ray_jobs.jobs_client(settings)):
+        async for event in follow_job_async(settings, job_id, logs_client=lambda: ray_jobs.jobs_client(settings)):
             yield event.sse()
     except StudioError as e:
         yield FollowEvent("error", {"detail": e.problem, "fix": e.fix}).sse()

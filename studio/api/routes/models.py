@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from studio.api.deps import KeyDep, SessionDep, UserOrAdminDep
+from studio.api.params import Offset
 from studio.access import Forbidden, claim_name, name_owner, owns, principal_id, require_admin
 from studio.errors import NotFound, StudioError
 from studio.evals.gate import (GateConfig, PromotionRefused, gate_dict, gated_promote, get_gate,
@@ -54,7 +55,7 @@ class GateRequest(BaseModel):
 @router.get("")
 def get_models(_: KeyDep, session: SessionDep,
                limit: Annotated[int | None, Query(ge=1, le=500, description="Names per page.")] = None,
-               offset: Annotated[int, Query(ge=0)] = 0) -> list[dict]:
+               offset: Offset = 0) -> list[dict]:
     """Registered names with their newest and champion versions; a page of names with ``limit``."""
     return model_summaries(session, limit, offset)
 
@@ -62,7 +63,7 @@ def get_models(_: KeyDep, session: SessionDep,
 @router.get("/{name}")
 def get_model(name: str, _: KeyDep, session: SessionDep,
               limit: Annotated[int | None, Query(ge=1, le=500, description="Versions per page.")] = None,
-              offset: Annotated[int, Query(ge=0)] = 0, newest_first: bool = False) -> dict:
+              offset: Offset = 0, newest_first: bool = False) -> dict:
     """Versions of a name, oldest first (or newest first); a page of them with ``limit``."""
     versions = list_versions(session, name, limit=limit, offset=offset, newest_first=newest_first)
     # An empty page past the end of an existing name is not "no such model".

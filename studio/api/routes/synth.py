@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from studio.access import is_admin, owns, principal_id
 from studio.api.deps import KeyDep, SettingsDep
+from studio.api.params import Offset
+from studio.api.streams import follow_response
 from studio.jobs.queue import HIDDEN_SPEC
 from studio.data import synth
 from studio.data.sources import check_tokenizer
@@ -56,23 +58,22 @@ def get_synth(job_id: int, key: KeyDep, settings: SettingsDep) -> dict:
 @router.get("/{job_id}/rows")
 def get_draft_rows(job_id: int, _: KeyDep, settings: SettingsDep,
                    limit: Annotated[int, Query(ge=0, le=500)] = 50,
-                   offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+                   offset: Offset = 0) -> dict:
     """Rows generated so far (before curation), while the job runs or after."""
     return synth.draft_rows(settings, job_id, limit, offset)
 
 
 @router.get("/{job_id}/events")
-def get_events(job_id: int, key: KeyDep, settings: SettingsDep) -> StreamingResponse:
+def get_events(job_id: int, key: KeyDep, settings: SettingsDep, request: Request) -> StreamingResponse:
     """Server-Sent Events: ``progress`` on every change, then ``end`` with the final status."""
     synth.status(settings, job_id)  # 404 before the stream starts
 
-    def events() -> Iterator[str]:
+    async def events() -> AsyncIterator[str]:
         try:
-            for info in synth.follow(settings, job_id):
+            async for info in synth.follow_events(settings, job_id):
                 kind = "end" if info["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") else "progress"
                 yield f"event: {kind}\ndata: {json.dumps(_for_key(info, key), default=str)}\n\n"
         except StudioError as e:
             yield f"event: error\ndata: {json.dumps({'detail': e.problem, 'fix': e.fix})}\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return follow_response(request, key, events())

@@ -10,15 +10,16 @@ far, while it runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from studio.data.synth.spec import SynthSpec
 from studio.errors import NotFound
+from studio.jobs.follow import follow_async, follow_sync
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 
-__all__ = ["SynthSpec", "draft_rows", "follow", "status", "submit"]
+__all__ = ["SynthSpec", "draft_rows", "follow", "follow_events", "status", "submit"]
 
 
 def submit(spec: SynthSpec, settings: StudioSettings, submitted_by: str | None,
@@ -55,22 +56,38 @@ def status(settings: StudioSettings, job_id: int) -> dict[str, Any]:
                 "updated_at": job.updated_at.isoformat()}
 
 
+_ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+class SynthPoller:
+    """The job's status each time it changes (status or progress), until it ends."""
+
+    busy = False
+
+    def __init__(self, settings: StudioSettings, job_id: int, timeout_s: float | None = None):
+        self.settings, self.job_id = settings, job_id
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.done = False
+        self._last: tuple | None = None
+
+    def poll(self) -> list[dict[str, Any]]:
+        info = status(self.settings, self.job_id)
+        seen = (info["status"], info["progress"])
+        new = [info] if seen != self._last else []
+        self._last = seen
+        self.done = info["status"] in _ENDED or (self.deadline is not None and time.monotonic() > self.deadline)
+        return new
+
+
 def follow(settings: StudioSettings, job_id: int, interval_s: float = 0.5,
            timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
     """Yield the job's status each time it changes, until it ends (SUCCEEDED, FAILED, CANCELLED)."""
-    last = None
-    start = time.monotonic()
-    while True:
-        info = status(settings, job_id)
-        seen = (info["status"], info["progress"])
-        if seen != last:
-            last = seen
-            yield info
-        if info["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            return
-        if timeout_s is not None and time.monotonic() - start > timeout_s:
-            return
-        time.sleep(interval_s)
+    return follow_sync(SynthPoller(settings, job_id, timeout_s), interval_s)
+
+
+def follow_events(settings: StudioSettings, job_id: int, interval_s: float = 0.5) -> AsyncIterator[dict[str, Any]]:
+    """The same for ``GET /api/synth/{id}/events``."""
+    return follow_async(SynthPoller(settings, job_id), interval_s)
 
 
 def draft_rows(settings: StudioSettings, job_id: int, limit: int = 50, offset: int = 0) -> dict[str, Any]:
