@@ -8,6 +8,7 @@ builds it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -115,17 +116,27 @@ def build_router(models: list[ModelDeploymentConfig], num_cpus: float, env: dict
     ).bind(bases)
 
 
+def _gateway_spec(cfg: GatewayArgs):
+    from studio.gateway.spec import load_gateway_spec
+
+    return load_gateway_spec(cfg.spec if cfg.spec is not None else cfg.config)
+
+
+def provider_key_envs(args: dict[str, Any] | None) -> tuple[str, ...]:
+    """The provider key variables (``api_key_env``) the gateway of this app config reads: only
+    its replicas get them, so `studio up` keeps them out of the Ray head's environment."""
+    cfg = validate_spec(AppArgs, dict(args or {}), "serve application args")
+    return tuple(sorted(_gateway_spec(cfg.gateway).key_envs())) if cfg.gateway.enabled else ()
+
+
 def build_gateway(cfg: GatewayArgs, router, env: dict[str, str]):
     """The Gateway bound with the Router's handle; None when disabled. The config is validated
     here, so a malformed gateway YAML fails `studio up` with the field named."""
-    import os
-
-    from studio.gateway.spec import load_gateway_spec
-
     if not cfg.enabled:
         return None
-    spec = load_gateway_spec(cfg.spec if cfg.spec is not None else cfg.config)
-    # Provider keys travel from the environment of `studio up` to the gateway replicas only.
+    spec = _gateway_spec(cfg)
+    # Provider keys travel from the environment of `studio up` to the gateway replicas only (the
+    # head ``studio up`` starts has them removed, so no other replica or job inherits them).
     keys = {name: os.environ[name] for name in spec.key_envs() if os.environ.get(name)}
     return Gateway.options(
         num_replicas=cfg.num_replicas,
@@ -145,10 +156,13 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         ).bind(cfg.scheduler.model_dump(exclude={"enabled", "num_cpus"}))
     router = build_router(cfg.models, cfg.router_num_cpus, env)
     gateway = build_gateway(cfg.gateway, router, env)
+    # The API checks model names against the gateway with the admin key (studio.evals.queue): the
+    # ingress replicas are the one place besides `studio up` that keeps STUDIO_ADMIN_KEY.
+    admin = {"STUDIO_ADMIN_KEY": os.environ["STUDIO_ADMIN_KEY"]} if os.environ.get("STUDIO_ADMIN_KEY") else {}
     # A Serve application is the graph reachable from its ingress: the scheduler, the router and
     # its model deployments are deployed because the ingress is bound with their handles.
     return ApiIngress.options(
         num_replicas=cfg.ingress.num_replicas,
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.ingress.num_cpus, "runtime_env": {"env_vars": env}},
+        ray_actor_options={"num_cpus": cfg.ingress.num_cpus, "runtime_env": {"env_vars": {**env, **admin}}},
     ).bind(scheduler, router, gateway=gateway)

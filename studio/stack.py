@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from studio.errors import StudioError, Unavailable
+from studio.ray_auth import ray_auth_token
 from studio.recipes import read_yaml
 from studio.settings import StudioSettings, settings_env
 
@@ -89,8 +90,9 @@ SERVE_FAST_PATH_ENV = {
     # the CLI) calls the Router from one.
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
 }
-# HAProxy's stats page and Prometheus exporter bind fixed ports (8404, 9101) on every interface; a
-# second Ray with Serve on the machine (tests, a benchmark) would collide, so each Ray gets free ones.
+# HAProxy's stats page and Prometheus exporter bind fixed ports (8404, 9101); a second Ray with
+# Serve on the machine (tests, a benchmark) would collide, so each Ray gets free ones, and they are
+# bound to 127.0.0.1 (Ray binds them on every interface; see studio.haproxy).
 HAPROXY_PORT_VARS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 
 
@@ -100,16 +102,25 @@ def serve_env(settings: StudioSettings) -> dict[str, str]:
     the environment win, so a user's own Ray Serve tuning is kept."""
     if not settings.serve_fast_path:
         return {}
+    from studio.haproxy import loopback_env
+
     env = {**SERVE_FAST_PATH_ENV, **{var: str(_free_port()) for var in HAPROXY_PORT_VARS}}
-    return {k: os.environ.get(k, v) for k, v in env.items()}
+    return {**{k: os.environ.get(k, v) for k, v in env.items()}, **loopback_env(settings)}
 
 
 def _ray_executable() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
-def start_head(settings: StudioSettings, wait_s: float = 90.0) -> HeadState:
-    """Start a local Ray head (or return the running one this STUDIO_HOME started)."""
+# Never in the head's environment, which every Ray worker (a job included) inherits: the admin key,
+# the operator's own key. Provider keys are withheld too (``up`` names them): they travel to the
+# gateway replicas only, in their runtime_env (deployments.app).
+HEAD_WITHHELD = ("STUDIO_ADMIN_KEY", "STUDIO_API_KEY")
+
+
+def start_head(settings: StudioSettings, wait_s: float = 90.0, withhold: tuple[str, ...] = ()) -> HeadState:
+    """Start a local Ray head (or return the running one this STUDIO_HOME started), its
+    environment without ``HEAD_WITHHELD`` and ``withhold``."""
     state = _read_state(settings)
     if state and _pid_alive(state.pid):
         return state
@@ -140,7 +151,8 @@ def start_head(settings: StudioSettings, wait_s: float = 90.0) -> HeadState:
         "--disable-usage-stats",
     ]
     env = {**os.environ, **settings_env(settings), **serve_env(settings)}
-    env.pop("RAY_ADDRESS", None)
+    for var in ("RAY_ADDRESS", *HEAD_WITHHELD, *withhold):
+        env.pop(var, None)
     # On SIGTERM the head drains for up to 30 s by default (for rolling upgrades on Kubernetes);
     # a local single-node stack has no other node to drain to.
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "2")
@@ -171,17 +183,6 @@ def _dashboard_up(url: str) -> bool:
         return httpx.get(f"{url}/api/version", headers=headers, timeout=1.0).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def ray_auth_token() -> str | None:
-    """Ray's token, looked up the way Ray does: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
 
 
 def _ensure_ray_token(env: dict[str, str]) -> None:
@@ -313,6 +314,11 @@ def deploy(settings: StudioSettings, serve_config: str | Path | None = None, wai
 
 def up(settings: StudioSettings, serve_config: str | Path | None = None) -> HeadState | None:
     """Start or join Ray and deploy the app. Returns the head state when we started the head."""
+    from deployments.app import provider_key_envs
+    from studio.keys import check_admin_secret
+
+    if settings.admin_key:
+        check_admin_secret(settings.admin_key)  # before anything starts
     settings.home_abs.mkdir(parents=True, exist_ok=True)
     if health(settings):
         pass  # already serving: redeploy below updates it in place
@@ -323,7 +329,7 @@ def up(settings: StudioSettings, serve_config: str | Path | None = None) -> Head
         )
     state = None
     if not os.environ.get("RAY_ADDRESS"):
-        state = start_head(settings)
+        state = start_head(settings, withhold=provider_key_envs(load_serve_config(serve_config).get("args")))
     deploy(settings, serve_config)
     return state
 

@@ -6,11 +6,12 @@ import hashlib
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import literal, select, text
 
 from studio.errors import Conflict, NotFound, StudioError
-from studio.keys import (KEY_PREFIX, create_key, has_admin, last_use_is_stale, list_keys, revoke_key,
-                         touch_key, verify_key)
+from studio.gateway.limits import set_key_limits
+from studio.keys import (KEY_PREFIX, create_job_key, create_key, has_admin, last_use_is_stale, list_keys,
+                         revoke_job_keys, revoke_key, touch_key, verify_key)
 from studio.store.db import session_scope
 from studio.store.models import ApiKey, utcnow
 
@@ -108,7 +109,7 @@ def test_duplicate_name_is_a_conflict_and_keeps_the_first(settings):
 
 
 def test_duplicate_chosen_secret_is_a_conflict(settings):
-    chosen = "a-chosen-admin-key-0123456789"
+    chosen = "a-chosen-admin-key-0123456789-abcdef"
     with session_scope(settings.db_url) as s:
         assert create_key(s, "one", "admin", secret=chosen)[0] == chosen
     with pytest.raises(Conflict):
@@ -141,3 +142,82 @@ def test_has_admin_tracks_live_admin_keys(settings):
         assert has_admin(s)
         revoke_key(s, "root")
         assert not has_admin(s)
+
+
+# -- admin keys are long; job keys act for their submitter ----------------------------------------
+
+def test_an_admin_key_shorter_than_32_characters_is_refused(settings):
+    with session_scope(settings.db_url) as s:
+        with pytest.raises(StudioError, match="at least 32 characters; this one has 31") as e:
+            create_key(s, "root", "admin", secret="x" * 31)
+        assert "STUDIO_ADMIN_KEY" in e.value.fix
+        assert create_key(s, "svc", "service", secret="y" * 20)[0] == "y" * 20  # other roles: 16 is enough
+        assert create_key(s, "root", "admin", secret="z" * 32)[0] == "z" * 32
+
+
+def _job_key(settings, parent: str, job_id: int = 7, ttl=timedelta(hours=1)) -> str:
+    with session_scope(settings.db_url) as s:
+        submitter = s.scalars(select(ApiKey).where(ApiKey.name == parent)).one()
+        return create_job_key(s, submitter, job_id, ttl)[0]
+
+
+def test_a_job_key_carries_its_submitters_role_and_limits(settings):
+    with session_scope(settings.db_url) as s:
+        create_key(s, "alice", "user")
+        set_key_limits(s, "alice", rpm=5, tpm=50, budget_usd=2.0)
+    secret = _job_key(settings, "alice")
+    with session_scope(settings.db_url) as s:
+        key = verify_key(s, secret)
+        alice = s.scalars(select(ApiKey).where(ApiKey.name == "alice")).one()
+        assert (key.parent_id, key.job_id, key.role) == (alice.id, 7, "user")
+        assert (key.rpm_limit, key.tpm_limit, key.budget_usd) == (5, 50, 2.0)
+        assert utcnow() < key.expires_at <= utcnow() + timedelta(hours=1)
+        # A job key made from a job key acts for the same submitter.
+        assert create_job_key(s, key, 8, timedelta(hours=1))[1].job_id == 8
+        assert s.scalars(select(ApiKey.parent_id).where(ApiKey.job_id == 8)).one() == alice.id
+        # People's listings leave job keys out unless asked.
+        assert [k.name for k in list_keys(s)] == ["alice"]
+        assert [k.job_id for k in list_keys(s, job_keys=True)] == [None, 7, 8]
+
+
+def test_a_job_key_is_refused_once_its_submitter_is_revoked_or_it_expires(settings):
+    with session_scope(settings.db_url) as s:
+        create_key(s, "alice", "user")
+        create_key(s, "bob", "user")
+    live, expired = _job_key(settings, "alice"), _job_key(settings, "bob", ttl=timedelta(seconds=-1))
+    with session_scope(settings.db_url) as s:
+        assert verify_key(s, live) is not None and verify_key(s, expired) is None
+        revoke_key(s, "alice")
+    with session_scope(settings.db_url) as s:
+        assert verify_key(s, live) is None
+
+
+def test_the_keys_of_jobs_off_ray_are_revoked(settings):
+    with session_scope(settings.db_url) as s:
+        create_key(s, "alice", "user")
+    running, ended = _job_key(settings, "alice", job_id=1), _job_key(settings, "alice", job_id=2)
+    with session_scope(settings.db_url) as s:
+        assert revoke_job_keys(s, unless_job_in=select(literal(1))) == 1
+    with session_scope(settings.db_url) as s:
+        assert verify_key(s, running) is not None and verify_key(s, ended) is None
+        assert verify_key(s, running).name.startswith("job-1-")
+
+
+def test_a_budget_counts_the_spend_of_the_submitter_and_all_its_job_keys(settings):
+    from studio.gateway.usage import key_spent_usd
+    from studio.store.models import UsageRecord
+
+    with session_scope(settings.db_url) as s:
+        create_key(s, "alice", "user")
+        create_key(s, "bob", "user")
+    _job_key(settings, "alice", job_id=1)
+    _job_key(settings, "alice", job_id=2)
+    with session_scope(settings.db_url) as s:
+        ids = dict(s.execute(select(ApiKey.name, ApiKey.id)).all())
+        job1, job2 = (i for n, i in ids.items() if n.startswith("job-"))
+        for key_id, cost in ((ids["alice"], 0.5), (job1, 0.25), (job2, 0.125), (ids["bob"], 4.0)):
+            s.add(UsageRecord(key_id=key_id, cost_usd=cost, service="t", model_group="m", endpoint="chat",
+                              latency_ms=1.0))
+    with session_scope(settings.db_url) as s:
+        assert key_spent_usd(s, ids["alice"]) == key_spent_usd(s, job1) == key_spent_usd(s, job2) == 0.875
+        assert key_spent_usd(s, ids["bob"]) == 4.0

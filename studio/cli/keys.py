@@ -31,15 +31,18 @@ def create(
 
 
 @app.command("ls")
-def ls() -> None:
+def ls(jobs: bool = typer.Option(False, "--jobs", help="Also the per-job keys the scheduler derives "
+                                 "from their submitters' keys.")) -> None:
     """List keys (names, roles, prefixes; never secrets)."""
     settings = settings_with_db()
     with session_scope(settings.db_url) as s:
-        keys = list_keys(s)
-    table = Table("name", "role", "prefix", "created", "last used", "revoked")
+        keys = list_keys(s, job_keys=jobs)
+    table = Table("name", "role", "prefix", "created", "last used", "revoked",
+                  *(("job", "expires") if jobs else ()))
     for k in keys:
         table.add_row(k.name, k.role, k.prefix + "…", k.created_at[:19], (k.last_used_at or "")[:19],
-                      "yes" if k.revoked else "")
+                      "yes" if k.revoked else "",
+                      *((str(k.job_id or ""), (k.expires_at or "")[:19]) if jobs else ()))
     console.print(table)
 
 

@@ -76,6 +76,7 @@ def down() -> None:
 def status() -> None:
     """Where state lives, whether Ray and the studio are up."""
     from studio import stack
+    from studio.ray_auth import ray_auth_token_source
     from studio.store.db import redacted_url
 
     settings = settings_with_db()
@@ -88,6 +89,8 @@ def status() -> None:
     if address:
         shell_env = " ".join(f"{k}={v}" for k, v in stack.client_env(settings).items())
         console.print(f"ray shell    export {shell_env}", highlight=False)
+    # Whoever reads the token controls the cluster: say where it is, never what it is.
+    console.print(f"ray token    {ray_auth_token_source()}", highlight=False)
     console.print(f"studio       {settings.base_url} " + ("[green]up[/]" if health else "[red]down[/]"))
     if health:
         door = stack.front_door(settings)

@@ -20,7 +20,9 @@ Contract
   (the OpenAI-compatible surface of the Gateway deployment on the studio ingress).
 * Auth: ``Authorization: Bearer <key>`` where the key is the ``api_key`` argument, else
   ``$STUDIO_API_KEY``, else ``$STUDIO_ADMIN_KEY``, else the admin key file ``$STUDIO_HOME/admin.key``
-  written by ``studio up``.
+  written by ``studio up``. Inside a job (``$STUDIO_JOB_ID``, set by the scheduler, or a Ray job
+  driver) only ``$STUDIO_API_KEY`` counts: a job spends on its submitter's key (the scheduler puts a
+  key derived from it there), never on the admin key.
 * Tags: ``x-studio-service`` (``service``) and ``x-studio-job-id`` (``job_id``) on every call; they
   end up in the usage table (``GET /api/usage``, ``studio usage``). ``max_concurrency`` (optional) is
   sent as ``x-studio-job-concurrency``: the gateway caps in-flight calls of that job across replicas;
@@ -48,7 +50,7 @@ import httpx
 
 from studio.errors import StudioError
 
-__all__ = ["Client", "GatewayError", "gateway_url", "resolve_api_key"]
+__all__ = ["Client", "GatewayError", "gateway_url", "in_job", "resolve_api_key"]
 
 
 class GatewayError(StudioError):
@@ -71,10 +73,26 @@ def gateway_url() -> str:
     return StudioSettings().base_url + "/gateway/v1"
 
 
+def in_job() -> bool:
+    """Whether this process runs a job: the scheduler sets STUDIO_JOB_ID in every job's
+    environment, and Ray sets RAY_JOB_CONFIG_JSON_ENV_VAR for any Ray job's driver
+    (``ray job submit`` included)."""
+    return bool(os.environ.get("STUDIO_JOB_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+
+
 def resolve_api_key() -> str:
-    for var in ("STUDIO_API_KEY", "STUDIO_ADMIN_KEY"):
-        if os.environ.get(var):
-            return os.environ[var]
+    if os.environ.get("STUDIO_API_KEY"):
+        return os.environ["STUDIO_API_KEY"]
+    if in_job():
+        # The admin key may well be readable here (same node, same user): a job still never
+        # spends on it.
+        raise GatewayError(
+            "this job has no studio key for the gateway (it never uses the admin key)",
+            "queue it through the API or the CLI with your key (the scheduler then gives it a key "
+            "derived from yours), or with `ray job submit` pass your own: --runtime-env-json "
+            "'{\"env_vars\": {\"STUDIO_API_KEY\": \"sk-studio-...\"}}'", status=401)
+    if os.environ.get("STUDIO_ADMIN_KEY"):
+        return os.environ["STUDIO_ADMIN_KEY"]
     from studio.settings import StudioSettings
 
     path = StudioSettings().admin_key_file

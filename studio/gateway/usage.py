@@ -18,7 +18,7 @@ from sqlalchemy import Integer, String, cast, func, select
 from sqlalchemy.orm import Session
 
 from studio.errors import StudioError
-from studio.store.models import UsageRecord, utcnow
+from studio.store.models import ApiKey, UsageRecord, utcnow
 
 logger = logging.getLogger("studio.gateway")
 GROUP_BY = ("service", "model", "key", "day", "job", "deployment")
@@ -124,8 +124,14 @@ class UsageWriter:
 
 
 def key_spent_usd(session: Session, key_id: int) -> float:
+    """What a key's budget has paid for: its own calls and those of the job keys derived from it.
+    A job key's budget is its submitter's, so for a job key it is the submitter's total too."""
+    root = session.scalar(select(func.coalesce(ApiKey.parent_id, ApiKey.id))
+                          .where(ApiKey.id == key_id)) or key_id
+    family = select(ApiKey.id).where(ApiKey.parent_id == root)
     total = session.scalar(select(func.coalesce(func.sum(UsageRecord.cost_usd), 0.0))
-                           .where(UsageRecord.key_id == key_id))
+                           .where(UsageRecord.key_id.in_([key_id, root])
+                                  | UsageRecord.key_id.in_(family)))
     return float(total or 0.0)
 
 

@@ -22,6 +22,9 @@ a scheduler that restarts, or two that briefly overlap during a redeploy, lose a
             eval job, started by the next pass) and, once that eval is done, the version is
             promoted through the gate or the refusal recorded (``studio.evals.gate.after_training``);
             the state lives in ``result.after_training`` until ``done``.
+6. keys     every submission gets a key derived from its submitter's (``studio.keys.create_job_key``:
+            same role and limits, expiring after ``job_key_ttl_h``) in STUDIO_API_KEY, never the
+            admin key; the keys of jobs no longer on Ray are revoked each pass.
 
 Everything the training run does in between (STARTING → RUNNING ⇄ CHECKPOINTING → SUCCEEDED, or
 FAILED on a Python error) is recorded by the entrypoint itself, ``python -m studio.train.run --job-id N``.
@@ -38,17 +41,19 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import requests
-from pydantic import Field
+from pydantic import Field, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from studio.errors import StudioError
 from studio.jobs import ray_jobs
 from studio.jobs.status import JobStatus, transition, will_retry
+from studio.keys import create_job_key, revoke_job_keys, revoke_key_id
 from studio.recipes import Spec
 from studio.settings import StudioSettings, settings_env
 from studio.store.db import session_scope
-from studio.store.models import Job, utcnow
+from studio.store.models import ApiKey, Job, utcnow
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -86,6 +91,19 @@ class SchedulerConfig(Spec):
     ray_address: str | None = Field(
         default=None,
         description="Ray Jobs API address; default: the cluster the scheduler runs in.")
+    job_key_ttl_h: float = Field(
+        default=48.0, gt=0,
+        description="Hours a job's key (derived from its submitter's, in its STUDIO_API_KEY) stays "
+        "valid at most; it is revoked as soon as the job leaves Ray, and each attempt gets a new one.")
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _no_studio_keys(cls, env: dict[str, Any]) -> dict[str, Any]:
+        named = sorted(set((env.get("env_vars") or {})) & set(JOB_KEY_VARS))
+        if named:
+            raise ValueError(f"runtime_env.env_vars must not set {', '.join(named)}: a job gets a key "
+                             "derived from its submitter's, never a fixed one")
+        return env
 
 
 @dataclass
@@ -99,6 +117,7 @@ class TickReport:
     retrying: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     after_training: list[int] = field(default_factory=list)  # SUCCEEDED jobs whose auto-eval moved on
+    keys_revoked: int = 0  # job keys of jobs no longer on Ray
     errors: list[str] = field(default_factory=list)
 
     def changed(self) -> bool:
@@ -139,6 +158,13 @@ def reconcile_once(settings: StudioSettings, client: JobSubmissionClient,
     # 5. after training: a SUCCEEDED training job whose recipe has `after_training` gets its
     # auto-eval queued (started by the next pass) and, once that eval is done, its auto-promotion.
     each(_after_training_ids(settings), ctx.after_training)
+    # 6. keys: a job that left Ray (ended, failed, waiting to retry) holds no live key.
+    try:
+        with session_scope(settings.db_url) as s:
+            on_ray = select(Job.id).where(Job.status.in_(ON_RAY))
+            report.keys_revoked = revoke_job_keys(s, unless_job_in=on_ray)
+    except SQLAlchemyError as e:
+        report.errors.append(f"revoking job keys: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
     return report
 
 
@@ -276,15 +302,26 @@ class _Pass:
     def _submit(self, job_id: int, sid: str, lost: bool = False) -> None:
         """Submit the attempt the row already records. Runs after that row is committed, so a
         crash in between leaves a STARTING job whose id Ray does not know — `poll` resubmits it."""
+        with session_scope(self.settings.db_url) as s:
+            job = s.get(Job, job_id)
+            kind, by, submitter = job.kind, job.submitted_by, submitter_key(s, job)
+            key = (create_job_key(s, submitter, job_id, timedelta(hours=self.config.job_key_ttl_h))
+                   if submitter is not None else None)
+        if key is None:
+            logger.warning("scheduler: job %s has no live submitter key (submitted by %s): it runs "
+                           "without a studio key, and its gateway calls are refused", job_id, by)
         try:
-            with session_scope(self.settings.db_url) as s:
-                kind = s.get(Job, job_id).kind
             self.client.submit_job(entrypoint=entrypoint(self.config, job_id, kind), submission_id=sid,
-                                   runtime_env=job_runtime_env(self.settings, self.config),
+                                   runtime_env=job_runtime_env(self.settings, self.config, job_id,
+                                                               key[0] if key else None),
                                    metadata={"studio_job_id": str(job_id)})
         except (RuntimeError, ValueError, TypeError) as e:
             # ValueError/TypeError: the client rejected the runtime_env before sending anything.
             if isinstance(e, RuntimeError) and ray_jobs.already_submitted(e):
+                # The running submission holds the key an earlier pass made; this one is unused.
+                if key is not None:
+                    with session_scope(self.settings.db_url) as s:
+                        revoke_key_id(s, key[1].id)
                 self.report.adopted.append(sid)
                 return
             if isinstance(e, RuntimeError) and not ray_jobs.refused(e):
@@ -314,8 +351,35 @@ def entrypoint(config: SchedulerConfig, job_id: int, kind: str = "train") -> str
     return f"{shlex.quote(python)} -m {module} --job-id {job_id}"
 
 
-def job_runtime_env(settings: StudioSettings, config: SchedulerConfig) -> dict[str, Any]:
+# Keys a job's environment gets only from the scheduler (STUDIO_API_KEY: the job's own key).
+JOB_KEY_VARS = ("STUDIO_ADMIN_KEY", "STUDIO_API_KEY")
+
+
+def job_runtime_env(settings: StudioSettings, config: SchedulerConfig, job_id: int | None = None,
+                    api_key: str | None = None) -> dict[str, Any]:
+    """The Ray runtime_env of a job: the config's, the studio's settings, the job's id and key.
+    Nothing else secret: provider keys reach the gateway replicas only (``deployments.app``), and
+    the head ``studio up`` starts has them (and the admin key) removed from its environment."""
     env = {k: v for k, v in config.runtime_env.items() if k != "env_vars"}
     auth = {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]} if os.environ.get("RAY_AUTH_MODE") else {}
-    env["env_vars"] = {**(config.runtime_env.get("env_vars") or {}), **auth, **settings_env(settings)}
+    job = {"STUDIO_JOB_ID": str(job_id)} if job_id is not None else {}
+    key = {"STUDIO_API_KEY": api_key} if api_key else {}
+    env["env_vars"] = {**(config.runtime_env.get("env_vars") or {}), **auth, **settings_env(settings),
+                       **job, **key}
     return env
+
+
+def submitter_key(session: Session, job: Job) -> ApiKey | None:
+    """The key a job spends on: its owner's; for rows queued before owners were recorded, the key
+    named ``submitted_by``; for an after-training eval (``job:N``), the training job's owner.
+    None when that key is gone or no longer live (the job then runs without a key)."""
+    owner = job.owner_key_id
+    by = job.submitted_by or ""
+    if owner is None and by.startswith("job:") and by[4:].isdigit():
+        parent_job = session.get(Job, int(by[4:]))
+        owner = parent_job.owner_key_id if parent_job is not None else None
+    key = (session.get(ApiKey, owner) if owner is not None
+           else session.scalars(select(ApiKey).where(ApiKey.name == by, ApiKey.job_id.is_(None))).first())
+    if key is None or key.revoked_at is not None or (key.expires_at and key.expires_at <= utcnow()):
+        return None
+    return key

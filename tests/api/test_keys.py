@@ -31,7 +31,8 @@ def test_admin_creates_lists_and_revokes_keys(client, admin_key):
     assert secret.startswith(created["prefix"])
 
     # The new key works.
-    assert client.get("/api/me", headers=bearer(secret)).json() == {"name": "ci", "role": "service"}
+    me = client.get("/api/me", headers=bearer(secret)).json()
+    assert (me["name"], me["role"]) == ("ci", "service")
 
     listed = client.get("/api/keys", headers=admin)
     assert listed.status_code == 200
@@ -93,3 +94,28 @@ def test_a_request_records_the_keys_last_use_after_answering(client, admin_key, 
     assert client.get("/api/me", headers=bearer(admin_key)).status_code == 200
     time.sleep(0.3)
     assert last_used() == first  # within the minute: not written again
+
+
+def test_a_job_key_stops_working_when_its_submitter_is_revoked(client, admin_key, user_key, settings):
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from studio.keys import create_job_key
+    from studio.store.db import session_scope
+    from studio.store.models import ApiKey
+
+    with session_scope(settings.db_url) as s:
+        alice = s.scalars(select(ApiKey).where(ApiKey.name == "alice")).one()
+        job_secret = create_job_key(s, alice, 3, timedelta(hours=1))[0]
+    assert client.get("/api/me", headers=bearer(job_secret)).json()["role"] == "user"
+    listed = client.get("/api/keys", params={"job_keys": "true"}, headers=bearer(admin_key)).json()
+    assert [k["job_id"] for k in listed] == [None, None, 3]
+    assert [k["name"] for k in client.get("/api/keys", headers=bearer(admin_key)).json()] == ["root", "alice"]
+
+    assert client.delete("/api/keys/alice", headers=bearer(admin_key)).status_code == 200
+    assert_problem(client.get("/api/me", headers=bearer(job_secret)), 401, "invalid or revoked")
+    # The gateway's surface checks the same way (before it looks for a deployed gateway).
+    r = client.post("/gateway/v1/chat/completions", headers=bearer(job_secret),
+                    json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 401

@@ -141,7 +141,7 @@ def test_a_queued_job_runs_to_succeeded_and_the_api_shows_it(ray_settings, clien
         assert get_version(s, "ok-first@1").job_id == job_id
     # The job ran with the studio's settings and the merged runtime_env.
     info = client.get_job_info(sid)
-    assert info.runtime_env["env_vars"] == job_runtime_env(ray_settings, CONFIG)["env_vars"]
+    assert info.runtime_env["env_vars"] == job_runtime_env(ray_settings, CONFIG, job_id)["env_vars"]
     assert info.runtime_env["env_vars"]["STUDIO_HOME"] == str(ray_settings.home_abs)
     assert info.entrypoint.endswith(f"-m tests.jobs.fake_train --job-id {job_id}")
     wait_ray(client, sid, "SUCCEEDED")
