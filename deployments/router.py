@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,7 +59,38 @@ from studio.experiments.completions import CompletionRecorder, ResponseCapture, 
 
 logger = logging.getLogger("ray.serve")
 REGISTRY_TTL_S = 1.0
+NAME_CACHE_SIZE = 4096
 MODELS_HINT = "see GET /v1/models for the models served"
+
+
+class NameCache:
+    """name → value for ``ttl_s``, at most ``max_size`` names (the least recently used go first).
+    Unknown names are cached too (their 404), so without the bound a caller sending endless
+    made-up model names would grow the Router's memory without end."""
+
+    def __init__(self, max_size: int = NAME_CACHE_SIZE):
+        self.max_size = max_size
+        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+
+    def get(self, name: Any) -> Any | None:
+        hit = self._entries.get(name) if isinstance(name, str) else None
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        self._entries.move_to_end(name)
+        return hit[1]
+
+    def put(self, name: str, value: Any, ttl_s: float) -> None:
+        self._entries[name] = (time.monotonic() + ttl_s, value)
+        self._entries.move_to_end(name)
+        while len(self._entries) > self.max_size:
+            self._entries.popitem(last=False)
+
+    def pop(self, name: str, default: Any = None) -> Any:
+        hit = self._entries.pop(name, None)
+        return default if hit is None else hit[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass(frozen=True)
@@ -107,7 +139,7 @@ class Router:
         self._last_request: dict[str, float] = {}
         self._rebuild_names()
         self._db_url = StudioSettings().db_url
-        self._cache: dict[str, tuple[float, Target | dict]] = {}
+        self._cache = NameCache()  # registry name / name@N → Target or its 404
         self._experiments: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self.metrics = ServingMetrics()
         self.recorder = CompletionRecorder(self._db_url)
@@ -240,12 +272,11 @@ class Router:
         return replace(target, experiment=model, arm=arm)
 
     async def _resolve_name(self, model: str) -> Target | dict:
-        now = time.monotonic()
         hit = self._cache.get(model)
-        if hit and hit[0] > now:
-            return hit[1]
+        if hit is not None:
+            return hit
         target = await asyncio.to_thread(self._lookup, model)
-        self._cache[model] = (now + REGISTRY_TTL_S, target)
+        self._cache.put(model, target, REGISTRY_TTL_S)
         return target
 
     async def _active_experiments(self) -> dict[str, dict[str, Any]]:
@@ -386,7 +417,7 @@ class RouterClient:
     def __init__(self, router: DeploymentHandle):
         self.router = router
         self._models: dict[tuple[str, str], DeploymentHandle] = {}
-        self._pinned: dict[str, tuple[float, Target]] = {}  # base id / name@N → (expires, Target)
+        self._pinned = NameCache()  # base id / name@N → Target
         self._started: list[str] = []  # bases of requests started without `route`, not yet sent
         self._ended: list[dict[str, Any]] = []  # reports not yet sent
         self._timer: asyncio.Task | None = None
@@ -405,15 +436,15 @@ class RouterClient:
 
     async def _route(self, model: Any, user: Any) -> tuple[Target | dict, bool]:
         """Where the request goes, and whether that came from this client's cache."""
-        hit = self._pinned.get(model) if isinstance(model, str) else None
-        if hit is not None and hit[0] > time.monotonic():
-            self._started.append(hit[1].base)
+        hit = self._pinned.get(model)
+        if hit is not None:
+            self._started.append(hit.base)
             self._schedule()
-            return hit[1], True
+            return hit, True
         target = await self.router.route.remote(model, user)
         # A base id or name@N (what answered is what was asked), never a name or an alias.
         if isinstance(target, Target) and target.experiment is None and target.label == model:
-            self._pinned[model] = (time.monotonic() + REGISTRY_TTL_S, target)
+            self._pinned.put(model, target, REGISTRY_TTL_S)
         return target, False
 
     async def stream(self, endpoint: str, body: dict[str, Any], owner_key_id: int | None = None):

@@ -9,6 +9,7 @@ known then), so a key may overshoot its TPM by one call; the next call in that m
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -133,6 +134,22 @@ class Limiter:
 
     async def release_job(self, job_id: str, scope: int | None = None) -> None:
         await self.store.incr(self.store.k("job", scope, job_id), -1, ttl_s=600)
+
+
+def stream_tokens(chunk: str) -> int:
+    """Total tokens in the last, choice-less chunk of a stream (``stream_options.include_usage``;
+    chunks with ``continuous_usage_stats`` carry running totals and are not counted); 0 if
+    none."""
+    total = 0
+    for line in chunk.splitlines():
+        if line.startswith("data:") and '"usage"' in line:
+            try:
+                data = json.loads(line[5:].strip())
+                if not data.get("choices"):
+                    total += int((data.get("usage") or {}).get("total_tokens") or 0)
+            except (ValueError, AttributeError, TypeError):
+                continue
+    return total
 
 
 def set_key_limits(session: Session, name: str, *, rpm: int | None = None, tpm: int | None = None,

@@ -3,7 +3,8 @@ in for a paid provider at the external edge. What it does depends on the request
 ``broken*`` → HTTP 500, ``hang*`` → never answers in time, ``qa*`` → a JSON list of one
 question/answer pair (what a synthetic-data generator returns), ``score*`` → "Score: 7" (a judge),
 anything else → a normal answer that echoes the model and the last message. ``calls`` counts
-requests per model."""
+requests per model; ``received`` keeps each request's model, JSON body and headers (what the
+gateway sent out)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class FakeProvider:
     def __init__(self):
         self.calls: Counter[str] = Counter()
         self.auth: list[str | None] = []
+        self.received: list[tuple[str, dict, dict[str, str]]] = []
         self.app = self._build()
         self._server = ServerThread(self.app)
         self.port = self._server.port
@@ -44,6 +46,7 @@ class FakeProvider:
             model = body["model"]
             self.calls[model] += 1
             self.auth.append(request.headers.get("authorization"))
+            self.received.append((model, body, dict(request.headers)))
             if model.startswith("broken"):
                 return JSONResponse({"error": {"message": "scripted failure", "type": "server_error",
                                                "code": 500}}, status_code=500)

@@ -1,4 +1,6 @@
-"""/v1/*: the OpenAI-compatible endpoint. Thin: authenticate, parse the JSON body, hand it to the
+"""/v1/*: the OpenAI-compatible endpoint. Thin: authenticate, validate the body against the one
+request model (``studio.gateway.request``: unknown fields and caps are a 400), apply the key's
+rpm / tpm / budget (429 with Retry-After), hand the fields to the
 Router (``app.state.router``) through ``deployments.router.RouterClient``, which asks the Router
 where the request goes and streams the answer straight from that model's deployment — a JSON body
 or a server-sent-event stream. Every answer names the concrete version that produced it in
@@ -21,9 +23,13 @@ from pydantic import ValidationError
 from studio.access import principal_id
 from studio.api.deps import KeyDep, SettingsDep
 from studio.api.errors import error_response
+from studio.api.openai_body import OpenAIBodyRoute
 from studio.errors import NotFound, StudioError, Unavailable
+from studio.gateway.limits import KeyLimits, Limiter, RateLimited, SpentCache, stream_tokens
+from studio.gateway.request import ChatCompletionRequest, CompletionRequest, RequestCaps, check_caps
+from studio.store.models import ApiKey
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIBodyRoute)
 VERSION_HEADER = "x-studio-model-version"
 META_HEADERS = {"studio_model_version": VERSION_HEADER, "studio_experiment": "x-studio-experiment",
                 "studio_arm": "x-studio-arm"}
@@ -53,14 +59,39 @@ async def list_models(_: KeyDep, request: Request) -> dict[str, Any]:
     return await _router(request).models.remote()
 
 
+def _limiter(request: Request) -> tuple[Limiter, SpentCache]:
+    """One per app. Counters in Redis when STUDIO_REDIS_URL is set (shared by ingress replicas),
+    else in this process; apart from the gateway's: each surface holds a key to its limits."""
+    limits = getattr(request.app.state, "v1_limits", None)
+    if limits is None:
+        from studio.gateway.store import KVStore
+
+        settings = request.app.state.settings
+        limits = request.app.state.v1_limits = (Limiter(KVStore(settings.redis_url, "studio:v1")),
+                                                SpentCache(settings.db_url))
+    return limits
+
+
+async def _admit(request: Request, key: ApiKey) -> KeyLimits | None:
+    """The key's limits once this request is counted (None: the key has none, and nothing was
+    read or counted); RateLimited when one is used up."""
+    limits = KeyLimits.of(key)
+    if not limits.any:
+        return None
+    limiter, spent = _limiter(request)
+    spent_usd = await spent.spent_usd(key.id) if limits.budget_usd is not None else None
+    await limiter.admit(limits, spent_usd)
+    return limits
+
+
 @router.post("/chat/completions")
-async def chat_completions(key: KeyDep, request: Request):
-    return await _forward(request, "chat", key)
+async def chat_completions(key: KeyDep, request: Request, body: ChatCompletionRequest):
+    return await _forward(request, "chat", key, body)
 
 
 @router.post("/completions")
-async def completions(key: KeyDep, request: Request):
-    return await _forward(request, "completions", key)
+async def completions(key: KeyDep, request: Request, body: CompletionRequest):
+    return await _forward(request, "completions", key, body)
 
 
 @router.post("/feedback")
@@ -112,9 +143,19 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _forward(request: Request, endpoint: str, key):
+async def _forward(request: Request, endpoint: str, key: ApiKey,
+                   req: ChatCompletionRequest | CompletionRequest):
+    check_caps(req, RequestCaps.of(request.app.state.settings))
+    try:
+        limits = await _admit(request, key)
+    except RateLimited as e:
+        return error_response(request, 429, e.problem, e.fix,
+                              headers={"Retry-After": str(e.retry_after_s)})
     client = _client(request)
-    body = await _json_body(request)
+    body = req.fields()
+    counted = limits is not None and limits.tpm is not None
+    if counted and body.get("stream"):  # the tokens of a stream are in its last chunk
+        body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
     gen = client.stream(endpoint, body, owner_key_id=principal_id(key))
     try:
         first = await gen.__anext__()
@@ -133,15 +174,26 @@ async def _forward(request: Request, endpoint: str, key):
         if status != 200:
             return error_response(request, status, first["error"].get("message", "error"),
                                   headers=headers)
+        if counted:
+            usage = first.get("usage") or {}
+            await _limiter(request)[0].count_tokens(limits, int(usage.get("total_tokens") or 0))
         return JSONResponse(first, headers=headers)
-    return StreamingResponse(_relay(first, gen), media_type="text/event-stream", headers=headers)
+    count = (lambda n: _limiter(request)[0].count_tokens(limits, n)) if counted else None
+    return StreamingResponse(_relay(first, gen, count), media_type="text/event-stream",
+                             headers=headers)
 
 
-async def _relay(first: str, gen):
+async def _relay(first: str, gen, count=None):
+    """The stream; ``count`` (the key has a TPM limit) gets the tokens of its usage chunk."""
     try:
-        yield first
-        async for chunk in gen:
+        chunk = first
+        while True:
+            if count is not None and '"usage"' in chunk:
+                await count(stream_tokens(chunk))
             yield chunk
+            chunk = await gen.__anext__()
+    except StopAsyncIteration:
+        pass
     finally:
         # Runs when the stream ends and when Starlette stops it because the client went away.
         await gen.aclose()
