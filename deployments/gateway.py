@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 class Gateway:
     def __init__(self, spec: dict[str, Any], router: DeploymentHandle | None = None):
         import studio.gateway  # noqa: F401 — sets LITELLM_LOCAL_MODEL_COST_MAP before litellm loads
+        from studio.gateway.request import RequestCaps
         from studio.gateway.service import GatewayService
         from studio.gateway.spec import load_gateway_spec
         from studio.settings import StudioSettings
@@ -29,7 +30,7 @@ class Gateway:
         settings = StudioSettings()
         client = RouterClient(router) if router is not None else None
         self._service = GatewayService(load_gateway_spec(spec), client, settings.db_url,
-                                       settings.redis_url)
+                                       settings.redis_url, RequestCaps.of(settings))
 
     async def chat(self, body: dict[str, Any], ctx: dict[str, Any]):
         return await self._service.handle("chat", body, ctx)
