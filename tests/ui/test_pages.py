@@ -1,6 +1,8 @@
 """Every page in a real browser against the studio's HTTP app served by uvicorn on a real database
 (no Ray: jobs stay QUEUED, /v1 answers 503), with 10 000 jobs and 10 000 dataset snapshots so the
-lists must page on the server. Wrong input is shown in words; no console errors; a screenshot per page."""
+lists must page on the server. Wrong input is shown in words; no console errors; a screenshot per page.
+Each key sees what its role and ownership allow: a service key the playground only, a second user
+key ("user-2") notes instead of the buttons on user-1's jobs, generations, evaluations and model."""
 
 from __future__ import annotations
 
@@ -38,7 +40,10 @@ def server(tmp_path_factory):
     init_db(settings.db_url)
     now = datetime.now(UTC)
     with session_scope(settings.db_url) as s:
-        keys = {role: create_key(s, f"{role}-1", role)[0] for role in ("admin", "user", "service")}
+        made = {role: create_key(s, f"{role}-1", role) for role in ("admin", "user", "service")}
+        made["user-2"] = create_key(s, "user-2", "user")
+        keys = {role: secret for role, (secret, _) in made.items()}
+        user_1 = made["user"][1].id
         # Bulk rows: the list page must stay fast because it asks the server for one page only.
         s.execute(insert(Job), [{"kind": "train", "name": f"bulk-{i}", "spec": {"method": "sft"},
                                  "status": "FAILED" if i % 10 == 0 else "SUCCEEDED", "attempts": 1,
@@ -54,7 +59,8 @@ def server(tmp_path_factory):
             {"name": "zz-many", "version": i - half, "snapshot_id": f"{i:064x}", "source": "bulk",
              "rejected_rows": 0, "created_at": now} for i in range(half + 1, N_SNAPSHOTS + 1)])
         register_version(s, name="reverser", base_model="tiny", method="sft", adapter_type="lora",
-                         uri=str(home / "adapter"), job_id=1, metrics={"exact_match": 0.97})
+                         uri=str(home / "adapter"), job_id=1, metrics={"exact_match": 0.97},
+                         owner_key_id=user_1)  # user-1 registered the name: user-1 and admins promote
     model = make_model_dir(home / "base-model")
     digits = home / "digits.jsonl"
     digits.write_text("".join(json.dumps({"prompt": f"reverse: {i}", "completion": str(i)[::-1]}) + "\n"
@@ -81,7 +87,7 @@ def server(tmp_path_factory):
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.3)
-        yield {"base": base, "keys": keys, "home": home, "model": model}
+        yield {"base": base, "keys": keys, "home": home, "model": model, "settings": settings, "user_1": user_1}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -105,6 +111,20 @@ def test_login_refuses_a_wrong_key_in_words_and_menus_follow_the_role(server, sh
         b.login(server["keys"]["user"])
         assert "user-1 · user" in b.page.inner_text("#who")
         assert b.page.locator("nav a", has_text="Keys").count() == 0
+        assert "Jobs" in b.page.locator("nav a").all_inner_texts()
+        b.page.click("#logout")
+        # A service key only calls models: it lands on the playground (no models served here: a 503
+        # in words) and the menu offers nothing else.
+        with b.expect_status(503):
+            b.login(server["keys"]["service"])
+            b.page.wait_for_url("**/ui/#/playground")
+            b.wait("#pg-unavailable")
+        assert b.page.locator("nav a").all_inner_texts() == ["Playground"]
+        assert "service-1 · service" in b.page.inner_text("#who")
+        b.goto("#/jobs")  # a team page opened by hand says why, and asks the API nothing
+        b.wait("#not-for-role")
+        assert "admin and user keys" in b.page.inner_text("#not-for-role")
+        b.shot("01b-service-key")
         b.page.click("#logout")
         b.login(server["keys"]["admin"])
         b.page.click("nav a:has-text('Keys')")
@@ -236,9 +256,18 @@ def test_experiment_form_validates_inline_shows_the_recipe_and_submits(server, s
 
 def test_models_promote_and_what_a_service_key_sees(server, shots):
     with chromium_page(server["base"], shots) as b:
-        b.login(server["keys"]["service"])
+        with b.expect_status(503):  # it lands on the playground: no models served here
+            b.login(server["keys"]["service"])
+            b.wait("#pg-unavailable")
         b.goto("#/models/reverser")
-        b.wait("text=service keys cannot promote")
+        b.wait("#not-for-role")
+        assert b.page.locator("button.promote").count() == 0
+        b.page.click("#logout")
+        b.login(server["keys"]["user-2"])  # a team member who does not own the name
+        b.goto("#/models/reverser")
+        b.wait("#promote-owner-note")
+        assert "only the name's owner or an admin can promote" in b.page.inner_text("#promote-owner-note")
+        assert b.page.locator("button.promote, button.archive, #promote-force").count() == 0
         b.page.click("#logout")
         b.login(server["keys"]["user"])
         # Deployments without Ray: none, or (if the API cannot tell here) its words in the card.
@@ -248,8 +277,11 @@ def test_models_promote_and_what_a_service_key_sees(server, shots):
         card = b.page.inner_text("#deployments")
         assert "No models are deployed." in card or "running studio" in card, card
         assert b.banner() == ""  # the rest of the page works
+        b.wait("main td a:text-is('reverser')")
+        assert "user-1" in b.page.locator("tr", has_text="reverser").inner_text()  # its owner
         b.page.click("text=reverser")
         b.wait("text=exact_match 0.97")
+        assert b.page.locator("#promote-owner-note, #promote-force").count() == 0  # force: admins only
         b.page.click("button.promote[data-ref='reverser@1']")
         b.wait("text=reverser@1 is now champion.")
         b.wait("td .badge:text-is('champion')")  # the table reloads after the banner
@@ -260,6 +292,19 @@ def test_models_promote_and_what_a_service_key_sees(server, shots):
             b.page.reload()
             b.wait("#pg-unavailable")
         assert "no models are served" in b.page.inner_text("#pg-unavailable")
+        b.page.click("#logout")
+        b.login(server["keys"]["admin"])  # an admin may force past the gate, and must say why
+        b.goto("#/models/reverser")
+        b.wait("#promote-force")
+        b.page.check("#promote-force")
+        b.page.click("button.archive[data-ref='reverser@1']")
+        b.wait("text=reverser@1 is now archived.")  # archiving passes no gate: nothing forced
+        b.wait("button.promote[data-ref='reverser@1']")
+        b.page.click("button.promote[data-ref='reverser@1']")
+        b.wait("#banner:has-text('Say why you force the promotion')")
+        b.page.fill("#promote-reason", "ui test: no gate set")
+        b.page.click("button.promote[data-ref='reverser@1']")
+        b.wait("text=reverser@1 is now champion.")
         b.assert_clean()
 
 
@@ -312,4 +357,57 @@ def test_start_synthetic_generation_and_watch_it(server, shots):
         b.wait("#synth-head h1 .badge:text-is('QUEUED')")  # no scheduler here: it waits
         assert "Generation #" in b.page.inner_text("#synth-head")
         b.shot("12-synth")
+        b.assert_clean()
+
+
+def test_a_second_user_sees_notes_instead_of_buttons_on_objects_it_does_not_own(server, shots):
+    """user-1 owns a queued and a cancelled job, a queued generation and a queued evaluation;
+    user-2 sees them all (the team's catalog) but no Cancel or Retry, and the note saying who may.
+    The API refuses those calls too (tests/api); the page does not offer what can only fail."""
+    from studio.jobs.status import create_job
+    from studio.store.db import session_scope
+
+    user_1 = {"Authorization": f"Bearer {server['keys']['user']}"}
+    spec = {"name": "owned", "method": "sft", "base_model": str(server["model"]), "data": {"dataset": "digits@1"},
+            "hyper": {"max_steps": 1}}
+    queued = httpx.post(f"{server['base']}/api/jobs", json=spec, headers=user_1, timeout=30)
+    assert queued.status_code == 201, queued.text
+    stopped = httpx.post(f"{server['base']}/api/jobs", json=spec, headers=user_1, timeout=30).json()
+    assert httpx.post(f"{server['base']}/api/jobs/{stopped['id']}/cancel", headers=user_1, timeout=30).status_code == 202
+    synth = httpx.post(f"{server['base']}/api/synth", json={"spec": {"source": "notes@1", "name": "notes-qa", "mode": "qa",
+                                                                     "model": "judge"}}, headers=user_1, timeout=30)
+    assert synth.status_code == 201, synth.text
+    with session_scope(server["settings"].db_url) as s:  # an eval needs the gateway to submit: stored as queued
+        ev = create_job(s, name="owned-eval", kind="eval", max_retries=0, submitted_by="user-1",
+                        owner_key_id=server["user_1"],
+                        spec={"dataset": "digits@1", "models": ["tiny"], "scorers": [{"type": "exact_match"}]}).id
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["user-2"])
+        b.goto(f"#/jobs/{queued.json()['id']}")
+        b.wait("#job-owner-note")
+        assert "only its owner or an admin can cancel" in b.page.inner_text("#job-owner-note")
+        assert b.page.locator("#cancel, #retry").count() == 0
+        assert "spec is shown to its owner and admins only" in b.page.inner_text("#spec-hidden")
+        assert "sft on — · base —" in b.page.inner_text("#job-about")  # inputs are in the hidden spec
+        b.wait("#log-state:text-is('only its owner or an admin can read the logs')")
+        b.shot("13-job-of-another-key")
+        b.goto(f"#/jobs/{stopped['id']}")
+        b.wait("#job-head h1 .badge:text-is('CANCELLED')")
+        b.wait("#job-owner-note")
+        assert "only its owner or an admin can retry" in b.page.inner_text("#job-owner-note")
+        assert b.page.locator("#cancel, #retry").count() == 0
+        b.goto(f"#/synth/{synth.json()['id']}")
+        b.wait("#sy-owner-note")
+        assert b.page.locator("#sy-cancel").count() == 0
+        b.goto(f"#/evals/{ev}")
+        b.wait("#ev-owner-note")
+        assert b.page.locator("#ev-cancel").count() == 0
+        b.page.click("#logout")
+        b.login(server["keys"]["user"])  # the owner has the buttons and the spec
+        b.goto(f"#/jobs/{stopped['id']}")
+        b.wait("#retry")
+        assert "digits@1" in b.page.inner_text("#job-about")
+        assert b.page.locator("#job-owner-note, #spec-hidden").count() == 0
+        b.goto(f"#/evals/{ev}")
+        b.wait("#ev-cancel")
         b.assert_clean()

@@ -120,7 +120,11 @@ export async function jobPage(main, id) {
     if (!stopped && !done) timer = setTimeout(poll, POLL_MS);
   };
   const tail = async () => {
-    if (!shown || !owns(shown.owner_key_id)) { logState.textContent = "only its owner or an admin can read the logs"; return; }
+    if (!shown || !owns(shown.owner_key_id)) {
+      logState.textContent = "only its owner or an admin can read the logs";
+      log.hidden = true;
+      return;
+    }
     try {
       const resp = await request(`/api/jobs/${id}/logs?follow=true`, { raw: true, signal: ctl.signal });
       logState.textContent = "live";
