@@ -183,11 +183,10 @@ def guarded_async_client(settings: StudioSettings | None = None, **kwargs: Any):
 def _guarded_backend(settings: StudioSettings | None):
     import anyio
     import httpcore
-    from httpcore._backends.auto import AutoBackend
 
     class GuardedBackend(httpcore.AsyncNetworkBackend):
         def __init__(self) -> None:
-            self.inner = AutoBackend()
+            self.inner = httpcore.AnyIOBackend()
 
         async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                               local_address: str | None = None, socket_options: Any = None):
@@ -218,15 +217,19 @@ def guard_fsspec_http(settings: StudioSettings | None = None) -> None:
     it for each http(s) URL it passes, so whatever then reads that URL through fsspec is guarded."""
     import fsspec.config
 
-    options = {"get_client": partial(_guarded_aiohttp_session, settings), "allow_redirects": False}
+    # The allowlist as a string, so equal settings give an equal fsspec token (a cached instance).
+    allow = (settings or StudioSettings()).egress_allow
+    options = {"get_client": partial(_guarded_aiohttp_session, allow), "allow_redirects": False}
     for protocol in HTTP_SCHEMES:
         fsspec.config.conf[protocol] = {**fsspec.config.conf.get(protocol, {}), **options}
 
 
-async def _guarded_aiohttp_session(settings: StudioSettings | None = None, **kwargs: Any):
+async def _guarded_aiohttp_session(allow: str | None = None, **kwargs: Any):
     import aiohttp
     from aiohttp.abc import AbstractResolver
     from aiohttp.resolver import DefaultResolver
+
+    settings = StudioSettings(egress_allow=allow)
 
     class GuardedResolver(AbstractResolver):
         def __init__(self) -> None:
