@@ -72,7 +72,7 @@ def test_a_declared_content_length_over_the_limit_is_refused_before_reading(clie
     r = client.post("/api/datasets", headers={**bearer(key), "content-length": "99999999",
                                              "content-type": "multipart/form-data; boundary=x"},
                     content=b"--x--\r\n")
-    assert_problem(r, 413, "99999999 bytes")
+    assert_problem(r, 413, "over the limit")
 
 
 def test_content_type_checks(client, key):

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
@@ -68,6 +68,21 @@ def _server_paths_are_admin_only(key: ApiKey, what: str, instead: str) -> None:
                         f"{key.name!r} has role {key.role!r}", instead)
 
 
+# Dependencies, so a lesser key is refused (403) before its body is validated (422).
+async def _ingest_admin(key: KeyDep) -> ApiKey:
+    _server_paths_are_admin_only(key, "an ingest from a server path or URL",
+                                 "upload the file instead: POST /api/datasets (multipart: file, name), "
+                                 "or `studio data ingest FILE` on the studio's machine")
+    return key
+
+
+async def _export_admin(ref: str, key: KeyDep) -> ApiKey:
+    _server_paths_are_admin_only(key, "an export to a file", f"download it instead: GET /api/datasets/"
+                                 f"{ref}/export?format=jsonl (or parquet), or `studio data export` "
+                                 "on the studio's machine")
+    return key
+
+
 @router.get("/{ref}/stats")
 async def get_stats(ref: str, key: KeyDep, settings: SettingsDep,
                     tokenizer: Annotated[str | None, Query(description="A model under $STUDIO_HOME/models "
@@ -127,12 +142,10 @@ class ExportRequest(Spec):
 
 
 @router.post("/{ref}/export")
-async def post_export(ref: str, body: ExportRequest, key: KeyDep, settings: SettingsDep) -> dict:
+async def post_export(ref: str, body: ExportRequest, _: Annotated[ApiKey, Depends(_export_admin)],
+                      settings: SettingsDep) -> dict:
     """Write a snapshot (or a split) to a server path as JSONL, Parquet or an HF dataset folder
     (admin keys; others download it with ``GET /api/datasets/{ref}/export``)."""
-    _server_paths_are_admin_only(key, "an export to a file", f"download it instead: GET /api/datasets/"
-                                 f"{ref}/export?format=jsonl (or parquet), or `studio data export` "
-                                 "on the studio's machine")
     dest = check_allowed(body.path, settings, "export path")
     return await run_in_threadpool(tools.export_snapshot, settings, ref, dest, body.format, body.split,
                                    body.validation_ratio, body.seed)
@@ -185,12 +198,10 @@ class IngestRequest(Spec):
 
 
 @router.post("/ingest", status_code=201)
-async def post_ingest(body: IngestRequest, key: KeyDep, settings: SettingsDep) -> dict:
+async def post_ingest(body: IngestRequest, key: Annotated[ApiKey, Depends(_ingest_admin)],
+                      settings: SettingsDep) -> dict:
     """Ingest a file or directory the server can read (a shared volume, an s3:// prefix); admin
     keys only (others upload with ``POST /api/datasets``)."""
-    _server_paths_are_admin_only(key, "an ingest from a server path or URL",
-                                 "upload the file instead: POST /api/datasets (multipart: file, name), "
-                                 "or `studio data ingest FILE` on the studio's machine")
     report = await run_in_threadpool(ingest_path, body.source, body.name, settings, kind=body.kind,
                                      column_map=body.column_map, use_ray=body.use_ray, owner=key)
     return asdict(report)
