@@ -216,3 +216,60 @@ def test_job_slots_are_per_key(live):
         return a, b
 
     assert asyncio.run(go()) == (True, True)
+
+
+class ServeSide:
+    """Stands in for the studio's serving side as the gateway reaches it (the RouterClient's
+    ``stream``: the Router's meta, then the engine's items): records what arrives, answers a
+    scripted stream or body. No engine runs in this module."""
+
+    def __init__(self):
+        self.bodies: list[dict] = []
+
+    async def stream(self, endpoint: str, body: dict):
+        self.bodies.append(body)
+        yield {"studio_model_version": body["model"]}
+        if body.get("stream"):
+            yield 'data: {"choices":[{"index":0,"delta":{"content":"ok"}}]}\n\n'
+            yield ('data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,'
+                   '"total_tokens":4}}\n\ndata: [DONE]\n\n')
+        else:
+            yield {"object": "chat.completion", "choices": [], "usage": {"prompt_tokens": 3}}
+
+    async def models(self):
+        return {"object": "list", "data": []}
+
+
+def test_studio_models_get_the_allowed_fields_and_streams_always_count_usage(settings):
+    from studio.gateway.request import ENGINE_FIELDS
+
+    side = ServeSide()
+    svc = GatewayService(load_gateway_spec({"cache": {"enabled": False}}), side, settings.db_url)
+    ctx = {"key_id": 1, "key_name": "k"}
+
+    async def streamed(body):
+        return [item async for item in svc.stream("chat", body, ctx)]
+
+    try:
+        refused = asyncio.run(streamed({"model": "tiny", "messages": MSG, "stream": True,
+                                        "extra_body": {"api_base": "http://127.0.0.1:1"}}))
+        assert refused[0][0] == 400 and "extra_body" in refused[0][1]["error"]["message"]
+        assert side.bodies == []
+        items = asyncio.run(streamed({"model": "tiny", "messages": MSG, "stream": True,
+                                      "top_k": 3}))
+        assert items[0][0] == 200 and items[-1].endswith("data: [DONE]\n\n")
+        sent = side.bodies[-1]
+        assert sent["stream_options"] == {"include_usage": True}  # forced: the caller sent none
+        assert sent["top_k"] == 3 and set(sent) <= OPENAI_CHAT_FIELDS | ENGINE_FIELDS
+        status, _, _ = asyncio.run(svc.handle("chat", {"model": "tiny", "messages": MSG,
+                                                       "min_p": 0.2, "seed": 3}, ctx))
+        assert status == 200 and side.bodies[-1] == {"model": "tiny", "messages": MSG,
+                                                     "min_p": 0.2, "seed": 3}
+    finally:
+        svc.close()  # writes the queued usage rows
+    from studio.store.models import UsageRecord
+
+    with session_scope(settings.db_url) as s:
+        rows = s.query(UsageRecord).filter_by(key_name="k").order_by(UsageRecord.id).all()
+        assert [(r.status, r.prompt_tokens, r.completion_tokens) for r in rows] == [
+            (400, 0, 0), (200, 3, 1), (200, 3, 0)]  # the stream's usage chunk was counted
