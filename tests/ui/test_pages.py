@@ -208,6 +208,11 @@ def test_upload_with_mapping_then_browse_the_snapshot(server, shots, tmp_path):
         b.shot("03-snapshot")
         b.page.click("#sample-rows >> text=Next →")
         b.wait("#sample-rows >> text=reverse: 10 11")
+        with b.page.expect_download() as download:  # an HTTP download with the key, no server path
+            b.page.click("#download-jsonl")
+        assert download.value.suggested_filename.endswith(".jsonl")
+        rows = [json.loads(line) for line in open(download.value.path()).read().splitlines()]
+        assert len(rows) == 30 and rows[0] == {"prompt": "reverse: 0 1", "completion": "1 0"}
         b.assert_clean()
 
 
@@ -282,6 +287,7 @@ def test_models_promote_and_what_a_service_key_sees(server, shots):
         b.page.click("text=reverser")
         b.wait("text=exact_match 0.97")
         assert b.page.locator("#promote-owner-note, #promote-force").count() == 0  # force: admins only
+        assert "null" not in b.page.inner_text("main")
         b.page.click("button.promote[data-ref='reverser@1']")
         b.wait("text=reverser@1 is now champion.")
         b.wait("td .badge:text-is('champion')")  # the table reloads after the banner
@@ -305,6 +311,7 @@ def test_models_promote_and_what_a_service_key_sees(server, shots):
         b.page.fill("#promote-reason", "ui test: no gate set")
         b.page.click("button.promote[data-ref='reverser@1']")
         b.wait("text=reverser@1 is now champion.")
+        b.shot("07b-models-admin")
         b.assert_clean()
 
 
@@ -390,6 +397,7 @@ def test_a_second_user_sees_notes_instead_of_buttons_on_objects_it_does_not_own(
         assert "spec is shown to its owner and admins only" in b.page.inner_text("#spec-hidden")
         assert "sft on — · base —" in b.page.inner_text("#job-about")  # inputs are in the hidden spec
         b.wait("#log-state:text-is('only its owner or an admin can read the logs')")
+        assert not b.page.locator("#log").is_visible()
         b.shot("13-job-of-another-key")
         b.goto(f"#/jobs/{stopped['id']}")
         b.wait("#job-head h1 .badge:text-is('CANCELLED')")

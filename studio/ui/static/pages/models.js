@@ -3,7 +3,7 @@
 // force past the promotion gate, with a reason the studio records).
 import { isAdmin, ownerNote, owns } from "../access.js";
 import { get, post } from "../api.js";
-import { badge, banner, fmtTime, h, pager, showError, table } from "../dom.js";
+import { add, badge, banner, fmtTime, h, pager, showError, table } from "../dom.js";
 
 const PAGE = 25;
 
@@ -76,7 +76,7 @@ function forceControls() {
 export async function modelPage(main, name) {
   const box = h("div", {});
   const forcing = isAdmin() ? forceControls() : null;
-  main.append(h("p", {}, h("a", { href: "#/models" }, "← all models")), h("h1", {}, `Model ${name}`),
+  add(main, h("p", {}, h("a", { href: "#/models" }, "← all models")), h("h1", {}, `Model ${name}`),
     forcing ? forcing.view : null, box);
   let offset = 0;
   const load = async () => {
