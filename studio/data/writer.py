@@ -233,6 +233,8 @@ def check_owner(settings: StudioSettings, names: list[str], owner: Owner) -> Non
 
 
 def _may_add(s: Session, name: str, owner: ApiKey | int) -> int:
+    if isinstance(owner, int):  # a job adds as its submitter: an admin's job may add anywhere
+        owner = s.get(ApiKey, owner) or owner
     key_id = owner if isinstance(owner, int) else principal_id(owner)
     admin = not isinstance(owner, int) and is_admin(owner)
     if not isinstance(owner, int) and owner.role == "service":

@@ -175,6 +175,38 @@ def test_api_queues_and_streams_progress(docs, gen, settings):
         assert bad.status_code == 404
 
 
+def test_synth_output_goes_only_to_the_submitters_names(docs, gen, settings):
+    """The output name is checked at submission (nothing is spent) and again when the job writes
+    it, as its submitter: a name another key owns is 403 for a user, an admin's job may add."""
+    import asyncio
+
+    from studio.access import Forbidden, claim_name, name_owner
+    from studio.data.synth.run import finalize, generate
+
+    with session_scope(settings.db_url) as s:
+        alice, alice_row = create_key(s, "alice", "user")
+        bob, bob_row = create_key(s, "bob", "user")
+        _, admin_row = create_key(s, "root", "admin")
+        ids = alice_row.id, bob_row.id, admin_row.id
+    with TestClient(create_app(settings)) as http:
+        r = http.post("/api/synth", headers=bearer(alice), json={"spec": spec(name="mine").model_dump()})
+        assert r.status_code == 201, r.text
+        with session_scope(settings.db_url) as s:
+            claim_name(s, "dataset", "alice-qa", ids[0])
+        refused = http.post("/api/synth", headers=bearer(bob), json={"spec": spec(name="alice-qa").model_dump()})
+        assert refused.status_code == 403 and "belongs to another key" in refused.json()["detail"]
+        jobs = http.get("/api/jobs", headers=bearer(bob)).json()
+        jobs = jobs.get("jobs", jobs) if isinstance(jobs, dict) else jobs
+        assert [j["name"] for j in jobs if j.get("kind") == "synth"] == ["mine"]
+    src_id, chunks = asyncio.run(generate(spec(name="alice-qa"), docs, "own", client_for(gen)))
+    with pytest.raises(Forbidden, match="'alice-qa' belongs to another key"):
+        finalize(spec(name="alice-qa"), docs, "own", src_id, chunks, owner=ids[1])
+    out = finalize(spec(name="alice-qa"), docs, "own", src_id, chunks, owner=ids[2])
+    assert out["version"] == 1
+    with session_scope(settings.db_url) as s:
+        assert name_owner(s, "dataset", "alice-qa") == ids[0]
+
+
 def test_cli_generate_follow_shows_progress_to_the_snapshot(docs, gen, tmp_path, monkeypatch):
     """`studio data generate --recipe … --local --follow` through the gateway client (pointed at the
     scripted server with STUDIO_GATEWAY_URL): progress to the end, then the new version."""

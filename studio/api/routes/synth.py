@@ -18,6 +18,7 @@ from studio.api.streams import follow_response
 from studio.jobs.queue import HIDDEN_SPEC
 from studio.data import synth
 from studio.data.sources import check_tokenizer
+from studio.data.writer import check_owner
 from studio.data.synth.spec import SynthSpec
 from studio.errors import StudioError
 from studio.recipes import Spec
@@ -36,6 +37,7 @@ async def post_synth(body: SynthRequest, key: KeyDep, settings: SettingsDep) -> 
     """Queue a generation job; poll ``GET /api/synth/{id}`` or stream ``/events``."""
     if body.spec.tokenizer:
         body.spec.tokenizer = check_tokenizer(body.spec.tokenizer, settings, is_admin(key))
+    await run_in_threadpool(check_owner, settings, [body.spec.name], key)  # not after the spend
     job_id = await run_in_threadpool(synth.submit, body.spec, settings, key.name, body.max_retries,
                                      owner_key_id=principal_id(key))
     return synth.status(settings, job_id)
