@@ -122,11 +122,11 @@ def test_a_job_spends_on_a_key_derived_from_its_submitter_and_stops_when_that_ke
 
 
 def test_a_job_without_a_submitter_key_never_falls_back_to_the_admin_key(keyed):
-    """Queued with no studio key (a CLI user, `ray job submit`): the job gets no key, and its
-    gateway client refuses to use the admin key it could find on the node."""
+    """Queued with a key that is gone (or none at all): the job gets no key, and its gateway client
+    refuses to use the admin key it could find on the node ($STUDIO_HOME/admin.key)."""
     settings, client, config = keyed["settings"], keyed["client"], keyed["config"]
     with session_scope(settings.db_url) as s:
-        job_id = create_job(s, name="gateway-nokey", spec={}, max_retries=0, submitted_by="cli:nobody").id
+        job_id = create_job(s, name="gateway-nokey", spec={}, max_retries=0, submitted_by="a-deleted-key").id
     drive(settings, client, status_is(settings, job_id, JobStatus.SUCCEEDED), config=config)
     result = job(settings, job_id).result
     assert result["env"]["api_key_sha256"] is None and result["env"]["leaked"] == []
@@ -134,3 +134,21 @@ def test_a_job_without_a_submitter_key_never_falls_back_to_the_admin_key(keyed):
                                   "(it never uses the admin key)"}]
     assert job_keys(settings, job_id) == []
 
+
+def test_a_job_queued_from_the_cli_spends_on_a_key_derived_from_the_operators(keyed):
+    """`studio eval run` / `studio train submit` run as the operator (they hold the database): the
+    job gets a key derived from the admin key — never the admin key itself."""
+    settings, client, config = keyed["settings"], keyed["client"], keyed["config"]
+    with session_scope(settings.db_url) as s:
+        job_id = create_job(s, name="gateway-cli", spec={}, max_retries=0, submitted_by="cli:operator").id
+        root = s.scalars(select(ApiKey).where(ApiKey.name == "root")).one()
+    drive(settings, client, result_has(settings, job_id, "gateway"), config=config)
+    [key] = job_keys(settings, job_id)
+    assert (key.parent_id, key.role) == (root.id, "admin") and key.key_hash != root.key_hash
+    result = job(settings, job_id).result
+    assert result["env"]["api_key_sha256"] == key.key_hash and result["env"]["leaked"] == []
+    assert result["gateway"][0]["status"] == 503
+    with session_scope(settings.db_url) as s:
+        revoke_key(s, "root")  # the job's key goes with it
+    drive(settings, client, status_is(settings, job_id, JobStatus.SUCCEEDED), config=config)
+    assert job(settings, job_id).result["gateway"][-1]["status"] == 401

@@ -147,8 +147,9 @@ def test_a_queued_job_runs_to_succeeded_and_the_api_shows_it(ray_settings, clien
     wait_ray(client, sid, "SUCCEEDED")
     assert ray_jobs_of(client, job_id) == [sid]
 
-    with session_scope(ray_settings.db_url) as s:
-        key = create_key(s, "reader", "user")[0]
+    with session_scope(ray_settings.db_url) as s:  # logs are the owner's (and admins')
+        key, info = create_key(s, "reader", "user")
+        s.get(Job, job_id).owner_key_id = info.id
     with TestClient(create_app(ray_settings)) as http:
         logs = http.get(f"/api/jobs/{job_id}/logs", headers=bearer(key)).json()
         assert f"fake-train job {job_id} attempt 1 mode ok" in logs["logs"] and logs["submission_id"] == sid
