@@ -58,6 +58,11 @@ def preflight(spec: TrainSpec, session: Session, *, cluster_gpus: float | None =
                           "remove the deepspeed section to train on CPU (plain DDP), or set resources.use_gpu=true")
     if spec.grpo is not None:
         check_grpo(spec)
+    gate_scorer = spec.after_training.scorer if spec.after_training else None
+    if gate_scorer is not None and gate_scorer.type == "http":
+        from studio.evals.scorers.http import check_http_scorer
+
+        check_http_scorer(gate_scorer)  # the auto-eval's evaluator URL passes the egress guard now
     init = resolve_init_adapter(spec, session, base) if spec.init_adapter else (None, None, None)
     dataset_ref = f"{ref.name}@{ref.version}" if ref.name else snap.id
     return ResolvedInputs(base, snap.id, snap.uri, snap.kind, dataset_ref, *init)

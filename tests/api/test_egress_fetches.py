@@ -113,3 +113,12 @@ def test_a_dataset_url_is_guarded_then_read_once_allowed(settings, listener):
     # What ingest then reads it with: fsspec's http filesystem, which the guard admits for this host.
     assert fsspec.filesystem("http").cat_file(url).decode() == ROWS
     assert listener.seen[-1] == "/data.jsonl"
+
+
+def test_an_after_training_evaluator_on_loopback_is_refused_at_submit(client, user_key, settings, tmp_path,
+                                                                      listener):
+    ingest_datasets(settings, tmp_path / "data")
+    spec = train_spec(make_model_dir(tmp_path / "model"),
+                      after_training={"scorer": {"type": "http", "url": f"http://localhost:{listener.port}/s"}})
+    assert_problem(client.post("/api/jobs", headers=bearer(user_key), json=spec), 400, "loopback")
+    assert client.get("/api/jobs", headers=bearer(user_key)).json() == [] and listener.seen == []
