@@ -371,19 +371,20 @@ def job_runtime_env(settings: StudioSettings, config: SchedulerConfig, job_id: i
 
 def submitter_key(session: Session, job: Job) -> ApiKey | None:
     """The key a job spends on: its owner's. Rows without one: an after-training eval (``job:N``)
-    spends on the training job's owner; a job queued from the CLI (``cli:USER``, or a gate eval
-    ``gate:cli:USER``) was queued by the operator, who holds the database, and spends on the
+    spends as training job N does; a job queued from the CLI (``cli``, ``cli:USER``, a gate
+    eval ``gate:cli:USER``) was queued by the operator, who holds the database, and spends on the
     oldest live admin key; a row queued before owners were recorded, on the key it names. None
     when that key is gone or not live: the job then runs without a key."""
     owner, by = job.owner_key_id, (job.submitted_by or "").removeprefix("gate:")
     if owner is None and by.startswith("job:") and by[4:].isdigit():
         parent_job = session.get(Job, int(by[4:]))
-        owner = parent_job.owner_key_id if parent_job is not None else None
+        if parent_job is not None:  # the training job's submitter, whoever that was
+            owner, by = parent_job.owner_key_id, (parent_job.submitted_by or "").removeprefix("gate:")
     if owner is not None:
         key = session.get(ApiKey, owner)
     else:
         stmt = select(ApiKey).where(ApiKey.job_id.is_(None), ApiKey.revoked_at.is_(None))
-        stmt = (stmt.where(ApiKey.role == "admin").order_by(ApiKey.id) if by.startswith("cli:")
+        stmt = (stmt.where(ApiKey.role == "admin").order_by(ApiKey.id) if by.partition(":")[0] == "cli"
                 else stmt.where(ApiKey.name == by))
         key = session.scalars(stmt.limit(1)).first()
     if key is None or key.revoked_at is not None or (key.expires_at and key.expires_at <= utcnow()):
