@@ -160,13 +160,14 @@ def test_client_disconnect_mid_stream_aborts_the_engine_request(studio):
     from deployments.model import deployment_name
 
     model = serve.get_deployment_handle(deployment_name("tiny"), app_name="studio")
-    # Long enough to be still running when the client leaves: 32 sequences × 480 tokens.
-    body = {"model": "tiny", "prompt": "hello", "max_tokens": 480, "n": 32, "temperature": 1.0,
+    # Long enough to be still running when the client leaves: 8 sequences (STUDIO_MAX_N) × 480
+    # tokens.
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 480, "n": 8, "temperature": 1.0,
             "seed": 1}
     started = time.monotonic()
     full = studio["client"].completions.create(**body, extra_body={"ignore_eos": True})
     full_s = time.monotonic() - started
-    assert full.usage.completion_tokens == 32 * 480
+    assert full.usage.completion_tokens == 8 * 480
     with httpx.stream("POST", f"http://127.0.0.1:{studio['port']}/v1/completions",
                       json={**body, "ignore_eos": True, "stream": True}, timeout=30,
                       headers={"Authorization": f"Bearer {studio['key']}"}) as r:
