@@ -21,6 +21,7 @@ process. Any other scheme (ftp, sftp, smb, webhdfs…) is refused.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from functools import partial
@@ -190,7 +191,8 @@ def _guarded_backend(settings: StudioSettings | None):
 
         async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                               local_address: str | None = None, socket_options: Any = None):
-            addresses = await anyio.to_thread.run_sync(partial(check_host, host, port, settings, what=""))
+            check = partial(check_host, host, port, settings, what="")
+            addresses = await anyio.to_thread.run_sync(check)
             error: Exception | None = None
             for address in addresses:
                 try:
@@ -236,8 +238,6 @@ async def _guarded_aiohttp_session(allow: str | None = None, **kwargs: Any):
             self.inner = DefaultResolver()
 
         async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
-            import asyncio
-
             # Checked here, then connected to exactly these addresses (aiohttp uses what we return).
             allowed = set(await asyncio.to_thread(check_host, host, port or 80, settings, what=""))
             return [r for r in await self.inner.resolve(host, port, family) if r["host"] in allowed]
