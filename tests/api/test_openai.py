@@ -1,6 +1,7 @@
 """/v1/* without a Serve application: auth, the 503 when the config serves no models, the request
 fields, caps and key limits decided before the Router is asked, all in OpenAI's error shape; the
-Router's bounded name cache. Serving itself is tested end to end in tests/deployments/test_router.py."""
+Router's bounded name cache. Serving itself is tested end to end in
+tests/deployments/test_router.py."""
 
 from __future__ import annotations
 
