@@ -1,0 +1,77 @@
+"""Schemathesis against the live API's OpenAPI (coverage and fuzzing phases, a `user` key): no
+request it makes may get a 5xx, and none may hang.
+
+The app runs as it does behind Serve, minus Serve: ``create_app`` on a temp SQLite studio home,
+uvicorn on a loopback port, no Ray. Excluded, because they need Serve deployments and answer 503
+without them: ``/v1/*`` (the Router), ``/gateway/v1/*`` (the Gateway) and ``/api/scheduler`` (the
+JobScheduler). The run has a time budget (``--max-time``), so it fits in ``make test`` on a
+2-core machine; it prints the report's case count either way.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from studio.api.app import create_app
+from studio.keys import create_key
+from studio.settings import StudioSettings
+from studio.store.db import get_engine, init_db, session_scope
+from tests.loopback import ServerThread
+
+pytestmark = pytest.mark.slow
+
+BUDGET_S = 110  # schemathesis' own budget; with start-up the test stays under 3 minutes here
+MAX_RESPONSE_S = 10  # slower than this is a hang (follow-streams end after STUDIO_STREAM_MAX_S)
+# One pattern: repeating --exclude-path-regex does not add patterns up (schemathesis 4.x).
+NEEDS_SERVE = r"^/(v1|gateway)/|^/api/scheduler$"
+
+
+@pytest.fixture
+def api(tmp_path: Path):
+    settings = StudioSettings(home=tmp_path / "home", database_url=None, artifacts_uri=None,
+                              mlflow_uri=None, redis_url=None, admin_key=None,
+                              stream_max_s=4.0, stream_idle_s=4.0)
+    init_db(settings.db_url)
+    with session_scope(settings.db_url) as s:
+        user = create_key(s, "fuzz-user", "user")[0]
+        create_key(s, "fuzz-admin", "admin")  # present, as on a real studio; the run uses `user`
+    app = create_app(settings)
+    server = ServerThread(app)
+    # Anything the API calls on itself (the gateway preflight) reaches this server, not :8000.
+    app.state.settings = settings.model_copy(update={"http_port": server.port})
+    server.start()
+    try:
+        yield server.url, user
+    finally:
+        server.stop()
+        get_engine(settings.db_url).dispose()
+
+
+def test_schemathesis_finds_no_server_error_and_no_hang(api, tmp_path):
+    url, user = api
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/api/openapi.json",
+           "-H", f"Authorization: Bearer {user}",
+           "--phases", "coverage,fuzzing", "--checks", "not_a_server_error",
+           "--max-response-time", str(MAX_RESPONSE_S), "--request-timeout", str(2 * MAX_RESPONSE_S),
+           "--exclude-path-regex", NEEDS_SERVE, "--max-time", str(BUDGET_S), "--workers", "2",
+           "--seed", "20261205", "--no-shrink", "--report", "json", "--report-json-path", str(report)]
+    start = time.monotonic()
+    # cwd: schemathesis and hypothesis keep their caches in the working directory.
+    run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=BUDGET_S + 60)
+    took = time.monotonic() - start
+    summary = json.loads(report.read_text()) if report.exists() else {}
+    cases = summary.get("test_cases", {})
+    print(f"schemathesis: {cases.get('generated')} cases in {took:.0f} s, "
+          f"{cases.get('unique_failures')} unique failures, {len(summary.get('errors', []))} errors, "
+          f"operations {summary.get('operations', {}).get('tested')}/{summary.get('operations', {}).get('total')}")
+    failures = run.stdout[run.stdout.find("FAILURES"):] if "FAILURES" in run.stdout else run.stdout[-4000:]
+    assert run.returncode == 0, failures + run.stderr[-2000:]
+    assert cases.get("generated", 0) > 1000 and cases.get("unique_failures") == 0
+    assert summary["operations"]["tested"] >= 50  # the run reached the API, not just the schema
