@@ -61,6 +61,13 @@ def test_cache_key_depends_on_what_changes_the_answer_only():
     assert cache_key("other", "chat", base) != key
 
 
+def test_cache_key_is_per_principal_key():
+    body = {"model": "m", "messages": MSG, "temperature": 0}
+    assert cache_key("ns", "chat", body, 1) == cache_key("ns", "chat", body, 1)
+    assert cache_key("ns", "chat", body, 1) != cache_key("ns", "chat", body, 2)
+    assert cache_key("ns", "chat", body, 1) != cache_key("ns", "chat", body)
+
+
 def test_in_process_store_roundtrip(namespace):
     async def go():
         store = KVStore(None, namespace)
