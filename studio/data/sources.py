@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from studio.access import Forbidden
 from studio.data.kinds import RowError
 from studio.egress import guard_url
 from studio.errors import StudioError
@@ -31,10 +32,6 @@ DOCUMENT_FORMATS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdo
                     ".html": "html", ".htm": "html", ".pdf": "pdf"}
 TEXT_SNIFF_BYTES = 64 * 1024
 MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
-
-
-class Refused(StudioError):
-    status_code = 403
 
 
 def allowed_roots(settings: StudioSettings) -> list[str]:
@@ -76,7 +73,7 @@ def check_path_syntax(source: str, what: str = "path") -> str:
     if "\x00" in plain:
         raise StudioError(f"{what} {source!r} holds a NUL byte", "pass a plain path")
     if ".." in _parts(plain.split("://", 1)[-1]):
-        raise Refused(f"{what} {source!r} contains '..'"
+        raise Forbidden(f"{what} {source!r} contains '..'"
                       + (" once URL-decoded" if ".." not in _parts(source) else "") + "; refused",
                       "pass the path without '..' components (an absolute path works)")
     return source
@@ -99,7 +96,7 @@ def check_allowed(source: str, settings: StudioSettings, what: str = "path") -> 
             if source == r or source.startswith(r.rstrip("/") + "/"):
                 _refuse_hidden(source, r.rstrip("/"), what)
                 return guard_url(source, settings, what=f"dataset {what}")  # no loopback/private/metadata hosts
-        raise Refused(f"URL {source!r} is outside the allowed data roots",
+        raise Forbidden(f"URL {source!r} is outside the allowed data roots",
                       "add its prefix to STUDIO_DATA_ROOTS (comma-separated)")
     given = source.removeprefix("file://")
     if not os.path.isabs(given):
@@ -112,14 +109,14 @@ def check_allowed(source: str, settings: StudioSettings, what: str = "path") -> 
             if local != os.path.normpath(given):  # the link's own path may hide a component
                 _refuse_hidden(os.path.normpath(given), r, what)
             return local
-    raise Refused(f"{what} {local} is outside the allowed data roots ({', '.join(roots)})",
+    raise Forbidden(f"{what} {local} is outside the allowed data roots ({', '.join(roots)})",
                   "move the data under one of them or add its directory to STUDIO_DATA_ROOTS")
 
 
 def _refuse_hidden(path: str, root: str, what: str) -> None:
     hidden = _hidden_below(path, root)
     if hidden is not None:
-        raise Refused(f"{what} {path} has a hidden component {hidden!r}; refused (secrets such as "
+        raise Forbidden(f"{what} {path} has a hidden component {hidden!r}; refused (secrets such as "
                       ".ssh and .env live there)", "move the data to a folder without a leading '.'")
 
 
@@ -145,7 +142,7 @@ def check_tokenizer(tokenizer: str, settings: StudioSettings, admin: bool) -> st
             return str(settings.models_dir / name)
         if not os.path.exists(name):  # else a relative path in the server's working directory
             return name
-    raise Refused(f"tokenizer {tokenizer!r} names a server path outside {models}",
+    raise Forbidden(f"tokenizer {tokenizer!r} names a server path outside {models}",
                   "name a model under $STUDIO_HOME/models (its folder name or path) or a hub id "
                   "such as 'gpt2'")
 
