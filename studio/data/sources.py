@@ -74,8 +74,8 @@ def check_path_syntax(source: str, what: str = "path") -> str:
         raise StudioError(f"{what} {source!r} holds a NUL byte", "pass a plain path")
     if ".." in _parts(plain.split("://", 1)[-1]):
         raise Forbidden(f"{what} {source!r} contains '..'"
-                      + (" once URL-decoded" if ".." not in _parts(source) else "") + "; refused",
-                      "pass the path without '..' components (an absolute path works)")
+                        + (" once URL-decoded" if ".." not in _parts(source) else "") + "; refused",
+                        "pass the path without '..' components (an absolute path works)")
     return source
 
 
@@ -97,7 +97,7 @@ def check_allowed(source: str, settings: StudioSettings, what: str = "path") -> 
                 _refuse_hidden(source, r.rstrip("/"), what)
                 return guard_url(source, settings, what=f"dataset {what}")  # no loopback/private/metadata hosts
         raise Forbidden(f"URL {source!r} is outside the allowed data roots",
-                      "add its prefix to STUDIO_DATA_ROOTS (comma-separated)")
+                        "add its prefix to STUDIO_DATA_ROOTS (comma-separated)")
     given = source.removeprefix("file://")
     if not os.path.isabs(given):
         raise StudioError(f"{what} {source!r} is not absolute",
@@ -110,14 +110,14 @@ def check_allowed(source: str, settings: StudioSettings, what: str = "path") -> 
                 _refuse_hidden(os.path.normpath(given), r, what)
             return local
     raise Forbidden(f"{what} {local} is outside the allowed data roots ({', '.join(roots)})",
-                  "move the data under one of them or add its directory to STUDIO_DATA_ROOTS")
+                    "move the data under one of them or add its directory to STUDIO_DATA_ROOTS")
 
 
 def _refuse_hidden(path: str, root: str, what: str) -> None:
     hidden = _hidden_below(path, root)
     if hidden is not None:
         raise Forbidden(f"{what} {path} has a hidden component {hidden!r}; refused (secrets such as "
-                      ".ssh and .env live there)", "move the data to a folder without a leading '.'")
+                        ".ssh and .env live there)", "move the data to a folder without a leading '.'")
 
 
 # A Hugging Face hub id ("gpt2", "org/model"): no leading '/', '.' or '~', at most one '/'.
@@ -143,8 +143,8 @@ def check_tokenizer(tokenizer: str, settings: StudioSettings, admin: bool) -> st
         if not os.path.exists(name):  # else a relative path in the server's working directory
             return name
     raise Forbidden(f"tokenizer {tokenizer!r} names a server path outside {models}",
-                  "name a model under $STUDIO_HOME/models (its folder name or path) or a hub id "
-                  "such as 'gpt2'")
+                    "name a model under $STUDIO_HOME/models (its folder name or path) or a hub id "
+                    "such as 'gpt2'")
 
 
 @dataclass
