@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from deployments.gateway import Gateway
 from deployments.ingress import ApiIngress
@@ -34,6 +35,11 @@ class IngressConfig(Spec):
         default=1024, ge=1, description="HTTP requests one ingress replica handles at once "
         "(streams included) before Serve queues them; Serve's own default of 5 would queue the "
         "6th concurrent chat completion.")
+    max_queued_requests: int = Field(
+        default=1024, ge=1, description="Requests Serve queues for the ingress once every replica "
+        "has max_ongoing_requests; past it Serve answers 503 with Retry-After (its own default "
+        "is no cap: a flood would queue until memory runs out).")
+    retry_after_s: float = Field(default=5.0, ge=0, description="Retry-After of that 503.")
 
 
 class SchedulerArgs(SchedulerConfig):
@@ -164,5 +170,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     return ApiIngress.options(
         num_replicas=cfg.ingress.num_replicas,
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
+        max_queued_requests=cfg.ingress.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=cfg.ingress.retry_after_s),
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus, "runtime_env": {"env_vars": {**env, **admin}}},
     ).bind(scheduler, router, gateway=gateway)

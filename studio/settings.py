@@ -101,9 +101,10 @@ class StudioSettings(BaseSettings):
         "so (STUDIO_STREAM_IDLE_S); heartbeats do not count.",
     )
     stream_max_s: float = Field(
-        default=3600.0, gt=0,
+        default=1800.0, gt=0,
         description="Longest a follow-stream stays open (STUDIO_STREAM_MAX_S); it then ends with an "
-        "`error` event and the client reconnects.",
+        "`error` event and the client reconnects. Keep it under Serve's request_timeout_s (1860 s "
+        "in configs/serve/*.yaml).",
     )
     egress_allow: str | None = Field(
         default=None,

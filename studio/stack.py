@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from studio.errors import StudioError, Unavailable
-from studio.ray_auth import ray_auth_token
+from studio.ray_auth import ray_auth_token, restrict_token_file
 from studio.recipes import read_yaml
 from studio.settings import StudioSettings, settings_env
 
@@ -192,6 +192,7 @@ def _ensure_ray_token(env: dict[str, str]) -> None:
     if env["RAY_AUTH_MODE"] == "token" and ray_auth_token() is None:
         subprocess.run([_ray_executable(), "get-auth-token", "--generate"], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    restrict_token_file()  # Ray writes it 644: readable by every user of the machine
 
 
 def _kill_group(pid: int, timeout_s: float = 45.0) -> None:
@@ -292,6 +293,13 @@ def load_serve_config(path: str | Path | None = None) -> dict[str, Any]:
     raise StudioError(f"{path} has no application named {APP_NAME!r}", "add it under `applications:`")
 
 
+def serve_timeouts(path: str | Path | None = None) -> dict[str, Any]:
+    """The config file's HTTP timeouts (``request_timeout_s``, ``keep_alive_timeout_s``); its host
+    and port give way to STUDIO_HTTP_HOST/PORT. Applied only when Serve starts."""
+    http = read_yaml(Path(path) if path else DEFAULT_SERVE_CONFIG).get("http_options") or {}
+    return {k: http[k] for k in ("request_timeout_s", "keep_alive_timeout_s") if k in http}
+
+
 def deploy(settings: StudioSettings, serve_config: str | Path | None = None, wait_s: float = 180.0) -> None:
     """Deploy (or update) the studio application on the connected Ray cluster."""
     from ray import serve
@@ -300,7 +308,8 @@ def deploy(settings: StudioSettings, serve_config: str | Path | None = None, wai
 
     app_cfg = load_serve_config(serve_config)
     connect(settings)
-    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port,
+                              **serve_timeouts(serve_config)})
     serve.run(build_app(app_cfg.get("args") or {}), name=APP_NAME,
               route_prefix=app_cfg.get("route_prefix", "/"), blocking=False)
     deadline = time.monotonic() + wait_s

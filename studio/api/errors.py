@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from python_multipart.exceptions import MultipartParseError
+from ray.serve.exceptions import BackPressureError
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
@@ -87,6 +88,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(sa_exc.TimeoutError)
     async def _pool_timeout(request: Request, exc: sa_exc.TimeoutError):
         return _db_unavailable(request, exc)
+
+    @app.exception_handler(BackPressureError)
+    async def _queue_full(request: Request, exc: BackPressureError):
+        # A deployment behind the ingress (max_queued_requests) is full: busy, not broken.
+        return error_response(request, 503, "the serving queue is full", f"retry in {RETRY_AFTER_S} s",
+                              headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(OverflowError)
     async def _overflow(request: Request, exc: OverflowError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -274,3 +275,27 @@ def test_a_stream_has_heartbeats_and_ends_when_idle_or_too_old():
     got = asyncio.run(collect(slow(100, 0.05), idle_s=5, max_s=0.5, heartbeat_s=0.1))
     assert got[-1].startswith("event: error") and "STUDIO_STREAM_MAX_S" in got[-1]
     assert time.monotonic() - t < 2 and 5 <= len([g for g in got if g.startswith("event: status")]) < 12
+
+
+# --- Serve: request timeouts and queue caps -------------------------------------------------
+
+@pytest.mark.parametrize("config", sorted(Path("configs/serve").glob("studio*.yaml")), ids=lambda p: p.name)
+def test_serve_configs_time_requests_out_after_the_longest_stream(config):
+    from ray.serve.schema import HTTPOptionsSchema
+
+    from studio.recipes import read_yaml
+    from studio.stack import serve_timeouts
+
+    http = HTTPOptionsSchema.model_validate(read_yaml(config)["http_options"])
+    assert http.request_timeout_s and http.request_timeout_s > StudioSettings().stream_max_s
+    assert serve_timeouts(config)["request_timeout_s"] == http.request_timeout_s  # what `studio up` applies
+
+
+def test_the_ingress_queue_is_capped_and_answers_503_with_retry_after():
+    from deployments.app import build_app
+
+    app = build_app({"scheduler": {"enabled": False}, "gateway": {"enabled": False},
+                     "ingress": {"max_queued_requests": 64}})
+    config = app._bound_deployment._deployment_config
+    assert config.max_queued_requests == 64
+    assert (config.backpressure_config.status_code, config.backpressure_config.retry_after_s) == (503, 5.0)
