@@ -27,4 +27,18 @@ def ray_auth_token_source() -> str:
     if os.environ.get("RAY_AUTH_TOKEN"):
         return "the RAY_AUTH_TOKEN environment variable"
     path = ray_auth_token_path()
-    return f"{path} (mode {path.stat().st_mode & 0o777:o})" if path.is_file() else f"{path} (none yet)"
+    if not path.is_file():
+        return f"{path} (none yet)"
+    mode = path.stat().st_mode & 0o777
+    return f"{path} (mode {mode:o}" + (": other users can read it; chmod 600 it)" if mode & 0o077 else ")")
+
+
+def restrict_token_file() -> None:
+    """Make the token file readable by its owner only (Ray creates it 644). Left alone when it
+    belongs to another user."""
+    path = ray_auth_token_path()
+    try:
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError:
+        pass

@@ -127,3 +127,16 @@ def test_the_admin_key_and_provider_keys_stay_out_of_the_head(monkeypatch):
     spec = {"groups": [{"name": "g", "provider": "openai", "model": "m", "api_key_env": "TEAM_OPENAI_KEY"}]}
     assert provider_key_envs({"gateway": {"spec": spec}}) == ("TEAM_OPENAI_KEY",)
     assert provider_key_envs({"gateway": {"enabled": False}}) == ()
+
+
+def test_status_warns_of_a_token_other_users_can_read_and_up_restricts_it(tmp_path: Path, monkeypatch):
+    from studio.ray_auth import ray_auth_token_source, restrict_token_file
+
+    token = tmp_path / "auth_token"
+    token.write_text("t\n")
+    token.chmod(0o644)  # as `ray get-auth-token --generate` writes it
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    assert ray_auth_token_source() == f"{token} (mode 644: other users can read it; chmod 600 it)"
+    restrict_token_file()  # what `studio up` does before it starts the head
+    assert token.stat().st_mode & 0o777 == 0o600 and ray_auth_token_source() == f"{token} (mode 600)"
