@@ -112,9 +112,8 @@ def _ray_executable() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
-# Never in the head's environment, which every Ray worker (a job included) inherits: the admin key,
-# the operator's own key. Provider keys are withheld too (``up`` names them): they travel to the
-# gateway replicas only, in their runtime_env (deployments.app).
+# Not in the head's environment, which every Ray worker (a job too) inherits; nor are provider keys
+# (``up`` names them): deployments.app hands them to the gateway replicas' runtime_env only.
 HEAD_WITHHELD = ("STUDIO_ADMIN_KEY", "STUDIO_API_KEY")
 
 
