@@ -324,6 +324,33 @@ def test_an_abandoned_upload_leaves_nothing_behind(app_settings):
     assert uploads(app_settings) == []
 
 
+def test_a_client_that_hangs_up_mid_upload_leaves_nothing(app_settings, user):
+    """Over a real socket (uvicorn on loopback): headers promise 1 MiB, a part of the file is sent,
+    the client closes the connection. The server drops what it had written."""
+    import socket
+
+    from tests.loopback import ServerThread
+
+    server = ServerThread(create_app(app_settings)).start()
+    try:
+        head = part("name", b"gone") + (b'--b\r\nContent-Disposition: form-data; name="file"; '
+                                         b'filename="d.jsonl"\r\n\r\n')
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall((f"POST /api/datasets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user}\r\n"
+                          "Content-Type: multipart/form-data; boundary=b\r\n"
+                          f"Content-Length: {2**20}\r\n\r\n").encode() + head + GOOD_FILE * 20)
+            deadline = time.monotonic() + 10  # the part file exists while the body streams
+            while not uploads(app_settings) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert uploads(app_settings), "the upload never reached the artifact store"
+        deadline = time.monotonic() + 10
+        while uploads(app_settings) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert uploads(app_settings) == [] and temp_files() == []
+    finally:
+        server.stop()
+
+
 # --- the operator's CLI ---------------------------------------------------------------------------
 
 
