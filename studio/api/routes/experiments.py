@@ -118,4 +118,4 @@ async def post_export(alias: str, body: ExportRequest, key: UserOrAdminDep,
 
     await asyncio.to_thread(_owner_check, settings.db_url, key, alias, "export its feedback")
     await _flush_log(request)
-    return await asyncio.to_thread(export_preferences, settings, alias, body.name)
+    return await asyncio.to_thread(export_preferences, settings, alias, body.name, key)
