@@ -162,10 +162,13 @@ def create_job_key(session: Session, submitter: ApiKey, job_id: int, ttl: timede
 
 def revoke_job_keys(session: Session, unless_job_in: Select) -> int:
     """Revoke every live job key whose job is not in ``unless_job_in`` (a select of job ids: the
-    jobs on Ray). Returns how many."""
-    return session.execute(update(ApiKey).where(ApiKey.job_id.is_not(None), ApiKey.revoked_at.is_(None),
-                                                ApiKey.job_id.not_in(unless_job_in))
-                           .values(revoked_at=utcnow())).rowcount
+    jobs on Ray). Returns how many. Reads first: the scheduler calls this every pass, and on
+    SQLite even an UPDATE that matches nothing takes the write lock."""
+    ids = list(session.scalars(select(ApiKey.id).where(ApiKey.job_id.is_not(None), ApiKey.revoked_at.is_(None),
+                                                       ApiKey.job_id.not_in(unless_job_in))))
+    if ids:
+        session.execute(update(ApiKey).where(ApiKey.id.in_(ids)).values(revoked_at=utcnow()))
+    return len(ids)
 
 
 def revoke_key_id(session: Session, key_id: int) -> None:
