@@ -83,9 +83,9 @@ async def completions(key: KeyDep, request: Request, body: CompletionRequest):
 
 async def _forward(request: Request, key: ApiKey, endpoint: str,
                    req: ChatCompletionRequest | CompletionRequest) -> JSONResponse:
-    handle = _gateway(request)
     check_caps(req, RequestCaps.of(request.app.state.settings))
     ctx = call_context(key, request)
+    handle = _gateway(request)
     body = req.fields()  # the gateway validates these again: it is the one that calls out
     if body.get("stream"):
         return await _stream(handle, endpoint, body, ctx)
