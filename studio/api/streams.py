@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import weakref
@@ -26,6 +27,7 @@ from studio.access import principal_id
 from studio.errors import StudioError
 from studio.store.models import ApiKey
 
+log = logging.getLogger(__name__)
 HEARTBEAT_S = 15.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -101,6 +103,11 @@ async def bounded(events: AsyncIterator[str], idle_s: float, max_s: float,
                 try:
                     chunk = pending.result()
                 except StopAsyncIteration:
+                    return
+                except Exception as e:  # noqa: BLE001 — headers are sent: end with an event, not a cut
+                    log.warning("follow-stream stopped: %s", e, exc_info=e)
+                    yield sse("error", {"detail": f"the stream stopped ({type(e).__name__})",
+                                        "fix": "reconnect in a few seconds; see the server log if it persists"})
                     return
                 pending = None
                 last = time.monotonic()

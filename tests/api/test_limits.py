@@ -299,3 +299,16 @@ def test_the_ingress_queue_is_capped_and_answers_503_with_retry_after():
     config = app._bound_deployment._deployment_config
     assert config.max_queued_requests == 64
     assert (config.backpressure_config.status_code, config.backpressure_config.retry_after_s) == (503, 5.0)
+
+
+def test_a_stream_whose_source_fails_ends_with_an_error_event():
+    async def breaks():
+        yield "event: status\ndata: 0\n\n"
+        raise ConnectionError("database went away")
+
+    async def collect():
+        return [chunk async for chunk in bounded(breaks(), idle_s=5, max_s=5)]
+
+    got = asyncio.run(collect())
+    assert got[0] == "event: status\ndata: 0\n\n"
+    assert got[-1].startswith("event: error") and "ConnectionError" in got[-1]
