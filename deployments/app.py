@@ -130,9 +130,13 @@ def _gateway_spec(cfg: GatewayArgs):
 
 def provider_key_envs(args: dict[str, Any] | None) -> tuple[str, ...]:
     """The provider key variables (``api_key_env``) the gateway of this app config reads: only
-    its replicas get them, so `studio up` keeps them out of the Ray head's environment."""
-    cfg = validate_spec(AppArgs, dict(args or {}), "serve application args")
-    return tuple(sorted(_gateway_spec(cfg.gateway).key_envs())) if cfg.gateway.enabled else ()
+    its replicas get them, so `studio up` keeps them out of the Ray head's environment, and jobs
+    get them emptied."""
+    return _provider_keys(validate_spec(AppArgs, dict(args or {}), "serve application args").gateway)
+
+
+def _provider_keys(cfg: GatewayArgs) -> tuple[str, ...]:
+    return tuple(sorted(_gateway_spec(cfg).key_envs())) if cfg.enabled else ()
 
 
 def build_gateway(cfg: GatewayArgs, router, env: dict[str, str]):
@@ -159,7 +163,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         scheduler = JobScheduler.options(
             num_replicas=1,
             ray_actor_options={"num_cpus": cfg.scheduler.num_cpus, "runtime_env": {"env_vars": env}},
-        ).bind(cfg.scheduler.model_dump(exclude={"enabled", "num_cpus"}))
+        ).bind({**cfg.scheduler.model_dump(exclude={"enabled", "num_cpus"}),
+                "withheld_env": sorted({*cfg.scheduler.withheld_env, *_provider_keys(cfg.gateway)})})
     router = build_router(cfg.models, cfg.router_num_cpus, env)
     gateway = build_gateway(cfg.gateway, router, env)
     # The API checks model names against the gateway with the admin key (studio.evals.queue): the

@@ -91,6 +91,11 @@ class SchedulerConfig(Spec):
     ray_address: str | None = Field(
         default=None,
         description="Ray Jobs API address; default: the cluster the scheduler runs in.")
+    withheld_env: list[str] = Field(
+        default_factory=list,
+        description="Variables emptied in every job's environment: secrets a node's environment may "
+        "hold that no job may read (build_app adds the gateway's provider key variables; "
+        "STUDIO_ADMIN_KEY and STUDIO_API_KEY are always emptied).")
     job_key_ttl_h: float = Field(
         default=48.0, gt=0,
         description="Hours a job's key (derived from its submitter's, in its STUDIO_API_KEY) stays "
@@ -358,14 +363,16 @@ JOB_KEY_VARS = ("STUDIO_ADMIN_KEY", "STUDIO_API_KEY")
 def job_runtime_env(settings: StudioSettings, config: SchedulerConfig, job_id: int | None = None,
                     api_key: str | None = None) -> dict[str, Any]:
     """The Ray runtime_env of a job: the config's, the studio's settings, the job's id and key.
-    Nothing else secret: provider keys reach the gateway replicas only (``deployments.app``), and
-    the head ``studio up`` starts has them (and the admin key) removed from its environment."""
+    Nothing else secret: the head ``studio up`` starts holds no admin or provider key, and on a
+    cluster whose nodes' environment does, the job's copy of them is emptied (``withheld_env``):
+    a runtime_env cannot unset a variable, but it can override it."""
     env = {k: v for k, v in config.runtime_env.items() if k != "env_vars"}
     auth = {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]} if os.environ.get("RAY_AUTH_MODE") else {}
+    blank = dict.fromkeys((*JOB_KEY_VARS, *config.withheld_env), "")
     job = {"STUDIO_JOB_ID": str(job_id)} if job_id is not None else {}
     key = {"STUDIO_API_KEY": api_key} if api_key else {}
     env["env_vars"] = {**(config.runtime_env.get("env_vars") or {}), **auth, **settings_env(settings),
-                       **job, **key}
+                       **blank, **job, **key}
     return env
 
 

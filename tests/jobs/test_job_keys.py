@@ -2,8 +2,9 @@
 runtime_env, revoked when the run ends; revoking the submitter's key stops the running job's calls;
 the admin key and the provider keys never reach a job's environment.
 
-A real local Ray head (started as `studio up` starts it, with an admin key and a provider key in the
-environment it is started from), the real scheduler, the real studio API on loopback (its
+A real local Ray head (started as `studio up` starts it from an environment holding the admin key,
+which it withholds, and a provider key, which it does not: as on a cluster whose nodes hold it, the
+scheduler empties it in each job's environment), the real scheduler, the real studio API on loopback (its
 /gateway/v1 checks the key, then answers 503: no gateway is deployed) and tests/jobs/fake_train.py
 in its ``gateway`` mode, which calls that API through studio.gateway.Client as eval/synth jobs do.
 """
@@ -57,9 +58,7 @@ def keyed(tmp_path_factory) -> Iterator[dict]:
     saved = {k: os.environ.get(k) for k in ("STUDIO_ADMIN_KEY", "OPENAI_API_KEY")}
     os.environ.update(STUDIO_ADMIN_KEY=ADMIN_SECRET, OPENAI_API_KEY=PROVIDER_SECRET)
     try:
-        withheld = provider_key_envs(stack.load_serve_config().get("args"))
-        assert "OPENAI_API_KEY" in withheld  # configs/gateway.yaml names it
-        stack.start_head(settings, withhold=withheld)
+        stack.start_head(settings)  # withholds STUDIO_ADMIN_KEY; OPENAI_API_KEY reaches the raylet
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -67,7 +66,10 @@ def keyed(tmp_path_factory) -> Iterator[dict]:
     env_vars = {**CONFIG.runtime_env["env_vars"], "STUDIO_GATEWAY_URL": f"{api.url}/gateway/v1",
                 # Reversed: the job's own runtime_env (in its environment too) must not hold them.
                 "FAKE_TRAIN_SECRETS": f"{ADMIN_SECRET[::-1]},{PROVIDER_SECRET[::-1]}"}
-    config = CONFIG.model_copy(update={"runtime_env": {"env_vars": env_vars}, "job_key_ttl_h": 2.0})
+    withheld = list(provider_key_envs(stack.load_serve_config().get("args")))  # as build_app sets it
+    assert "OPENAI_API_KEY" in withheld  # configs/gateway.yaml names it
+    config = CONFIG.model_copy(update={"runtime_env": {"env_vars": env_vars}, "job_key_ttl_h": 2.0,
+                                       "withheld_env": withheld})
     try:
         yield {"settings": settings, "client": ray_jobs.jobs_client(settings), "config": config}
     finally:
