@@ -75,3 +75,22 @@ def write_wrapper(path: Path, real: str) -> None:
     tmp.write_text(wrapper_script(real))
     tmp.chmod(0o755)
     tmp.replace(path)  # atomic: a HAProxy (re)start never runs a half-written script
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m studio.haproxy PATH``: write the wrapper at PATH (for the nodes of a cluster you
+    start yourself; export ``RAY_SERVE_HAPROXY_BINARY_PATH=PATH`` before their ``ray start``)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    real = real_binary()
+    if len(args) != 1 or real is None:
+        print("usage: python -m studio.haproxy PATH (needs an HAProxy: ray[serve] bundles one)", file=sys.stderr)
+        return 2
+    write_wrapper(Path(args[0]), real)
+    print(f"export {BINARY_VAR}={args[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

