@@ -106,11 +106,24 @@ def check_allowed(source: str, settings: StudioSettings, what: str = "path") -> 
     for r in (r for r in roots if not _is_url(r)):
         if local == r or local.startswith(r.rstrip(os.sep) + os.sep):
             _refuse_hidden(local, r, what)
-            if local != os.path.normpath(given):  # the link's own path may hide a component
-                _refuse_hidden(os.path.normpath(given), r, what)
+            hidden = _hidden_in_link(os.path.normpath(given), r)
+            if hidden is not None:  # roots/.hidden/link -> roots/visible: the link's own path hides one
+                raise Forbidden(f"{what} {given} has a hidden component {hidden!r}; refused",
+                                "move the data to a folder without a leading '.'")
             return local
     raise Forbidden(f"{what} {local} is outside the allowed data roots ({', '.join(roots)})",
                     "move the data under one of them or add its directory to STUDIO_DATA_ROOTS")
+
+
+def _hidden_in_link(given: str, root: str) -> str | None:
+    """A hidden component of the path as given, below the first prefix of it that resolves into
+    ``root`` (the root itself may be reached through a link or a dotted name, like ./.studio)."""
+    parts = Path(given).parts
+    for i in range(1, len(parts) + 1):
+        here = str(Path(*parts[:i]).resolve())
+        if here == root or here.startswith(root.rstrip(os.sep) + os.sep):
+            return next((p for p in parts[i:] if _decoded(p).startswith(".")), None)
+    return None
 
 
 def _refuse_hidden(path: str, root: str, what: str) -> None:

@@ -125,7 +125,22 @@ def test_hidden_components_are_refused(client, admin, roots):
     assert_problem(ingest(client, admin, f"{roots}/%2essh/id_rsa.jsonl"), 403, "hidden component")
     (roots / "visible.jsonl").symlink_to(roots / ".ssh" / "id_rsa.jsonl")  # a link into a hidden folder
     assert_problem(ingest(client, admin, str(roots / "visible.jsonl")), 403, "hidden component")
+    (roots / ".hidden").mkdir()  # a link inside a hidden folder, pointing at a visible file
+    (roots / ".hidden" / "link.jsonl").symlink_to(roots / "ok.jsonl")
+    assert_problem(ingest(client, admin, str(roots / ".hidden" / "link.jsonl")), 403, "hidden component")
     assert names(client, admin) == []
+
+
+def test_a_root_reached_through_a_link_or_a_dotted_name_is_still_the_root(client, admin, roots, tmp_path):
+    """Only components below the root count: the default root is ./.studio."""
+    (tmp_path / ".alias").symlink_to(roots)
+    assert ingest(client, admin, str(tmp_path / ".alias" / "ok.jsonl"), "ok").status_code == 201
+    (roots / "sub").mkdir()
+    (roots / "sub" / "x.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    assert_problem(ingest(client, admin, str(tmp_path / ".alias" / ".." / "shared" / "sub" / "x.jsonl")),
+                   403, "'..'")
+    (tmp_path / ".alias2").symlink_to(roots / "sub")
+    assert ingest(client, admin, str(tmp_path / ".alias2" / "x.jsonl"), "x").status_code == 201
 
 
 @pytest.mark.parametrize("source, detail", [("", "is empty"), ("   ", "is empty"),
