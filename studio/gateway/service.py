@@ -140,7 +140,7 @@ class GatewayService:
                 job_slot = await self.limiter.acquire_job(
                     ctx.job_id, ctx.job_concurrency or self.spec.default_job_concurrency,
                     scope=ctx.key.key_id)
-                gen, first, meta, answered_by = await self._open_stream(endpoint, body)
+                gen, first, meta, answered_by = await self._open_stream(endpoint, body, ctx.principal_id)
             except StudioError as e:
                 row.status, row.error = e.status_code, str(e)[:1024]
                 headers = {"Retry-After": str(e.retry_after_s)} if isinstance(e, RateLimited) \
@@ -179,9 +179,10 @@ class GatewayService:
             row.latency_ms = latency_s * 1000
             self.usage.record(row)
 
-    async def _open_stream(self, endpoint: str, body: dict):
+    async def _open_stream(self, endpoint: str, body: dict, owner: int | None = None):
         """(generator, first SSE chunk, Router meta, group that answers), walking the fallbacks
-        until a studio model starts answering."""
+        until a studio model starts answering. ``owner``: the caller's principal key, recorded
+        with the logged completion (its feedback is that key's)."""
 
         async def start(name: str):
             entries = self._groups.get(name)
@@ -193,17 +194,18 @@ class GatewayService:
                 raise self._unknown(name)
             model = entries[0].model if entries else name
             timeout = (entries[0].timeout_s if entries else None) or self.spec.router.timeout_s
-            return (*await self._start_studio_stream(endpoint, name, model, body, timeout), name)
+            return (*await self._start_studio_stream(endpoint, name, model, body, timeout, owner),
+                    name)
 
         return await self._with_fallbacks(body["model"], start)
 
     async def _start_studio_stream(self, endpoint: str, group: str, model: str, body: dict,
-                                   timeout_s: float):
+                                   timeout_s: float, owner: int | None = None):
         if self.studio_router is None:
             raise UpstreamError(f"group {group!r} is served by the studio Router, but this "
                                 "studio serves no models", "add a models: section to the serve "
                                 "config", status=503)
-        gen = self.studio_router.stream(endpoint, {**body, "model": model})
+        gen = self.studio_router.stream(endpoint, {**body, "model": model}, owner_key_id=owner)
 
         async def head():
             meta = await gen.__anext__()
@@ -280,7 +282,7 @@ class GatewayService:
                 row.model_group, row.deployment, row.cache_hit = info["model_group"], \
                     info["deployment"], True
                 return out, {"x-studio-cache": "hit"}
-        out, answered_by, deployment, cost = await self._call_with_fallbacks(endpoint, body)
+        out, answered_by, deployment, cost = await self._call_with_fallbacks(endpoint, body, scope)
         usage = out.get("usage") or {}
         row.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         row.completion_tokens = int(usage.get("completion_tokens") or 0)
@@ -299,9 +301,9 @@ class GatewayService:
             await self.store.set(ckey, json.dumps(out), self.spec.cache.ttl_s)
         return out, {"x-studio-cache": "miss"}
 
-    async def _call_with_fallbacks(self, endpoint: str, body: dict):
+    async def _call_with_fallbacks(self, endpoint: str, body: dict, owner: int | None = None):
         return await self._with_fallbacks(
-            body["model"], lambda name: self._call_group(endpoint, name, body))
+            body["model"], lambda name: self._call_group(endpoint, name, body, owner))
 
     async def _with_fallbacks(self, group: str, attempt):
         """``await attempt(name)`` for the group, then its fallbacks, until one answers; the
@@ -321,15 +323,15 @@ class GatewayService:
                 logger.warning("gateway: group %s failed (%s); falling back", name, e.problem)
         raise AssertionError("unreachable")
 
-    async def _call_group(self, endpoint: str, name: str, body: dict):
+    async def _call_group(self, endpoint: str, name: str, body: dict, owner: int | None = None):
         entries = self._groups.get(name)
         if entries is None:
             if self.spec.studio_models.enabled and self.studio_router is not None:
-                return await self._call_studio(endpoint, name, name, body)
+                return await self._call_studio(endpoint, name, name, body, owner=owner)
             raise self._unknown(name)
         if entries[0].provider == Provider.studio:
             timeout = entries[0].timeout_s or self.spec.router.timeout_s
-            return await self._call_studio(endpoint, name, entries[0].model, body, timeout)
+            return await self._call_studio(endpoint, name, entries[0].model, body, timeout, owner)
         return await call_provider(self.llm, self.spec, endpoint, name, body)
 
     def _unknown(self, name: str, studio_too: bool = False) -> UpstreamError:
@@ -341,12 +343,12 @@ class GatewayService:
                              fallback_ok=False)
 
     async def _call_studio(self, endpoint: str, group: str, model: str, body: dict,
-                           timeout_s: float | None = None):
+                           timeout_s: float | None = None, owner: int | None = None):
         if self.studio_router is None:
             raise UpstreamError(f"group {group!r} is served by the studio Router, but this "
                                 "studio serves no models", "add a models: section to the serve "
                                 "config", status=503)
-        gen = self.studio_router.stream(endpoint, {**body, "model": model})
+        gen = self.studio_router.stream(endpoint, {**body, "model": model}, owner_key_id=owner)
         try:
             first, item = await asyncio.wait_for(self._two(gen),
                                                  timeout_s or self.spec.router.timeout_s)

@@ -225,9 +225,11 @@ class ServeSide:
 
     def __init__(self):
         self.bodies: list[dict] = []
+        self.owners: list[int | None] = []
 
-    async def stream(self, endpoint: str, body: dict):
+    async def stream(self, endpoint: str, body: dict, owner_key_id: int | None = None):
         self.bodies.append(body)
+        self.owners.append(owner_key_id)
         yield {"studio_model_version": body["model"]}
         if body.get("stream"):
             yield 'data: {"choices":[{"index":0,"delta":{"content":"ok"}}]}\n\n'
@@ -245,7 +247,8 @@ def test_studio_models_get_the_allowed_fields_and_streams_always_count_usage(set
 
     side = ServeSide()
     svc = GatewayService(load_gateway_spec({"cache": {"enabled": False}}), side, settings.db_url)
-    ctx = {"key_id": 1, "key_name": "k"}
+    # A job key (id 5) of key 1: its completions are logged as key 1's (feedback is key 1's).
+    ctx = {"key_id": 5, "key_name": "k", "principal_id": 1}
 
     async def streamed(body):
         return [item async for item in svc.stream("chat", body, ctx)]
@@ -265,6 +268,7 @@ def test_studio_models_get_the_allowed_fields_and_streams_always_count_usage(set
                                                        "min_p": 0.2, "seed": 3}, ctx))
         assert status == 200 and side.bodies[-1] == {"model": "tiny", "messages": MSG,
                                                      "min_p": 0.2, "seed": 3}
+        assert side.owners == [1, 1]  # streamed and whole answers alike
     finally:
         svc.close()  # writes the queued usage rows
     from studio.store.models import UsageRecord
