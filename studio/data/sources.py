@@ -208,10 +208,10 @@ def list_files(source: str) -> list[SourceFile]:
 
     fs, root = fsspec.core.url_to_fs(source)
     remote = _is_url(source)
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
     def full(p: str) -> str:
-        return f"{proto}://{p}" if remote else p
+        # http(s) paths keep their scheme inside fsspec; object-store paths lose it.
+        return fs.unstrip_protocol(p) if remote else p
 
     if not fs.exists(root):
         raise StudioError(f"dataset source {source} does not exist", "check the path")

@@ -113,6 +113,8 @@ def test_a_dataset_url_is_guarded_then_read_once_allowed(settings, listener):
     # What ingest then reads it with: fsspec's http filesystem, which the guard admits for this host.
     assert fsspec.filesystem("http").cat_file(url).decode() == ROWS
     assert listener.seen[-1] == "/data.jsonl"
+    report = ingest_path(url, "remote", allowed, kind="prompt_completion")
+    assert (report.name, report.row_count, report.rejected_count) == ("remote", 10, 0)
 
 
 def test_an_after_training_evaluator_on_loopback_is_refused_at_submit(client, user_key, settings, tmp_path,
