@@ -44,13 +44,14 @@ def _touch(db_url: str, key_id: int) -> None:
     except Exception as e:  # noqa: BLE001 — a missed timestamp must not surface anywhere
         logging.getLogger(__name__).warning("could not record the use of key %s: %s", key_id, e)
     finally:
-        _touching.discard(key_id)
+        _touching.discard((db_url, key_id))
 
 
 # Keys whose last_used_at is being written. The write happens after the check, off the request:
 # on SQLite it waits for the write lock (a burst of completion-log writes holds it), and a request
-# must not wait for a timestamp. One write per key at a time.
-_touching: set[int] = set()
+# must not wait for a timestamp. One write per key (of a database: a process may serve several, as
+# the tests do, and an app stopped mid-write never clears its entry) at a time.
+_touching: set[tuple[str, int]] = set()
 _background: set[asyncio.Task] = set()
 
 
@@ -66,8 +67,8 @@ async def current_key(
     key = await run_in_threadpool(_verified, settings.db_url, creds.credentials)
     if key is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
-    if last_use_is_stale(key) and key.id not in _touching:
-        _touching.add(key.id)
+    if last_use_is_stale(key) and (settings.db_url, key.id) not in _touching:
+        _touching.add((settings.db_url, key.id))
         task = asyncio.create_task(run_in_threadpool(_touch, settings.db_url, key.id))
         _background.add(task)
         task.add_done_callback(_background.discard)
