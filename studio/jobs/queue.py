@@ -58,7 +58,7 @@ def request_cancel(session: Session, job_id: int, by: str | None, key: ApiKey | 
     With the calling ``key``: only the job's owner or an admin (403 otherwise)."""
     job = get_job(session, job_id)
     if key is not None:
-        require_owner(key, job.owner_key_id, f"{job.kind} job {job_id}")
+        require_owner(key, job.owner_key_id, f"{job.kind} job {job_id}", "cancel it")
     status = JobStatus(job.status)
     who = f" by {by}" if by else ""
     if status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED) or (status is JobStatus.FAILED and not will_retry(job)):
