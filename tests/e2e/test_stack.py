@@ -68,7 +68,8 @@ def test_cli_key_and_ingest_are_seen_by_the_running_app(stack, tmp_path):
     assert r.returncode == 0, r.stderr
     secret = r.stdout.strip().splitlines()[-1]
     auth = {"Authorization": f"Bearer {secret}"}
-    assert httpx.get(f"{base}/api/me", headers=auth).json() == {"name": "alice", "role": "user"}
+    me = httpx.get(f"{base}/api/me", headers=auth).json()
+    assert (me["name"], me["role"]) == ("alice", "user") and isinstance(me["id"], int)
     assert httpx.get(f"{base}/api/keys", headers=auth).status_code == 403
 
     data = tmp_path / "rows.jsonl"

@@ -111,7 +111,8 @@ def test_promotion_gate(settings, gateway, reverse_data):
     assert_problem(api.post("/api/models/rev@3/promote", json={}), 409, "rev@3 was not promoted", "does not beat")
     with session_scope(settings.db_url) as s:
         assert get_version(s, "rev").version == 2  # the champion stays
-    r = api.post("/api/models/rev@3/promote", json={"force": True})
+    assert_problem(api.post("/api/models/rev@3/promote", json={"force": True}), 400, "needs a reason")
+    r = api.post("/api/models/rev@3/promote", json={"force": True, "reason": "rollback drill"})
     assert r.status_code == 200 and r.json()["stage"] == "champion" and r.json()["promotion"]["outcome"] == "forced"
 
     with session_scope(settings.db_url) as s:
@@ -119,7 +120,7 @@ def test_promotion_gate(settings, gateway, reverse_data):
         n_evals = len(list(s.scalars(select(Job.id).where(Job.kind == "eval"))))
     assert [(h["version"], h["outcome"]) for h in history] == [(1, "promoted"), (2, "promoted"), (3, "refused"),
                                                                (3, "forced")]
-    assert history[3]["forced"] and "forced by eval-tests" in history[3]["reason"]
+    assert history[3]["forced"] and "forced by eval-tests (reason: rollback drill)" in history[3]["reason"]
     assert n_evals == 2  # the refusal and the forced promotion reused the eval
     assert api.get("/api/models/rev/gate").json()["gate"]["margin"] == 0.1
     assert len(api.get("/api/models/rev/promotions").json()) == 4
