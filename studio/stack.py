@@ -15,52 +15,19 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from studio.errors import StudioError, Unavailable
+from studio.ray_connection import APP_NAME, HeadState, connect, pid_alive, read_state, state_file
 from studio.ray_auth import ray_auth_token, restrict_token_file
 from studio.recipes import read_yaml
 from studio.settings import StudioSettings, settings_env
 
-APP_NAME = "studio"
-
 DEFAULT_SERVE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "serve" / "studio_api.yaml"
-
-
-@dataclass
-class HeadState:
-    pid: int
-    address: str  # GCS address, host:port
-    dashboard_url: str
-    log: str
-
-
-def _state_file(settings: StudioSettings) -> Path:
-    return settings.home_abs / "ray-head.json"
-
-
-def _read_state(settings: StudioSettings) -> HeadState | None:
-    f = _state_file(settings)
-    if not f.is_file():
-        return None
-    try:
-        return HeadState(**json.loads(f.read_text()))
-    except (json.JSONDecodeError, TypeError):
-        return None
-
-
-def _pid_alive(pid: int) -> bool:
-    import psutil
-
-    # A zombie counts as dead: in containers PID 1 may never reap the orphaned `ray start`.
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
@@ -120,8 +87,8 @@ HEAD_WITHHELD = ("STUDIO_ADMIN_KEY", "STUDIO_API_KEY")
 def start_head(settings: StudioSettings, wait_s: float = 90.0, withhold: tuple[str, ...] = ()) -> HeadState:
     """Start a local Ray head (or return the running one this STUDIO_HOME started), its
     environment without ``HEAD_WITHHELD`` and ``withhold``."""
-    state = _read_state(settings)
-    if state and _pid_alive(state.pid):
+    state = read_state(settings)
+    if state and pid_alive(state.pid):
         return state
     if _port_open("127.0.0.1", settings.ray_port):
         raise StudioError(
@@ -168,7 +135,7 @@ def start_head(settings: StudioSettings, wait_s: float = 90.0, withhold: tuple[s
             raise StudioError("the Ray head exited while starting:\n  " + "\n  ".join(tail),
                               f"see {log_path}")
         if _port_open("127.0.0.1", settings.ray_port) and _dashboard_up(state.dashboard_url):
-            _state_file(settings).write_text(json.dumps(asdict(state)))
+            state_file(settings).write_text(json.dumps(asdict(state)))
             return state
         time.sleep(0.5)
     _kill_group(proc.pid)
@@ -204,42 +171,13 @@ def _kill_group(pid: int, timeout_s: float = 45.0) -> None:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             break
         time.sleep(0.3)
     try:
         os.killpg(pgid, signal.SIGKILL)  # whatever of the group is left
     except ProcessLookupError:
         pass
-
-
-def ray_address(settings: StudioSettings) -> str | None:
-    """RAY_ADDRESS if the user set one (join mode), else our local head's address if it runs."""
-    if os.environ.get("RAY_ADDRESS"):
-        return os.environ["RAY_ADDRESS"]
-    state = _read_state(settings)
-    return state.address if state and _pid_alive(state.pid) else None
-
-
-def connect(settings: StudioSettings) -> None:
-    """``ray.init`` to the studio's cluster from this process (CLI, tests, demo)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = ray_address(settings)
-    if address is None:
-        raise Unavailable("no Ray cluster is running for this STUDIO_HOME", "run `studio up` or set RAY_ADDRESS")
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False,
-             runtime_env={"env_vars": settings_env(settings)})
-
-
-def client_env(settings: StudioSettings) -> dict[str, str]:
-    """What a shell needs for `ray job submit` / `ray status` against the local head."""
-    env = {"RAY_ADDRESS": f"http://127.0.0.1:{settings.dashboard_port}"}
-    if not os.environ.get("RAY_ADDRESS"):
-        env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "token")
-    return env
 
 
 def health(settings: StudioSettings, timeout_s: float = 2.0) -> dict[str, Any] | None:
@@ -344,7 +282,7 @@ def up(settings: StudioSettings, serve_config: str | Path | None = None) -> Head
 
 def down(settings: StudioSettings) -> bool:
     """Stop the application; stop the Ray head too if this STUDIO_HOME started it."""
-    state = _read_state(settings)
+    state = read_state(settings)
     stopped = False
     if os.environ.get("RAY_ADDRESS"):
         import ray
@@ -355,10 +293,10 @@ def down(settings: StudioSettings) -> bool:
         ray.shutdown()
         stopped = True
     if state is not None:
-        if _pid_alive(state.pid):
+        if pid_alive(state.pid):
             _kill_group(state.pid)
             stopped = True
-        _state_file(settings).unlink(missing_ok=True)
+        state_file(settings).unlink(missing_ok=True)
         _forget_current_cluster(settings)
     return stopped
 

@@ -39,7 +39,7 @@ def up(
     config: Path | None = typer.Option(None, "--config", help="Serve config; default configs/serve/studio_api.yaml (no engine); configs/serve/studio.yaml also serves the tiny model."),
 ) -> None:
     """Start (or join, with RAY_ADDRESS) a local Ray head and deploy the studio on it."""
-    from studio import stack
+    from studio import ray_connection, stack
 
     settings = settings_with_db()
     with console.status("starting Ray and deploying the studio (first start takes ~30 s) …"):
@@ -48,7 +48,7 @@ def up(
     console.print(f"[green]studio is up[/] at {settings.base_url}  (health: {settings.base_url}/healthz)")
     if head:
         console.print(f"Ray dashboard: {head.dashboard_url}   Ray address: {head.address}")
-        shell_env = " ".join(f"{k}={v}" for k, v in stack.client_env(settings).items())
+        shell_env = " ".join(f"{k}={v}" for k, v in ray_connection.client_env(settings).items())
         console.print(f"for `ray job submit` / `ray status`: export {shell_env}", highlight=False)
     else:
         console.print(f"joined the Ray cluster at {os.environ.get('RAY_ADDRESS')}")
@@ -63,7 +63,7 @@ def up(
 @app.command()
 def down() -> None:
     """Stop the studio application and the Ray head that `studio up` started."""
-    from studio import stack
+    from studio import ray_connection, stack
 
     settings = settings_with_db()
     if stack.down(settings):
@@ -75,19 +75,19 @@ def down() -> None:
 @app.command()
 def status() -> None:
     """Where state lives, whether Ray and the studio are up."""
-    from studio import stack
+    from studio import ray_connection, stack
     from studio.ray_auth import ray_auth_token_source
     from studio.store.db import redacted_url
 
     settings = settings_with_db()
-    address = stack.ray_address(settings)
+    address = ray_connection.ray_address(settings)
     health = stack.health(settings)
     console.print(f"STUDIO_HOME  {settings.home_abs}")
     console.print(f"database     {redacted_url(settings.db_url)}")
     console.print(f"artifacts    {settings.artifacts}")
     console.print(f"ray          {address or 'not running (studio up starts it)'}")
     if address:
-        shell_env = " ".join(f"{k}={v}" for k, v in stack.client_env(settings).items())
+        shell_env = " ".join(f"{k}={v}" for k, v in ray_connection.client_env(settings).items())
         console.print(f"ray shell    export {shell_env}", highlight=False)
     # Whoever reads the token controls the cluster: say where it is, never what it is.
     console.print(f"ray token    {ray_auth_token_source()}", highlight=False)

@@ -22,14 +22,14 @@ def deploy(
                                           "deployment.num_replicas=2 name=tiny3"),
 ) -> None:
     """Deploy a base model next to the ones served; waits until it answers (or says why not)."""
-    from studio import stack
+    from studio import ray_connection
     from studio.recipes import load_recipe
     from studio.serving import lifecycle
     from studio.serving.recipe import ServingRecipe, resolve_model_path
 
     spec = resolve_model_path(load_recipe(recipe, ServingRecipe, overrides or []), Path.cwd())
     settings = settings_with_db()
-    stack.connect(settings)
+    ray_connection.connect(settings)
     with console.status(f"deploying {spec.name} …") as status:
         row = lifecycle.deploy(settings, spec, "cli", progress=status.update)
     console.print(f"[green]{row['name']} is serving[/] (Serve application {row['app_name']}); "
@@ -39,12 +39,12 @@ def deploy(
 @app.command("ls")
 def ls(as_json: bool = typer.Option(False, "--json", help="Print the JSON document.")) -> None:
     """Served base models with their status and live figures (when the studio runs)."""
-    from studio import stack
+    from studio import ray_connection
     from studio.serving import lifecycle
 
     settings = settings_with_db()
     try:
-        stack.connect(settings)
+        ray_connection.connect(settings)
     except Exception:  # noqa: BLE001 — studio down: the rows alone
         pass
     entries = lifecycle.list_deployments(settings)
@@ -70,11 +70,11 @@ def _num(value) -> str:
 @app.command("evict")
 def evict(name: str = typer.Argument(..., help="The model name to stop serving.")) -> None:
     """Stop serving a runtime-deployed model; requests in flight finish, new ones get 404."""
-    from studio import stack
+    from studio import ray_connection
     from studio.serving import lifecycle
 
     settings = settings_with_db()
-    stack.connect(settings)
+    ray_connection.connect(settings)
     with console.status(f"evicting {name} (requests in flight finish first) …"):
         lifecycle.evict(settings, name, "evicted with `studio serve evict`")
     console.print(f"{name} evicted: its name now answers 404 (not deployed)")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from studio import ray_connection
 from studio.data.kinds import RowError
 from studio.data.readers import FORMATS, MAX_ROW_BYTES
 from studio.data.sources import DOCUMENT_FORMATS, SourceFile
@@ -28,28 +29,12 @@ Record = tuple[str | None, int, Any]
 _RAY_FORMATS = {"jsonl", "parquet"}
 
 
-def init_ray(settings: StudioSettings) -> None:
-    import ray
-
-    from studio import stack
-
-    if ray.is_initialized():
-        return
-    address = stack.ray_address(settings)
-    if address:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    else:
-        # "local": never join a stray cluster recorded in /tmp/ray by another process.
-        ray.init(address="local", num_cpus=settings.ray_num_cpus, include_dashboard=False,
-                 logging_level="ERROR", log_to_driver=False)
-
-
 def ray_records(files: list[SourceFile], settings: StudioSettings, single: bool,
                 fallback: Callable[[SourceFile, bool], Iterator[Record]]) -> Iterator[Record]:
     """Records of every file, in file order; files Ray Data does not read use ``fallback``."""
     import ray
 
-    init_ray(settings)
+    ray_connection.join_or_start(settings)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False

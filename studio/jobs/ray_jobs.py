@@ -12,7 +12,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from studio import stack
+from studio import ray_connection
 from studio.errors import Unavailable
 from studio.settings import StudioSettings
 
@@ -38,7 +38,7 @@ def jobs_address(settings: StudioSettings, address: str | None = None) -> str:
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         return ray.get_runtime_context().gcs_address
-    if stack.ray_address(settings) is None:
+    if ray_connection.ray_address(settings) is None:
         raise Unavailable("no Ray cluster is running for this STUDIO_HOME, so there are no Ray jobs to read",
                           "run `studio up`, or set RAY_ADDRESS to the cluster's dashboard URL")
     return f"http://127.0.0.1:{settings.dashboard_port}"

@@ -33,7 +33,7 @@ from studio.serving.recipe import (
     set_status,
 )
 from studio.settings import StudioSettings
-from studio.stack import APP_NAME
+from studio.ray_connection import APP_NAME
 from studio.store.db import session_scope
 
 POLL_S = 1.0

@@ -25,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from studio import stack
+from studio import ray_connection
 from studio.cluster import cluster_gpu_capacity, worker_resources
 from studio.errors import NotFound, StudioError
 from studio.jobs.status import IllegalTransition, JobStatus, create_job, transition
@@ -124,38 +124,9 @@ def failure_reason(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------- Ray
 
-def connect_ray(settings: StudioSettings) -> None:
-    """Join the cluster (RAY_ADDRESS, set inside a Ray Job, or the studio's head), else start a
-    local one for this process that advertises ``ray_num_cpus`` (2 cores cannot place 2 workers
-    and their controller otherwise)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = stack.ray_address(settings)
-    if address:
-        ray.init(address=address, logging_level="ERROR")
-    else:
-        # "local": never join a stray cluster recorded in /tmp/ray by another process. Train V2's
-        # placement-group cleaner polls the state API (the dashboard) and, given no address, fails
-        # when several local Rays run on one machine (parallel tests): name our dashboard to it.
-        port = free_port()
-        ray.init(address="local", num_cpus=settings.ray_num_cpus, include_dashboard=True, dashboard_port=port,
-                 logging_level="ERROR",
-                 runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cluster_gpus_before_ray(spec: TrainSpec, settings: StudioSettings) -> float | None:
     """GPUs known without connecting: a local Ray started here sees this machine's GPUs."""
-    if not spec.resources.use_gpu or stack.ray_address(settings):
+    if not spec.resources.use_gpu or ray_connection.ray_address(settings):
         return None
     import torch
 
@@ -249,8 +220,8 @@ def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec, status: JobS
         + (f", starting from adapter {inputs.init_adapter_ref}" if inputs.init_adapter_ref else ""))
 
     try:
-        connect_ray(settings)
-        if spec.resources.use_gpu and stack.ray_address(settings):
+        ray_connection.join_or_start(settings, dashboard=True, log_to_driver=True)
+        if spec.resources.use_gpu and ray_connection.ray_address(settings):
             import ray
 
             with session_scope(settings.db_url) as s:

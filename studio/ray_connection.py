@@ -1,0 +1,110 @@
+"""The Ray connection every part of the studio shares (core): which cluster is the studio's, and
+``ray.init`` to it. The launcher (``studio.stack``: up, down, deploy) starts and records the local
+head; services only read where it is.
+
+The studio's cluster is ``RAY_ADDRESS`` when set (join mode, also inside a Ray Job), else the local
+head ``studio up`` started for this ``STUDIO_HOME`` (``$STUDIO_HOME/ray-head.json``), if it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio.errors import Unavailable
+from studio.settings import StudioSettings, settings_env
+
+APP_NAME = "studio"  # the Serve application `studio up` deploys
+
+
+@dataclass
+class HeadState:
+    pid: int
+    address: str  # GCS address, host:port
+    dashboard_url: str
+    log: str
+
+
+def state_file(settings: StudioSettings) -> Path:
+    return settings.home_abs / "ray-head.json"
+
+
+def read_state(settings: StudioSettings) -> HeadState | None:
+    f = state_file(settings)
+    if not f.is_file():
+        return None
+    try:
+        return HeadState(**json.loads(f.read_text()))
+    except (json.JSONDecodeError, TypeError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    import psutil
+
+    # A zombie counts as dead: in containers PID 1 may never reap the orphaned `ray start`.
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def ray_address(settings: StudioSettings) -> str | None:
+    """RAY_ADDRESS if the user set one (join mode), else our local head's address if it runs."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    state = read_state(settings)
+    return state.address if state and pid_alive(state.pid) else None
+
+
+def connect(settings: StudioSettings) -> None:
+    """``ray.init`` to the studio's cluster from this process (CLI, tests, demo); 503 if none runs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address(settings)
+    if address is None:
+        raise Unavailable("no Ray cluster is running for this STUDIO_HOME", "run `studio up` or set RAY_ADDRESS")
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False,
+             runtime_env={"env_vars": settings_env(settings)})
+
+
+def join_or_start(settings: StudioSettings, *, dashboard: bool = False, log_to_driver: bool = False) -> None:
+    """Join the studio's cluster, else start a local Ray for this process that advertises
+    ``ray_num_cpus`` (2 cores cannot place 2 train workers and their controller otherwise).
+    ``dashboard``: Train V2's placement-group cleaner polls the state API and, given no address,
+    fails when several local Rays run on one machine (parallel tests): start one and name it."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address(settings)
+    if address:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=log_to_driver)
+        return
+    # "local": never join a stray cluster recorded in /tmp/ray by another process.
+    kwargs: dict = {"include_dashboard": False}
+    if dashboard:
+        port = free_port()
+        kwargs = {"include_dashboard": True, "dashboard_port": port,
+                  "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
+    ray.init(address="local", num_cpus=settings.ray_num_cpus, logging_level="ERROR",
+             log_to_driver=log_to_driver, **kwargs)
+
+
+def client_env(settings: StudioSettings) -> dict[str, str]:
+    """What a shell needs for `ray job submit` / `ray status` against the local head."""
+    env = {"RAY_ADDRESS": f"http://127.0.0.1:{settings.dashboard_port}"}
+    if not os.environ.get("RAY_ADDRESS"):
+        env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "token")
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
