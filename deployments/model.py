@@ -40,7 +40,8 @@ from pydantic import Field, model_validator
 from ray import serve
 from ray.serve import Application
 
-from deployments.engines.base import Engine, EngineConfig, error_body, make_engine
+from deployments.engines.base import Engine, EngineConfig, error_body
+from deployments.engines.registry import make_engine
 from studio.errors import StudioError
 from studio.models.adapters import fetch_adapter
 from studio.recipes import Spec

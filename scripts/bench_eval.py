@@ -106,7 +106,7 @@ def main() -> None:
 
         from deployments.app import build_app
         from studio.data.ingest import ingest_file
-        from studio.demo import write_reversal_files
+        from studio.train.toy_data import write_reversal_files
         from studio.gateway import Client
         from studio.keys import create_key
         from studio.models.tiny import make_tiny

@@ -36,7 +36,7 @@ RECIPE = REPO / "configs" / "train" / "sft_reverse_tiny.yaml"
 
 
 def prepare_home(home: Path):
-    from studio.demo import write_reversal_files
+    from studio.train.toy_data import write_reversal_files
     from studio.data.ingest import ingest_file
     from studio.models.tiny import make_tiny
     from studio.settings import StudioSettings

@@ -23,7 +23,6 @@ test asserts on them).
 from __future__ import annotations
 
 import json
-import random
 import statistics
 import time
 from collections.abc import Callable
@@ -38,10 +37,11 @@ from studio import stack
 from studio.cli.common import console, settings_with_db
 from studio.errors import StudioError
 from studio.jobs.follow import follow_job
-from studio.models.tiny import make_tiny, reversal_example
+from studio.models.tiny import make_tiny
 from studio.recipes import load_recipe
 from studio.settings import StudioSettings
 from studio.train.spec import TrainSpec
+from studio.train.toy_data import write_reversal_files
 
 CONFIGS = stack.DEFAULT_SERVE_CONFIG.parents[1]
 TINY_SERVE_CONFIG = CONFIGS / "serve" / "studio.yaml"
@@ -97,23 +97,6 @@ class DemoResult:
     usage: list[dict[str, Any]] = field(default_factory=list)
     step_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def write_reversal_files(out_dir: Path, n_train: int = 2000, n_test: int = 200, seed: int = 0) -> tuple[Path, Path]:
-    """The demo task as prompt/completion JSONL: train and a disjoint test split."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    rows: list[dict[str, str]] = []
-    while len(rows) < n_train + n_test:
-        prompt, answer = reversal_example(rng)
-        if prompt not in seen:
-            seen.add(prompt)
-            rows.append({"prompt": prompt, "completion": answer})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = out_dir / "reverse_train.jsonl", out_dir / "reverse_test.jsonl"
-    for path, part in zip(paths, (rows[:n_train], rows[n_train:]), strict=True):
-        path.write_text("".join(json.dumps(r) + "\n" for r in part))
-    return paths
 
 
 class Demo:

@@ -185,17 +185,6 @@ class Engine(Protocol):
         """Stop the engine's processes (synchronous: it runs from destructors too)."""
 
 
-def make_engine(config: EngineConfig) -> Engine:
-    """The engine ``config.engine`` names; its package is imported only here, on the replica."""
-    if config.engine == "sglang":
-        from deployments.engines.sglang_engine import SGLangEngine
-
-        return SGLangEngine(config)
-    from deployments.engines.vllm_engine import VLLMEngine
-
-    return VLLMEngine(config)
-
-
 def check_adapter(path: str, config: EngineConfig) -> None:
     """Refuse an adapter directory that is incomplete, corrupt, of too high a rank or made for
     another base model — before the engine sees it (a bad adapter must not take down an engine

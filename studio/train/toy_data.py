@@ -18,6 +18,23 @@ from studio.models.tiny import reversal_example
 _WORDS = "the model reads digits and writes them back in reverse order one by one".split()
 
 
+def write_reversal_files(out_dir: Path, n_train: int = 2000, n_test: int = 200, seed: int = 0) -> tuple[Path, Path]:
+    """The demo task as prompt/completion JSONL: train and a disjoint test split."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    rows: list[dict[str, str]] = []
+    while len(rows) < n_train + n_test:
+        prompt, answer = reversal_example(rng)
+        if prompt not in seen:
+            seen.add(prompt)
+            rows.append({"prompt": prompt, "completion": answer})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = out_dir / "reverse_train.jsonl", out_dir / "reverse_test.jsonl"
+    for path, part in zip(paths, (rows[:n_train], rows[n_train:]), strict=True):
+        path.write_text("".join(json.dumps(r) + "\n" for r in part))
+    return paths
+
+
 def write_preference_file(path: Path, n: int = 256, seed: int = 1) -> Path:
     rng = random.Random(seed)
     rows = []
@@ -48,7 +65,6 @@ def _write(path: Path, rows: list[dict[str, str]]) -> Path:
 def ingest_toy_datasets(settings, out_dir: Path | None = None) -> dict[str, str]:
     """Write and ingest all four; returns name → ``name@version``."""
     from studio.data.ingest import ingest_file
-    from studio.demo import write_reversal_files
 
     out_dir = out_dir or settings.home_abs / "toy-data"
     train, test = write_reversal_files(out_dir)

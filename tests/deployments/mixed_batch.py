@@ -53,7 +53,7 @@ async def base_alone_and_mixed(engine, base: str, adapter_ids: list[str]) -> dic
 
 
 async def _main(model_dir: str, adapters_json: str, out_json: str) -> None:
-    from deployments.engines.base import make_engine
+    from deployments.engines.registry import make_engine
 
     adapters = json.loads(Path(adapters_json).read_text())
     engine = make_engine(engine_config(model_dir))

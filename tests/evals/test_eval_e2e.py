@@ -31,7 +31,7 @@ QUICK_STEPS = int(os.environ.get("STUDIO_TEST_QUICK_ADAPTER_STEPS", "480"))
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     from studio.data.ingest import ingest_file
-    from studio.demo import write_reversal_files
+    from studio.train.toy_data import write_reversal_files
     from studio.registry.versions import register_version
     from studio.settings import StudioSettings
     from studio.store.db import init_db, session_scope
