@@ -6,7 +6,11 @@ alone advertises ``serving`` — and the work that asks for those resources can 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import re
+import shlex
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -20,6 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 LAUNCHER_CONFIGS = [CLUSTER / "aws.yaml", CLUSTER / "gcp.yaml"]
 ENV_EXAMPLE = CLUSTER / "studio.env.example"
+SECRETS_EXAMPLE = CLUSTER / "studio-secrets.env.example"
+SECRETS_MOUNT = "/home/ray/studio-secrets.env"
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +39,18 @@ def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def env_example() -> dict[str, str]:
+def env_file(path: Path) -> dict[str, str]:
     out = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
             out[key.strip()] = value.strip()
     return out
+
+
+def env_example() -> dict[str, str]:
+    """What the head's `studio up` sees: the node settings and the secrets."""
+    return {**env_file(ENV_EXAMPLE), **env_file(SECRETS_EXAMPLE)}
 
 
 @pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
@@ -112,7 +123,9 @@ def test_env_example_names_only_known_settings(monkeypatch):
     fields = {f"STUDIO_{name.upper()}" for name in StudioSettings.model_fields}
     unknown = sorted(k for k in env if k.startswith("STUDIO_") and k not in fields)
     assert not unknown, f"cluster/studio.env.example sets unknown settings: {unknown}"
-    for key in ("STUDIO_DATABASE_URL", "STUDIO_REDIS_URL", "STUDIO_ARTIFACTS_URI"):
+    unknown = sorted(k for k in env_file(SECRETS_EXAMPLE) if k.startswith("STUDIO_") and k not in fields)
+    assert not unknown, f"cluster/studio-secrets.env.example sets unknown settings: {unknown}"
+    for key in ("STUDIO_DATABASE_URL", "STUDIO_REDIS_URL", "STUDIO_ARTIFACTS_URI", "STUDIO_ADMIN_KEY"):
         assert key in env
     assert env["STUDIO_DATABASE_URL"].startswith("postgresql://")
     assert env["STUDIO_ARTIFACTS_URI"].startswith(("s3://", "gs://"))
@@ -162,3 +175,128 @@ def test_declared_work_fits_the_node_types(path: Path, monkeypatch):
     serving_type = next(r for r in workers if "serving" in r)
     assert not all(serving_type.get(k, 0) >= v for k, v in demand.items()), \
         "a training worker must not fit on the serving type"
+
+
+# --- Secrets reach only `studio up` (docs/security.md, "Secrets reach only the processes that need
+# them"): what is exported before `ray start` is inherited by every Ray process on the node.
+
+def is_secret(name: str, value: str) -> bool:
+    """A variable no Ray process may inherit: the admin key, a provider key, a URL with a password
+    (the database's; Redis' or MLflow's when they have one). RAY_AUTH_TOKEN is not on the list:
+    `ray start` itself needs it on every node."""
+    if name == "STUDIO_ADMIN_KEY" or name.endswith("_API_KEY"):
+        return True
+    if "://" in value:
+        from urllib.parse import urlsplit
+
+        return bool(urlsplit(value).password)
+    return False
+
+
+def secrets_in(env: dict[str, str]) -> list[str]:
+    return sorted(name for name, value in env.items() if is_secret(name, value))
+
+
+def sourced_before(command: str, marker: str) -> list[str]:
+    """The files a start command sources (`. FILE`) before ``marker``."""
+    head = command.split(marker, 1)[0]
+    return re.findall(r"(?:^|&&|;)\s*\.\s+(\S+)", head)
+
+
+def example_of(config: dict, remote: str) -> Path:
+    """The committed example of the local file that ``remote`` is mounted from."""
+    return REPO / (config["file_mounts"][remote] + ".example")
+
+
+@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
+def test_no_secret_is_exported_before_ray_start(path: Path):
+    config = load(path)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in config[key] if "ray start" in c)
+        files = sourced_before(start, "ray start")
+        assert files == ["/home/ray/studio.env"], f"{key} sources {files} before `ray start`"
+        leaked = secrets_in(env_file(example_of(config, files[0])))
+        assert not leaked, f"{key}: {leaked} would be inherited by every Ray process"
+    assert not secrets_in(env_file(ENV_EXAMPLE))
+    assert "RAY_AUTH_TOKEN" in env_file(ENV_EXAMPLE), "`ray start` needs the token on every node"
+
+
+@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
+def test_only_studio_up_sources_the_secrets(path: Path):
+    config = load(path)
+    assert config["file_mounts"][SECRETS_MOUNT] == "cluster/studio-secrets.env"
+    assert example_of(config, SECRETS_MOUNT) == SECRETS_EXAMPLE
+    commands = [*config["head_start_ray_commands"], *config["worker_start_ray_commands"],
+                *config["setup_commands"], *config["worker_setup_commands"]]
+    sourcing = [c for c in commands if f". {SECRETS_MOUNT}" in c]
+    assert len(sourcing) == 1 and "ray start" not in sourcing[0]
+    assert SECRETS_MOUNT in sourced_before(sourcing[0], "studio up")
+    # The secrets file holds what `studio up` hands on: the database URL, the admin key, provider keys.
+    secrets = env_file(SECRETS_EXAMPLE)
+    assert {"STUDIO_DATABASE_URL", "STUDIO_ADMIN_KEY"} <= set(secrets_in(secrets))
+    assert "OPENAI_API_KEY" in SECRETS_EXAMPLE.read_text()
+    assert "/cluster/studio-secrets.env" in (REPO / ".gitignore").read_text().split()
+
+
+def test_secret_check_can_fail():
+    assert secrets_in({"STUDIO_ADMIN_KEY": "sk-studio-x", "OPENAI_API_KEY": "sk-x",
+                       "STUDIO_DATABASE_URL": "postgresql://studio:pw@db:5432/studio",
+                       "STUDIO_REDIS_URL": "redis://:pw@cache:6379/0"}) == [
+        "OPENAI_API_KEY", "STUDIO_ADMIN_KEY", "STUDIO_DATABASE_URL", "STUDIO_REDIS_URL"]
+    assert not secrets_in({"STUDIO_DATABASE_URL": "postgresql://studio@db:5432/studio",
+                           "STUDIO_REDIS_URL": "redis://cache:6379/0", "RAY_AUTH_TOKEN": "t"})
+    # The old layout: one file, sourced before `ray start`, that held the admin key.
+    old = "set -a && . /home/ray/studio.env && . /home/ray/studio-secrets.env && set +a && ray start --head"
+    assert sourced_before(old, "ray start") == ["/home/ray/studio.env", SECRETS_MOUNT]
+
+
+def bootstrap_config(config: dict) -> dict:
+    """The head's autoscaler config as `ray up` writes it (ray.autoscaler._private.commands): the same
+    mounts, now at their remote paths, plus the bootstrap file itself."""
+    remote = copy.deepcopy(config)
+    remote["file_mounts"] = {p: p for p in config["file_mounts"]}
+    return remote
+
+
+@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
+def test_workers_never_receive_the_secrets_file(path: Path, tmp_path: Path, capsys):
+    spec = importlib.util.spec_from_file_location("head_only_mounts", CLUSTER / "head_only_mounts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    config = load(path)
+    (setup,) = [c for c in config["head_setup_commands"] if "head_only_mounts.py" in c]
+    argv = shlex.split(setup)[2:]
+    assert argv[0] == "~/ray_bootstrap_config.yaml" and argv[1:] == [SECRETS_MOUNT]
+    boot = tmp_path / "ray_bootstrap_config.yaml"
+    boot.write_text(json.dumps(bootstrap_config(config)))
+    assert mod.main([str(boot), *argv[1:]]) == 0
+    after = json.loads(boot.read_text())
+    # What the autoscaler copies to each worker: everything but the secrets.
+    assert set(after["file_mounts"]) == set(config["file_mounts"]) - {SECRETS_MOUNT}
+    assert "/home/ray/studio.env" in after["file_mounts"]
+    assert after["worker_start_ray_commands"] == config["worker_start_ray_commands"]
+    assert SECRETS_MOUNT in capsys.readouterr().out
+    assert mod.main([str(boot), *argv[1:]]) == 0  # `ray up --no-restart` runs it again: harmless
+    assert json.loads(boot.read_text()) == after
+
+
+@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
+def test_checkout_sync_leaves_the_settings_files_behind(path: Path, tmp_path: Path):
+    """`ray up` rsyncs the checkout to /home/ray/studio on every node with the config's excludes (the
+    arguments ray's command runner builds); the settings files travel only as their own mounts."""
+    from ray.autoscaler._private.command_runner import SSHCommandRunner
+
+    config = load(path)
+    args = SSHCommandRunner._create_rsync_filter_args(None, {"rsync_exclude": config["rsync_exclude"]})
+    checkout = tmp_path / "checkout"
+    (checkout / "cluster").mkdir(parents=True)
+    for name in ("studio.env", "studio-secrets.env", "aws.yaml"):
+        (checkout / "cluster" / name).write_text("X=1\n")
+    node = tmp_path / "node"
+    node.mkdir()
+    subprocess.run(["rsync", "-a", *args, f"{checkout}/", f"{node}/studio/"], check=True)
+    assert sorted(p.name for p in (node / "studio" / "cluster").iterdir()) == ["aws.yaml"]
+    # A file mount of the secrets file itself still arrives (on the head).
+    subprocess.run(["rsync", "-a", *args, str(checkout / "cluster" / "studio-secrets.env"),
+                    str(node / "studio-secrets.env")], check=True)
+    assert (node / "studio-secrets.env").read_text() == "X=1\n"
