@@ -20,6 +20,8 @@ SECRET = "llm-studio-secrets"
 # Settings that hold credentials: in a manifest they may only come from a Secret.
 SECRET_ENV = {"STUDIO_DATABASE_URL", "STUDIO_REDIS_URL", "STUDIO_ADMIN_KEY", "RAY_AUTH_TOKEN",
               "OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
+# What only `build_app` hands on (to the ingress and gateway replicas): never in a pod that runs jobs.
+SERVE_ONLY = {"STUDIO_ADMIN_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
 
 
 def docs(name: str) -> list[dict]:
@@ -102,7 +104,7 @@ def test_secrets_only_by_reference(which: str, spec: dict):
     config_names = {d["metadata"]["name"] for d in docs("config.yaml") if d["kind"] == "ConfigMap"}
     for c in containers(spec):
         env = {e["name"]: e for e in c["env"]}
-        assert {"STUDIO_DATABASE_URL", "STUDIO_REDIS_URL", "OPENAI_API_KEY"} <= set(env)
+        assert {"STUDIO_DATABASE_URL", "STUDIO_REDIS_URL", "RAY_AUTH_TOKEN"} <= set(env)
         for name in SECRET_ENV & set(env):
             assert "value" not in env[name], f"{which}: {name} is written into the manifest"
             ref = env[name]["valueFrom"]["secretKeyRef"]
@@ -111,6 +113,36 @@ def test_secrets_only_by_reference(which: str, spec: dict):
     config = next(d for d in docs("config.yaml") if d["kind"] == "ConfigMap")["data"]
     assert not SECRET_ENV & set(config), "a secret setting sits in the ConfigMap"
     assert config["STUDIO_ARTIFACTS_URI"].startswith(("s3://", "gs://"))
+
+
+def env_names(spec: dict) -> list[set[str]]:
+    return [{e["name"] for e in c.get("env", [])} for c in containers(spec)]
+
+
+def secret_keys(spec: dict) -> set[str]:
+    return {e["valueFrom"]["secretKeyRef"]["key"] for c in containers(spec) for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def test_admin_and_provider_keys_stay_out_of_the_training_cluster():
+    """Job drivers and Ray Train workers run on the training RayCluster, and every process of a pod
+    inherits its environment: the admin key and provider keys are not in it (a job spends on its
+    own key, which the scheduler puts in its runtime_env)."""
+    train = training()["spec"]
+    for names in env_names(train):
+        assert not SERVE_ONLY & names, f"training pod gets {sorted(SERVE_ONLY & names)}"
+        assert not {n for n in names if n.endswith("_API_KEY")}
+    assert not {"admin-key", "openai-api-key", "anthropic-api-key"} & secret_keys(train)
+    assert secret_keys(train) == {"database-url", "redis-url", "ray-auth-token"}
+    # The Serve application is built in a task on any RayService pod, from that pod's environment:
+    # there they must be, or the ingress and gateway replicas would start without them.
+    for names in env_names(service()["spec"]["rayClusterConfig"]):
+        assert SERVE_ONLY <= names
+    # ... and the check sees a key that comes back.
+    spec = training()["spec"]
+    spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "openai-api-key"}}})
+    assert any(SERVE_ONLY & names for names in env_names(spec))
 
 
 def test_serve_config_is_the_generated_one():
