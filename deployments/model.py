@@ -28,23 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
 
 from ray import serve
 from ray.serve import Application
 
-from deployments.engines.base import Engine, EngineConfig, error_body
+from deployments.engines.base import Engine, cuda_available, error_body
 from deployments.engines.registry import make_engine
 from studio.errors import StudioError
 from studio.models.adapters import fetch_adapter
-from studio.recipes import Spec
+from studio.serving.config import ModelDeploymentConfig, deployment_name
 from studio.settings import StudioSettings, settings_env
 
 logger = logging.getLogger("ray.serve")
@@ -81,55 +79,6 @@ def replica_memory() -> dict[str, Any]:
         except psutil.Error:
             _children = None
     return {"memory_kind": "rss", "memory_bytes": rss}
-
-
-class AutoscalingSpec(Spec):
-    """Serve autoscaling of one model's replicas (each replica holds one engine)."""
-
-    min_replicas: int = Field(default=1, ge=0, description="Replicas kept when idle.")
-    max_replicas: int = Field(default=1, ge=1, description="Replicas at most.")
-    target_ongoing_requests: float = Field(
-        default=8, gt=0, description="In-flight requests per replica Serve scales towards.")
-
-
-class ModelDeploymentConfig(Spec):
-    """One base model's deployment: its engine and how Serve places and scales it."""
-
-    engine: EngineConfig = Field(description="The inference engine and what it serves.")
-    num_replicas: int = Field(default=1, ge=1, description="Replicas, when not autoscaling.")
-    autoscaling: AutoscalingSpec | None = Field(
-        default=None, description="Autoscale between min and max replicas (replaces num_replicas).")
-    num_cpus: float = Field(
-        default=1.0, gt=0, description="Logical CPUs a replica reserves; fractional is fine.")
-    num_gpus: float = Field(
-        default=0, ge=0,
-        description="GPUs a replica reserves: 0 on CPU, tensor_parallel_size on GPU.")
-    memory_gib: float | None = Field(
-        default=None, gt=0, description="Memory a replica reserves in Ray's accounting (GiB; "
-        "a vLLM CPU engine of a small model takes about 3): a deploy the cluster cannot hold "
-        "then fails up front, naming the memory missing. None: reserve nothing.")
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources a replica reserves, e.g. "
-        "{serving: 1}: on a cluster this pins replicas to the serving worker group "
-        "(cluster/aws.yaml), so training cannot take their GPUs.")
-    max_ongoing_requests: int = Field(
-        default=32, ge=1, description="Requests one replica takes at once before Serve queues.")
-    adapter_cache_dir: str | None = Field(
-        default=None, description="Local directory adapters are fetched into; default "
-        "$STUDIO_HOME/cache/adapters.")
-
-    @model_validator(mode="after")
-    def _engine_has_its_device(self) -> ModelDeploymentConfig:
-        if self.engine.engine == "sglang" and self.num_gpus <= 0:
-            raise StudioError("an SGLang deployment reserves no GPU (num_gpus is 0)",
-                              "set num_gpus to the engine's tensor_parallel_size")
-        return self
-
-
-def deployment_name(base_model: str) -> str:
-    """A Serve deployment name per base model: readable, unique, no '/' (which Serve rejects)."""
-    tail = Path(base_model.rstrip("/")).name or "model"
-    return f"Model-{tail}-{hashlib.sha256(base_model.encode()).hexdigest()[:8]}"
 
 
 @serve.deployment(name="ModelDeployment", max_ongoing_requests=32, health_check_period_s=10,
@@ -290,12 +239,24 @@ async def coalesced(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
                 await reader
 
 
+def check_device(cfg: ModelDeploymentConfig) -> None:
+    """Fail when the deployment is built, not minutes later inside a replica that never gets ready."""
+    if cfg.engine.engine == "sglang" and not cuda_available():
+        raise StudioError(
+            "SGLang needs a CUDA GPU, and there is none on this machine or in the connected "
+            "Ray cluster",
+            "use `engine: vllm` on CPU; on a GPU machine install the `sglang` extra "
+            "(pip install -e '.[sglang]')",
+        )
+
+
 def build_model_deployment(config: ModelDeploymentConfig | dict[str, Any],
                            name: str | None = None, report_to: str | None = None,
                            **serve_options: Any) -> Application:
     """The bound deployment for one base model (the router binds one per base model; a runtime
     deployment is an application of its own). ``serve_options`` go to ``Deployment.options``."""
     cfg = ModelDeploymentConfig.model_validate(config)
+    check_device(cfg)
     model = Path(cfg.engine.model).expanduser()
     if model.exists():  # replicas run in another cwd
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(

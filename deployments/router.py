@@ -166,7 +166,7 @@ class Router:
 
     async def sync_deployments(self) -> list[str]:
         """Re-read the runtime deployments now; the served base names."""
-        from deployments.model import deployment_name
+        from studio.serving.config import deployment_name
 
         self._sync_started += 1
         seq = self._sync_started

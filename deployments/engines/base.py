@@ -1,4 +1,5 @@
-"""One small engine interface, with vLLM and SGLang behind it, and the config that picks one.
+"""One small engine interface, with vLLM and SGLang behind it (their config, ``EngineConfig``, lives
+in ``studio.serving.config``; the factory in ``deployments.engines.registry``).
 
 An engine serves one base model plus LoRA adapters, speaking the OpenAI protocol of the engine's own
 serving layer. ``generate`` answers with
@@ -18,118 +19,11 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import Field, model_validator
-
 from studio.errors import StudioError
-from studio.recipes import Spec
+from studio.serving.config import EngineConfig
 
 Endpoint = Literal["chat", "completions"]
 GenerateResult = dict[str, Any] | AsyncIterator[str]
-
-
-class EngineConfig(Spec):
-    """What an engine serves and how. Fields map onto vLLM's engine args (SGLang's where it has
-    the same knob); CPU defaults are the ones measured to work on a small machine."""
-
-    model: str = Field(description="Base model: a local directory or a model hub id.")
-    served_model_name: str | None = Field(
-        default=None,
-        description="Name requests use for the base model (the request's `model`); default: model.",
-    )
-    engine: Literal["vllm", "sglang"] = Field(
-        default="vllm", description="Inference engine. SGLang needs a CUDA GPU."
-    )
-    dtype: str = Field(
-        default="auto",
-        description="Weight/activation dtype: auto, float32, bfloat16, float16. vLLM on CPU turns "
-        "auto into bfloat16; the tiny test model needs float32 to match transformers.",
-    )
-    max_model_len: int | None = Field(
-        default=None, ge=16, description="Context length in tokens; default: the model's own."
-    )
-    max_loras: int = Field(
-        default=4, ge=1, description="Adapters loaded at once (and in one batch); the least "
-        "recently used one is evicted when another must load."
-    )
-    max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank accepted.")
-    max_num_seqs: int = Field(default=16, ge=1, description="Sequences decoded together at most.")
-    enforce_eager: bool = Field(
-        default=True,
-        description="Skip graph capture/compilation: on CPU compile warm-up costs a minute; "
-        "turn it off on GPUs for throughput.",
-    )
-    kv_cache_space_gib: int | None = Field(
-        default=1, ge=1, description="KV cache size on CPU in whole GiB (VLLM_CPU_KVCACHE_SPACE, "
-        "which vLLM reads as an integer); ignored on GPU, where gpu_memory_utilization sizes it."
-    )
-    gpu_memory_utilization: float = Field(
-        default=0.9, gt=0, le=1,
-        description="Fraction of GPU memory the engine may take (GPU only).",
-    )
-    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one replica shards over.")
-    seed: int = Field(default=0, description="Sampling seed of the engine.")
-    stream_interval: int = Field(
-        default=1, ge=1, description="Tokens per streamed chunk after the first (vLLM's "
-        "stream_interval; the first token is always sent at once). Each chunk crosses the "
-        "Serve hops (model replica → Router → ingress) as one message, so on a small CPU "
-        "machine 4-8 cuts that overhead several-fold; 1 streams token by token."
-    )
-    chat_template: str | None = Field(
-        default=None, description="Chat template (a Jinja file path or the template itself) "
-        "replacing the model's own; for tools it must render the request's `tools`."
-    )
-    tool_call_parser: str | None = Field(
-        default=None, description="vLLM tool parser that turns the model's output into OpenAI "
-        "`tool_calls` (e.g. hermes for ChatML-style models such as the tiny one, llama3_json, "
-        "mistral); needed for any `tool_choice` other than none."
-    )
-    enable_auto_tool_choice: bool = Field(
-        default=False, description="Let the model decide to call a tool (`tool_choice: auto`, "
-        "the default when a request has tools); needs tool_call_parser."
-    )
-    tool_strict_level: Literal["auto", "function", "parameter"] = Field(
-        default="auto", description="How tightly vLLM guides tool calls: auto (the call's "
-        "envelope when tool_choice forces a call; arguments pinned to their schema only for "
-        "tools sent with `strict: true`), function (the envelope for every request with tools), "
-        "parameter (also every tool's arguments, as if all were strict)."
-    )
-    structured_outputs_backend: Literal[
-        "auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer", "none"] = Field(
-        default="auto", description="Guided-decoding library for `response_format` JSON schemas "
-        "and named/required tool choices; `none`: this engine does not guide, and such requests "
-        "get a 400."
-    )
-    structured_outputs_compact: bool = Field(
-        default=False, description="Guided JSON without free whitespace (xgrammar/guidance; "
-        "with backend auto this picks xgrammar): keeps a weak model from spending its tokens on "
-        "spaces."
-    )
-
-    @model_validator(mode="after")
-    def _tools_need_a_parser(self) -> EngineConfig:
-        if self.enable_auto_tool_choice and not self.tool_call_parser:
-            raise ValueError("enable_auto_tool_choice needs tool_call_parser (e.g. hermes)")
-        if self.structured_outputs_compact and self.structured_outputs_backend not in (
-                "auto", "xgrammar", "guidance"):
-            raise ValueError("structured_outputs_compact works with the xgrammar or guidance "
-                             "backend only")
-        return self
-
-    @model_validator(mode="after")
-    def _sglang_needs_cuda(self) -> EngineConfig:
-        # Fail when the config is read, not minutes later inside a replica that never gets ready.
-        if self.engine == "sglang" and not cuda_available():
-            raise StudioError(
-                "SGLang needs a CUDA GPU, and there is none on this machine or in the connected "
-                "Ray cluster",
-                "use `engine: vllm` on CPU; on a GPU machine install the `sglang` extra "
-                "(pip install -e '.[sglang]')",
-            )
-        return self
-
-    @property
-    def name(self) -> str:
-        return self.served_model_name or self.model
 
 
 def cuda_available() -> bool:

@@ -1,8 +1,8 @@
 """The SGLang engine: ``sglang.Engine`` behind SGLang's own OpenAI serving classes, GPU only.
 
 SGLang installs only with CUDA torch and cannot run on CPU; it is the optional ``sglang`` extra and
-is imported here, lazily, on the GPU replica that runs it. ``EngineConfig`` already refuses
-``engine: sglang`` where no CUDA GPU is visible. Not exercised by the CPU test suite: tests marked
+is imported here, lazily, on the GPU replica that runs it. Building the deployment
+(``deployments.model.check_device``) refuses ``engine: sglang`` where no CUDA GPU is visible. Not exercised by the CPU test suite: tests marked
 ``gpu`` run it on a GPU machine.
 
 As with vLLM, the protocol is SGLang's: ``OpenAIServingChat`` / ``OpenAIServingCompletion`` built
@@ -20,13 +20,13 @@ from pydantic import ValidationError
 from deployments.engines.base import (
     Endpoint,
     EngineAdapters,
-    EngineConfig,
     GenerateResult,
     check_request,
     error_body,
     released_after,
 )
 from studio.errors import StudioError, Unavailable
+from studio.serving.config import EngineConfig
 
 _INSTALL = "install the GPU environment with the `sglang` extra: pip install -e '.[sglang]'"
 

@@ -25,13 +25,13 @@ from pydantic import ValidationError
 from deployments.engines.base import (
     Endpoint,
     EngineAdapters,
-    EngineConfig,
     GenerateResult,
     check_request,
     error_body,
     released_after,
 )
 from studio.errors import StudioError, Unavailable
+from studio.serving.config import EngineConfig
 
 logger = logging.getLogger("ray.serve")
 

@@ -105,7 +105,8 @@ def deploy(settings: StudioSettings, recipe: ServingRecipe, created_by: str | No
         claim(session, recipe, created_by)
     try:
         _make_room(settings, recipe, say)
-        from deployments.model import build_model_deployment, deployment_name
+        from deployments.model import build_model_deployment
+        from studio.serving.config import deployment_name
 
         app = build_model_deployment(
             recipe.deployment, name=deployment_name(recipe.name), report_to=APP_NAME,

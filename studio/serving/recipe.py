@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from deployments.model import ModelDeploymentConfig
+from studio.serving.config import ModelDeploymentConfig
 from studio.errors import Conflict, NotFound, StudioError
 from studio.recipes import Spec
 from studio.store.models import ServingDeployment

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from deployments.engines.base import EngineConfig
+from studio.serving.config import EngineConfig
 
 PROMPTS = ["reverse: 6 0 4 8", "hello world", "the answer is"]
 MAX_TOKENS = 24

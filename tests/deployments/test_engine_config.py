@@ -9,8 +9,9 @@ import fsspec
 import pytest
 
 from deployments.engines.adapter_lru import AdapterLRU
-from deployments.engines.base import EngineConfig, cuda_available
-from deployments.model import ModelDeploymentConfig, deployment_name
+from deployments.engines.base import cuda_available
+from deployments.model import build_model_deployment
+from studio.serving.config import EngineConfig, ModelDeploymentConfig, deployment_name
 from studio.errors import Conflict, NotFound, StudioError
 from studio.models.adapters import check_adapter_fits, fetch_adapter, inspect_adapter
 from studio.recipes import validate_spec
@@ -35,15 +36,16 @@ def test_kv_cache_space_is_whole_gib():
 
 
 @pytest.mark.skipif(cuda_available(), reason="this machine has a CUDA GPU")
-def test_sglang_on_a_cpu_machine_fails_at_config_time():
+def test_sglang_on_a_cpu_machine_fails_when_the_deployment_is_built():
+    # Reading the config probes nothing (a CPU laptop may write a GPU cluster's config)...
+    cfg = validate_spec(ModelDeploymentConfig, {"engine": {"model": "m", "engine": "sglang"}, "num_gpus": 1}, "x")
+    assert EngineConfig(model="m", engine="sglang").engine == "sglang"
+    # ...building the deployment here does, before any replica waits for a GPU.
     with pytest.raises(StudioError) as err:
-        EngineConfig(model="m", engine="sglang")
+        build_model_deployment(cfg)
     message = str(err.value)
     assert "SGLang needs a CUDA GPU" in message
     assert "engine: vllm" in message and "`sglang` extra" in message
-    # The same through the recipe loader and inside a deployment config.
-    with pytest.raises(StudioError, match="SGLang needs a CUDA GPU"):
-        validate_spec(ModelDeploymentConfig, {"engine": {"model": "m", "engine": "sglang"}}, "x")
 
 
 def test_deployment_names_are_per_base_model_and_serve_safe():

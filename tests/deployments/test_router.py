@@ -157,7 +157,7 @@ def test_registry_versions_are_served_without_a_redeploy(studio, tmp_path):
 def test_client_disconnect_mid_stream_aborts_the_engine_request(studio):
     import httpx
 
-    from deployments.model import deployment_name
+    from studio.serving.config import deployment_name
 
     model = serve.get_deployment_handle(deployment_name("tiny"), app_name="studio")
     # Long enough to be still running when the client leaves: 8 sequences (STUDIO_MAX_N) × 480
