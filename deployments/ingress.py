@@ -30,5 +30,10 @@ class ApiIngress:
         app = create_app()
         app.state.scheduler = self._scheduler
         app.state.router = self._router  # the Router: config models and runtime-deployed ones
+        if self._router is not None:
+            from deployments.router import RouterClient
+
+            # The /v1 data path (one per app: it caches the model deployments' handles).
+            app.state.router_client = RouterClient(self._router)
         app.state.gateway = self._gateway  # the LLM gateway (/gateway/v1/*); None when disabled
         return app

@@ -45,12 +45,12 @@ def _router(request: Request):
 
 
 def _client(request: Request):
-    """One RouterClient per app (it caches the model deployments' handles)."""
+    """The app's RouterClient, handed in by the Serve ingress with the Router's handle."""
     client = getattr(request.app.state, "router_client", None)
     if client is None:
-        from deployments.router import RouterClient
-
-        client = request.app.state.router_client = RouterClient(_router(request))
+        _router(request)  # 503: no models served
+        raise Unavailable("this API process has a Router but no router client",
+                          "set app.state.router_client (deployments/ingress.py does)")
     return client
 
 
