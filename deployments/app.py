@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
@@ -60,6 +60,18 @@ class GatewayArgs(Spec):
     num_replicas: int = Field(default=1, ge=1, description="Gateway replicas (limits and cache "
                               "are shared through Redis when STUDIO_REDIS_URL is set).")
     num_cpus: float = Field(default=0.05, gt=0, description="Logical CPUs each replica reserves.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each replica reserves, e.g. "
+        "{gateway: 1} on KubeRay, where only the gateway worker group advertises `gateway` and "
+        "only its pods hold the provider keys.")
+
+    @field_validator("resources")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, n in v.items() if n <= 0)
+        if bad:
+            raise ValueError(f"resources {', '.join(bad)} must be > 0 (leave a resource out instead)")
+        return v
 
 
 class AppArgs(Spec):
@@ -146,17 +158,22 @@ def build_gateway(cfg: GatewayArgs, router, env: dict[str, str]):
         return None
     spec = _gateway_spec(cfg)
     # Provider keys travel from the environment of `studio up` to the gateway replicas only (the
-    # head ``studio up`` starts has them removed, so no other replica or job inherits them).
+    # head ``studio up`` starts has them removed, so no other replica or job inherits them). On
+    # KubeRay the builder has none: the replicas read them at call time from their own pod's
+    # environment (LiteLLM's ``os.environ/NAME``), the gateway worker group's.
     keys = {name: os.environ[name] for name in spec.key_envs() if os.environ.get(name)}
-    return Gateway.options(
-        num_replicas=cfg.num_replicas,
-        ray_actor_options={"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": {**env, **keys}}},
-    ).bind(spec.model_dump(mode="json"), router)
+    options: dict[str, Any] = {"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": {**env, **keys}}}
+    if cfg.resources:
+        options["resources"] = cfg.resources
+    return Gateway.options(num_replicas=cfg.num_replicas, ray_actor_options=options
+                           ).bind(spec.model_dump(mode="json"), router)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     cfg = validate_spec(AppArgs, dict(args or {}), "serve application args")
     env = settings_env(StudioSettings())
+    router = build_router(cfg.models, cfg.router_num_cpus, env)
+    gateway = build_gateway(cfg.gateway, router, env)
     scheduler = None
     if cfg.scheduler.enabled:
         # One replica: passes are idempotent, but one writer per tick keeps the events readable.
@@ -164,12 +181,10 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             num_replicas=1,
             ray_actor_options={"num_cpus": cfg.scheduler.num_cpus, "runtime_env": {"env_vars": env}},
         ).bind({**cfg.scheduler.model_dump(exclude={"enabled", "num_cpus"}),
-                "withheld_env": sorted({*cfg.scheduler.withheld_env, *_provider_keys(cfg.gateway)})})
-    router = build_router(cfg.models, cfg.router_num_cpus, env)
-    gateway = build_gateway(cfg.gateway, router, env)
-    # The API checks model names against the gateway with the admin key (studio.evals.queue): the
-    # ingress replicas are the one place besides `studio up` that keeps STUDIO_ADMIN_KEY.
-    admin = {"STUDIO_ADMIN_KEY": os.environ["STUDIO_ADMIN_KEY"]} if os.environ.get("STUDIO_ADMIN_KEY") else {}
+                "withheld_env": sorted({*cfg.scheduler.withheld_env, *_provider_keys(cfg.gateway)})},
+               gateway)
+    # No replica gets STUDIO_ADMIN_KEY: the API and the scheduler ask the Gateway deployment for
+    # its model names over its handle, so no key is needed for that.
     # A Serve application is the graph reachable from its ingress: the scheduler, the router and
     # its model deployments are deployed because the ingress is bound with their handles.
     return ApiIngress.options(
@@ -177,5 +192,5 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
         max_queued_requests=cfg.ingress.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=cfg.ingress.retry_after_s),
-        ray_actor_options={"num_cpus": cfg.ingress.num_cpus, "runtime_env": {"env_vars": {**env, **admin}}},
+        ray_actor_options={"num_cpus": cfg.ingress.num_cpus, "runtime_env": {"env_vars": env}},
     ).bind(scheduler, router, gateway=gateway)

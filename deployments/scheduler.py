@@ -24,8 +24,9 @@ logger = logging.getLogger("ray.serve")
 @serve.deployment(name="JobScheduler", num_replicas=1, max_ongoing_requests=16,
                   ray_actor_options={"num_cpus": 0.05})
 class JobScheduler:
-    async def __init__(self, config: dict[str, Any] | None = None):
+    async def __init__(self, config: dict[str, Any] | None = None, gateway: Any = None):
         self._config = SchedulerConfig.model_validate(config or {})
+        self._gateway = gateway  # the Gateway's handle: the promotion gate asks it for model names
         self._settings = StudioSettings()  # from the STUDIO_* env vars build_app forwards
         self._client = None
         self._passes = 0
@@ -52,7 +53,12 @@ class JobScheduler:
     def _pass(self):
         if self._client is None:
             self._client = ray_jobs.jobs_client(self._settings, self._config.ray_address)
-        return reconcile_once(self._settings, self._client, self._config)
+        return reconcile_once(self._settings, self._client, self._config,
+                              models_available=self._served_models if self._gateway else None)
+
+    def _served_models(self) -> list[str]:
+        # Called from the pass's worker thread, where a handle's response may be waited on.
+        return [m["id"] for m in self._gateway.models.remote().result().get("data", [])]
 
     async def status(self) -> dict[str, Any]:
         return {"alive": not self._task.done(), "passes": self._passes, "last_pass_at": self._last_pass_at,

@@ -152,3 +152,37 @@ def test_a_cluster_node_gets_the_wrapper_from_the_module(tmp_path: Path):
     assert main([str(path)]) == 0
     assert path.stat().st_mode & 0o111 and f'exec {shlex.quote(real_binary())} "$@"' in path.read_text()
     assert main([]) == 2
+
+
+def _env(app) -> dict[str, str]:
+    return app._bound_deployment.ray_actor_options["runtime_env"]["env_vars"]
+
+
+def test_no_replica_gets_the_admin_key_and_only_gateway_replicas_get_provider_keys(monkeypatch):
+    """build_app hands STUDIO_ADMIN_KEY to no replica (the API and the scheduler ask the Gateway's
+    handle for model names) and a provider key only to the Gateway replicas, which reserve their
+    custom resource (KubeRay: only the gateway worker group advertises it)."""
+    from deployments.app import build_app
+
+    monkeypatch.setenv("STUDIO_ADMIN_KEY", "sk-studio-" + "a" * 40)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-exposure-test")
+    app = build_app({"gateway": {"resources": {"gateway": 1}}})
+    scheduler, router = app._bound_deployment.init_args
+    gateway = app._bound_deployment.init_kwargs["gateway"]
+    for name, replica in {"ingress": app, "scheduler": scheduler, "router": router, "gateway": gateway}.items():
+        assert "STUDIO_ADMIN_KEY" not in _env(replica), f"{name} replicas get the admin key"
+    assert _env(gateway)["OPENAI_API_KEY"] == "sk-openai-exposure-test"
+    assert not {"OPENAI_API_KEY"} & {*_env(app), *_env(scheduler), *_env(router)}
+    assert gateway._bound_deployment.ray_actor_options["resources"] == {"gateway": 1}
+    assert scheduler._bound_deployment.init_args[1] is gateway  # the promotion gate's way to ask
+    # KubeRay: the builder has no provider key; the gateway replica then reads its pod's.
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert "OPENAI_API_KEY" not in _env(build_app({})._bound_deployment.init_kwargs["gateway"])
+
+
+def test_a_gateway_resource_must_be_positive():
+    from deployments.app import build_app
+    from studio.errors import StudioError
+
+    with pytest.raises(StudioError, match="resources gateway must be > 0"):
+        build_app({"gateway": {"resources": {"gateway": 0}}})

@@ -20,8 +20,8 @@ a scheduler that restarts, or two that briefly overlap during a redeploy, lose a
             and cancellable, never started.
 5. after    SUCCEEDED training job whose recipe has ``after_training``: its auto-eval is queued (an
             eval job, started by the next pass) and, once that eval is done, the version is
-            promoted through the gate or the refusal recorded (``studio.evals.gate.after_training``);
-            the state lives in ``result.after_training`` until ``done``.
+            promoted through the gate or the refusal recorded (``studio.evals.gate.after_training``,
+            models checked with ``models_available``); the state is ``result.after_training``.
 6. keys     every submission gets a key derived from its submitter's (``studio.keys.create_job_key``:
             same role and limits, expiring after ``job_key_ttl_h``) in STUDIO_API_KEY, never the
             admin key; the keys of jobs no longer on Ray are revoked each pass.
@@ -135,8 +135,8 @@ class TickReport:
 _PER_JOB_ERRORS = (RuntimeError, ConnectionError, requests.RequestException, SQLAlchemyError, StudioError)
 
 
-def reconcile_once(settings: StudioSettings, client: JobSubmissionClient,
-                   config: SchedulerConfig | None = None, *, now: datetime | None = None) -> TickReport:
+def reconcile_once(settings: StudioSettings, client: JobSubmissionClient, config: SchedulerConfig | None = None,
+                   *, now: datetime | None = None, models_available=None) -> TickReport:
     config = config or SchedulerConfig()
     now = now or utcnow()
     report = TickReport()
@@ -149,7 +149,7 @@ def reconcile_once(settings: StudioSettings, client: JobSubmissionClient,
                 report.errors.append(f"job {job_id}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
                 logger.warning("scheduler: job %s: %s", job_id, e)
 
-    ctx = _Pass(settings, client, config, now, report)
+    ctx = _Pass(settings, client, config, now, report, models_available)
     each(_ids(settings, Job.cancel_requested.is_(True), Job.status.in_(CANCELLABLE)), ctx.cancel)
     each(_ids(settings, Job.status.in_(POLLED), Job.ray_submission_id.is_not(None)), ctx.poll)
     each(_ids(settings, Job.status == JobStatus.FAILED, Job.cancel_requested.is_(False),
@@ -195,6 +195,7 @@ class _Pass:
     config: SchedulerConfig
     now: datetime
     report: TickReport
+    models_available: Any = None  # () -> served model names; None: asked over HTTP (the CLI's way)
 
     def cancel(self, job_id: int) -> None:
         with session_scope(self.settings.db_url) as s:
@@ -293,12 +294,12 @@ class _Pass:
         self._submit(job_id, sid)
 
     def after_training(self, job_id: int) -> None:
-        from studio.evals.gate import after_training
+        from studio.evals.gate import after_training, gateway_models
 
         with session_scope(self.settings.db_url) as s:
             job = s.get(Job, job_id)
             before = (job.result or {}).get("after_training")
-            state = after_training(s, job)
+            state = after_training(s, job, self.models_available or gateway_models)
             if state != before:
                 job.result = {**(job.result or {}), "after_training": state}
                 self.report.after_training.append(job_id)

@@ -20,8 +20,9 @@ SECRET = "llm-studio-secrets"
 # Settings that hold credentials: in a manifest they may only come from a Secret.
 SECRET_ENV = {"STUDIO_DATABASE_URL", "STUDIO_REDIS_URL", "STUDIO_ADMIN_KEY", "RAY_AUTH_TOKEN",
               "OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
-# What only `build_app` hands on (to the ingress and gateway replicas): never in a pod that runs jobs.
+# What no pod that runs jobs gets; on the RayService only the gateway group has the provider keys.
 SERVE_ONLY = {"STUDIO_ADMIN_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
+PROVIDER_KEYS = {"openai-api-key", "anthropic-api-key"}
 
 
 def docs(name: str) -> list[dict]:
@@ -73,8 +74,12 @@ def test_cluster_spec_required_fields_and_autoscaling(which: str, spec: dict):
             assert key in group, f"{which}/{group.get('groupName')}: missing {key}"
         assert group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
         (container,) = group["template"]["spec"]["containers"]
-        gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
-        assert gpus >= 1 and container["resources"]["requests"]["nvidia.com/gpu"] == str(gpus)
+        if group["groupName"] == "gateway-workers":  # CPU pods: the gateway takes no GPU
+            assert "nvidia.com/gpu" not in container["resources"]["limits"]
+            assert group["rayStartParams"].get("num-gpus") == "0"
+        else:
+            gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
+            assert gpus >= 1 and container["resources"]["requests"]["nvidia.com/gpu"] == str(gpus)
         for c in containers(spec):
             assert c["image"] == container["image"], "every pod must run the same studio image"
 
@@ -86,7 +91,7 @@ def custom_resources(group: dict) -> dict[str, float]:
 
 
 def test_serving_and_training_groups_are_apart():
-    (serving,) = service()["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    serving = service_group("gpu-serving")
     (train,) = training()["spec"]["workerGroupSpecs"]
     assert set(custom_resources(serving)) == {"serving"}
     assert set(custom_resources(train)) == {"training"}
@@ -134,15 +139,52 @@ def test_admin_and_provider_keys_stay_out_of_the_training_cluster():
         assert not {n for n in names if n.endswith("_API_KEY")}
     assert not {"admin-key", "openai-api-key", "anthropic-api-key"} & secret_keys(train)
     assert secret_keys(train) == {"database-url", "redis-url", "ray-auth-token"}
-    # The Serve application is built in a task on any RayService pod, from that pod's environment:
-    # there they must be, or the ingress and gateway replicas would start without them.
-    for names in env_names(service()["spec"]["rayClusterConfig"]):
-        assert SERVE_ONLY <= names
     # ... and the check sees a key that comes back.
     spec = training()["spec"]
     spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"].append(
         {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "openai-api-key"}}})
     assert any(SERVE_ONLY & names for names in env_names(spec))
+
+
+def service_group(name: str) -> dict:
+    (group,) = [g for g in service()["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == name]
+    return group
+
+
+def group_secret_keys(group: dict) -> set[str]:
+    return {e["valueFrom"]["secretKeyRef"]["key"] for c in group["template"]["spec"]["containers"]
+            for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def test_only_the_gateway_group_has_provider_keys_and_no_pod_the_admin_key():
+    """Every process of a pod inherits its environment: on the RayService the provider keys are in
+    the gateway worker group's pods alone (the gateway replicas, pinned there by a custom resource
+    nothing else asks for, read them at call time), and no pod has the admin key (the API and the
+    scheduler ask the gateway's handle for model names)."""
+    rc = service()["spec"]["rayClusterConfig"]
+    groups = {"head": rc["headGroupSpec"], **{g["groupName"]: g for g in rc["workerGroupSpecs"]}}
+    assert set(groups) == {"head", "gateway-workers", "gpu-serving"}
+    for name, group in groups.items():
+        keys = group_secret_keys(group)
+        assert "admin-key" not in keys, f"{name} pods get the admin key"
+        if name == "gateway-workers":
+            assert PROVIDER_KEYS <= keys and keys - PROVIDER_KEYS == {"database-url", "redis-url", "ray-auth-token"}
+        else:
+            assert not PROVIDER_KEYS & keys, f"{name} pods get {sorted(PROVIDER_KEYS & keys)}"
+            assert keys == {"database-url", "redis-url", "ray-auth-token"}
+    gateway = groups["gateway-workers"]
+    assert custom_resources(gateway) == {"gateway": 2} and gateway["minReplicas"] >= 1
+    assert all("gateway" not in custom_resources(g) for n, g in groups.items() if n not in ("head", "gateway-workers"))
+    assert "resources" not in rc["headGroupSpec"]["rayStartParams"]
+    # The gateway replicas reserve it, so they run there and only there; nothing else asks for it.
+    from deployments.app import AppArgs
+    from studio.recipes import validate_spec
+
+    (app,) = cluster.embedded_serve_config()["applications"]
+    args = validate_spec(AppArgs, app["args"], "serveConfigV2 args")
+    assert args.gateway.enabled and args.gateway.resources == {"gateway": 1}
+    assert args.gateway.num_replicas <= custom_resources(gateway)["gateway"] * gateway["maxReplicas"]
+    assert not any("gateway" in m.resources for m in args.models)
 
 
 def test_serve_config_is_the_generated_one():

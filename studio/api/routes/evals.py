@@ -16,6 +16,7 @@ from fastapi.responses import StreamingResponse
 from studio.access import principal_id
 from studio.api.deps import KeyDep, SessionDep, SettingsDep
 from studio.api.params import Offset
+from studio.api.routes.gateway import served_models
 from studio.api.streams import follow_response
 from studio.data.snapshots import resolve_snapshot
 from studio.errors import StudioError
@@ -30,12 +31,13 @@ router = APIRouter(prefix="/api/evals", tags=["evals"])
 
 
 @router.post("", status_code=201)
-def post_eval(spec: EvalSpec, key: KeyDep, session: SessionDep) -> dict:
+def post_eval(spec: EvalSpec, key: KeyDep, session: SessionDep, request: Request) -> dict:
     """Queue an eval run; the scheduler starts it on Ray within about a second."""
-    # Preflight asks the gateway (over HTTP, authenticated with a key): end this request's
-    # transaction first, so no lock of it is held while that request runs.
+    # Preflight asks the Gateway deployment for its model names: end this request's transaction
+    # first, so no lock of it is held while that call runs.
     session.commit()
-    job = enqueue_eval(session, spec, submitted_by=key.name, owner_key_id=principal_id(key))
+    job = enqueue_eval(session, spec, submitted_by=key.name, owner_key_id=principal_id(key),
+                       models_available=served_models(request))
     return eval_detail(session, job)
 
 

@@ -9,8 +9,10 @@ SSE."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -18,6 +20,7 @@ from studio.access import Forbidden, is_admin, is_job_key, principal_id
 from studio.api.deps import KeyDep
 from studio.api.openai_body import OpenAIBodyRoute
 from studio.errors import StudioError, Unavailable
+from studio.evals.queue import gateway_models
 from studio.gateway.request import ChatCompletionRequest, CompletionRequest, RequestCaps, check_caps
 from studio.store.models import ApiKey
 
@@ -34,6 +37,29 @@ def _gateway(request: Request):
                           "enable it in the serve config (gateway: {enabled: true}) and run "
                           "`studio up` again")
     return handle
+
+
+def served_models(request: Request) -> Callable[[], list[str]]:
+    """The model names the Gateway deployment serves, asked over its handle (eval preflight, the
+    promotion gate): the ingress holds no key to ask over HTTP. Outside Serve (no handle) the
+    names are asked over HTTP, as the CLI does."""
+    handle = getattr(request.app.state, "gateway", None)
+    if handle is None:
+        return gateway_models
+
+    async def ask() -> dict[str, Any]:
+        return await handle.models.remote()
+
+    def names() -> list[str]:
+        # Sync routes run in a worker thread; the handle's response is awaited on the app's loop.
+        try:
+            body = anyio.from_thread.run(ask)
+        except Exception as e:  # noqa: BLE001 — any failure of the replica is "cannot check"
+            raise Unavailable(f"cannot check the model names: the gateway answered {type(e).__name__}: {e}",
+                              "check the Gateway deployment (`serve status`), then retry") from e
+        return [m["id"] for m in body.get("data", [])]
+
+    return names
 
 
 def call_context(key: ApiKey, request: Request) -> dict[str, Any]:

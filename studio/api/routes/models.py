@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from studio.api.deps import KeyDep, SessionDep, UserOrAdminDep
 from studio.api.params import Offset
+from studio.api.routes.gateway import served_models
 from studio.access import Forbidden, claim_name, name_owner, owns, principal_id, require_admin
 from studio.errors import NotFound, StudioError
 from studio.evals.gate import (GateConfig, PromotionRefused, gate_dict, gated_promote, get_gate,
@@ -80,7 +81,8 @@ def get_lineage(ref: str, _: KeyDep, session: SessionDep) -> dict:
 
 
 @router.post("/{ref}/promote", response_model=None)
-def post_promote(ref: str, body: PromoteRequest, key: UserOrAdminDep, session: SessionDep) -> dict | JSONResponse:
+def post_promote(ref: str, body: PromoteRequest, key: UserOrAdminDep, session: SessionDep,
+                 request: Request) -> dict | JSONResponse:
     """Set a pinned version's stage (``name@N``); promoting to champion archives the previous one.
 
     With a promotion gate (``PUT /api/models/{name}/gate``, or ``dataset`` in the body) the
@@ -100,9 +102,9 @@ def post_promote(ref: str, body: PromoteRequest, key: UserOrAdminDep, session: S
                               'add "reason": "why" to the body (it is recorded with the promotion)')
         by = f"{key.name} (reason: {body.reason.strip()})"
     override = {"dataset": body.dataset, "scorer": body.scorer, "margin": body.margin}
-    session.commit()  # a gate's eval asks the gateway over HTTP: release the key row first (see evals.py)
+    session.commit()  # a gate's eval asks the gateway for its models: release the key row first (see evals.py)
     o = gated_promote(session, ref, body.stage, force=body.force, by=by, override=override,
-                      owner_key_id=principal_id(key))
+                      owner_key_id=principal_id(key), models_available=served_models(request))
     if o.outcome == "evaluating":
         return JSONResponse({"promotion": o.as_dict()}, status_code=202)
     if o.outcome == "refused":
