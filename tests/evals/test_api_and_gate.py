@@ -146,3 +146,22 @@ def test_the_leaderboard_is_live_while_the_run_goes(settings, gateway, reverse_d
     assert done == sorted(done) and done[0] < 8 and all(n >= i + 1 for i, n in enumerate(done)), done
     # the scores of every answer stored so far (an answer and its scores are one transaction)
     assert [sum(r["n"] for r in d["leaderboard"]["scores"]) for d in snapshots] == done
+
+
+def test_evals_api_preflight_asks_the_gateway_handle_not_http(settings, gateway, reverse_data, monkeypatch):
+    """The ingress holds no admin key: POST /api/evals checks model names with the Gateway
+    deployment's handle (app.state.gateway), so it works with no key and no gateway URL to call."""
+    from tests.loopback import free_port
+
+    for var in ("STUDIO_API_KEY", "STUDIO_ADMIN_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("STUDIO_GATEWAY_URL", f"http://127.0.0.1:{free_port()}/gateway/v1")  # nothing listens
+    api = httpx.Client(base_url=gateway.api_url, headers=gateway.headers(), timeout=30)
+    body = {"name": "via-handle", "dataset": reverse_data, "models": ["good"], "limit": 2,
+            "scorers": [{"type": "exact_match"}]}
+    r = api.post("/api/evals", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["status"] == "QUEUED"
+    problem = assert_problem(api.post("/api/evals", json={**body, "models": ["no-such-model"]}), 404,
+                             "the gateway serves no model named 'no-such-model'")
+    assert "good" in json.dumps(problem)  # the fix lists what the gateway's handle answered
