@@ -14,6 +14,7 @@ from typing import Any
 
 from ray import serve
 
+from studio.errors import Unavailable
 from studio.jobs import ray_jobs
 from studio.jobs.scheduler import SchedulerConfig, reconcile_once
 from studio.settings import StudioSettings
@@ -57,8 +58,14 @@ class JobScheduler:
                               models_available=self._served_models if self._gateway else None)
 
     def _served_models(self) -> list[str]:
-        # Called from the pass's worker thread, where a handle's response may be waited on.
-        return [m["id"] for m in self._gateway.models.remote().result().get("data", [])]
+        # Called from the pass's worker thread, where a handle's response may be waited on. A
+        # failure is the one job's (StudioError), as it was over HTTP: the pass goes on.
+        try:
+            body = self._gateway.models.remote().result(timeout_s=30)
+        except Exception as e:  # noqa: BLE001
+            raise Unavailable(f"cannot check the model names: the gateway answered {type(e).__name__}: {e}",
+                              "check the Gateway deployment (`serve status`); the next pass retries") from e
+        return [m["id"] for m in body.get("data", [])]
 
     async def status(self) -> dict[str, Any]:
         return {"alive": not self._task.done(), "passes": self._passes, "last_pass_at": self._last_pass_at,

@@ -77,3 +77,34 @@ def test_after_training_auto_eval_and_auto_promotion(settings, gateway, reverse_
         history = promotion_history(s, "rev")
     assert (history[-1]["version"], history[-1]["outcome"], history[-1]["by"]) == (2, "promoted", f"job:{promote}")
     assert reconcile_once(settings, None).after_training == []  # done stays done
+
+
+def test_the_scheduler_checks_model_names_with_what_it_is_given(settings, reverse_data, monkeypatch):
+    """In Serve the scheduler holds no key: its pass takes ``models_available`` (the Gateway's
+    handle) and never asks over HTTP; a name it does not list is refused, a listed one queued."""
+    from tests.loopback import free_port
+
+    for var in ("STUDIO_API_KEY", "STUDIO_ADMIN_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("STUDIO_GATEWAY_URL", f"http://127.0.0.1:{free_port()}/gateway/v1")  # nothing listens
+    with session_scope(settings.db_url) as s:
+        register_version(s, name="hv", base_model="tiny", method="sft", adapter_type="lora", uri="file:///x")
+        register_version(s, name="hv", base_model="tiny", method="sft", adapter_type="lora", uri="file:///x")
+        register_version(s, name="other", base_model="tiny", method="sft", adapter_type="lora", uri="file:///x")
+    served = succeeded_training_job(settings, "hv", "hv@2", {"dataset": reverse_data, "limit": 2})
+    unknown = succeeded_training_job(settings, "other", "other@1", {"dataset": reverse_data, "limit": 2})
+    asked = []
+
+    def models_available() -> list[str]:
+        asked.append(1)
+        return ["hv"]
+
+    report = reconcile_once(settings, None, models_available=models_available)  # one pass: nothing submitted
+    assert asked and report.after_training[0] == served
+    state = after(settings, served)
+    assert state["outcome"] == "evaluating" and state["eval_id"]
+    with session_scope(settings.db_url) as s:
+        assert s.get(Job, state["eval_id"]).spec["models"] == ["hv@2"]
+    refused = after(settings, unknown)
+    assert "the gateway serves no model named 'other@1'" in refused.get("reason", "") + " ".join(report.errors), \
+        (refused, report.errors)
