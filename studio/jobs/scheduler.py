@@ -19,9 +19,8 @@ a scheduler that restarts, or two that briefly overlap during a redeploy, lose a
             has a submission id belongs to a driver on Ray (``ray job submit … --recipe``): polled
             and cancellable, never started.
 5. after    SUCCEEDED training job whose recipe has ``after_training``: its auto-eval is queued (an
-            eval job, started by the next pass) and, once that eval is done, the version is
-            promoted through the gate or the refusal recorded (``studio.evals.gate.after_training``,
-            models checked with ``models_available``); the state is ``result.after_training``.
+            eval job, started by the next pass), then the version promoted through the gate or the
+            refusal recorded (``studio.evals.gate.after_training``) in ``result.after_training``.
 6. keys     every submission gets a key derived from its submitter's (``studio.keys.create_job_key``:
             same role and limits, expiring after ``job_key_ttl_h``) in STUDIO_API_KEY, never the
             admin key; the keys of jobs no longer on Ray are revoked each pass.
