@@ -12,10 +12,9 @@ from sqlalchemy.orm import Session
 
 from studio.evals.leaderboard import progress, run_leaderboard
 from studio.evals.queue import get_eval
-from studio.evals.spec import redact_spec
 from studio.jobs.follow import FollowEvent, follow_async, follow_sync, is_done
 from studio.store.db import session_scope
-from studio.store.models import EvalOutput, EvalScore, Job, JobEvent
+from studio.store.models import ApiKey, EvalOutput, EvalScore, Job, JobEvent
 
 
 def eval_summary(session: Session, job: Job) -> dict[str, Any]:
@@ -28,10 +27,16 @@ def eval_summary(session: Session, job: Job) -> dict[str, Any]:
             "created_at": job.created_at.isoformat(), "updated_at": job.updated_at.isoformat()}
 
 
-def eval_detail(session: Session, job: Job) -> dict[str, Any]:
+def eval_detail(session: Session, job: Job, key: ApiKey | None = None) -> dict[str, Any]:
+    """The run with its result, live leaderboard and events; its spec (secrets redacted) for its
+    owner and admins, like any job's (``key`` None: the trusted CLI)."""
+    from studio.jobs.queue import HIDDEN_SPEC, visible_spec
+
     events = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id))
     result = {k: v for k, v in (job.result or {}).items() if k != "leaderboard"}
-    return {**eval_summary(session, job), "spec": redact_spec(job.spec), "result": result,
+    spec = visible_spec(job, key)
+    hidden = {"spec_hidden": HIDDEN_SPEC} if spec is None and job.spec else {}
+    return {**eval_summary(session, job), "spec": spec, **hidden, "result": result,
             "leaderboard": run_leaderboard(session, job),
             "events": [{"at": e.at.isoformat(), "from": e.from_status, "to": e.to_status, "reason": e.reason}
                        for e in events]}

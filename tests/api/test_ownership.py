@@ -149,3 +149,13 @@ def test_only_an_evals_owner_cancels_it(client, settings, user_key, bob):
     assert_problem(client.post(f"/api/evals/{ev}/cancel", headers=bearer(bob)), 403, "eval job", "cancel it")
     assert client.get(f"/api/evals/{ev}", headers=bearer(bob)).json()["owner_key_id"] == key_id(settings, "alice")
     assert client.post(f"/api/evals/{ev}/cancel", headers=bearer(user_key)).status_code == 202
+
+
+def test_an_evals_spec_is_its_owners(client, settings, user_key, bob, admin_key):
+    with session_scope(settings.db_url) as s:
+        ev = create_job(s, name="e", spec={"dataset": "d", "models": ["m"], "scorers": []}, max_retries=0,
+                        submitted_by="alice", kind="eval", owner_key_id=key_id(settings, "alice")).id
+    seen = client.get(f"/api/evals/{ev}", headers=bearer(bob)).json()
+    assert seen["spec"] is None and "owner" in seen["spec_hidden"] and seen["dataset"] == "d"
+    assert client.get(f"/api/evals/{ev}", headers=bearer(user_key)).json()["spec"]["models"] == ["m"]
+    assert client.get(f"/api/evals/{ev}", headers=bearer(admin_key)).json()["spec"] is not None

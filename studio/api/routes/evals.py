@@ -38,7 +38,7 @@ def post_eval(spec: EvalSpec, key: KeyDep, session: SessionDep, request: Request
     session.commit()
     job = enqueue_eval(session, spec, submitted_by=key.name, owner_key_id=principal_id(key),
                        models_available=served_models(request))
-    return eval_detail(session, job)
+    return eval_detail(session, job, key)
 
 
 @router.get("")
@@ -58,9 +58,10 @@ def get_dataset_leaderboard(_: KeyDep, session: SessionDep,
 
 
 @router.get("/{eval_id}")
-def get_one_eval(eval_id: int, _: KeyDep, session: SessionDep) -> dict:
-    """Spec, status, progress, events and the leaderboard so far (live while the run goes)."""
-    return eval_detail(session, get_eval(session, eval_id))
+def get_one_eval(eval_id: int, key: KeyDep, session: SessionDep) -> dict:
+    """Status, progress, events and the leaderboard so far (live while the run goes); the spec for
+    the run's owner and admins."""
+    return eval_detail(session, get_eval(session, eval_id), key)
 
 
 @router.get("/{eval_id}/results")
