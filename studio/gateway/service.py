@@ -249,6 +249,10 @@ class GatewayService:
 
     def close(self) -> None:
         self.usage.close()
+        # LiteLLM keeps every Router's callbacks (cooldowns among them) in global lists capped at
+        # 100: a process that builds many gateways must unhook the ones it is done with.
+        if self.llm is not None:
+            self.llm.discard()
 
     # ---- steps -------------------------------------------------------------------------------
     def _check_body(self, endpoint: str, body: Any, stream: bool = False) -> dict[str, Any]:
