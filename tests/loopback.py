@@ -38,3 +38,22 @@ class ServerThread:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(10)
+
+
+class HandlerThread:
+    """A stdlib ``http.server`` on a free port of ``host`` in a thread: for listeners that record
+    exactly what reaches them (a request that must never arrive, a redirect, raw bytes)."""
+
+    def __init__(self, handler, host: str = "127.0.0.1"):
+        import http.server
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import threading
 from collections.abc import Iterator
 
 import fsspec
@@ -18,6 +17,7 @@ import pytest
 from studio.egress import guard_fsspec_http, guard_location, guard_url, guarded_async_client, redact_url
 from studio.errors import StudioError
 from studio.settings import StudioSettings
+from tests.loopback import HandlerThread
 
 
 def allow(entries: str | None) -> StudioSettings:
@@ -27,7 +27,7 @@ def allow(entries: str | None) -> StudioSettings:
 NONE = allow(None)
 
 
-class Listener:
+class Listener(HandlerThread):
     """A stdlib HTTP server on a loopback address that records each request path; ``/redirect``
     answers 302 to ``redirect_to``, anything else 200 with a small JSON body."""
 
@@ -57,15 +57,7 @@ class Listener:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        super().__init__(Handler, host)
 
 
 @pytest.fixture

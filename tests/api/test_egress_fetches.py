@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 
 import fsspec
@@ -22,11 +21,12 @@ from studio.models.adapters import fetch_adapter
 from studio.models.source import resolve_model_source
 from tests.api.checks import assert_problem, bearer
 from tests.jobs.inputs import ingest_datasets, make_model_dir, train_spec
+from tests.loopback import HandlerThread
 
 ROWS = "".join(json.dumps({"prompt": f"reverse: {i}", "completion": str(i)[::-1]}) + "\n" for i in range(10, 20))
 
 
-class Listener:
+class Listener(HandlerThread):
     """Loopback HTTP server: GET/HEAD of /data.jsonl answers rows, anything else 404; records paths."""
 
     def __init__(self) -> None:
@@ -52,15 +52,7 @@ class Listener:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        super().__init__(Handler)
 
 
 @pytest.fixture

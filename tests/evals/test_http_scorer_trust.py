@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 
 import httpx
@@ -20,12 +19,13 @@ from studio.evals.scorers.http import HttpEvaluator
 from studio.evals.spec import HttpScorer
 from studio.settings import StudioSettings
 from tests.api.checks import assert_problem
+from tests.loopback import HandlerThread
 
 LOOPBACK = StudioSettings(egress_allow="127.0.0.1")
 BODY_SECRET = "root:x:0:0"  # what an internal service might answer; must never be stored
 
 
-class Listener:
+class Listener(HandlerThread):
     """A loopback HTTP server recording each request's path and headers; the path picks the answer."""
 
     def __init__(self) -> None:
@@ -49,15 +49,7 @@ class Listener:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        super().__init__(Handler)
 
 
 @pytest.fixture
