@@ -230,14 +230,20 @@ def test_serve_run_with_the_config_file_serves_the_tiny_model_and_its_adapters(t
                             timeout=120)
         assert "tiny" in [m["id"] for m in http.get("/models").json()["data"]]
 
-        def ask(model: str) -> tuple[str, str]:
+        def ask(model: str) -> tuple[str, list[tuple[str, float]]]:
+            # Compare what the model scores, not the text: the untrained tiny model may well answer
+            # "" (end of sequence first) with or without an adapter. ignore_eos keeps four tokens.
             r = http.post("/chat/completions", json={
-                "model": model, "max_tokens": 8, "temperature": 0,
+                "model": model, "max_tokens": 4, "temperature": 0, "ignore_eos": True,
+                "logprobs": True, "top_logprobs": 3,
                 "messages": [{"role": "user", "content": "reverse: 1 2 3"}]})
             assert r.status_code == 200, r.text
-            return r.headers["x-studio-model-version"], r.json()["choices"][0]["message"]["content"]
+            tokens = r.json()["choices"][0]["logprobs"]["content"]
+            assert len(tokens) == 4, tokens
+            scored = [(t["token"], round(t["logprob"], 3)) for t in tokens]
+            return r.headers["x-studio-model-version"], scored
 
-        version, base_text = ask("tiny")
+        version, base_scores = ask("tiny")
         assert version == "tiny"
         adapter = make_adapter(model_dir, tmp_path / "adapter", seed=3)
         with session_scope(settings.db_url) as session:
@@ -250,8 +256,9 @@ def test_serve_run_with_the_config_file_serves_the_tiny_model_and_its_adapters(t
             if r.status_code == 200 or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        version, adapter_text = ask("srun")
-        assert version == "srun@1" and adapter_text != base_text
+        version, adapter_scores = ask("srun")
+        assert version == "srun@1"
+        assert adapter_scores != base_scores, "the adapter did not change what the model scores"
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
