@@ -8,6 +8,7 @@ on the machine, as ``ray stop`` would).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -237,17 +239,38 @@ def serve_timeouts(path: str | Path | None = None) -> dict[str, Any]:
     return {k: http[k] for k in ("request_timeout_s", "keep_alive_timeout_s") if k in http}
 
 
+def app_builder(app_cfg: dict[str, Any], serve_config: str | Path | None = None
+                ) -> Callable[[dict[str, Any]], Any]:
+    """The application builder the Serve config names (``import_path: module:function``), as
+    ``serve run`` finds it: the launcher deploys whatever the config names, and knows no module of
+    ``deployments/`` itself."""
+    path = app_cfg.get("import_path")
+    module, _, attr = str(path or "").partition(":")
+    where = f"{serve_config or DEFAULT_SERVE_CONFIG}: application {APP_NAME!r}"
+    if not module or not attr:
+        raise StudioError(f"{where} has import_path {path!r}",
+                          "name the builder as module:function, e.g. deployments.app:build_app")
+    try:
+        builder = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise StudioError(f"{where}: cannot import {path!r} ({e})",
+                          "check import_path; the module must be importable here and on the cluster"
+                          ) from e
+    if not callable(builder):
+        raise StudioError(f"{where}: {path!r} is not callable", "name a builder function")
+    return builder
+
+
 def deploy(settings: StudioSettings, serve_config: str | Path | None = None, wait_s: float = 180.0) -> None:
     """Deploy (or update) the studio application on the connected Ray cluster."""
     from ray import serve
 
-    from deployments.app import build_app
-
     app_cfg = load_serve_config(serve_config)
+    builder = app_builder(app_cfg, serve_config)
     connect(settings)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port,
                               **serve_timeouts(serve_config)})
-    serve.run(build_app(app_cfg.get("args") or {}), name=APP_NAME,
+    serve.run(builder(app_cfg.get("args") or {}), name=APP_NAME,
               route_prefix=app_cfg.get("route_prefix", "/"), blocking=False)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
@@ -260,8 +283,8 @@ def deploy(settings: StudioSettings, serve_config: str | Path | None = None, wai
 
 def up(settings: StudioSettings, serve_config: str | Path | None = None) -> HeadState | None:
     """Start or join Ray and deploy the app. Returns the head state when we started the head."""
-    from deployments.app import provider_key_envs
     from studio.keys import check_admin_secret
+    from studio.serving.app_config import provider_key_envs
 
     if settings.admin_key:
         check_admin_secret(settings.admin_key)  # before anything starts

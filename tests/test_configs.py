@@ -18,7 +18,7 @@ ALL = sorted(CONFIGS.rglob("*.yaml"))
 def _validate_serve(path: Path) -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.app import AppArgs
+    from studio.serving.app_config import AppArgs
     from studio.serving.recipe import ServingRecipe
 
     if path.parent.name == "models":  # serving recipes: `studio serve deploy`

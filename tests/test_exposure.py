@@ -120,7 +120,7 @@ def test_status_says_where_the_ray_token_is_never_what(tmp_path: Path, monkeypat
 def test_the_admin_key_and_provider_keys_stay_out_of_the_head(monkeypatch):
     """What `studio up` withholds from the Ray head (every job inherits the head's environment):
     the provider key variables the gateway config names, besides the admin and operator keys."""
-    from deployments.app import provider_key_envs
+    from studio.serving.app_config import provider_key_envs
     from studio.stack import HEAD_WITHHELD
 
     assert set(HEAD_WITHHELD) == {"STUDIO_ADMIN_KEY", "STUDIO_API_KEY"}

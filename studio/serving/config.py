@@ -7,8 +7,9 @@ itself; whether this cluster can run it (a GPU for SGLang) is checked when it is
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -156,3 +157,19 @@ def deployment_name(base_model: str) -> str:
     """A Serve deployment name per base model: readable, unique, no '/' (which Serve rejects)."""
     tail = Path(base_model.rstrip("/")).name or "model"
     return f"Model-{tail}-{hashlib.sha256(base_model.encode()).hexdigest()[:8]}"
+
+
+SERVE_BUILDERS = "studio.serve"
+
+
+def serve_builder(name: str) -> Callable[..., Any]:
+    """The Serve builder registered as ``name`` in the ``studio.serve`` entry points (pyproject:
+    ``model_deployment`` is ``deployments.model:build_model_deployment``): the interface layer
+    supplies it, the services only call it."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group=SERVE_BUILDERS, name=name)
+    if not found:
+        raise StudioError(f"no Serve builder {name!r} is installed (entry point group "
+                          f"{SERVE_BUILDERS!r})", "reinstall the studio: `make setup` (pip install -e .)")
+    return next(iter(found)).load()

@@ -105,10 +105,9 @@ def deploy(settings: StudioSettings, recipe: ServingRecipe, created_by: str | No
         claim(session, recipe, created_by)
     try:
         _make_room(settings, recipe, say)
-        from deployments.model import build_model_deployment
-        from studio.serving.config import deployment_name
+        from studio.serving.config import deployment_name, serve_builder
 
-        app = build_model_deployment(
+        app = serve_builder("model_deployment")(
             recipe.deployment, name=deployment_name(recipe.name), report_to=APP_NAME,
             max_constructor_retry_count=CONSTRUCTOR_RETRIES,
             graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)

@@ -177,7 +177,7 @@ def test_only_the_gateway_group_has_provider_keys_and_no_pod_the_admin_key():
     assert all("gateway" not in custom_resources(g) for n, g in groups.items() if n not in ("head", "gateway-workers"))
     assert "resources" not in rc["headGroupSpec"]["rayStartParams"]
     # The gateway replicas reserve it, so they run there and only there; nothing else asks for it.
-    from deployments.app import AppArgs
+    from studio.serving.app_config import AppArgs
     from studio.recipes import validate_spec
 
     (app,) = cluster.embedded_serve_config()["applications"]
@@ -197,7 +197,7 @@ def test_serve_config_is_the_generated_one():
 def test_serve_config_validates_and_its_import_path_resolves():
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.app import AppArgs
+    from studio.serving.app_config import AppArgs
     from studio.recipes import validate_spec
 
     schema = ServeDeploySchema.model_validate(cluster.embedded_serve_config())

@@ -141,7 +141,7 @@ def test_declared_work_fits_the_node_types(path: Path, monkeypatch):
     """Every model replica of the cluster's Serve config, and a training worker of a GPU recipe under
     the cluster's settings, fit some worker type — else they would wait forever for a node that the
     autoscaler can never make."""
-    from deployments.app import AppArgs
+    from studio.serving.app_config import AppArgs
     from studio.cluster import worker_resources
     from studio.recipes import load_recipe
     from studio.stack import load_serve_config

@@ -19,7 +19,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from deployments.app import provider_key_envs
+from studio.serving.app_config import provider_key_envs
 from studio import stack
 from studio.api.app import create_app
 from studio.jobs import ray_jobs
