@@ -25,7 +25,7 @@ class Gateway:
         from studio.gateway.spec import load_gateway_spec
         from studio.settings import StudioSettings
 
-        from deployments.router import RouterClient
+        from deployments.router_client import RouterClient
 
         settings = StudioSettings()
         client = RouterClient(router) if router is not None else None

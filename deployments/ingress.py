@@ -31,7 +31,7 @@ class ApiIngress:
         app.state.scheduler = self._scheduler
         app.state.router = self._router  # the Router: config models and runtime-deployed ones
         if self._router is not None:
-            from deployments.router import RouterClient
+            from deployments.router_client import RouterClient
 
             # The /v1 data path (one per app: it caches the model deployments' handles).
             app.state.router_client = RouterClient(self._router)

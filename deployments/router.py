@@ -30,11 +30,7 @@ or promoted version (or a new experiment) answers within about a second, without
 Every answered request is recorded in the completion log (``CompletionRecorder``: batched writes
 from a background task, never on the request path) and counted in ``ServingMetrics``.
 
-``RouterClient.stream(endpoint, body)`` is an async generator: the first item is
-``{"studio_model_version": "name@N"}`` (or the base id; plus ``studio_experiment`` /
-``studio_arm`` for an alias), then the engine's items — one dict (a whole JSON body; errors carry
-``error.code`` = HTTP status) or SSE strings. When the name does not resolve, the only item is the
-error dict. Close it (``aclose``) to stop the engine request.
+Names and targets live in ``deployments.routing``; the data path in ``deployments.router_client``.
 """
 
 from __future__ import annotations
@@ -42,83 +38,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.engines.base import error_body
+from deployments.routing import (
+    MODELS_HINT,
+    REGISTRY_TTL_S,
+    NameCache,
+    Target,
+    adapter_id,
+    normalize_base,
+)
 from deployments.serving_metrics import UNRESOLVED, ServingMetrics
 from studio.errors import StudioError
 from studio.experiments.ab import pick_arm
-from studio.experiments.completions import CompletionRecorder, ResponseCapture, prompt_text
+from studio.experiments.completions import CompletionRecorder
 
 logger = logging.getLogger("ray.serve")
-REGISTRY_TTL_S = 1.0
-NAME_CACHE_SIZE = 4096
-MODELS_HINT = "see GET /v1/models for the models served"
-
-
-class NameCache:
-    """name → value for ``ttl_s``, at most ``max_size`` names (the least recently used go first).
-    Unknown names are cached too (their 404), so without the bound a caller sending endless
-    made-up model names would grow the Router's memory without end."""
-
-    def __init__(self, max_size: int = NAME_CACHE_SIZE):
-        self.max_size = max_size
-        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
-
-    def get(self, name: Any) -> Any | None:
-        hit = self._entries.get(name) if isinstance(name, str) else None
-        if hit is None or hit[0] <= time.monotonic():
-            return None
-        self._entries.move_to_end(name)
-        return hit[1]
-
-    def put(self, name: str, value: Any, ttl_s: float) -> None:
-        self._entries[name] = (time.monotonic() + ttl_s, value)
-        self._entries.move_to_end(name)
-        while len(self._entries) > self.max_size:
-            self._entries.popitem(last=False)
-
-    def pop(self, name: str, default: Any = None) -> Any:
-        hit = self._entries.pop(name, None)
-        return default if hit is None else hit[1]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-@dataclass(frozen=True)
-class Target:
-    base: str  # the served base model id (key of the router's handles)
-    label: str  # what answered: the base id or name@N
-    adapter_id: str | None = None
-    uri: str | None = None
-    experiment: str | None = None  # the alias requested, when an experiment chose this
-    arm: str | None = None  # the arm's model name
-    deployment: str = ""  # the base's ModelDeployment: Serve deployment and application names
-    app: str = ""
-
-    def meta(self) -> dict[str, str]:
-        meta = {"studio_model_version": self.label}
-        if self.experiment:
-            meta.update(studio_experiment=self.experiment, studio_arm=self.arm)
-        return meta
-
-
-def normalize_base(model: str) -> str:
-    """A base model reference as the router compares it: an existing path resolved absolute."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
-
-
-def adapter_id(name: str, version: int, row_id: int) -> str:
-    return f"{name}@{version}-{row_id}"
 
 
 # /v1 requests make small calls here (route, and batched books): never queue them behind Serve's
@@ -398,170 +338,3 @@ class Router:
         self.metrics.output_tokens.labels(*labels).inc(report["tokens"])
         if report.get("record"):
             self.recorder.record(report["record"])
-
-
-class RouterClient:
-    """The /v1 data path, in the process that serves the HTTP request (the ingress, the gateway):
-    one call to the Router to learn where the request goes, then the answer streams straight
-    from that base model's ModelDeployment; the outcome goes back to the Router afterwards, off
-    the request path, in batches (``books``, every ``BOOKS_EVERY_S``).
-
-    A request that names a served base id or a registry version (``name@N``) skips the ``route``
-    call for ``REGISTRY_TTL_S`` after one was answered: both always mean the same weights (an
-    experiment alias cannot contain ``@``), and the Router's sync keeps running on the other calls;
-    such a request is counted in flight through the next batch. Registry names (their champion
-    moves on promotion) and experiment aliases (sticky arms) are always routed."""
-
-    BOOKS_EVERY_S = 0.05
-
-    def __init__(self, router: DeploymentHandle):
-        self.router = router
-        self._models: dict[tuple[str, str], DeploymentHandle] = {}
-        self._pinned = NameCache()  # base id / name@N → Target
-        self._started: list[str] = []  # bases of requests started without `route`, not yet sent
-        self._ended: list[dict[str, Any]] = []  # reports not yet sent
-        self._timer: asyncio.Task | None = None
-        self._sends: set[asyncio.Task] = set()
-
-    async def models(self) -> dict[str, Any]:
-        return await self.router.models.remote()
-
-    def _model(self, target: Target) -> DeploymentHandle:
-        key = (target.deployment, target.app)
-        handle = self._models.get(key)
-        if handle is None:
-            handle = serve.get_deployment_handle(*key).options(stream=True)
-            self._models[key] = handle
-        return handle
-
-    async def _route(self, model: Any, user: Any) -> tuple[Target | dict, bool]:
-        """Where the request goes, and whether that came from this client's cache."""
-        hit = self._pinned.get(model)
-        if hit is not None:
-            self._started.append(hit.base)
-            self._schedule()
-            return hit, True
-        target = await self.router.route.remote(model, user)
-        # A base id or name@N (what answered is what was asked), never a name or an alias.
-        if isinstance(target, Target) and target.experiment is None and target.label == model:
-            self._pinned.put(model, target, REGISTRY_TTL_S)
-        return target, False
-
-    async def stream(self, endpoint: str, body: dict[str, Any], owner_key_id: int | None = None):
-        """The answer to an OpenAI request body (see the module docstring for the items).
-        ``owner_key_id``: the calling key's principal, recorded with the logged completion (only
-        its owner may read or rate it)."""
-        started = time.perf_counter()
-        target, cached = await self._route(body.get("model"), body.get("user"))
-        if isinstance(target, dict):
-            yield target
-            return
-        capture, ttft, done, gen = ResponseCapture(), None, False, None
-        try:  # from here on, every way out reports to the Router (it counts this in flight)
-            yield target.meta()
-            request, adapter = {**body, "model": target.adapter_id or target.base}, None
-            if target.adapter_id:
-                adapter = {"id": target.adapter_id, "uri": target.uri, "label": target.label}
-            gen = getattr(self._model(target), endpoint).remote(request, adapter)
-            try:
-                async for item in gen:
-                    if ttft is None:
-                        ttft = time.perf_counter() - started
-                    capture.add(item)
-                    # A whole body is the only item, and callers close us once they have it.
-                    done = done or isinstance(item, dict)
-                    yield _relabel(item, target)
-                done = True
-            except Exception:  # the replica failed (the client leaving is a BaseException)
-                self._pinned.pop(target.label, None)  # ask the Router next time
-                gone = await self.router.gone.remote(target.base) if ttft is None else None
-                if gone is None:
-                    capture.error = {"code": 500}
-                    raise
-                if cached:  # the Router never saw this request: answer as it would now (404)
-                    capture.error = {"code": gone["error"]["code"]}
-                    yield gone
-                    return
-                # Evicted while this request waited for a replica: a clean, retryable 503.
-                capture.error = {"code": 503}
-                yield error_body(f"The model `{target.base}` was evicted before this request "
-                                 f"was answered; retry, or {MODELS_HINT}", 503,
-                                 "ServiceUnavailableError", "model")
-        finally:
-            # Client gone (this generator closed or cancelled) or done: stop the engine request.
-            if gen is not None:
-                gen.cancel()
-            self._report(endpoint, body, target, capture, started, ttft, done, owner_key_id)
-
-    def _report(self, endpoint, body, target: Target, capture: ResponseCapture, started: float,
-                ttft: float | None, done: bool, owner_key_id: int | None = None) -> None:
-        latency = time.perf_counter() - started
-        report: dict[str, Any] = {"target": target, "endpoint": endpoint, "ttft_s": ttft,
-                                  "latency_s": latency, "done": done, "tokens": capture.tokens,
-                                  "error_code": None if capture.error is None
-                                  else capture.error.get("code", 500)}
-        if done and capture.error is None and capture.id:
-            prompt = body.get("messages") if endpoint == "chat" else body.get("prompt")
-            user = body.get("user")
-            report["record"] = {
-                "id": capture.id, "endpoint": endpoint, "requested_model": str(body.get("model")),
-                "experiment": target.experiment, "arm": target.arm,
-                "model_version": target.label, "prompt": prompt,
-                "prompt_text": prompt_text(endpoint, prompt), "response": capture.text,
-                "latency_ms": round(latency * 1000, 3),
-                "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
-                "output_tokens": capture.tokens, "user": user if isinstance(user, str) else None,
-                "owner_key_id": owner_key_id, "created_at": datetime.now(timezone.utc)}
-        self._ended.append(report)
-        self._schedule()
-
-    def _schedule(self) -> None:
-        """Send the books after ``BOOKS_EVERY_S`` unless a send is already due. Without a running
-        loop (a generator collected late) they wait for the next one."""
-        if self._timer is not None and not self._timer.done():
-            return
-        try:
-            self._timer = asyncio.get_running_loop().create_task(self._send_later())
-        except RuntimeError:
-            self._timer = None
-
-    async def _send_later(self) -> None:
-        await asyncio.sleep(self.BOOKS_EVERY_S)
-        self._send()
-
-    def _send(self) -> None:
-        if not (self._started or self._ended):
-            return
-        started, ended, self._started, self._ended = self._started, self._ended, [], []
-
-        async def send() -> None:
-            try:
-                await self.router.books.remote(started, ended)
-            except Exception as e:  # noqa: BLE001 — the books must never fail a request
-                why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-                logger.warning("reporting %d finished request(s) to the Router failed: %s",
-                               len(ended), why)
-
-        task = asyncio.get_running_loop().create_task(send())
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-
-    async def drain(self) -> None:
-        """Send the books now and wait for every send so far (feedback on a just-answered
-        completion)."""
-        self._send()
-        if self._sends:
-            await asyncio.gather(*list(self._sends), return_exceptions=True)
-
-
-def _relabel(item: Any, target: Target) -> Any:
-    """Show clients the name they can use (name@N), not the internal adapter id."""
-    if isinstance(item, str):
-        if target.adapter_id is None:
-            return item
-        return item.replace(f'"model":"{target.adapter_id}"', f'"model":"{target.label}"')
-    if isinstance(item, dict) and "error" not in item:
-        if target.adapter_id:
-            item["model"] = target.label
-        item.update(target.meta())
-    return item

@@ -30,7 +30,7 @@ def create_app(settings: StudioSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.scheduler = None  # the JobScheduler's handle, set by the Serve ingress
     app.state.router = None  # the Router's handle (OpenAI /v1/*), set by the Serve ingress
-    app.state.router_client = None  # the /v1 data path (deployments.router.RouterClient), likewise
+    app.state.router_client = None  # the /v1 data path (deployments.router_client.RouterClient), likewise
     app.state.gateway = None  # the Gateway's handle (/gateway/v1/*), set by the Serve ingress
     app.state.streams = StreamSlots()  # open follow-streams per key (STUDIO_MAX_STREAMS_PER_KEY)
     install_error_handlers(app)

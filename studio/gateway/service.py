@@ -2,7 +2,7 @@
 
 Per request: check the key's limits and the job's concurrency cap → answer from cache if the
 request is deterministic and seen before → else walk the model group and its fallbacks: studio
-groups go through ``deployments.router.RouterClient`` (no HTTP hop: the Router names the model
+groups go through ``deployments.router_client.RouterClient`` (no HTTP hop: the Router names the model
 deployment, which answers straight to the gateway; every sampling parameter passed through
 untouched), external groups go through ``litellm.Router`` (retries with backoff, cooldown
 of failing deployments, timeouts, load balancing, LiteLLM's price map) → attach
@@ -65,7 +65,7 @@ class GatewayService:
                  redis_url: str | None = None, caps: RequestCaps | None = None):
         self.spec = spec
         self.caps = caps or RequestCaps()
-        # deployments.router.RouterClient: routes by the studio Router, answers straight from
+        # deployments.router_client.RouterClient: routes by the studio Router, answers straight from
         # the model deployments
         self.studio_router = studio_router
         self.store = KVStore(redis_url, spec.cache.namespace, spec.cache.max_entries)

@@ -173,7 +173,7 @@ def test_the_openapi_shows_the_request_schemas(client):
 
 
 def test_the_routers_name_cache_is_bounded():
-    from deployments.router import NameCache
+    from deployments.routing import NameCache
 
     cache = NameCache(max_size=100)
     for i in range(10_000):  # a caller sending endless made-up model names

@@ -1,7 +1,7 @@
 """/v1/*: the OpenAI-compatible endpoint. Thin: authenticate, validate the body against the one
 request model (``studio.gateway.request``: unknown fields and caps are a 400), apply the key's
 rpm / tpm / budget (429 with Retry-After), hand the fields to the
-Router (``app.state.router``) through ``deployments.router.RouterClient``, which asks the Router
+Router (``app.state.router``) through ``deployments.router_client.RouterClient``, which asks the Router
 where the request goes and streams the answer straight from that model's deployment — a JSON body
 or a server-sent-event stream. Every answer names the concrete version that produced it in
 ``x-studio-model-version`` (non-streamed bodies also carry ``studio_model_version``); an answer for an experiment alias also
