@@ -106,7 +106,7 @@ def demo(exit_at_end: bool = typer.Option(False, "--exit", help="Stop the stack 
                                      help="full (make demo) or small (fewer rows and steps; the e2e test's)")) -> None:
     """Run the studio's main loop on the tiny model: data → eval → SFT → hot-load → eval → promote →
     A/B + feedback → DPO (see docs/walkthrough.md)."""
-    from studio.demo import run_demo
+    from studio.cli.demo import run_demo
 
     run_demo(exit_at_end=exit_at_end, profile=profile)
 

@@ -24,7 +24,7 @@ def free_port() -> int:
 
 
 def test_demo_small_profile_runs_the_whole_loop(tmp_path, monkeypatch: pytest.MonkeyPatch):
-    from studio import demo as demo_mod
+    from studio.cli import demo as demo_mod
 
     home = tmp_path / "studio-home"
     for name in ("RAY_ADDRESS", "STUDIO_ADMIN_KEY", "STUDIO_DATABASE_URL", "STUDIO_ARTIFACTS_URI",

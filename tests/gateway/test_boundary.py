@@ -20,8 +20,8 @@ ALLOWED = {
     "deployments/model.py": "the ModelDeployment serving an engine",
     "studio/train/rollout.py": "GRPO rollout actors run vLLM engines to generate rollouts",
     "studio/train/grpo*": "GRPO training drives its own vLLM rollout engines",
-    "studio/demo.py": "the demo plays an outside user of the studio's OpenAI-compatible /v1 with the "
-                      "official openai client (it calls the studio, never a provider)",
+    "studio/cli/demo/steps.py": "the demo plays an outside user of the studio's OpenAI-compatible /v1 with the "
+                                "official openai client (it calls the studio, never a provider)",
 }
 
 

@@ -1,24 +1,4 @@
-"""``make demo`` / ``studio demo``: the studio's main loop on the tiny model, through public
-interfaces only — HTTP (``/api``, ``/v1`` with the official ``openai`` client) and the library calls
-the CLI makes. Walked through by hand in docs/walkthrough.md.
-
-    0  start the stack (Ray + Serve + the tiny model on vLLM), build the tiny model
-    1  ingest the digit-reversal data (train/test) and show its stats
-    2  evaluate the base model on the test split (exact match ≈ 0)
-    3  SFT LoRA job over HTTP, following its status, steps and loss
-    4  the adapter is registered and served by name@N without a redeploy
-    5  base vs adapter, side by side (live leaderboard; the adapter must reach ≥ 0.9)
-    6  promote the adapter through the promotion gate
-    7  A/B experiment alias base vs adapter: traffic with the ``openai`` client, feedback on
-       /v1/feedback (correct answers +1, wrong ones -1), exported as a preference snapshot
-    8  DPO from that snapshot, starting from the SFT adapter (``init_adapter``); registered as the
-       next version, evaluated, and put to the gate against the champion
-    9  leaderboard, gateway usage/cost, where everything is
-
-Each step checks its outcome and raises ``DemoError`` (a ``StudioError``) when it did not happen;
-nothing is printed as done that was not done. ``run_demo`` returns the numbers it printed (the e2e
-test asserts on them).
-"""
+"""The demo's steps (``Demo``), each through public interfaces only, each checking its outcome."""
 
 from __future__ import annotations
 
@@ -26,7 +6,6 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,69 +13,24 @@ import httpx
 from rich.table import Table
 
 from studio import stack
-from studio.cli.common import console, settings_with_db
-from studio.errors import StudioError
+from studio.cli.common import console
+from studio.cli.demo.profile import (
+    ALIAS,
+    DPO_RECIPE,
+    FEEDBACK_DATASET,
+    NAME,
+    SFT_RECIPE,
+    TINY_SERVE_CONFIG,
+    DemoError,
+    DemoResult,
+    Profile,
+)
 from studio.jobs.follow import follow_job
 from studio.models.tiny import make_tiny
 from studio.recipes import load_recipe
 from studio.settings import StudioSettings
 from studio.train.spec import TrainSpec
 from studio.train.toy_data import write_reversal_files
-
-CONFIGS = stack.DEFAULT_SERVE_CONFIG.parents[1]
-TINY_SERVE_CONFIG = CONFIGS / "serve" / "studio.yaml"
-SFT_RECIPE = CONFIGS / "train" / "sft_reverse_tiny.yaml"
-DPO_RECIPE = CONFIGS / "train" / "dpo_reverse_tiny.yaml"
-NAME = "reverse-tiny"  # the registry name the SFT (and then the DPO) versions are registered under
-ALIAS = "reverse-ab"  # the A/B experiment's alias
-FEEDBACK_DATASET = "reverse-feedback"
-
-
-@dataclass(frozen=True)
-class Profile:
-    """How big each step is. ``full`` is ``make demo``; ``small`` is the e2e test's (same flow)."""
-
-    n_train: int = 2000
-    n_test: int = 200
-    eval_limit: int = 100  # test rows each eval scores
-    sft_overrides: tuple[str, ...] = ()
-    ab_prompts: int = 24  # distinct prompts sent through the experiment alias ...
-    ab_repeats: int = 3  # ... each this many times greedily (both arms answer most prompts) ...
-    ab_sampled: int = 2  # ... and this many times sampled at temperature 1
-    dpo_overrides: tuple[str, ...] = ("hyper.max_steps=8", "hyper.batch_size=8", "hyper.logging_steps=2",
-                                      "hyper.learning_rate=0.0002")
-    min_adapter_em: float = 0.9
-    max_base_em: float = 0.1
-
-
-PROFILES = {
-    "full": Profile(),
-    "small": Profile(n_test=60, eval_limit=40, ab_prompts=12,
-                     dpo_overrides=("hyper.max_steps=4", "hyper.batch_size=8", "hyper.logging_steps=2",
-                                    "hyper.learning_rate=0.0002")),
-}
-
-
-class DemoError(StudioError):
-    """A step's outcome was not what the demo needs: it stops here."""
-
-
-@dataclass
-class DemoResult:
-    base_em: float | None = None
-    sft_version: str | None = None
-    sft_em: float | None = None
-    promotion: dict[str, Any] = field(default_factory=dict)
-    experiment: dict[str, Any] = field(default_factory=dict)
-    feedback: dict[str, int] = field(default_factory=dict)
-    preference_dataset: dict[str, Any] = field(default_factory=dict)
-    dpo_version: str | None = None
-    dpo_em: float | None = None
-    dpo_gate: dict[str, Any] = field(default_factory=dict)
-    leaderboard: dict[str, Any] = field(default_factory=dict)
-    usage: list[dict[str, Any]] = field(default_factory=list)
-    step_seconds: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
 
 
 class Demo:
@@ -290,7 +224,7 @@ class Demo:
         console.print(f"  {ref:<18} {em[ref]:.2f}", highlight=False)
         if em[ref] < self.p.min_adapter_em:
             raise DemoError(f"{ref} reached exact match {em[ref]:.2f}, below {self.p.min_adapter_em}",
-                            f"see the job's loss (studio jobs show) and the answers (studio eval show)")
+                            "see the job's loss (studio jobs show) and the answers (studio eval show)")
 
     def promote(self) -> None:
         ref = self.result.sft_version
@@ -427,50 +361,6 @@ class Demo:
         console.print(f"Ray dashboard  http://127.0.0.1:{s.dashboard_port}")
         console.print(f"MLflow         {s.mlflow}   (browse: mlflow ui --backend-store-uri {s.mlflow})")
         console.print(f"admin key      {s.home_abs / 'admin.key'}")
-
-
-def run_demo(exit_at_end: bool = False, profile: str = "full",
-             settings: StudioSettings | None = None) -> DemoResult:
-    if profile not in PROFILES:
-        raise StudioError(f"unknown demo profile {profile!r}", f"use one of {', '.join(PROFILES)}")
-    if settings is None:
-        settings = settings_with_db()
-    else:
-        from studio.store.db import init_db
-
-        init_db(settings.db_url)
-    demo = Demo(settings, PROFILES[profile])
-    t_start = time.monotonic()
-    try:
-        demo.step(0, "start the local stack and build the tiny model", demo.start)
-        demo.step(1, "ingest the digit-reversal data (train/test)", demo.ingest)
-        demo.step(2, "evaluate the base model on the test split", demo.eval_base)
-        demo.step(3, "fine-tune: SFT LoRA job on Ray Train (over HTTP)", demo.train_sft)
-        demo.step(4, "the adapter is registered and served without a redeploy", demo.serve_new_version)
-        demo.step(5, "evaluate base vs the new version", demo.compare)
-        demo.step(6, "promote the adapter through the promotion gate", demo.promote)
-        demo.step(7, "A/B experiment, feedback, preference export", demo.ab_and_feedback)
-        demo.step(8, "DPO from the feedback, starting from the SFT adapter", demo.train_dpo)
-        demo.step(9, "leaderboard, usage, where things are", demo.summary)
-        demo.result.seconds = round(time.monotonic() - t_start, 1)
-        r = demo.result
-        console.rule("[bold]demo finished")
-        console.print(f"exact match on reverse-test: tiny {r.base_em:.2f} → {r.sft_version} (SFT) {r.sft_em:.2f} → "
-                      f"{r.dpo_version} (DPO) {r.dpo_em:.2f};  done in {r.seconds:.0f} s", highlight=False)
-        if exit_at_end:
-            console.print("stopping the stack (--exit)")
-        else:
-            console.print("the stack keeps running: stop it with `studio down`")
-        return demo.result
-    finally:
-        if demo.api is not None:
-            demo.api.close()
-        if exit_at_end:
-            import ray
-
-            if ray.is_initialized():  # detach before the head goes, or Ray aborts this process later
-                ray.shutdown()
-            stack.down(settings)
 
 
 def _fmt(x: Any, digits: int = 2) -> str:

@@ -1,0 +1,56 @@
+"""``run_demo``: the steps in order, timed; ``--exit`` stops the stack even when a step fails."""
+
+from __future__ import annotations
+
+import time
+
+from studio import stack
+from studio.cli.common import console, settings_with_db
+from studio.cli.demo.profile import PROFILES, DemoResult
+from studio.cli.demo.steps import Demo
+from studio.errors import StudioError
+from studio.settings import StudioSettings
+
+
+def run_demo(exit_at_end: bool = False, profile: str = "full",
+             settings: StudioSettings | None = None) -> DemoResult:
+    if profile not in PROFILES:
+        raise StudioError(f"unknown demo profile {profile!r}", f"use one of {', '.join(PROFILES)}")
+    if settings is None:
+        settings = settings_with_db()
+    else:
+        from studio.store.db import init_db
+
+        init_db(settings.db_url)
+    demo = Demo(settings, PROFILES[profile])
+    t_start = time.monotonic()
+    try:
+        demo.step(0, "start the local stack and build the tiny model", demo.start)
+        demo.step(1, "ingest the digit-reversal data (train/test)", demo.ingest)
+        demo.step(2, "evaluate the base model on the test split", demo.eval_base)
+        demo.step(3, "fine-tune: SFT LoRA job on Ray Train (over HTTP)", demo.train_sft)
+        demo.step(4, "the adapter is registered and served without a redeploy", demo.serve_new_version)
+        demo.step(5, "evaluate base vs the new version", demo.compare)
+        demo.step(6, "promote the adapter through the promotion gate", demo.promote)
+        demo.step(7, "A/B experiment, feedback, preference export", demo.ab_and_feedback)
+        demo.step(8, "DPO from the feedback, starting from the SFT adapter", demo.train_dpo)
+        demo.step(9, "leaderboard, usage, where things are", demo.summary)
+        demo.result.seconds = round(time.monotonic() - t_start, 1)
+        r = demo.result
+        console.rule("[bold]demo finished")
+        console.print(f"exact match on reverse-test: tiny {r.base_em:.2f} → {r.sft_version} (SFT) {r.sft_em:.2f} → "
+                      f"{r.dpo_version} (DPO) {r.dpo_em:.2f};  done in {r.seconds:.0f} s", highlight=False)
+        if exit_at_end:
+            console.print("stopping the stack (--exit)")
+        else:
+            console.print("the stack keeps running: stop it with `studio down`")
+        return demo.result
+    finally:
+        if demo.api is not None:
+            demo.api.close()
+        if exit_at_end:
+            import ray
+
+            if ray.is_initialized():  # detach before the head goes, or Ray aborts this process later
+                ray.shutdown()
+            stack.down(settings)
