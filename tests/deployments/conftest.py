@@ -1,16 +1,18 @@
 """Real inputs for the engine tests: the tiny model (built once per session) and real PEFT LoRA
-adapters on it, whose lora_B weights are randomly perturbed so each visibly changes outputs."""
+adapters on it, whose lora_B weights are randomly perturbed so each visibly changes outputs; and
+the studio Serve stack that the serving modules share (one per package run)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from studio.models.tiny import TinyModelSpec, make_tiny
+from tests.deployments.serving_stack import SERVING_MODULES, ServingStack
+
+HERE = Path(__file__).parent
 
 
 def make_adapter(base_dir: Path, out: Path, seed: int, r: int = 8, std: float = 0.3) -> Path:
@@ -54,54 +56,27 @@ def other_base_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_adapter(other, root / "adapter", seed=7)
 
 
-@contextlib.contextmanager
-def serve_studio(tmp_path_factory: pytest.TempPathFactory, args: dict, key_name: str):
-    """The studio Serve app (``build_app(args)``) on a private local Ray with its own STUDIO_HOME
-    (SQLite) and a free HTTP port; yields ``(url, admin key, settings)`` once /healthz answers."""
-    import httpx
-    import ray
-    from ray import serve
-
-    from deployments.app import build_app
-    from studio.keys import create_key
-    from studio.settings import StudioSettings
-    from studio.stack import serve_env
-    from studio.store.db import init_db, session_scope
-    from tests.loopback import free_port
-
-    home = tmp_path_factory.mktemp("studio-home")
-    saved = {k: os.environ.get(k) for k in ("STUDIO_HOME", "STUDIO_DATABASE_URL")}
-    os.environ["STUDIO_HOME"] = str(home)
-    os.environ.pop("STUDIO_DATABASE_URL", None)
-    settings = StudioSettings()
-    init_db(settings.db_url)
-    with session_scope(settings.db_url) as session:
-        key, _ = create_key(session, key_name, "admin")
-    port = free_port()
-    # Serve's fast path, as `studio up` starts its head (tests/leaks.py restores the environment).
-    os.environ.update(serve_env(settings))
-    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
+@pytest.fixture(scope="package")
+def serving_stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+                  request: pytest.FixtureRequest) -> Iterator[ServingStack]:
+    """The studio Serve stack the serving modules share (serving_stack.py); each module's own
+    fixture asks it for the replicas it needs. Closed when the package ends: its modules run last
+    in the package (``pytest_collection_modifyitems``)."""
+    stack = ServingStack(tiny_model_dir, tmp_path_factory.mktemp("studio-home"),
+                         request.config.pluginmanager.get_plugin("studio-leak-watch"))
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        started = time.perf_counter()
-        serve.run(build_app(args), name="studio", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{url}/healthz", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        print(f"studio ready in {time.perf_counter() - started:.1f} s")
-        yield url, key, settings
+        yield stack
     finally:
-        serve.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        stack.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules sharing ``serving_stack`` run last in this package (in their file order), so
+    the stack closes before pytest leaves the package, and no other module here runs its own Ray
+    or vLLM engine (test_model_deployment, test_vllm_engine) while the stack's engine is up: on 2
+    cores an idle engine still slows another, and a second ``ray.init`` in this process would meet
+    the stack's Ray. Other modules keep their order; items outside the package are not moved."""
+    slots = [i for i, item in enumerate(items) if item.path.parent == HERE]
+    ordered = sorted((items[i] for i in slots), key=lambda item: item.path.name in SERVING_MODULES)
+    for i, item in zip(slots, ordered):
+        items[i] = item

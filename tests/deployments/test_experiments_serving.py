@@ -9,7 +9,8 @@ tiny model with TWO replicas) under real Ray Serve, driven by the official ``ope
   preference dataset snapshot;
 * Prometheus metrics per model and version on the ingress's /metrics.
 
-One stack for the module (two engines start in parallel, ≈1-2 min on 2 cores).
+The package's shared stack (tests/deployments/serving_stack.py), scaled to two replicas for this
+module (started with two when this module runs first: the engines start in parallel).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.deployments.conftest import make_adapter, serve_studio
+from tests.deployments.conftest import make_adapter
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
@@ -33,17 +34,15 @@ _BASE_DIR: list[str] = []  # the stack's tiny model, for _ask's tokenizer
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_model_dir, tmp_path_factory):
-    args = {"scheduler": {"enabled": False}, "models": [{
-        "engine": {"model": str(tiny_model_dir), "served_model_name": "tiny",
-                   "dtype": "float32", "max_model_len": 256, "max_loras": 2,
-                   "kv_cache_space_gib": 1, "max_num_seqs": 8, "seed": 0},
-        "num_replicas": 2, "num_cpus": 0.5}]}
-    with serve_studio(tmp_path_factory, args, "serving-test") as (url, key, settings):
-        _BASE_DIR[:] = [str(tiny_model_dir)]
-        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
-        yield {"url": url, "key": key, "settings": settings, "base_dir": str(tiny_model_dir),
-               "http": http, "client": _client(url, key)}
+def stack(serving_stack, tiny_model_dir):
+    shared = serving_stack.ensure(replicas=2)
+    _BASE_DIR[:] = [str(tiny_model_dir)]
+    http = httpx.Client(base_url=shared.url, headers={"Authorization": f"Bearer {shared.key}"},
+                        timeout=60)
+    yield {"url": shared.url, "key": shared.key, "settings": shared.settings,
+           "base_dir": str(tiny_model_dir), "http": http, "client": _client(shared.url, shared.key)}
+    http.close()
+    shared.hide_from_leak_watch()
 
 
 def _client(url: str, key: str):

@@ -30,7 +30,6 @@ from studio.serving.recipe import (
     set_status,
 )
 from studio.store.db import session_scope
-from tests.deployments.conftest import serve_studio
 
 CHAT = [{"role": "user", "content": "reverse: 1 2 3"}]
 
@@ -116,22 +115,20 @@ def test_cli_deploy_of_a_missing_model_path_fails_before_touching_anything(tmp_p
     assert "model path './nowhere/model' does not exist" in r.stderr and "fix:" in r.stderr
 
 
-# ---- live: one stack, a second base model deployed and evicted --------------------------------------
+# ---- live: the package's shared stack, a second base model deployed and evicted ------------
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_model_dir, tmp_path_factory):
+def stack(serving_stack, tmp_path_factory):
     from studio.models.tiny import TinyModelSpec, make_tiny
 
     second = make_tiny(tmp_path_factory.mktemp("tiny2") / "model", TinyModelSpec(seed=1))
-    args = {"scheduler": {"enabled": False}, "gateway": {"enabled": False}, "models": [{
-        "engine": {"model": str(tiny_model_dir), "served_model_name": "tiny",
-                   "dtype": "float32", "max_model_len": 256, "kv_cache_space_gib": 1,
-                   "max_loras": 2, "seed": 0},
-        "num_cpus": 0.5}]}
-    with serve_studio(tmp_path_factory, args, "lifecycle-test") as (url, key, settings):
-        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600)
-        yield {"url": url, "http": http, "second": str(second), "settings": settings}
+    shared = serving_stack.ensure(replicas=1)
+    http = httpx.Client(base_url=shared.url, headers={"Authorization": f"Bearer {shared.key}"},
+                        timeout=600)
+    yield {"url": shared.url, "http": http, "second": str(second), "settings": shared.settings}
+    http.close()
+    shared.hide_from_leak_watch()
 
 
 def _chat(http: httpx.Client, model: str, max_tokens: int = 4) -> httpx.Response:

@@ -2,10 +2,10 @@
 of the tiny model) under real Ray Serve with its HTTP proxy on a free port, a real SQLite registry
 and a real API key, called with the official ``openai`` client.
 
-One engine for the whole module (start ≈30-60 s). Registry changes (register, promote) must be
-answered within a few seconds without a redeploy. Bad requests and bad registry versions get
-OpenAI-shaped 4xx answers and leave the model serving as before; tool calls and JSON-schema
-outputs come back in OpenAI's shape and parse against their schemas.
+The package's shared stack (tests/deployments/serving_stack.py), with one replica. Registry
+changes (register, promote) must be answered within a few seconds without a redeploy. Bad requests
+and bad registry versions get OpenAI-shaped 4xx answers and leave the model serving as before;
+tool calls and JSON-schema outputs come back in OpenAI's shape and parse against their schemas.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from ray import serve
 
-from tests.deployments.conftest import make_adapter, serve_studio
+from tests.deployments.conftest import make_adapter
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
@@ -24,19 +24,15 @@ CHAT = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture(scope="module")
-def studio(tiny_model_dir, tmp_path_factory):
-    args = {"scheduler": {"enabled": False}, "models": [{
-        "engine": {"model": str(tiny_model_dir), "served_model_name": "tiny",
-                   "dtype": "float32", "max_model_len": 512, "max_loras": 4,
-                   "kv_cache_space_gib": 1, "seed": 0,
-                   # tools: the tiny model's template is ChatML + Hermes tool calls
-                   "tool_call_parser": "hermes", "enable_auto_tool_choice": True,
-                   "structured_outputs_compact": True},
-        "num_cpus": 0.5}]}
-    with serve_studio(tmp_path_factory, args, "router-test") as (url, key, settings):
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
-        yield {"client": client, "port": int(url.rsplit(":", 1)[1]), "key": key,
-               "settings": settings, "base_dir": str(tiny_model_dir)}
+def studio(serving_stack, tiny_model_dir):
+    # One replica: test_client_disconnect asks the ModelDeployment's handle for the engine's
+    # stats, which must reach the replica that holds the stream.
+    stack = serving_stack.ensure(replicas=1)
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=stack.key, max_retries=0,
+                           timeout=60)
+    yield {"client": client, "port": int(stack.url.rsplit(":", 1)[1]), "key": stack.key,
+           "settings": stack.settings, "base_dir": str(tiny_model_dir)}
+    stack.hide_from_leak_watch()
 
 
 def _chat(client, model: str, **kw):
