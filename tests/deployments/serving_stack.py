@@ -57,6 +57,8 @@ class ServingStack:
         self.leak_watch = leak_watch  # tests/leaks.LeakWatch, when registered
         self.replicas = 0
         self.url = self.key = self.settings = None
+        self._ray_up = False
+        self._failed: str | None = None
         self._roots: list[psutil.Process] = []
         self._hidden: set[int] = set()
         self._saved_env: dict[str, str | None] = {}
@@ -64,10 +66,16 @@ class ServingStack:
     # ---- start, scale, close --------------------------------------------------------------------
     def ensure(self, replicas: int) -> ServingStack:
         """The stack with ``replicas`` replicas of the tiny model, started or scaled."""
-        if not self.replicas:
-            self._start(replicas)
-        elif replicas != self.replicas:
-            self._deploy(replicas)
+        if self._failed:  # the modules after the first one fail fast, saying why
+            raise RuntimeError(f"the shared studio stack did not start: {self._failed}")
+        try:
+            if not self.replicas:
+                self._start(replicas)
+            elif replicas != self.replicas:
+                self._deploy(replicas)
+        except Exception as e:
+            self._failed = f"{type(e).__name__}: {e}"
+            raise
         return self
 
     def _start(self, replicas: int) -> None:
@@ -93,6 +101,7 @@ class ServingStack:
         os.environ.update(serve_env(self.settings))
         before = {p.pid for p in psutil.Process().children()}
         ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
+        self._ray_up = True
         self._roots = [p for p in psutil.Process().children() if p.pid not in before]
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         self.url = f"http://127.0.0.1:{port}"
@@ -104,7 +113,10 @@ class ServingStack:
     def _deploy(self, replicas: int) -> None:
         """Deploy the app from its config and wait until the model has ``replicas`` replicas
         running and no others. Only ``num_replicas`` differs between calls, which Serve applies
-        in place (same code version: args, import path and runtime_env unchanged)."""
+        in place (same code version: args, import path and runtime_env unchanged); ``serve.run``
+        would give every deployment a new random version and restart them all. The controller
+        client is what ``serve deploy`` reaches through the dashboard, which this Ray runs
+        without."""
         from ray.serve.context import _get_global_client
         from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
@@ -156,7 +168,7 @@ class ServingStack:
         import ray
         from ray import serve
 
-        if not self.replicas:
+        if not self._ray_up:
             return
         ours = {p.pid for p in self.processes()}
         try:
@@ -168,7 +180,7 @@ class ServingStack:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-            self.replicas = 0
+            self.replicas, self._ray_up = 0, False
             self._unhide_survivors(ours | self._hidden)
 
     # ---- the leak watch ---------------------------------------------------------------------
@@ -186,14 +198,16 @@ class ServingStack:
 
     def hide_from_leak_watch(self) -> None:
         """At the end of a module while the stack stays up: its processes are the package's."""
-        if self.leak_watch is None or not self.replicas:
+        seen = getattr(self.leak_watch, "seen", None)
+        if seen is None or not self._ray_up:
             return
         pids = {p.pid for p in self.processes()}
         self._hidden |= pids
-        self.leak_watch.seen |= pids
+        seen |= pids
 
     def _unhide_survivors(self, pids: set[int]) -> None:
-        if self.leak_watch is None:
+        seen = getattr(self.leak_watch, "seen", None)
+        if seen is None:
             return
         deadline = time.monotonic() + 10
         alive = pids
@@ -202,7 +216,7 @@ class ServingStack:
             time.sleep(0.2)
         # Still running after the stack closed: a leak, which the watch reports (it checks the
         # module's processes right after this teardown).
-        self.leak_watch.seen -= alive
+        seen -= alive
         self._hidden = set()
 
 
