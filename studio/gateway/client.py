@@ -16,41 +16,53 @@ in one place::
 
 Contract
 --------
-* Transport: HTTP to ``$STUDIO_GATEWAY_URL`` if set, else ``settings.base_url + "/gateway/v1"``
-  (the OpenAI-compatible surface of the Gateway deployment on the studio ingress).
+* Transport: the pinned ``openai`` SDK (``OpenAI`` for sync calls, one ``AsyncOpenAI`` per event
+  loop since httpx pools bind to their loop) against ``$STUDIO_GATEWAY_URL`` if set, else
+  ``settings.base_url + "/gateway/v1"`` (the OpenAI-compatible surface of the Gateway deployment
+  on the studio ingress). Requests go out as raw ``post``/``get`` calls, so every body field
+  (vLLM's ``top_k``, ``structured_outputs``, ...) passes unchanged and the JSON body comes back as
+  a dict.
 * Auth: ``Authorization: Bearer <key>`` where the key is the ``api_key`` argument, else
   ``$STUDIO_API_KEY``, else ``$STUDIO_ADMIN_KEY``, else the admin key file ``$STUDIO_HOME/admin.key``
   written by ``studio up``. Inside a job (``$STUDIO_JOB_ID``, set by the scheduler, or a Ray job
   driver) only ``$STUDIO_API_KEY`` counts: a job spends on its submitter's key (the scheduler puts a
-  key derived from it there), never on the admin key.
+  key derived from it there), never on the admin key. The key is resolved at the first call.
 * Tags: ``x-studio-service`` (``service``) and ``x-studio-job-id`` (``job_id``) on every call; they
   end up in the usage table (``GET /api/usage``, ``studio usage``). ``max_concurrency`` (optional) is
   sent as ``x-studio-job-concurrency``: the gateway caps in-flight calls of that job across replicas;
-  the client additionally caps itself with a semaphore so a batch caller does not queue 429s.
+  the client additionally caps itself with a semaphore (a thread semaphore for sync calls, one
+  asyncio semaphore per event loop) so a batch caller does not queue 429s.
 * Returns: the OpenAI JSON body as a dict (``chat.completion`` / ``text_completion``), plus
   ``studio_model_version`` when the studio router answered, plus
   ``"studio_gateway": {"cache_hit": bool, "cost_usd": float, "model_group": str,
   "deployment": str, "latency_ms": float}``.
 * Failures raise :class:`GatewayError` (a :class:`~studio.errors.StudioError`) with ``.status``
-  (HTTP code; 0 when the gateway could not be reached) and a message naming the problem and the
-  fix: unknown model group (404, lists the groups), rate/budget limit (429, ``.retry_after_s``),
-  provider key missing (naming the env var), upstream failure after fallbacks (502/504).
-  ``max_retries`` (default 2) retries 429s after Retry-After and connection errors with backoff.
+  (HTTP code; 0 when the gateway could not be reached), ``.body`` (the whole JSON error body) and a
+  message naming the problem and the fix: unknown model group (404, lists the groups), rate/budget
+  limit (429, ``.retry_after_s``), provider key missing (naming the env var), upstream failure
+  after fallbacks (502/504).
+* Retries: ``max_retries`` (default 2) retries a 429 after its Retry-After (at most 30 s) and a
+  connection error or timeout with backoff (0.5 s, 1 s, ...); nothing else. The gateway has already
+  fallen back across deployments and retried upstream, so its 5xx are final (it also marks them
+  ``x-should-retry: false`` for any other ``openai`` client), and other 4xx are the caller's to fix.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
 from typing import Any
 
-import httpx
+import openai
 
 from studio.errors import StudioError
 
 __all__ = ["Client", "GatewayError", "gateway_url", "in_job", "resolve_api_key"]
+
+_MAX_RETRY_AFTER_S = 30.0
 
 
 class GatewayError(StudioError):
@@ -104,20 +116,26 @@ def resolve_api_key() -> str:
         f"writes {path}", status=401)
 
 
-def _error_from_response(resp: httpx.Response) -> GatewayError:
+def _status_error(e: openai.APIStatusError) -> GatewayError:
+    resp = e.response
     try:
         body = resp.json()
     except ValueError:
         body = {"error": {"message": resp.text[:500]}}
-    err = body.get("error") if isinstance(body, dict) else None
-    if isinstance(err, dict):
-        message = err.get("message") or str(err)
+    # The SDK unwraps {"error": {...}} into e.body; FastAPI's own errors are {"detail": ...}.
+    detail = e.body
+    if isinstance(detail, dict):
+        message = (detail.get("message") or detail.get("detail") or detail.get("title")
+                   or str(detail))
     else:
-        message = (body.get("detail") or body.get("title") or str(body)) if isinstance(body, dict) \
-            else str(body)
+        message = str(detail)[:500] if detail else e.message
     retry_after = resp.headers.get("retry-after")
+    try:
+        retry_after_s = float(retry_after) if retry_after else None
+    except ValueError:  # an HTTP date: wait the default
+        retry_after_s = None
     return GatewayError(f"gateway answered {resp.status_code}: {message}", status=resp.status_code,
-                        retry_after_s=float(retry_after) if retry_after else None, body=body)
+                        retry_after_s=retry_after_s, body=body if isinstance(body, dict) else {})
 
 
 class Client:
@@ -136,112 +154,115 @@ class Client:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.max_concurrency = max_concurrency
-        self._sync: httpx.Client | None = None
-        self._async: dict[int, tuple[httpx.AsyncClient, asyncio.Semaphore | None]] = {}
+        self._sync: openai.OpenAI | None = None
+        self._async: dict[int, tuple[openai.AsyncOpenAI, asyncio.Semaphore | None]] = {}
         self._sync_sem = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _headers(self) -> dict[str, str]:
+    def _sdk_options(self) -> dict[str, Any]:
         if self._api_key is None:
             self._api_key = resolve_api_key()
-        headers = {"Authorization": f"Bearer {self._api_key}", "x-studio-service": self.service}
+        headers = {"x-studio-service": self.service}
         if self.job_id:
             headers["x-studio-job-id"] = str(self.job_id)
         if self.max_concurrency:
             headers["x-studio-job-concurrency"] = str(self.max_concurrency)
-        return headers
+        # The SDK's own retries stay off (max_retries=0): it would also retry 408/409/5xx unless
+        # every answer carried `x-should-retry: false` (a 5xx from Serve's proxy or an ingress
+        # error does not), it waits a Retry-After of up to 120 s and none above, and it would hold
+        # our concurrency slot while it waits. The few lines in _retry_delay keep the policy ours.
+        return {"base_url": self.base_url, "api_key": self._api_key, "default_headers": headers,
+                "timeout": self.timeout_s, "max_retries": 0}
 
-    def _sync_client(self) -> httpx.Client:
+    def _sync_client(self) -> openai.OpenAI:
         if self._sync is None:
-            self._sync = httpx.Client(base_url=self.base_url, timeout=self.timeout_s)
+            self._sync = openai.OpenAI(**self._sdk_options())
         return self._sync
 
-    def _async_client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore | None]:
-        # One AsyncClient per event loop: httpx pools are bound to the loop that created them.
+    def _async_client(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore | None]:
+        # One AsyncOpenAI per event loop: httpx pools are bound to the loop that created them.
         loop_id = id(asyncio.get_running_loop())
         if loop_id not in self._async:
             sem = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
-            self._async[loop_id] = (httpx.AsyncClient(base_url=self.base_url,
-                                                      timeout=self.timeout_s), sem)
+            self._async[loop_id] = (openai.AsyncOpenAI(**self._sdk_options()), sem)
         return self._async[loop_id]
 
+    def _gateway_error(self, e: openai.APIStatusError | openai.APIConnectionError) -> GatewayError:
+        if isinstance(e, openai.APIStatusError):
+            return _status_error(e)
+        cause = e.__cause__ or e  # the httpx error under the SDK's "Connection error."
+        return GatewayError(f"gateway at {self.base_url} unreachable "
+                            f"({type(cause).__name__}: {cause})",
+                            "start the stack with `studio up` or set STUDIO_GATEWAY_URL", status=0)
+
     def _retry_delay(self, attempt: int, err: GatewayError) -> float | None:
-        """Seconds to wait before retrying, or None when the error is final."""
+        """Seconds to wait before retrying, or None when the error is final: only a 429 (after
+        Retry-After) and an unreachable gateway are retried; the gateway's 5xx come after its own
+        fallbacks and upstream retries."""
         if attempt >= self.max_retries:
             return None
         if err.status == 429:
-            return min(err.retry_after_s or 1.0, 30.0)
+            return min(err.retry_after_s or 1.0, _MAX_RETRY_AFTER_S)
         if err.status == 0:
             return 0.5 * 2**attempt
         return None
 
-    def _request(self, method: str, path: str, json: dict | None = None) -> dict:
+    def _json(self, out: object) -> dict:
+        if isinstance(out, dict):
+            return out
+        raise GatewayError(f"{self.base_url} answered something other than a JSON object "
+                           f"({str(out)[:200]!r})", "point base_url or STUDIO_GATEWAY_URL at "
+                           "<studio>/gateway/v1")
+
+    def _request(self, path: str, body: dict | None = None) -> dict:
         attempt = 0
         while True:
             try:
-                if self._sync_sem:
-                    self._sync_sem.acquire()
-                try:
-                    resp = self._sync_client().request(method, path, json=json,
-                                                       headers=self._headers())
-                finally:
-                    if self._sync_sem:
-                        self._sync_sem.release()
-                if resp.status_code < 400:
-                    return resp.json()
-                err = _error_from_response(resp)
-            except httpx.TransportError as e:
-                err = self._unreachable(e)
-            delay = self._retry_delay(attempt, err)
-            if delay is None:
-                raise err
+                with self._sync_sem or contextlib.nullcontext():
+                    sdk = self._sync_client()
+                    out = sdk.get(path, cast_to=object) if body is None else \
+                        sdk.post(path, cast_to=object, body=body)
+                return self._json(out)
+            except (openai.APIStatusError, openai.APIConnectionError) as e:
+                err = self._gateway_error(e)
+                delay = self._retry_delay(attempt, err)
+                if delay is None:
+                    raise err from e
             time.sleep(delay)
             attempt += 1
 
-    async def _arequest(self, method: str, path: str, json: dict | None = None) -> dict:
-        client, sem = self._async_client()
+    async def _arequest(self, path: str, body: dict) -> dict:
+        sdk, sem = self._async_client()
         attempt = 0
         while True:
             try:
-                if sem:
-                    async with sem:
-                        resp = await client.request(method, path, json=json,
-                                                    headers=self._headers())
-                else:
-                    resp = await client.request(method, path, json=json, headers=self._headers())
-                if resp.status_code < 400:
-                    return resp.json()
-                err = _error_from_response(resp)
-            except httpx.TransportError as e:
-                err = self._unreachable(e)
-            delay = self._retry_delay(attempt, err)
-            if delay is None:
-                raise err
+                async with sem or contextlib.nullcontext():
+                    out = await sdk.post(path, cast_to=object, body=body)
+                return self._json(out)
+            except (openai.APIStatusError, openai.APIConnectionError) as e:
+                err = self._gateway_error(e)
+                delay = self._retry_delay(attempt, err)
+                if delay is None:
+                    raise err from e
             await asyncio.sleep(delay)
             attempt += 1
 
-    def _unreachable(self, e: Exception) -> GatewayError:
-        return GatewayError(f"gateway at {self.base_url} unreachable ({type(e).__name__}: {e})",
-                            "start the stack with `studio up` or set STUDIO_GATEWAY_URL", status=0)
-
     # -- API -------------------------------------------------------------------------------
     def chat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> dict:
-        return self._request("POST", "/chat/completions",
-                             {"model": model, "messages": messages, **params})
+        return self._request("/chat/completions", {"model": model, "messages": messages, **params})
 
     async def achat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> dict:
-        return await self._arequest("POST", "/chat/completions",
+        return await self._arequest("/chat/completions",
                                     {"model": model, "messages": messages, **params})
 
     def completions(self, model: str, prompt: str | list[str], **params: Any) -> dict:
-        return self._request("POST", "/completions", {"model": model, "prompt": prompt, **params})
+        return self._request("/completions", {"model": model, "prompt": prompt, **params})
 
     async def acompletions(self, model: str, prompt: str | list[str], **params: Any) -> dict:
-        return await self._arequest("POST", "/completions",
-                                    {"model": model, "prompt": prompt, **params})
+        return await self._arequest("/completions", {"model": model, "prompt": prompt, **params})
 
     def models(self) -> list[str]:
-        return [m["id"] for m in self._request("GET", "/models").get("data", [])]
+        return [m["id"] for m in self._request("/models").get("data", [])]
 
     def close(self) -> None:
         if self._sync is not None:

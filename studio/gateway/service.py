@@ -60,6 +60,15 @@ def error_body(status: int, message: str) -> dict[str, Any]:
                       "param": None, "code": status}}
 
 
+def _error_headers(e: StudioError) -> dict[str, str]:
+    """A refusal over a limit says when to come back; every other error is final: the gateway
+    has already fallen back across deployments and retried upstream, so `x-should-retry: false`
+    keeps the ``openai`` SDK (it retries 408/409/5xx by default) from multiplying a 504's wait."""
+    if isinstance(e, RateLimited):
+        return {"Retry-After": str(e.retry_after_s)}
+    return {"x-should-retry": "false"}
+
+
 class GatewayService:
     def __init__(self, spec: GatewaySpec, studio_router: Any | None, db_url: str,
                  redis_url: str | None = None, caps: RequestCaps | None = None):
@@ -108,10 +117,7 @@ class GatewayService:
             return 200, out, headers
         except StudioError as e:
             row.status, row.error = e.status_code, str(e)[:1024]
-            headers = {}
-            if isinstance(e, RateLimited):
-                headers["Retry-After"] = str(e.retry_after_s)
-            return e.status_code, error_body(e.status_code, str(e)), headers
+            return e.status_code, error_body(e.status_code, str(e)), _error_headers(e)
         finally:
             if job_slot:
                 await self.limiter.release_job(ctx.job_id, scope=ctx.key.key_id)
@@ -143,9 +149,7 @@ class GatewayService:
                 gen, first, meta, answered_by = await self._open_stream(endpoint, body, ctx.principal_id)
             except StudioError as e:
                 row.status, row.error = e.status_code, str(e)[:1024]
-                headers = {"Retry-After": str(e.retry_after_s)} if isinstance(e, RateLimited) \
-                    else {}
-                yield e.status_code, error_body(e.status_code, str(e)), headers
+                yield e.status_code, error_body(e.status_code, str(e)), _error_headers(e)
                 return
             version = meta.get("studio_model_version", answered_by)
             row.model_group, row.deployment = answered_by, f"studio/{version}"
