@@ -1,33 +1,45 @@
 """Fixtures for training tests: a real STUDIO_HOME (SQLite, artifact store, MLflow) holding the tiny
-model and the toy datasets, and a runner for the real entrypoint ``python -m studio.train.run``.
+model and the toy datasets, a private Ray head for the package, and a runner for the real
+entrypoint ``python -m studio.train.run``.
 
-The entrypoint runs as a subprocess in its own process group, from a cwd that is not the repo, with
-no RAY_ADDRESS: it starts a private local Ray (never a developer's stack), and the group is killed
-when the test ends, so no Ray process outlives a test.
+The entrypoint runs as a subprocess in its own process group, from a cwd that is not the repo, and
+joins the package's Ray head through RAY_ADDRESS (join mode, as under ``ray job submit``) instead of
+starting a local Ray per run (several seconds each). The head is this package's own (``ray start
+--head`` on free ports with its own temp dir, never a developer's stack); it starts when the first
+test needs it and its whole session is killed after the package's last test. Each test still gets
+a clean cluster: the driver's group is killed when the test ends, its Ray Train actors and placement
+groups die with it, and the test waits until the head holds none before the next one starts.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 from peft import PeftModel
 from safetensors.torch import load_file
 
 from studio.models.tiny import make_tiny
+from studio.ray_auth import ray_auth_token
 from studio.settings import StudioSettings
 from studio.store import db as store_db
 from studio.train.toy_data import ingest_toy_datasets
+from tests.loopback import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "configs" / "train"
+LEAK_WATCH = "studio-leak-watch"  # tests/leaks.py's plugin, as tests/conftest.py registers it
 
 
 @pytest.fixture(scope="session")
@@ -51,10 +63,173 @@ def home(tmp_path: Path, tiny_model_dir: Path) -> Iterator[StudioSettings]:
     store_db.get_engine.cache_clear()
 
 
-def entrypoint_env(settings: StudioSettings) -> dict[str, str]:
+# ---------------------------------------------------------------- the package's Ray head
+
+def ray_env() -> dict[str, str]:
+    """This process's environment without the studio's settings and without a cluster to join."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STUDIO_") and k != "RAY_ADDRESS"}
+    env["PYTHONUNBUFFERED"] = "1"  # Ray workers inherit the head's environment: prints reach the log now
+    return env
+
+
+@dataclass
+class RayHead:
+    """A ``ray start --head --block`` in a session of its own: every process it starts (GCS, raylet,
+    dashboard, Ray workers and what they spawn, e.g. a vLLM engine core) is in that session."""
+
+    proc: subprocess.Popen
+    address: str  # GCS host:port, what a driver's RAY_ADDRESS names
+    dashboard_url: str
+    temp_dir: Path
+    exempted: set[int] = field(default_factory=set)  # pids shown to the leak watch as this head's
+
+    def session_pids(self) -> set[int]:
+        pids = set()
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) == self.proc.pid:
+                    pids.add(p.pid)
+            except OSError:
+                pass
+        return pids
+
+    def state(self, kind: str, *filters: tuple[str, str, str]) -> list[dict]:
+        """Ray's state API (what ``ray list KIND`` shows) over HTTP; filters are (key, "=" or "!=", value)."""
+        params = [("limit", "10000"), ("detail", "true")]
+        for key, predicate, value in filters:
+            params += [("filter_keys", key), ("filter_predicates", predicate), ("filter_values", value)]
+        token = ray_auth_token()
+        r = httpx.get(f"{self.dashboard_url}/api/v0/{kind}", params=params, timeout=30,
+                      headers={"Authorization": f"Bearer {token}"} if token else {})
+        r.raise_for_status()
+        return r.json()["data"]["result"]["result"]
+
+    def held(self) -> list[str]:
+        """What a finished run must not leave: placement groups and live actors, but for Ray's own
+        detached services that reserve nothing (Train's autoscaling coordinator, created by the
+        first run, is a cluster singleton)."""
+        actors = [a for a in self.state("actors", ("state", "!=", "DEAD"))
+                  if not (a["is_detached"] and not any((a.get("required_resources") or {}).values()))]
+        groups = self.state("placement_groups", ("state", "!=", "REMOVED"))
+        return ([f"actor {a['class_name']} {a['state']} (job {a['job_id']}, pid {a['pid']}, "
+                 f"detached {a['is_detached']}, reserves {a.get('required_resources')})" for a in actors]
+                + [f"placement group {g['placement_group_id']} {g['state']} (job {g['creator_job_id']})"
+                   for g in groups])
+
+    def wait_idle(self, timeout_s: float = 60) -> None:
+        """Until the cluster holds no actor and no placement group: the runs of a test are over."""
+        deadline = time.monotonic() + timeout_s
+        while held := self.held():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{timeout_s:.0f} s after its drivers ended, the Ray head still holds:\n  "
+                                     + "\n  ".join(held))
+            time.sleep(0.5)
+
+    def train_workers(self, driver_pid: int) -> list[psutil.Process]:
+        """The live Ray Train worker processes of the Ray job whose driver is ``driver_pid``."""
+        jobs = {j["job_id"] for j in self.state("jobs")
+                if str((j.get("driver_info") or {}).get("pid")) == str(driver_pid)}
+        actors = self.state("actors", ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"))
+        return [psutil.Process(a["pid"]) for a in actors if a["job_id"] in jobs]
+
+    def stop(self) -> None:
+        """SIGKILL the whole session (a drain on SIGTERM takes 15 s+ and there is nothing to keep)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while (left := self.session_pids()) and time.monotonic() < deadline:
+            for pid in left:  # a process of the session that moved to a group of its own
+                try:
+                    if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                        os.kill(pid, signal.SIGKILL)
+                except (psutil.Error, ProcessLookupError):
+                    pass
+            if all(not alive(pid) for pid in left):
+                break
+            time.sleep(0.2)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def start_ray_head(wait_s: float = 120) -> RayHead:
+    """``ray start --head`` on free ports (the ray client server and the dashboard agent default to
+    fixed ones a developer's stack may hold), advertising the logical CPUs a local Ray of the
+    entrypoint would (``ray_num_cpus``), with a temp dir of its own (short: Ray's unix sockets live
+    under it) so no other process finds it in /tmp/ray."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-train-tests-"))
+    port, dashboard_port = free_port(), free_port()
+    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+           "--node-ip-address=127.0.0.1", f"--port={port}",
+           f"--num-cpus={StudioSettings.model_fields['ray_num_cpus'].default}",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+           f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+           f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    log = temp_dir / "head.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=ray_env(), cwd=temp_dir, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    head = RayHead(proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", temp_dir)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if head.state("nodes", ("state", "=", "ALIVE")):
+                return head
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            text = log.read_text(errors="replace")
+            head.stop()
+            pytest.fail(f"the test Ray head did not come up in {wait_s:.0f} s:\n{tail(text)}")
+        time.sleep(0.5)
+
+
+_head: RayHead | None = None  # the package's head while it runs, for the leak watch below
+
+
+@pytest.fixture(scope="package")
+def ray_head(request: pytest.FixtureRequest) -> Iterator[RayHead]:
+    """One Ray head for every entrypoint run of the package, started by the first test that needs it."""
+    global _head
+    _head = start_ray_head()
+    try:
+        yield _head
+    finally:
+        head, _head = _head, None
+        head.stop()
+        # From here the leak watch judges the head's processes again: any still alive is reported.
+        watch = request.config.pluginmanager.get_plugin(LEAK_WATCH)
+        if watch is not None:
+            watch.seen -= head.exempted
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    """tests/leaks.py reports processes a module leaves running. The package's head outlives its
+    modules on purpose: after each test (innermost wrapper, so before the leak watch looks) its
+    session's processes are marked as already seen, until the head's teardown takes that back."""
+    yield
+    watch = item.config.pluginmanager.get_plugin(LEAK_WATCH)
+    if _head is not None and watch is not None:
+        pids = _head.session_pids()
+        _head.exempted |= pids
+        watch.seen |= pids
+
+
+# ---------------------------------------------------------------- the entrypoint
+
+def entrypoint_env(settings: StudioSettings, ray_address: str) -> dict[str, str]:
+    env = ray_env()
     env["STUDIO_HOME"] = str(settings.home_abs)
-    env["PYTHONUNBUFFERED"] = "1"
+    env["RAY_ADDRESS"] = ray_address
     return env
 
 
@@ -66,11 +241,13 @@ class EntrypointRun:
 
 
 class Entrypoint:
-    """Start ``python -m studio.train.run ARGS`` from a cwd outside the repo; wait or watch it."""
+    """Start ``python -m studio.train.run ARGS`` from a cwd outside the repo, joined to the package's
+    Ray head; wait or watch it."""
 
-    def __init__(self, settings: StudioSettings, log_dir: Path):
+    def __init__(self, settings: StudioSettings, log_dir: Path, ray_head: RayHead):
         self.settings = settings
         self.log_dir = log_dir
+        self.ray_head = ray_head
         self.procs: list[subprocess.Popen] = []
 
     def start(self, *args: str) -> tuple[subprocess.Popen, Path]:
@@ -79,8 +256,8 @@ class Entrypoint:
         cwd.mkdir(exist_ok=True)
         with log.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "studio.train.run", *args], cwd=cwd,
-                                    env=entrypoint_env(self.settings), stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    env=entrypoint_env(self.settings, self.ray_head.address), stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc, log
 
@@ -96,7 +273,7 @@ class Entrypoint:
 
     @staticmethod
     def stop(proc: subprocess.Popen) -> None:
-        """Kill the process group this test started (the driver and the local Ray it spawned)."""
+        """Kill the process group this test started (the driver); its Ray job ends with it."""
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -105,11 +282,13 @@ class Entrypoint:
 
 
 @pytest.fixture
-def entrypoint(home: StudioSettings, tmp_path: Path) -> Iterator[Entrypoint]:
-    runner = Entrypoint(home, tmp_path)
+def entrypoint(home: StudioSettings, tmp_path: Path, ray_head: RayHead) -> Iterator[Entrypoint]:
+    runner = Entrypoint(home, tmp_path, ray_head)
     yield runner
     for proc in runner.procs:
         runner.stop(proc)
+    # The next test starts on an empty cluster: whatever this one's runs held died with their drivers.
+    ray_head.wait_idle()
 
 
 def tail(log: Path | str, lines: int = 60) -> str:

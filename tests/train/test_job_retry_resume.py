@@ -1,5 +1,6 @@
-"""Fault tolerance across attempts: the whole attempt dies (driver and its Ray killed after the first
-checkpoint), the scheduler marks it FAILED → RETRYING, and ``--job-id`` starts attempt 2, which
+"""Fault tolerance across attempts: the whole attempt dies (its driver killed after the first checkpoint,
+and its Ray Train actors and placement group with it), the scheduler marks it FAILED → RETRYING, and
+``--job-id`` starts attempt 2, which
 resumes from the job's latest Ray Train checkpoint (same storage path and run name) and registers
 the result under ``models/<name>/<job>-2``."""
 
@@ -34,7 +35,8 @@ def test_retry_resumes_from_the_previous_attempts_checkpoint(home: StudioSetting
             job = s.scalars(select(Job)).first()
             checkpoint = job.checkpoint_uri if job else None
     assert checkpoint, f"no checkpoint was reported:\n{tail(log)}"
-    entrypoint.stop(proc)  # attempt 1 dies with its Ray: nobody records it
+    entrypoint.stop(proc)  # attempt 1 dies with its driver: nobody records it
+    entrypoint.ray_head.wait_idle()  # ...and so do its Ray Train controller, workers and placement group
 
     with session_scope(home.db_url) as s:
         job = s.scalars(select(Job)).one()

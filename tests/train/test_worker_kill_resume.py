@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import time
 
-import psutil
 import pytest
 from sqlalchemy import select
 
@@ -22,19 +21,6 @@ pytestmark = pytest.mark.slow
 
 MAX_STEPS = 160
 EVERY = 20
-
-
-def train_workers(driver_pid: int) -> list[psutil.Process]:
-    """Ray Train worker processes of this test's private Ray (descendants of its driver); Ray sets
-    their process title to ``ray::RayTrainWorker...``."""
-    found = []
-    for p in psutil.Process(driver_pid).children(recursive=True):
-        try:
-            if "RayTrainWorker" in " ".join(p.cmdline()):
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return found
 
 
 def first_checkpoint(home: StudioSettings, proc, deadline_s: float) -> str:
@@ -54,8 +40,9 @@ def test_killed_worker_resumes_from_checkpoint(home: StudioSettings, entrypoint:
         f"checkpoint.every_steps={EVERY}", "checkpoint.keep=2", "hyper.logging_steps=5",
         "resources.max_worker_failures=2", "eval_after=null")
     first_checkpoint(home, proc, deadline_s=180)
-    victims = train_workers(proc.pid)
+    victims = entrypoint.ray_head.train_workers(proc.pid)  # this run's, on the package's Ray head
     assert len(victims) == 2, f"expected 2 Ray Train workers, found {len(victims)}"
+    assert all("RayTrainWorker" in " ".join(v.cmdline()) for v in victims)  # Ray's process title
     victims[-1].send_signal(signal.SIGKILL)
 
     try:
