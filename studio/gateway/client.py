@@ -54,11 +54,12 @@ import contextlib
 import os
 import threading
 import time
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from studio.errors import StudioError
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = ["Client", "GatewayError", "gateway_url", "in_job", "resolve_api_key"]
 
@@ -116,6 +117,14 @@ def resolve_api_key() -> str:
         f"writes {path}", status=401)
 
 
+def _sdk():
+    """The ``openai`` module, imported at the first call: the CLI and the API app import this
+    module at start, and importing the SDK there added 0.9 s to `import studio.cli.main`."""
+    import openai
+
+    return openai
+
+
 def _status_error(e: openai.APIStatusError) -> GatewayError:
     resp = e.response
     try:
@@ -155,7 +164,9 @@ class Client:
         self.max_retries = max_retries
         self.max_concurrency = max_concurrency
         self._sync: openai.OpenAI | None = None
-        self._async: dict[int, tuple[openai.AsyncOpenAI, asyncio.Semaphore | None]] = {}
+        self._async: dict[int, tuple[asyncio.AbstractEventLoop, openai.AsyncOpenAI,
+                                     asyncio.Semaphore | None]] = {}
+        self._async_lock = threading.Lock()
         self._sync_sem = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -176,19 +187,25 @@ class Client:
 
     def _sync_client(self) -> openai.OpenAI:
         if self._sync is None:
-            self._sync = openai.OpenAI(**self._sdk_options())
+            self._sync = _sdk().OpenAI(**self._sdk_options())
         return self._sync
 
     def _async_client(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore | None]:
-        # One AsyncOpenAI per event loop: httpx pools are bound to the loop that created them.
-        loop_id = id(asyncio.get_running_loop())
-        if loop_id not in self._async:
-            sem = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
-            self._async[loop_id] = (openai.AsyncOpenAI(**self._sdk_options()), sem)
-        return self._async[loop_id]
+        # One AsyncOpenAI (and semaphore) per event loop: httpx pools are bound to the loop that
+        # created them. The entry holds its loop, so a loop's id is not reused while it is kept;
+        # entries of closed loops are dropped (a caller may asyncio.run every batch).
+        loop = asyncio.get_running_loop()
+        with self._async_lock:
+            entry = self._async.get(id(loop))
+            if entry is None:
+                self._async = {k: v for k, v in self._async.items() if not v[0].is_closed()}
+                sem = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
+                entry = self._async[id(loop)] = (loop, _sdk().AsyncOpenAI(**self._sdk_options()),
+                                                 sem)
+        return entry[1], entry[2]
 
     def _gateway_error(self, e: openai.APIStatusError | openai.APIConnectionError) -> GatewayError:
-        if isinstance(e, openai.APIStatusError):
+        if isinstance(e, _sdk().APIStatusError):
             return _status_error(e)
         cause = e.__cause__ or e  # the httpx error under the SDK's "Connection error."
         return GatewayError(f"gateway at {self.base_url} unreachable "
@@ -223,7 +240,7 @@ class Client:
                     out = sdk.get(path, cast_to=object) if body is None else \
                         sdk.post(path, cast_to=object, body=body)
                 return self._json(out)
-            except (openai.APIStatusError, openai.APIConnectionError) as e:
+            except (_sdk().APIStatusError, _sdk().APIConnectionError) as e:
                 err = self._gateway_error(e)
                 delay = self._retry_delay(attempt, err)
                 if delay is None:
@@ -239,7 +256,7 @@ class Client:
                 async with sem or contextlib.nullcontext():
                     out = await sdk.post(path, cast_to=object, body=body)
                 return self._json(out)
-            except (openai.APIStatusError, openai.APIConnectionError) as e:
+            except (_sdk().APIStatusError, _sdk().APIConnectionError) as e:
                 err = self._gateway_error(e)
                 delay = self._retry_delay(attempt, err)
                 if delay is None:
