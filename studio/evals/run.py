@@ -13,48 +13,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from studio.errors import NotFound, StudioError
+from studio.errors import StudioError
 from studio.evals.leaderboard import run_leaderboard
 from studio.evals.queue import KIND, enqueue_eval
 from studio.evals.runner import EvalRun, RunCancelled
 from studio.evals.spec import EvalSpec
+from studio.jobs.driver import EXIT_FAILED, EXIT_REFUSED, JobDriver, ray_submission_id
 from studio.jobs.status import IllegalTransition, JobStatus, transition
 from studio.recipes import load_recipe
 from studio.settings import StudioSettings
 from studio.store.db import init_db, session_scope
 from studio.store.models import Job
 
-EXIT_FAILED, EXIT_REFUSED = 1, 2
-
 
 def say(msg: str) -> None:
     print(f"[studio.evals] {msg}", flush=True)
 
 
+def driver(db_url: str, job_id: int) -> JobDriver:
+    return JobDriver(db_url, job_id, kind=KIND, noun="eval", listing="studio eval ls",
+                     start_new="start a new eval with `studio eval run`")
+
+
 def claim(db_url: str, job_id: int) -> EvalSpec:
     """Check the row is a startable eval and move it to RUNNING (via STARTING when nobody claimed it)."""
+    d = driver(db_url, job_id)
     with session_scope(db_url) as s:
-        job = s.get(Job, job_id)
-        if job is None or job.kind != KIND:
-            raise NotFound(f"eval {job_id} does not exist", "see `studio eval ls`")
-        status = JobStatus(job.status)
-        if status not in (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.STARTING):
-            raise StudioError(f"eval {job_id} is {status}; only a QUEUED, RETRYING or STARTING eval can start",
-                              "start a new eval with `studio eval run`")
+        job = d.check(s)
         spec = EvalSpec.model_validate(job.spec)
-        if status is not JobStatus.STARTING:
-            transition(s, job_id, JobStatus.STARTING, "eval entrypoint started")
-            job.attempts += 1
-        job.attempts = max(job.attempts, 1)
+        attempt = d.claim(s, job, "eval entrypoint started")
         transition(s, job_id, JobStatus.RUNNING,
-                   f"evaluating {len(spec.models)} model(s) on {spec.dataset}, attempt {job.attempts}")
+                   f"evaluating {len(spec.models)} model(s) on {spec.dataset}, attempt {attempt}")
         return spec
 
 
@@ -69,28 +63,8 @@ def create_here(db_url: str, spec: EvalSpec, by: str, models_available: Any = "g
         return job.id
 
 
-def ray_submission_id() -> str | None:
-    """The Ray Job's submission id when this driver runs as one (Ray passes its metadata in env)."""
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    try:
-        return (json.loads(raw).get("metadata") or {}).get("job_submission_id") if raw else None
-    except (ValueError, AttributeError):
-        return None
-
-
-def _cancel_if_requested(db_url: str, job_id: int) -> None:
-    # Run outside Ray (`--spec`, `studio eval run --here`) no scheduler stops it: record it here.
-    with session_scope(db_url) as s:
-        job = s.get(Job, job_id)
-        if job is not None and job.cancel_requested and not JobStatus(job.status).is_terminal():
-            transition(s, job_id, JobStatus.CANCELLED, "cancelled on request while RUNNING; stored results kept")
-
-
 def fail(db_url: str, job_id: int, reason: str) -> None:
-    with session_scope(db_url) as s:
-        job = s.get(Job, job_id)
-        if job is not None and not JobStatus(job.status).is_terminal():
-            transition(s, job_id, JobStatus.FAILED, reason)
+    driver(db_url, job_id).fail(reason)
     say(f"eval {job_id} FAILED: {reason}")
 
 
@@ -121,7 +95,8 @@ def run_job(settings: StudioSettings, job_id: int, client: Any = None,
         say(f"eval {job_id} SUCCEEDED: {summary}")
         return 0
     except (RunCancelled, IllegalTransition) as e:
-        _cancel_if_requested(settings.db_url, job_id)
+        # Run outside Ray (`--spec`, `studio eval run --here`) no scheduler stops it: record it here.
+        driver(settings.db_url, job_id).record_cancel("cancelled on request while RUNNING; stored results kept")
         say(f"eval {job_id} stopped: {e}")
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - every failure must end the job row, with its reason

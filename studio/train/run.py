@@ -16,8 +16,6 @@ path and run name).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import sys
 import time
@@ -27,7 +25,8 @@ from typing import Any
 
 from studio import ray_connection
 from studio.cluster import cluster_gpu_capacity, worker_resources
-from studio.errors import NotFound, StudioError
+from studio.errors import StudioError
+from studio.jobs.driver import EXIT_FAILED, EXIT_REFUSED, JobDriver, ray_submission_id
 from studio.jobs.status import IllegalTransition, JobStatus, create_job, transition
 from studio.recipes import load_recipe
 from studio.registry.versions import register_version
@@ -39,8 +38,6 @@ from studio.train import tracking
 from studio.train.preflight import ResolvedInputs, preflight
 from studio.train.spec import TrainSpec
 from studio.train.worker import FINAL_DIR, RUNNERS, WorkerJob, train_loop_per_worker
-
-EXIT_FAILED, EXIT_REFUSED = 1, 2
 
 
 def say(msg: str) -> None:
@@ -72,39 +69,21 @@ def job_from_recipe(settings: StudioSettings, recipe: str, overrides: list[str])
         return job.id
 
 
-def ray_submission_id() -> str | None:
-    """The Ray Job's submission id when this driver runs as one (Ray passes its metadata in env)."""
-    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    try:
-        return (json.loads(raw).get("metadata") or {}).get("job_submission_id") if raw else None
-    except (ValueError, AttributeError):
-        return None
+def driver(settings: StudioSettings, job_id: int) -> JobDriver:
+    return JobDriver(settings.db_url, job_id, kind="train")
 
 
 def load_job(settings: StudioSettings, job_id: int) -> tuple[TrainSpec, JobStatus]:
-    with session_scope(settings.db_url) as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise NotFound(f"job {job_id} does not exist", "see `studio jobs ls`")
-        status = JobStatus(job.status)
-        if status not in (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.STARTING):
-            raise StudioError(f"job {job_id} is {status}; only a QUEUED, RETRYING or STARTING job can start",
-                              "submit a new job, or let the scheduler retry a failed one")
-        spec = TrainSpec.model_validate(job.spec)
-        spec.base_model = absolute_model_path(spec.base_model, settings)
-        return spec, status
+    spec, status = driver(settings, job_id).load(TrainSpec)
+    spec.base_model = absolute_model_path(spec.base_model, settings)
+    return spec, status
 
 
 def fail(settings: StudioSettings, job_id: int, reason: str, *, stage: str) -> None:
     """FAILED with the reason, unless the job already ended (e.g. CANCELLED while we ran).
     ``stage`` tells the scheduler whether a retry can help: a preflight failure never does."""
-    with session_scope(settings.db_url) as s:
-        job = s.get(Job, job_id)
-        if job is None or JobStatus(job.status).is_terminal():
-            return
-        transition(s, job_id, JobStatus.FAILED, reason)
-        job.result = {**(job.result or {}), "error": {"stage": stage, "retryable": stage != "preflight"}}
-    say(f"job {job_id} FAILED: {reason}")
+    if driver(settings, job_id).fail(reason, error={"stage": stage, "retryable": stage != "preflight"}):
+        say(f"job {job_id} FAILED: {reason}")
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -195,7 +174,7 @@ def ray_storage_path(settings: StudioSettings, job_id: int) -> str:
 
 # ---------------------------------------------------------------- the run
 
-def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec, status: JobStatus) -> int:
+def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec) -> int:
     t0 = time.monotonic()
     # 1. preflight, before any Ray Train worker exists
     try:
@@ -204,11 +183,9 @@ def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec, status: JobS
                               f"use one of {', '.join(sorted(RUNNERS))}")
         with session_scope(settings.db_url) as s:
             inputs = preflight(spec, s, cluster_gpus=cluster_gpus_before_ray(spec, settings))
-            if status is not JobStatus.STARTING:  # by hand or a recipe: the scheduler did not claim it
-                transition(s, job_id, JobStatus.STARTING, "training entrypoint started")
-                s.get(Job, job_id).attempts += 1
             job = s.get(Job, job_id)
-            job.attempts = max(job.attempts, 1)
+            # By hand or from a recipe nobody claimed it: STARTING here, one more attempt.
+            driver(settings, job_id).claim(s, job, "training entrypoint started")
             if inputs.init_adapter_ref and job.spec.get("init_adapter") != inputs.init_adapter_ref:
                 job.spec = {**job.spec, "init_adapter": inputs.init_adapter_ref}  # lineage names name@N
             attempt, mlflow_run_id = job.attempts, job.mlflow_run_id
@@ -265,12 +242,9 @@ def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec, status: JobS
                 rollout.stop()
 
         # 3. register
-        with session_scope(settings.db_url) as s:
-            transition(s, job_id, JobStatus.CHECKPOINTING, "training finished; registering the result")
+        driver(settings, job_id).to(JobStatus.CHECKPOINTING, "training finished; registering the result")
         outcome = register_result(settings, store, spec, job_id, attempt, inputs, mlflow_run_id, result)
-        with session_scope(settings.db_url) as s:
-            s.get(Job, job_id).result = outcome
-            transition(s, job_id, JobStatus.SUCCEEDED, f"registered {outcome['model']}")
+        driver(settings, job_id).succeed(outcome, f"registered {outcome['model']}", merge=False)
         tracking.end_run(settings.mlflow, mlflow_run_id, "FINISHED")
         say(f"job {job_id} SUCCEEDED in {time.monotonic() - t0:.0f} s: {outcome['model']} {outcome['metrics']}")
         return 0
@@ -338,11 +312,11 @@ def main(argv: list[str] | None = None) -> int:
             say(f"created job {job_id} from {args.recipe}")
         else:
             job_id = args.job_id
-        spec, status = load_job(settings, job_id)
+        spec, _ = load_job(settings, job_id)
     except StudioError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_REFUSED
-    return run_job(settings, job_id, spec, status)
+    return run_job(settings, job_id, spec)
 
 
 if __name__ == "__main__":

@@ -193,16 +193,18 @@ def run_local(spec: SynthSpec, settings: StudioSettings, run: str, client: Any,
 
 
 def run_job(job_id: int, settings: StudioSettings, client: Any | None = None) -> dict[str, Any]:
+    from studio.jobs.driver import JobDriver
     from studio.jobs.status import JobStatus, transition
     from studio.store.models import Job
 
+    driver = JobDriver(settings.db_url, job_id, kind="synth", noun="synthesis job",
+                       start_new="start a new one with `studio data generate`")
     with session_scope(settings.db_url) as s:
-        job = s.get(Job, job_id)
-        if job is None or job.kind != "synth":
-            raise StudioError(f"job {job_id} is not a synthesis job", "pass the id of a `studio data generate` job")
+        job = driver.check(s)
         spec = SynthSpec.model_validate(job.spec)
         owner = job.owner_key_id  # the submitter's key: the output dataset is theirs
-        transition(s, job_id, JobStatus.RUNNING, f"attempt {job.attempts}: generating with {spec.model}")
+        attempt = driver.claim(s, job, "synthesis entrypoint started")
+        transition(s, job_id, JobStatus.RUNNING, f"attempt {attempt}: generating with {spec.model}")
     if client is None:
         from studio.gateway import Client
 
@@ -224,24 +226,18 @@ def run_job(job_id: int, settings: StudioSettings, client: Any | None = None) ->
 
     try:
         src_id, chunks = asyncio.run(generate(spec, settings, f"job-{job_id}", client, progress))
-        with session_scope(settings.db_url) as s:
-            transition(s, job_id, JobStatus.CHECKPOINTING, "all chunks generated; writing the snapshot")
+        driver.to(JobStatus.CHECKPOINTING, "all chunks generated; writing the snapshot")
         result = finalize(spec, settings, f"job-{job_id}", src_id, chunks, owner)
     except Exception as e:  # recorded on the job; the scheduler decides on a retry
         reason = e.problem if isinstance(e, StudioError) else f"{type(e).__name__}: {e}"
-        with session_scope(settings.db_url) as s:
-            job = s.get(Job, job_id)
-            if latest:  # the throttled writes may lag: record where the run stopped
+        if latest:  # the throttled writes may lag: record where the run stopped
+            with session_scope(settings.db_url) as s:
+                job = s.get(Job, job_id)
                 job.result = {**(job.result or {}), "progress": latest[0]}
-            if JobStatus(job.status) not in (JobStatus.CANCELLED, JobStatus.FAILED):
-                job.error = reason[:4000]
-                transition(s, job_id, JobStatus.FAILED, reason[:4000])
+        driver.fail(reason[:4000])
         raise
-    with session_scope(settings.db_url) as s:
-        job = s.get(Job, job_id)
-        job.result = {**(job.result or {}), **result}
-        transition(s, job_id, JobStatus.SUCCEEDED,
-                   f"{result['name']}@{result['version']}: {result['rows']} rows, {result['dropped']} dropped")
+    driver.succeed(result, f"{result['name']}@{result['version']}: {result['rows']} rows, "
+                           f"{result['dropped']} dropped")
     return result
 
 
