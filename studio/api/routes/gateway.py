@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from studio.access import Forbidden, is_admin, is_job_key, principal_id
 from studio.api.deps import KeyDep
 from studio.api.openai_body import OpenAIBodyRoute
+from studio.api.openai_schemas import CHAT, COMPLETION, MODELS
 from studio.errors import StudioError, Unavailable
 from studio.evals.queue import gateway_models
 from studio.gateway.request import ChatCompletionRequest, CompletionRequest, RequestCaps, check_caps
@@ -92,17 +93,17 @@ def call_context(key: ApiKey, request: Request) -> dict[str, Any]:
             "service": service or "api", "job_id": job_id, "job_concurrency": concurrency}
 
 
-@router.get("/models")
+@router.get("/models", responses=MODELS, response_model=None)
 async def list_models(_: KeyDep, request: Request) -> dict[str, Any]:
     return await _gateway(request).models.remote()
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=CHAT)
 async def chat_completions(key: KeyDep, request: Request, body: ChatCompletionRequest):
     return await _forward(request, key, "chat", body)
 
 
-@router.post("/completions")
+@router.post("/completions", responses=COMPLETION)
 async def completions(key: KeyDep, request: Request, body: CompletionRequest):
     return await _forward(request, key, "completions", body)
 

@@ -24,6 +24,7 @@ from studio.access import principal_id
 from studio.api.deps import KeyDep, SettingsDep
 from studio.api.errors import error_response
 from studio.api.openai_body import OpenAIBodyRoute
+from studio.api.openai_schemas import CHAT, COMPLETION, MODELS
 from studio.errors import NotFound, StudioError, Unavailable
 from studio.gateway.limits import KeyLimits, Limiter, RateLimited, SpentCache, stream_tokens
 from studio.gateway.request import ChatCompletionRequest, CompletionRequest, RequestCaps, check_caps
@@ -54,7 +55,7 @@ def _client(request: Request):
     return client
 
 
-@router.get("/models")
+@router.get("/models", responses=MODELS, response_model=None)
 async def list_models(_: KeyDep, request: Request) -> dict[str, Any]:
     return await _router(request).models.remote()
 
@@ -84,12 +85,12 @@ async def _admit(request: Request, key: ApiKey) -> KeyLimits | None:
     return limits
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=CHAT)
 async def chat_completions(key: KeyDep, request: Request, body: ChatCompletionRequest):
     return await _forward(request, "chat", key, body)
 
 
-@router.post("/completions")
+@router.post("/completions", responses=COMPLETION)
 async def completions(key: KeyDep, request: Request, body: CompletionRequest):
     return await _forward(request, "completions", key, body)
 
