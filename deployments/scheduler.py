@@ -15,6 +15,7 @@ from typing import Any
 from ray import serve
 
 from studio.errors import Unavailable
+from studio.evals.gate import advance_after_training
 from studio.jobs import ray_jobs
 from studio.jobs.scheduler import SchedulerConfig, reconcile_once
 from studio.settings import StudioSettings
@@ -55,7 +56,8 @@ class JobScheduler:
         if self._client is None:
             self._client = ray_jobs.jobs_client(self._settings, self._config.ray_address)
         return reconcile_once(self._settings, self._client, self._config,
-                              models_available=self._served_models if self._gateway else None)
+                              models_available=self._served_models if self._gateway else None,
+                              after_training=advance_after_training)
 
     def _served_models(self) -> list[str]:
         # Called from the pass's worker thread, where a handle's response may be waited on. A

@@ -22,15 +22,15 @@ def submit(
     starts it on Ray; with --follow, watch it to the end (exit 1 unless it SUCCEEDED)."""
     from studio import stack
     from studio.cli.jobs import follow_in_terminal
-    from studio.jobs.queue import enqueue_train_job
     from studio.recipes import load_recipe
+    from studio.train.queue import enqueue_train_job
     from studio.train.spec import TrainSpec
 
     settings = settings_with_db()
     spec = load_recipe(recipe, TrainSpec, overrides or [])
     with console.status("preflight: checking the model and the dataset …"), session_scope(settings.db_url) as s:
         job = enqueue_train_job(s, spec, submitted_by=f"cli:{getpass.getuser()}")
-        job_id, dataset = job.id, job.spec["data"]["dataset"]
+        job_id, dataset = job.id, TrainSpec.model_validate(job.spec).data.dataset
     console.print(f"job [bold]{job_id}[/] QUEUED: {spec.method} {spec.name!r} on {dataset} "
                   f"(up to {spec.max_retries + 1} attempts)", highlight=False)
     if not stack.health(settings):

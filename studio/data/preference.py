@@ -16,6 +16,7 @@ from sqlalchemy import select
 from studio.data.kinds import DatasetKind
 from studio.data.writer import Lineage, Owner, SnapshotWriter, check_owner
 from studio.errors import NotFound, StudioError
+from studio.evals.spec import JudgeScorer, EvalSpec, scorer_name, stored_spec
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 from studio.store.models import EvalOutput, EvalScore, Job
@@ -33,16 +34,10 @@ def prompt_text(messages: Any) -> str:
     return str(messages)
 
 
-def _pairwise_scorers(spec: dict[str, Any]) -> dict[str, str]:
+def _pairwise_scorers(spec: EvalSpec) -> dict[str, str]:
     """scorer name → baseline model, for every pairwise judge of an eval spec."""
-    out = {}
-    models = spec.get("models") or []
-    for s in spec.get("scorers") or []:
-        if isinstance(s, dict) and s.get("type") == "judge" and s.get("mode") == "pairwise":
-            baseline = s.get("baseline") or (models[0] if models else None)
-            if baseline is not None:
-                out[s.get("name") or "judge"] = baseline
-    return out
+    return {scorer_name(s): s.baseline or spec.models[0] for s in spec.scorers
+            if isinstance(s, JudgeScorer) and s.mode == "pairwise"}
 
 
 def preference_from_eval(settings: StudioSettings, eval_job_id: int, name: str,
@@ -52,7 +47,7 @@ def preference_from_eval(settings: StudioSettings, eval_job_id: int, name: str,
         job = s.get(Job, eval_job_id)
         if job is None or job.kind != "eval":
             raise NotFound(f"no evaluation job {eval_job_id}", "list runs with `studio eval ls`")
-        judges = _pairwise_scorers(job.spec or {})
+        judges = _pairwise_scorers(stored_spec(job))
         if not judges:
             raise StudioError(f"evaluation {eval_job_id} has no pairwise judge scorer",
                               "run an eval with a judge scorer in mode: pairwise")

@@ -24,11 +24,12 @@ from sqlalchemy.orm import Session
 from studio.data.snapshots import resolve_snapshot
 from studio.errors import Conflict, StudioError
 from studio.evals.queue import KIND, enqueue_eval, gateway_models
-from studio.evals.spec import AfterTrainingSpec, EvalSpec, GenerationParams, scorer_name
+from studio.evals.spec import AfterTrainingSpec, EvalResult, EvalSpec, GenerationParams, scorer_name, stored_spec
 from studio.jobs.status import JobStatus, will_retry
 from studio.recipes import validate_spec
 from studio.registry.versions import get_version, promote
 from studio.store.models import EvalScore, Job, ModelVersion, PromotionEvent, PromotionGate
+from studio.train.spec import TrainResult
 
 
 class PromotionRefused(Conflict):
@@ -107,9 +108,10 @@ def find_eval(session: Session, snapshot_id: str, refs: list[str], scorer: str,
                                .order_by(Job.id.desc()).limit(500)):
         if job.status == JobStatus.FAILED and not will_retry(job):
             continue  # FAILED counts only while the scheduler will retry it
-        spec = job.spec or {}
-        if ((job.result or {}).get("snapshot_id") == snapshot_id and set(refs) <= set(spec.get("models") or [])
-                and scorer in [s.get("name") or s.get("type") for s in spec.get("scorers") or []]):
+        if EvalResult.of(job).snapshot_id != snapshot_id:
+            continue
+        spec = stored_spec(job)
+        if set(refs) <= set(spec.models) and scorer in [scorer_name(s) for s in spec.scorers]:
             return job
     return None
 
@@ -192,15 +194,29 @@ def _gate_spec(cfg: GateConfig, label: str, models: list[str]) -> EvalSpec:
                     generation=GenerationParams(**(cfg.generation or {"max_tokens": 64})))
 
 
+def advance_after_training(session: Session, job: Job, models_available=gateway_models
+                           ) -> dict[str, Any] | None:
+    """The scheduler's hook for a SUCCEEDED training job with ``after_training`` (it calls it every
+    pass until the state is ``done``): one step of ``after_training``, stored in the job's
+    ``result.after_training``; the new state when it changed, else None."""
+    result = TrainResult.of(job)
+    state = after_training(session, job, models_available)
+    if state == result.after_training:
+        return None
+    result.after_training = state
+    job.result = result.dump()
+    return state
+
+
 def after_training(session: Session, job: Job, models_available=gateway_models) -> dict[str, Any]:
-    """One step of a SUCCEEDED training job's ``after_training`` (the scheduler calls it every pass
-    until ``done``): queue an eval of the registered version against the name's champion on the
-    golden dataset; once it SUCCEEDED, with ``promote`` decide through the gate
-    (``gated_promote``: promoted, or refused and recorded), without it record the two means.
-    Returns the state to store as ``job.result["after_training"]``."""
+    """One step of a SUCCEEDED training job's ``after_training``: queue an eval of the registered
+    version against the name's champion on the golden dataset; once it SUCCEEDED, with ``promote``
+    decide through the gate (``gated_promote``: promoted, or refused and recorded), without it
+    record the two means. Returns the state to store as ``result.after_training``."""
     want = AfterTrainingSpec.model_validate((job.spec or {}).get("after_training") or {})
-    state = dict((job.result or {}).get("after_training") or {})
-    ref = (job.result or {}).get("model") or ""
+    result = TrainResult.of(job)
+    state = dict(result.after_training or {})
+    ref = result.model or ""
 
     def end(outcome: str, reason: str, **kw: Any) -> dict[str, Any]:
         return {**state, "done": True, "outcome": outcome, "reason": reason, **kw}
@@ -249,9 +265,9 @@ def _after_training_step(session: Session, job: Job, want: AfterTrainingSpec, st
                 "reason": f"eval {ev.id} queued: {' vs '.join(models)} on {cfg.dataset}"}
     if ev.status != JobStatus.SUCCEEDED:
         return state
-    first = (ev.spec or {}).get("scorers", [{}])[0]
-    name = first.get("name") or first.get("type")
-    means = {m: _mean(session, ev.id, m, name) for m in (ev.spec or {}).get("models", [])}
+    ev_spec = stored_spec(ev)
+    name = scorer_name(ev_spec.scorers[0])
+    means = {m: _mean(session, ev.id, m, name) for m in ev_spec.models}
     return end("evaluated", f"eval {ev.id}: " + ", ".join(f"{m} {_fmt(v)}" for m, v in means.items())
                + f" ({name} on {cfg.dataset})", means=means)
 

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from studio.evals.spec import EvalResult, stored_spec
 from studio.store.models import EvalOutput, EvalScore, Job
 
 
@@ -109,12 +110,12 @@ def run_leaderboard(session: Session, job: Job) -> dict[str, Any]:
     outputs = session.execute(select(EvalOutput.model, EvalOutput.latency_ms, EvalOutput.cost_usd,
                                      EvalOutput.cache_hit, EvalOutput.error)
                               .where(EvalOutput.job_id == job.id).order_by(EvalOutput.id)).all()
-    return build(scores, outputs, list((job.spec or {}).get("models") or []))
+    return build(scores, outputs, list(stored_spec(job).models))
 
 
 def progress(session: Session, job: Job) -> dict[str, Any]:
     done = session.scalar(select(func.count()).select_from(EvalOutput).where(EvalOutput.job_id == job.id))
-    total = (job.result or {}).get("total")
+    total = EvalResult.of(job).total
     return {"done": done, "total": total}
 
 
@@ -122,7 +123,7 @@ def dataset_leaderboard(session: Session, snapshot_id: str, limit_runs: int = 20
     """Every finished-or-running eval on one snapshot, pooled. Models are keyed by the version that
     answered (``rev@2``, not ``rev``), so runs months apart compare the same weights."""
     jobs = [j for j in session.scalars(select(Job).where(Job.kind == "eval").order_by(Job.id.desc())
-                                       .limit(limit_runs)) if (j.result or {}).get("snapshot_id") == snapshot_id]
+                                       .limit(limit_runs)) if EvalResult.of(j).snapshot_id == snapshot_id]
     ids = [j.id for j in jobs]
     if not ids:
         return {"snapshot_id": snapshot_id, "runs": [], **build([], [], [])}

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from studio.errors import NotFound, StudioError
 from studio.evals.data import load_datapoints
 from studio.evals.scorers.http import check_http_scorer
-from studio.evals.spec import EvalSpec, needs_reference, scorer_name
+from studio.evals.spec import EvalResult, EvalSpec, needs_reference, scorer_name, stored_spec
 from studio.jobs.status import create_job
 from studio.store.models import Job
 
@@ -94,8 +94,8 @@ def enqueue_eval(session: Session, spec: EvalSpec, submitted_by: str | None,
     job = create_job(session, name=spec.name, spec=pinned.model_dump(mode="json", by_alias=True),
                      max_retries=spec.max_retries, submitted_by=submitted_by, kind=KIND,
                      owner_key_id=owner_key_id)
-    job.result = {"snapshot_id": resolved["snapshot_id"], "rows": resolved["rows"], "done": 0,
-                  "total": resolved["rows"] * len(spec.models)}
+    job.result = EvalResult(snapshot_id=resolved["snapshot_id"], rows=resolved["rows"], done=0,
+                            total=resolved["rows"] * len(spec.models)).dump()
     session.flush()
     return job
 
@@ -121,5 +121,5 @@ def list_evals(session: Session, limit: int = 100, offset: int = 0, dataset: str
     stmt = select(Job).where(Job.kind == KIND).order_by(Job.id.desc()).limit(limit).offset(offset)
     jobs = list(session.scalars(stmt))
     if dataset:
-        jobs = [j for j in jobs if (j.spec or {}).get("dataset", "").partition("@")[0] == dataset.partition("@")[0]]
+        jobs = [j for j in jobs if stored_spec(j).dataset.partition("@")[0] == dataset.partition("@")[0]]
     return jobs

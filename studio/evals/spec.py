@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from studio.errors import StudioError
+from studio.jobs.results import JobResult
 from studio.recipes import Spec
 
 # Plain http scorer headers are stored with the job: names that usually carry a secret are refused.
@@ -184,29 +185,6 @@ def scorer_name(s: Any) -> str:
     return s.name or s.type
 
 
-def redact_spec(spec: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A stored job spec (eval or train) fit for a response: every http scorer's plain header
-    values become "***" and URLs lose their user info. headers_env holds only variable names."""
-    if not spec:
-        return spec
-
-    def scorer(s: Any) -> Any:
-        if not isinstance(s, dict) or s.get("type") != "http":
-            return s
-        from studio.egress import redact_url
-
-        return {**s, "url": redact_url(str(s.get("url", ""))),
-                "headers": {k: "***" for k in (s.get("headers") or {})}}
-
-    out = dict(spec)
-    if isinstance(out.get("scorers"), list):
-        out["scorers"] = [scorer(s) for s in out["scorers"]]
-    after = out.get("after_training")
-    if isinstance(after, dict) and after.get("scorer"):
-        out["after_training"] = {**after, "scorer": scorer(after["scorer"])}
-    return out
-
-
 def needs_reference(s: Any) -> bool:
     return s.type in ("exact_match", "numeric", "embedding")
 
@@ -229,3 +207,18 @@ class AfterTrainingSpec(Spec):
     limit: int | None = Field(default=None, gt=0, description="Evaluate only the first N rows; default: the gate's.")
     max_tokens: int | None = Field(default=None, gt=0, description="Longest answer in the eval; default: the "
                                    "gate's, else 64.")
+
+
+class EvalResult(JobResult):
+    """An eval's ``result``: the snapshot it was pinned to, its size and, once done, its numbers."""
+
+    snapshot_id: str | None = Field(default=None, description="The dataset snapshot the run reads.")
+    rows: int | None = Field(default=None, description="Rows evaluated (after split and limit).")
+    done: int = Field(default=0, description="Answers stored when the run was queued (0).")
+    total: int | None = Field(default=None, description="Answers the run gives: rows × models.")
+    leaderboard: dict[str, Any] | None = Field(default=None, description="Written when it succeeds.")
+
+
+def stored_spec(job: Any) -> EvalSpec:
+    """An eval row's spec, as validated when it was queued."""
+    return EvalSpec.model_validate(job.spec or {})

@@ -12,15 +12,16 @@ from sqlalchemy.orm import Session
 
 from studio.evals.leaderboard import progress, run_leaderboard
 from studio.evals.queue import get_eval
+from studio.evals.spec import scorer_name, stored_spec
 from studio.jobs.follow import FollowEvent, follow_async, follow_sync, is_done
 from studio.store.db import session_scope
 from studio.store.models import ApiKey, EvalOutput, EvalScore, Job, JobEvent
 
 
 def eval_summary(session: Session, job: Job) -> dict[str, Any]:
-    spec = job.spec or {}
-    return {"id": job.id, "name": job.name, "status": job.status, "dataset": spec.get("dataset"),
-            "models": spec.get("models"), "scorers": [s.get("name") or s.get("type") for s in spec.get("scorers", [])],
+    spec = stored_spec(job)
+    return {"id": job.id, "name": job.name, "status": job.status, "dataset": spec.dataset,
+            "models": spec.models, "scorers": [scorer_name(s) for s in spec.scorers],
             "progress": progress(session, job), "attempts": job.attempts, "error": job.error,
             "submitted_by": job.submitted_by, "owner_key_id": job.owner_key_id,
             "cancel_requested": job.cancel_requested,

@@ -1,4 +1,5 @@
-"""What the API and the CLI share about jobs: enqueue a checked training job, cancel, list, show.
+"""What the API and the CLI share about jobs of every kind: cancel, list, show (each kind's
+service enqueues its own: ``studio.train.queue``, ``studio.evals.queue``, ``studio.data.synth``).
 
 Both front doors only touch the database; the scheduler (a Serve deployment of ``studio up``)
 takes QUEUED jobs to Ray. So a job can be queued while the studio is down and starts when it is up.
@@ -11,37 +12,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from studio.access import claim_name, owns, principal_id, require_owner
+from studio.access import owns, require_owner
+from studio.egress import redact_url
 from studio.errors import Conflict, NotFound
-from studio.evals.spec import redact_spec
-from studio.jobs.status import JobStatus, create_job, transition, will_retry
+from studio.jobs.results import JobResult
+from studio.jobs.status import JobStatus, transition, will_retry
 from studio.store.models import ApiKey, Job, JobEvent, JobMetric
-from studio.train.preflight import preflight
-from studio.train.spec import TrainSpec
-
-
-def enqueue_train_job(session: Session, spec: TrainSpec, submitted_by: str | None, *,
-                      cluster_gpus: float | None = None, key: ApiKey | None = None) -> Job:
-    """Preflight the spec (raises ``StudioError`` naming the problem; nothing is created), then
-    store it QUEUED.
-
-    The stored spec pins what preflight resolved: the dataset as ``name@N`` (a version ingested
-    later does not change what this job — or its retries — trains on) and the base model as an
-    absolute path (Ray workers run in another working directory).
-
-    With the submitting ``key``, the job is that key's and so is its registry name: a name another
-    key registered first is refused (403) before anything is stored.
-    """
-    if key is not None:
-        claim_name(session, "model", spec.name, key)
-    inputs = preflight(spec, session, cluster_gpus=cluster_gpus)
-    pinned = spec.model_copy(deep=True)
-    pinned.base_model = inputs.base_model
-    pinned.data.dataset = inputs.dataset_ref
-    pinned.init_adapter = inputs.init_adapter_ref  # name@N or an absolute path / URI (None without one)
-    return create_job(session, name=spec.name, spec=pinned.model_dump(mode="json", by_alias=True),
-                      max_retries=spec.max_retries, submitted_by=submitted_by,
-                      owner_key_id=principal_id(key) if key is not None else None)
 
 
 def get_job(session: Session, job_id: int) -> Job:
@@ -88,12 +64,10 @@ def latest_step(session: Session, job: Job) -> int | None:
 
 
 def total_steps(job: Job) -> int | None:
-    """Steps the run will take: what the entrypoint recorded (``result.total_steps``), else the
-    spec's ``hyper.max_steps``; None when only the run itself can tell."""
-    recorded = (job.result or {}).get("total_steps")
-    if isinstance(recorded, int) and recorded > 0:
-        return recorded
-    return ((job.spec or {}).get("hyper") or {}).get("max_steps")
+    """Steps the run will take, as its service recorded them (``result.total_steps``: a training
+    job's ``hyper.max_steps`` when it is queued); None when only the run itself can tell."""
+    recorded = JobResult.of(job).total_steps
+    return recorded if isinstance(recorded, int) and recorded > 0 else None
 
 
 def job_summary(job: Job) -> dict[str, Any]:
@@ -110,6 +84,25 @@ def job_summary(job: Job) -> dict[str, Any]:
 
 
 HIDDEN_SPEC = "hidden: a job's spec is shown to its owner and admins only"
+
+
+def redact_spec(spec: Any) -> Any:
+    """A stored job spec fit for a response, whatever its kind: the values of every ``headers``
+    mapping become "***" (an evaluator's or reward's request headers may hold its secret) and
+    every ``url`` loses its user info and query. ``headers_env`` holds only variable names."""
+    if isinstance(spec, list):
+        return [redact_spec(v) for v in spec]
+    if not isinstance(spec, dict):
+        return spec
+    out = {}
+    for k, v in spec.items():
+        if k == "headers" and isinstance(v, dict):
+            out[k] = {name: "***" for name in v}
+        elif k == "url" and isinstance(v, str):
+            out[k] = redact_url(v)
+        else:
+            out[k] = redact_spec(v)
+    return out
 
 
 def visible_spec(job: Job, key: ApiKey | None) -> dict[str, Any] | None:

@@ -110,15 +110,3 @@ def tail(text: str, max_lines: int = 40, max_chars: int = 3000) -> str:
     lines = text.rstrip().splitlines()[-max_lines:]
     out = "\n".join(lines)
     return out if len(out) <= max_chars else "…" + out[-max_chars:]
-
-
-def cluster_gpus(settings: StudioSettings | None = None) -> float | None:
-    """GPUs of the Ray cluster this process is connected to (a Serve replica is), or on an
-    autoscaling cluster the most it can scale to (STUDIO_CLUSTER_MAX_GPUS), else None: preflight
-    then skips the GPU check rather than guess."""
-    from studio.cluster import cluster_gpu_capacity
-
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return None
-    return cluster_gpu_capacity(float(ray.cluster_resources().get("GPU", 0.0)), settings or StudioSettings())

@@ -20,7 +20,8 @@ a scheduler that restarts, or two that briefly overlap during a redeploy, lose a
             and cancellable, never started.
 5. after    SUCCEEDED training job whose recipe has ``after_training``: its auto-eval is queued (an
             eval job, started by the next pass), then the version promoted through the gate or the
-            refusal recorded (``studio.evals.gate.after_training``) in ``result.after_training``.
+            refusal recorded in ``result.after_training``, by the hook the JobScheduler deployment
+            hands in (``studio.evals.gate.advance_after_training``; without one, no step 5).
 6. keys     every submission gets a key derived from its submitter's (``studio.keys.create_job_key``:
             same role and limits, expiring after ``job_key_ttl_h``) in STUDIO_API_KEY, never the
             admin key; the keys of jobs no longer on Ray are revoked each pass.
@@ -35,6 +36,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -58,6 +60,8 @@ if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
 logger = logging.getLogger(__name__)
+# (session, a SUCCEEDED training job[, models_available=]) -> its new after_training state, or None
+AfterTraining = Callable[..., dict[str, Any] | None]
 
 ON_RAY = (JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CHECKPOINTING)
 CANCELLABLE = (JobStatus.QUEUED, *ON_RAY, JobStatus.RETRYING)
@@ -135,7 +139,11 @@ _PER_JOB_ERRORS = (RuntimeError, ConnectionError, requests.RequestException, SQL
 
 
 def reconcile_once(settings: StudioSettings, client: JobSubmissionClient, config: SchedulerConfig | None = None,
-                   *, now: datetime | None = None, models_available=None) -> TickReport:
+                   *, now: datetime | None = None, models_available=None,
+                   after_training: AfterTraining | None = None) -> TickReport:
+    """One pass. ``after_training``: the step-5 hook (``studio.evals.gate.advance_after_training``,
+    handed in by the JobScheduler deployment; None skips step 5), so jobs, the lowest service,
+    knows nothing of evals."""
     config = config or SchedulerConfig()
     now = now or utcnow()
     report = TickReport()
@@ -148,7 +156,7 @@ def reconcile_once(settings: StudioSettings, client: JobSubmissionClient, config
                 report.errors.append(f"job {job_id}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
                 logger.warning("scheduler: job %s: %s", job_id, e)
 
-    ctx = _Pass(settings, client, config, now, report, models_available)
+    ctx = _Pass(settings, client, config, now, report, models_available, after_training)
     each(_ids(settings, Job.cancel_requested.is_(True), Job.status.in_(CANCELLABLE)), ctx.cancel)
     each(_ids(settings, Job.status.in_(POLLED), Job.ray_submission_id.is_not(None)), ctx.poll)
     each(_ids(settings, Job.status == JobStatus.FAILED, Job.cancel_requested.is_(False),
@@ -161,7 +169,8 @@ def reconcile_once(settings: StudioSettings, client: JobSubmissionClient, config
               Job.ray_submission_id.is_(None)), lambda i: ctx.start(i, JobStatus.QUEUED))
     # 5. after training: a SUCCEEDED training job whose recipe has `after_training` gets its
     # auto-eval queued (started by the next pass) and, once that eval is done, its auto-promotion.
-    each(_after_training_ids(settings), ctx.after_training)
+    if after_training is not None:
+        each(_after_training_ids(settings), ctx.after_training)
     # 6. keys: a job that left Ray (ended, failed, waiting to retry) holds no live key.
     try:
         with session_scope(settings.db_url) as s:
@@ -195,6 +204,7 @@ class _Pass:
     now: datetime
     report: TickReport
     models_available: Any = None  # () -> served model names; None: asked over HTTP (the CLI's way)
+    after_training_hook: AfterTraining | None = None
 
     def cancel(self, job_id: int) -> None:
         with session_scope(self.settings.db_url) as s:
@@ -293,14 +303,10 @@ class _Pass:
         self._submit(job_id, sid)
 
     def after_training(self, job_id: int) -> None:
-        from studio.evals.gate import after_training, gateway_models
-
+        kwargs = {"models_available": self.models_available} if self.models_available else {}
         with session_scope(self.settings.db_url) as s:
-            job = s.get(Job, job_id)
-            before = (job.result or {}).get("after_training")
-            state = after_training(s, job, self.models_available or gateway_models)
-            if state != before:
-                job.result = {**(job.result or {}), "after_training": state}
+            state = self.after_training_hook(s, s.get(Job, job_id), **kwargs)
+            if state is not None:
                 self.report.after_training.append(job_id)
                 logger.info("scheduler: job %s after training: %s", job_id, state.get("reason"))
 

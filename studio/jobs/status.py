@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from studio.errors import Conflict, NotFound
+from studio.jobs.results import JobResult
 from studio.store.models import Job, JobEvent, utcnow
 
 
@@ -58,8 +59,8 @@ def can_retry(job: Job) -> bool:
 def will_retry(job: Job) -> bool:
     """The scheduler's retry decision: ``can_retry``, unless the entrypoint marked the failure as
     one a retry cannot fix (``result.error.retryable: false``, e.g. a preflight refusal)."""
-    error = (job.result or {}).get("error")
-    return can_retry(job) and not (isinstance(error, dict) and error.get("retryable") is False)
+    error = JobResult.of(job).error
+    return can_retry(job) and not (error is not None and error.retryable is False)
 
 
 def transition(session: Session, job_id: int, to: JobStatus | str, reason: str) -> Job:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from studio.evals.spec import AfterTrainingSpec
+from studio.jobs.results import JobResult
 from studio.recipes import Spec
 
 Method = Literal["cpt", "sft", "dpo", "grpo"]
@@ -226,3 +227,14 @@ class TrainSpec(Spec):
         if self.adapter == "qlora" and self.deepspeed is not None and self.deepspeed.stage == 3:
             raise ValueError("QLoRA cannot be combined with DeepSpeed ZeRO-3")
         return self
+
+
+class TrainResult(JobResult):
+    """A training job's ``result``: what it registered, and the promotion gate's progress."""
+
+    model: str | None = Field(default=None, description="The registered version, name@N.")
+    uri: str | None = Field(default=None, description="Where the final adapter was copied.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Final numbers (loss, exact_match, ...).")
+    after_training: dict[str, Any] | None = Field(
+        default=None, description="The after_training state: done, outcome, reason, eval_id, ... "
+        "(written by the scheduler, studio.evals.gate.after_training).")

@@ -144,7 +144,7 @@ def test_feedback_only_on_the_keys_own_completions(client, settings, user_key, b
 
 def test_only_an_evals_owner_cancels_it(client, settings, user_key, bob):
     with session_scope(settings.db_url) as s:
-        ev = create_job(s, name="e", spec={"dataset": "d", "models": ["m"], "scorers": []}, max_retries=0,
+        ev = create_job(s, name="e", spec={"dataset": "d", "models": ["m"], "scorers": [{"type": "exact_match"}]}, max_retries=0,
                         submitted_by="alice", kind="eval", owner_key_id=key_id(settings, "alice")).id
     assert_problem(client.post(f"/api/evals/{ev}/cancel", headers=bearer(bob)), 403, "eval job", "cancel it")
     assert client.get(f"/api/evals/{ev}", headers=bearer(bob)).json()["owner_key_id"] == key_id(settings, "alice")
@@ -153,7 +153,7 @@ def test_only_an_evals_owner_cancels_it(client, settings, user_key, bob):
 
 def test_an_evals_spec_is_its_owners(client, settings, user_key, bob, admin_key):
     with session_scope(settings.db_url) as s:
-        ev = create_job(s, name="e", spec={"dataset": "d", "models": ["m"], "scorers": []}, max_retries=0,
+        ev = create_job(s, name="e", spec={"dataset": "d", "models": ["m"], "scorers": [{"type": "exact_match"}]}, max_retries=0,
                         submitted_by="alice", kind="eval", owner_key_id=key_id(settings, "alice")).id
     seen = client.get(f"/api/evals/{ev}", headers=bearer(bob)).json()
     assert seen["spec"] is None and "owner" in seen["spec_hidden"] and seen["dataset"] == "d"

@@ -14,7 +14,7 @@ from studio.store.models import EvalOutput, EvalScore
 
 
 def _eval_run(settings) -> int:
-    spec = {"models": ["base", "tuned"], "scorers": [
+    spec = {"dataset": "d@1", "models": ["base", "tuned"], "scorers": [
         {"type": "judge", "name": "pair", "mode": "pairwise", "model": "judge"},
         {"type": "exact_match"}]}
     with session_scope(settings.db_url) as s:

@@ -6,7 +6,7 @@ scripted provider; no Ray is needed because a pass with nothing to submit or pol
 
 from __future__ import annotations
 
-from studio.evals.gate import GateConfig, gated_promote, promotion_history, set_gate
+from studio.evals.gate import GateConfig, advance_after_training, gated_promote, promotion_history, set_gate
 from studio.jobs.scheduler import reconcile_once
 from studio.jobs.status import JobStatus, create_job, transition
 from studio.registry.versions import get_version, register_version
@@ -48,7 +48,10 @@ def test_after_training_auto_eval_and_auto_promotion(settings, gateway, reverse_
     untouched = succeeded_training_job(settings, "rev", "rev@3", None)
     no_data = succeeded_training_job(settings, "rev", "rev@3", {"promote": True, "dataset": "no-such-data"})
 
-    report = reconcile_once(settings, None)  # nothing on Ray to submit or poll: the client is not used
+    # Without the hook (the JobScheduler deployment hands it in) a pass leaves after_training alone.
+    assert reconcile_once(settings, None).after_training == [] and after(settings, promote) == {}
+    # Nothing on Ray to submit or poll: the client is not used.
+    report = reconcile_once(settings, None, after_training=advance_after_training)
     assert report.errors == [] and report.after_training == [promote, only_eval, no_gate, no_data]
     p, e = after(settings, promote), after(settings, only_eval)
     assert (p["done"], p["outcome"], e["done"], e["outcome"]) == (False, "evaluating", False, "evaluating")
@@ -67,7 +70,7 @@ def test_after_training_auto_eval_and_auto_promotion(settings, gateway, reverse_
     # The next pass would submit the evals as Ray jobs; run them here as that job does.
     for eval_id in (p["eval_id"], e["eval_id"]):
         claim_and_run(settings, gateway, eval_id)
-    report = reconcile_once(settings, None)
+    report = reconcile_once(settings, None, after_training=advance_after_training)
     assert report.errors == [] and report.after_training == [promote, only_eval]
     p, e = after(settings, promote), after(settings, only_eval)
     assert (p["done"], p["outcome"], p["candidate_score"], p["champion_score"]) == (True, "promoted", 1.0, 0.0)
@@ -76,7 +79,7 @@ def test_after_training_auto_eval_and_auto_promotion(settings, gateway, reverse_
         assert get_version(s, "rev").version == 2  # auto-promoted
         history = promotion_history(s, "rev")
     assert (history[-1]["version"], history[-1]["outcome"], history[-1]["by"]) == (2, "promoted", f"job:{promote}")
-    assert reconcile_once(settings, None).after_training == []  # done stays done
+    assert reconcile_once(settings, None, after_training=advance_after_training).after_training == []  # done stays done
 
 
 def test_the_scheduler_checks_model_names_with_what_it_is_given(settings, reverse_data, monkeypatch):
@@ -99,7 +102,8 @@ def test_the_scheduler_checks_model_names_with_what_it_is_given(settings, revers
         asked.append(1)
         return ["hv"]
 
-    report = reconcile_once(settings, None, models_available=models_available)  # one pass: nothing submitted
+    report = reconcile_once(settings, None, models_available=models_available,
+                            after_training=advance_after_training)  # one pass: nothing submitted
     assert asked and report.after_training[0] == served
     state = after(settings, served)
     assert state["outcome"] == "evaluating" and state["eval_id"]

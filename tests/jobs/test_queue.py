@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from studio.errors import Conflict, StudioError
-from studio.jobs.queue import enqueue_train_job, request_cancel
+from studio.jobs.queue import request_cancel
+from studio.train.queue import enqueue_train_job
 from studio.jobs.scheduler import SchedulerConfig, reconcile_once
 from studio.jobs.status import JobStatus, transition
 from studio.store.db import session_scope

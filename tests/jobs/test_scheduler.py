@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from studio import stack
 from studio.api.app import create_app
 from studio.jobs import ray_jobs
-from studio.jobs.queue import enqueue_train_job, request_cancel
+from studio.jobs.queue import request_cancel
+from studio.train.queue import enqueue_train_job
 from studio.jobs.scheduler import SchedulerConfig, TickReport, entrypoint, job_runtime_env, reconcile_once
 from studio.jobs.status import JobStatus, create_job, transition
 from studio.keys import create_key

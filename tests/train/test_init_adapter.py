@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from studio.errors import StudioError
-from studio.jobs.queue import enqueue_train_job
+from studio.train.queue import enqueue_train_job
 from studio.recipes import load_recipe
 from studio.registry.versions import lineage, register_version
 from studio.settings import StudioSettings

@@ -19,9 +19,9 @@ from studio.api.streams import follow_response
 from studio.errors import StudioError
 from studio.jobs import ray_jobs
 from studio.jobs.follow import FollowEvent, follow_job_async
-from studio.jobs.queue import (enqueue_train_job, get_job, job_detail, job_summary, list_jobs,
-                               metrics_by_key, request_cancel)
+from studio.jobs.queue import get_job, job_detail, job_summary, list_jobs, metrics_by_key, request_cancel
 from studio.jobs.status import JobStatus
+from studio.train.queue import cluster_gpus, enqueue_train_job
 from studio.train.spec import TrainSpec
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -31,7 +31,7 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep) -> dict:
     """Queue a training job. The body has the fields of a `configs/train/*.yaml` recipe. The job
     starts when the scheduler (in the running studio) picks it up, within about a second."""
-    job = enqueue_train_job(session, spec, submitted_by=key.name, cluster_gpus=ray_jobs.cluster_gpus(),
+    job = enqueue_train_job(session, spec, submitted_by=key.name, cluster_gpus=cluster_gpus(),
                             key=key)
     return job_detail(session, job, key)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from studio.data.curate import DedupeStep, Step
+from studio.jobs.results import JobResult
 from studio.recipes import Spec
 
 MODES = ("qa", "cot", "summary")
@@ -51,3 +52,14 @@ class SynthSpec(Spec):
             raise ValueError(f"overlap_tokens ({self.overlap_tokens}) must be below chunk_tokens "
                              f"({self.chunk_tokens})")
         return self
+
+
+class SynthResult(JobResult):
+    """A synthesis job's ``result``: its progress while it runs, the snapshot it wrote once done."""
+
+    progress: dict[str, Any] | None = Field(default=None, description="chunks_done, chunks_total, rows, ...")
+    snapshot_id: str | None = None
+    name: str | None = Field(default=None, description="The generated dataset.")
+    version: int | None = None
+    rows: int | None = None
+    dropped: int | None = None
