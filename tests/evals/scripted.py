@@ -38,6 +38,7 @@ def build_provider(calls: Counter) -> FastAPI:
         body = await request.json()
         model, text = body["model"], body["messages"][-1]["content"]
         calls[model] += 1
+        calls[(model, text)] += 1  # what was asked, for tests that must tell calls apart
         if model == "slow":
             await asyncio.sleep(0.3)
         if model in ("good", "slow"):
