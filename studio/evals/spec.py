@@ -33,6 +33,12 @@ class ExactMatchScorer(Spec):
     name: str | None = Field(default=None, description="Key of this scorer's results; default: its type.")
     normalize: Normalize = Field(default_factory=Normalize, description="Normalisation of both sides.")
 
+    def build(self, client: Any = None) -> Any:
+        """The scorer this spec describes."""
+        from studio.evals.scorers.programmatic import ExactMatch
+
+        return ExactMatch(self)
+
 
 class RegexScorer(Spec):
     type: Literal["regex"] = Field(description="1 when the pattern is found in the output (re.search).")
@@ -40,6 +46,12 @@ class RegexScorer(Spec):
     pattern: str = Field(min_length=1, description="A Python regular expression.")
     full_match: bool = Field(default=False, description="Require the whole stripped output to match.")
     ignore_case: bool = Field(default=False, description="Match case-insensitively.")
+
+    def build(self, client: Any = None) -> Any:
+        """The scorer this spec describes."""
+        from studio.evals.scorers.programmatic import Regex
+
+        return Regex(self)
 
 
 class JsonScorer(Spec):
@@ -49,12 +61,24 @@ class JsonScorer(Spec):
         default=None, alias="schema", description="A JSON Schema the parsed output must satisfy (jsonschema).")
     strip_code_fence: bool = Field(default=True, description="Accept output wrapped in a ```json fence.")
 
+    def build(self, client: Any = None) -> Any:
+        """The scorer this spec describes."""
+        from studio.evals.scorers.programmatic import Json
+
+        return Json(self)
+
 
 class NumericScorer(Spec):
     type: Literal["numeric"] = Field(description="1 when the first number in the output is within tolerance of the reference.")
     name: str | None = Field(default=None, description="Key of this scorer's results; default: its type.")
     abs_tolerance: float = Field(default=1e-6, ge=0, description="Largest absolute difference that still counts.")
     rel_tolerance: float = Field(default=0.0, ge=0, description="Largest difference relative to |reference|.")
+
+    def build(self, client: Any = None) -> Any:
+        """The scorer this spec describes."""
+        from studio.evals.scorers.programmatic import Numeric
+
+        return Numeric(self)
 
 
 class EmbeddingScorer(Spec):
@@ -64,6 +88,12 @@ class EmbeddingScorer(Spec):
         default="sentence-transformers/all-MiniLM-L6-v2",
         description="A local sentence-transformers model (path or cached id); the scorer is skipped, with "
         "the reason, when sentence-transformers or the model is not installed.")
+
+    def build(self, client: Any = None) -> Any:
+        """The scorer this spec describes."""
+        from studio.evals.scorers.embedding import Embedding
+
+        return Embedding(self)
 
 
 class JudgeScorer(Spec):
@@ -79,6 +109,12 @@ class JudgeScorer(Spec):
     baseline: str | None = Field(default=None, description="pairwise: the model others are compared with; "
                                  "default: the spec's first model.")
     max_tokens: int = Field(default=64, gt=0, description="Length of the judge's reply.")
+
+    def build(self, client: Any = None) -> Any:
+        """The scorer this spec describes (judges call models through the gateway client)."""
+        from studio.evals.scorers.judge import Judge
+
+        return Judge(self, client)
 
 
 class HttpScorer(Spec):
@@ -124,6 +160,12 @@ class HttpScorer(Spec):
                                  f"{ENV_PREFIX}* may be sent to an evaluator (the job's environment holds "
                                  "the studio's own secrets too)")
         return headers_env
+
+    def build(self, client: Any = None) -> Any:
+        """The scorer this spec describes."""
+        from studio.evals.scorers.http import HttpEvaluator
+
+        return HttpEvaluator(self)
 
 
 ScorerSpec = Annotated[ExactMatchScorer | RegexScorer | JsonScorer | NumericScorer | EmbeddingScorer
