@@ -20,6 +20,7 @@ from deployments.ingress import ApiIngress
 from deployments.model import ModelDeploymentConfig, build_model_deployment
 from deployments.router import Router
 from deployments.scheduler import JobScheduler
+from studio.jobs.scheduler import SchedulerConfig
 from studio.recipes import validate_spec
 from studio.serving.app_config import (
     AppArgs,
@@ -83,7 +84,7 @@ def build_gateway(cfg: GatewayArgs, router, env: dict[str, str]):
     if cfg.resources:
         options["resources"] = cfg.resources
     return Gateway.options(num_replicas=cfg.num_replicas, ray_actor_options=options
-                           ).bind(spec.model_dump(mode="json"), router)
+                           ).bind(spec, router)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -97,9 +98,10 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         scheduler = JobScheduler.options(
             num_replicas=1,
             ray_actor_options={"num_cpus": cfg.scheduler.num_cpus, "runtime_env": {"env_vars": env}},
-        ).bind({**cfg.scheduler.model_dump(exclude={"enabled", "num_cpus"}),
-                "withheld_env": sorted({*cfg.scheduler.withheld_env, *gateway_key_envs(cfg.gateway)})},
-               gateway)
+        ).bind(SchedulerConfig.model_validate({
+            **cfg.scheduler.model_dump(exclude={"enabled", "num_cpus"}),
+            "withheld_env": sorted({*cfg.scheduler.withheld_env, *gateway_key_envs(cfg.gateway)})}),
+            gateway)
     # No replica gets STUDIO_ADMIN_KEY: the API and the scheduler ask the Gateway deployment for
     # its model names over its handle, so no key is needed for that.
     # A Serve application is the graph reachable from its ingress: the scheduler, the router and

@@ -9,27 +9,29 @@ routes; the answer streams straight from the model deployment).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import studio  # noqa: F401 — sets RAY_AUTH_MODE before the first `import ray` of a process
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+if TYPE_CHECKING:
+    from studio.gateway.spec import GatewaySpec
+
 
 @serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=256)
 class Gateway:
-    def __init__(self, spec: dict[str, Any], router: DeploymentHandle | None = None):
+    def __init__(self, spec: GatewaySpec, router: DeploymentHandle | None = None):
         import studio.gateway  # noqa: F401 — sets LITELLM_LOCAL_MODEL_COST_MAP before litellm loads
         from studio.gateway.request import RequestCaps
         from studio.gateway.service import GatewayService
-        from studio.gateway.spec import load_gateway_spec
         from studio.settings import StudioSettings
 
         from deployments.router_client import RouterClient
 
         settings = StudioSettings()
         client = RouterClient(router) if router is not None else None
-        self._service = GatewayService(load_gateway_spec(spec), client, settings.db_url,
+        self._service = GatewayService(spec, client, settings.db_url,
                                        settings.redis_url, RequestCaps.of(settings))
 
     async def chat(self, body: dict[str, Any], ctx: dict[str, Any]):

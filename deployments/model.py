@@ -84,10 +84,10 @@ def replica_memory() -> dict[str, Any]:
 @serve.deployment(name="ModelDeployment", max_ongoing_requests=32, health_check_period_s=10,
                   health_check_timeout_s=30, ray_actor_options={"num_cpus": 1})
 class ModelDeployment:
-    async def __init__(self, config: dict[str, Any], report_to: str | None = None):
+    async def __init__(self, config: ModelDeploymentConfig, report_to: str | None = None):
         """``report_to``: the Serve application whose Router gets this replica's reports (default:
         this replica's own application; a runtime-deployed model names the studio's)."""
-        self.config = ModelDeploymentConfig.model_validate(config)
+        self.config = config  # validated once, by the builder, and bound as the object itself
         self._report_to = report_to
         self._cache_dir = Path(self.config.adapter_cache_dir
                                or StudioSettings().home_abs / "cache" / "adapters")
@@ -274,4 +274,4 @@ def build_model_deployment(config: ModelDeploymentConfig | dict[str, Any],
         options["autoscaling_config"] = cfg.autoscaling.model_dump()
     else:
         options["num_replicas"] = cfg.num_replicas
-    return ModelDeployment.options(**options).bind(cfg.model_dump(), report_to)
+    return ModelDeployment.options(**options).bind(cfg, report_to)

@@ -26,8 +26,8 @@ logger = logging.getLogger("ray.serve")
 @serve.deployment(name="JobScheduler", num_replicas=1, max_ongoing_requests=16,
                   ray_actor_options={"num_cpus": 0.05})
 class JobScheduler:
-    async def __init__(self, config: dict[str, Any] | None = None, gateway: Any = None):
-        self._config = SchedulerConfig.model_validate(config or {})
+    async def __init__(self, config: SchedulerConfig | None = None, gateway: Any = None):
+        self._config = config or SchedulerConfig()
         self._gateway = gateway  # the Gateway's handle: the promotion gate asks it for model names
         self._settings = StudioSettings()  # from the STUDIO_* env vars build_app forwards
         self._client = None
