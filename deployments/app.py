@@ -20,7 +20,7 @@ from deployments.ingress import ApiIngress
 from deployments.model import ModelDeploymentConfig, build_model_deployment
 from deployments.router import Router
 from deployments.scheduler import JobScheduler
-from studio.jobs.scheduler import SchedulerConfig
+from studio.jobs.submission import SchedulerConfig
 from studio.recipes import validate_spec
 from studio.serving.app_config import (
     AppArgs,

@@ -17,7 +17,8 @@ from ray import serve
 from studio.errors import Unavailable
 from studio.evals.gate import advance_after_training
 from studio.jobs import ray_jobs
-from studio.jobs.scheduler import SchedulerConfig, reconcile_once
+from studio.jobs.scheduler import reconcile_once
+from studio.jobs.submission import SchedulerConfig
 from studio.settings import StudioSettings
 
 logger = logging.getLogger("ray.serve")

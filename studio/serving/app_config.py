@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from studio.jobs.scheduler import SchedulerConfig
+from studio.jobs.submission import SchedulerConfig
 from studio.recipes import Spec, validate_spec
 from studio.serving.config import ModelDeploymentConfig
 

@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from studio.errors import Conflict, StudioError
 from studio.jobs.queue import request_cancel
 from studio.train.queue import enqueue_train_job
-from studio.jobs.scheduler import SchedulerConfig, reconcile_once
+from studio.jobs.scheduler import reconcile_once
+from studio.jobs.submission import SchedulerConfig
 from studio.jobs.status import JobStatus, transition
 from studio.store.db import session_scope
 from studio.store.models import Job, utcnow

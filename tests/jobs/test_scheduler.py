@@ -18,7 +18,8 @@ from studio.api.app import create_app
 from studio.jobs import ray_jobs
 from studio.jobs.queue import request_cancel
 from studio.train.queue import enqueue_train_job
-from studio.jobs.scheduler import SchedulerConfig, TickReport, entrypoint, job_runtime_env, reconcile_once
+from studio.jobs.scheduler import TickReport, reconcile_once
+from studio.jobs.submission import SchedulerConfig, entrypoint, job_runtime_env
 from studio.jobs.status import JobStatus, create_job, transition
 from studio.keys import create_key
 from studio.registry.versions import get_version

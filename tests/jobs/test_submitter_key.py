@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from studio.jobs.scheduler import submitter_key
+from studio.jobs.submission import submitter_key
 from studio.jobs.status import create_job
 from studio.keys import create_key, revoke_key
 from studio.store.db import session_scope
