@@ -1,16 +1,30 @@
-"""The import contracts in `.importlinter` (interfaces -> services -> core; studio never imports
-deployments; the engine base class knows no engine) hold, and a new back-import breaks them."""
+"""Who may import what, in one place.
+
+1. The import contracts in `.importlinter` (interfaces -> services -> core; studio never imports
+   deployments; jobs is the lowest service; the engine base class knows no engine) hold, and a new
+   back-import breaks them.
+2. The gateway boundary: no module outside ``studio/gateway`` imports an LLM client or engine SDK
+   (openai, litellm, vllm, anthropic, sglang) — every model call goes through
+   ``studio.gateway.Client`` (``studio/evals`` included, with no exception). Modules that *run*
+   engines rather than call models are allowed, each with its reason. Parsed with ``ast``, so
+   imports inside functions and ``importlib.import_module("...")`` with a literal name count too
+   (import-linter sees neither literal dynamic imports nor, without external packages, SDKs)."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LINT = str(Path(sys.executable).with_name("lint-imports"))
+CLIENTS = {"openai", "litellm", "vllm", "anthropic", "sglang"}
+SCANNED = ("studio", "deployments")
 
 
 def lint(root: Path) -> subprocess.CompletedProcess:
@@ -35,3 +49,64 @@ def test_a_new_back_import_breaks_them(tmp_path):
     r = lint(tmp_path)
     assert r.returncode != 0
     assert "studio.errors -> studio.api.app" in r.stdout, r.stdout
+
+
+ALLOWED = {
+    "studio/gateway/*": "the gateway itself: the one place that talks to LLM clients",
+    "deployments/gateway.py": "the Gateway serving deployment",
+    "deployments/engines/*": "serving engines: they run vLLM, they do not call models",
+    "deployments/model.py": "the ModelDeployment serving an engine",
+    "studio/train/rollout.py": "GRPO rollout actors run vLLM engines to generate rollouts",
+    "studio/train/grpo*": "GRPO training drives its own vLLM rollout engines",
+    "studio/api/openai_schemas.py": "the SDK's response models document /v1 in the OpenAPI; nothing "
+                                    "is called",
+    "studio/cli/demo/steps.py": "the demo plays an outside user of the studio's OpenAI-compatible /v1 with the "
+                                "official openai client (it calls the studio, never a provider)",
+}
+
+
+def imported_clients(path: Path) -> set[str]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        tree = ast.parse(text, str(path))
+    except SyntaxError:  # a file being edited: fall back to reading import lines
+        lines = re.findall(r"^\s*(?:import|from)\s+([A-Za-z_]\w*)", text, re.MULTILINE)
+        return set(lines) & CLIENTS
+    found = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            func = node.func
+            fname = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if fname in ("import_module", "__import__"):
+                names = [node.args[0].value]
+        found |= {n.split(".")[0] for n in names} & CLIENTS
+    return found
+
+
+def test_the_scanner_sees_every_import_form(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("import os\nimport openai.types\ndef f():\n    from litellm import Router\n"
+                   "    import importlib\n    importlib.import_module('vllm.sampling_params')\n")
+    assert imported_clients(src) == {"openai", "litellm", "vllm"}
+    src.write_text("import litellm\nx = (\n")  # unparsable: still seen
+    assert imported_clients(src) == {"litellm"}
+
+
+def test_no_module_outside_the_gateway_imports_an_llm_client():
+    offenders = []
+    for top in SCANNED:
+        for path in sorted((REPO / top).rglob("*.py")):
+            rel = path.relative_to(REPO).as_posix()
+            if any(fnmatch(rel, pattern) for pattern in ALLOWED):
+                continue
+            clients = imported_clients(path)
+            if clients:
+                offenders.append(f"{rel} imports {', '.join(sorted(clients))}")
+    assert not offenders, ("call models through studio.gateway.Client, not a client library:\n"
+                           + "\n".join(offenders))
