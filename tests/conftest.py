@@ -157,8 +157,53 @@ def pytest_configure(config):
     config.pluginmanager.register(LeakWatch(), "studio-leak-watch")
 
 
+@pytest.fixture(scope="session")
+def tiny_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """The live tiny-model `studio up` that the modules in tests/stacks.TINY_STACK_MODULES share;
+    each module's fixture calls ``ensure()`` (after its own preparation). Closed right after the
+    last item of those modules (``pytest_runtest_teardown`` below), at the latest here."""
+    from tests.stacks import TinyStack
+
+    stack = TinyStack(tmp_path_factory.mktemp("tiny-stack-home"),
+                      request.config.pluginmanager.get_plugin("studio-leak-watch"))
+    _TINY_STACKS.append(stack)
+    try:
+        yield stack
+    finally:
+        _TINY_STACKS.remove(stack)
+        stack.close()
+
+
+_TINY_STACKS: list = []  # the TinyStack of this session, once a module asked for it
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After a module that shares the tiny-model stack (its fixtures torn down): if the next item
+    shares it too, the stack's processes are hidden from tests/leaks.py (they belong to the stack,
+    not to the module); otherwise the stack is closed now: no other module runs beside its engine.
+    Runs inside the leak watch's own teardown wrapper (registered after this conftest)."""
+    from tests.stacks import uses_tiny_stack
+
+    yield
+    root = item.config.rootpath
+    if not uses_tiny_stack(item, root) or (nextitem is not None and nextitem.path == item.path):
+        return
+    stack = _TINY_STACKS[0] if _TINY_STACKS else None
+    if stack is None:
+        return
+    if uses_tiny_stack(nextitem, root):
+        stack.hide_from_leak_watch()
+    else:
+        stack.close()
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests need a CUDA device; without one they are skipped, with the reason."""
+    """`gpu` tests need a CUDA device; without one they are skipped, with the reason. The modules
+    sharing the tiny-model stack (tests/stacks.py) run one after another."""
+    from tests.stacks import group_items
+
+    group_items(items, config.rootpath)
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if gpu_items and not _has_cuda():
         skip = pytest.mark.skip(reason="needs a CUDA GPU (marker gpu); none on this machine")

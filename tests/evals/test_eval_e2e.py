@@ -15,21 +15,20 @@ tests/train/test_sft_end_to_end.py shows reaching ≥ 0.9 exact match; 150 steps
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import httpx
 import pytest
-import yaml
 
-from studio.models.tiny import make_tiny
-from tests.e2e.test_stack import REPO, free_port, run
+from tests.e2e.test_stack import run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 QUICK_STEPS = int(os.environ.get("STUDIO_TEST_QUICK_ADAPTER_STEPS", "480"))
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory):
+def studio(tmp_path_factory, tiny_stack):
     from studio.data.ingest import ingest_file
     from studio.train.toy_data import write_reversal_files
     from studio.registry.versions import register_version
@@ -38,41 +37,27 @@ def studio(tmp_path_factory):
     from tests.deployments.conftest import make_adapter
     from tests.evals.quick_adapter import train_adapter
 
-    home = tmp_path_factory.mktemp("evals-home")
-    model = make_tiny(home / "models" / "tiny")
-    good = train_adapter(model, home / "adapters" / "good", steps=QUICK_STEPS)
-    bad = make_adapter(model, home / "adapters" / "bad", seed=5)
-
-    cfg = yaml.safe_load((REPO / "configs/serve/studio.yaml").read_text())
-    args = cfg["applications"][0]["args"]
-    args["models"][0]["engine"]["model"] = str(model)
-    args["gateway"] = {"spec": {"cache": {"namespace": f"evals-e2e-{os.getpid()}"}}}
-    config = home / "serve.yaml"
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {**os.environ, "STUDIO_HOME": str(home), "STUDIO_HTTP_PORT": str(free_port()),
-           "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port())}
-    for var in ("RAY_ADDRESS", "STUDIO_ADMIN_KEY", "STUDIO_API_KEY", "STUDIO_GATEWAY_URL", "STUDIO_DATABASE_URL",
-                "STUDIO_REDIS_URL"):
-        env.pop(var, None)
+    # The adapters first (≈60 s in this process), before the shared stack is asked for: this module
+    # runs first of those sharing it (tests/stacks.py), so no engine idles through the training.
+    work = tmp_path_factory.mktemp("evals-work")
+    model = tiny_stack.tiny_model()  # the model the stack will serve, built before it starts
+    good = train_adapter(model, work / "adapters" / "good", steps=QUICK_STEPS)
+    bad = make_adapter(model, work / "adapters" / "bad", seed=5)
+    stack = tiny_stack.ensure()
+    home = stack.home
 
     settings = StudioSettings(home=home, database_url=None, artifacts_uri=None, mlflow_uri=None, redis_url=None,
                               admin_key=None)
     init_db(settings.db_url)
-    _, test = write_reversal_files(home / "data", n_train=10, n_test=60)
+    _, test = write_reversal_files(work / "data", n_train=10, n_test=60)
     ingest_file(test, "reverse-test", settings)
     with session_scope(settings.db_url) as s:
         for uri in (bad, good, bad):  # rev@1 bad, rev@2 good, rev@3 bad
-            register_version(s, name="rev", base_model=str(model), method="sft", adapter_type="lora", uri=str(uri))
-
-    r = run(["up", "--config", str(config)], env, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    key = (home / "admin.key").read_text().strip()
-    base = f"http://127.0.0.1:{env['STUDIO_HTTP_PORT']}"
-    try:
-        yield {"env": env, "home": home, "api": httpx.Client(base_url=base, timeout=60,
-                                                            headers={"Authorization": f"Bearer {key}"})}
-    finally:
-        run(["down"], env)
+            register_version(s, name="rev", base_model=str(model), method="sft",
+                             adapter_type="lora", uri=str(uri))
+    auth = {"Authorization": f"Bearer {stack.admin}"}
+    yield {"env": stack.env, "home": work,
+           "api": httpx.Client(base_url=stack.base, timeout=60, headers=auth)}
 
 
 def test_adapter_beats_base_and_the_leaderboard_is_live(studio):
@@ -83,11 +68,13 @@ def test_adapter_beats_base_and_the_leaderboard_is_live(studio):
         "  - {type: judge, model: tiny, max_tokens: 8}\n")
     r = run(["eval", "run", str(spec)], studio["env"], timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "eval 1" in r.stdout
+    queued = re.search(r"eval (\d+): tiny, rev@2 on reverse-test", r.stdout)
+    assert queued, r.stdout
+    eval_id = int(queued.group(1))  # the stack is shared: ids are whatever this run was given
     api = studio["api"]
     seen, deadline = [], time.monotonic() + 400
     while time.monotonic() < deadline:
-        d = api.get("/api/evals/1").raise_for_status().json()
+        d = api.get(f"/api/evals/{eval_id}").raise_for_status().json()
         seen.append((d["status"], d["progress"]["done"], len(d["leaderboard"]["scores"])))
         if d["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
             break
@@ -104,9 +91,10 @@ def test_adapter_beats_base_and_the_leaderboard_is_live(studio):
     win = next(w for w in d["leaderboard"]["win_rates"]
                if (w["scorer"], w["model"], w["opponent"]) == ("exact_match", "rev@2", "tiny"))
     assert win["win_rate"] > 0.5
-    assert any(e["to"] == "STARTING" and "studio-job-1-a1" in e["reason"] for e in d["events"])  # a Ray job
+    assert any(e["to"] == "STARTING" and f"studio-job-{eval_id}-a1" in e["reason"]
+               for e in d["events"])  # a Ray job
 
-    r = run(["eval", "show", "1", "--results", "2"], studio["env"])
+    r = run(["eval", "show", str(eval_id), "--results", "2"], studio["env"])
     assert r.returncode == 0 and "rev@2" in r.stdout and "exact_match" in r.stdout
 
 

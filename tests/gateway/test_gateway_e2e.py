@@ -2,75 +2,43 @@
 ``studio.gateway.Client(service="eval")`` shows up in /api/usage tagged eval; a repeated
 temperature-0 call is a cache hit served from Redis; a failing primary (a scripted provider that
 answers 500) falls back to the studio's tiny model; a burst above a key's RPM gets 429 with
-Retry-After; the official ``openai`` client works against /gateway/v1. One stack start."""
+Retry-After; the official ``openai`` client works against /gateway/v1. On the tiny-model stack
+shared with the evaluation e2e and the UI walk (tests/stacks.py); usage is read back by this
+module's own job ids and groups."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
-import uuid
 
 import httpx
 import openai
 import pytest
 import redis
-import yaml
 
 from studio.gateway import Client, GatewayError
-from studio.models.tiny import make_tiny
-from tests.e2e.test_stack import REPO, free_port, run
+from tests.e2e.test_stack import REPO, run
+from tests.stacks import REDIS_URL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-REDIS_URL = "redis://127.0.0.1:6379/0"
 PROMPT = [{"role": "user", "content": "reverse: 1 2 3"}]
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory, provider):
-    home = tmp_path_factory.mktemp("gateway-home")
-    model = make_tiny(home / "models" / "tiny")
-    namespace = f"studio-test-gw-{uuid.uuid4().hex[:8]}"
-    cfg = yaml.safe_load((REPO / "configs/serve/studio.yaml").read_text())
-    args = cfg["applications"][0]["args"]
-    args["models"][0]["engine"]["model"] = str(model)
-    # Guided JSON without free whitespace, so the tiny model's synthetic-data replies fit max_tokens.
-    args["models"][0]["engine"]["structured_outputs_compact"] = True
-    args["scheduler"]["enabled"] = False
-    args["gateway"] = {"spec": {
-        "groups": [
-            {"name": "judge", "provider": "studio", "model": "tiny"},
-            {"name": "flaky", "provider": "hosted_vllm", "model": "broken-e2e",
-             "api_base": provider.base},
-            {"name": "ext", "provider": "openai", "model": "gpt-4o-mini", "api_base": provider.base,
-             "api_key_env": "STUDIO_TEST_FAKE_PROVIDER_KEY"},
-            {"name": "nokey", "provider": "openai", "model": "gpt-4o",
-             "api_key_env": "STUDIO_TEST_UNSET_KEY"},
-        ],
-        "fallbacks": {"flaky": ["judge"]},
-        "router": {"num_retries": 0, "cooldown_time_s": 1},
-        "cache": {"namespace": namespace},
-    }}
-    config = home / "serve.yaml"
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {**os.environ, "STUDIO_HOME": str(home), "STUDIO_HTTP_PORT": str(free_port()),
-           "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port()),
-           "STUDIO_REDIS_URL": REDIS_URL, "STUDIO_TEST_FAKE_PROVIDER_KEY": "sk-fake-e2e-123"}
-    for var in ("RAY_ADDRESS", "STUDIO_ADMIN_KEY", "STUDIO_API_KEY", "STUDIO_GATEWAY_URL",
-                "STUDIO_TEST_UNSET_KEY"):
-        env.pop(var, None)
-    r = run(["up", "--config", str(config)], env, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    base = f"http://127.0.0.1:{env['STUDIO_HTTP_PORT']}"
-    try:
-        yield {"env": env, "base": base, "gw": f"{base}/gateway/v1", "namespace": namespace,
-               "admin": (home / "admin.key").read_text().strip()}
-    finally:
-        run(["down"], env)
-        r = redis.Redis.from_url(REDIS_URL)
-        for k in r.scan_iter(f"{namespace}:*"):
-            r.delete(k)
+def studio(tiny_stack):
+    """The shared tiny-model stack (tests/stacks.py), whose gateway spec holds this module's groups
+    (judge, flaky → the fake provider's 500s, ext, nokey), fallbacks, no retries and a Redis cache
+    namespace of its own."""
+    stack = tiny_stack.ensure()
+    return {"env": stack.env, "base": stack.base, "gw": f"{stack.base}/gateway/v1",
+            "namespace": stack.namespace, "admin": stack.admin}
+
+
+@pytest.fixture(scope="module")
+def provider(tiny_stack):
+    """The fake provider the shared stack's flaky and ext groups call."""
+    return tiny_stack.ensure().provider
 
 
 def usage(studio, **params) -> list[dict]:
@@ -106,7 +74,7 @@ def test_eval_call_is_cached_in_redis_and_recorded_as_eval(studio):
     assert list(redis.Redis.from_url(REDIS_URL).scan_iter(f"{studio['namespace']}:cache:*"))
 
     rows = wait_usage(studio, lambda rs: rs and rs[0]["calls"] >= 2, group_by="service,model,job",
-                      service="eval")
+                      service="eval", job="eval-e2e")
     assert [(r["service"], r["model"], r["job"], r["calls"], r["cache_hits"]) for r in rows] == \
         [("eval", "tiny", "eval-e2e", 2, 1)]
     assert rows[0]["prompt_tokens"] > 0 and rows[0]["completion_tokens"] == 8  # the hit adds none
@@ -125,7 +93,7 @@ def test_async_client_is_tagged_with_its_service(studio):
     assert [b["choices"][0]["text"] for b in bodies] == [f"gpt-4o-mini says: row {i}" for i in range(4)]
     assert all(b["studio_gateway"]["cost_usd"] > 0 for b in bodies)  # LiteLLM's gpt-4o-mini price
     rows = wait_usage(studio, lambda rs: rs and rs[0]["calls"] >= 4, group_by="service,model",
-                      service="synth")
+                      service="synth", job="synth-e2e")
     assert [(r["service"], r["model"], r["calls"]) for r in rows] == [("synth", "ext", 4)]
 
 
@@ -137,7 +105,7 @@ def test_failing_primary_falls_back_to_the_studio_model(studio, provider):
     assert body["studio_gateway"]["fallback_from"] == "flaky"
     assert body["studio_model_version"] == "tiny"
     rows = wait_usage(studio, lambda rs: bool(rs), group_by="service,model,deployment,job",
-                      service="grpo")
+                      service="grpo", job="grpo-e2e")
     assert [(r["service"], r["model"], r["deployment"], r["job"], r["calls"]) for r in rows] == \
         [("grpo", "judge", "studio/tiny", "grpo-e2e", 1)]
 
@@ -198,7 +166,7 @@ def test_playground_streams_through_the_gateway(studio):
     assert any(c["choices"] and c["choices"][0]["delta"].get("content") for c in chunks)
     assert chunks[-1]["usage"]["completion_tokens"] == 6
     rows = wait_usage(studio, lambda rs: bool(rs), group_by="service,model,deployment",
-                      service="playground")
+                      service="playground", model="judge")  # the UI walk's playground calls use others
     assert [(r["model"], r["deployment"], r["calls"], r["completion_tokens"]) for r in rows] == \
         [("judge", "studio/tiny", 1, 6)]
 

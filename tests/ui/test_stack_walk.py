@@ -2,47 +2,28 @@
 login → upload + ingest → configure and start an SFT job → watch it to SUCCEEDED with a live loss
 chart and log → compare base vs the new adapter side by side in the playground → run an eval →
 promote; then an A/B experiment between them with feedback, and the usage all of it made.
-One module-scoped stack (an engine costs ~3 GB and ~45 s to start); run it under the heavy lock."""
+The stack (an engine costs ~3 GB and ~45 s to start) is the tiny-model one this module shares with
+the evaluation and gateway e2e modules (tests/stacks.py); run it under the heavy lock."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import time
 
 import pytest
-import yaml
 
-from studio.models.tiny import make_tiny, reversal_example
-from tests.e2e.test_stack import REPO, free_port, run
+from studio.models.tiny import reversal_example
 from tests.ui.browser import chromium_page, need_chromium, screenshot_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory):
+def studio(tiny_stack):
     need_chromium()  # before the expensive part
-    home = tmp_path_factory.mktemp("ui-stack-home")
-    model = make_tiny(home / "models" / "tiny")
-    cfg = yaml.safe_load((REPO / "configs/serve/studio.yaml").read_text())
-    for app in cfg["applications"]:
-        for m in app["args"].get("models", []):
-            m["engine"]["model"] = str(model)
-    config = home / "serve.yaml"
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {**os.environ, "STUDIO_HOME": str(home), "STUDIO_HTTP_PORT": str(free_port()),
-           "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port())}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("STUDIO_ADMIN_KEY", None)
-    r = run(["up", "--config", str(config)], env, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    try:
-        yield {"base": f"http://127.0.0.1:{env['STUDIO_HTTP_PORT']}", "home": home, "model": model,
-               "admin": (home / "admin.key").read_text().strip()}
-    finally:
-        run(["down"], env)
+    stack = tiny_stack.ensure()
+    return {"base": stack.base, "home": stack.home, "model": stack.model, "admin": stack.admin}
 
 
 def test_login_ingest_train_watch_and_compare(studio, tmp_path):
@@ -76,7 +57,8 @@ def test_login_ingest_train_watch_and_compare(studio, tmp_path):
         assert "max_steps: 12" in b.page.inner_text("#recipe-yaml")
         b.shot("stack-02-new-experiment")
         b.page.click("#submit-job")
-        b.page.wait_for_url("**/ui/#/jobs/1")
+        # The stack is shared (tests/stacks.py): the job's id is whatever this run was given.
+        b.page.wait_for_url(re.compile(r".*/ui/#/jobs/\d+$"))
         b.page.wait_for_selector("#job-head h1 .badge:text-is('RUNNING')", timeout=240_000)
         b.page.wait_for_selector("svg.chart[data-metric='loss']", timeout=240_000)
         b.page.wait_for_selector("#job-head h1 .badge:text-is('SUCCEEDED')", timeout=300_000)

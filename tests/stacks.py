@@ -1,0 +1,232 @@
+"""One live `studio up` serving the tiny model, shared by the end-to-end modules in
+``TINY_STACK_MODULES`` (the evaluation e2e, the gateway e2e and the UI walk): each used to start its
+own stack (Ray head + Serve app + a vLLM engine, ≈50 s on 2 cores); now the run pays once.
+
+The configuration is the union of what the modules need (configs/serve/studio.yaml with):
+- the tiny model built under the stack's STUDIO_HOME (``$STUDIO_HOME/models/tiny``: the synth test
+  reads its tokenizer there), compact structured outputs (the gateway's synthetic-data replies);
+- the scheduler on (evaluations and the UI's training job run as Ray jobs);
+- the gateway's test groups (judge, flaky → a fake provider answering 500, ext → the fake provider,
+  nokey), fallbacks flaky → judge, no retries, a 1 s cooldown, a cache namespace of its own, and
+  Redis (STUDIO_REDIS_URL: cache hits and per-key rate limits). Names that are not groups (tiny,
+  registry names) still go to the studio's Router, which is what the evaluation and the UI call.
+
+Each module registers its own names (datasets, registry names, experiment aliases, keys) and reads
+back the ids it created (jobs, evals, usage by job or model), so none depends on another's leftovers
+or on the order the modules run in.
+
+Two engines alive at once starve each other on 2 cores: tests/conftest.py runs the modules that use
+the stack one after another (``group_items``) and closes it right after the last of them
+(``pytest_runtest_teardown``), so no other module runs while it is up.
+
+tests/leaks.py lists, after each module, the processes that were not there when the session started.
+The stack's processes (found by their STUDIO_HOME, which `studio up` hands to the Ray head and
+everything it starts) are marked as seen at the end of each module while the stack stays up; those
+still alive after `studio down` are handed back to the watch, which reports them under the last
+module that used the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+# The modules that share the stack, in the order they run (the evaluation first: it trains its
+# quick adapter in-process before it asks for the stack, so no engine idles through the training).
+TINY_STACK_MODULES = ("tests/evals/test_eval_e2e.py", "tests/gateway/test_gateway_e2e.py",
+                      "tests/ui/test_stack_walk.py")
+REDIS_URL = "redis://127.0.0.1:6379/0"
+FAKE_KEY_ENV = "STUDIO_TEST_FAKE_PROVIDER_KEY"
+
+
+def module_of(item: pytest.Item, root: Path) -> str:
+    try:
+        return item.path.relative_to(root).as_posix()
+    except ValueError:
+        return ""
+
+
+def uses_tiny_stack(item: pytest.Item | None, root: Path) -> bool:
+    return item is not None and module_of(item, root) in TINY_STACK_MODULES
+
+
+def group_items(items: list[pytest.Item], root: Path) -> None:
+    """The items of ``TINY_STACK_MODULES`` run together (in that module order, each module's tests
+    in file order) where the first of them was collected; every other item keeps its order."""
+    users = [item for item in items if uses_tiny_stack(item, root)]
+    if not users:
+        return
+    first = next(i for i, item in enumerate(items) if uses_tiny_stack(item, root))
+    rank = {name: i for i, name in enumerate(TINY_STACK_MODULES)}
+    users.sort(key=lambda item: rank[module_of(item, root)])  # stable: file order inside a module
+    rest = [item for item in items if not uses_tiny_stack(item, root)]
+    items[:] = rest[:first] + users + rest[first:]
+
+
+class TinyStack:
+    """Started by the first module that asks (``ensure``); closed after the last one (``close``)."""
+
+    def __init__(self, home: Path, leak_watch: Any | None):
+        self.home = home
+        self.leak_watch = leak_watch  # tests/leaks.LeakWatch, when registered
+        self.env: dict[str, str] = {}
+        self.base = self.admin = self.model = self.namespace = None
+        self.provider = None  # tests/gateway/fake_provider.FakeProvider
+        self._up = False
+        self._failed: str | None = None
+        self._hidden: set[int] = set()
+
+    # ---- start and close ----------------------------------------------------------------------
+    def ensure(self) -> TinyStack:
+        if self._failed:  # the modules after the first one fail fast, saying why
+            raise RuntimeError(f"the shared tiny-model studio stack did not start: {self._failed}")
+        if not self._up:
+            try:
+                self._start()
+            except BaseException as e:
+                self._failed = f"{type(e).__name__}: {e}"
+                self.close()
+                raise
+        return self
+
+    def tiny_model(self) -> Path:
+        """The tiny model the stack serves (``$STUDIO_HOME/models/tiny``), built on the first call;
+        a module may train on it before it asks for the stack."""
+        from studio.models.tiny import make_tiny
+
+        if self.model is None:
+            self.model = make_tiny(self.home / "models" / "tiny")
+        return self.model
+
+    def _start(self) -> None:
+        from tests.e2e.test_stack import REPO, free_port, run
+        from tests.gateway.fake_provider import FakeProvider
+
+        self.provider = FakeProvider().start()
+        self.tiny_model()
+        self.namespace = f"studio-test-tiny-stack-{uuid.uuid4().hex[:8]}"
+        cfg = yaml.safe_load((REPO / "configs/serve/studio.yaml").read_text())
+        args = cfg["applications"][0]["args"]
+        engine = args["models"][0]["engine"]
+        engine["model"] = str(self.model)
+        # Guided JSON without free whitespace: the tiny model's synthetic-data replies fit
+        # max_tokens (the gateway module's synth test).
+        engine["structured_outputs_compact"] = True
+        args["gateway"] = {"spec": {
+            "groups": [
+                {"name": "judge", "provider": "studio", "model": "tiny"},
+                {"name": "flaky", "provider": "hosted_vllm", "model": "broken-e2e",
+                 "api_base": self.provider.base},
+                {"name": "ext", "provider": "openai", "model": "gpt-4o-mini",
+                 "api_base": self.provider.base, "api_key_env": FAKE_KEY_ENV},
+                {"name": "nokey", "provider": "openai", "model": "gpt-4o",
+                 "api_key_env": "STUDIO_TEST_UNSET_KEY"},
+            ],
+            "fallbacks": {"flaky": ["judge"]},
+            "router": {"num_retries": 0, "cooldown_time_s": 1},
+            "cache": {"namespace": self.namespace},
+        }}
+        config = self.home / "serve.yaml"
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        env = {**os.environ, "STUDIO_HOME": str(self.home), "STUDIO_HTTP_PORT": str(free_port()),
+               "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port()),
+               "STUDIO_REDIS_URL": REDIS_URL, FAKE_KEY_ENV: "sk-fake-e2e-123"}
+        for var in ("RAY_ADDRESS", "STUDIO_ADMIN_KEY", "STUDIO_API_KEY", "STUDIO_GATEWAY_URL",
+                    "STUDIO_DATABASE_URL", "STUDIO_TEST_UNSET_KEY"):
+            env.pop(var, None)
+        self.env = env
+        started = time.perf_counter()
+        self._up = True  # from here on, close() runs `studio down` (a half-started head too)
+        r = run(["up", "--config", str(config)], env, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        self.base = f"http://127.0.0.1:{env['STUDIO_HTTP_PORT']}"
+        self.admin = (self.home / "admin.key").read_text().strip()
+        print(f"shared tiny-model studio up in {time.perf_counter() - started:.1f} s")
+
+    def close(self) -> None:
+        from tests.e2e.test_stack import run
+
+        if self._up:
+            ours = {p.pid for p in self.processes()}
+            try:
+                run(["down"], self.env)
+            finally:
+                self._up = False
+                self._unhide_survivors(ours | self._hidden)
+                if self.namespace:
+                    _drop_redis_namespace(self.namespace)
+        if self.provider is not None:
+            self.provider.stop()
+            self.provider = None
+
+    # ---- the leak watch -------------------------------------------------------------------
+    def processes(self) -> list[psutil.Process]:
+        """The stack's live processes: the Ray head `studio up` started (its pid is in
+        ray-head.json) and all it started (GCS, raylet, dashboard and its modules, agents,
+        workers, Serve replicas, engines, job drivers), and whatever else carries this stack's
+        STUDIO_HOME in its environment (HAProxy runs in a process group of its own)."""
+        found: dict[int, psutil.Process] = {}
+        try:
+            head = psutil.Process(json.loads((self.home / "ray-head.json").read_text())["pid"])
+            for p in (head, *head.children(recursive=True)):
+                found[p.pid] = p
+        except (OSError, ValueError, KeyError, psutil.Error):
+            pass
+        mine = str(self.home)
+        for p in psutil.process_iter(["pid"]):
+            if p.pid in found or p.pid == os.getpid():
+                continue
+            try:
+                if p.environ().get("STUDIO_HOME") == mine:
+                    found[p.pid] = p
+            except psutil.Error:
+                continue
+        return list(found.values())
+
+    def hide_from_leak_watch(self) -> None:
+        """At the end of a module while the stack stays up: its processes are the stack's."""
+        seen = getattr(self.leak_watch, "seen", None)
+        if seen is None or not self._up:
+            return
+        pids = {p.pid for p in self.processes()}
+        self._hidden |= pids
+        seen |= pids
+
+    def _unhide_survivors(self, pids: set[int]) -> None:
+        seen = getattr(self.leak_watch, "seen", None)
+        if seen is None:
+            return
+        deadline = time.monotonic() + 10
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            alive = {pid for pid in alive if _alive(pid)}
+            time.sleep(0.2)
+        # Still running after `studio down`: a leak, which the watch reports (it checks next).
+        seen -= alive
+        self._hidden = set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _drop_redis_namespace(namespace: str) -> None:
+    import redis
+
+    try:
+        r = redis.Redis.from_url(REDIS_URL)
+        for k in r.scan_iter(f"{namespace}:*"):
+            r.delete(k)
+    except redis.RedisError:
+        pass
