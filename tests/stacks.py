@@ -154,18 +154,21 @@ class TinyStack:
     def close(self) -> None:
         from tests.e2e.test_stack import run
 
-        if self._up:
-            ours = {p.pid for p in self.processes()}
-            try:
-                run(["down"], self.env)
-            finally:
-                self._up = False
-                self._unhide_survivors(ours | self._hidden)
-                if self.namespace:
-                    _drop_redis_namespace(self.namespace)
-        if self.provider is not None:
-            self.provider.stop()
-            self.provider = None
+        try:
+            if self._up:
+                ours = {p.pid for p in self.processes()}
+                try:
+                    run(["down"], self.env)
+                finally:
+                    self._up = False
+                    self._unhide_survivors(ours | self._hidden)
+                    namespace, self.namespace = self.namespace, None
+                    if namespace:  # the gateway's cache keys
+                        _drop_redis_namespace(namespace)
+        finally:
+            if self.provider is not None:
+                self.provider.stop()
+                self.provider = None
 
     # ---- the leak watch -------------------------------------------------------------------
     def processes(self) -> list[psutil.Process]:
@@ -224,9 +227,6 @@ def _alive(pid: int) -> bool:
 def _drop_redis_namespace(namespace: str) -> None:
     import redis
 
-    try:
-        r = redis.Redis.from_url(REDIS_URL)
-        for k in r.scan_iter(f"{namespace}:*"):
-            r.delete(k)
-    except redis.RedisError:
-        pass
+    r = redis.Redis.from_url(REDIS_URL)
+    for k in r.scan_iter(f"{namespace}:*"):
+        r.delete(k)
