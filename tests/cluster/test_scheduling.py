@@ -151,5 +151,25 @@ def test_a_job_waits_for_a_training_node_then_releases_it(tmp_path: Path, monkey
             os.killpg(proc.pid, signal.SIGKILL)
         ray.shutdown()
         cluster.shutdown()
+        _stop_dashboard_modules(f"http://127.0.0.1:{dashboard}")
         store_db.get_engine(s.db_url).dispose()
         store_db.get_engine.cache_clear()
+
+
+def _stop_dashboard_modules(api_address: str) -> None:
+    """``Cluster.shutdown`` leaves the dashboard's module processes (its forkserver and one
+    ``ray-dashboard-*Head`` per module) running; they carry this test's RAY_API_SERVER_ADDRESS,
+    which tells them from any other Ray's on the machine."""
+    import psutil
+
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "ray.dashboard" in " ".join(proc.info["cmdline"] or []) \
+                    and proc.environ().get("RAY_API_SERVER_ADDRESS") == api_address:
+                mine.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    for proc in mine:
+        proc.kill()
+    psutil.wait_procs(mine, timeout=10)
