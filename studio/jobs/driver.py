@@ -5,8 +5,8 @@ place. The scheduler submits ``python -m <entrypoint> --job-id N`` as a Ray Job;
    or STARTING when the scheduler claimed it) — else a refusal that names how to start a new one;
 2. **claims** it: STARTING (attempt + 1) when nobody did (a run by hand, ``ray job submit``), then
    RUNNING with a message;
-3. **checks for cancellation** between units of work (``cancel_requested``) and records a
-   cancellation the scheduler cannot (a run outside Ray has no scheduler stopping it);
+3. **records a cancellation** the scheduler cannot (a run outside Ray has no scheduler stopping
+   it; each entrypoint watches ``cancel_requested`` its own way, with its progress writes);
 4. **ends** it: SUCCEEDED with the result merged into ``job.result``, or FAILED with a one-line
    reason (unless it already ended: a job cancelled while it ran stays CANCELLED).
 
@@ -90,11 +90,6 @@ class JobDriver:
             transition(s, self.job_id, status, message)
 
     # -- 3. cancellation ---------------------------------------------------------------------
-    def cancel_requested(self) -> bool:
-        with session_scope(self.db_url) as s:
-            job = s.get(Job, self.job_id)
-            return job is None or bool(job.cancel_requested)
-
     def record_cancel(self, message: str) -> bool:
         """CANCELLED when a cancel was asked for and the row has not ended; whether it was."""
         with session_scope(self.db_url) as s:
