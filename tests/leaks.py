@@ -55,6 +55,22 @@ class LeakWatch:
         self.module_env: dict[str, str] = {}
         self.env_changes: list[str] = []
 
+    def own(self, pids: set[int]) -> None:
+        """Processes a shared fixture (a stack several modules use) keeps running past a module's
+        end: not reported while it owns them."""
+        self.seen |= pids
+
+    def release(self, pids: set[int], wait_s: float = 10.0) -> None:
+        """The fixture that owned ``pids`` stopped them: those still running after ``wait_s`` are
+        reported as left running at the next module end."""
+        deadline = time.monotonic() + wait_s
+        left = set(pids)
+        while left and time.monotonic() < deadline:
+            left = {pid for pid in left if _pid_alive(pid)}
+            if left:
+                time.sleep(0.2)
+        self.seen -= left
+
     def survivors(self) -> list[psutil.Process]:
         """New live processes of the kinds tests start (Ray, vLLM, Python, browsers); kernel
         threads and unrelated system processes are not counted."""
@@ -127,3 +143,10 @@ class LeakWatch:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if os.environ.get("STUDIO_TEST_LEAKS") == "fail" and any(r.new for r in self.reports):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return alive(psutil.Process(pid))
+    except psutil.Error:
+        return False

@@ -198,30 +198,16 @@ class ServingStack:
 
     def hide_from_leak_watch(self) -> None:
         """At the end of a module while the stack stays up: its processes are the package's."""
-        seen = getattr(self.leak_watch, "seen", None)
-        if seen is None or not self._ray_up:
+        if self.leak_watch is None or not self._ray_up:
             return
         pids = {p.pid for p in self.processes()}
         self._hidden |= pids
-        seen |= pids
+        self.leak_watch.own(pids)
 
     def _unhide_survivors(self, pids: set[int]) -> None:
-        seen = getattr(self.leak_watch, "seen", None)
-        if seen is None:
-            return
-        deadline = time.monotonic() + 10
-        alive = pids
-        while alive and time.monotonic() < deadline:
-            alive = {pid for pid in alive if psutil.pid_exists(pid) and _alive(pid)}
-            time.sleep(0.2)
-        # Still running after the stack closed: a leak, which the watch reports (it checks the
-        # module's processes right after this teardown).
-        seen -= alive
+        # Still running after the stack closed: a leak, which the watch reports at the next
+        # module end.
+        if self.leak_watch is not None:
+            self.leak_watch.release(pids)
         self._hidden = set()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False

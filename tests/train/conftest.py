@@ -208,7 +208,7 @@ def ray_head(request: pytest.FixtureRequest) -> Iterator[RayHead]:
         # From here the leak watch judges the head's processes again: any still alive is reported.
         watch = request.config.pluginmanager.get_plugin(LEAK_WATCH)
         if watch is not None:
-            watch.seen -= head.exempted
+            watch.release(head.exempted)
 
 
 @pytest.hookimpl(hookwrapper=True, trylast=True)
@@ -221,7 +221,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     if _head is not None and watch is not None:
         pids = _head.session_pids()
         _head.exempted |= pids
-        watch.seen |= pids
+        watch.own(pids)
 
 
 # ---------------------------------------------------------------- the entrypoint
