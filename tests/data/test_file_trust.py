@@ -83,7 +83,12 @@ def names(client, key) -> list[str]:
 
 
 def files_under(path: str | Path) -> list[str]:
-    return sorted(str(p) for p in Path(path).rglob("*")) if Path(path).exists() else []
+    """Everything under `path`. os.walk, not rglob: the server deletes folders while this looks
+    (an upload's folder goes between listing its parent and reading it), and os.walk skips those."""
+    found = []
+    for folder, dirs, files in os.walk(path):
+        found += [os.path.join(folder, name) for name in dirs + files]
+    return sorted(found)
 
 
 # --- naming server paths ------------------------------------------------------------------------
