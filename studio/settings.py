@@ -134,6 +134,12 @@ class StudioSettings(BaseSettings):
         description="Inputs at least this large ingest through Ray Data (STUDIO_DATA_RAY_MIN_BYTES); "
         "smaller ones stream in-process, which skips Ray's start-up cost.",
     )
+    job_heartbeat_s: float = Field(
+        default=10.0, gt=0,
+        description="Seconds between two heartbeats of a running job's process (`jobs.heartbeat_at`, "
+        "STUDIO_JOB_HEARTBEAT_S); the scheduler fails a job run outside Ray whose beats stop for its "
+        "`heartbeat_timeout_s`, so keep it well below that. Passed to jobs.",
+    )
 
     @property
     def home_abs(self) -> Path:
@@ -191,6 +197,7 @@ def settings_env(settings: StudioSettings) -> dict[str, str]:
         if value:
             env[f"STUDIO_{name.upper()}"] = value
     env["STUDIO_MAX_N"], env["STUDIO_MAX_TOKENS"] = str(settings.max_n), str(settings.max_tokens)
+    env["STUDIO_JOB_HEARTBEAT_S"] = str(settings.job_heartbeat_s)
     # The ingress replicas enforce these (docs/security.md, Limits).
     for name in ("upload_max_bytes", "max_body_mb", "max_streams_per_key", "stream_idle_s", "stream_max_s"):
         env[f"STUDIO_{name.upper()}"] = str(getattr(settings, name))

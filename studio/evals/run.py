@@ -70,8 +70,14 @@ def fail(db_url: str, job_id: int, reason: str) -> None:
 
 def run_job(settings: StudioSettings, job_id: int, client: Any = None,
             on_result: Callable[[dict[str, Any]], None] | None = None) -> int:
-    """Run eval ``job_id`` to its end here, recording every transition. ``client``: a gateway
-    Client (default: one for this job, capped at the spec's concurrency)."""
+    """Run eval ``job_id`` to its end here, recording every transition and beating meanwhile.
+    ``client``: a gateway Client (default: one for this job, capped at the spec's concurrency)."""
+    with driver(settings.db_url, job_id).beating(settings.job_heartbeat_s):
+        return _run_job(settings, job_id, client, on_result)
+
+
+def _run_job(settings: StudioSettings, job_id: int, client: Any,
+             on_result: Callable[[dict[str, Any]], None] | None) -> int:
     t0 = time.monotonic()
     try:
         spec = claim(settings.db_url, job_id)

@@ -3,11 +3,15 @@ place. The scheduler submits ``python -m <entrypoint> --job-id N`` as a Ray Job;
 
 1. **checks** the row: it exists, is of the entrypoint's kind, and is startable (QUEUED, RETRYING,
    or STARTING when the scheduler claimed it) — else a refusal that names how to start a new one;
-2. **claims** it: STARTING (attempt + 1) when nobody did (a run by hand, ``ray job submit``), then
-   RUNNING with a message;
-3. **records a cancellation** the scheduler cannot (a run outside Ray has no scheduler stopping
+2. **claims** it: STARTING (attempt + 1, and the Ray Job this process runs as, or none) when
+   nobody did (a run by hand, ``ray job submit``), then RUNNING with a message; the claim is the
+   first heartbeat;
+3. **beats** while the entrypoint runs (``with driver.beating():``): a daemon thread writes
+   ``heartbeat_at`` every ``STUDIO_JOB_HEARTBEAT_S``, so the scheduler can tell a job run outside
+   Ray whose process died (no Ray record says so) from one still working;
+4. **records a cancellation** the scheduler cannot (a run outside Ray has no scheduler stopping
    it; each entrypoint watches ``cancel_requested`` its own way, with its progress writes);
-4. **ends** it: SUCCEEDED with the result merged into ``job.result``, or FAILED with a one-line
+5. **ends** it: SUCCEEDED with the result merged into ``job.result``, or FAILED with a one-line
    reason (unless it already ended: a job cancelled while it ran stays CANCELLED).
 
 Every change goes through ``studio.jobs.status.transition`` (the one place a status changes).
@@ -17,20 +21,30 @@ Every change goes through ``studio.jobs.status.transition`` (the one place a sta
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from sqlalchemy import update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from studio.errors import NotFound, StudioError
 from studio.jobs.status import JobStatus, transition
+from studio.settings import StudioSettings
 from studio.store.db import session_scope
-from studio.store.models import Job
+from studio.store.models import Job, utcnow
+
+logger = logging.getLogger(__name__)
 
 EXIT_FAILED, EXIT_REFUSED = 1, 2  # the entrypoints' exit codes: a failure, a refusal to start
 STARTABLE = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.STARTING)
+BEATING = (JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CHECKPOINTING)  # a process works on it
 SpecT = TypeVar("SpecT", bound=BaseModel)
 
 
@@ -77,11 +91,15 @@ class JobDriver:
     # -- 2. claim ----------------------------------------------------------------------------
     def claim(self, session: Session, job: Job, started_by: str) -> int:
         """STARTING (and one more attempt) unless the scheduler already moved it there; the
-        attempt number."""
+        attempt number. The claim is the first heartbeat."""
         if JobStatus(job.status) is not JobStatus.STARTING:
             transition(session, self.job_id, JobStatus.STARTING, started_by)
             job.attempts += 1
+            # This attempt is this process, not a Ray Job an earlier attempt ran as: with no
+            # submission id (a run by hand) the scheduler judges it by its heartbeat, not by Ray.
+            job.ray_submission_id = ray_submission_id()
         job.attempts = max(job.attempts, 1)
+        job.heartbeat_at = utcnow()
         return job.attempts
 
     def to(self, status: JobStatus, message: str) -> None:
@@ -89,7 +107,45 @@ class JobDriver:
         with session_scope(self.db_url) as s:
             transition(s, self.job_id, status, message)
 
-    # -- 3. cancellation ---------------------------------------------------------------------
+    # -- 3. heartbeat ------------------------------------------------------------------------
+    def beat(self) -> bool:
+        """``heartbeat_at`` = now while the row is STARTING/RUNNING/CHECKPOINTING (one UPDATE in a
+        session of its own; ``updated_at`` stays, a beat is not a change); whether it was written.
+        A database that does not answer is logged, never raised: the job goes on, the next beat
+        tries again."""
+        try:
+            with session_scope(self.db_url) as s:
+                written = s.execute(
+                    update(Job).where(Job.id == self.job_id, Job.status.in_(BEATING))
+                    .values(heartbeat_at=utcnow(), updated_at=Job.updated_at)
+                    .execution_options(synchronize_session=False)).rowcount
+            return written > 0
+        except (SQLAlchemyError, StudioError, OSError) as e:
+            logger.warning("job %s: heartbeat not recorded (next try in a moment): %s", self.job_id,
+                           str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+            return False
+
+    @contextmanager
+    def beating(self, every_s: float | None = None) -> Iterator[None]:
+        """Beat every ``every_s`` seconds (default ``STUDIO_JOB_HEARTBEAT_S``) from a daemon thread
+        while the block runs; the beats stop when it exits. Rows that are not (yet, or any more)
+        active are left alone, so the block may start before the claim and end after the job did."""
+        every_s = StudioSettings().job_heartbeat_s if every_s is None else every_s
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every_s):
+                self.beat()
+
+        thread = threading.Thread(target=loop, name=f"studio-job-{self.job_id}-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=35)  # a beat in flight waits for the database at most ~30 s
+
+    # -- 4. cancellation ---------------------------------------------------------------------
     def record_cancel(self, message: str) -> bool:
         """CANCELLED when a cancel was asked for and the row has not ended; whether it was."""
         with session_scope(self.db_url) as s:
@@ -99,7 +155,7 @@ class JobDriver:
             transition(s, self.job_id, JobStatus.CANCELLED, message)
             return True
 
-    # -- 4. end ------------------------------------------------------------------------------
+    # -- 5. end ------------------------------------------------------------------------------
     def succeed(self, result: dict[str, Any], message: str, *, merge: bool = True) -> None:
         """``result`` merged into ``job.result`` (or replacing it: ``merge=False``, so an earlier
         attempt's error does not outlive a success), then SUCCEEDED (from CHECKPOINTING)."""

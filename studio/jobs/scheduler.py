@@ -12,6 +12,11 @@ a scheduler that restarts, or two that briefly overlap during a redeploy, lose a
             active → the process died without recording: FAILED with the tail of its logs. Ray has
             no record of a STARTING attempt → the submit was lost (crash between commit and
             submit, or a new cluster): submit it again under the same id.
+2b. silent  STARTING/RUNNING/CHECKPOINTING with no submission id (a driver run by hand or in the
+            submitting process: no Ray record will ever say it ended) whose heartbeat (``heartbeat_at``,
+            written by ``JobDriver.beating``; ``updated_at`` if it never beat) is older than
+            ``heartbeat_timeout_s`` → its process died: FAILED naming the last beat, so step 3
+            retries it. A beat that lands meanwhile wins (the row is taken only while still silent).
 3. retry    FAILED + ``will_retry`` → RETRYING, ``next_attempt_at`` = now + backoff (doubling).
 4. start    RETRYING whose time has come, then QUEUED (oldest first) → STARTING: attempts += 1, the
             row is committed first, then ``submit_job`` — "already exists" means an earlier
@@ -26,6 +31,7 @@ a scheduler that restarts, or two that briefly overlap during a redeploy, lose a
             same role and limits, expiring after ``job_key_ttl_h``) in STUDIO_API_KEY, never the
             admin key; the keys of jobs no longer on Ray are revoked each pass.
 
+Rows with a submission id are judged by Ray alone (step 2), whatever their heartbeat says.
 Everything the training run does in between (STARTING → RUNNING ⇄ CHECKPOINTING → SUCCEEDED, or
 FAILED on a Python error) is recorded by the entrypoint itself, ``python -m studio.train.run --job-id N``.
 """
@@ -39,13 +45,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from studio.errors import StudioError
 from studio.jobs import ray_jobs
 from studio.jobs.status import JobStatus, transition, will_retry
-from studio.jobs.submission import SchedulerConfig, entrypoint, job_runtime_env, submitter_key
+from studio.jobs.submission import (SchedulerConfig, entrypoint, entrypoint_module, job_runtime_env,
+                                    submitter_key)
 from studio.keys import create_job_key, revoke_job_keys, revoke_key_id
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
@@ -108,6 +115,7 @@ def reconcile_once(settings: StudioSettings, client: JobSubmissionClient, config
     ctx = _Pass(settings, client, config, now, report, models_available, after_training)
     each(_ids(settings, Job.cancel_requested.is_(True), Job.status.in_(CANCELLABLE)), ctx.cancel)
     each(_ids(settings, Job.status.in_(POLLED), Job.ray_submission_id.is_not(None)), ctx.poll)
+    each(_ids(settings, *_silent(now - timedelta(seconds=config.heartbeat_timeout_s))), ctx.silent)
     each(_ids(settings, Job.status == JobStatus.FAILED, Job.cancel_requested.is_(False),
               Job.attempts <= Job.max_retries), ctx.schedule_retry)
     each(_ids(settings, Job.status == JobStatus.RETRYING, Job.cancel_requested.is_(False)),
@@ -133,6 +141,12 @@ def reconcile_once(settings: StudioSettings, client: JobSubmissionClient, config
 def _ids(settings: StudioSettings, *where) -> list[int]:
     with session_scope(settings.db_url) as s:
         return list(s.scalars(select(Job.id).where(*where).order_by(Job.id)))
+
+
+def _silent(cutoff: datetime) -> tuple:
+    """A job run outside Ray (no submission id) whose process last beat before ``cutoff``."""
+    return (Job.status.in_(ON_RAY), Job.ray_submission_id.is_(None), Job.cancel_requested.is_(False),
+            func.coalesce(Job.heartbeat_at, Job.updated_at) < cutoff)
 
 
 def _after_training_ids(settings: StudioSettings, newest: int = 200) -> list[int]:
@@ -204,6 +218,31 @@ class _Pass:
                 self.report.failed.append(job_id)
         if resubmit:
             self._submit(job_id, sid, lost=True)
+
+    def silent(self, job_id: int) -> None:
+        timeout = self.config.heartbeat_timeout_s
+        with session_scope(self.settings.db_url) as s:
+            # One conditional UPDATE takes the row (PostgreSQL: its lock, re-checked after a beat in
+            # flight commits; SQLite: the write lock) only while it is still silent: a beat that
+            # lands between the listing and here keeps the job alive.
+            taken = s.execute(update(Job).where(Job.id == job_id, *_silent(self.now - timedelta(seconds=timeout)))
+                              .values(heartbeat_at=Job.heartbeat_at, updated_at=Job.updated_at)
+                              .execution_options(synchronize_session=False)).rowcount
+            if not taken:
+                return
+            job = s.get(Job, job_id)
+            last, what = ((job.heartbeat_at, "its last heartbeat was") if job.heartbeat_at is not None
+                          else (job.updated_at, "it never beat; its last change was"))
+            again = f"`python -m {entrypoint_module(self.config, job.kind)} --job-id {job_id}`"
+            todo = (f"the scheduler retries it (attempt {job.attempts + 1} of {job.max_retries + 1}); to run it "
+                    f"by hand instead, run {again} while it is RETRYING" if job.attempts <= job.max_retries
+                    else "it has no retries left: submit it again")
+            transition(s, job_id, JobStatus.FAILED,
+                       f"the driver stopped beating: {what} at {last.isoformat(timespec='seconds')} "
+                       f"({(self.now - last).total_seconds():.0f} s ago, heartbeat_timeout_s {timeout:g}) while "
+                       f"{job.status}, and it runs outside Ray, so its process was killed or its machine lost; "
+                       f"{todo}")
+        self.report.failed.append(job_id)
 
     def schedule_retry(self, job_id: int) -> None:
         with session_scope(self.settings.db_url) as s:

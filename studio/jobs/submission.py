@@ -51,6 +51,12 @@ class SchedulerConfig(Spec):
         description="Variables emptied in every job's environment: secrets a node's environment may "
         "hold that no job may read (build_app adds the gateway's provider key variables; "
         "STUDIO_ADMIN_KEY and STUDIO_API_KEY are always emptied).")
+    heartbeat_timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="A job run outside Ray (no submission id: `python -m studio.train.run --job-id N` "
+        "by hand, `studio eval run --here`) whose process wrote no heartbeat for this long is FAILED "
+        "(and retried while it has retries): its process is gone. Keep it well above "
+        "STUDIO_JOB_HEARTBEAT_S (10 s). Jobs on Ray are judged by Ray instead.")
     job_key_ttl_h: float = Field(
         default=48.0, gt=0,
         description="Hours a job's key (derived from its submitter's, in its STUDIO_API_KEY) stays "
@@ -70,10 +76,13 @@ class SchedulerConfig(Spec):
 KIND_ENTRYPOINTS = {"eval": "studio.evals.run", "synth": "studio.data.synth.run"}
 
 
+def entrypoint_module(config: SchedulerConfig, kind: str = "train") -> str:
+    return KIND_ENTRYPOINTS.get(kind, config.entrypoint_module)
+
+
 def entrypoint(config: SchedulerConfig, job_id: int, kind: str = "train") -> str:
     python = config.python or sys.executable
-    module = KIND_ENTRYPOINTS.get(kind, config.entrypoint_module)
-    return f"{shlex.quote(python)} -m {module} --job-id {job_id}"
+    return f"{shlex.quote(python)} -m {entrypoint_module(config, kind)} --job-id {job_id}"
 
 
 def job_runtime_env(settings: StudioSettings, config: SchedulerConfig, job_id: int | None = None,

@@ -129,6 +129,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # retry backoff
+    # Written every STUDIO_JOB_HEARTBEAT_S by the process running the job (JobDriver.beating); the
+    # scheduler fails a job without a Ray submission whose beats stopped (heartbeat_timeout_s).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
 

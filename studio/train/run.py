@@ -175,6 +175,13 @@ def ray_storage_path(settings: StudioSettings, job_id: int) -> str:
 # ---------------------------------------------------------------- the run
 
 def run_job(settings: StudioSettings, job_id: int, spec: TrainSpec) -> int:
+    """Train job ``job_id`` here, beating all along (from before the claim: a beat touches only an
+    active row) so the scheduler can tell this process from a dead one when it runs outside Ray."""
+    with driver(settings, job_id).beating(settings.job_heartbeat_s):
+        return _run_job(settings, job_id, spec)
+
+
+def _run_job(settings: StudioSettings, job_id: int, spec: TrainSpec) -> int:
     t0 = time.monotonic()
     # 1. preflight, before any Ray Train worker exists
     try:

@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from studio.data.curate import _Drop, _Runner, iter_rows
 from studio.data.kinds import DatasetKind
@@ -35,6 +35,9 @@ from studio.errors import StudioError
 from studio.settings import StudioSettings
 from studio.store.artifacts import ArtifactStore
 from studio.store.db import session_scope
+
+if TYPE_CHECKING:
+    from studio.jobs.driver import JobDriver
 
 Progress = Callable[[dict[str, Any]], bool]  # returns False to stop (cancel requested)
 _FINAL_STATUSES = {400, 401, 403, 404, 422}  # a retry cannot help
@@ -194,11 +197,18 @@ def run_local(spec: SynthSpec, settings: StudioSettings, run: str, client: Any,
 
 def run_job(job_id: int, settings: StudioSettings, client: Any | None = None) -> dict[str, Any]:
     from studio.jobs.driver import JobDriver
-    from studio.jobs.status import JobStatus, transition
-    from studio.store.models import Job
 
     driver = JobDriver(settings.db_url, job_id, kind="synth", noun="synthesis job",
                        start_new="start a new one with `studio data generate`")
+    with driver.beating(settings.job_heartbeat_s):
+        return _run(driver, settings, client)
+
+
+def _run(driver: JobDriver, settings: StudioSettings, client: Any | None) -> dict[str, Any]:
+    from studio.jobs.status import JobStatus, transition
+    from studio.store.models import Job
+
+    job_id = driver.job_id
     with session_scope(settings.db_url) as s:
         job = driver.check(s)
         spec = SynthSpec.model_validate(job.spec)
