@@ -251,19 +251,19 @@ def _follow_synth(settings, job_id: int) -> None:
     info = synth.status(settings, job_id)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("chunks", total=info["progress"].get("chunks_total") or None, detail="")
+        task = bar.add_task("chunks", total=info.progress.chunks_total or None, detail="")
         for info in synth.follow(settings, job_id):
-            p = info["progress"]
-            bar.update(task, completed=p.get("chunks_done", 0), total=p.get("chunks_total") or None,
-                       description=f"chunks ({info['status'].lower()})",
-                       detail=f"{p.get('rows', 0)} rows · {p.get('parse_failures', 0)} unparsed · "
-                              f"{p.get('tokens', 0)} tokens · ${p.get('cost_usd', 0):.4f}")
-    if info["status"] == "SUCCEEDED":
-        r = info["result"]
-        console.print(f"[green]{r['name']}@{r['version']}[/] snapshot {r['snapshot_id'][:12]} · {r['rows']} rows · "
-                      f"{r['dropped']} dropped (see `studio data show {r['name']} --dropped`)")
+            p = info.progress
+            bar.update(task, completed=p.chunks_done, total=p.chunks_total or None,
+                       description=f"chunks ({info.status.lower()})",
+                       detail=f"{p.rows} rows · {p.parse_failures} unparsed · "
+                              f"{p.tokens} tokens · ${p.cost_usd:.4f}")
+    if info.status == "SUCCEEDED":
+        r = info.result
+        console.print(f"[green]{r.name}@{r.version}[/] snapshot {(r.snapshot_id or '')[:12]} · {r.rows} rows · "
+                      f"{r.dropped} dropped (see `studio data show {r.name} --dropped`)")
     else:
-        console.print(f"[red]job {job_id} {info['status']}[/]: {info['error'] or ''}", highlight=False)
+        console.print(f"[red]job {job_id} {info.status}[/]: {info.error or ''}", highlight=False)
         raise typer.Exit(1)
 
 

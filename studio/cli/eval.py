@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import getpass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Group
@@ -15,6 +15,9 @@ from rich.table import Table
 from studio.cli.common import console, settings_with_db
 from studio.store.db import session_scope
 
+if TYPE_CHECKING:
+    from studio.evals.views import Leaderboard
+
 app = typer.Typer(help="Evaluation: compare models on a dataset with scorers and judges.", no_args_is_help=True)
 
 
@@ -22,25 +25,29 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def leaderboard_tables(board: dict[str, Any], title: str = "") -> Group:
-    """Scores (mean ± 95% CI per model × scorer), pairwise win rates, latency and cost."""
+def leaderboard_tables(board: Leaderboard | dict[str, Any], title: str = "") -> Group:
+    """Scores (mean ± 95% CI per model × scorer), pairwise win rates, latency and cost (``board``:
+    the view, or its JSON as an event or the API gives it)."""
+    from studio.evals.views import Leaderboard
+
+    board = board if isinstance(board, Leaderboard) else Leaderboard.model_validate(board)
     scores = Table("model", "scorer", "mean", "95% CI", "n", "unscored", title=title or None, title_justify="left")
-    for r in board.get("scores", []):
-        ci = r.get("ci95")
-        scores.add_row(r["model"], r["scorer"], _fmt(r["mean"]), f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
-                       str(r["n"]), str(r["unscored"]))
+    for r in board.scores:
+        ci = r.ci95
+        scores.add_row(r.model, r.scorer, _fmt(r.mean), f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-",
+                       str(r.n), str(r.unscored))
     parts: list[Any] = [scores]
-    wins = [w for w in board.get("win_rates", []) if w["model"] < w["opponent"]]
+    wins = [w for w in board.win_rates if w.model < w.opponent]
     if wins:
         t = Table("scorer", "model", "vs", "win rate", "n")
         for w in wins:
-            t.add_row(w["scorer"], w["model"], w["opponent"], _fmt(w["win_rate"]), str(w["n"]))
+            t.add_row(w.scorer, w.model, w.opponent, _fmt(w.win_rate), str(w.n))
         parts.append(t)
-    if board.get("models"):
+    if board.models:
         t = Table("model", "answers", "errors", "cache hits", "latency mean ms", "p95 ms", "cost USD")
-        for m in board["models"]:
-            t.add_row(m["model"], str(m["answers"]), str(m["errors"]), str(m["cache_hits"]),
-                      _fmt(m["latency_ms_mean"], 1), _fmt(m["latency_ms_p95"], 1), f"{m['cost_usd']:.6f}")
+        for m in board.models:
+            t.add_row(m.model, str(m.answers), str(m.errors), str(m.cache_hits),
+                      _fmt(m.latency_ms_mean, 1), _fmt(m.latency_ms_p95, 1), f"{m.cost_usd:.6f}")
         parts.append(t)
     return Group(*parts)
 
@@ -126,9 +133,9 @@ def ls(dataset: str | None = typer.Option(None, "--dataset", help="Only runs on 
         rows = [eval_summary(s, j) for j in list_evals(s, limit, 0, dataset)]
     table = Table("id", "name", "status", "dataset", "models", "scorers", "progress", "created")
     for r in rows:
-        table.add_row(str(r["id"]), r["name"], colored(r["status"]), r["dataset"] or "-", ", ".join(r["models"] or []),
-                      ", ".join(r["scorers"]), f"{r['progress']['done']}/{r['progress']['total']}",
-                      r["created_at"][:19])
+        table.add_row(str(r.id), r.name, colored(r.status), r.dataset or "-", ", ".join(r.models),
+                      ", ".join(r.scorers), f"{r.progress.done}/{r.progress.total}",
+                      r.created_at.isoformat()[:19])
     console.print(table)
 
 
@@ -140,15 +147,15 @@ def _show(settings, eval_id: int, results: int = 0) -> None:
         job = get_eval(s, eval_id)
         d = eval_detail(s, job)
         rows = results_page(s, job, limit=results) if results else []
-    p = d["progress"]
-    console.print(leaderboard_tables(d["leaderboard"], f"eval {eval_id} · {d['name']} · {d['status']} · "
-                                     f"{p['done']}/{p['total']} answers · {d['dataset']}"))
-    if d["error"]:
-        console.print(f"[red]error[/] {d['error']}", highlight=False)
+    p = d.progress
+    console.print(leaderboard_tables(d.leaderboard, f"eval {eval_id} · {d.name} · {d.status} · "
+                                     f"{p.done}/{p.total} answers · {d.dataset}"))
+    if d.error:
+        console.print(f"[red]error[/] {d.error}", highlight=False)
     for r in rows:
-        verdicts = ", ".join(f"{k}={_fmt(v['score'], 2)}" + ("" if v["status"] == "scored" else f" ({v['status']})")
-                             for k, v in r["scores"].items())
-        console.print(f"#{r['datapoint']} {r['model']}: {str(r['output'])[:60]!r} · {verdicts}", highlight=False)
+        verdicts = ", ".join(f"{k}={_fmt(v.score, 2)}" + ("" if v.status == "scored" else f" ({v.status})")
+                             for k, v in r.scores.items())
+        console.print(f"#{r.datapoint} {r.model}: {str(r.output)[:60]!r} · {verdicts}", highlight=False)
 
 
 @app.command("show")
@@ -180,8 +187,9 @@ def leaderboard(dataset: str = typer.Argument(..., help="Dataset name, name@N or
     """Every run on a dataset snapshot, pooled; models keyed by the version that answered."""
     from studio.data.snapshots import resolve_snapshot
     from studio.evals.leaderboard import dataset_leaderboard
+    from studio.evals.views import DatasetLeaderboard
 
     settings = settings_with_db()
     with session_scope(settings.db_url) as s:
-        board = dataset_leaderboard(s, resolve_snapshot(s, dataset).snapshot.id)
-    console.print(leaderboard_tables(board, f"{dataset} · runs {', '.join(map(str, board['runs'])) or 'none'}"))
+        board = DatasetLeaderboard.model_validate(dataset_leaderboard(s, resolve_snapshot(s, dataset).snapshot.id))
+    console.print(leaderboard_tables(board, f"{dataset} · runs {', '.join(map(str, board.runs)) or 'none'}"))

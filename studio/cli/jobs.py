@@ -71,12 +71,12 @@ def ls(
     with session_scope(settings.db_url) as s:
         jobs = [job_summary(j) for j in list_jobs(s, [x.value for x in status], limit)]
     # Identifying columns keep their width in a narrow terminal; the others shrink.
-    table = Table("id", Column("name", min_width=max((len(j["name"]) for j in jobs), default=4)), "method",
+    table = Table("id", Column("name", min_width=max((len(j.name) for j in jobs), default=4)), "method",
                   Column("status", min_width=13), "attempts", "by", "created", "error")
     for j in jobs:
-        table.add_row(str(j["id"]), j["name"], j["method"] or "", colored(j["status"]),
-                      f"{j['attempts']}/{j['max_retries'] + 1}", j["submitted_by"] or "", j["created_at"][:16],
-                      (j["error"] or "").splitlines()[0][:60] if j["error"] else "")
+        table.add_row(str(j.id), j.name, j.method or "", colored(j.status),
+                      f"{j.attempts}/{j.max_retries + 1}", j.submitted_by or "", j.created_at.isoformat()[:16],
+                      j.error.splitlines()[0][:60] if j.error else "")
     console.print(table)
 
 
@@ -89,26 +89,27 @@ def show(job_id: int = typer.Argument(..., help="Job id (see `studio jobs ls`)."
     with session_scope(settings.db_url) as s:
         d = job_detail(s, get_job(s, job_id))
         series = metrics_by_key(s, job_id)
-    spec = d["spec"]
-    console.print(f"job [bold]{d['id']}[/] {d['name']} · {colored(d['status'])} · {spec.get('method')} "
+    # The spec is the kind's own, free-form: a training job's names its method, data and base.
+    spec = d.spec or {}
+    console.print(f"job [bold]{d.id}[/] {d.name} · {colored(d.status)} · {spec.get('method')} "
                   f"on {spec.get('data', {}).get('dataset')} · base {spec.get('base_model')}")
-    console.print(f"attempts {d['attempts']}/{d['max_retries'] + 1} · submitted by {d['submitted_by']} · "
-                  f"ray submission {d['ray_submission_id'] or '-'} · checkpoint {d['checkpoint_uri'] or '-'}")
-    if d["step"] is not None:
-        console.print(f"step {d['step']}" + (f"/{d['total_steps']}" if d["total_steps"] else ""))
+    console.print(f"attempts {d.attempts}/{d.max_retries + 1} · submitted by {d.submitted_by} · "
+                  f"ray submission {d.ray_submission_id or '-'} · checkpoint {d.checkpoint_uri or '-'}")
+    if d.step is not None:
+        console.print(f"step {d.step}" + (f"/{d.total_steps}" if d.total_steps else ""))
     # Lines, not a table: a FAILED reason carries a log tail, unreadable when wrapped in a cell.
-    for e in d["events"]:
-        first, *rest = e["reason"].splitlines() or [""]
-        console.print(f"{e['at'][:19]}  {colored(e['to'], 13)}  {first}", highlight=False)
+    for e in d.events:
+        first, *rest = e.reason.splitlines() or [""]
+        console.print(f"{e.at.isoformat()[:19]}  {colored(e.to, 13)}  {first}", highlight=False)
         for line in rest:
             console.print(f"{'':>21}  {line}", markup=False, highlight=False)
     if series:
-        console.print("metrics (last value): " + ", ".join(f"{k}={v[-1]['value']:.4g}@{v[-1]['step']}"
+        console.print("metrics (last value): " + ", ".join(f"{k}={v[-1].value:.4g}@{v[-1].step}"
                                                          for k, v in series.items()), highlight=False)
-    if d["result"]:
-        console.print("result: " + json.dumps(d["result"]), highlight=False)
-    if d["error"]:
-        console.print(f"[red]error:[/] {d['error']}", highlight=False)
+    if d.result is not None and d.result.dump():
+        console.print("result: " + json.dumps(d.result.dump()), highlight=False)
+    if d.error:
+        console.print(f"[red]error:[/] {d.error}", highlight=False)
 
 
 @app.command("logs")

@@ -17,6 +17,7 @@ from studio.egress import redact_url
 from studio.errors import Conflict, NotFound
 from studio.jobs.results import JobResult
 from studio.jobs.status import JobStatus, transition, will_retry
+from studio.jobs.views import JobDetail, JobEventView, JobSummary, MetricPoint
 from studio.store.models import ApiKey, Job, JobEvent, JobMetric
 
 
@@ -70,17 +71,14 @@ def total_steps(job: Job) -> int | None:
     return recorded if isinstance(recorded, int) and recorded > 0 else None
 
 
-def job_summary(job: Job) -> dict[str, Any]:
+def job_summary(job: Job) -> JobSummary:
     spec = job.spec or {}
-    return {
-        "id": job.id, "kind": job.kind, "name": job.name, "method": spec.get("method"),
-        "status": job.status, "attempts": job.attempts, "max_retries": job.max_retries,
-        "cancel_requested": job.cancel_requested, "submitted_by": job.submitted_by,
-        "owner_key_id": job.owner_key_id,
-        "ray_submission_id": job.ray_submission_id, "error": job.error,
-        "created_at": job.created_at.isoformat(), "updated_at": job.updated_at.isoformat(),
-        "next_attempt_at": job.next_attempt_at.isoformat() if job.next_attempt_at else None,
-    }
+    return JobSummary(
+        id=job.id, kind=job.kind, name=job.name, method=spec.get("method"), status=job.status,
+        attempts=job.attempts, max_retries=job.max_retries, cancel_requested=job.cancel_requested,
+        submitted_by=job.submitted_by, owner_key_id=job.owner_key_id, ray_submission_id=job.ray_submission_id,
+        error=job.error, created_at=job.created_at, updated_at=job.updated_at, next_attempt_at=job.next_attempt_at,
+        heartbeat_at=job.heartbeat_at)
 
 
 HIDDEN_SPEC = "hidden: a job's spec is shown to its owner and admins only"
@@ -110,26 +108,28 @@ def visible_spec(job: Job, key: ApiKey | None) -> dict[str, Any] | None:
     return redact_spec(job.spec) if key is None or owns(key, job.owner_key_id) else None
 
 
-def job_detail(session: Session, job: Job, key: ApiKey | None = None) -> dict[str, Any]:
+def job_events(session: Session, job: Job) -> list[JobEventView]:
+    """Every status change of ``job``, oldest first."""
+    return [JobEventView(at=e.at, from_=e.from_status, to=e.to_status, reason=e.reason) for e in
+            session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id))]
+
+
+def job_detail(session: Session, job: Job, key: ApiKey | None = None) -> JobDetail:
     """The job with its spec, result and events; the spec only for its owner or an admin."""
-    events = session.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id))
     spec = visible_spec(job, key)
-    hidden = {"spec_hidden": HIDDEN_SPEC} if spec is None and job.spec else {}
-    return {
-        **job_summary(job), "spec": spec, **hidden, "result": job.result, "checkpoint_uri": job.checkpoint_uri,
-        "mlflow_run_id": job.mlflow_run_id, "step": latest_step(session, job), "total_steps": total_steps(job),
-        "events": [{"at": e.at.isoformat(), "from": e.from_status, "to": e.to_status, "reason": e.reason}
-                   for e in events],
-    }
+    return JobDetail(
+        **job_summary(job).model_dump(), spec=spec, spec_hidden=HIDDEN_SPEC if spec is None and job.spec else None,
+        result=None if job.result is None else JobResult.of(job), checkpoint_uri=job.checkpoint_uri,
+        mlflow_run_id=job.mlflow_run_id, step=latest_step(session, job), total_steps=total_steps(job),
+        events=job_events(session, job))
 
 
-def metrics_by_key(session: Session, job_id: int) -> dict[str, list[dict[str, Any]]]:
+def metrics_by_key(session: Session, job_id: int) -> dict[str, list[MetricPoint]]:
     """``job_metrics`` rows as one series per key (chart-ready), ordered by attempt then step."""
     get_job(session, job_id)
     rows = session.scalars(select(JobMetric).where(JobMetric.job_id == job_id)
                            .order_by(JobMetric.key, JobMetric.attempt, JobMetric.step, JobMetric.id))
-    series: dict[str, list[dict[str, Any]]] = {}
+    series: dict[str, list[MetricPoint]] = {}
     for m in rows:
-        series.setdefault(m.key, []).append({"step": m.step, "value": m.value, "attempt": m.attempt,
-                                             "at": m.at.isoformat()})
+        series.setdefault(m.key, []).append(MetricPoint(step=m.step, value=m.value, attempt=m.attempt, at=m.at))
     return series

@@ -137,9 +137,9 @@ def test_generator_down_mid_run_fails_cleanly_and_resumes(docs, gen):
     with pytest.raises(StudioError, match="generator 'gen' failed on chunk"):
         run_job(job_id, docs, client=client_for(gen))
     info = status(docs, job_id)
-    assert info["status"] == "FAILED" and "scripted outage" in info["error"]
-    assert info["progress"]["chunks_done"] == 3
-    assert draft_rows(docs, job_id)["total"] > 0  # rows already generated are kept
+    assert info.status == "FAILED" and "scripted outage" in info.error
+    assert info.progress.chunks_done == 3
+    assert draft_rows(docs, job_id).total > 0  # rows already generated are kept
     before = dict(gen.calls)
     # The failing chunk was tried 1 + chunk_retries times; no chunk after it was started.
     assert sorted(before.values()) == [1, 1, 1, 2]
@@ -148,7 +148,7 @@ def test_generator_down_mid_run_fails_cleanly_and_resumes(docs, gen):
         transition(s, job_id, JobStatus.RETRYING, "retry")
         transition(s, job_id, JobStatus.STARTING, "attempt 2")
     result = run_job(job_id, docs, client=client_for(gen))
-    assert status(docs, job_id)["status"] == "SUCCEEDED"
+    assert status(docs, job_id).status == "SUCCEEDED"
     finished = [t for t, n in before.items() if n == 1 and gen.calls[t] == 1]
     assert len(finished) >= 3  # chunks done before the outage were not generated again
     assert result["chunks_done"] == result["chunks_total"]
@@ -228,7 +228,7 @@ def test_cli_generate_follow_shows_progress_to_the_snapshot(docs, gen, tmp_path,
     finally:
         get_settings.cache_clear()
     assert r.exit_code == 0, r.output
-    total = status(docs, 1)["progress"]["chunks_total"]
+    total = status(docs, 1).progress.chunks_total
     assert f"{total}/{total}" in r.output and "1 unparsed" in r.output  # the final progress line
     assert "docs-cot@1 snapshot" in r.output and "see `studio data show docs-cot --dropped`" in r.output
     with session_scope(docs.db_url) as s:
@@ -264,7 +264,7 @@ def test_a_killed_run_resumes_without_regenerating_finished_chunks(docs, gen):
     finally:
         proc.wait(30)
     done_before = draft_chunks(docs, job_id)
-    total = status(docs, job_id)["progress"]["chunks_total"]
+    total = status(docs, job_id).progress.chunks_total
     assert 2 <= done_before < total
     answered = dict(gen.calls)
     with session_scope(docs.db_url) as s:  # what the scheduler does when the job's process died
@@ -273,7 +273,7 @@ def test_a_killed_run_resumes_without_regenerating_finished_chunks(docs, gen):
         transition(s, job_id, JobStatus.STARTING, "attempt 2")
     gen.delay_s = 0.0
     result = run_job(job_id, docs, client=client_for(gen))
-    assert result["chunks_done"] == total and status(docs, job_id)["status"] == "SUCCEEDED"
+    assert result["chunks_done"] == total and status(docs, job_id).status == "SUCCEEDED"
     # Calls of the retry: one per chunk not finished before the kill (a call in flight at the kill
     # had no stored result, so it is asked again).
     retried = sum(gen.calls.values()) - sum(answered.values())

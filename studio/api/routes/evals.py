@@ -23,7 +23,8 @@ from studio.errors import StudioError
 from studio.evals.leaderboard import dataset_leaderboard
 from studio.evals.queue import enqueue_eval, get_eval, list_evals
 from studio.evals.spec import EvalSpec
-from studio.evals.views import eval_detail, eval_summary, follow_eval_async, results_page
+from studio.evals.views import (DatasetLeaderboard, EvalDetail, EvalResultsPage, EvalSummary, eval_detail,
+                                eval_summary, follow_eval_async, results_page)
 from studio.jobs.follow import FollowEvent
 from studio.jobs.queue import request_cancel
 
@@ -31,7 +32,7 @@ router = APIRouter(prefix="/api/evals", tags=["evals"])
 
 
 @router.post("", status_code=201)
-def post_eval(spec: EvalSpec, key: KeyDep, session: SessionDep, request: Request) -> dict:
+def post_eval(spec: EvalSpec, key: KeyDep, session: SessionDep, request: Request) -> EvalDetail:
     """Queue an eval run; the scheduler starts it on Ray within about a second."""
     # Preflight asks the Gateway deployment for its model names: end this request's transaction
     # first, so no lock of it is held while that call runs.
@@ -45,20 +46,22 @@ def post_eval(spec: EvalSpec, key: KeyDep, session: SessionDep, request: Request
 def get_evals(_: KeyDep, session: SessionDep,
               dataset: Annotated[str | None, Query(description="Only runs on this dataset name.")] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 100,
-              offset: Offset = 0) -> list[dict]:
+              offset: Offset = 0) -> list[EvalSummary]:
     """Eval runs, newest first, with their progress."""
     return [eval_summary(session, j) for j in list_evals(session, limit, offset, dataset)]
 
 
 @router.get("/leaderboard")
 def get_dataset_leaderboard(_: KeyDep, session: SessionDep,
-                            dataset: Annotated[str, Query(description="name, name@N or snapshot id")]) -> dict:
+                            dataset: Annotated[str, Query(description="name, name@N or snapshot id")]
+                            ) -> DatasetLeaderboard:
     """Every run on this dataset snapshot pooled: models keyed by the version that answered."""
-    return dataset_leaderboard(session, resolve_snapshot(session, dataset).snapshot.id)
+    board = dataset_leaderboard(session, resolve_snapshot(session, dataset).snapshot.id)
+    return DatasetLeaderboard.model_validate(board)
 
 
 @router.get("/{eval_id}")
-def get_one_eval(eval_id: int, key: KeyDep, session: SessionDep) -> dict:
+def get_one_eval(eval_id: int, key: KeyDep, session: SessionDep) -> EvalDetail:
     """Status, progress, events and the leaderboard so far (live while the run goes); the spec for
     the run's owner and admins."""
     return eval_detail(session, get_eval(session, eval_id), key)
@@ -68,15 +71,15 @@ def get_one_eval(eval_id: int, key: KeyDep, session: SessionDep) -> dict:
 def get_results(eval_id: int, _: KeyDep, session: SessionDep,
                 model: Annotated[str | None, Query(description="Only this model's answers.")] = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-                offset: Offset = 0) -> dict:
+                offset: Offset = 0) -> EvalResultsPage:
     """Per-datapoint answers with every scorer's verdict (unscored ones keep the reason and the raw reply)."""
     job = get_eval(session, eval_id)
-    return {"eval_id": eval_id, "limit": limit, "offset": offset,
-            "results": results_page(session, job, limit=limit, offset=offset, model=model)}
+    return EvalResultsPage(eval_id=eval_id, limit=limit, offset=offset,
+                           results=results_page(session, job, limit=limit, offset=offset, model=model))
 
 
 @router.post("/{eval_id}/cancel", status_code=202)
-def cancel_eval(eval_id: int, key: KeyDep, session: SessionDep) -> dict:
+def cancel_eval(eval_id: int, key: KeyDep, session: SessionDep) -> EvalSummary:
     """Cancel a queued or running eval (the results stored so far stay)."""
     get_eval(session, eval_id)
     return eval_summary(session, request_cancel(session, eval_id, key.name, key))

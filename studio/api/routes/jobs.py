@@ -21,6 +21,7 @@ from studio.jobs import ray_jobs
 from studio.jobs.follow import FollowEvent, follow_job_async
 from studio.jobs.queue import get_job, job_detail, job_summary, list_jobs, metrics_by_key, request_cancel
 from studio.jobs.status import JobStatus
+from studio.jobs.views import JobDetail, JobMetrics, JobSummary
 from studio.train.queue import cluster_gpus, enqueue_train_job
 from studio.train.spec import TrainSpec
 
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=201)
-def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep) -> dict:
+def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep) -> JobDetail:
     """Queue a training job. The body has the fields of a `configs/train/*.yaml` recipe. The job
     starts when the scheduler (in the running studio) picks it up, within about a second."""
     job = enqueue_train_job(session, spec, submitted_by=key.name, cluster_gpus=cluster_gpus(),
@@ -40,29 +41,29 @@ def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep) -> dict:
 def get_jobs(_: KeyDep, session: SessionDep,
              status: Annotated[list[JobStatus] | None, Query(description="Only these statuses (repeatable).")] = None,
              limit: Annotated[int, Query(ge=1, le=500)] = 100,
-             offset: Offset = 0) -> list[dict]:
+             offset: Offset = 0) -> list[JobSummary]:
     """Jobs, newest first."""
     return [job_summary(j) for j in list_jobs(session, status, limit, offset)]
 
 
 @router.get("/{job_id}")
-def get_one_job(job_id: int, key: KeyDep, session: SessionDep) -> dict:
+def get_one_job(job_id: int, key: KeyDep, session: SessionDep) -> JobDetail:
     """A job with its result, progress and every status change (events); its spec for its owner
     and admins."""
     return job_detail(session, get_job(session, job_id), key)
 
 
 @router.post("/{job_id}/cancel", status_code=202)
-def cancel_job(job_id: int, key: KeyDep, session: SessionDep) -> dict:
+def cancel_job(job_id: int, key: KeyDep, session: SessionDep) -> JobSummary:
     """Cancel: queued or retrying jobs are CANCELLED at once; a job on Ray is stopped by the
     scheduler within a tick (202: watch the status). 409 when there is nothing left to cancel."""
     return job_summary(request_cancel(session, job_id, key.name, key))
 
 
 @router.get("/{job_id}/metrics")
-def get_metrics(job_id: int, _: KeyDep, session: SessionDep) -> dict:
+def get_metrics(job_id: int, _: KeyDep, session: SessionDep) -> JobMetrics:
     """Per-step metrics grouped by key (loss, learning_rate, …): one series per chart."""
-    return {"job_id": job_id, "metrics": metrics_by_key(session, job_id)}
+    return JobMetrics(job_id=job_id, metrics=metrics_by_key(session, job_id))
 
 
 @router.get("/{job_id}/logs", response_model=None)

@@ -20,6 +20,7 @@ from studio.data import synth
 from studio.data.sources import check_tokenizer
 from studio.data.writer import check_owner
 from studio.data.synth.spec import SynthSpec
+from studio.data.synth.views import SynthDraftRows, SynthStatus
 from studio.errors import StudioError
 from studio.recipes import Spec
 
@@ -33,7 +34,7 @@ class SynthRequest(Spec):
 
 
 @router.post("", status_code=201)
-async def post_synth(body: SynthRequest, key: KeyDep, settings: SettingsDep) -> dict:
+async def post_synth(body: SynthRequest, key: KeyDep, settings: SettingsDep) -> SynthStatus:
     """Queue a generation job; poll ``GET /api/synth/{id}`` or stream ``/events``."""
     if body.spec.tokenizer:
         body.spec.tokenizer = check_tokenizer(body.spec.tokenizer, settings, is_admin(key))
@@ -43,15 +44,15 @@ async def post_synth(body: SynthRequest, key: KeyDep, settings: SettingsDep) -> 
     return synth.status(settings, job_id)
 
 
-def _for_key(info: dict, key) -> dict:
+def _for_key(info: SynthStatus, key) -> SynthStatus:
     """A synth job's status; its spec for its owner and admins only."""
-    if not owns(key, info.get("owner_key_id")):
-        info = {**info, "spec": None, "spec_hidden": HIDDEN_SPEC}
+    if not owns(key, info.owner_key_id):
+        info = info.model_copy(update={"spec": None, "spec_hidden": HIDDEN_SPEC})
     return info
 
 
 @router.get("/{job_id}")
-def get_synth(job_id: int, key: KeyDep, settings: SettingsDep) -> dict:
+def get_synth(job_id: int, key: KeyDep, settings: SettingsDep) -> SynthStatus:
     """Status, progress (chunks done/total, rows, parse failures, tokens, cost) and result; the
     spec for the job's owner and admins."""
     return _for_key(synth.status(settings, job_id), key)
@@ -60,7 +61,7 @@ def get_synth(job_id: int, key: KeyDep, settings: SettingsDep) -> dict:
 @router.get("/{job_id}/rows")
 def get_draft_rows(job_id: int, _: KeyDep, settings: SettingsDep,
                    limit: Annotated[int, Query(ge=0, le=500)] = 50,
-                   offset: Offset = 0) -> dict:
+                   offset: Offset = 0) -> SynthDraftRows:
     """Rows generated so far (before curation), while the job runs or after."""
     return synth.draft_rows(settings, job_id, limit, offset)
 
@@ -73,8 +74,8 @@ def get_events(job_id: int, key: KeyDep, settings: SettingsDep, request: Request
     async def events() -> AsyncIterator[str]:
         try:
             async for info in synth.follow_events(settings, job_id):
-                kind = "end" if info["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") else "progress"
-                yield f"event: {kind}\ndata: {json.dumps(_for_key(info, key), default=str)}\n\n"
+                kind = "end" if info.ended else "progress"
+                yield f"event: {kind}\ndata: {_for_key(info, key).model_dump_json()}\n\n"
         except StudioError as e:
             yield f"event: error\ndata: {json.dumps({'detail': e.problem, 'fix': e.fix})}\n\n"
 

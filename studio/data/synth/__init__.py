@@ -13,13 +13,15 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from studio.data.synth.spec import SynthSpec
+from studio.data.synth.spec import SynthResult, SynthSpec
+from studio.data.synth.views import SynthDraftRows, SynthProgress, SynthStatus
 from studio.errors import NotFound
 from studio.jobs.follow import follow_async, follow_sync
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 
-__all__ = ["SynthSpec", "draft_rows", "follow", "follow_events", "status", "submit"]
+__all__ = ["SynthDraftRows", "SynthSpec", "SynthStatus", "draft_rows", "follow", "follow_events", "status",
+           "submit"]
 
 
 def submit(spec: SynthSpec, settings: StudioSettings, submitted_by: str | None,
@@ -41,7 +43,7 @@ def submit(spec: SynthSpec, settings: StudioSettings, submitted_by: str | None,
         return job.id
 
 
-def status(settings: StudioSettings, job_id: int) -> dict[str, Any]:
+def status(settings: StudioSettings, job_id: int) -> SynthStatus:
     from studio.store.models import Job
 
     with session_scope(settings.db_url) as s:
@@ -49,14 +51,10 @@ def status(settings: StudioSettings, job_id: int) -> dict[str, Any]:
         if job is None or job.kind != "synth":
             raise NotFound(f"no synthesis job {job_id}", "list jobs with `studio jobs ls`")
         result = dict(job.result or {})
-        return {"id": job.id, "name": job.name, "status": job.status, "attempts": job.attempts,
-                "error": job.error, "progress": result.pop("progress", {}), "result": result,
-                "spec": job.spec, "owner_key_id": job.owner_key_id,
-                "created_at": job.created_at.isoformat(),
-                "updated_at": job.updated_at.isoformat()}
-
-
-_ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
+        progress = SynthProgress.model_validate(result.pop("progress", None) or {})
+        return SynthStatus(id=job.id, name=job.name, status=job.status, attempts=job.attempts, error=job.error,
+                           progress=progress, result=SynthResult.model_validate(result), spec=job.spec,
+                           owner_key_id=job.owner_key_id, created_at=job.created_at, updated_at=job.updated_at)
 
 
 class SynthPoller:
@@ -70,27 +68,27 @@ class SynthPoller:
         self.done = False
         self._last: tuple | None = None
 
-    def poll(self) -> list[dict[str, Any]]:
+    def poll(self) -> list[SynthStatus]:
         info = status(self.settings, self.job_id)
-        seen = (info["status"], info["progress"])
+        seen = (info.status, info.progress)
         new = [info] if seen != self._last else []
         self._last = seen
-        self.done = info["status"] in _ENDED or (self.deadline is not None and time.monotonic() > self.deadline)
+        self.done = info.ended or (self.deadline is not None and time.monotonic() > self.deadline)
         return new
 
 
 def follow(settings: StudioSettings, job_id: int, interval_s: float = 0.5,
-           timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+           timeout_s: float | None = None) -> Iterator[SynthStatus]:
     """Yield the job's status each time it changes, until it ends (SUCCEEDED, FAILED, CANCELLED)."""
     return follow_sync(SynthPoller(settings, job_id, timeout_s), interval_s)
 
 
-def follow_events(settings: StudioSettings, job_id: int, interval_s: float = 0.5) -> AsyncIterator[dict[str, Any]]:
+def follow_events(settings: StudioSettings, job_id: int, interval_s: float = 0.5) -> AsyncIterator[SynthStatus]:
     """The same for ``GET /api/synth/{id}/events``."""
     return follow_async(SynthPoller(settings, job_id), interval_s)
 
 
-def draft_rows(settings: StudioSettings, job_id: int, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+def draft_rows(settings: StudioSettings, job_id: int, limit: int = 50, offset: int = 0) -> SynthDraftRows:
     """Rows generated so far (the draft), in chunk order, before curation."""
     from studio.data.synth.run import load_chunk
     from studio.store.artifacts import ArtifactStore
@@ -98,9 +96,8 @@ def draft_rows(settings: StudioSettings, job_id: int, limit: int = 50, offset: i
     info = status(settings, job_id)
     store = ArtifactStore(settings.artifacts)
     rows: list[dict[str, Any]] = []
-    total = info["progress"].get("chunks_total", 0)
-    for i in range(total):
+    for i in range(info.progress.chunks_total):
         rec = load_chunk(store, f"job-{job_id}", i)
         if rec:
             rows += [{**r, "chunk": i, "source": rec["source"]} for r in rec["rows"]]
-    return {"job_id": job_id, "status": info["status"], "total": len(rows), "rows": rows[offset: offset + limit]}
+    return SynthDraftRows(job_id=job_id, status=info.status, total=len(rows), rows=rows[offset: offset + limit])
