@@ -5,16 +5,13 @@ the adapter wins by exact match, the judge (the tiny model itself: its scores ar
 what is tested) scores or marks every answer. Then the promotion gate: a better candidate is
 promoted, a worse one refused, --force recorded.
 
-Adapters: the "good" one is trained once per module in this process (tests/evals/quick_adapter.py,
-no Ray: quicker than a training job), the "bad" one is random LoRA weights; both are registered the
-way a training job registers its result. STUDIO_TEST_QUICK_ADAPTER_STEPS (default 480) sets the
-adapter's optimizer steps (batch 64, lr 3e-3 decaying linearly): 480 is what
-configs/train/sft_reverse_tiny.yaml does (15 epochs of 2000 rows at 64 a step), which
-tests/train/test_sft_end_to_end.py shows reaching ≥ 0.9 exact match; 150 steps reached 0.02."""
+Adapters: the "good" one is the SFT adapter the demo's run trained (``demo_run``, once per session:
+configs/train/sft_reverse_tiny.yaml, 480 steps, ≥ 0.9 held-out exact match, checked by
+tests/e2e/test_demo.py; its base is the same deterministic tiny model the stack serves), the "bad"
+one is random LoRA weights; both are registered the way a training job registers its result."""
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
@@ -24,24 +21,22 @@ import pytest
 from tests.e2e.test_stack import run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-QUICK_STEPS = int(os.environ.get("STUDIO_TEST_QUICK_ADAPTER_STEPS", "480"))
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory, tiny_stack):
+def studio(tmp_path_factory, tiny_stack, demo_run):
     from studio.data.ingest import ingest_file
     from studio.train.toy_data import write_reversal_files
     from studio.registry.versions import register_version
     from studio.settings import StudioSettings
     from studio.store.db import init_db, session_scope
     from tests.deployments.conftest import make_adapter
-    from tests.evals.quick_adapter import train_adapter
 
-    # The adapters first (≈60 s in this process), before the shared stack is asked for: this module
-    # runs first of those sharing it (tests/stacks.py), so no engine idles through the training.
+    # The demo's run (its own stack, down again when ``demo_run`` returns) comes before the shared
+    # stack is asked for: never two engines at once.
     work = tmp_path_factory.mktemp("evals-work")
-    model = tiny_stack.tiny_model()  # the model the stack will serve, built before it starts
-    good = train_adapter(model, work / "adapters" / "good", steps=QUICK_STEPS)
+    model = tiny_stack.tiny_model()  # the model the stack will serve: the demo's base, bit for bit
+    good = demo_run.version_uri(demo_run.result.sft_version)
     bad = make_adapter(model, work / "adapters" / "bad", seed=5)
     stack = tiny_stack.ensure()
     home = stack.home

@@ -25,6 +25,10 @@ class Profile:
     n_test: int = 200
     eval_limit: int = 100  # test rows each eval scores
     sft_overrides: tuple[str, ...] = ()
+    # The recipe's in-job held-out eval (``eval_after``) after SFT. ``full`` drops it (step 5 scores
+    # through the eval service); ``small`` keeps it, so the e2e test also checks the job's own
+    # result and MLflow record of it (tests/e2e/test_demo.py).
+    sft_eval_after: bool = False
     ab_prompts: int = 24  # distinct prompts sent through the experiment alias ...
     ab_repeats: int = 3  # ... each this many times greedily (both arms answer most prompts) ...
     ab_sampled: int = 2  # ... and this many times sampled at temperature 1
@@ -36,7 +40,7 @@ class Profile:
 
 PROFILES = {
     "full": Profile(),
-    "small": Profile(n_test=60, eval_limit=40, ab_prompts=12,
+    "small": Profile(n_test=60, eval_limit=40, ab_prompts=12, sft_eval_after=True,
                      dpo_overrides=("hyper.max_steps=4", "hyper.batch_size=8", "hyper.logging_steps=2",
                                     "hyper.learning_rate=0.0002")),
 }

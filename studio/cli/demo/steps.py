@@ -184,7 +184,8 @@ class Demo:
     def train_sft(self) -> None:
         spec = load_recipe(SFT_RECIPE, TrainSpec, [f"base_model={self.model_dir}", f"name={NAME}",
                                                    *self.p.sft_overrides])
-        spec.eval_after = None  # step 5 evaluates through the eval service instead
+        if not self.p.sft_eval_after:
+            spec.eval_after = None  # step 5 evaluates through the eval service instead
         job = self.call("POST", "/api/jobs", json=spec.model_dump(mode="json", by_alias=True))
         console.print(f"  job {job['id']} queued: SFT LoRA r={spec.lora.r}, {spec.hyper.epochs:g} epochs, "
                       f"{spec.resources.num_workers} Ray Train workers", highlight=False)
