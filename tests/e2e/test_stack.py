@@ -266,3 +266,32 @@ def test_serve_run_with_the_config_file_serves_the_tiny_model_and_its_adapters(t
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        # Ctrl-C on `serve run` stops its local Ray, but the vLLM engine processes a replica spawned
+        # can outlive it (seen in CI: EngineCore + Worker alive until the session ended, eating
+        # the CPU of every later module). They carry this STUDIO_HOME: stop them.
+        _stop_processes_of(str(home))
+
+
+def _stop_processes_of(home: str, wait_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``wait_s``, every live process whose environment names ``home``
+    as STUDIO_HOME (this test's own process excluded)."""
+    procs = []
+    for p in psutil.process_iter(["pid", "status"]):
+        if p.pid == os.getpid() or p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if p.environ().get("STUDIO_HOME") == home:
+                procs.append(p)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=wait_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
