@@ -37,25 +37,35 @@ def _verified(db_url: str, secret: str) -> ApiKey | None:
         return verify_key(session, secret)
 
 
-def _touch(db_url: str, key_id: int) -> None:
+def _touch(db_url: str, key_id: int, touching: set[int]) -> None:
     try:
         with session_scope(db_url) as session:
             touch_key(session, key_id)
     except Exception as e:  # noqa: BLE001 — a missed timestamp must not surface anywhere
         logging.getLogger(__name__).warning("could not record the use of key %s: %s", key_id, e)
     finally:
-        _touching.discard((db_url, key_id))
+        touching.discard(key_id)
 
 
-# Keys whose last_used_at is being written. The write happens after the check, off the request:
-# on SQLite it waits for the write lock (a burst of completion-log writes holds it), and a request
-# must not wait for a timestamp. One write per key (of a database: a process may serve several, as
-# the tests do, and an app stopped mid-write never clears its entry) at a time.
-_touching: set[tuple[str, int]] = set()
+# The last_used_at write happens after the check, off the request: on SQLite it waits for the write
+# lock (a burst of completion-log writes holds it), and a request must not wait for a timestamp.
+# One write per key at a time, tracked per app (``app.state.touching_keys``): a module-wide set
+# outlived the app that added an entry, and an app stopped before its write ran (its event loop
+# closed) left the key marked "being written" for every later app on the same database — a test
+# process serving many apps on one PostgreSQL database then never recorded that key's use again.
 _background: set[asyncio.Task] = set()
 
 
+def _touching(request: Request) -> set[int]:
+    state = request.app.state
+    touching = getattr(state, "touching_keys", None)
+    if touching is None:
+        touching = state.touching_keys = set()
+    return touching
+
+
 async def current_key(
+    request: Request,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     settings: Annotated[StudioSettings, Depends(get_settings)],
 ) -> ApiKey:
@@ -67,9 +77,10 @@ async def current_key(
     key = await run_in_threadpool(_verified, settings.db_url, creds.credentials)
     if key is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
-    if last_use_is_stale(key) and (settings.db_url, key.id) not in _touching:
-        _touching.add((settings.db_url, key.id))
-        task = asyncio.create_task(run_in_threadpool(_touch, settings.db_url, key.id))
+    touching = _touching(request)
+    if last_use_is_stale(key) and key.id not in touching:
+        touching.add(key.id)
+        task = asyncio.create_task(run_in_threadpool(_touch, settings.db_url, key.id, touching))
         _background.add(task)
         task.add_done_callback(_background.discard)
     return key
