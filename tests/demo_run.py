@@ -13,22 +13,16 @@ adapters) stays under ``home`` for the session."""
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from studio.ray_connection import free_port
 from studio.settings import StudioSettings
 
 CLEARED = ("RAY_ADDRESS", "STUDIO_ADMIN_KEY", "STUDIO_DATABASE_URL", "STUDIO_ARTIFACTS_URI",
            "STUDIO_MLFLOW_URI", "STUDIO_REDIS_URL")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)

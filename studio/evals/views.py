@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from pydantic import Field, FieldSerializationInfo, SerializerFunctionWrapHandler, field_serializer, model_serializer
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,7 +16,7 @@ from studio.evals.queue import get_eval
 from studio.evals.spec import EvalResult, scorer_name, stored_spec
 from studio.jobs.follow import FollowEvent, follow_async, follow_sync, is_done
 from studio.jobs.status import JobStatus
-from studio.jobs.views import IsoDateTime, JobEventView, View, dump_result, without_hidden_note
+from studio.jobs.views import IsoDateTime, JobEventView, StoredJobView, View
 from studio.store.db import session_scope
 from studio.store.models import ApiKey, EvalOutput, EvalScore, Job, JobEvent
 
@@ -99,7 +99,7 @@ class EvalSummary(View):
                                              "it started).")
 
 
-class EvalDetail(EvalSummary):
+class EvalDetail(EvalSummary, StoredJobView):
     """An eval run with its spec (owner and admins), result, live leaderboard and events."""
 
     spec: dict[str, Any] | None = Field(description="The EvalSpec, secrets redacted; null when hidden.")
@@ -108,16 +108,6 @@ class EvalDetail(EvalSummary):
                                "leaderboard).")
     leaderboard: Leaderboard = Field(description="The leaderboard so far (live while the run goes).")
     events: list[JobEventView] = Field(description="Every status change, oldest first.")
-
-    # Serializers without a return annotation: the OpenAPI keeps the field's and model's schema.
-    @field_serializer("result", mode="wrap")
-    def _result_as_stored(self, result: EvalResult, _: SerializerFunctionWrapHandler,
-                          info: FieldSerializationInfo):
-        return dump_result(result, info)
-
-    @model_serializer(mode="wrap")
-    def _hidden_note_when_hidden(self, handler: SerializerFunctionWrapHandler):
-        return without_hidden_note(handler(self))
 
 
 class Verdict(View):

@@ -29,16 +29,24 @@ class View(BaseModel):
     model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
 
 
-def dump_result(result: JobResult | None, info: FieldSerializationInfo) -> dict[str, Any] | None:
-    """A typed ``result`` as stored: the keys that were set, none of the model's defaults."""
-    return None if result is None else result.model_dump(mode=info.mode, exclude_unset=True)
+class StoredJobView(View):
+    """A view with a job's typed ``result`` and its ``spec`` (maybe withheld: ``spec_hidden``), as
+    ``JobDetail``, ``EvalDetail`` and ``SynthStatus`` have: ``result`` goes out as stored (the keys
+    that were set, none of the model's defaults) and ``spec_hidden`` only when the spec was withheld
+    (the UI and clients test its presence). Serializers without a return annotation: the OpenAPI
+    keeps the field's and the model's schema."""
 
+    @field_serializer("result", mode="wrap", check_fields=False)
+    def _result_as_stored(self, result: JobResult | None, _: SerializerFunctionWrapHandler,
+                          info: FieldSerializationInfo):
+        return None if result is None else result.model_dump(mode=info.mode, exclude_unset=True)
 
-def without_hidden_note(out: dict[str, Any]) -> dict[str, Any]:
-    """``spec_hidden`` appears only when the spec was withheld (the UI and clients test its presence)."""
-    if out.get("spec_hidden") is None:
-        out.pop("spec_hidden", None)
-    return out
+    @model_serializer(mode="wrap")
+    def _hidden_note_when_hidden(self, handler: SerializerFunctionWrapHandler):
+        out = handler(self)
+        if out.get("spec_hidden") is None:
+            out.pop("spec_hidden", None)
+        return out
 
 
 class JobEventView(View):
@@ -72,7 +80,7 @@ class JobSummary(View):
                                              "it started, or for a job that ran before heartbeats).")
 
 
-class JobDetail(JobSummary):
+class JobDetail(JobSummary, StoredJobView):
     """A job with its spec (the owner's and admins' only), result, progress and every status change."""
 
     spec: dict[str, Any] | None = Field(description="The submitted spec, secrets redacted; null when hidden "
@@ -85,16 +93,6 @@ class JobDetail(JobSummary):
     step: int | None = Field(description="The highest step the current attempt reported.")
     total_steps: int | None = Field(description="Steps the run takes, when known.")
     events: list[JobEventView] = Field(description="Every status change, oldest first.")
-
-    # Serializers without a return annotation: the OpenAPI keeps the field's and model's schema.
-    @field_serializer("result", mode="wrap")
-    def _result_as_stored(self, result: JobResult | None, _: SerializerFunctionWrapHandler,
-                          info: FieldSerializationInfo):
-        return dump_result(result, info)
-
-    @model_serializer(mode="wrap")
-    def _hidden_note_when_hidden(self, handler: SerializerFunctionWrapHandler):
-        return without_hidden_note(handler(self))
 
 
 class MetricPoint(View):

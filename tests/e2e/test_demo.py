@@ -10,9 +10,6 @@ metrics, MLflow run and registered adapter."""
 
 from __future__ import annotations
 
-import os
-
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from sqlalchemy import func, select
@@ -22,6 +19,7 @@ from studio.registry.versions import get_version
 from studio.store.db import session_scope
 from studio.store.models import Job, JobMetric
 from studio.train.evaluate import exact_match
+from tests.e2e.test_stack import processes_of
 from tests.train.conftest import load_adapter, lora_b_norms
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -48,7 +46,7 @@ def test_demo_small_profile_runs_the_whole_loop(demo_run):
     assert len(result.step_seconds) == 10  # steps 0-9, each printed as done only after it happened
     # --exit: the stack is down; no process of it (they all carry its STUDIO_HOME) is left.
     assert not (home / "ray-head.json").exists()
-    assert stray_processes(str(home)) == []
+    assert [f"{p.pid} {p.name()}" for p in processes_of(str(home))] == []
 
 
 def test_the_sft_step_trains_registers_and_tracks(demo_run):
@@ -102,16 +100,3 @@ def test_the_sft_step_trains_registers_and_tracks(demo_run):
         "adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
     assert run.info.artifact_uri.startswith((settings.home_abs / "artifacts" / "mlflow").as_uri())
 
-
-def stray_processes(home: str) -> list[str]:
-    """Live processes (not this one) whose environment names this STUDIO_HOME."""
-    out = []
-    for proc in psutil.process_iter(["pid", "name", "status"]):
-        if proc.pid == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        try:
-            if proc.environ().get("STUDIO_HOME") == home:
-                out.append(f"{proc.pid} {proc.info['name']}")
-        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-    return out

@@ -274,7 +274,7 @@ def test_serve_run_with_the_config_file_serves_the_tiny_model_and_its_adapters(t
     assert not left, f"still running {40} s after Ctrl-C on `serve run`: {left}"
 
 
-def _processes_of(home: str) -> list[psutil.Process]:
+def processes_of(home: str) -> list[psutil.Process]:
     """Live processes (not this one) whose environment names ``home`` as STUDIO_HOME."""
     found = []
     for p in psutil.process_iter(["pid", "status"]):
@@ -292,7 +292,7 @@ def _stopped_or_stop(home: str, wait_s: float) -> list[str]:
     """Waits up to ``wait_s`` for the processes of ``home`` to end; kills those that did not and
     returns their names."""
     deadline = time.monotonic() + wait_s
-    while (procs := _processes_of(home)) and time.monotonic() < deadline:
+    while (procs := processes_of(home)) and time.monotonic() < deadline:
         time.sleep(1)
     left = []
     for p in procs:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ConfigDict, Field, FieldSerializationInfo, SerializerFunctionWrapHandler, field_serializer, \
-    model_serializer
+from pydantic import ConfigDict, Field
 
 from studio.data.synth.spec import SynthResult
 from studio.jobs.status import JobStatus
-from studio.jobs.views import IsoDateTime, View, dump_result, without_hidden_note
+from studio.jobs.views import IsoDateTime, StoredJobView, View
 
 
 class SynthProgress(View):
@@ -25,7 +24,7 @@ class SynthProgress(View):
     cost_usd: float = Field(default=0.0, description="Cost so far in USD.")
 
 
-class SynthStatus(View):
+class SynthStatus(StoredJobView):
     """A synthesis job: status, progress, result (once done) and its spec for its owner and admins."""
 
     id: int = Field(description="The job's id.")
@@ -41,16 +40,6 @@ class SynthStatus(View):
     owner_key_id: int | None = Field(description="The key that owns it.")
     created_at: IsoDateTime = Field(description="When it was queued (ISO 8601, UTC).")
     updated_at: IsoDateTime = Field(description="When its row last changed (ISO 8601, UTC).")
-
-    # Serializers without a return annotation: the OpenAPI keeps the field's and model's schema.
-    @field_serializer("result", mode="wrap")
-    def _result_as_stored(self, result: SynthResult, _: SerializerFunctionWrapHandler,
-                          info: FieldSerializationInfo):
-        return dump_result(result, info)
-
-    @model_serializer(mode="wrap")
-    def _hidden_note_when_hidden(self, handler: SerializerFunctionWrapHandler):
-        return without_hidden_note(handler(self))
 
     @property
     def ended(self) -> bool:
