@@ -141,6 +141,23 @@ class StudioSettings(BaseSettings):
         "`heartbeat_timeout_s`, so keep it well below that. Passed to jobs.",
     )
 
+    batch_concurrency: int = Field(
+        default=32, ge=1, le=1024,
+        description="Calls one batch (/v1/batches) keeps in flight through the gateway "
+        "(STUDIO_BATCH_CONCURRENCY): wide enough for the engine to batch them; also the batch "
+        "job's concurrency cap at the gateway. Read when a batch is created.",
+    )
+    batch_max_lines: int = Field(
+        default=50_000, ge=1,
+        description="Most requests (lines) one batch input file may hold (STUDIO_BATCH_MAX_LINES); "
+        "a file with more is refused with 400 when the batch is created.",
+    )
+    batch_file_max_bytes: int = Field(
+        default=200 * 1024**2, ge=1,
+        description="Largest file accepted by POST /v1/files, in bytes (STUDIO_BATCH_FILE_MAX_BYTES); "
+        "past it the upload is refused with 413 while it is read.",
+    )
+
     @property
     def home_abs(self) -> Path:
         # Ray workers run in another cwd, so everything handed to them must be absolute.
@@ -199,7 +216,8 @@ def settings_env(settings: StudioSettings) -> dict[str, str]:
     env["STUDIO_MAX_N"], env["STUDIO_MAX_TOKENS"] = str(settings.max_n), str(settings.max_tokens)
     env["STUDIO_JOB_HEARTBEAT_S"] = str(settings.job_heartbeat_s)
     # The ingress replicas enforce these (docs/security.md, Limits).
-    for name in ("upload_max_bytes", "max_body_mb", "max_streams_per_key", "stream_idle_s", "stream_max_s"):
+    for name in ("upload_max_bytes", "max_body_mb", "max_streams_per_key", "stream_idle_s", "stream_max_s",
+                 "batch_concurrency", "batch_max_lines", "batch_file_max_bytes"):
         env[f"STUDIO_{name.upper()}"] = str(getattr(settings, name))
     env["STUDIO_HTTP_HOST"] = settings.http_host
     env["STUDIO_HTTP_PORT"] = str(settings.http_port)

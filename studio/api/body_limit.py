@@ -1,4 +1,5 @@
-"""The request-body cap: 413 past STUDIO_MAX_BODY_MB (dataset uploads: STUDIO_UPLOAD_MAX_BYTES).
+"""The request-body cap: 413 past STUDIO_MAX_BODY_MB (dataset uploads: STUDIO_UPLOAD_MAX_BYTES;
+/v1/files uploads: STUDIO_BATCH_FILE_MAX_BYTES).
 
 A pure ASGI middleware, so it counts what is read, not what is declared: a chunked body without a
 Content-Length, or one that lies about it, is cut off at the limit as well. A declared length over
@@ -32,6 +33,8 @@ def body_limit(scope: Scope, settings) -> tuple[int, str, str]:
     """The cap for this request, what it applies to, and the setting that sets it."""
     if scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/api/datasets":
         return settings.upload_max_bytes + _UPLOAD_SLACK, "dataset uploads", "STUDIO_UPLOAD_MAX_BYTES"
+    if scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/v1/files":
+        return settings.batch_file_max_bytes + _UPLOAD_SLACK, "file uploads", "STUDIO_BATCH_FILE_MAX_BYTES"
     return int(settings.max_body_mb * MIB), "request bodies", "STUDIO_MAX_BODY_MB"
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator,
-                        UniqueConstraint)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
+                        TypeDecorator, UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -370,3 +370,67 @@ class OwnedName(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     owner_key_id: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StoredFile(Base):
+    """A file of the OpenAI Files API (``/v1/files``): a batch input its owner uploaded (purpose
+    ``batch``) or a batch's output or error file (``batch_output``). Bytes in the artifact store."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # file-<time-ordered hex>
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(256))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[str] = mapped_column(String(1024))  # the artifact store key of the bytes
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, index=True)  # the key that owns it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Batch(Base):
+    """A batch of the OpenAI Batch API (``/v1/batches``), run as a job of kind ``batch``
+    (``studio.batches``: states, counts, files). ``labels`` is the API's ``metadata``."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # batch_<time-ordered hex>
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    endpoint: Mapped[str] = mapped_column(String(32))
+    input_file_id: Mapped[str] = mapped_column(String(64), index=True)
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    output_file_id: Mapped[str | None] = mapped_column(String(64))
+    error_file_id: Mapped[str | None] = mapped_column(String(64))
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[list[Any] | None] = mapped_column(JSON)  # batch-level errors ({code, message})
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class BatchResult(Base):
+    """One finished line of a batch that is still running: its output or error file line, written
+    as lines finish (a resumed attempt skips these lines); moved into the files when it ends."""
+
+    __tablename__ = "batch_results"
+    __table_args__ = (UniqueConstraint("batch_id", "line", name="uq_batch_result"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    line: Mapped[int] = mapped_column(Integer)  # 0-based index of the input line
+    ok: Mapped[bool] = mapped_column(Boolean)  # True: the output file; False: the error file
+    record: Mapped[str] = mapped_column(Text)  # the file's JSONL line
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
