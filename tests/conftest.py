@@ -204,6 +204,9 @@ def pytest_configure(config):
     """tests/leaks.py: each module ends with the environment it started with; per-module report."""
     from tests.leaks import LeakWatch
 
+    # The CLI's rich tables fit the terminal; a test must not depend on the one it runs in (a
+    # pytest-xdist worker has none: rich fell back to 80 columns and cut names out of tables).
+    os.environ["COLUMNS"] = "160"
     config.pluginmanager.register(LeakWatch(), "studio-leak-watch")
 
 
