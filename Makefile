@@ -10,21 +10,22 @@ ARGS ?=
 setup:
 	@bash scripts/setup.sh
 
-# Two lanes, one after the other: the light tests (no engine, no Ray cluster) on TEST_WORKERS
-# pytest-xdist workers, then the `slow`/`e2e` tests one at a time (two vLLM engines at once starve
-# each other on 2 cores). pytest exits 5 when it collected no tests: one lane with none is fine
-# (PYTEST_ARGS naming one module), both with none fails the run, saying so.
+# Two lanes, one after the other: the tests that start no engine, Ray cluster or stack (not
+# `slow`/`e2e`, or marked `parallel`) on TEST_WORKERS pytest-xdist workers, then the other `slow`/`e2e`
+# tests one at a time (two vLLM engines at once starve each other on 2 cores). pytest exits 5 when
+# it collected no tests: one lane with none is fine (PYTEST_ARGS naming one module), both with none
+# fails the run, saying so.
 TEST_WORKERS ?= 2
-LIGHT := -m "not slow and not e2e" -n $(TEST_WORKERS) --dist loadfile
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 test: setup
-	@$(PY) -m pytest $(LIGHT) $(PYTEST_ARGS); light=$$?; \
-	$(PY) -m pytest -m "slow or e2e" $(PYTEST_ARGS); heavy=$$?; \
+	@$(PY) -m pytest -m "parallel or not (slow or e2e)" $(XDIST) $(PYTEST_ARGS); light=$$?; \
+	$(PY) -m pytest -m "(slow or e2e) and not parallel" $(PYTEST_ARGS); heavy=$$?; \
 	if [ $$light -eq 5 ] && [ $$heavy -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 5; fi; \
 	for rc in $$light $$heavy; do if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi; done
 
 test-fast: setup
-	@$(PY) -m pytest $(LIGHT) $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -m "not slow and not e2e" $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests" >&2; fi; exit $$rc
 
 demo: setup

@@ -25,7 +25,7 @@ from studio.settings import StudioSettings
 from studio.store.db import get_engine, init_db, session_scope
 from tests.loopback import ServerThread
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.parallel]  # an in-process app and a schemathesis process: no Ray
 
 # schemathesis' own budget. 30 s generates about 3,300 cases here (one worker; 110 s: 8-9k, no failure found
 # past the first 4k since 2026-12-05); STUDIO_TEST_FUZZ_S=600 for a deep run before a release.

@@ -251,6 +251,7 @@ def test_a_line_of_exactly_the_row_limit_is_kept(settings, write_rows):
 
 
 @pytest.mark.slow
+@pytest.mark.parallel  # no Ray: the ingest reads the file in this process
 def test_a_100_mb_line_is_rejected_without_stopping_the_file(settings, tmp_path):
     path = tmp_path / "huge.jsonl"
     with path.open("wb") as f:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # five CLI processes, ~2 s of imports each
+pytestmark = [pytest.mark.slow, pytest.mark.parallel]  # five CLI processes, ~2 s of imports each; no Ray
 
 from studio.settings import StudioSettings
 from studio.store.db import init_db

@@ -27,7 +27,7 @@ from tests.e2e.test_stack import REPO, free_port
 from tests.jobs.inputs import make_model_dir
 from tests.ui.browser import chromium_page, need_chromium, screenshot_dir
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.parallel]  # no Ray: a uvicorn and a browser
 N_JOBS = 10_000
 N_SNAPSHOTS = 10_000  # half as 5 000 names (one version each), half as versions of one name
 
