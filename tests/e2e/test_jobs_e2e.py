@@ -5,34 +5,22 @@ test entrypoint (tests/jobs/fake_train.py) through the Serve config, as a cluste
 
 from __future__ import annotations
 
-import os
 import time
 
 import httpx
 import pytest
-import yaml
 
-from tests.e2e.test_stack import REPO, free_port, run
+from tests.e2e.test_stack import run
 from tests.jobs.inputs import make_model_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    home = tmp_path_factory.mktemp("jobs-home")
-    cfg = yaml.safe_load((REPO / "configs/serve/studio_api.yaml").read_text())
-    args = cfg["applications"][0]["args"]
-    args["scheduler"].update(entrypoint_module="tests.jobs.fake_train", retry_backoff_s=0.5,
-                             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    config = home / "serve.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "STUDIO_HOME": str(home), "STUDIO_HTTP_PORT": str(free_port()),
-           "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port())}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("STUDIO_ADMIN_KEY", None)
-    r = run(["up", "--config", str(config)], env)
-    assert r.returncode == 0, r.stdout + r.stderr
+def studio(api_stack):
+    """The package's API-only `studio up` (tests/e2e/conftest.py: its scheduler runs
+    tests/jobs/fake_train), with a model and a dataset of this module's."""
+    home, env = api_stack.home, api_stack.env
     model = make_model_dir(home / "model")
     data = home / "digits.jsonl"
     data.write_text("".join(f'{{"prompt": "reverse: {i}", "completion": "{str(i)[::-1]}"}}\n' for i in range(10, 20)))
@@ -40,10 +28,8 @@ def studio(tmp_path_factory):
     recipe = home / "recipe.yaml"
     recipe.write_text(f"# studio train submit {recipe}\nname: ok-e2e\nmethod: sft\nbase_model: {model}\n"
                       "data: {dataset: digits}\nhyper: {max_steps: 4}\nmax_retries: 1\n")
-    try:
-        yield {"env": env, "home": home, "recipe": recipe, "base": f"http://127.0.0.1:{env['STUDIO_HTTP_PORT']}"}
-    finally:
-        run(["down"], env)
+    yield {"env": env, "home": home, "recipe": recipe, "base": api_stack.base}
+    api_stack.hide_from_leak_watch()
 
 
 def test_submit_and_follow_to_succeeded(studio):

@@ -34,18 +34,11 @@ def run(args: list[str], env: dict[str, str], timeout: float = 300) -> subproces
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    home = tmp_path_factory.mktemp("studio-home")
-    env = {**os.environ, "STUDIO_HOME": str(home), "STUDIO_HTTP_PORT": str(free_port()),
-           "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port())}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("STUDIO_ADMIN_KEY", None)
-    r = run(["up"], env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    base = f"http://127.0.0.1:{env['STUDIO_HTTP_PORT']}"
-    state = json.loads((home / "ray-head.json").read_text())
-    yield {"env": env, "home": home, "base": base, "up_output": r.stdout, "head_pid": state["pid"]}
-    run(["down"], env)
+def stack(api_stack):
+    """The package's API-only `studio up` (tests/e2e/conftest.py), which test_jobs_e2e used first."""
+    yield {"env": api_stack.env, "home": api_stack.home, "base": api_stack.base,
+           "up_output": api_stack.up_output, "head_pid": api_stack.head_pid}
+    api_stack.hide_from_leak_watch()
 
 
 def test_health_needs_no_key_and_api_needs_one(stack):
@@ -78,8 +71,8 @@ def test_cli_key_and_ingest_are_seen_by_the_running_app(stack, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "row 2" in r.stdout and "broken JSON" in r.stdout
     assert "row 3" in r.stdout and "completion" in r.stdout
-    listed = httpx.get(f"{base}/api/datasets", headers=auth).json()
-    assert [(d["name"], d["rows"], d["rejected_rows"]) for d in listed] == [("tiny", 1, 2)]
+    listed = httpx.get(f"{base}/api/datasets", headers=auth).json()  # test_jobs_e2e's digits too
+    assert [(d["name"], d["rows"], d["rejected_rows"]) for d in listed if d["name"] == "tiny"] == [("tiny", 1, 2)]
 
     r = run(["keys", "revoke", "alice"], env)
     assert r.returncode == 0
@@ -207,6 +200,7 @@ def test_serve_run_with_the_config_file_serves_the_tiny_model_and_its_adapters(t
     proc = subprocess.Popen([serve_bin, "run", str(cfg_path)], env={**env, "RAY_ADDRESS": "local"},
                             cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = time.monotonic()
     try:
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline:
@@ -219,6 +213,7 @@ def test_serve_run_with_the_config_file_serves_the_tiny_model_and_its_adapters(t
             time.sleep(1)
         else:
             pytest.fail("serve run did not serve /healthz in 420 s")
+        print(f"serve run: /healthz answered after {time.monotonic() - started:.1f} s")
         url = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{url}/api/datasets").status_code == 401
         model_dir = home / "models" / "tiny"
@@ -260,6 +255,7 @@ def test_serve_run_with_the_config_file_serves_the_tiny_model_and_its_adapters(t
         assert version == "srun@1"
         assert adapter_scores != base_scores, "the adapter did not change what the model scores"
     finally:
+        print(f"serve run: Ctrl-C after {time.monotonic() - started:.1f} s")
         os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(timeout=60)
@@ -270,7 +266,9 @@ def test_serve_run_with_the_config_file_serves_the_tiny_model_and_its_adapters(t
         # replica started is not Ray's and used to outlive it (CI had an EngineCore and its Worker
         # alive for the rest of the run). deployments/engines/vllm_orphan_guard.py ends it now.
         # Everything of this STUDIO_HOME must be gone on its own; what is not is stopped here.
+        print(f"serve run: exited after {time.monotonic() - started:.1f} s")
         left = _stopped_or_stop(str(home), wait_s=40)
+        print(f"serve run: all of its processes gone after {time.monotonic() - started:.1f} s")
     assert not left, f"still running {40} s after Ctrl-C on `serve run`: {left}"
 
 
