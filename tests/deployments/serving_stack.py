@@ -31,7 +31,8 @@ from typing import Any
 import psutil
 
 # The modules that share the stack; conftest.py runs them last in the package (see there).
-SERVING_MODULES = ("test_experiments_serving.py", "test_lifecycle.py", "test_router.py")
+SERVING_MODULES = ("test_experiments_serving.py", "test_lifecycle.py", "test_model_deployment.py",
+                   "test_router.py")
 APP_NAME = "studio"
 READY_TIMEOUT_S = 300
 

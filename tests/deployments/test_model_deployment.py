@@ -2,45 +2,35 @@
 chat and completions (with usage; streamed text equals the whole answer), adapters fetched from the
 artifact store by URI, bad adapters refused while the base model keeps serving.
 
-Ray: a local cluster advertising 8 logical CPUs (2 would leave nothing for Serve's own actors), no
-dashboard and no HTTP proxy (the handle needs neither; ports 8000/8265 stay free).
+The replica is the tiny model's ModelDeployment of the package's shared serving stack
+(serving_stack.py, one replica), reached by its Serve handle, not through the router: its own Ray
+and engine cost ~50 s. Adapter ids are this module's own (``md-…``), since other modules load theirs
+on the same replica.
 """
 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
+from ray import serve
 
-
-import ray  # noqa: E402
-from ray import serve  # noqa: E402
-
-from deployments.model import build_model_deployment  # noqa: E402
-from studio.errors import NotFound, StudioError  # noqa: E402
-from studio.store.artifacts import ArtifactStore  # noqa: E402
-from tests.deployments.mixed_batch import engine_config  # noqa: E402
+from studio.errors import NotFound, StudioError
+from studio.serving.config import deployment_name
+from studio.store.artifacts import ArtifactStore
+from tests.deployments.serving_stack import APP_NAME
 
 pytestmark = pytest.mark.slow
 CHAT = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 12,
         "temperature": 0}
+BASE = "tiny"  # the stack's served name for its tiny model
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir, tmp_path_factory):
-    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
-    try:
-        serve.start(proxy_location="Disabled")
-        config = {"engine": engine_config(tiny_model_dir).model_dump(), "num_cpus": 0.5,
-                  "adapter_cache_dir": str(tmp_path_factory.mktemp("adapter-cache"))}
-        started = time.perf_counter()
-        handle = serve.run(build_model_deployment(config), name="model-test", route_prefix=None)
-        print(f"ModelDeployment ready in {time.perf_counter() - started:.1f} s")
-        yield handle, str(tiny_model_dir)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+def model(serving_stack):
+    shared = serving_stack.ensure(replicas=1)  # load_adapter and the chats meet the same replica
+    yield serve.get_deployment_handle(deployment_name(BASE), app_name=APP_NAME), BASE
+    shared.hide_from_leak_watch()
 
 
 def _call(handle, method: str, body: dict) -> list:
@@ -85,24 +75,25 @@ def test_adapters_load_from_the_artifact_store_and_bad_ones_are_refused(
     handle, base = model
     store = ArtifactStore(str(tmp_path / "artifacts"))
     uri = store.put_dir(adapters["rev@1"], "adapters/rev/1")
-    loaded = handle.load_adapter.remote("rev@1", uri).result()
-    assert loaded["id"] == "rev@1"
+    loaded = handle.load_adapter.remote("md-rev@1", uri).result()
+    assert loaded["id"] == "md-rev@1"
     [base_answer] = _call(handle, "chat", {"model": base, **CHAT})
-    [adapter_answer] = _call(handle, "chat", {"model": "rev@1", **CHAT})
-    assert adapter_answer["model"] == "rev@1"
+    [adapter_answer] = _call(handle, "chat", {"model": "md-rev@1", **CHAT})
+    assert adapter_answer["model"] == "md-rev@1"
     assert (adapter_answer["choices"][0]["message"]["content"]
             != base_answer["choices"][0]["message"]["content"])
 
     other = store.put_dir(other_base_adapter, "adapters/other/1")
     with pytest.raises(StudioError, match="does not fit base model"):
-        handle.load_adapter.remote("other@1", other).result()
+        handle.load_adapter.remote("md-other@1", other).result()
     with pytest.raises(NotFound, match="does not exist"):
-        handle.load_adapter.remote("gone@1", store.uri("adapters/gone/1")).result()
+        handle.load_adapter.remote("md-gone@1", store.uri("adapters/gone/1")).result()
 
-    assert [a["id"] for a in handle.adapters.remote().result()] == ["rev@1"]
+    mine = [a["id"] for a in handle.adapters.remote().result() if a["id"].startswith("md-")]
+    assert mine == ["md-rev@1"]
     [again] = _call(handle, "chat", {"model": base, **CHAT})
     assert again["choices"] == base_answer["choices"]
     stats = handle.stats.remote().result()
-    assert stats["engine"] == "vllm" and stats["adapters"]["loaded"] == ["rev@1"]
-    handle.unload_adapter.remote("rev@1").result()
-    assert handle.adapters.remote().result() == []
+    assert stats["engine"] == "vllm" and "md-rev@1" in stats["adapters"]["loaded"]
+    handle.unload_adapter.remote("md-rev@1").result()
+    assert "md-rev@1" not in [a["id"] for a in handle.adapters.remote().result()]

@@ -59,7 +59,7 @@ def test_adapter_beats_base_and_the_leaderboard_is_live(studio):
     spec = studio["home"] / "eval.yaml"
     spec.write_text(
         "# studio eval run eval.yaml\nname: e2e\ndataset: reverse-test\nmodels: [tiny, rev@2]\n"
-        "generation: {max_tokens: 16}\nconcurrency: 2\nscorers:\n  - type: exact_match\n"
+        "generation: {max_tokens: 16}\nconcurrency: 8\nscorers:\n  - type: exact_match\n"
         "  - {type: judge, model: tiny, max_tokens: 8}\n")
     r = run(["eval", "run", str(spec)], studio["env"], timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
