@@ -16,6 +16,8 @@ from studio.api.routes import gateway as gateway_routes
 from studio.api.routes import usage
 from studio.api.routes import deployments as deployment_routes
 from studio.api.routes import synth as synth_routes
+from studio.api.routes import batches as batch_routes
+from studio.api.routes import files as file_routes
 from studio.api.streams import StreamSlots
 from studio.settings import StudioSettings, get_settings
 from studio.store.db import init_db
@@ -47,6 +49,8 @@ def create_app(settings: StudioSettings | None = None) -> FastAPI:
     app.include_router(models.router, dependencies=team)
     app.include_router(openai.router)
     app.include_router(gateway_routes.router)  # /gateway/v1/*: the LLM gateway
+    app.include_router(file_routes.router)  # /v1/files: batch inputs and outputs (any key, owner)
+    app.include_router(batch_routes.router)  # /v1/batches: the OpenAI Batch API (any key, owner)
     app.include_router(usage.router, dependencies=team)
     app.include_router(experiments.router, dependencies=team)
     app.include_router(evals.router, dependencies=team)

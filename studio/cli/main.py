@@ -12,6 +12,7 @@ from studio.cli import data, jobs, keys, models, train
 from studio.cli import experiments
 from studio.cli import eval as eval_cli
 from studio.cli import usage
+from studio.cli import batches as batches_cli
 from studio.cli import serve as serve_cli
 from studio.cli.common import console, err_console, settings_with_db
 from studio.errors import StudioError
@@ -31,6 +32,7 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(experiments.app, name="experiments")
 app.add_typer(eval_cli.app, name="eval")
 app.add_typer(serve_cli.app, name="serve")
+app.add_typer(batches_cli.app, name="batches")
 app.command("usage")(usage.usage)
 
 

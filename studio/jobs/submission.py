@@ -73,7 +73,8 @@ class SchedulerConfig(Spec):
 
 
 # Jobs of another kind than training run their own entrypoint module.
-KIND_ENTRYPOINTS = {"eval": "studio.evals.run", "synth": "studio.data.synth.run"}
+KIND_ENTRYPOINTS = {"eval": "studio.evals.run", "synth": "studio.data.synth.run",
+                    "batch": "studio.batches.run"}
 
 
 def entrypoint_module(config: SchedulerConfig, kind: str = "train") -> str:

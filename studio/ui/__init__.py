@@ -5,7 +5,7 @@ The pages are a client of the studio API: the browser keeps the user's studio AP
 ``sessionStorage`` and sends it as ``Authorization: Bearer`` to ``/api/*`` and ``/v1/*``, so the UI
 has exactly the API's auth, validation and errors (problem+json ``detail`` and ``fix`` are shown in
 words). Pages: login, datasets (+ snapshot, synthetic generation), new experiment, jobs (+ job
-page), models, playground, evaluations, A/B experiments, usage, keys (admin); docs/ui.md.
+page), batches, models, playground, evaluations, A/B experiments, usage, keys (admin); docs/ui.md.
 Why not Gradio: docs/decisions.md.
 """
 

@@ -3,6 +3,7 @@
 import { TEAM, homeHash, mayVisit } from "./access.js";
 import { auth, get } from "./api.js";
 import { banner, field, h, showError } from "./dom.js";
+import { batchesPage } from "./pages/batches.js";
 import { datasetPage, datasetsPage, snapshotPage } from "./pages/datasets.js";
 import { evalPage, evalsPage } from "./pages/evals.js";
 import { experimentPage } from "./pages/experiment.js";
@@ -25,6 +26,7 @@ const ROUTES = [
   [/^#\/new$/, experimentPage, "New experiment", TEAM],
   [/^#\/jobs$/, jobsPage, "Jobs", TEAM],
   [/^#\/jobs\/(\d+)$/, jobPage, null, TEAM],
+  [/^#\/batches$/, batchesPage, "Batches", TEAM],
   [/^#\/models$/, modelsPage, "Models", TEAM],
   [/^#\/models\/([^/]+)$/, modelPage, null, TEAM],
   [/^#\/playground$/, playgroundPage, "Playground", null],
