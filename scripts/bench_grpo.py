@@ -1,19 +1,24 @@
-"""GRPO rollout throughput: the vLLM rollout actor (``studio.train.rollout.RolloutEngine``) vs HF
-``generate`` (TRL's fallback path), same tiny model, same LoRA policy, same prompts, in one run.
+"""GRPO job speed: ``grpo.rollout.engine: vllm`` vs ``hf``, each job alone, on the job's own
+``train_runtime_s`` (the HF Trainer's clock: rollouts + rewards + optimizer steps; engine start-up
+and registration are outside it and reported apart).
 
-    flock /tmp/studio-heavy.lock .venv/bin/python scripts/bench_grpo.py [--prompts 32] [--rounds 5] \
-        [--out bench-results/grpo_rollout.json]
+    flock /tmp/heavy.lock timeout 1500 .venv/bin/python scripts/bench_grpo.py [--rounds 2] \
+        [--steps 6] [--generations 8] [--max-tokens 64] [--out bench-results/grpo_job.json] \
+        [--profile-dir bench-results/grpo-profile]
 
-One round = what a GRPO step asks of its rollout engine: ``--prompts`` digit-reversal prompts
-(chat-templated) × ``--generations`` sampled completions of exactly ``--max-tokens`` tokens
-(temperature 1; EOS ignored on both sides, so both produce the same number of tokens).
-- hf: ``PeftModel.generate`` on the prompts repeated ``generations`` times, left-padded, as TRL's
-  ``_generate_single_turn`` does without vLLM, with torch's default threads in this process;
-- vllm: the real actor in a private local Ray (one fresh engine per configuration in ``VARIANTS``;
-  "studio" is the GRPO default): ``load_policy`` (a new ``policy-step-N`` adapter id,
-  as every GRPO step does) + ``generate`` (n completions per prompt), timed from the caller's side,
-  Ray round trips included. The engine's start-up is reported separately (paid once per job).
-tokens/s = completion tokens / wall seconds, median over ``--rounds`` after one warm-up round.
+Each run is the real entrypoint (``python -m studio.train.run --recipe
+configs/train/grpo_reverse_tiny.yaml`` + overrides) in a fresh STUDIO_HOME, starting its own local
+Ray, with nothing else of the studio running; the runs go one after the other, the engine order
+alternating per round (hf, vllm, vllm, hf, ...), and the 1-minute load average is recorded before
+each. The model is ``studio models make-tiny hidden_size=512 intermediate_size=1536
+num_hidden_layers=8 num_attention_heads=8 num_key_value_heads=8`` (~25M parameters, float32). The
+reward curve (per step) of every run is in the JSON, to compare the two engines' learning.
+
+``--profile-dir``: one more run per ``--profile-engines`` afterwards, profiled (not timed): once
+training has logged its first step, every process of the job is listed with its CPU affinity, threads,
+OMP/VLLM_CPU environment and CPU seconds over ``--profile-s``, and ``py-spy record`` samples the
+trainers and the engine (raw collapsed stacks, ``<label>-<pid>.txt``) over the same window, with a
+CPU timeline of the same processes (cores used per half second).
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ import argparse
 import json
 import os
 import platform
-import random
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,153 +40,249 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def make_policy(work: Path, r: int = 8):
-    """The tiny model and a LoRA policy whose B matrices are non-zero (a trained-looking adapter)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from studio.models.tiny import make_tiny
-
-    model_dir = make_tiny(work / "tiny")
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    peft = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    adapter_dir = work / "policy"
-    peft.save_pretrained(str(adapter_dir))
-    return model_dir, adapter_dir
+MODEL_SHAPE = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
+               "num_attention_heads": 8, "num_key_value_heads": 8}
+RECIPE = REPO / "configs" / "train" / "grpo_reverse_tiny.yaml"
+ENV_KEYS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "VLLM_CPU_OMP_THREADS_BIND",
+            "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_KVCACHE_SPACE", "LD_PRELOAD")
 
 
-def prompt_token_ids(model_dir: Path, n: int) -> list[list[int]]:
-    from transformers import AutoTokenizer
+def make_model(work: Path) -> Path:
+    from studio.models.tiny import TinyModelSpec, make_tiny
 
-    from studio.models.tiny import reversal_example
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    rng = random.Random(0)
-    return [tok.apply_chat_template([{"role": "user", "content": reversal_example(rng)[0]}],
-                                    add_generation_prompt=True, tokenize=True, return_dict=False) for _ in range(n)]
+    return make_tiny(work / "model-25m", TinyModelSpec(**MODEL_SHAPE))
 
 
-def bench_hf(model_dir: Path, adapter_dir: Path, prompts: list[list[int]], gens: int, max_tokens: int,
-             rounds: int) -> dict:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32),
-                                      str(adapter_dir)).eval()
-    rows = [ids for ids in prompts for _ in range(gens)]  # TRL's sampler repeats each prompt
-    width = max(len(r) for r in rows)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    times, tokens = [], 0
-    for i in range(rounds + 1):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0,
-                                 max_new_tokens=max_tokens, min_new_tokens=max_tokens, pad_token_id=pad)
-        if i:  # round 0 warms up
-            times.append(time.perf_counter() - t0)
-        tokens = (out.shape[1] - width) * out.shape[0]
-    return {"completion_tokens_per_round": tokens, "round_s": times,
-            "tokens_per_s": tokens / statistics.median(times), "torch_threads": torch.get_num_threads()}
+def overrides(args, engine: str, model_dir: Path) -> list[str]:
+    return [f"base_model={model_dir}", f"hyper.max_steps={args.steps}", "hyper.logging_steps=1",
+            f"grpo.num_generations={args.generations}", f"grpo.max_completion_length={args.max_tokens}",
+            f"grpo.rollout.engine={engine}", f"checkpoint.every_steps={args.steps}", "max_retries=0",
+            *args.override]
 
 
-# vLLM configurations measured in the same run; "studio" is what GRPO jobs use by default.
-VARIANTS = {
-    "studio": ({}, {}),
-    "with_logprobs_and_text": ({}, {"logprobs": 0, "detokenize": True}),
-    "reserved_cpus_0": ({"reserved_cpus": 0}, {}),
-}
+def fresh_home(run_dir: Path):
+    from studio.settings import StudioSettings
+    from studio.store.db import get_engine, init_db
+    from studio.train.toy_data import ingest_toy_datasets
+
+    settings = StudioSettings(home=run_dir / ".studio", database_url=None, artifacts_uri=None, mlflow_uri=None,
+                              redis_url=None, admin_key=None)
+    init_db(settings.db_url)
+    ingest_toy_datasets(settings, run_dir / "data")
+    get_engine(settings.db_url).dispose()
+    return settings
 
 
-def bench_vllm(model_dir: Path, adapter_dir: Path, prompts: list[list[int]], gens: int, max_tokens: int,
-               rounds: int, cfg_over: dict, sampling_over: dict) -> dict:
-    import ray
+def job_env(settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STUDIO_") and k != "RAY_ADDRESS"}
+    env |= {"STUDIO_HOME": str(settings.home_abs), "PYTHONUNBUFFERED": "1"}
+    return env
 
-    from studio.train.rollout import RolloutEngine
-    from studio.train.spec import RolloutSpec
 
-    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="ERROR")
+def read_job(settings) -> dict:
+    from sqlalchemy import select
+
+    from studio.store.db import get_engine, session_scope
+    from studio.store.models import Job, JobMetric
+
+    with session_scope(settings.db_url) as s:
+        job = s.scalars(select(Job)).one()
+        curve: dict[str, dict[int, float]] = {}
+        for m in s.scalars(select(JobMetric).where(JobMetric.job_id == job.id)):
+            curve.setdefault(m.key, {})[m.step] = m.value
+        out = {"status": job.status, "error": job.error, "result_metrics": (job.result or {}).get("metrics", {}),
+               "events": [(e.to_status, e.at.isoformat()) for e in job.events]}
+    get_engine(settings.db_url).dispose()
+    keys = ("reward", "reward_std", "rewards/exact_match/mean", "rewards/positional_overlap/mean",
+            "rewards/char_f1/mean", "completions/mean_length", "rollout/tokens_per_s", "loss")
+    out["per_step"] = {k: [curve[k][s] for s in sorted(curve[k])] for k in keys if k in curve}
+    return out
+
+
+def run_job(args, engine: str, model_dir: Path, work: Path, label: str, profile_dir: Path | None = None) -> dict:
+    run_dir = work / label
+    settings = fresh_home(run_dir)
+    log = run_dir / "entrypoint.log"
+    cmd = [sys.executable, "-m", "studio.train.run", "--recipe", str(RECIPE), *overrides(args, engine, model_dir)]
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=run_dir, env=job_env(settings), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    sampler = None
+    if profile_dir is not None:
+        sampler = threading.Thread(target=profile_job, args=(proc.pid, settings, profile_dir, args.profile_s),
+                                   daemon=True)
+        sampler.start()
     try:
-        cfg = RolloutSpec(dtype="float32", max_model_len=256, max_num_seqs=256).model_dump(mode="json") | cfg_over
-        actor = ray.remote(RolloutEngine).options(num_cpus=1).remote(str(model_dir), cfg, 8)
-        t0 = time.perf_counter()
-        status = ray.get(actor.start.remote())
-        if not status["ok"]:
-            raise SystemExit(status["reason"])
-        start_s = time.perf_counter() - t0
-        files = {f.name: f.read_bytes() for f in adapter_dir.iterdir() if f.name.startswith("adapter_")}
-        sampling = {"max_tokens": max_tokens, "temperature": 1.0, "ignore_eos": True} | sampling_over
-        times, gen_times, tokens = [], [], 0
-        for version in range(rounds + 1):
-            t0 = time.perf_counter()
-            ray.get(actor.load_policy.remote(version, files))  # a new adapter id, as every GRPO step
-            t1 = time.perf_counter()
-            out = ray.get(actor.generate.remote(prompts, [gens] * len(prompts), version, sampling))
-            t2 = time.perf_counter()
-            if version:
-                times.append(t2 - t0)
-                gen_times.append(t2 - t1)
-            tokens = out["tokens"]
-        ray.get(actor.shutdown.remote())
-        return {"engine_config": cfg, "sampling": sampling, "engine_start_s": start_s,
-                "completion_tokens_per_round": tokens, "round_s": times, "generate_only_s": gen_times,
-                "tokens_per_s": tokens / statistics.median(times),
-                "tokens_per_s_generate_only": tokens / statistics.median(gen_times)}
-    finally:
-        ray.shutdown()
+        proc.wait(timeout=args.job_timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+    wall = time.perf_counter() - t0
+    if sampler is not None:
+        sampler.join(timeout=args.profile_s + 60)
+    job = read_job(settings)
+    text = log.read_text(errors="replace")
+    if proc.returncode != 0 or job["status"] != "SUCCEEDED":
+        tail = "\n".join(text.splitlines()[-40:])
+        raise SystemExit(f"{label}: the job ended {job['status']} (exit {proc.returncode}): {job['error']}\n{tail}")
+    m = job["result_metrics"]
+    shutil.copy(log, work / f"{label}.log")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {"engine": engine, "label": label, "loadavg_1m_before": load[0], "loadavg_before": list(load),
+            "train_runtime_s": m.get("train_runtime_s"), "job_wall_s": wall, "global_step": m.get("global_step"),
+            "per_step": job["per_step"], "engine_start_log": [ln for ln in text.splitlines()
+                                                              if "rollout actor" in ln and "ready" in ln]}
+
+
+def process_info(p) -> dict:
+    import psutil
+
+    try:
+        env = {}
+        try:
+            env = {k: v for k, v in p.environ().items() if k in ENV_KEYS}
+        except psutil.Error:
+            pass
+        return {"pid": p.pid, "name": p.name(), "cmd": " ".join(p.cmdline())[:160], "affinity": p.cpu_affinity(),
+                "threads": p.num_threads(), "env": env, "cpu": p.cpu_times().user + p.cpu_times().system}
+    except psutil.Error:
+        return {"pid": p.pid, "gone": True}
+
+
+def label_of(info: dict) -> str:
+    cmd = info.get("cmd", "")
+    for key in ("RayTrainWorker", "RolloutEngine", "EngineCore", "Worker", "TrainController", "raylet",
+                "gcs_server", "studio.train.run", "dashboard"):
+        if key in cmd:
+            return key
+    return info.get("name", "proc").replace("/", "_")[:24]
+
+
+KEY_PROCESSES = ("RayTrainWorker", "RolloutEngine", "EngineCore", "Worker")
+
+
+def profile_job(driver_pid: int, settings, out_dir: Path, seconds: float) -> None:
+    """After the first logged step, over ``seconds``: every process of the job with its affinity,
+    threads, OMP/VLLM_CPU environment and CPU seconds; a CPU timeline (every 0.5 s) of the trainers
+    and the engine; py-spy raw stacks of those (``<label>-<pid>.txt``, 25 Hz, not pausing them)."""
+    import psutil
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        try:
+            if read_job(settings)["per_step"].get("loss"):
+                break
+        except Exception:  # noqa: BLE001 - the job row may not exist yet
+            pass
+        time.sleep(1)
+    try:
+        procs = [psutil.Process(driver_pid), *psutil.Process(driver_pid).children(recursive=True)]
+    except psutil.Error:
+        return
+    before = {p.pid: process_info(p) for p in procs}
+    key = [p for p in procs if label_of(before[p.pid]) in KEY_PROCESSES]
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    spies = [subprocess.Popen([py_spy, "record", "-p", str(p.pid), "-d", str(int(seconds)), "-r", "25",
+                               "--nonblocking", "--format", "raw", "-o",
+                               str(out_dir / f"{label_of(before[p.pid])}-{p.pid}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in key if py_spy]
+    timeline: dict[str, list[float]] = {f"{label_of(before[p.pid])}-{p.pid}": [] for p in key}
+    t0 = time.monotonic()
+    last = {p.pid: before[p.pid].get("cpu", 0.0) for p in key}
+    while time.monotonic() - t0 < seconds:
+        time.sleep(0.5)
+        for p in key:
+            try:
+                cpu = p.cpu_times().user + p.cpu_times().system
+            except psutil.Error:
+                continue
+            timeline[f"{label_of(before[p.pid])}-{p.pid}"].append(round((cpu - last[p.pid]) / 0.5, 2))
+            last[p.pid] = cpu
+    window = time.monotonic() - t0
+    rows = []
+    for p in procs:
+        after, b = process_info(p), before[p.pid]
+        if "cpu" in after and "cpu" in b:
+            rows.append({**after, "label": label_of(after), "cpu_s": after["cpu"] - b["cpu"]})
+    for spy in spies:
+        spy.wait(timeout=120)
+    rows.sort(key=lambda r: -r["cpu_s"])
+    (out_dir / "processes.json").write_text(json.dumps(
+        {"window_s": window, "processes": rows, "cpu_timeline_cores_per_0.5s": timeline}, indent=1))
+
+
+def settle(max_wait_s: float, below: float) -> None:
+    """Wait (at most ``max_wait_s``) for the 1-minute load average to fall below ``below``: the
+    previous run's processes weigh on it for a minute after they end."""
+    deadline = time.monotonic() + max_wait_s
+    while os.getloadavg()[0] >= below and time.monotonic() < deadline:
+        time.sleep(5)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--generations", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "grpo_rollout.json")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds; each runs both engines, order alternating")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--engines", default="hf,vllm")
+    parser.add_argument("--override", action="append", default=[],
+                        help="one more recipe override for every run (repeatable), e.g. resources.num_workers=1")
+    parser.add_argument("--job-timeout-s", type=float, default=900)
+    parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "grpo_job.json")
+    parser.add_argument("--profile-dir", type=Path, default=None)
+    parser.add_argument("--profile-s", type=float, default=20)
+    parser.add_argument("--profile-engines", default="vllm", help="which engines get a profiled run")
+    parser.add_argument("--settle-load", type=float, default=1.5,
+                        help="before each run wait (up to 120 s) until the 1-minute load average is below this")
     args = parser.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    engines = args.engines.split(",")
 
+    runs = []
     with tempfile.TemporaryDirectory(prefix="bench-grpo-") as tmp:
-        model_dir, adapter_dir = make_policy(Path(tmp))
-        prompts = prompt_token_ids(model_dir, args.prompts)
-        load = {"before": os.getloadavg()[0]}
-        hf = bench_hf(model_dir, adapter_dir, prompts, args.generations, args.max_tokens, args.rounds)
-        load["after_hf"] = os.getloadavg()[0]
-        variants = {}
-        for label, (cfg_over, sampling_over) in VARIANTS.items():
-            variants[label] = bench_vllm(model_dir, adapter_dir, prompts, args.generations, args.max_tokens,
-                                         args.rounds, cfg_over, sampling_over)
-            load[f"after_vllm_{label}"] = os.getloadavg()[0]
-        vllm = variants["studio"]
+        work = Path(tmp)
+        model_dir = make_model(work)
+        for r in range(args.rounds):
+            for engine in engines if r % 2 == 0 else engines[::-1]:
+                settle(120, args.settle_load)
+                runs.append(run_job(args, engine, model_dir, work, f"round{r}-{engine}"))
+                print(json.dumps({k: runs[-1][k] for k in ("label", "train_runtime_s", "job_wall_s",
+                                                            "loadavg_1m_before")}), flush=True)
+        profile = None
+        if args.profile_dir is not None:
+            for engine in args.profile_engines.split(","):
+                settle(120, args.settle_load)
+                run_job(args, engine, model_dir, work, f"profiled-{engine}", profile_dir=args.profile_dir / engine)
+            profile = str(args.profile_dir)
+        logs = args.out.parent / "grpo_job_logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for f in work.glob("*.log"):
+            shutil.copy(f, logs / f.name)
 
+    by_engine = {e: [r["train_runtime_s"] for r in runs if r["engine"] == e] for e in engines}
     result = {
-        "benchmark": "grpo_rollout_tokens_per_s",
+        "benchmark": "grpo_job_train_runtime_s",
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_1m": load},
-        "workload": {"model": "studio tiny (make_tiny), float32", "adapter": "LoRA r=8 all-linear",
-                     "prompts": args.prompts, "generations_per_prompt": args.generations,
-                     "tokens_per_completion": args.max_tokens, "rounds": args.rounds},
-        "hf_generate": hf,
-        "vllm_actor": variants,
-        "ratio_vllm_over_hf": vllm["tokens_per_s"] / hf["tokens_per_s"],
-        "ratio_by_variant": {k: v["tokens_per_s"] / hf["tokens_per_s"] for k, v in variants.items()},
-        "ratio_vllm_over_hf_generate_only": vllm["tokens_per_s_generate_only"] / hf["tokens_per_s"],
-        "goal_ratio": 3.0,
+        "how": "each job alone (real entrypoint, own local Ray, fresh STUDIO_HOME), one after the other, engine "
+               "order alternating per round; same recipe and overrides but grpo.rollout.engine",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "workload": {"recipe": str(RECIPE.relative_to(REPO)), "model": {"make_tiny": MODEL_SHAPE, "dtype": "float32"},
+                     "overrides": overrides(args, "<engine>", Path("<model>")), "steps": args.steps,
+                     "generations": args.generations, "max_tokens": args.max_tokens},
+        "runs": runs,
+        "median_train_runtime_s": {e: statistics.median(v) for e, v in by_engine.items() if v},
+        "profile_dir": profile,
     }
+    med = result["median_train_runtime_s"]
+    if "hf" in med and "vllm" in med:
+        result["speedup_vllm_over_hf"] = med["hf"] / med["vllm"]
+        result["goal_speedup"] = 2.0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("ratio_vllm_over_hf", "ratio_vllm_over_hf_generate_only")}
-                     | {"hf_tokens_per_s": hf["tokens_per_s"], "vllm_tokens_per_s": vllm["tokens_per_s"]}, indent=2))
+    print(json.dumps({"median_train_runtime_s": med, "speedup": result.get("speedup_vllm_over_hf")}, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -16,13 +16,12 @@ a prompt without a reference, for rewards that need none).
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from studio.train import common
+from studio.train.grpo_sync import lora_factors
 from studio.train.rewards import build_reward_funcs
-from studio.train.rollout import NAMESPACE, adapter_id
+from studio.train.rollout import NAMESPACE, RolloutEngineError
 from studio.train.worker import WorkerJob
 
 
@@ -34,14 +33,6 @@ def grpo_row(row: dict[str, Any]) -> dict[str, Any]:
             return {"prompt": msgs, "reference": None}
         return {"prompt": msgs[:last], "reference": msgs[last]["content"]}
     return {"prompt": [{"role": "user", "content": row["prompt"]}], "reference": row["completion"]}
-
-
-def policy_files(trainer) -> dict[str, bytes]:
-    """The policy's current LoRA as the files of a PEFT directory (what vLLM loads)."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        return {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.name.startswith("adapter_")}
 
 
 def run_lengths(items: list[list[int]]) -> tuple[list[list[int]], list[int]]:
@@ -64,32 +55,67 @@ class VLLMRollout:
     def __init__(self, actor_name: str, job: WorkerJob):
         import ray
 
-        self.actor = ray.get_actor(actor_name, namespace=NAMESPACE)
+        self.actor_name = actor_name
+        try:
+            self.actor = ray.get_actor(actor_name, namespace=NAMESPACE)
+        except ValueError:
+            raise RolloutEngineError(f"the GRPO rollout engine ({actor_name}) is gone: it died earlier in this "
+                                     "attempt; the job's retry starts a new one") from None
         g = job.train_spec.grpo
         self.sampling = {"max_tokens": g.max_completion_length, "temperature": g.temperature, "top_p": g.top_p}
+        self.timeout_s = g.rollout.step_timeout_s
         self.version: int | None = None
 
-    def __call__(self, prompts: list[Any], trainer) -> dict[str, Any]:
+    def call(self, what: str, ref):
+        """``ray.get`` of an actor call; a dead, failed or silent engine becomes one RolloutEngineError."""
         import ray
 
+        try:
+            return ray.get(ref, timeout=self.timeout_s)
+        except RolloutEngineError:
+            raise
+        except ray.exceptions.GetTimeoutError:
+            raise RolloutEngineError(f"the GRPO rollout engine ({self.actor_name}) did not finish {what} in "
+                                     f"{self.timeout_s:g} s (grpo.rollout.step_timeout_s)") from None
+        except ray.exceptions.RayError as e:
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+            raise RolloutEngineError(f"the GRPO rollout engine ({self.actor_name}) died while {what}: "
+                                     f"{type(e).__name__}: {last}"[:1000]) from None
+
+    def __call__(self, prompts: list[Any], trainer) -> dict[str, Any]:
         step = trainer.state.global_step
         if step != self.version:
             if trainer.accelerator.is_main_process:
-                ray.get(self.actor.load_policy.remote(step, policy_files(trainer)))
-            trainer.accelerator.wait_for_everyone()  # every rank samples from the new version
+                model = trainer.accelerator.unwrap_model(trainer.model)
+                self.call(f"loading policy step {step}", self.actor.load_policy.remote(step, lora_factors(model)))
+            trainer.accelerator.wait_for_everyone()  # every rank samples from the new weights
             self.version = step
         tokenizer = trainer.processing_class
         prompt_ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False)
                       if isinstance(p, list) else tokenizer(p, add_special_tokens=False)["input_ids"]
                       for p in prompts]
         unique, counts = run_lengths(prompt_ids)
-        out = ray.get(self.actor.generate.remote(unique, counts, step, self.sampling))
-        if out["adapter_id"] != adapter_id(step):
-            raise RuntimeError(f"rollouts came from {out['adapter_id']}, not {adapter_id(step)}")
+        out = self.call(f"sampling step {step}", self.actor.generate.remote(unique, counts, step, self.sampling))
+        if out["policy_step"] != step:
+            raise RuntimeError(f"rollouts came from policy step {out['policy_step']}, not {step}")
         metrics = trainer._metrics["train"]  # TRL averages these per logging step (loss, reward, ...)
         metrics["rollout/tokens_per_s"].append(out["tokens"] / max(out["seconds"], 1e-9))
         metrics["rollout/policy_step"].append(float(step))
         return {"prompt_ids": prompt_ids, "completion_ids": out["completion_ids"], "logprobs": out["logprobs"]}
+
+
+def share_cores_with_rollouts() -> None:
+    """On CPU the trainer ranks and the rollout engine take turns: while the engine samples, every rank
+    waits for it; while the ranks train, the engine idles. So the ranks of a node split all its cores
+    between them (Ray gives each only ``cpus_per_worker`` OpenMP threads, 1 by default)."""
+    import ray.train
+    import torch
+
+    cores = len(os.sched_getaffinity(0))
+    ranks = ray.train.get_context().get_local_world_size()
+    torch.set_num_threads(max(1, cores // ranks))
+    print(f"[studio.train.grpo] rank {ray.train.get_context().get_world_rank()}: {torch.get_num_threads()} torch "
+          f"threads ({cores} cores, {ranks} trainer ranks on this node)", flush=True)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -99,6 +125,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     job = WorkerJob(**config)
     spec = job.train_spec
     g = spec.grpo
+    if not spec.resources.use_gpu:
+        share_cores_with_rollouts()
 
     tokenizer = common.load_tokenizer(job.base_model)
     rows = common.load_rows(job)

@@ -1,19 +1,22 @@
-"""GRPO rollouts from a vLLM engine running as a Ray actor, one per job.
+"""GRPO rollouts from a vLLM engine running as a Ray actor, one per job, kept warm for the whole job.
 
 The driver (``run.py``) starts ``RolloutEngine`` as a named actor (``grpo-rollout-<studio>-job-<id>``
 in the ``studio-train`` namespace, owned by the driver so it dies with it) before Ray Train starts;
 the GRPO workers look it up by name. Each generation step:
 
-1. rank 0 sends the policy's current LoRA weights (the two files of a PEFT directory, a few MB) and
-   the engine registers them under a new adapter id ``policy-step-<N>`` with a new LoRA int id, then
-   drops the previous version. Never an in-place reload under the same name: vLLM keys its prefix
-   cache on the LoRA id, so a reused id could serve KV blocks computed with stale weights.
+1. rank 0 sends the policy's LoRA factors (``grpo_sync.lora_factors``: A, B and the scaling of every
+   adapted module, a few MB, through Ray, so the actor may live on another node) and the engine's
+   worker merges them into its copy of the base weights and reloads them in place
+   (``grpo_sync.PolicySync`` through ``collective_rpc``); then the actor resets vLLM's prefix cache,
+   whose blocks were computed with the previous weights. No file, no adapter id, no LoRA kernels.
 2. every rank sends its prompts (token ids, already chat-templated by the trainer's tokenizer) and
-   gets ``n`` sampled completions per prompt with the sampled tokens' logprobs.
+   gets ``n`` sampled completions per prompt, checked to come from this step's policy.
 
-Weights travel as bytes through Ray (not a shared path), so the actor can live on another node.
-vLLM facts this relies on (ARCHITECTURE.md): on CPU keep the engine in local processes (the Ray
-executor asks for GPU bundles), size the KV cache with VLLM_CPU_KVCACHE_SPACE, enforce_eager.
+A dead engine (its EngineCore or worker process gone) fails the step with an error that names the
+rollout engine; the attempt fails and the scheduler's retry starts a new engine and resumes from
+the job's latest checkpoint. vLLM facts this relies on (ARCHITECTURE.md): on CPU keep the engine in
+local processes (the Ray executor asks for GPU bundles), size the KV cache with
+VLLM_CPU_KVCACHE_SPACE, enforce_eager; CPU threads: ``cpu_env``.
 """
 
 from __future__ import annotations
@@ -21,24 +24,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
+import math
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 NAMESPACE = "studio-train"
+POLICY_SYNC = "studio.train.grpo_sync.PolicySync"  # vLLM worker extension (worker_extension_cls)
 
 
 def log(msg: str) -> None:
     print(f"[studio.train.rollout] {msg}", flush=True)  # actor stdout reaches the job's log
-
-
-def adapter_id(version: int) -> str:
-    return f"policy-step-{version}"
 
 
 def actor_name(db_url: str, job_id: int) -> str:
@@ -46,20 +44,39 @@ def actor_name(db_url: str, job_id: int) -> str:
     return f"grpo-rollout-{hashlib.sha1(db_url.encode()).hexdigest()[:8]}-job-{job_id}"
 
 
-class RolloutEngine:
-    """vLLM ``AsyncLLM`` with LoRA in an async Ray actor. ``start`` reports instead of raising when
-    vLLM cannot be imported, so the driver can fall back to HF generate and say so."""
+class RolloutEngineError(RuntimeError):
+    """The rollout engine failed a step (e.g. its EngineCore or worker process died)."""
 
-    def __init__(self, model: str, rollout: dict[str, Any], max_lora_rank: int, seed: int = 0):
+
+def cpu_env(cfg: dict[str, Any]) -> dict[str, str]:
+    """Environment for a CPU engine, set before it starts (its processes inherit it)."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, math.ceil(cfg["kv_cache_space_gib"])))}  # vLLM reads an int
+    if cfg.get("cpu_executor", "mp") == "uni":
+        # Scheduler and model in the EngineCore process: no worker process whose shared-memory queue
+        # both sides busy-poll (sched_yield) for 1 s after every message, stealing the trainers' cores.
+        threads = cfg.get("cpu_threads") or len(os.sched_getaffinity(0))
+        env |= {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(threads)}
+        env |= {k: str(v) for k, v in cfg.get("cpu_extra_env", {}).items()}
+    elif cfg.get("reserved_cpus") is not None:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(cfg["reserved_cpus"])
+    return env
+
+
+class RolloutEngine:
+    """vLLM ``AsyncLLM`` in an async Ray actor, the policy pushed into its weights each step.
+    ``start`` reports instead of raising when vLLM cannot be imported, so the driver can fall back to
+    HF generate and say so."""
+
+    def __init__(self, model: str, rollout: dict[str, Any], seed: int = 0, name: str = "rollout engine"):
         self.model = model
         self.cfg = rollout  # RolloutSpec as JSON
-        self.max_lora_rank = max_lora_rank
         self.seed = seed
+        self.name = name
         self.engine = None
-        self.loaded: dict[int, Any] = {}  # version → LoRARequest
+        self.version: int | None = None  # the policy step whose weights the engine holds
         self.lock = asyncio.Lock()
-        self.dir = Path(tempfile.mkdtemp(prefix="studio-rollout-"))
-        self.stats = {"requests": 0, "completion_tokens": 0, "generate_s": 0.0}
+        self.stats = {"requests": 0, "completion_tokens": 0, "generate_s": 0.0, "policy_loads": 0,
+                      "policy_load_s": 0.0}
 
     async def start(self) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -72,21 +89,16 @@ class RolloutEngine:
             return {"ok": False, "reason": f"vLLM cannot be imported: {type(e).__name__}: {e}"}
         cpu = current_platform.is_cpu()
         if cpu:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{self.cfg['kv_cache_space_gib']:g}"
-            if self.cfg.get("reserved_cpus") is not None:
-                os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(self.cfg["reserved_cpus"])
+            os.environ.update(cpu_env(self.cfg))
         args = AsyncEngineArgs(
             model=self.model,
-            distributed_executor_backend="mp" if cpu else None,
+            distributed_executor_backend=self.cfg.get("cpu_executor", "mp") if cpu else None,
             dtype=self.cfg["dtype"],
             max_model_len=self.cfg["max_model_len"],
             max_num_seqs=self.cfg["max_num_seqs"],
             enforce_eager=self.cfg["enforce_eager"],
             gpu_memory_utilization=self.cfg["gpu_memory_utilization"],
-            enable_lora=True,
-            max_loras=2,  # the current version, and the previous one until it is dropped
-            max_cpu_loras=2,
-            max_lora_rank=self.max_lora_rank,
+            worker_extension_cls=POLICY_SYNC,
             seed=self.seed,
         )
         try:
@@ -96,36 +108,40 @@ class RolloutEngine:
         log(f"vLLM {vllm.__version__} engine ready for {self.model} in {time.monotonic() - t0:.0f} s")
         return {"ok": True, "vllm": vllm.__version__, "start_s": time.monotonic() - t0}
 
-    async def load_policy(self, version: int, files: dict[str, bytes]) -> str:
-        """Register the policy's weights of step ``version`` as ``policy-step-<version>``."""
-        from vllm.lora.request import LoRARequest
+    def _failed(self, what: str, e: BaseException) -> RolloutEngineError:
+        return RolloutEngineError(f"the GRPO rollout engine ({self.name}) failed while {what}: "
+                                  f"{type(e).__name__}: {e}")
 
-        name = adapter_id(version)
+    async def load_policy(self, version: int, factors: dict[str, Any]) -> dict[str, Any]:
+        """Merge the LoRA ``factors`` of policy step ``version`` into the engine's weights, in place."""
+        from studio.train.grpo_sync import pack_factors
+
         async with self.lock:
-            if version in self.loaded:
-                return name
-            path = self.dir / name
-            path.mkdir(parents=True, exist_ok=True)
-            for fname, data in files.items():
-                (path / fname).write_bytes(data)
-            request = LoRARequest(lora_name=name, lora_int_id=version + 1, lora_path=str(path))
-            await self.engine.add_lora(request)
-            for old in [v for v in self.loaded if v != version]:
-                await self.engine.remove_lora(self.loaded.pop(old).lora_int_id)
-                shutil.rmtree(self.dir / adapter_id(old), ignore_errors=True)
-            self.loaded[version] = request
-        log(f"loaded adapter {name} (LoRA id {version + 1}) into the vLLM engine")
-        return name
+            if version == self.version:
+                return {"policy_step": version, "loaded": False}
+            t0 = time.monotonic()
+            try:
+                done = await self.engine.collective_rpc("studio_load_policy", args=pack_factors(factors))
+                await self.engine.reset_prefix_cache()  # its KV blocks came from the previous weights
+            except Exception as e:  # noqa: BLE001 - e.g. EngineDeadError: the job must say which engine
+                raise self._failed(f"loading policy step {version}", e) from None
+            self.version = version
+            seconds = time.monotonic() - t0
+            self.stats["policy_loads"] += 1
+            self.stats["policy_load_s"] += seconds
+        log(f"policy step {version} loaded in place: {done[0]['modules']} LoRA modules merged into "
+            f"{done[0]['weights']} weights in {seconds * 1000:.0f} ms, prefix cache reset")
+        return {"policy_step": version, "loaded": True, "seconds": seconds}
 
     async def generate(self, prompt_ids: list[list[int]], counts: list[int], version: int,
                        sampling: dict[str, Any]) -> dict[str, Any]:
-        """``counts[i]`` completions for ``prompt_ids[i]`` with adapter ``policy-step-<version>``."""
+        """``counts[i]`` completions for ``prompt_ids[i]`` from the policy of step ``version``."""
         from vllm import SamplingParams, TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        lora = self.loaded.get(version)
-        if lora is None:
-            raise RuntimeError(f"adapter {adapter_id(version)} is not loaded; load_policy must run first")
+        if self.version != version:
+            raise RuntimeError(f"the rollout engine holds policy step {self.version}, not {version}; "
+                               "load_policy must run first")
         t0 = time.monotonic()
 
         async def one(ids: list[int], n: int):
@@ -134,11 +150,14 @@ class RolloutEngine:
                                     **{"detokenize": False, "logprobs": None, **sampling})
             final = None
             async for out in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
-                                                  request_id=uuid.uuid4().hex, lora_request=lora):
+                                                  request_id=uuid.uuid4().hex):
                 final = out
             return final
 
-        outputs = await asyncio.gather(*(one(ids, n) for ids, n in zip(prompt_ids, counts, strict=True)))
+        try:
+            outputs = await asyncio.gather(*(one(ids, n) for ids, n in zip(prompt_ids, counts, strict=True)))
+        except Exception as e:  # noqa: BLE001 - e.g. EngineDeadError: the job must say which engine
+            raise self._failed(f"sampling step {version}", e) from None
         completion_ids, logprobs = [], []
         for out in outputs:
             for c in out.outputs:
@@ -150,9 +169,9 @@ class RolloutEngine:
         self.stats["requests"] += len(prompt_ids)
         self.stats["completion_tokens"] += tokens
         self.stats["generate_s"] += seconds
-        log(f"{lora.lora_name}: {len(completion_ids)} completions for {len(prompt_ids)} prompts, "
+        log(f"policy step {version}: {len(completion_ids)} completions for {len(prompt_ids)} prompts, "
             f"{tokens} tokens in {seconds:.2f} s")
-        return {"completion_ids": completion_ids, "logprobs": logprobs or None, "adapter_id": lora.lora_name,
+        return {"completion_ids": completion_ids, "logprobs": logprobs or None, "policy_step": version,
                 "tokens": tokens, "seconds": seconds}
 
     def get_stats(self) -> dict[str, Any]:
@@ -162,12 +181,6 @@ class RolloutEngine:
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def vllm_lora_rank(r: int) -> int:
-    """vLLM accepts only these maximum LoRA ranks; the smallest that holds ``r``."""
-    return next((x for x in (8, 16, 32, 64, 128, 256, 320, 512) if x >= r), r)
 
 
 class RolloutActor:
@@ -211,7 +224,7 @@ def start_rollout_actor(spec, base_model: str, name: str, say: Callable[[str], N
     handle = actor_cls.options(
         name=name, namespace=NAMESPACE, num_cpus=grpo.rollout.num_cpus, num_gpus=grpo.rollout.num_gpus,
         max_concurrency=64,  # one rollout call per Ray Train worker at a time, plus load_policy
-    ).remote(base_model, grpo.rollout.model_dump(mode="json"), vllm_lora_rank(spec.lora.r), spec.hyper.seed)
+    ).remote(base_model, grpo.rollout.model_dump(mode="json"), spec.hyper.seed, name)
     say(f"starting vLLM rollout actor {name} for {base_model}")
     try:
         status = ray.get(handle.start.remote(), timeout=start_timeout_s)

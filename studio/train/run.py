@@ -233,11 +233,7 @@ def _run_job(settings: StudioSettings, job_id: int, spec: TrainSpec) -> int:
             s.get(Job, job_id).mlflow_run_id = mlflow_run_id
             transition(s, job_id, JobStatus.RUNNING,
                        f"Ray Train: {spec.resources.num_workers} worker(s), attempt {attempt}")
-        rollout_spec = spec
-        if inputs.init_adapter_rank:  # the rollout engine loads the policy's LoRA: the started-from rank
-            rollout_spec = spec.model_copy(deep=True)
-            rollout_spec.lora.r = max(spec.lora.r, inputs.init_adapter_rank)
-        rollout = start_rollout(settings, rollout_spec, job_id, inputs.base_model)
+        rollout = start_rollout(settings, spec, job_id, inputs.base_model)
         worker = WorkerJob(spec=spec.model_dump(mode="json", by_alias=True), base_model=inputs.base_model,
                            snapshot_uri=inputs.snapshot_uri, job_id=job_id, attempt=attempt,
                            db_url=settings.db_url, mlflow_uri=settings.mlflow, mlflow_run_id=mlflow_run_id,

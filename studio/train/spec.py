@@ -133,21 +133,24 @@ class RewardSpec(Spec):
 
 class RolloutSpec(Spec):
     engine: Literal["vllm", "hf"] = Field(
-        default="vllm", description="vllm: a vLLM engine in a Ray actor samples the rollouts, loading the policy's "
-        "LoRA each step; hf: transformers generate inside the trainer (slow fallback; also used, loudly, when "
-        "vLLM cannot be imported).")
+        default="vllm", description="vllm: a vLLM engine in a Ray actor, kept warm for the whole job, samples the "
+        "rollouts; each step the policy's LoRA is merged into its weights in place, from memory; hf: transformers "
+        "generate inside the trainer (slow fallback; also used, loudly, when vLLM cannot be imported).")
     num_cpus: float = Field(default=1.0, ge=0, description="Logical CPUs the rollout actor reserves.")
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs the rollout actor reserves (1 on a GPU cluster).")
     dtype: str = Field(default="auto", description="vLLM dtype; the tiny float32 test model needs float32 on CPU.")
     max_model_len: int | None = Field(default=None, ge=16, description="vLLM context length; default: the model's.")
     max_num_seqs: int = Field(default=64, ge=1, description="Sequences vLLM decodes together at most.")
-    kv_cache_space_gib: float = Field(default=1.0, gt=0, description="KV cache on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    kv_cache_space_gib: float = Field(default=1.0, gt=0, description="KV cache on CPU in GiB (VLLM_CPU_KVCACHE_SPACE, a whole number: rounded up).")
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1,
                                           description="Share of the GPU the engine may take (GPU only).")
     enforce_eager: bool = Field(default=True, description="Skip graph capture (a minute of warm-up on CPU).")
     reserved_cpus: int | None = Field(
         default=None, ge=0, description="CPU only: cores vLLM keeps free of its OpenMP compute threads "
         "(VLLM_CPU_NUM_OF_RESERVED_CPU); default: vLLM's choice (1 core, for its scheduler process).")
+    step_timeout_s: float = Field(
+        default=600, gt=0, description="Longest a policy update or one rank's rollouts may take; past it the step "
+        "fails naming the rollout engine (the job's retry resumes from its checkpoint) instead of hanging.")
 
 
 class GRPOSpec(Spec):

@@ -1,6 +1,8 @@
-"""GRPO through the real entrypoint: rollouts from the job's vLLM actor, which loads the policy's LoRA
-under a new adapter id every step; rewards logged to the job's metrics and MLflow; the adapter moved
-and is registered. And the HF-generate fallback, which must say so in the job's log."""
+"""GRPO through the real entrypoint: rollouts from the job's vLLM actor, kept warm for the whole job,
+which merges the policy's LoRA into its weights in place every step (from memory, no adapter files);
+rewards logged to the job's metrics and MLflow; the adapter moved and is registered. And the
+HF-generate fallback, which must say so in the job's log. (That an in-place update changes the
+engine's output exactly as the trained policy does: test_rollout_engine.py.)"""
 
 from __future__ import annotations
 
@@ -48,15 +50,15 @@ def test_grpo_recipe_with_vllm_rollout_actor(home: StudioSettings, entrypoint: E
     job, mv, metrics = finished_job(home, out)
     assert mv.metrics["global_step"] == steps
 
-    # Rollouts came from the vLLM actor, one new adapter id per step, never a same-name reload.
-    assert re.search(r"vLLM rollout actor grpo-rollout-\w+-job-\d+ ready \(vLLM 0\.32\.0", out), tail(out)
+    # Rollouts came from the one vLLM actor, its weights updated in place once per step.
+    assert len(re.findall(r"vLLM rollout actor grpo-rollout-\w+-job-\d+ ready \(vLLM 0\.32\.0", out)) == 1, tail(out)
     assert "FALL BACK" not in out and "HF generate" not in out
-    loads = re.findall(r"loaded adapter (policy-step-(\d+)) \(LoRA id (\d+)\)", out)
-    assert [int(v) for _, v, _ in loads] == list(range(steps))
-    assert len({lora_id for *_, lora_id in loads}) == steps
+    loads = re.findall(r"policy step (\d+) loaded in place: (\d+) LoRA modules merged into (\d+) weights", out)
+    assert [int(v) for v, *_ in loads] == list(range(steps)), tail(out)
+    assert {(int(m), int(w)) for _, m, w in loads} == {(4 * 7, 38)}  # every linear layer of the tiny model's 4
     for version in range(steps):
         # every rank (2 workers) sampled 4 prompts x 4 generations with this step's policy
-        assert len(re.findall(rf"policy-step-{version}: 16 completions for 4 prompts", out)) == 2, tail(out)
+        assert len(re.findall(rf"policy step {version}: 16 completions for 4 prompts", out)) == 2, tail(out)
 
     # Rewards per step in the job's metrics and MLflow; groups differed, so there was a gradient.
     assert {"reward", "reward_std", "rewards/exact_match/mean", "rewards/char_f1/mean",
@@ -74,6 +76,6 @@ def test_grpo_hf_generate_fallback_says_so(home: StudioSettings, entrypoint: Ent
     assert result.returncode == 0, tail(result.output)
     assert "WARNING: GRPO rollouts use HF generate" in result.output
     assert "rollouts use HF generate in the trainer (slow fallback)" in result.output  # the worker too
-    assert "starting vLLM rollout actor" not in result.output and "policy-step-" not in result.output
+    assert "starting vLLM rollout actor" not in result.output and "loaded in place" not in result.output
     job, mv, metrics = finished_job(home, result.output)
     assert "reward" in metrics and "rollout/tokens_per_s" not in metrics

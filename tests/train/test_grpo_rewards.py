@@ -110,12 +110,41 @@ def test_rows_and_prompt_groups():
     assert run_lengths([[1], [1], [2], [2], [2], [1]]) == ([[1], [2], [1]], [2, 3, 1])
 
 
-def test_rollout_adapter_ids_are_versioned_and_ranks_fit_vllm():
-    from studio.train.rollout import actor_name, adapter_id, vllm_lora_rank
+def test_rollout_actor_names_and_cpu_env():
+    from studio.train.rollout import actor_name, cpu_env
 
-    assert [adapter_id(v) for v in (0, 7)] == ["policy-step-0", "policy-step-7"]
     assert actor_name("sqlite:///a.db", 3) != actor_name("sqlite:///b.db", 3)  # studios sharing a cluster
-    assert [vllm_lora_rank(r) for r in (1, 8, 12, 64, 300)] == [8, 8, 16, 64, 320]
+    # vLLM reads VLLM_CPU_KVCACHE_SPACE with int(): a fraction of a GiB is rounded up, never passed as "0.5"
+    assert cpu_env({"kv_cache_space_gib": 0.5, "reserved_cpus": None})["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def test_lora_factors_merge_to_what_peft_merges(tiny_model_dir):
+    """What the rollout engine's worker loads each step (base + scale * B @ A per adapted module) is the
+    weights PEFT's own merge gives, for every module the checkpoint holds."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from studio.train.grpo_sync import lora_factors, merged_weights
+
+    torch.manual_seed(0)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+                          LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    factors = lora_factors(peft)
+    assert len(factors) == 7 * 4 and all(scale == 4.0 for _, _, scale, _ in factors.values())
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    ours = dict(merged_weights(base, factors))
+    theirs = peft.merge_and_unload().state_dict()
+    assert ours.keys() == base.keys()
+    changed = [n for n in ours if not torch.equal(ours[n], base[n])]
+    assert sorted(changed) == sorted(f"{m}.weight" for m in factors)
+    for name, weight in ours.items():
+        torch.testing.assert_close(weight, theirs[name], rtol=0, atol=1e-6)
 
 
 PROBE = "tests.train.reward_probe"  # importing it is visible in sys.modules
