@@ -1,6 +1,7 @@
 """One live `studio up` serving the tiny model, shared by the end-to-end modules in
 ``TINY_STACK_MODULES`` (the evaluation e2e, the gateway e2e and the UI walk): each used to start its
-own stack (Ray head + Serve app + a vLLM engine, ≈50 s on 2 cores); now the run pays once.
+own stack (Ray head + Serve app + a vLLM engine, ≈50 s on 2 cores); now the run pays once. The
+batch e2e (an OpenAI Batch API batch through the scheduler) shares it too.
 
 The configuration is the union of what the modules need (configs/serve/studio.yaml with):
 - the tiny model built under the stack's STUDIO_HOME (``$STUDIO_HOME/models/tiny``: the synth test
@@ -42,7 +43,7 @@ import yaml
 # The modules that share the stack, in the order they run (the evaluation first: it trains its
 # quick adapter in-process before it asks for the stack, so no engine idles through the training).
 TINY_STACK_MODULES = ("tests/evals/test_eval_e2e.py", "tests/gateway/test_gateway_e2e.py",
-                      "tests/ui/test_stack_walk.py")
+                      "tests/batches/test_batch_e2e.py", "tests/ui/test_stack_walk.py")
 REDIS_URL = "redis://127.0.0.1:6379/0"
 FAKE_KEY_ENV = "STUDIO_TEST_FAKE_PROVIDER_KEY"
 
