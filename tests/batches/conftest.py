@@ -80,10 +80,13 @@ def upstream_server() -> Iterator[Upstream]:
 
 
 @pytest.fixture
-def upstream(upstream_server: Upstream) -> Upstream:
+def upstream(upstream_server: Upstream) -> Iterator[Upstream]:
     upstream_server.asked.clear()
     upstream_server.delay_s = 0.1
-    return upstream_server
+    upstream_server.hold_after = None
+    upstream_server.released.clear()
+    yield upstream_server
+    upstream_server.released.set()  # nothing stays held past its test
 
 
 @pytest.fixture

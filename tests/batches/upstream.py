@@ -1,11 +1,14 @@
 """A scripted OpenAI-compatible upstream for the batch runner's tests: the external edge (a paid
 provider) behind a real gateway. By the requested model: ``slow*`` answers after ``delay_s``,
 ``ctx*`` refuses like an engine whose context is exceeded (400), anything else echoes the last
-message at once. ``asked`` lists the last message of every call, in arrival order."""
+message at once. ``asked`` lists the last message of every call, in arrival order. With
+``hold_after`` set, every call after that many waits until ``released`` is set (calls held in
+flight, for the cancel test)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 from fastapi import FastAPI, Request
@@ -18,6 +21,8 @@ class Upstream:
     def __init__(self, delay_s: float = 0.1):
         self.delay_s = delay_s
         self.asked: list[str] = []
+        self.hold_after: int | None = None
+        self.released = threading.Event()
         self._server = ServerThread(self._build())
 
     @property
@@ -44,6 +49,9 @@ class Upstream:
                     "message": "This model's maximum context length is 32 tokens. However, you "
                     "requested 900 tokens.", "type": "BadRequestError", "code": 400}}, status_code=400)
             self.asked.append(text)
+            if self.hold_after is not None and len(self.asked) > self.hold_after:
+                while not self.released.is_set():
+                    await asyncio.sleep(0.02)
             if model.startswith("slow"):
                 await asyncio.sleep(self.delay_s)
             usage = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
