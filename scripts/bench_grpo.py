@@ -12,7 +12,9 @@ Ray, with nothing else of the studio running; the runs go one after the other, t
 alternating per round (hf, vllm, vllm, hf, ...), and the 1-minute load average is recorded before
 each. The model is ``studio models make-tiny hidden_size=512 intermediate_size=1536
 num_hidden_layers=8 num_attention_heads=8 num_key_value_heads=8`` (~25M parameters, float32). The
-reward curve (per step) of every run is in the JSON, to compare the two engines' learning.
+reward curve (per step) of every run is in the JSON, to compare the two engines' learning; round r
+runs both engines with ``hyper.seed=r`` (vLLM samples deterministically for a seed, so rounds give
+independent curves).
 
 ``--profile-dir``: one more run per ``--profile-engines`` afterwards, profiled (not timed): once
 training has logged its first step, every process of the job is listed with its CPU affinity, threads,
@@ -53,8 +55,8 @@ def make_model(work: Path) -> Path:
     return make_tiny(work / "model-25m", TinyModelSpec(**MODEL_SHAPE))
 
 
-def overrides(args, engine: str, model_dir: Path) -> list[str]:
-    return [f"base_model={model_dir}", f"hyper.max_steps={args.steps}", "hyper.logging_steps=1",
+def overrides(args, engine: str, model_dir: Path, seed: int | str = 0) -> list[str]:
+    return [f"base_model={model_dir}", f"hyper.seed={seed}", f"hyper.max_steps={args.steps}", "hyper.logging_steps=1",
             f"grpo.num_generations={args.generations}", f"grpo.max_completion_length={args.max_tokens}",
             f"grpo.rollout.engine={engine}", f"checkpoint.every_steps={args.steps}", "max_retries=0",
             *args.override]
@@ -99,11 +101,12 @@ def read_job(settings) -> dict:
     return out
 
 
-def run_job(args, engine: str, model_dir: Path, work: Path, label: str, profile_dir: Path | None = None) -> dict:
+def run_job(args, engine: str, model_dir: Path, work: Path, label: str, seed: int = 0,
+            profile_dir: Path | None = None) -> dict:
     run_dir = work / label
     settings = fresh_home(run_dir)
     log = run_dir / "entrypoint.log"
-    cmd = [sys.executable, "-m", "studio.train.run", "--recipe", str(RECIPE), *overrides(args, engine, model_dir)]
+    cmd = [sys.executable, "-m", "studio.train.run", "--recipe", str(RECIPE), *overrides(args, engine, model_dir, seed)]
     load = os.getloadavg()
     t0 = time.perf_counter()
     with log.open("wb") as out:
@@ -130,7 +133,9 @@ def run_job(args, engine: str, model_dir: Path, work: Path, label: str, profile_
     m = job["result_metrics"]
     shutil.copy(log, work / f"{label}.log")
     shutil.rmtree(run_dir, ignore_errors=True)
-    return {"engine": engine, "label": label, "loadavg_1m_before": load[0], "loadavg_before": list(load),
+    rewards = job["per_step"].get("reward", [])
+    return {"engine": engine, "label": label, "seed": seed, "loadavg_1m_before": load[0],
+            "mean_reward": statistics.fmean(rewards) if rewards else None, "loadavg_before": list(load),
             "train_runtime_s": m.get("train_runtime_s"), "job_wall_s": wall, "global_step": m.get("global_step"),
             "per_step": job["per_step"], "engine_start_log": [ln for ln in text.splitlines()
                                                               if "rollout actor" in ln and "ready" in ln]}
@@ -248,7 +253,7 @@ def main() -> None:
         for r in range(args.rounds):
             for engine in engines if r % 2 == 0 else engines[::-1]:
                 settle(120, args.settle_load)
-                runs.append(run_job(args, engine, model_dir, work, f"round{r}-{engine}"))
+                runs.append(run_job(args, engine, model_dir, work, f"round{r}-{engine}", seed=r))
                 print(json.dumps({k: runs[-1][k] for k in ("label", "train_runtime_s", "job_wall_s",
                                                             "loadavg_1m_before")}), flush=True)
         profile = None
@@ -270,10 +275,11 @@ def main() -> None:
                "order alternating per round; same recipe and overrides but grpo.rollout.engine",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "workload": {"recipe": str(RECIPE.relative_to(REPO)), "model": {"make_tiny": MODEL_SHAPE, "dtype": "float32"},
-                     "overrides": overrides(args, "<engine>", Path("<model>")), "steps": args.steps,
+                     "overrides": overrides(args, "<engine>", Path("<model>"), "<round>"), "steps": args.steps,
                      "generations": args.generations, "max_tokens": args.max_tokens},
         "runs": runs,
         "median_train_runtime_s": {e: statistics.median(v) for e, v in by_engine.items() if v},
+        "mean_reward_by_engine": {e: [r["mean_reward"] for r in runs if r["engine"] == e] for e in engines},
         "profile_dir": profile,
     }
     med = result["median_train_runtime_s"]

@@ -51,12 +51,12 @@ class RolloutEngineError(RuntimeError):
 def cpu_env(cfg: dict[str, Any]) -> dict[str, str]:
     """Environment for a CPU engine, set before it starts (its processes inherit it)."""
     env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, math.ceil(cfg["kv_cache_space_gib"])))}  # vLLM reads an int
-    if cfg.get("cpu_executor", "mp") == "uni":
+    if cfg["cpu_processes"] == 1:
         # Scheduler and model in the EngineCore process: no worker process whose shared-memory queue
-        # both sides busy-poll (sched_yield) for 1 s after every message, stealing the trainers' cores.
-        threads = cfg.get("cpu_threads") or len(os.sched_getaffinity(0))
+        # both sides busy-poll (sched_yield) for 1 s after every message, stealing the trainers' cores
+        # when a rollout ends; the OpenMP threads span every core (the trainers wait meanwhile).
+        threads = cfg["cpu_threads"] or len(os.sched_getaffinity(0))
         env |= {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": str(threads)}
-        env |= {k: str(v) for k, v in cfg.get("cpu_extra_env", {}).items()}
     elif cfg.get("reserved_cpus") is not None:
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(cfg["reserved_cpus"])
     return env
@@ -92,7 +92,7 @@ class RolloutEngine:
             os.environ.update(cpu_env(self.cfg))
         args = AsyncEngineArgs(
             model=self.model,
-            distributed_executor_backend=self.cfg.get("cpu_executor", "mp") if cpu else None,
+            distributed_executor_backend=("uni" if self.cfg["cpu_processes"] == 1 else "mp") if cpu else None,
             dtype=self.cfg["dtype"],
             max_model_len=self.cfg["max_model_len"],
             max_num_seqs=self.cfg["max_num_seqs"],

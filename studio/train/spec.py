@@ -145,9 +145,17 @@ class RolloutSpec(Spec):
     gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1,
                                           description="Share of the GPU the engine may take (GPU only).")
     enforce_eager: bool = Field(default=True, description="Skip graph capture (a minute of warm-up on CPU).")
+    cpu_processes: Literal[1, 2] = Field(
+        default=1, description="CPU only: 1 runs the model inside vLLM's EngineCore process (uni executor, "
+        "OpenMP threads: cpu_threads), which idles without polling while the trainers work; 2 gives it a worker "
+        "process of its own (mp executor, vLLM's own thread binding: reserved_cpus), whose queue both processes "
+        "busy-poll for a second after every message.")
+    cpu_threads: int | None = Field(
+        default=None, ge=1, description="CPU only, cpu_processes 1: OpenMP threads of the engine; default: every "
+        "core the actor may run on (the trainer ranks wait while it samples).")
     reserved_cpus: int | None = Field(
-        default=None, ge=0, description="CPU only: cores vLLM keeps free of its OpenMP compute threads "
-        "(VLLM_CPU_NUM_OF_RESERVED_CPU); default: vLLM's choice (1 core, for its scheduler process).")
+        default=None, ge=0, description="CPU only, cpu_processes 2: cores vLLM keeps free of its OpenMP compute "
+        "threads (VLLM_CPU_NUM_OF_RESERVED_CPU); default: vLLM's choice (1 core, for its scheduler process).")
     step_timeout_s: float = Field(
         default=600, gt=0, description="Longest a policy update or one rank's rollouts may take; past it the step "
         "fails naming the rollout engine (the job's retry resumes from its checkpoint) instead of hanging.")

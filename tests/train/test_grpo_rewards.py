@@ -3,6 +3,7 @@ rewards cannot be built fail with a message naming the reward and the fix."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -112,10 +113,15 @@ def test_rows_and_prompt_groups():
 
 def test_rollout_actor_names_and_cpu_env():
     from studio.train.rollout import actor_name, cpu_env
+    from studio.train.spec import RolloutSpec
 
     assert actor_name("sqlite:///a.db", 3) != actor_name("sqlite:///b.db", 3)  # studios sharing a cluster
     # vLLM reads VLLM_CPU_KVCACHE_SPACE with int(): a fraction of a GiB is rounded up, never passed as "0.5"
-    assert cpu_env({"kv_cache_space_gib": 0.5, "reserved_cpus": None})["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    env = cpu_env(RolloutSpec(kv_cache_space_gib=0.5, cpu_processes=1).model_dump())
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    # one engine process, its OpenMP threads on every core the actor may use (the trainers wait meanwhile)
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and int(env["OMP_NUM_THREADS"]) == len(os.sched_getaffinity(0))
+    assert cpu_env(RolloutSpec(cpu_processes=2, reserved_cpus=0).model_dump())["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
 
 
 def test_lora_factors_merge_to_what_peft_merges(tiny_model_dir):
