@@ -50,6 +50,7 @@ VALIDATORS = {
     "data": _validate_data,
     "eval": lambda p: load_recipe(p, __import__("studio.evals.spec", fromlist=["EvalSpec"]).EvalSpec),
     "gateway.yaml": _validate_gateway,
+    "loops": lambda p: __import__("studio.loops.spec", fromlist=["load_loop_recipe"]).load_loop_recipe(p),
     "models": lambda p: load_recipe(p, TinyModelSpec),
     "serve": _validate_serve,
     "train": lambda p: load_recipe(p, TrainSpec),

@@ -434,3 +434,8 @@ class BatchResult(Base):
     record: Mapped[str] = mapped_column(Text)  # the file's JSONL line
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# The loop tables live in their own module (this one is long enough); importing it here registers
+# them on Base for every reader of the metadata (Alembic, the schema check).
+from studio.store import loop_models as _loop_models  # noqa: E402,F401
