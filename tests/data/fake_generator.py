@@ -4,7 +4,10 @@ Replies depend on the chunk text in the prompt: ``PROSE`` → a refusal in prose
 ``FENCED`` → JSON in a code fence after chatter; anything else → a clean JSON reply for the mode
 asked (``{"pairs": [...]}`` for QA, a bare list for CoT, a summary object). ``down`` (or
 ``down_after`` answered calls) makes calls fail with HTTP 500 (the generator down); ``calls`` counts
-calls per chunk text and ``formats`` records each call's ``response_format``.
+calls per chunk text and ``formats`` records each call's ``response_format``. With ``width`` > 1
+every call is held until ``width`` calls wait, then they go together (a run that cannot keep
+``width`` in flight leaves calls held: let go after ``hold_s``, counted in ``stalled``);
+``max_in_flight`` is the most calls seen at once.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ class FakeGenerator:
         self.down_after: int | None = None  # go down after this many answered calls
         self.answered = 0
         self.delay_s = 0.0  # per-reply latency (benchmarks)
+        self.width, self.hold_s = 1, 20.0
+        self.in_flight = self.max_in_flight = self.stalled = 0
+        self._waiting: list[asyncio.Event] = []
         app = FastAPI()
         app.post("/chat/completions")(self._chat)
         self._server = ServerThread(app)
@@ -44,9 +50,29 @@ class FakeGenerator:
     def stop(self) -> None:
         self._server.stop()
 
+    async def _hold(self) -> None:
+        gate = asyncio.Event()
+        self._waiting.append(gate)
+        if len(self._waiting) >= self.width:
+            for g in self._waiting:
+                g.set()
+            self._waiting = []
+        try:
+            await asyncio.wait_for(gate.wait(), self.hold_s)
+        except asyncio.TimeoutError:
+            self.stalled += 1
+            self._waiting.remove(gate)
+
     async def _chat(self, request: Request):
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.width > 1:
+                await self._hold()
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight -= 1
         body = await request.json()
         prompt = body["messages"][-1]["content"]
         text = prompt.split("Text:\n", 1)[-1]

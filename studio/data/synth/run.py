@@ -1,8 +1,10 @@
 """Synthetic generation as a job: ``python -m studio.data.synth.run --job-id N``.
 
 1. plan     the source snapshot's documents → token-bounded chunks with overlap (deterministic).
-2. generate pending chunks through the gateway (``studio.gateway.Client``, service ``synth``),
-            ``max_concurrency`` calls in flight. Each finished chunk is written at once to
+2. generate pending chunks through the gateway (``studio.gateway.Client``, service ``synth``,
+            the job's cap sent to the gateway), ``max_concurrency`` calls in flight — the batch
+            lane of evals and the Batch API. Each finished chunk is written at once (off the event
+            loop, so the calls in flight never wait for the store) to
             ``synth/<run>/chunks/<i>.json`` in the artifact store — the draft: its parsed rows, the
             reply when it did not parse, tokens and cost — and the job's ``result.progress`` is
             updated. A re-run (retry after a crash, or the generator down) skips finished chunks.
@@ -90,9 +92,16 @@ async def generate(spec: SynthSpec, settings: StudioSettings, run: str, client: 
     sem = asyncio.Semaphore(spec.max_concurrency)
     stop: list[BaseException] = []
 
-    def report() -> None:
-        if progress is not None and progress(progress_of(records, len(chunks))) is False and not stop:
-            stop.append(StudioError("cancelled on request"))
+    reporting = asyncio.Lock()  # one progress write at a time, in order: the last one is final
+
+    async def report() -> None:
+        # Off the event loop, like the chunk files: a database or artifact store that answers
+        # slowly must not hold the calls in flight (the run's width is the engine's batch).
+        if progress is None:
+            return
+        async with reporting:
+            if await asyncio.to_thread(progress, progress_of(records, len(chunks))) is False and not stop:
+                stop.append(StudioError("cancelled on request"))
 
     async def one(chunk: Chunk) -> None:
         async with sem:
@@ -113,11 +122,12 @@ async def generate(spec: SynthSpec, settings: StudioSettings, run: str, client: 
                "completion_tokens": usage.get("completion_tokens") or 0,
                "cost_usd": float(gw.get("cost_usd") or 0.0),
                "deployment": body.get("studio_model_version") or gw.get("deployment") or body.get("model")}
-        store.put_bytes(_key(run, chunk.index), json.dumps(rec, ensure_ascii=False).encode())
+        await asyncio.to_thread(store.put_bytes, _key(run, chunk.index),
+                                json.dumps(rec, ensure_ascii=False).encode())
         records.append(rec)
-        report()
+        await report()
 
-    report()
+    await report()
     await asyncio.gather(*(one(c) for c in pending))
     if stop:
         raise stop[0]
