@@ -18,6 +18,7 @@ from studio.api.routes import deployments as deployment_routes
 from studio.api.routes import synth as synth_routes
 from studio.api.routes import batches as batch_routes
 from studio.api.routes import files as file_routes
+from studio.api.routes import loops as loop_routes
 from studio.api.streams import StreamSlots
 from studio.settings import StudioSettings, get_settings
 from studio.store.db import init_db
@@ -55,5 +56,6 @@ def create_app(settings: StudioSettings | None = None) -> FastAPI:
     app.include_router(experiments.router, dependencies=team)
     app.include_router(evals.router, dependencies=team)
     app.include_router(deployment_routes.router, dependencies=team)  # /api/deployments: runtime models
+    app.include_router(loop_routes.router, dependencies=team)  # /api/loops: self-driving improvement loops
     mount_ui(app)  # /ui: static pages that call the API above with the user's key
     return app

@@ -13,6 +13,7 @@ from studio.cli import experiments
 from studio.cli import eval as eval_cli
 from studio.cli import usage
 from studio.cli import batches as batches_cli
+from studio.cli import loops as loops_cli
 from studio.cli import serve as serve_cli
 from studio.cli.common import console, err_console, settings_with_db
 from studio.errors import StudioError
@@ -33,6 +34,7 @@ app.add_typer(experiments.app, name="experiments")
 app.add_typer(eval_cli.app, name="eval")
 app.add_typer(serve_cli.app, name="serve")
 app.add_typer(batches_cli.app, name="batches")
+app.add_typer(loops_cli.app, name="loop")
 app.command("usage")(usage.usage)
 
 

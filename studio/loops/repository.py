@@ -29,8 +29,8 @@ from studio.store.models import utcnow
 HARM = frozenset({Reason.VERDICT_ROLLBACK, Reason.GUARDRAIL, Reason.SHADOW_HARM, Reason.HUMAN_ROLLBACK})
 
 
-def create_loop(session: Session, spec: LoopSpec, *, created_by: str | None = None,
-                owner_key_id: int | None = None) -> Loop:
+def create_loop(session: Session, spec: LoopSpec, *, train: dict[str, Any] | None = None,
+                created_by: str | None = None, owner_key_id: int | None = None) -> Loop:
     """A new loop row, or 409 if the name is taken or the served name already has a loop."""
     for column, value, what in ((Loop.name, spec.name, "a loop named"), (Loop.served_name, spec.served_name,
                                                                            "a loop on the served name")):
@@ -39,7 +39,8 @@ def create_loop(session: Session, spec: LoopSpec, *, created_by: str | None = No
             raise Conflict(f"there is already {what} {value!r} (loop {other.name})",
                            "pick another name, or change the existing loop" if column is Loop.name else
                            f"one loop per served name: edit or cancel loop {other.name} first")
-    loop = Loop(name=spec.name, served_name=spec.served_name, spec=spec.model_dump(mode="json"), status="active",
+    loop = Loop(name=spec.name, served_name=spec.served_name, spec=spec.model_dump(mode="json"), train=train,
+                status="active",
                 rollbacks_in_a_row=0, created_by=created_by, owner_key_id=owner_key_id)
     session.add(loop)
     session.flush()
@@ -51,6 +52,10 @@ def get_loop(session: Session, name: str) -> Loop:
     if loop is None:
         raise NotFound(f"loop {name!r} does not exist", "see `studio loop ls`")
     return loop
+
+
+def list_loops(session: Session) -> list[Loop]:
+    return list(session.scalars(select(Loop).order_by(Loop.name)))
 
 
 def get_generation(session: Session, generation_id: int) -> LoopGeneration:

@@ -22,6 +22,7 @@ class Loop(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     served_name: Mapped[str] = mapped_column(String(128), unique=True)  # one loop per served name
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    train: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the validated TrainSpec it runs
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | paused | cancelled
     status_reason: Mapped[str | None] = mapped_column(String(2048))
     rollbacks_in_a_row: Mapped[int] = mapped_column(Integer, default=0)  # harm rollbacks since a promotion

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(128), nullable=False, unique=True),
         sa.Column("served_name", sa.String(128), nullable=False, unique=True),
         sa.Column("spec", sa.JSON(), nullable=False),
+        sa.Column("train", sa.JSON(), nullable=True),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("status_reason", sa.String(2048), nullable=True),
         sa.Column("rollbacks_in_a_row", sa.Integer(), nullable=False),

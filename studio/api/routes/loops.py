@@ -1,0 +1,104 @@
+"""/api/loops: self-driving improvement loops (docs/loops.md). Create, read, replace the recipe,
+pause, resume, cancel, and a generation's timeline and ``explain``. The runner that moves
+generations is not built yet: these routes manage the loop objects and read what is stored."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from studio.access import name_owner, principal_id, require_owner
+from studio.api.deps import SessionDep, UserOrAdminDep
+from studio.loops import control
+from studio.loops.repository import explain, get_loop, list_loops
+from studio.loops.spec import LoopSpec
+from studio.loops.views import (GenerationDetail, GenerationExplained, LoopDetail, LoopSummary, explained_view,
+                                generation_detail, loop_detail, loop_summary)
+from studio.train.spec import TrainSpec
+
+router = APIRouter(prefix="/api/loops", tags=["loops"])
+
+
+class LoopCreate(BaseModel):
+    """A loop recipe and the training recipe it runs, both validated (``studio loop create FILE``
+    reads them from ``configs/loops/`` and ``configs/train/`` and sends this)."""
+
+    model_config = ConfigDict(extra="forbid")
+    loop: LoopSpec
+    train: TrainSpec
+
+
+class LoopAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(default="", max_length=2000, description="Why, recorded with the transition.")
+
+
+def _owned_loop(session, key, name: str, action: str):
+    loop = get_loop(session, name)  # 404 first
+    require_owner(key, loop.owner_key_id, f"loop {name!r}", action)
+    return loop
+
+
+@router.post("", status_code=201)
+def post_loop(body: LoopCreate, key: UserOrAdminDep, session: SessionDep) -> LoopDetail:
+    """Create a loop on a registry name with a champion. The name's owner or an admin."""
+    spec = body.loop
+    require_owner(key, name_owner(session, "model", spec.served_name), f"registry name {spec.served_name!r}",
+                  "run a loop on it")
+    loop = control.create_checked(session, spec, body.train, created_by=key.name, owner_key_id=principal_id(key))
+    return loop_detail(session, loop)
+
+
+@router.get("")
+def get_loops(_: UserOrAdminDep, session: SessionDep) -> list[LoopSummary]:
+    return [loop_summary(session, lp) for lp in list_loops(session)]
+
+
+@router.get("/{name}")
+def get_loop_detail(name: str, _: UserOrAdminDep, session: SessionDep) -> LoopDetail:
+    return loop_detail(session, get_loop(session, name))
+
+
+@router.put("/{name}")
+def put_loop(name: str, body: LoopCreate, key: UserOrAdminDep, session: SessionDep) -> LoopDetail:
+    """Replace the recipe (same name and served name); started generations keep theirs. Its
+    owner or an admin."""
+    _owned_loop(session, key, name, "change it")
+    return loop_detail(session, control.replace_spec(session, name, body.loop, body.train))
+
+
+@router.post("/{name}/pause")
+def post_pause(name: str, key: UserOrAdminDep, session: SessionDep, body: LoopAction | None = None) -> LoopDetail:
+    """No new generation starts; the active one is held. Its owner or an admin."""
+    _owned_loop(session, key, name, "pause it")
+    return loop_detail(session, control.pause_loop(session, name, actor=key.name, reason=(body or LoopAction()).reason))
+
+
+@router.post("/{name}/resume")
+def post_resume(name: str, key: UserOrAdminDep, session: SessionDep, body: LoopAction | None = None) -> LoopDetail:
+    """Active again; a held generation goes back to where it paused. Its owner or an admin."""
+    _owned_loop(session, key, name, "resume it")
+    return loop_detail(session, control.resume_loop(session, name, actor=key.name, reason=(body or LoopAction()).reason))
+
+
+@router.post("/{name}/cancel")
+def post_cancel(name: str, key: UserOrAdminDep, session: SessionDep, body: LoopAction | None = None) -> LoopDetail:
+    """No new generation; the active one is cancelled (through ROLLING_BACK if the candidate holds
+    traffic). Its owner or an admin."""
+    _owned_loop(session, key, name, "cancel it")
+    return loop_detail(session, control.cancel_loop(session, name, actor=key.name, reason=(body or LoopAction()).reason))
+
+
+@router.get("/{name}/generations/{number}")
+def get_generation(name: str, number: int, _: UserOrAdminDep, session: SessionDep) -> GenerationDetail:
+    """A generation's timeline: every transition and every look."""
+    loop = get_loop(session, name)
+    return generation_detail(session, loop, control.generation_by_number(session, loop, number))
+
+
+@router.get("/{name}/generations/{number}/explain")
+def get_explain(name: str, number: int, _: UserOrAdminDep, session: SessionDep) -> GenerationExplained:
+    """Each stored look's verdict recomputed from its counts under the generation's frozen rule."""
+    loop = get_loop(session, name)
+    gen = control.generation_by_number(session, loop, number)
+    return explained_view(loop, gen, explain(session, gen.id))

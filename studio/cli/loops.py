@@ -1,0 +1,162 @@
+"""``studio loop``: self-driving improvement loops (docs/loops.md), on the database directly like
+the other groups. The runner that moves generations is not built yet: these commands create and
+manage loops and read what is stored (``explain`` recomputes each stored verdict)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from studio.cli.common import console, settings_with_db
+from studio.store.db import session_scope
+
+app = typer.Typer(help="Self-driving improvement loops: feedback → train → gate → canary → verdict.",
+                  no_args_is_help=True)
+
+ACTOR = "cli"  # the operator on the server (docs/security.md: the CLI acts as an admin)
+
+
+@app.command("create")
+def create(
+    recipe: str = typer.Argument(..., help="A loop recipe, e.g. configs/loops/reverse_tiny.yaml."),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. decision.alpha=0.01."),
+) -> None:
+    """Create a loop from its recipe (and its training recipe), checked against the registry: the
+    served name needs a champion of the training recipe's base model."""
+    from studio.loops.control import create_checked
+    from studio.loops.spec import load_loop_recipe
+    from studio.loops.views import loop_detail
+
+    spec, train = load_loop_recipe(recipe, overrides or ())
+    settings = settings_with_db()
+    with session_scope(settings.db_url) as s:
+        info = loop_detail(s, create_checked(s, spec, train, created_by=ACTOR, owner_key_id=None))
+    console.print(f"[green]loop {info.name}[/] on {info.served_name}: trains {spec.train.recipe}, canary "
+                  f"{' → '.join(f'{x:g} %' for x in spec.canary.steps)}, alpha {spec.decision.alpha:g}", highlight=False)
+    console.print("note: the loop runner is not built yet; nothing starts a generation (docs/loops.md)",
+                  style="yellow")
+
+
+@app.command("ls")
+def ls() -> None:
+    """Loops with their status and active generation."""
+    from studio.loops.repository import list_loops
+    from studio.loops.views import loop_summary
+
+    settings = settings_with_db()
+    with session_scope(settings.db_url) as s:
+        rows = [loop_summary(s, lp) for lp in list_loops(s)]
+    table = Table("loop", "served name", "status", "generations", "active", "rollbacks in a row")
+    for r in rows:
+        active = f"{r.active_generation.number}: {r.active_generation.state}" if r.active_generation else "-"
+        table.add_row(r.name, r.served_name, r.status, str(r.generations), active, str(r.rollbacks_in_a_row))
+    console.print(table)
+
+
+@app.command("show")
+def show(name: str = typer.Argument(..., help="Loop name."),
+         generation: int | None = typer.Option(None, "--generation", "-g", help="A generation's timeline."),
+         as_json: bool = typer.Option(False, "--json", help="Print the JSON document.")) -> None:
+    """The loop and its recent generations, or one generation's transitions and looks."""
+    from studio.loops.control import generation_by_number
+    from studio.loops.repository import get_loop
+    from studio.loops.views import generation_detail, loop_detail
+
+    settings = settings_with_db()
+    with session_scope(settings.db_url) as s:
+        loop = get_loop(s, name)
+        doc = (generation_detail(s, loop, generation_by_number(s, loop, generation)) if generation is not None
+               else loop_detail(s, loop))
+    if as_json:
+        console.print_json(doc.model_dump_json())
+        return
+    if generation is None:
+        console.print(f"[bold]{doc.name}[/] on {doc.served_name} · {doc.status}"
+                      + (f" ({doc.status_reason})" if doc.status_reason else "")
+                      + f" · {doc.rollbacks_in_a_row} rollbacks in a row", highlight=False)
+        table = Table("generation", "state", "attempt", "canary step", "candidate", "started", "ended")
+        for g in doc.recent_generations:
+            table.add_row(str(g.number), g.state, str(g.attempt), str(g.canary_step), g.candidate or "-",
+                          g.created_at[:19], (g.ended_at or "-")[:19])
+        console.print(table)
+        return
+    console.print(f"[bold]{doc.loop}[/] generation {doc.number} · {doc.state}", highlight=False)
+    table = Table("at", "from", "to", "reason", "actor", "detail")
+    for t in doc.transitions:
+        table.add_row(t.at[:19], t.from_state or "-", t.to_state, t.reason, t.actor, t.detail)
+    console.print(table)
+    console.print(f"{len(doc.looks)} looks (studio loop explain {doc.loop} -g {doc.number})", highlight=False)
+
+
+def _act(verb: str, name: str, reason: str) -> None:
+    from studio.loops import control
+    from studio.loops.views import loop_summary
+
+    settings = settings_with_db()
+    with session_scope(settings.db_url) as s:
+        loop = getattr(control, f"{verb}_loop")(s, name, actor=ACTOR, reason=reason)
+        info = loop_summary(s, loop)
+    active = info.active_generation
+    console.print(f"loop [bold]{info.name}[/]: {info.status}"
+                  + (f"; generation {active.number} {active.state}" if active else ""), highlight=False)
+
+
+@app.command("pause")
+def pause(name: str = typer.Argument(..., help="Loop name."),
+          reason: str = typer.Option("", "--reason", help="Recorded with the transition.")) -> None:
+    """No new generation starts; the active one is held (PAUSED) where it is."""
+    _act("pause", name, reason)
+
+
+@app.command("resume")
+def resume(name: str = typer.Argument(..., help="Loop name."),
+           reason: str = typer.Option("", "--reason", help="Recorded with the transition.")) -> None:
+    """Active again (the rollback count starts over); a held generation goes back to where it paused."""
+    _act("resume", name, reason)
+
+
+@app.command("cancel")
+def cancel(name: str = typer.Argument(..., help="Loop name."),
+           reason: str = typer.Option("", "--reason", help="Recorded with the transition.")) -> None:
+    """No new generation starts; the active one is cancelled (through ROLLING_BACK if it holds traffic)."""
+    _act("cancel", name, reason)
+
+
+@app.command("explain")
+def explain(name: str = typer.Argument(..., help="Loop name."),
+            generation: int | None = typer.Option(None, "--generation", "-g", help="Default: the newest."),
+            as_json: bool = typer.Option(False, "--json", help="Print the JSON document.")) -> None:
+    """Each stored look's verdict recomputed from its counts under the generation's frozen rule."""
+    from sqlalchemy import func, select
+
+    from studio.errors import NotFound
+    from studio.loops.control import generation_by_number
+    from studio.loops.repository import explain as explain_generation
+    from studio.loops.repository import get_loop
+    from studio.loops.views import explained_view
+    from studio.store.loop_models import LoopGeneration
+
+    settings = settings_with_db()
+    with session_scope(settings.db_url) as s:
+        loop = get_loop(s, name)
+        number = generation if generation is not None else s.scalar(
+            select(func.max(LoopGeneration.number)).where(LoopGeneration.loop_id == loop.id))
+        if number is None:
+            raise NotFound(f"loop {name} has no generation yet", "nothing to explain until one has run")
+        gen = generation_by_number(s, loop, number)
+        doc = explained_view(loop, gen, explain_generation(s, gen.id))
+    if as_json:
+        console.print_json(json.dumps(doc.model_dump()))
+        return
+    console.print(f"[bold]{doc.loop}[/] generation {doc.number} · {doc.state} · "
+                  + ("every stored verdict recomputes the same" if doc.all_agree else
+                     "[red]some stored verdicts differ from the recomputed ones[/]"), highlight=False)
+    table = Table("look", "at s", "step", "weight", "estimate", "bounds", "stored", "recomputed", "why")
+    for x in doc.looks:
+        bounds = f"[{x.lower:+.3f}, {x.upper:+.3f}]" if x.lower is not None else "-"
+        table.add_row(str(x.look_id), f"{x.at_s:g}", str(x.step), f"{x.weight:g}",
+                      "-" if x.estimate is None else f"{x.estimate:+.3f}", bounds, x.stored_action,
+                      x.recomputed_action if x.agrees else f"[red]{x.recomputed_action}[/]", x.detail)
+    console.print(table)

@@ -1,0 +1,115 @@
+"""What a person does to a loop, shared by ``/api/loops`` and ``studio loop``: create it (checked
+against the registry), replace its recipe, pause, resume, cancel, and find a generation.
+
+Who may: the API checks roles and owners before calling these (docs/security.md); the CLI works on
+the database as the operator, like the other command groups.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from studio.errors import Conflict, NotFound, StudioError
+from studio.loops.repository import active_generation, create_loop, get_loop, move
+from studio.loops.spec import TRAIN_METHODS, LoopSpec, check_base_model
+from studio.loops.states import IN_TRAFFIC, Reason, State
+from studio.store.loop_models import Loop, LoopGeneration
+from studio.store.models import ModelVersion, utcnow
+
+# Where a person's pause may hold a generation (PROMOTING and ROLLING_BACK finish first).
+_HOLDABLE = (State.WATCHING, State.TRIGGERED, State.SNAPSHOT, State.TRAINING, State.GATE, State.SHADOW, State.CANARY)
+
+
+def champion_of(session: Session, name: str) -> ModelVersion:
+    mv = session.scalars(select(ModelVersion).where(ModelVersion.name == name, ModelVersion.stage == "champion")).first()
+    if mv is None:
+        raise Conflict(f"registry name {name!r} has no champion, so there is nothing to improve from",
+                       f"promote a version first (`studio models promote {name}@N`), then create the loop")
+    return mv
+
+
+def check_loop(session: Session, spec: LoopSpec, train: Any) -> dict[str, Any]:
+    """The registry's view of a new recipe: the served name has a champion and the training
+    recipe (a ``TrainSpec``) is for its base model and learns from feedback. The stored train spec."""
+    champion = champion_of(session, spec.served_name)
+    if train.method not in TRAIN_METHODS:
+        raise StudioError(f"loop {spec.name}: its training recipe trains with {train.method}",
+                          f"a loop learns from feedback: use a recipe with method {' or '.join(TRAIN_METHODS)}")
+    check_base_model(spec, train.base_model, champion.base_model)
+    return train.model_dump(mode="json")
+
+
+def create_checked(session: Session, spec: LoopSpec, train: Any, *, created_by: str | None,
+                   owner_key_id: int | None) -> Loop:
+    return create_loop(session, spec, train=check_loop(session, spec, train), created_by=created_by,
+                       owner_key_id=owner_key_id)
+
+
+def replace_spec(session: Session, name: str, spec: LoopSpec, train: Any) -> Loop:
+    """A new recipe for an existing loop; generations already started keep the one they froze."""
+    loop = get_loop(session, name)
+    if spec.name != loop.name or spec.served_name != loop.served_name:
+        raise StudioError(f"loop {name}: the new recipe is for loop {spec.name!r} on {spec.served_name!r}",
+                          f"keep name: {loop.name} and served_name: {loop.served_name} (create another loop "
+                          "for another name)")
+    loop.train = check_loop(session, spec, train)
+    loop.spec = spec.model_dump(mode="json")
+    loop.updated_at = utcnow()
+    session.flush()
+    return loop
+
+
+def generation_by_number(session: Session, loop: Loop, number: int) -> LoopGeneration:
+    gen = session.scalars(select(LoopGeneration).where(LoopGeneration.loop_id == loop.id,
+                                                       LoopGeneration.number == number)).first()
+    if gen is None:
+        raise NotFound(f"loop {loop.name} has no generation {number}", f"see `studio loop show {loop.name}`")
+    return gen
+
+
+def pause_loop(session: Session, name: str, *, actor: str, reason: str = "") -> Loop:
+    """No new generation starts; the active one is held where it is (PAUSED, reason hold)."""
+    loop = get_loop(session, name)
+    if loop.status == "cancelled":
+        raise Conflict(f"loop {name} is cancelled", f"resume it first (`studio loop resume {name}`)")
+    loop.status, loop.status_reason = "paused", f"paused by {actor}" + (f": {reason}" if reason else "")
+    gen = active_generation(session, loop)
+    if gen is not None and State(gen.state) in _HOLDABLE:
+        move(session, gen.id, gen.state, State.PAUSED, Reason.HOLD, actor=actor, detail=reason or "paused by hand")
+    session.flush()
+    return loop
+
+
+def resume_loop(session: Session, name: str, *, actor: str, reason: str = "") -> Loop:
+    """Triggers may fire again (the rollback count starts over: a person has looked), and a paused
+    generation goes back to where it paused."""
+    loop = get_loop(session, name)
+    loop.status, loop.status_reason, loop.rollbacks_in_a_row = "active", None, 0
+    gen = active_generation(session, loop)
+    if gen is not None and gen.state == State.PAUSED.value:
+        move(session, gen.id, State.PAUSED, gen.paused_from, Reason.RESUME, actor=actor,
+             detail=reason or "resumed by hand")
+    session.flush()
+    return loop
+
+
+def cancel_loop(session: Session, name: str, *, actor: str, reason: str = "") -> Loop:
+    """No new generation starts; the active one is cancelled — through ROLLING_BACK when the
+    candidate holds traffic (the runner unwinds the split, then ends it CANCELLED). A generation
+    already PROMOTING or ROLLING_BACK finishes. ``resume`` makes the loop active again."""
+    loop = get_loop(session, name)
+    loop.status, loop.status_reason = "cancelled", f"cancelled by {actor}" + (f": {reason}" if reason else "")
+    gen = active_generation(session, loop)
+    words = reason or "cancelled by hand"
+    if gen is not None:
+        state = State(gen.state)
+        in_traffic = state in IN_TRAFFIC or (state is State.PAUSED and State(gen.paused_from) in IN_TRAFFIC)
+        if in_traffic:
+            move(session, gen.id, state, State.ROLLING_BACK, Reason.CANCEL, actor=actor, detail=words)
+        elif state in _HOLDABLE or state is State.PAUSED:
+            move(session, gen.id, state, State.CANCELLED, Reason.CANCEL, actor=actor, detail=words)
+    session.flush()
+    return loop

@@ -1,0 +1,115 @@
+"""`studio loop` in-process (Typer's runner, the real database): create the shipped loop on a
+registry name with a champion, list, show, pause/resume/cancel, explain; and the errors a user gets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from studio.cli.main import app
+from studio.errors import StudioError
+from studio.loops import repository as repo
+from studio.loops.spec import LoopSpec
+from studio.loops.states import Reason, State
+from studio.loops.stats import ArmCounts, Look, decide
+from studio.settings import get_settings
+from studio.store.db import session_scope
+from studio.store.models import ModelVersion
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = str(REPO / "configs" / "loops" / "reverse_tiny.yaml")
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli(settings, monkeypatch):
+    monkeypatch.chdir(REPO)  # the recipe's base_model (.studio/models/tiny) is relative to the checkout
+    monkeypatch.setenv("STUDIO_HOME", str(settings.home))
+    monkeypatch.setenv("STUDIO_DATABASE_URL", settings.db_url)
+    get_settings.cache_clear()
+
+    def invoke(*args: str) -> tuple[int, str]:
+        r = runner.invoke(app, ["loop", *args])
+        if isinstance(r.exception, StudioError):
+            return 1, r.output + str(r.exception)
+        if r.exception is not None and not isinstance(r.exception, SystemExit):
+            raise r.exception
+        return r.exit_code, r.output
+
+    yield invoke
+    get_settings.cache_clear()
+
+
+def _champion(settings, base_model: str = ".studio/models/tiny") -> None:
+    with session_scope(settings.db_url) as s:
+        s.add(ModelVersion(name="reverse-tiny", version=1, base_model=base_model, method="sft", adapter_type="lora",
+                           uri="file:///nowhere", stage="champion", metrics={}))
+
+
+def test_create_needs_a_champion_of_the_recipes_base_model(cli, settings):
+    code, out = cli("create", SHIPPED)
+    assert code == 1 and "registry name 'reverse-tiny' has no champion" in out and "studio models promote" in out
+    _champion(settings, base_model="/somewhere/else/qwen")
+    code, out = cli("create", SHIPPED)
+    assert code == 1 and "is for base model .studio/models/tiny" in out
+
+
+def test_bad_recipe_values_name_the_field_and_the_fix(cli, settings):
+    _champion(settings)
+    code, out = cli("create", SHIPPED, "decision.alpha=0", "canary.steps=[50,25]")
+    assert code == 1
+    assert "decision.alpha" in out and "strictly between 0 and 1" in out
+    assert "canary.steps" in out and "25 follows 50" in out
+
+
+def test_the_shipped_loop_is_created_listed_paused_resumed_cancelled_and_explained(cli, settings):
+    _champion(settings)
+    code, out = cli("create", SHIPPED)
+    assert code == 0, out
+    assert "loop reverse-tiny-loop on reverse-tiny" in out and "10 % → 25 % → 50 %" in out
+    code, out = cli("create", SHIPPED)
+    assert code == 1 and "already a loop named 'reverse-tiny-loop'" in out
+    code, out = cli("create", SHIPPED, "name=another-loop")
+    assert code == 1 and "one loop per served name" in out
+    code, out = cli("ls")
+    assert "reverse-tiny-loop" in out and "active" in out
+    code, out = cli("explain", "reverse-tiny-loop")
+    assert code == 1 and "has no generation yet" in out
+
+    with session_scope(settings.db_url) as s:  # a generation in its canary, with two stored looks
+        loop = repo.get_loop(s, "reverse-tiny-loop")
+        spec = LoopSpec.model_validate(loop.spec)
+        gen = repo.start_generation(s, loop, repo.frozen_config(spec, loop.train), actor="scheduler")
+        for frm, to, why in ((State.WATCHING, State.TRIGGERED, Reason.TRIGGER_MANUAL),
+                             (State.TRIGGERED, State.SNAPSHOT, Reason.STEP_DONE),
+                             (State.SNAPSHOT, State.TRAINING, Reason.STEP_DONE),
+                             (State.TRAINING, State.GATE, Reason.STEP_DONE),
+                             (State.GATE, State.CANARY, Reason.SHADOW_SKIPPED)):
+            repo.move(s, gen.id, frm, to, why, actor="scheduler")
+        for i in (1, 10):
+            look = Look(at_s=60.0 * i, weight=0.1,
+                        champion=ArmCounts(completions=90 * i, rated=90 * i, thumbs_up=45 * i,
+                                           latency_p95_ms=90, tokens_per_answer=8),
+                        candidate=ArmCounts(completions=10 * i, rated=10 * i, thumbs_up=2 * i, errors=i,
+                                            latency_p95_ms=95, tokens_per_answer=8),
+                        step_assigned_champion=90 * i, step_assigned_candidate=10 * i)
+            repo.record_look(s, gen.id, look, decide(look, spec.decision))
+
+    code, out = cli("pause", "reverse-tiny-loop", "--reason", "looking")
+    assert code == 0 and "paused; generation 1 PAUSED" in out
+    code, out = cli("resume", "reverse-tiny-loop")
+    assert code == 0 and "active; generation 1 CANARY" in out
+    code, out = cli("explain", "reverse-tiny-loop", "--json")
+    assert code == 0 and '"all_agree": true' in out
+    code, out = cli("explain", "reverse-tiny-loop")
+    assert code == 0 and "every stored verdict recomputes the same" in out and "roll_back" in out
+    code, out = cli("cancel", "reverse-tiny-loop")
+    assert code == 0 and "cancelled; generation 1 ROLLING_BACK" in out
+    code, out = cli("show", "reverse-tiny-loop", "-g", "1")
+    assert code == 0 and "hold" in out and "resume" in out and "cancel" in out and "2 looks" in out
+    code, out = cli("show", "reverse-tiny-loop")
+    assert code == 0 and "cancelled" in out and "ROLLING_BACK" in out
+    code, out = cli("show", "nope")
+    assert code == 1 and "loop 'nope' does not exist" in out
