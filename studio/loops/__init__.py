@@ -1,6 +1,7 @@
 """The self-driving improvement loop (issue 23): feedback → train from the champion → gate →
-shadow/canary → promote or roll back, as one object (docs/loops.md). This package holds its
-foundation; the runner, the API, the CLI and the UI page are not built yet.
+shadow/canary → promote or roll back, as one object (docs/loops.md). Built: the state machine, the
+decision rules, the recipe, the store, and managing loops (``/api/loops``, ``studio loop``); not
+built yet: the runner that moves generations, ``studio loop run``/``simulate`` and the UI page.
 
 | module | job |
 |---|---|
@@ -8,4 +9,6 @@ foundation; the runner, the API, the CLI and the UI page are not built yet.
 | ``stats`` | the decision rules: the confidence sequence, guardrails, SRM, ``decide``; the shadow sign test |
 | ``spec`` | ``LoopSpec``, the recipe ``configs/loops/<name>.yaml`` |
 | ``repository`` | loops and generations in the database; compare-and-set moves; looks; ``explain`` |
+| ``control`` | what a person does: create (checked against the registry), pause, resume, cancel; promote, roll back, abort a generation |
+| ``views`` | the shapes the API and the CLI show |
 """

@@ -97,19 +97,35 @@ def resume_loop(session: Session, name: str, *, actor: str, reason: str = "") ->
 
 
 def cancel_loop(session: Session, name: str, *, actor: str, reason: str = "") -> Loop:
-    """No new generation starts; the active one is cancelled — through ROLLING_BACK when the
-    candidate holds traffic (the runner unwinds the split, then ends it CANCELLED). A generation
+    """No new generation starts; the active one is cancelled (``abort_generation``). A generation
     already PROMOTING or ROLLING_BACK finishes. ``resume`` makes the loop active again."""
     loop = get_loop(session, name)
     loop.status, loop.status_reason = "cancelled", f"cancelled by {actor}" + (f": {reason}" if reason else "")
     gen = active_generation(session, loop)
-    words = reason or "cancelled by hand"
-    if gen is not None:
-        state = State(gen.state)
-        in_traffic = state in IN_TRAFFIC or (state is State.PAUSED and State(gen.paused_from) in IN_TRAFFIC)
-        if in_traffic:
-            move(session, gen.id, state, State.ROLLING_BACK, Reason.CANCEL, actor=actor, detail=words)
-        elif state in _HOLDABLE or state is State.PAUSED:
-            move(session, gen.id, state, State.CANCELLED, Reason.CANCEL, actor=actor, detail=words)
+    if gen is not None and State(gen.state) not in (State.PROMOTING, State.ROLLING_BACK):
+        abort_generation(session, gen, actor=actor, reason=reason or "cancelled by hand")
     session.flush()
     return loop
+
+
+def _in_traffic(gen: LoopGeneration) -> bool:
+    state = State(gen.state)
+    return state in IN_TRAFFIC or (state is State.PAUSED and gen.paused_from is not None
+                                   and State(gen.paused_from) in IN_TRAFFIC)
+
+
+def abort_generation(session: Session, gen: LoopGeneration, *, actor: str, reason: str) -> LoopGeneration:
+    """Cancel one generation: through ROLLING_BACK when the candidate holds traffic (the runner
+    unwinds the split, then ends it CANCELLED), else CANCELLED at once; 409 from other states."""
+    target = State.ROLLING_BACK if _in_traffic(gen) else State.CANCELLED
+    return move(session, gen.id, gen.state, target, Reason.CANCEL, actor=actor, detail=reason)
+
+
+def promote_generation(session: Session, gen: LoopGeneration, *, actor: str, reason: str) -> LoopGeneration:
+    """An admin's promotion of a candidate in shadow or canary, whatever the statistics say."""
+    return move(session, gen.id, gen.state, State.PROMOTING, Reason.HUMAN_PROMOTE, actor=actor, detail=reason)
+
+
+def rollback_generation(session: Session, gen: LoopGeneration, *, actor: str, reason: str) -> LoopGeneration:
+    """An admin's rollback of a candidate in shadow or canary (or paused there); counts as harm."""
+    return move(session, gen.id, gen.state, State.ROLLING_BACK, Reason.HUMAN_ROLLBACK, actor=actor, detail=reason)

@@ -99,7 +99,7 @@ class ArmCounts(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    completions: int = Field(default=0, ge=0, description="Answers served.")
+    completions: int = Field(default=0, ge=0, description="Requests it ended: answers and errors alike.")
     rated: int = Field(default=0, ge=0, description="Answers with a thumbs up or down.")
     thumbs_up: int = Field(default=0, ge=0, description="Answers rated up.")
     errors: int = Field(default=0, ge=0, description="Errors and answers in an invalid format.")

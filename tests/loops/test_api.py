@@ -151,3 +151,33 @@ def test_put_replaces_the_recipe_for_the_owner_only(api):
     assert r.status_code == 200 and r.json()["spec"]["cooldown_s"] == 5
     r = api("PUT", "/api/loops/loop-a", "alice", json=_body(served="no-champion"))
     assert r.status_code == 400 and "keep name: loop-a and served_name: served-a" in r.json()["fix"]
+
+
+def test_an_admin_promotes_rolls_back_or_aborts_a_generation_with_a_reason(api, settings):
+    assert api("POST", "/api/loops", "alice", json=_body()).status_code == 201
+    _active_canary(settings)
+    gen = "/api/loops/loop-a/generations/1"
+    r = api("POST", f"{gen}/promote", "alice", json={"reason": "I own it"})
+    assert r.status_code == 403 and "needs an admin key" in r.json()["detail"]  # the owner is not enough
+    r = api("POST", f"{gen}/promote", "root", json={"reason": ""})
+    assert r.status_code == 422 and "reason" in r.json()["detail"]
+    r = api("POST", f"{gen}/rollback", "root", json={"reason": "users complain about format"})
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "ROLLING_BACK"
+    assert r.json()["transitions"][-1] == {**r.json()["transitions"][-1], "reason": "human_rollback",
+                                           "actor": "root", "detail": "users complain about format"}
+    r = api("POST", f"{gen}/promote", "root", json={"reason": "changed my mind"})
+    assert r.status_code == 409 and "cannot go from ROLLING_BACK to PROMOTING" in r.json()["detail"]
+    assert "allowed from ROLLING_BACK" in r.json()["fix"]
+
+
+def test_an_aborted_generation_leaves_the_loop_active(api, settings):
+    assert api("POST", "/api/loops", "alice", json=_body()).status_code == 201
+    with session_scope(settings.db_url) as s:
+        loop = repo.get_loop(s, "loop-a")
+        gen = repo.start_generation(s, loop, {}, actor="scheduler")
+        repo.move(s, gen.id, State.WATCHING, State.TRIGGERED, Reason.TRIGGER_MANUAL, actor="scheduler")
+    r = api("POST", "/api/loops/loop-a/generations/1/abort", "root", json={"reason": "bad snapshot"})
+    assert r.status_code == 200 and r.json()["state"] == "CANCELLED" and r.json()["ended_at"]
+    loop = api("GET", "/api/loops/loop-a", "bob").json()
+    assert loop["status"] == "active" and loop["active_generation"] is None

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from studio.access import name_owner, principal_id, require_owner
-from studio.api.deps import SessionDep, UserOrAdminDep
+from studio.api.deps import AdminDep, SessionDep, UserOrAdminDep
 from studio.loops import control
 from studio.loops.repository import explain, get_loop, list_loops
 from studio.loops.spec import LoopSpec
@@ -31,6 +31,11 @@ class LoopCreate(BaseModel):
 class LoopAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(default="", max_length=2000, description="Why, recorded with the transition.")
+
+
+class GenerationAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000, description="Why: required, recorded with the transition.")
 
 
 def _owned_loop(session, key, name: str, action: str):
@@ -102,3 +107,31 @@ def get_explain(name: str, number: int, _: UserOrAdminDep, session: SessionDep) 
     loop = get_loop(session, name)
     gen = control.generation_by_number(session, loop, number)
     return explained_view(loop, gen, explain(session, gen.id))
+
+
+def _act_on_generation(session, key, name: str, number: int, body: GenerationAction, act) -> GenerationDetail:
+    loop = get_loop(session, name)
+    gen = control.generation_by_number(session, loop, number)
+    act(session, gen, actor=key.name, reason=body.reason)
+    return generation_detail(session, loop, gen)
+
+
+@router.post("/{name}/generations/{number}/promote")
+def post_promote(name: str, number: int, body: GenerationAction, key: AdminDep, session: SessionDep
+                 ) -> GenerationDetail:
+    """Promote the candidate now (from SHADOW or CANARY), whatever the statistics say. Admin, with a reason."""
+    return _act_on_generation(session, key, name, number, body, control.promote_generation)
+
+
+@router.post("/{name}/generations/{number}/rollback")
+def post_rollback(name: str, number: int, body: GenerationAction, key: AdminDep, session: SessionDep
+                  ) -> GenerationDetail:
+    """Roll the candidate back (from SHADOW, CANARY, or paused there). Admin, with a reason."""
+    return _act_on_generation(session, key, name, number, body, control.rollback_generation)
+
+
+@router.post("/{name}/generations/{number}/abort")
+def post_abort(name: str, number: int, body: GenerationAction, key: AdminDep, session: SessionDep
+               ) -> GenerationDetail:
+    """Cancel the generation (through ROLLING_BACK if it holds traffic); the loop stays active. Admin, with a reason."""
+    return _act_on_generation(session, key, name, number, body, control.abort_generation)
