@@ -1,7 +1,8 @@
 """The Batch API in a live studio (`studio up` serving the tiny model on vLLM, the gateway, the
 scheduler), through the official ``openai`` client: ``files.create(purpose="batch")``,
 ``batches.create``, ``batches.retrieve`` until it ends, ``files.content``. 50 lines (the tiny base
-and a registered adapter by ``name@1``, a malformed line, an unknown model): the scheduler runs
+and a registered adapter by ``name@1``, a malformed line, an unknown model, a prompt longer than
+the engine's context): the scheduler runs
 the batch as a Ray job whose calls go through the gateway with a key derived from the creator's;
 every line is a usage row of that key tagged with the batch; the greedy answers equal the same
 requests sent to /v1/chat/completions. On the tiny-model stack shared with the evaluation e2e,
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import openai
 import pytest
 from sqlalchemy import select
@@ -39,7 +41,8 @@ def studio(tiny_stack, tmp_path_factory):
         register_version(s, name=ADAPTER.split("@")[0], base_model=str(model), method="sft",
                          adapter_type="lora", uri=str(adapter), owner_key_id=info.id)
     client = openai.OpenAI(base_url=f"{stack.base}/v1", api_key=secret, timeout=60, max_retries=0)
-    return {"settings": settings, "client": client, "key_id": info.id}
+    return {"settings": settings, "client": client, "key_id": info.id, "base": stack.base,
+            "admin": stack.admin}
 
 
 def request(custom_id: str, model: str, digits: str) -> dict:
@@ -53,9 +56,10 @@ def test_fifty_lines_through_the_openai_client(studio):
     from studio.store.models import ApiKey, UsageRecord
 
     client = studio["client"]
-    good = [request(f"b{i}", ADAPTER if i % 4 == 3 else "tiny", " ".join(f"{i:03d}")) for i in range(48)]
+    good = [request(f"b{i}", ADAPTER if i % 4 == 3 else "tiny", " ".join(f"{i:03d}")) for i in range(47)]
+    too_long = request("too-long", "tiny", " ".join(["7"] * 1500))  # max_model_len is 512
     data = "".join(json.dumps(r) + "\n" for r in good[:20]) + "{this line is not json\n" + \
-        json.dumps(request("nobody", "no-such-model", "1 2")) + "\n" + \
+        json.dumps(request("nobody", "no-such-model", "1 2")) + "\n" + json.dumps(too_long) + "\n" + \
         "".join(json.dumps(r) + "\n" for r in good[20:])
     source = client.files.create(file=("batch-e2e.jsonl", data.encode()), purpose="batch")
     assert source.purpose == "batch" and source.bytes == len(data.encode())
@@ -68,7 +72,11 @@ def test_fifty_lines_through_the_openai_client(studio):
         batch = client.batches.retrieve(batch.id)
         seen.append((batch.status, batch.request_counts.completed))
     assert batch.status == "completed", (batch, seen)
-    assert (batch.request_counts.completed, batch.request_counts.failed) == (48, 2)
+    counts = (batch.request_counts.completed, batch.request_counts.failed)
+    if counts != (47, 3):  # say what the job did
+        job = httpx.get(f"{studio['base']}/api/jobs/{batch.model_extra['studio_job_id']}",
+                        headers={"Authorization": f"Bearer {studio['admin']}"}).json()
+        raise AssertionError(f"counts {counts}; job events {job.get('events')}; seen {seen}")
     assert batch.usage.output_tokens > 0
 
     out = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
@@ -80,6 +88,7 @@ def test_fifty_lines_through_the_openai_client(studio):
               (json.loads(x) for x in client.files.content(batch.error_file_id).text.splitlines())}
     assert errors[None]["error"]["code"] == "invalid_json"
     assert errors["nobody"]["response"]["status_code"] == 404
+    assert errors["too-long"]["response"]["status_code"] == 400, errors["too-long"]
 
     # Greedy: a line's answer is what /v1/chat/completions answers to the same request.
     for custom_id in ("b0", "b3", "b21"):
@@ -97,7 +106,8 @@ def test_fifty_lines_through_the_openai_client(studio):
         if len(rows) >= 49 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert len(rows) == 49 and parents == {studio["key_id"]}  # 48 answers + the unknown model once
+    # 47 answers, the unknown model once, the refused long prompt
+    assert len(rows) == 49 and parents == {studio["key_id"]}
     assert {r.service for r in rows} == {"batch"}
     assert sum(r.completion_tokens for r in rows) == batch.usage.output_tokens
     assert sorted({r.model_group for r in rows}) == sorted({ADAPTER, "tiny", "no-such-model"})
