@@ -79,6 +79,8 @@ def run_job(settings: StudioSettings, job_id: int, client: Any = None,
 def _run_job(settings: StudioSettings, job_id: int, client: Any,
              on_result: Callable[[dict[str, Any]], None] | None) -> int:
     t0 = time.monotonic()
+    if client is None:
+        import openai  # noqa: F401 — the gateway client's SDK: imported at start, not in the first answer's time
     try:
         spec = claim(settings.db_url, job_id)
     except StudioError as e:
@@ -91,8 +93,10 @@ def _run_job(settings: StudioSettings, job_id: int, client: Any,
         client = Client(service="eval", job_id=f"eval-{job_id}", max_concurrency=spec.concurrency)
     try:
         summary = asyncio.run(EvalRun(settings.db_url, job_id, spec, client, on_result=on_result).run())
+        # Committed before the leaderboard is computed: the event says when answering ended.
+        driver(settings.db_url, job_id).to(JobStatus.CHECKPOINTING,
+                                           "all datapoints answered and scored; writing the leaderboard")
         with session_scope(settings.db_url) as s:
-            transition(s, job_id, JobStatus.CHECKPOINTING, "all datapoints answered and scored; writing the leaderboard")
             job = s.get(Job, job_id)
             board = run_leaderboard(s, job)
             job.result = {**(job.result or {}), **summary, "leaderboard": board}
