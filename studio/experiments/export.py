@@ -6,7 +6,8 @@ Pairs come from two places, for completions served under the alias:
 * ratings: for one prompt, every response whose mean rating is > 0 against every response whose
   mean rating is < 0.
 
-Rows are de-duplicated and stored through the dataset snapshot code (kind ``preference``, the
+``preference_pairs`` is the same for any set of completions, up to a feedback cutoff: a loop's
+snapshot (``studio.loops.snapshot``) uses it on a served name's traffic. Rows are de-duplicated and stored through the dataset snapshot code (kind ``preference``, the
 columns ``studio.train.dpo`` reads), so ``studio train submit configs/train/dpo_reverse_tiny.yaml
 data.dataset=NAME`` trains on them.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +34,40 @@ from studio.store.models import Completion, Feedback
 def preference_rows(session: Session, alias: str) -> tuple[list[dict[str, str]], dict[str, int]]:
     """The (prompt, chosen, rejected) rows of an experiment, and how they were found."""
     get_experiment(session, alias)
+    return preference_pairs(session, lambda c: c.experiment == alias)
+
+
+def preference_pairs(session: Session, scope: Callable[[Any], Any], cutoff: datetime | None = None,
+                     ) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """The de-duplicated (prompt, chosen, rejected) rows from feedback on the completions
+    ``scope(Completion)`` selects (an experiment's, or a served name's for a loop), counting only
+    feedback given at or before ``cutoff`` when one is set; and how they were found."""
     rows: list[dict[str, str]] = []
     counts = {"explicit": 0, "from_ratings": 0}
 
     rejected, chosen = aliased(Completion), aliased(Completion)
-    explicit = session.execute(
+    explicit_q = (
         select(rejected.prompt_text, chosen.response, rejected.response)
         .select_from(Feedback)
         .join(rejected, rejected.id == Feedback.completion_id)
         .join(chosen, chosen.id == Feedback.preferred_completion_id)
-        .where(or_(rejected.experiment == alias, chosen.experiment == alias))
-        .order_by(Feedback.id)).all()
-    for prompt, good, bad in explicit:
+        .where(or_(scope(rejected), scope(chosen)))
+        .order_by(Feedback.id))
+    rated_q = (
+        select(Completion.id, Completion.prompt_text, Completion.response, Feedback.rating)
+        .join(Feedback, Feedback.completion_id == Completion.id)
+        .where(scope(Completion), Feedback.rating.is_not(None))
+        .order_by(Completion.created_at, Completion.id))
+    if cutoff is not None:
+        explicit_q = explicit_q.where(Feedback.created_at <= cutoff)
+        rated_q = rated_q.where(Feedback.created_at <= cutoff)
+    for prompt, good, bad in session.execute(explicit_q).all():
         rows.append({"prompt": prompt, "chosen": good, "rejected": bad})
         counts["explicit"] += 1
 
-    rated = session.execute(
-        select(Completion.id, Completion.prompt_text, Completion.response, Feedback.rating)
-        .join(Feedback, Feedback.completion_id == Completion.id)
-        .where(Completion.experiment == alias, Feedback.rating.is_not(None))
-        .order_by(Completion.created_at, Completion.id)).all()
     scores: dict[str, list[float]] = defaultdict(list)
     info: dict[str, tuple[str, str]] = {}
-    for cid, prompt, response, rating in rated:
+    for cid, prompt, response, rating in session.execute(rated_q).all():
         scores[cid].append(rating)
         info[cid] = (prompt, response)
     by_prompt: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"pos": [], "neg": []})
@@ -79,6 +93,7 @@ def preference_rows(session: Session, alias: str) -> tuple[list[dict[str, str]],
         seen.add(key)
         unique.append(row)
     counts["rows"] = len(unique)
+    counts["duplicates"] = len(rows) - len(unique)
     return unique, counts
 
 

@@ -26,6 +26,9 @@ class GenerationSummary(BaseModel):
     canary_step: int
     candidate: str | None = None
     champion: str | None = None
+    snapshot_id: str | None = Field(default=None, description="The preference snapshot it trains on.")
+    cutoff_at: str | None = Field(default=None, description="Feedback after this time is held out of it.")
+    canary_alias: str | None = Field(default=None, description="The experiment alias that splits the served name.")
     created_at: str
     updated_at: str
     ended_at: str | None = None
@@ -107,7 +110,8 @@ class GenerationExplained(BaseModel):
 def generation_summary(gen: LoopGeneration) -> GenerationSummary:
     return GenerationSummary(number=gen.number, state=gen.state, paused_from=gen.paused_from, attempt=gen.attempt,
                              canary_step=gen.canary_step, candidate=gen.candidate, champion=gen.champion,
-                             created_at=_iso(gen.created_at), updated_at=_iso(gen.updated_at),
+                             snapshot_id=gen.snapshot_id, cutoff_at=_iso(gen.cutoff_at),
+                             canary_alias=gen.canary_alias, created_at=_iso(gen.created_at), updated_at=_iso(gen.updated_at),
                              ended_at=_iso(gen.ended_at))
 
 

@@ -54,6 +54,11 @@ class LoopGeneration(Base):
     candidate: Mapped[str | None] = mapped_column(String(256))  # name@N once registered
     champion: Mapped[str | None] = mapped_column(String(256))  # name@N it is compared with
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # stored, never slept on
+    # The preference snapshot it trains on and its cutoff (feedback after it is held out), and the
+    # experiment alias that splits the served name in the canary (``studio.loops.looks``).
+    snapshot_id: Mapped[str | None] = mapped_column(String(64))
+    cutoff_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    canary_alias: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,79 @@
+"""A generation's preference snapshot (SQLite and PostgreSQL): the served name's feedback up to the
+cutoff, de-duplicated, without the golden eval set's prompts, recorded on the generation, and the
+same snapshot when taken again after a crash."""
+
+from __future__ import annotations
+
+import pytest
+
+from studio.data.ingest import ingest_file
+from studio.data.snapshots import read_table, resolve_snapshot
+from studio.errors import StudioError
+from studio.loops import repository as repo
+from studio.loops.snapshot import take_snapshot
+from studio.store.db import session_scope
+from tests.loops.traffic import at, completion, generation, log, loop_spec, rate, register
+
+GOLDEN = [{"messages": [{"role": "user", "content": "reverse: 9 9 8"}, {"role": "assistant", "content": "8 9 9"}]},
+          {"messages": [{"role": "user", "content": "reverse: 7 7"}, {"role": "assistant", "content": "7 7"}]}]
+
+
+def test_the_snapshot_holds_the_served_names_pairs_to_the_cutoff_without_golden_prompts(settings, write_rows):
+    url = settings.db_url
+    register(url)
+    register(url, "other", versions=1)
+    ingest_file(write_rows("golden.jsonl", GOLDEN), "golden", settings)
+    spec = loop_spec(**{"gate.dataset": "golden"})
+    gen_id = generation(url, spec)
+    p1, p2, gold, late = "reverse: 1 2", "reverse: 3 4", "reverse: 9 9 8", "reverse: 5 6"
+    log(url, [
+        completion("a1", "svc@1", at(0), prompt=p1, response="1 2"),
+        completion("a2", "svc@2", at(1), prompt=p1, response="2 1", experiment=None),
+        completion("a3", "svc@2", at(2), prompt=p1, response="2 1"),  # the same pair again
+        completion("b1", "svc@1", at(3), prompt=p2, response="3 4"),
+        completion("b2", "svc@1", at(4), prompt=p2, response="4 3"),
+        completion("g1", "svc@1", at(5), prompt=gold, response="8 9 9"),
+        completion("g2", "svc@2", at(6), prompt=gold, response="9 9 8"),
+        completion("d1", "svc@1", at(7), prompt=late, response="6 5"),
+        completion("d2", "svc@1", at(8), prompt=late, response="5 6"),
+        completion("o1", "other@1", at(9), prompt="reverse: 0 1", response="1 0"),
+        completion("o2", "other@1", at(9), prompt="reverse: 0 1", response="0 1"),
+    ])
+    for cid, rating, s in [("a1", -1, 10), ("a2", 1, 11), ("a3", 1, 12), ("g1", 1, 13), ("g2", -1, 14),
+                           ("d1", 1, 150), ("d2", -1, 151), ("o1", 1, 15), ("o2", -1, 16)]:
+        rate(url, cid, at(s), rating=rating)
+    rate(url, "b1", at(17), preferred="b2")
+
+    done = take_snapshot(settings, gen_id, at(100))
+    assert (done["name"], done["version"], done["rows"], done["golden_dropped"]) == ("svc-loop-preferences", 1, 2, 1)
+    assert (done["pairs"], done["explicit"], done["from_ratings"], done["duplicates"]) == (3, 1, 3, 1)
+    assert done["cutoff"] == "2026-03-01T12:01:40+00:00"
+    with session_scope(url) as s:
+        snap = resolve_snapshot(s, "svc-loop-preferences").snapshot
+        rows = read_table(snap.uri).to_pylist()
+        gen = repo.get_generation(s, gen_id)
+        assert (gen.snapshot_id, gen.cutoff_at) == (snap.id, at(100))
+        assert (snap.kind, snap.transform, snap.dropped_count) == ("preference", "loop-preference", 1)
+        assert snap.params["golden"] == "golden" and snap.params["generation"] == 1
+    assert sorted(rows, key=lambda r: r["prompt"]) == [
+        {"prompt": p1, "chosen": "2 1", "rejected": "1 2"},
+        {"prompt": p2, "chosen": "4 3", "rejected": "3 4"}]
+
+    # Taken again (a retry after a crash, a later clock): the recorded cutoff wins, nothing new is stored.
+    again = take_snapshot(settings, gen_id, at(500))
+    assert (again["snapshot_id"], again["version"], again["cutoff"]) == (snap.id, 1, done["cutoff"])
+
+
+def test_no_pairs_at_the_cutoff_stores_nothing_and_says_why(settings):
+    url = settings.db_url
+    register(url)
+    gen_id = generation(url, loop_spec(**{"gate.dataset": "null"}))
+    log(url, [completion("a", "svc@1", at(0)), completion("b", "svc@1", at(1), response="1 2")])
+    rate(url, "a", at(2), rating=1)
+    rate(url, "b", at(200), rating=-1)  # after the cutoff: no pair yet
+    with pytest.raises(StudioError) as e:
+        take_snapshot(settings, gen_id, at(100))
+    assert "no preference pairs to train on at the cutoff 2026-03-01T12:01:40+00:00 (0 pairs" in e.value.problem
+    with session_scope(url) as s:
+        gen = repo.get_generation(s, gen_id)
+        assert gen.snapshot_id is None and gen.cutoff_at == at(100)
