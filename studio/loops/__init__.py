@@ -1,6 +1,7 @@
 """The self-driving improvement loop (issue 23): feedback → train from the champion → gate →
 shadow/canary → promote or roll back, as one object (docs/loops.md). Built: the state machine, the
-decision rules, the recipe, the store, and managing loops (``/api/loops``, ``studio loop``); not
+decision rules, the recipe, the store, managing loops (``/api/loops``, ``studio loop``), and the
+loop's data from the raw tables (looks, triggers, the snapshot); not
 built yet: the runner that moves generations, ``studio loop run``/``simulate`` and the UI page.
 
 | module | job |
@@ -11,4 +12,7 @@ built yet: the runner that moves generations, ``studio loop run``/``simulate`` a
 | ``repository`` | loops and generations in the database; compare-and-set moves; looks; ``explain`` |
 | ``control`` | what a person does: create (checked against the registry), pause, resume, cancel; promote, roll back, abort a generation |
 | ``views`` | the shapes the API and the CLI show |
+| ``looks`` | a canary ``Look`` rebuilt from the completion log, the feedback and the canary experiment |
+| ``triggers`` | new data, schedule, drift, by hand, the cooldown: ``Fired`` with a reason |
+| ``snapshot`` | a generation's preference snapshot at its cutoff, golden-set prompts dropped |
 """
