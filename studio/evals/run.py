@@ -80,7 +80,9 @@ def _run_job(settings: StudioSettings, job_id: int, client: Any,
              on_result: Callable[[dict[str, Any]], None] | None) -> int:
     t0 = time.monotonic()
     if client is None:
-        import openai  # noqa: F401 — the gateway client's SDK: imported at start, not in the first answer's time
+        from studio.gateway import preload_sdk
+
+        preload_sdk()  # the gateway client's SDK: imported at start, not in the first answer's time
     try:
         spec = claim(settings.db_url, job_id)
     except StudioError as e:

@@ -1,6 +1,6 @@
 """The LLM gateway: one place that knows cost, caches, routes, falls back and limits.
 
-Studio code imports only :class:`Client` and :class:`GatewayError` from here; the LiteLLM-based
+Studio code imports only :class:`Client`, :class:`GatewayError` and ``preload_sdk`` from here; the LiteLLM-based
 server side (``studio.gateway.service``) runs inside the ``Gateway`` Serve deployment.
 """
 
@@ -10,6 +10,6 @@ import os
 # studio runs offline and needs reproducible prices. Set before any gateway module imports litellm.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from studio.gateway.client import Client, GatewayError  # noqa: E402
+from studio.gateway.client import Client, GatewayError, preload_sdk  # noqa: E402
 
-__all__ = ["Client", "GatewayError"]
+__all__ = ["Client", "GatewayError", "preload_sdk"]

@@ -63,7 +63,7 @@ from studio.errors import StudioError
 if TYPE_CHECKING:
     import openai
 
-__all__ = ["Client", "GatewayError", "gateway_url", "in_job", "resolve_api_key"]
+__all__ = ["Client", "GatewayError", "gateway_url", "in_job", "preload_sdk", "resolve_api_key"]
 
 _MAX_RETRY_AFTER_S = 30.0
 # Connections per httpx pool. httpcore's pool walks all its connections (a socket poll each) when a
@@ -129,6 +129,11 @@ def _sdk():
     import openai
 
     return openai
+
+
+def preload_sdk() -> None:
+    """Import the SDK now: a job calls this at its start, so the first call does not pay for it."""
+    _sdk()
 
 
 def _status_error(e: openai.APIStatusError) -> GatewayError:
