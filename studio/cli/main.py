@@ -12,6 +12,7 @@ from studio.cli import data, jobs, keys, models, train
 from studio.cli import experiments
 from studio.cli import eval as eval_cli
 from studio.cli import usage
+from studio.cli import backup as backup_cli
 from studio.cli import batches as batches_cli
 from studio.cli import loops as loops_cli
 from studio.cli import serve as serve_cli
@@ -36,6 +37,8 @@ app.add_typer(serve_cli.app, name="serve")
 app.add_typer(batches_cli.app, name="batches")
 app.add_typer(loops_cli.app, name="loop")
 app.command("usage")(usage.usage)
+app.command("backup")(backup_cli.backup)
+app.command("restore")(backup_cli.restore)
 
 
 @app.command()
