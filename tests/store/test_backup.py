@@ -137,7 +137,7 @@ def test_a_corrupt_or_truncated_backup_changes_nothing(settings, write_rows, tmp
         bk.restore(new, tmp_path / "bk")
 
 
-def test_refusals_name_the_fix(settings, write_rows, tmp_path):
+def test_refusals_name_the_fix(settings, write_rows, tmp_path, monkeypatch):
     _populate(settings, write_rows)
     bk.backup(settings, tmp_path / "bk")
     with pytest.raises(StudioError) as e:
@@ -152,6 +152,18 @@ def test_refusals_name_the_fix(settings, write_rows, tmp_path):
     with pytest.raises(StudioError) as e:  # the live database is not empty
         bk.restore(settings, tmp_path / "bk")
     assert "already has" in e.value.problem and "--force" in e.value.fix
+    with session_scope(settings.db_url) as s:  # a change after the backup, which --force undoes
+        register_version(s, name="reverse", base_model="tiny", method="sft", adapter_type="lora", uri="/x")
+    assert bk.restore(settings, tmp_path / "bk", force=True).problems == []
+    with session_scope(settings.db_url) as s:
+        assert [v.version for v in list_versions(s, "reverse")] == [1]
+    if settings.db_url.startswith("postgresql"):
+        monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+        with pytest.raises(StudioError) as e:
+            bk.backup(settings, tmp_path / "bk2")
+        assert "pg_dump is not installed" in e.value.problem and "postgresql-client-1" in e.value.fix
+        assert not (tmp_path / "bk2").exists() and not list(tmp_path.glob(".bk2.partial-*"))
+        monkeypatch.undo()
     manifest = tmp_path / "bk" / bk.MANIFEST
     m = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**m, "revision": "0099"}))
