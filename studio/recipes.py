@@ -2,13 +2,14 @@
 
 One schema per concept is shared by YAML, CLI and HTTP: a recipe file is loaded, ``key.sub=value``
 overrides from the command line are applied on top, and the result is validated by the spec class.
-Every failure names the file, the field and the fix.
+Every failure names the file, the field and the fix. A spec's path fields (``Spec.home_paths``)
+may start with ``${STUDIO_HOME}``, read against the settings' home when the recipe is loaded.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,6 +23,8 @@ class Spec(BaseModel):
     """Base of every recipe schema: unknown fields are errors, never silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+    #: Dotted fields holding a path that may start with ``${STUDIO_HOME}`` (``expand_home_paths``).
+    home_paths: ClassVar[tuple[str, ...]] = ()
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -100,8 +103,43 @@ def validate_spec(spec_cls: type[S], data: dict[str, Any], source: str) -> S:
         raise StudioError(format_validation_error(e, source), "correct the fields listed") from e
 
 
+def expand_home_paths(data: dict[str, Any], spec_cls: type[BaseModel], home: Path | None,
+                      source: str) -> dict[str, Any]:
+    """``data`` with ``${STUDIO_HOME}`` expanded in the spec's ``home_paths`` (``studio.settings.
+    expand_home``); ``home`` defaults to this process's settings. Errors name the source and field."""
+    from studio.settings import StudioSettings, expand_home
+
+    fields = getattr(spec_cls, "home_paths", ())
+    for dotted in fields:
+        *parents, last = dotted.split(".")
+        node: Any = data
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get(last), str):
+            continue
+        if home is None:
+            home = StudioSettings().home_abs
+        try:
+            node[last] = expand_home(node[last], home, field=dotted)
+        except StudioError as e:
+            raise StudioError(f"{source}: {e.problem}", e.fix) from None
+    return data
+
+
+def with_home_paths(spec: S, home: Path, source: str) -> S:
+    """A validated spec (e.g. an HTTP body) with its ``home_paths`` expanded against ``home``."""
+    if not getattr(spec, "home_paths", ()):
+        return spec
+    data = expand_home_paths(spec.model_dump(mode="json", by_alias=True), type(spec),
+                             home, source)
+    return validate_spec(type(spec), data, source)
+
+
 def load_recipe(
-    path: str | Path, spec_cls: type[S], overrides: list[str] | tuple[str, ...] = ()
+    path: str | Path, spec_cls: type[S], overrides: list[str] | tuple[str, ...] = (),
+    *, home: Path | None = None,
 ) -> S:
+    """Read, override, expand ``${STUDIO_HOME}`` (against ``home``, default the settings' home), validate."""
     data = apply_overrides(read_yaml(path), overrides)
+    expand_home_paths(data, spec_cls, home, f"recipe {path}")
     return validate_spec(spec_cls, data, f"recipe {path}")

@@ -7,11 +7,14 @@ needs no configuration; a cluster overrides the database, artifact store, MLflow
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from studio.errors import StudioError
 
 
 class StudioSettings(BaseSettings):
@@ -190,6 +193,33 @@ class StudioSettings(BaseSettings):
     @property
     def base_url(self) -> str:
         return f"http://{self.http_host}:{self.http_port}"
+
+
+HOME_VARS = ("${STUDIO_HOME}", "$STUDIO_HOME")
+_VARIABLE = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def expand_home(value: str, home: Path, *, field: str) -> str:
+    """A path field of a recipe with a leading ``${STUDIO_HOME}`` / ``$STUDIO_HOME`` read against
+    ``home`` (the settings' home, made absolute: never the process's cwd). No other variable is
+    expanded: one left in the path is an error naming the field, never a literal ``$FOO`` (and a
+    recipe sent over HTTP can't read the server's environment into a path or an error message)."""
+    rest = value
+    for var in HOME_VARS:
+        if value == var or value.startswith(var + "/"):
+            rest = value[len(var):]
+            value = str(home) + rest
+            break
+    match = _VARIABLE.search(rest)
+    if match is None:
+        return value
+    name = match.group(1) if match.group(1) is not None else match.group(2)
+    if name == "STUDIO_HOME":
+        raise StudioError(f"{field}: {value!r} has ${{STUDIO_HOME}} inside the path; it is expanded only at "
+                          "the start", f"write {field} as ${{STUDIO_HOME}}/<path under the studio's home>")
+    raise StudioError(f"{field}: {value!r} names the variable {match.group(0)}, which recipes do not expand "
+                      "(only a leading ${STUDIO_HOME} is)",
+                      f"write {field} as ${{STUDIO_HOME}}/..., an absolute path, or a path relative to the cwd")
 
 
 @lru_cache

@@ -72,3 +72,48 @@ def test_config_validates(path: Path):
 def test_config_opens_with_its_command(path: Path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and any(w in first for w in ("studio ", "serve ", "ray ", "python ")), first
+
+
+# ---- paths follow STUDIO_HOME ----------------------------------------------------------------------
+def _home_path_recipes() -> list[tuple[Path, type]]:
+    from studio.serving.recipe import ServingRecipe
+
+    return ([(p, TrainSpec) for p in sorted((CONFIGS / "train").glob("*.yaml"))]
+            + [(p, ServingRecipe) for p in sorted((CONFIGS / "serve" / "models").glob("*.yaml"))])
+
+
+def _field(spec, dotted: str):
+    for part in dotted.split("."):
+        spec = getattr(spec, part)
+    return spec
+
+
+@pytest.mark.parametrize("path, spec_cls", _home_path_recipes(),
+                         ids=lambda v: v.name if isinstance(v, Path) else v.__name__)
+def test_shipped_recipes_follow_studio_home(path: Path, spec_cls: type, tmp_path: Path):
+    """A recipe names a local model as ${STUDIO_HOME}/...: loaded against two homes, it points
+    under each; a hub id stays a hub id. Nothing names the default home's folder (.studio/)."""
+    raw = yaml.safe_load(path.read_text())
+    for home in (tmp_path / "one" / ".studio", tmp_path / "two" / "elsewhere"):
+        spec = load_recipe(path, spec_cls, home=home)
+        for dotted in spec_cls.home_paths:
+            value = _field(spec, dotted)
+            given = raw
+            for part in dotted.split("."):
+                given = (given or {}).get(part)
+            if isinstance(given, str) and given.startswith("${STUDIO_HOME}/"):
+                assert value == str(home) + given[len("${STUDIO_HOME}"):]
+            else:
+                assert value == given and (value is None or "$" not in value)
+    body = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+    assert ".studio/" not in body, f"{path} hard-codes a .studio/ path: use ${{STUDIO_HOME}}/..."
+
+
+def test_the_shipped_loop_trains_from_this_studio_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`studio loop create` (no settings at hand) reads STUDIO_HOME from the environment."""
+    from studio.loops.spec import load_loop_recipe
+
+    for home in (tmp_path / "a", tmp_path / "b"):
+        monkeypatch.setenv("STUDIO_HOME", str(home))
+        _, train = load_loop_recipe(CONFIGS / "loops" / "reverse_tiny.yaml")
+        assert train.base_model == str(home / "models" / "tiny")

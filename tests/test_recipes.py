@@ -154,3 +154,59 @@ def test_override_with_wrong_type_is_caught_by_validation(tmp_path):
     path = _recipe(tmp_path, "model: tiny\n")
     with pytest.raises(StudioError, match=r"lora\.r:.*'many'"):
         load_recipe(path, TrainSpec, ["lora.r=many"])
+
+
+# ---- ${STUDIO_HOME} in path fields -----------------------------------------------------------------
+class PathSpec(Spec):
+    home_paths = ("model", "lora.targets_dir")
+    model: str = Field(description="base model")
+    note: str = Field("", description="not a path: never expanded")
+    lora: dict | None = Field(None, description="nested")
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("${STUDIO_HOME}/models/tiny", "{home}/models/tiny"),
+    ("$STUDIO_HOME/models/tiny", "{home}/models/tiny"),
+    ("${STUDIO_HOME}", "{home}"),
+    ("./models/tiny", "./models/tiny"),  # relative paths are left to the reader (cwd, then home's parent)
+    ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B"),
+])
+def test_studio_home_is_expanded_against_the_given_home_not_the_cwd(tmp_path, given, expected):
+    home = tmp_path / "h"
+    path = _recipe(tmp_path, f"model: '{given}'\nnote: '$STUDIO_HOME'\nlora: {{targets_dir: '${{STUDIO_HOME}}/t'}}\n")
+    spec = load_recipe(path, PathSpec, home=home)
+    assert spec.model == expected.format(home=home)
+    assert spec.note == "$STUDIO_HOME" and spec.lora == {"targets_dir": f"{home}/t"}
+
+
+def test_studio_home_defaults_to_the_settings_home_and_overrides_are_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "env-home"))
+    path = _recipe(tmp_path, "model: x\n")
+    spec = load_recipe(path, PathSpec, ["model=${STUDIO_HOME}/m"])
+    assert spec.model == f"{tmp_path / 'env-home'}/m"
+
+
+@pytest.mark.parametrize("given, problem", [
+    ("${FOO_UNSET_IN_TESTS}/m", "names the variable ${FOO_UNSET_IN_TESTS}"),
+    ("$HOME/m", "names the variable $HOME"),  # set, but recipes never read the environment
+    ("/data/${STUDIO_HOME}/m", "inside the path"),
+    ("${STUDIO_HOME}m", "inside the path"),
+])
+def test_other_variables_are_an_error_naming_the_file_and_field(tmp_path, given, problem):
+    path = _recipe(tmp_path, f"model: '{given}'\n")
+    with pytest.raises(StudioError) as info:
+        load_recipe(path, PathSpec, home=tmp_path)
+    assert f"recipe {path}: model: " in info.value.problem and problem in info.value.problem
+    assert "${STUDIO_HOME}/" in info.value.fix
+
+
+def test_make_tiny_out_takes_studio_home_and_refuses_other_variables(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from studio.cli.main import app
+
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "h"))
+    r = CliRunner().invoke(app, ["models", "make-tiny", "--out", "${NOT_A_STUDIO_VAR}/tiny2"])
+    assert isinstance(r.exception, StudioError) and "--out: " in r.exception.problem
+    assert "names the variable ${NOT_A_STUDIO_VAR}" in r.exception.problem
+    assert not (tmp_path / "h").exists()

@@ -10,7 +10,7 @@ from studio.cli.common import console, settings_with_db
 from studio.models.tiny import TinyModelSpec, make_tiny
 from studio.recipes import apply_overrides, load_recipe, validate_spec
 from studio.registry.versions import STAGES
-from studio.settings import get_settings
+from studio.settings import expand_home, get_settings
 from studio.store.db import session_scope
 
 app = typer.Typer(help="Models: the registry (ls, show, promote) and the tiny local model.", no_args_is_help=True)
@@ -18,7 +18,8 @@ app = typer.Typer(help="Models: the registry (ls, show, promote) and the tiny lo
 
 @app.command("make-tiny")
 def make_tiny_cmd(
-    out: Path | None = typer.Option(None, "--out", help="Directory to write; default $STUDIO_HOME/models/tiny."),
+    out: Path | None = typer.Option(None, "--out", help="Directory to write; default $STUDIO_HOME/models/tiny. "
+                                    "A leading '${STUDIO_HOME}' (quoted) is the studio's home."),
     config: Path | None = typer.Option(None, "--config", help="YAML with TinyModelSpec fields."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. seed=1 hidden_size=256"),
 ) -> None:
@@ -26,7 +27,8 @@ def make_tiny_cmd(
     overrides = overrides or []
     spec = (load_recipe(config, TinyModelSpec, overrides) if config
             else validate_spec(TinyModelSpec, apply_overrides({}, overrides), "tiny model overrides"))
-    out = out or get_settings().models_dir / "tiny"
+    settings = get_settings()
+    out = Path(expand_home(str(out), settings.home_abs, field="--out")) if out else settings.models_dir / "tiny"
     with console.status("training the tokenizer and building the model …"):
         path = make_tiny(out, spec)
     console.print(f"[green]tiny model ready[/] at {path}  (hidden {spec.hidden_size}, "

@@ -27,7 +27,7 @@ def submit(
     from studio.train.spec import TrainSpec
 
     settings = settings_with_db()
-    spec = load_recipe(recipe, TrainSpec, overrides or [])
+    spec = load_recipe(recipe, TrainSpec, overrides or [], home=settings.home_abs)
     with console.status("preflight: checking the model and the dataset …"), session_scope(settings.db_url) as s:
         job = enqueue_train_job(s, spec, submitted_by=f"cli:{getpass.getuser()}")
         job_id, dataset = job.id, TrainSpec.model_validate(job.spec).data.dataset

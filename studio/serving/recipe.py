@@ -59,6 +59,8 @@ TRANSITIONS: dict[DeploymentStatus, set[DeploymentStatus]] = {
 class ServingRecipe(Spec):
     """A base model deployed at runtime, by name, as its own Serve application."""
 
+    home_paths = ("deployment.engine.model",)  # may start with ${STUDIO_HOME} (studio.recipes)
+
     name: str = Field(description="The model name requests use (`model`); letters, digits, "
                       "'.', '_', '-'; unique among served models.")
     deployment: ModelDeploymentConfig = Field(

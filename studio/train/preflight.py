@@ -30,7 +30,10 @@ class ResolvedInputs:
 
 def preflight(spec: TrainSpec, session: Session, *, cluster_gpus: float | None = None) -> ResolvedInputs:
     """Resolve and check the job's inputs. ``cluster_gpus``: GPUs the Ray cluster has, when known."""
-    base = resolve_model_source(spec.base_model)
+    try:
+        base = resolve_model_source(spec.base_model)
+    except StudioError as e:  # the field it came from, as a recipe's other errors name theirs
+        raise StudioError(f"base_model: {e.problem}", e.fix, status_code=e.status_code) from None
     ref = resolve_snapshot(session, spec.data.dataset)
     snap = ref.snapshot
     allowed = METHOD_KINDS[spec.method]

@@ -60,7 +60,7 @@ def absolute_model_path(name: str, settings: StudioSettings) -> str:
 
 
 def job_from_recipe(settings: StudioSettings, recipe: str, overrides: list[str]) -> int:
-    spec = load_recipe(recipe, TrainSpec, overrides)
+    spec = load_recipe(recipe, TrainSpec, overrides, home=settings.home_abs)
     spec.base_model = absolute_model_path(spec.base_model, settings)
     with session_scope(settings.db_url) as s:
         job = create_job(s, name=spec.name, spec=spec.model_dump(mode="json", by_alias=True),

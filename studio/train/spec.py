@@ -19,8 +19,9 @@ ADAPTER_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[0-9]+)?")
 
 
 def is_adapter_location(value: str) -> bool:
-    """An init_adapter given as a directory or an artifact URI, not a registry reference."""
-    return "://" in value or value.startswith(("/", ".", "~"))
+    """An init_adapter given as a directory (``${STUDIO_HOME}/...`` too) or an artifact URI, not a
+    registry reference."""
+    return "://" in value or value.startswith(("/", ".", "~", "$"))
 
 # Which dataset kinds each method can train on (studio.data.kinds.DatasetKind values).
 METHOD_KINDS: dict[str, tuple[str, ...]] = {
@@ -183,16 +184,20 @@ class EvalAfterSpec(Spec):
 class TrainSpec(Spec):
     """A training job: what to train, on what, how, where, and under which registry name."""
 
+    home_paths = ("base_model", "init_adapter")  # may start with ${STUDIO_HOME} (studio.recipes)
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
                       description="Registry name the result is registered under (a new version each run).")
     method: Method = Field(description="cpt | sft | dpo | grpo")
-    base_model: str = Field(description="Local model directory or hub id.")
+    base_model: str = Field(description="Local model directory or hub id; a path may start with "
+                            "${STUDIO_HOME} (this studio's home).")
     data: DataSpec = Field(description="Training data.")
     adapter: Literal["lora", "qlora", "full"] = Field(default="lora", description="What is trained.")
     init_adapter: str | None = Field(
         default=None,
         description="Start from this LoRA adapter instead of a fresh one: a registry reference (name@N, or a "
-        "name for its champion, else its newest version) or an adapter directory / artifact URI (file://, "
+        "name for its champion, else its newest version) or an adapter directory (may start with ${STUDIO_HOME}) "
+        "/ artifact URI (file://, "
         "s3://, ...). Its base model must be base_model; its LoRA shape replaces the lora section. DPO then "
         "uses a frozen copy of this adapter as the reference model. Not with adapter: full.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (lora and qlora).")

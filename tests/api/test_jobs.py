@@ -51,6 +51,25 @@ def test_missing_model_and_dataset_are_400(client, user_key, spec, tmp_path):
     assert_problem(post(client, user_key, {**spec, "data": {"dataset": "nope"}}), 404, "'nope'")
 
 
+def test_studio_home_in_a_path_is_the_servers_home(client, user_key, spec, settings):
+    """`${STUDIO_HOME}/...` from a user key reads the API's home (not its cwd), as a recipe file
+    does; any other variable is a 400 naming the field, never a path with a literal `$FOO`."""
+    model = make_model_dir(settings.home_abs / "models" / "tiny")
+    r = post(client, user_key, {**spec, "base_model": "${STUDIO_HOME}/models/tiny"})
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["base_model"] == str(model)
+    problem = assert_problem(post(client, user_key, {**spec, "name": "other", "base_model": "$HOME/models/tiny"}),
+                             400, "base_model: ", "names the variable $HOME")
+    assert "${STUDIO_HOME}/" in problem["fix"]
+    missing = {**spec, "name": "other", "base_model": "${STUDIO_HOME}/models/none"}
+    problem = assert_problem(post(client, user_key, missing),
+                             400, f"base_model: model path {settings.home_abs}/models/none does not exist")
+    assert "make-tiny" in problem["fix"]
+    assert_problem(post(client, user_key, {**spec, "name": "other",
+                                           "init_adapter": "${STUDIO_HOME}/adapters/none"}),
+                   400, f"{settings.home_abs}/adapters/none does not exist")
+
+
 def test_good_spec_is_201_queued_and_listed(client, user_key, spec):
     r = post(client, user_key, spec)
     assert r.status_code == 201, r.text

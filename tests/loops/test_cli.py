@@ -25,7 +25,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def cli(settings, monkeypatch):
-    monkeypatch.chdir(REPO)  # the recipe's base_model (.studio/models/tiny) is relative to the checkout
+    monkeypatch.chdir(REPO)  # the loop's train.recipe (configs/train/...) is relative to the checkout
     monkeypatch.setenv("STUDIO_HOME", str(settings.home))
     monkeypatch.setenv("STUDIO_DATABASE_URL", settings.db_url)
     get_settings.cache_clear()
@@ -42,7 +42,9 @@ def cli(settings, monkeypatch):
     get_settings.cache_clear()
 
 
-def _champion(settings, base_model: str = ".studio/models/tiny") -> None:
+def _champion(settings, base_model: str | None = None) -> None:
+    # The shipped recipe's base_model is ${STUDIO_HOME}/models/tiny: the tiny model of this home.
+    base_model = base_model or str(settings.home_abs / "models" / "tiny")
     with session_scope(settings.db_url) as s:
         s.add(ModelVersion(name="reverse-tiny", version=1, base_model=base_model, method="sft", adapter_type="lora",
                            uri="file:///nowhere", stage="champion", metrics={}))
@@ -53,7 +55,7 @@ def test_create_needs_a_champion_of_the_recipes_base_model(cli, settings):
     assert code == 1 and "registry name 'reverse-tiny' has no champion" in out and "studio models promote" in out
     _champion(settings, base_model="/somewhere/else/qwen")
     code, out = cli("create", SHIPPED)
-    assert code == 1 and "is for base model .studio/models/tiny" in out
+    assert code == 1 and f"is for base model {settings.home_abs}/models/tiny" in out
 
 
 def test_bad_recipe_values_name_the_field_and_the_fix(cli, settings):

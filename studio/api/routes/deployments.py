@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from studio.api.deps import AdminDep, KeyDep, SettingsDep
 from studio.errors import Unavailable
+from studio.recipes import with_home_paths
 from studio.serving import lifecycle
 from studio.serving.recipe import ServingRecipe, resolve_model_path
 
@@ -51,7 +52,7 @@ async def deploy(recipe: ServingRecipe, request: Request, settings: SettingsDep,
     """Deploy a recipe; answers once the model serves (201), or with why it cannot."""
     _router(request)
     # A relative model path is read from STUDIO_HOME (the API has no working directory of yours).
-    recipe = resolve_model_path(recipe, settings.home_abs)
+    recipe = resolve_model_path(with_home_paths(recipe, settings.home_abs, "request"), settings.home_abs)
     row = await asyncio.to_thread(lifecycle.deploy, settings, recipe, key.name)
     return JSONResponse(row, status_code=201)
 

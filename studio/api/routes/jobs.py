@@ -22,6 +22,7 @@ from studio.jobs.follow import FollowEvent, follow_job_async
 from studio.jobs.queue import get_job, job_detail, job_summary, list_jobs, metrics_by_key, request_cancel
 from studio.jobs.status import JobStatus
 from studio.jobs.views import JobDetail, JobMetrics, JobSummary
+from studio.recipes import with_home_paths
 from studio.train.queue import cluster_gpus, enqueue_train_job
 from studio.train.spec import TrainSpec
 
@@ -29,9 +30,11 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=201)
-def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep) -> JobDetail:
+def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep, settings: SettingsDep) -> JobDetail:
     """Queue a training job. The body has the fields of a `configs/train/*.yaml` recipe. The job
-    starts when the scheduler (in the running studio) picks it up, within about a second."""
+    starts when the scheduler (in the running studio) picks it up, within about a second. A
+    ``base_model`` or ``init_adapter`` path may start with ``${STUDIO_HOME}`` (the server's home)."""
+    spec = with_home_paths(spec, settings.home_abs, "request")
     job = enqueue_train_job(session, spec, submitted_by=key.name, cluster_gpus=cluster_gpus(),
                             key=key)
     return job_detail(session, job, key)
