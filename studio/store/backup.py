@@ -289,9 +289,10 @@ def restore(settings: StudioSettings, path: Path, *, force: bool = False) -> Res
     if kind != manifest["backend"]:
         raise StudioError(f"the backup holds a {manifest['backend']} database; the target "
                           f"(STUDIO_DATABASE_URL) is {kind}", "restore into a database of the same kind")
-    existing = backup_db.user_tables(url)
-    if existing and not force:
-        raise StudioError(f"the target database already has {len(existing)} table(s) (e.g. {existing[0]})",
+    held = backup_db.rows_held(url)
+    if held and not force:
+        shown = ", ".join(f"{t}: {n}" for t, n in sorted(held.items())[:4])
+        raise StudioError(f"the target database already holds data ({shown} rows)",
                           "restore into an empty database, or pass --force to replace it")
     plan = _plan_files(manifest, path, home, force)
     for src, target in plan:

@@ -143,12 +143,12 @@ def dump(url: str, folder: Path) -> tuple[str, str | None, dict[str, int]]:
 
 # --- in ----------------------------------------------------------------------------------------
 
-def user_tables(url: str) -> list[str]:
-    """Tables in the target database (empty: safe to restore into without --force)."""
-    kind = backend(url)
-    if kind == "sqlite" and not sqlite_path(url).exists():
-        return []
-    return [t for t in inspect(get_engine(url)).get_table_names()]
+def rows_held(url: str) -> dict[str, int]:
+    """Tables of the target database that hold rows (none: safe to restore into without --force;
+    an empty schema, e.g. one `studio up` just migrated, is replaced)."""
+    if backend(url) == "sqlite" and not sqlite_path(url).exists():
+        return {}
+    return {t: n for t, n in counts(url).items() if n}
 
 
 def counts(url: str) -> dict[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +33,8 @@ from studio.registry.versions import list_versions, promote, register_version
 from studio.settings import StudioSettings, get_settings
 from studio.store import backup as bk
 from studio.store.artifacts import ArtifactStore
-from studio.store.db import alembic_config, get_engine, session_scope
-from studio.store.models import DatasetSnapshot, DatasetVersion, StoredFile
+from studio.store.db import alembic_config, get_engine, init_db, session_scope
+from studio.store.models import DatasetSnapshot, DatasetVersion, JobEvent, StoredFile
 from tests.conftest import POSTGRES_ADMIN_URL
 
 # Backend-independent paths (the manifest checks, the CLI) run on SQLite only, to keep the module fast.
@@ -104,6 +105,32 @@ def test_restore_into_an_empty_home_gives_the_same_studio(settings, target_url, 
         assert ArtifactStore(new.artifacts).get_bytes(s.get(StoredFile, "file-1").key) == b'{"custom_id": "1"}\n'
 
 
+def test_a_backup_taken_while_the_studio_writes_is_consistent(settings, target_url, write_rows, tmp_path):
+    """Its manifest's row counts, revision and database copy are of one moment (restore compares them)."""
+    made = _populate(settings, write_rows)
+    started, stop, written = threading.Event(), threading.Event(), [0]
+
+    def writer():
+        while not stop.is_set():
+            with session_scope(settings.db_url) as s:
+                s.add(JobEvent(job_id=made["job"], from_status="QUEUED", to_status="QUEUED", reason="tick"))
+            written[0] += 1
+            started.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert started.wait(30)
+        bk.backup(settings, tmp_path / "bk")
+    finally:
+        stop.set()
+        t.join()
+    restored = bk.restore(_target(tmp_path, target_url), tmp_path / "bk")
+    assert restored.problems == [], restored.problems
+    rows = json.loads((tmp_path / "bk" / bk.MANIFEST).read_text())["rows"]["job_events"]
+    assert 1 < rows <= written[0] + 1  # the submit event, and ticks written before the copy
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the same code on both backends
 def test_artifacts_left_out_are_checked_where_they_are(settings, target_url, write_rows, tmp_path):
     _populate(settings, write_rows)
@@ -111,7 +138,9 @@ def test_artifacts_left_out_are_checked_where_they_are(settings, target_url, wri
     assert r.copied == 0 and r.artifacts == 5 and not (tmp_path / "bk" / bk.HOME_DIR).exists()
     changed = next(Path(settings.artifacts, "checkpoints").rglob("state.pt"))
     changed.write_bytes(b"step 41")
-    restored = bk.restore(_target(tmp_path, target_url), tmp_path / "bk")
+    new = _target(tmp_path, target_url)
+    init_db(new.db_url)  # migrated but empty (as `studio up` leaves it): not refused
+    restored = bk.restore(new, tmp_path / "bk")
     assert restored.relocated is None  # URIs still name the artifacts where they are
     assert restored.problems == [f"{changed} changed since the backup"]
 
@@ -151,7 +180,7 @@ def test_refusals_name_the_fix(settings, write_rows, tmp_path, monkeypatch):
     assert (tmp_path / "notes" / "a.txt").read_text() == "mine"
     with pytest.raises(StudioError) as e:  # the live database is not empty
         bk.restore(settings, tmp_path / "bk")
-    assert "already has" in e.value.problem and "--force" in e.value.fix
+    assert "already holds data (api_keys: 1, dataset_snapshots: 1" in e.value.problem and "--force" in e.value.fix
     with session_scope(settings.db_url) as s:  # a change after the backup, which --force undoes
         register_version(s, name="reverse", base_model="tiny", method="sft", adapter_type="lora", uri="/x")
     assert bk.restore(settings, tmp_path / "bk", force=True).problems == []
