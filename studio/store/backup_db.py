@@ -128,14 +128,15 @@ def dump(url: str, folder: Path) -> tuple[str, str | None, dict[str, int]]:
     if kind == "postgresql":
         conninfo, env = _libpq(url)
         get_engine(url)  # a dead server fails here with the usual message
-        with psycopg.connect(conninfo, password=env.get("PGPASSWORD")) as conn:
+        # autocommit: our own BEGIN opens the transaction, so its isolation level holds.
+        with psycopg.connect(conninfo, password=env.get("PGPASSWORD"), autocommit=True) as conn:
             pg_dump = _tool("pg_dump", _server_major(conn))
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
             revision, counts = _pg_facts(conn)
             _run([pg_dump, "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}",
                   f"--file={folder / PG_FILE}", f"--dbname={conninfo}"], env, "pg_dump")
-            conn.rollback()
+            conn.execute("ROLLBACK")
         return PG_FILE, revision, counts
     raise StudioError(f"backups support SQLite and PostgreSQL, not {kind} ({redacted_url(url)})",
                       "back the database up with its own tools")
