@@ -192,23 +192,36 @@ def read_manifest(path: Path) -> dict:
         raise _corrupt(path, f"{MANIFEST} is missing") from None
     except (ValueError, KeyError, TypeError) as e:
         raise _corrupt(path, f"{MANIFEST} does not parse ({e})") from None
+    if not isinstance(db, dict) or db.get("file") not in (backup_db.SQLITE_FILE, backup_db.PG_FILE):
+        raise _corrupt(path, f"{MANIFEST} names no known database file")
     if manifest.get("format") != FORMAT:
         raise StudioError(f"the backup at {path} has format {manifest.get('format')!r}; this studio reads {FORMAT}",
                           "restore it with the studio version that wrote it")
+    try:
+        for e in entries:
+            for f in e["files"] if e["in_backup"] else []:
+                rel = Path(e["home_path"], f["path"])
+                if rel.is_absolute() or ".." in rel.parts:  # hand-edited: never read or write outside
+                    raise _corrupt(path, f"artifact path {rel} leaves STUDIO_HOME")
+        checks = [(path / db["file"], db)] + [
+            (path / HOME_DIR / e["home_path"] / f["path"] if f["path"] else path / HOME_DIR / e["home_path"], f)
+            for e in entries if e["in_backup"] for f in e["files"]]
+        if lacking := [k for k in ("backend", "revision", "rows", "home") if k not in manifest]:
+            raise KeyError(", ".join(lacking))
+    except (KeyError, TypeError) as e:
+        raise _corrupt(path, f"{MANIFEST} lacks {e}") from None
     bad = []
-    checks = [(path / db["file"], db)] + [
-        (path / HOME_DIR / e["home_path"] / f["path"] if f["path"] else path / HOME_DIR / e["home_path"], f)
-        for e in entries if e["in_backup"] for f in e["files"]]
     for file, want in checks:
         try:
             with file.open("rb") as f:
                 digest, size = _sha256(f)
-        except FileNotFoundError:
-            bad.append(f"{file.relative_to(path)} is missing")
+        except OSError as e:
+            bad.append(f"{file.relative_to(path)} is missing" if isinstance(e, FileNotFoundError)
+                       else f"{file.relative_to(path)} cannot be read ({e})")
             continue
-        if (digest, size) != (want["sha256"], want["size"]):
+        if (digest, size) != (want.get("sha256"), want.get("size")):
             bad.append(f"{file.relative_to(path)} has {size} bytes, sha256 {digest[:12]}…; "
-                       f"the manifest says {want['size']} bytes, {want['sha256'][:12]}…")
+                       f"the manifest says {want.get('size')} bytes, {str(want.get('sha256'))[:12]}…")
     if bad:
         raise _corrupt(path, "; ".join(bad[:5]) + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""))
     return manifest

@@ -158,8 +158,14 @@ def test_a_corrupt_or_truncated_backup_changes_nothing(settings, write_rows, tmp
     assert not new.home.exists() and not (tmp_path / "restored" / "studio.db").exists()
     db_file.write_bytes(data)
     manifest = tmp_path / "bk" / bk.MANIFEST
-    manifest.write_text(manifest.read_text()[:200])
+    good = manifest.read_text()
+    manifest.write_text(good[:200])
     with pytest.raises(StudioError, match="backup.json does not parse"):
+        bk.restore(new, tmp_path / "bk")
+    m = json.loads(good)
+    m["artifacts"][0]["home_path"] = "../../elsewhere"
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(StudioError, match="leaves STUDIO_HOME"):
         bk.restore(new, tmp_path / "bk")
     manifest.unlink()
     with pytest.raises(StudioError, match="backup.json is missing"):
