@@ -237,3 +237,16 @@ def test_the_cli_backs_up_and_restores(settings, write_rows, tmp_path, monkeypat
     r = invoke(tmp_path / "home2", target, "restore", str(tmp_path / "bk"))
     assert r.exit_code == 0 and "restored" in r.output, r.output
     get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the same code on both backends
+def test_a_lost_database_comes_back_in_place_rewriting_nothing(settings, write_rows, tmp_path):
+    made = _populate(settings, write_rows)
+    bk.backup(settings, tmp_path / "bk")
+    get_engine(settings.db_url).dispose()
+    for f in tmp_path.glob("studio.db*"):
+        f.unlink()  # the database is lost; the artifacts under the home are still there
+    r = bk.restore(settings, tmp_path / "bk")
+    assert (r.restored_files, r.relocated, r.problems) == (0, None, [])
+    with session_scope(settings.db_url) as s:
+        assert read_table(s.get(DatasetSnapshot, made["snapshot"]).uri).to_pylist() == ROWS
