@@ -236,6 +236,11 @@ def test_the_cli_backs_up_and_restores(settings, write_rows, tmp_path, monkeypat
     target = f"sqlite:///{tmp_path / 'home2' / 'studio.db'}"
     r = invoke(tmp_path / "home2", target, "restore", str(tmp_path / "bk"))
     assert r.exit_code == 0 and "restored" in r.output, r.output
+    r = invoke(settings.home, settings.db_url, "backup", "--no-artifacts", str(tmp_path / "bk2"))
+    assert r.exit_code == 0 and "0 copied" in r.output
+    next(Path(settings.artifacts, "checkpoints").rglob("state.pt")).unlink()
+    r = invoke(tmp_path / "home3", f"sqlite:///{tmp_path / 'home3' / 'studio.db'}", "restore", str(tmp_path / "bk2"))
+    assert r.exit_code == 2 and "state.pt is missing" in r.output, r.output
     get_settings.cache_clear()
 
 
