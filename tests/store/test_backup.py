@@ -8,6 +8,7 @@ target, a schema newer than this code; an older schema is migrated to head."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import uuid
@@ -35,9 +36,9 @@ from studio.store import backup as bk
 from studio.store.artifacts import ArtifactStore
 from studio.store.db import alembic_config, get_engine, init_db, session_scope
 from studio.store.models import DatasetSnapshot, DatasetVersion, JobEvent, StoredFile
-from tests.conftest import POSTGRES_ADMIN_URL
 
 # Backend-independent paths (the manifest checks, the CLI) run on SQLite only, to keep the module fast.
+POSTGRES_ADMIN_URL = os.environ.get("STUDIO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ROWS = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(5)]
 
 
