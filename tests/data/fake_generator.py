@@ -51,17 +51,8 @@ class FakeGenerator:
         self._server.stop()
 
     async def _hold(self) -> None:
-        gate = asyncio.Event()
-        self._waiting.append(gate)
-        if len(self._waiting) >= self.width:
-            for g in self._waiting:
-                g.set()
-            self._waiting = []
-        try:
-            await asyncio.wait_for(gate.wait(), self.hold_s)
-        except asyncio.TimeoutError:
+        if not await hold_until_width(self._waiting, self.width, self.hold_s):
             self.stalled += 1
-            self._waiting.remove(gate)
 
     async def _chat(self, request: Request):
         self.in_flight += 1
@@ -102,3 +93,20 @@ class FakeGenerator:
                 "usage": {**usage, "total_tokens": sum(usage.values())},
                 "studio_gateway": {"cache_hit": False, "cost_usd": 0.001, "model_group": body["model"],
                                    "deployment": "fake/gen-1", "latency_ms": 1.0}}
+
+
+async def hold_until_width(waiting: list[asyncio.Event], width: int, hold_s: float) -> bool:
+    """Hold a call until ``width`` calls wait in ``waiting``, then let them go together. False when
+    it was let go after ``hold_s`` instead (the caller never had ``width`` calls in flight)."""
+    gate = asyncio.Event()
+    waiting.append(gate)
+    if len(waiting) >= width:
+        for g in waiting:
+            g.set()
+        waiting.clear()
+    try:
+        await asyncio.wait_for(gate.wait(), hold_s)
+        return True
+    except asyncio.TimeoutError:
+        waiting.remove(gate)
+        return False

@@ -16,6 +16,7 @@ from studio.evals.run import create_here, run_job
 from studio.evals.spec import EvalSpec
 from studio.store.db import session_scope
 from studio.store.models import EvalOutput, EvalScore, Job, UsageRecord
+from tests.data.fake_generator import hold_until_width
 from tests.evals.scripted import _pairwise_winner, reverse_answer
 from tests.loopback import ServerThread
 
@@ -39,17 +40,8 @@ class Gate:
         self._waiting = []
 
     async def _hold(self) -> None:
-        gate = asyncio.Event()
-        self._waiting.append(gate)
-        if len(self._waiting) >= self.width:
-            for g in self._waiting:
-                g.set()
-            self._waiting = []
-        try:
-            await asyncio.wait_for(gate.wait(), self.hold_s)
-        except asyncio.TimeoutError:
+        if not await hold_until_width(self._waiting, self.width, self.hold_s):
             self.stalled += 1
-            self._waiting.remove(gate)
 
     async def _chat(self, request: Request):
         body = await request.json()
