@@ -9,15 +9,12 @@ import json
 import re
 
 import pytest
-from typer.testing import CliRunner
 
 from studio.batches.run import run_job
-from studio.cli.main import app
-from studio.errors import StudioError
 from studio.settings import get_settings
+from tests.cli_invoke import invoke as invoke_cli
 from tests.batches.conftest import job_key_for, job_of, jsonl, line
 
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -28,14 +25,7 @@ def cli(settings, keys, monkeypatch):
     get_settings.cache_clear()
 
     def invoke(*args: str) -> tuple[int, str]:
-        """(exit code, output) as the console script gives them: a StudioError is exit 1 with its
-        problem and fix (studio.cli.main.main)."""
-        r = runner.invoke(app, ["batches", *args])
-        if isinstance(r.exception, StudioError):
-            return 1, r.output + str(r.exception)
-        if r.exception is not None and not isinstance(r.exception, SystemExit):
-            raise r.exception
-        return r.exit_code, r.output
+        return invoke_cli("batches", *args)
 
     yield invoke
     get_settings.cache_clear()

@@ -6,21 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from studio.cli.main import app
-from studio.errors import StudioError
 from studio.loops import repository as repo
 from studio.loops.spec import LoopSpec
 from studio.loops.states import Reason, State
 from studio.loops.stats import ArmCounts, Look, decide
 from studio.settings import get_settings
+from tests.cli_invoke import invoke as invoke_cli
 from studio.store.db import session_scope
 from studio.store.models import ModelVersion
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = str(REPO / "configs" / "loops" / "reverse_tiny.yaml")
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -31,12 +28,7 @@ def cli(settings, monkeypatch):
     get_settings.cache_clear()
 
     def invoke(*args: str) -> tuple[int, str]:
-        r = runner.invoke(app, ["loop", *args])
-        if isinstance(r.exception, StudioError):
-            return 1, r.output + str(r.exception)
-        if r.exception is not None and not isinstance(r.exception, SystemExit):
-            raise r.exception
-        return r.exit_code, r.output
+        return invoke_cli("loop", *args)
 
     yield invoke
     get_settings.cache_clear()
