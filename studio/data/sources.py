@@ -137,27 +137,48 @@ def _refuse_hidden(path: str, root: str, what: str) -> None:
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
 
 
-def check_tokenizer(tokenizer: str, settings: StudioSettings, admin: bool) -> str:
-    """What a caller may name as a tokenizer: a model folder under ``$STUDIO_HOME/models`` (its
-    path or its folder name) or a hub id that names no local path; an admin also a folder under
-    the data roots. Never another server path. Returns what to load."""
-    name = check_path_syntax(tokenizer, "tokenizer")
+def check_model_location(name: str, settings: StudioSettings, admin: bool, what: str, *,
+                         hub_ids: bool = True, fix: str | None = None) -> str:
+    """What a caller may name over HTTP as a model, tokenizer or adapter folder: a folder under
+    ``$STUDIO_HOME/models`` (its path, or with ``hub_ids`` its folder name) or in the artifact store
+    (where registered versions live), or with ``hub_ids`` a hub id that names no local path; an
+    admin also a folder or URL under ``STUDIO_DATA_ROOTS``. Any other server path is 403 before
+    anything looks at it, so the answer says nothing of whether it exists. Returns what to load:
+    a resolved path, a URL or the hub id."""
+    name = check_path_syntax(name, what)
     models = str(settings.models_dir.resolve())
-    if os.path.isabs(name.removeprefix("file://")):
-        local = str(Path(name.removeprefix("file://")).resolve())
-        if local.startswith(models + os.sep):
-            _refuse_hidden(local, models, "tokenizer")
-            return local
+    store = settings.artifacts
+    store_root = store.rstrip("/") if _is_url(store) else str(Path(store).resolve())
+    if _is_url(name):
+        if _is_url(store) and name.startswith(store_root + "/"):
+            _refuse_hidden(name, store_root, what)
+            return guard_url(name, settings, what=what)
         if admin:
-            return check_allowed(name, settings, "tokenizer")
-    elif HUB_ID.fullmatch(name) and ".." not in name:
-        if (settings.models_dir / name).is_dir():
-            return str(settings.models_dir / name)
+            return check_allowed(name, settings, what)
+    elif os.path.isabs(name.removeprefix("file://")):
+        local = str(Path(name.removeprefix("file://")).resolve())
+        for root in [models] + ([] if _is_url(store) else [store_root]):
+            if local.startswith(root + os.sep):
+                _refuse_hidden(local, root, what)
+                return local
+        if admin:
+            return check_allowed(name, settings, what)
+    elif hub_ids and HUB_ID.fullmatch(name) and ".." not in name:
+        local = str((settings.models_dir / name).resolve())
+        if local.startswith(models + os.sep) and os.path.isdir(local):
+            _refuse_hidden(local, models, what)
+            return local
         if not os.path.exists(name):  # else a relative path in the server's working directory
             return name
-    raise Forbidden(f"tokenizer {tokenizer!r} names a server path outside {models}",
-                    "name a model under $STUDIO_HOME/models (its folder name or path) or a hub id "
-                    "such as 'gpt2'")
+    raise Forbidden(f"{what} {name!r} names a server path outside {models} and the artifact store",
+                    fix or ("name a model under $STUDIO_HOME/models (its folder name, or "
+                            "${STUDIO_HOME}/models/NAME) or a hub id such as 'gpt2'"
+                            + ("" if admin else "; an admin key may also name folders under STUDIO_DATA_ROOTS")))
+
+
+def check_tokenizer(tokenizer: str, settings: StudioSettings, admin: bool) -> str:
+    """What a caller may name as a tokenizer: a model folder (``check_model_location``)."""
+    return check_model_location(tokenizer, settings, admin, "tokenizer")
 
 
 @dataclass

@@ -10,9 +10,11 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from studio.data.snapshots import resolve_snapshot
+from studio.data.sources import check_model_location
 from studio.egress import guard_url
 from studio.errors import NotFound, StudioError
 from studio.models.source import resolve_model_source
+from studio.settings import StudioSettings
 from studio.train.spec import METHOD_KINDS, TrainSpec, is_adapter_location
 
 
@@ -26,6 +28,24 @@ class ResolvedInputs:
     init_adapter_uri: str | None = None  # where the starting adapter is (absolute path or artifact URI)
     init_adapter_ref: str | None = None  # name@N when it was given as a registry reference, else the URI
     init_adapter_rank: int | None = None  # its LoRA rank (GRPO's rollout engine must accept it)
+
+
+def check_caller_paths(spec: TrainSpec, settings: StudioSettings, admin: bool) -> TrainSpec:
+    """The spec with the places a key named over HTTP checked (docs/security.md, "Server paths"):
+    ``base_model`` a folder under ``$STUDIO_HOME/models`` (path or folder name), in the artifact
+    store, or a hub id; ``init_adapter`` a registry reference or a folder under the models folder or
+    the artifact store (an admin's also under ``STUDIO_DATA_ROOTS``). Anything else is 403 before
+    preflight looks at it, so no answer tells a key whether a server path exists. Run after
+    ``${STUDIO_HOME}`` is expanded (``studio.recipes.with_home_paths``)."""
+    update: dict[str, str] = {}
+    if "://" not in spec.base_model or spec.base_model.startswith("file://"):  # preflight refuses URLs
+        update["base_model"] = check_model_location(spec.base_model, settings, admin, "base_model")
+    if spec.init_adapter and is_adapter_location(spec.init_adapter):
+        update["init_adapter"] = check_model_location(
+            spec.init_adapter, settings, admin, "init_adapter", hub_ids=False,
+            fix="name a registered version (name or name@N, see `studio models ls`) or a folder under "
+                "$STUDIO_HOME/models" + ("" if admin else "; an admin key may also name folders under STUDIO_DATA_ROOTS"))
+    return spec.model_copy(update=update) if update else spec
 
 
 def preflight(spec: TrainSpec, session: Session, *, cluster_gpus: float | None = None) -> ResolvedInputs:

@@ -65,21 +65,26 @@ def listener(monkeypatch) -> Iterator[Listener]:
     server.stop()
 
 
-def test_an_init_adapter_url_on_loopback_is_refused_before_a_job_exists(client, user_key, settings, tmp_path,
-                                                                       listener):
+def test_an_init_adapter_url_on_loopback_is_refused_before_a_job_exists(client, user_key, admin_key, settings,
+                                                                       tmp_path, listener):
+    """A user key names no URL outside the artifact store (403); an admin's outside the data roots
+    is 403 too; neither is fetched."""
     ingest_datasets(settings, tmp_path / "data")
-    spec = train_spec(make_model_dir(tmp_path / "model"))
+    spec = train_spec(make_model_dir(settings.models_dir / "model"))
     for url in (f"http://localhost:{listener.port}/adapter", "http://169.254.169.254/latest/meta-data/"):
         problem = assert_problem(client.post("/api/jobs", headers=bearer(user_key), json={**spec, "init_adapter": url}),
-                                 400, "init_adapter")
-        assert "STUDIO_EGRESS_ALLOW" in problem["fix"]
+                                 403, "init_adapter", "outside", "the artifact store")
+        assert "registered version" in problem["fix"]
+        problem = assert_problem(client.post("/api/jobs", headers=bearer(admin_key), json={**spec, "init_adapter": url}),
+                                 403, "outside the allowed data roots")
+        assert "STUDIO_DATA_ROOTS" in problem["fix"]
     assert client.get("/api/jobs", headers=bearer(user_key)).json() == []
     assert listener.seen == []
 
 
 def test_a_base_model_url_is_refused_without_a_download(client, user_key, settings, tmp_path, listener):
     ingest_datasets(settings, tmp_path / "data")
-    spec = train_spec(make_model_dir(tmp_path / "model"))
+    spec = train_spec(make_model_dir(settings.models_dir / "model"))
     url = f"http://127.0.0.1:{listener.port}/model"
     assert_problem(client.post("/api/jobs", headers=bearer(user_key), json={**spec, "base_model": url}),
                    400, "is a URL")
@@ -112,7 +117,7 @@ def test_a_dataset_url_is_guarded_then_read_once_allowed(settings, listener):
 def test_an_after_training_evaluator_on_loopback_is_refused_at_submit(client, user_key, settings, tmp_path,
                                                                       listener):
     ingest_datasets(settings, tmp_path / "data")
-    spec = train_spec(make_model_dir(tmp_path / "model"),
+    spec = train_spec(make_model_dir(settings.models_dir / "model"),
                       after_training={"scorer": {"type": "http", "url": f"http://localhost:{listener.port}/s"}})
     assert_problem(client.post("/api/jobs", headers=bearer(user_key), json=spec), 400, "loopback")
     assert client.get("/api/jobs", headers=bearer(user_key)).json() == [] and listener.seen == []

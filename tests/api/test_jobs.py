@@ -15,7 +15,7 @@ from tests.jobs.inputs import ingest_datasets, make_model_dir, train_spec
 @pytest.fixture
 def spec(settings, tmp_path) -> dict:
     ingest_datasets(settings, tmp_path / "data")
-    return train_spec(make_model_dir(tmp_path / "model"))
+    return train_spec(make_model_dir(settings.models_dir / "model"))
 
 
 def post(client, key, body):
@@ -46,9 +46,43 @@ def test_wrong_dataset_kind_is_400_naming_the_kinds_and_creates_nothing(client, 
     assert client.get("/api/jobs", headers=bearer(user_key)).json() == []
 
 
-def test_missing_model_and_dataset_are_400(client, user_key, spec, tmp_path):
-    assert_problem(post(client, user_key, {**spec, "base_model": str(tmp_path / "nope")}), 400, "does not exist")
+def test_missing_model_and_dataset_are_400(client, user_key, spec, settings):
+    assert_problem(post(client, user_key, {**spec, "base_model": str(settings.models_dir / "nope")}), 400,
+                   "does not exist")
     assert_problem(post(client, user_key, {**spec, "data": {"dataset": "nope"}}), 404, "'nope'")
+
+
+def test_a_user_key_names_no_server_path_outside_the_models_folder(client, user_key, admin_key, spec, settings,
+                                                                  tmp_path):
+    """docs/security.md, "Server paths": a model or adapter folder outside $STUDIO_HOME/models and
+    the artifact store is 403 for a user key whether or not it exists, so the answer tells nothing
+    about the server's files; a folder name under the models folder is that folder."""
+    outside = make_model_dir(tmp_path / "outside")
+    answers = []
+    for field, value in [("base_model", str(outside)), ("base_model", str(tmp_path / "missing")),
+                         ("base_model", "/etc"), ("base_model", f"file://{outside}"), ("base_model", "./configs"),
+                         ("init_adapter", str(outside)), ("init_adapter", str(tmp_path / "missing"))]:
+        problem = assert_problem(post(client, user_key, {**spec, field: value}), 403,
+                                 f"{field} ", "outside", "and the artifact store")
+        assert "$STUDIO_HOME/models" in problem["fix"]
+        answers.append(problem["detail"].replace(value, "X"))
+    assert answers[0] == answers[1]  # an existing and a missing folder read the same
+    # A link under the models folder that points outside is outside.
+    (settings.models_dir / "link").symlink_to(outside)
+    assert_problem(post(client, user_key, {**spec, "base_model": str(settings.models_dir / "link")}), 403, "outside")
+    # The models folder's own names, by path or folder name.
+    r = post(client, user_key, {**spec, "base_model": "model"})
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["base_model"] == str(settings.models_dir / "model")
+    assert client.get("/api/jobs", headers=bearer(user_key)).json()[0]["name"] == "ok-job"
+    # An admin may name folders under the data roots ($STUDIO_HOME and the artifact store by
+    # default), still not elsewhere.
+    assert_problem(post(client, admin_key, {**spec, "name": "admin-job", "base_model": str(outside)}), 403,
+                   "outside the allowed data roots")
+    in_home = make_model_dir(settings.home_abs / "staging" / "model")
+    r = post(client, admin_key, {**spec, "name": "admin-job", "base_model": str(in_home)})
+    assert r.status_code == 201, r.text
+    assert_problem(post(client, user_key, {**spec, "name": "user-job", "base_model": str(in_home)}), 403, "outside")
 
 
 def test_studio_home_in_a_path_is_the_servers_home(client, user_key, spec, settings):
@@ -66,8 +100,8 @@ def test_studio_home_in_a_path_is_the_servers_home(client, user_key, spec, setti
                              400, f"base_model: model path {settings.home_abs}/models/none does not exist")
     assert "make-tiny" in problem["fix"]
     assert_problem(post(client, user_key, {**spec, "name": "other",
-                                           "init_adapter": "${STUDIO_HOME}/adapters/none"}),
-                   400, f"{settings.home_abs}/adapters/none does not exist")
+                                           "init_adapter": "${STUDIO_HOME}/models/no-adapter"}),
+                   400, f"{settings.models_dir}/no-adapter does not exist")
 
 
 def test_good_spec_is_201_queued_and_listed(client, user_key, spec):

@@ -64,7 +64,7 @@ def test_an_admin_cancels_any_job_and_a_job_without_an_owner_is_an_admins(client
 
 def test_a_registry_name_is_its_first_registrants(client, settings, user_key, bob, admin_key, tmp_path):
     ingest_datasets(settings, tmp_path / "data")
-    spec = train_spec(make_model_dir(tmp_path / "model"))
+    spec = train_spec(make_model_dir(settings.models_dir / "model"))
     r = client.post("/api/jobs", headers=bearer(user_key), json=spec)
     assert r.status_code == 201 and r.json()["owner_key_id"] == key_id(settings, "alice")
     taken = client.post("/api/jobs", headers=bearer(bob), json=spec)

@@ -17,7 +17,7 @@ PROBE = "tests.train.reward_probe"
 @pytest.fixture
 def grpo_spec(settings, tmp_path) -> dict:
     ingest_datasets(settings, tmp_path / "data")
-    return train_spec(make_model_dir(tmp_path / "model"), name="grpo-job", method="grpo",
+    return train_spec(make_model_dir(settings.models_dir / "model"), name="grpo-job", method="grpo",
                       grpo={"rewards": [{"type": "python", "callable": f"{PROBE}:score"}]})
 
 

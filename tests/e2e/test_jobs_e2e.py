@@ -21,7 +21,7 @@ def studio(api_stack):
     """The package's API-only `studio up` (tests/e2e/conftest.py: its scheduler runs
     tests/jobs/fake_train), with a model and a dataset of this module's."""
     home, env = api_stack.home, api_stack.env
-    model = make_model_dir(home / "model")
+    model = make_model_dir(home / "models" / "model")
     data = home / "digits.jsonl"
     data.write_text("".join(f'{{"prompt": "reverse: {i}", "completion": "{str(i)[::-1]}"}}\n' for i in range(10, 20)))
     assert run(["data", "ingest", str(data), "--name", "digits"], env).returncode == 0

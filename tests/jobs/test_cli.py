@@ -26,9 +26,9 @@ def env(tmp_path) -> dict[str, str]:
     settings = StudioSettings(home=home, database_url=None, artifacts_uri=None, mlflow_uri=None, redis_url=None)
     init_db(settings.db_url)
     ingest_datasets(settings, tmp_path / "data")
-    make_model_dir(home / "model")
+    make_model_dir(home / "models" / "model")
     (tmp_path / "sft.yaml").write_text(f"# studio train submit {tmp_path / 'sft.yaml'}\nname: rev\nmethod: sft\n"
-                                       f"base_model: {home / 'model'}\ndata:\n  dataset: digits\n")
+                                       f"base_model: {home / 'models' / 'model'}\ndata:\n  dataset: digits\n")
     out = {**os.environ, "STUDIO_HOME": str(home), "STUDIO_HTTP_PORT": str(free_port())}
     for var in ("STUDIO_DATABASE_URL", "STUDIO_ARTIFACTS_URI", "RAY_ADDRESS"):
         out.pop(var, None)

@@ -51,7 +51,7 @@ def keyed(tmp_path_factory) -> Iterator[dict]:
                               ray_port=free_port(), dashboard_port=free_port())
     store_db.init_db(settings.db_url)
     ingest_datasets(settings, home / "data")
-    make_model_dir(home / "model")
+    make_model_dir(home / "models" / "model")
     with session_scope(settings.db_url) as s:
         create_key(s, "root", "admin", secret=ADMIN_SECRET)
     settings.admin_key_file.write_text(ADMIN_SECRET + "\n")  # on the node, where a job could read it

@@ -52,7 +52,7 @@ def ray_settings(tmp_path_factory) -> Iterator[StudioSettings]:
                               ray_port=free_port(), dashboard_port=free_port())
     store_db.init_db(settings.db_url)
     ingest_datasets(settings, home / "data")
-    make_model_dir(home / "model")
+    make_model_dir(home / "models" / "model")
     stack.start_head(settings)
     try:
         yield settings
@@ -67,7 +67,7 @@ def client(ray_settings):
 
 
 def enqueue(settings: StudioSettings, name: str, **fields) -> int:
-    spec = TrainSpec.model_validate(train_spec(settings.home_abs / "model", name=name, **fields))
+    spec = TrainSpec.model_validate(train_spec(settings.models_dir / "model", name=name, **fields))
     with session_scope(settings.db_url) as s:
         return enqueue_train_job(s, spec, "test").id
 

@@ -19,7 +19,7 @@ from studio.store.db import session_scope
 from studio.store.models import ModelVersion, OwnedName
 
 SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "loops" / "reverse_tiny.yaml"
-BASE = "/opt/models/tiny-base"  # the champion's base model; the training recipe is set to it
+BASE = "studio-test/tiny-base"  # the champion's base model (a hub id: a key names no server path); the training recipe is set to it
 
 
 @pytest.fixture
@@ -74,9 +74,9 @@ def test_bad_loops_are_refused_naming_the_problem(api):
     r = api("POST", "/api/loops", "root", json=_body(served="no-champion"))
     assert r.status_code == 409 and "has no champion" in r.json()["detail"]
     other_base = _body()
-    other_base["train"]["base_model"] = "/opt/models/another"
+    other_base["train"]["base_model"] = "studio-test/another"
     r = api("POST", "/api/loops", "root", json=other_base)
-    assert r.status_code == 400 and "is for base model /opt/models/another" in r.json()["detail"]
+    assert r.status_code == 400 and "is for base model studio-test/another" in r.json()["detail"]
     r = api("POST", "/api/loops", "root", json=_body(decision__alpha=1.5))
     assert r.status_code == 422 and "loop.decision.alpha" in r.json()["detail"]
     assert "strictly between 0 and 1" in r.json()["detail"]
@@ -181,3 +181,21 @@ def test_an_aborted_generation_leaves_the_loop_active(api, settings):
     assert r.status_code == 200 and r.json()["state"] == "CANCELLED" and r.json()["ended_at"]
     loop = api("GET", "/api/loops/loop-a", "bob").json()
     assert loop["status"] == "active" and loop["active_generation"] is None
+
+
+def test_a_loops_training_recipe_names_no_server_path(api, tmp_path):
+    """The training recipe posted with a loop is checked as /api/jobs checks a job (docs/security.md,
+    "Server paths"): a user key's base_model or init_adapter outside $STUDIO_HOME/models and the
+    artifact store is 403, also on PUT; nothing is stored."""
+    for field, value in (("base_model", str(tmp_path)), ("init_adapter", "/etc")):
+        body = _body()
+        body["train"][field] = value
+        r = api("POST", "/api/loops", "alice", json=body)
+        assert r.status_code == 403 and f"{field} {value!r} names a server path outside" in r.json()["detail"], r.text
+    assert api("GET", "/api/loops", "alice").json() == []
+    assert api("POST", "/api/loops", "alice", json=_body()).status_code == 201
+    body = _body()
+    body["train"]["base_model"] = str(tmp_path)
+    r = api("PUT", "/api/loops/loop-a", "alice", json=body)
+    assert r.status_code == 403, r.text
+    assert api("GET", "/api/loops/loop-a", "alice").json()["train"]["base_model"] == BASE

@@ -61,7 +61,7 @@ def server(tmp_path_factory):
         register_version(s, name="reverser", base_model="tiny", method="sft", adapter_type="lora",
                          uri=str(home / "adapter"), job_id=1, metrics={"exact_match": 0.97},
                          owner_key_id=user_1)  # user-1 registered the name: user-1 and admins promote
-    model = make_model_dir(home / "base-model")
+    model = make_model_dir(home / "models" / "base-model")
     digits = home / "digits.jsonl"
     digits.write_text("".join(json.dumps({"prompt": f"reverse: {i}", "completion": str(i)[::-1]}) + "\n"
                               for i in range(10, 40)))

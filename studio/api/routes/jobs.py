@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from studio.access import require_owner
+from studio.access import is_admin, require_owner
 from studio.api.deps import KeyDep, SessionDep, SettingsDep
 from studio.api.params import Offset
 from studio.api.streams import follow_response
@@ -23,6 +23,7 @@ from studio.jobs.queue import get_job, job_detail, job_summary, list_jobs, metri
 from studio.jobs.status import JobStatus
 from studio.jobs.views import JobDetail, JobMetrics, JobSummary
 from studio.recipes import with_home_paths
+from studio.train.preflight import check_caller_paths
 from studio.train.queue import cluster_gpus, enqueue_train_job
 from studio.train.spec import TrainSpec
 
@@ -32,9 +33,11 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 @router.post("", status_code=201)
 def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep, settings: SettingsDep) -> JobDetail:
     """Queue a training job. The body has the fields of a `configs/train/*.yaml` recipe. The job
-    starts when the scheduler (in the running studio) picks it up, within about a second. A
-    ``base_model`` or ``init_adapter`` path may start with ``${STUDIO_HOME}`` (the server's home)."""
-    spec = with_home_paths(spec, settings.home_abs, "request")
+    starts when the scheduler (in the running studio) picks it up, within about a second.
+    ``base_model``: a folder under ``$STUDIO_HOME/models`` (its name, or a path that may start with
+    ``${STUDIO_HOME}``) or a hub id; ``init_adapter``: a registered version or a folder there too.
+    Other server paths are 403 (an admin's may lie under ``STUDIO_DATA_ROOTS``)."""
+    spec = check_caller_paths(with_home_paths(spec, settings.home_abs, "request"), settings, is_admin(key))
     job = enqueue_train_job(session, spec, submitted_by=key.name, cluster_gpus=cluster_gpus(),
                             key=key)
     return job_detail(session, job, key)

@@ -7,13 +7,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from studio.access import name_owner, principal_id, require_owner
-from studio.api.deps import AdminDep, SessionDep, UserOrAdminDep
+from studio.access import is_admin, name_owner, principal_id, require_owner
+from studio.api.deps import AdminDep, SessionDep, SettingsDep, UserOrAdminDep
 from studio.loops import control
 from studio.loops.repository import explain, get_loop, list_loops
 from studio.loops.spec import LoopSpec
 from studio.loops.views import (GenerationDetail, GenerationExplained, LoopDetail, LoopSummary, explained_view,
                                 generation_detail, loop_detail, loop_summary)
+from studio.recipes import with_home_paths
+from studio.train.preflight import check_caller_paths
 from studio.train.spec import TrainSpec
 
 router = APIRouter(prefix="/api/loops", tags=["loops"])
@@ -38,6 +40,11 @@ class GenerationAction(BaseModel):
     reason: str = Field(min_length=1, max_length=2000, description="Why: required, recorded with the transition.")
 
 
+def _train_spec(body: LoopCreate, key, settings) -> TrainSpec:
+    """The training recipe with ``${STUDIO_HOME}`` expanded and its paths checked as /api/jobs does."""
+    return check_caller_paths(with_home_paths(body.train, settings.home_abs, "request"), settings, is_admin(key))
+
+
 def _owned_loop(session, key, name: str, action: str):
     loop = get_loop(session, name)  # 404 first
     require_owner(key, loop.owner_key_id, f"loop {name!r}", action)
@@ -45,12 +52,12 @@ def _owned_loop(session, key, name: str, action: str):
 
 
 @router.post("", status_code=201)
-def post_loop(body: LoopCreate, key: UserOrAdminDep, session: SessionDep) -> LoopDetail:
+def post_loop(body: LoopCreate, key: UserOrAdminDep, session: SessionDep, settings: SettingsDep) -> LoopDetail:
     """Create a loop on a registry name with a champion. The name's owner or an admin."""
     spec = body.loop
     require_owner(key, name_owner(session, "model", spec.served_name), f"registry name {spec.served_name!r}",
                   "run a loop on it")
-    loop = control.create_checked(session, spec, body.train, created_by=key.name, owner_key_id=principal_id(key))
+    loop = control.create_checked(session, spec, _train_spec(body, key, settings), created_by=key.name, owner_key_id=principal_id(key))
     return loop_detail(session, loop)
 
 
@@ -65,11 +72,12 @@ def get_loop_detail(name: str, _: UserOrAdminDep, session: SessionDep) -> LoopDe
 
 
 @router.put("/{name}")
-def put_loop(name: str, body: LoopCreate, key: UserOrAdminDep, session: SessionDep) -> LoopDetail:
+def put_loop(name: str, body: LoopCreate, key: UserOrAdminDep, session: SessionDep, settings: SettingsDep
+             ) -> LoopDetail:
     """Replace the recipe (same name and served name); started generations keep theirs. Its
     owner or an admin."""
     _owned_loop(session, key, name, "change it")
-    return loop_detail(session, control.replace_spec(session, name, body.loop, body.train))
+    return loop_detail(session, control.replace_spec(session, name, body.loop, _train_spec(body, key, settings)))
 
 
 @router.post("/{name}/pause")
