@@ -7,15 +7,17 @@ the database as the operator, like the other command groups.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from studio.errors import Conflict, NotFound, StudioError
-from studio.loops.repository import active_generation, create_loop, get_loop, move
+from studio.loops.repository import active_generation, create_loop, frozen_config, get_loop, move, start_generation
 from studio.loops.spec import TRAIN_METHODS, LoopSpec, check_base_model
 from studio.loops.states import IN_TRAFFIC, Reason, State
+from studio.loops.triggers import Fired, manual_trigger
 from studio.store.loop_models import Loop, LoopGeneration
 from studio.store.models import ModelVersion, utcnow
 
@@ -129,3 +131,28 @@ def promote_generation(session: Session, gen: LoopGeneration, *, actor: str, rea
 def rollback_generation(session: Session, gen: LoopGeneration, *, actor: str, reason: str) -> LoopGeneration:
     """An admin's rollback of a candidate in shadow or canary (or paused there); counts as harm."""
     return move(session, gen.id, gen.state, State.ROLLING_BACK, Reason.HUMAN_ROLLBACK, actor=actor, detail=reason)
+
+
+def start_triggered(session: Session, loop: Loop, fired: Fired, now: datetime, *, actor: str) -> LoopGeneration:
+    """A new generation of ``loop`` moved straight to TRIGGERED by ``fired``, with the recipe frozen
+    and the champion it trains from recorded (409 when the name has none, or one is active)."""
+    champion = champion_of(session, loop.served_name)
+    spec = LoopSpec.model_validate(loop.spec)
+    gen = start_generation(session, loop, frozen_config(spec, loop.train), actor=actor,
+                           champion=f"{champion.name}@{champion.version}", at=now)
+    return move(session, gen.id, State.WATCHING, State.TRIGGERED, fired.kind, actor=actor, detail=fired.reason, at=now)
+
+
+def run_loop(session: Session, name: str, *, actor: str, now: datetime | None = None) -> LoopGeneration:
+    """Start a generation by hand (``studio loop run``, ``POST /api/loops/{name}/trigger``): it is
+    TRIGGERED now and the runner moves it on from there. 409 while the loop is paused or cancelled,
+    does not run by hand (``trigger.manual: false``), or has an active generation."""
+    loop = get_loop(session, name)
+    if loop.status != "active":
+        raise Conflict(f"loop {name} is {loop.status}" + (f" ({loop.status_reason})" if loop.status_reason else ""),
+                       f"resume it first (`studio loop resume {name}`)")
+    fired = manual_trigger(LoopSpec.model_validate(loop.spec), actor)
+    if not fired.fired:
+        raise Conflict(f"loop {name}: {fired.reason}", "set trigger.manual: true in its recipe, or wait for its "
+                       "other triggers")
+    return start_triggered(session, loop, fired, now or utcnow(), actor=actor)

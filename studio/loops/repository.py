@@ -11,6 +11,7 @@ wins and the other gets a ``Conflict`` naming the state it lost to. Every move i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -70,9 +71,11 @@ def active_generation(session: Session, loop: Loop) -> LoopGeneration | None:
 
 
 def start_generation(session: Session, loop: Loop, config: dict[str, Any], *, actor: str,
-                     champion: str | None = None) -> LoopGeneration:
+                     champion: str | None = None, at: datetime | None = None) -> LoopGeneration:
     """The loop's next generation, WATCHING, with its frozen ``config``; 409 while one is active
-    (the database's unique ``active_loop_id`` holds this even against a concurrent start)."""
+    (the database's unique ``active_loop_id`` holds this even against a concurrent start).
+    ``at``: when (the runner's clock; now by default)."""
+    at = at or utcnow()
     current = active_generation(session, loop)
     if current is not None:
         raise Conflict(f"loop {loop.name} already has an active generation ({current.number}, {current.state})",
@@ -80,7 +83,8 @@ def start_generation(session: Session, loop: Loop, config: dict[str, Any], *, ac
     number = (session.scalar(select(func.max(LoopGeneration.number)).where(LoopGeneration.loop_id == loop.id))
               or 0) + 1
     gen = LoopGeneration(loop_id=loop.id, number=number, active_loop_id=loop.id, state=State.WATCHING.value,
-                         attempt=1, canary_step=0, config=config, champion=champion)
+                         attempt=1, canary_step=0, config=config, champion=champion, created_at=at,
+                         updated_at=at)
     try:
         with session.begin_nested():
             session.add(gen)
@@ -89,22 +93,26 @@ def start_generation(session: Session, loop: Loop, config: dict[str, Any], *, ac
         raise Conflict(f"loop {loop.name} already has an active generation (started concurrently)",
                        "wait for it to end, or cancel it") from e
     session.add(LoopTransition(generation_id=gen.id, from_state=None, to_state=State.WATCHING.value,
-                               reason=Reason.STEP_DONE.value, detail="generation started", actor=actor, attempt=1))
+                               reason=Reason.STEP_DONE.value, detail="generation started", actor=actor, attempt=1,
+                               at=at))
     session.flush()
     return gen
 
 
 def move(session: Session, generation_id: int, expected: State | str, target: State | str, reason: Reason | str,
-         *, actor: str, detail: str = "", values: dict[str, Any] | None = None) -> LoopGeneration:
-    """Move a generation from ``expected`` to ``target`` (compare-and-set) and record why.
+         *, actor: str, detail: str = "", values: dict[str, Any] | None = None,
+         at: datetime | None = None) -> LoopGeneration:
+    """Move a generation from ``expected`` to ``target`` (compare-and-set) and record why, at ``at``
+    (the runner's clock; now by default: the canary's window is read from these times).
 
     ``values`` sets other columns in the same UPDATE (a candidate ref, a deadline). The bookkeeping
     the table implies is done here: a retry counts an attempt, a canary step advances the step, a
     pause remembers where it paused, a terminal state frees the loop for its next generation."""
     expected, target, reason = State(expected), State(target), Reason(reason)
+    at = at or utcnow()
     gen = get_generation(session, generation_id)
     transition(expected, target, reason, paused_from=gen.paused_from)
-    sets: dict[str, Any] = {"state": target.value, "updated_at": utcnow(), **(values or {})}
+    sets: dict[str, Any] = {"state": target.value, "updated_at": at, **(values or {})}
     attempt = gen.attempt
     if reason is Reason.RETRY:
         attempt = gen.attempt + 1
@@ -121,7 +129,7 @@ def move(session: Session, generation_id: int, expected: State | str, target: St
         sets["rollback_reason"] = reason.value
     if target in TERMINAL:
         sets["active_loop_id"] = None
-        sets["ended_at"] = utcnow()
+        sets["ended_at"] = at
     result = session.execute(
         update(LoopGeneration)
         .where(LoopGeneration.id == generation_id, LoopGeneration.state == expected.value)
@@ -132,7 +140,8 @@ def move(session: Session, generation_id: int, expected: State | str, target: St
         raise Conflict(f"generation {generation_id} is no longer {expected} (it is {gen.state}): "
                        f"the move to {target} lost to another", "read the generation again and decide anew")
     session.add(LoopTransition(generation_id=generation_id, from_state=expected.value, to_state=target.value,
-                               reason=reason.value, detail=detail[:10_000], actor=actor, attempt=attempt))
+                               reason=reason.value, detail=detail[:10_000], actor=actor, attempt=attempt,
+                               at=at))
     session.flush()
     session.refresh(gen)
     if target in (State.PROMOTED, State.ROLLED_BACK):
@@ -159,8 +168,9 @@ def transitions(session: Session, generation_id: int) -> list[LoopTransition]:
                                 .order_by(LoopTransition.id)))
 
 
-def record_look(session: Session, generation_id: int, look: Look, verdict: Verdict) -> LoopLook:
-    row = LoopLook(generation_id=generation_id, step=look.step, weight=look.weight,
+def record_look(session: Session, generation_id: int, look: Look, verdict: Verdict,
+                at: datetime | None = None) -> LoopLook:
+    row = LoopLook(generation_id=generation_id, at=at or utcnow(), step=look.step, weight=look.weight,
                    look=look.model_dump(mode="json"), action=verdict.action.value, estimate=verdict.estimate,
                    lower=verdict.lower, upper=verdict.upper, verdict=verdict.model_dump(mode="json"))
     session.add(row)

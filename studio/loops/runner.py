@@ -1,0 +1,307 @@
+"""The loop's runner: one pass over every loop moves each active generation as far as it can go
+now (docs/loops.md, "The runner"). The JobScheduler deployment runs a pass every few seconds; a
+test runs one per tick of a virtual clock.
+
+Nothing is kept between passes: a step reads the generation's stored state, does the next thing and
+moves it by compare-and-set (``repository.move``), so a restarted runner reconciles by stepping
+again. The next thing, per state:
+
+=============  ===============================================================================
+WATCHING       (a loop with no active generation) the triggers (``triggers.evaluate``): one that
+               fires starts a generation and moves it to TRIGGERED in the same transaction
+TRIGGERED      → SNAPSHOT: the cutoff is this pass's time
+SNAPSHOT       ``snapshot.take_snapshot`` (the recorded cutoff wins on a retry) → TRAINING; no
+               preference pair to train on → CANCELLED
+TRAINING       the training job keyed ``loop:NAME:gN:train:aK`` (generation N, attempt K): queued
+               once (looked up first, in the transaction that queues it), then waited for; its
+               registered version → GATE; it failed → retried with backoff, then FAILED
+GATE           the promotion gate's eval of candidate vs champion (``runner_gate``) → SHADOW,
+               CANARY or REFUSED
+SHADOW, CANARY ``runner_traffic``: the split set absolutely every pass, a stored look, ``decide``
+PROMOTING      the candidate made champion, the split stopped → PROMOTED
+ROLLING_BACK   the split stopped, the candidate archived → ROLLED_BACK (CANCELLED for a cancel)
+PAUSED         nothing: a person resumes it (``studio loop resume``)
+=============  ===============================================================================
+
+Infrastructure errors (a job that failed, a store or gateway that is away) retry the state with a
+doubling backoff stored in ``deadline_at`` (never slept on) up to ``train.max_retries`` times, then
+FAILED — or, for a candidate that holds traffic, ROLLING_BACK first.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import requests
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from studio.errors import Conflict, StudioError
+from studio.jobs.status import JobStatus, will_retry
+from studio.loops import repository as repo
+from studio.loops.actions import Actions
+from studio.loops.control import start_triggered
+from studio.loops.spec import LoopSpec
+from studio.loops.states import IN_TRAFFIC, TERMINAL, Reason, State
+from studio.loops.triggers import evaluate
+from studio.settings import StudioSettings
+from studio.store.db import session_scope
+from studio.store.loop_models import Loop, LoopGeneration
+from studio.store.models import Job, utcnow
+
+logger = logging.getLogger(__name__)
+ACTOR = "scheduler"
+# What an infrastructure failure looks like from here: retried with backoff, never a verdict.
+INFRA_ERRORS = (OSError, ConnectionError, requests.RequestException, SQLAlchemyError, RuntimeError)
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    look_every_s: float = 60.0  # a canary look (stored, decided on) at most this often
+    backoff_s: float = 30.0  # the first retry's wait; it doubles per attempt
+    max_backoff_s: float = 900.0
+    max_moves_per_pass: int = 12  # per generation: TRIGGERED → … → CANARY in one pass when all is ready
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one step did: ``moved`` when the state changed (the pass steps again), ``note`` in words."""
+
+    moved: bool
+    note: str
+
+
+@dataclass
+class PassReport:
+    started: list[str] = field(default_factory=list)  # "loop#N: why"
+    moves: list[str] = field(default_factory=list)  # "loop#N: A → B"
+    notes: list[str] = field(default_factory=list)  # what a step did or waits for
+    errors: list[str] = field(default_factory=list)
+
+    def changed(self) -> bool:
+        return bool(self.started or self.moves or self.errors)
+
+
+@dataclass
+class Ctx:
+    """One step's view: the transaction, the generation, its loop and frozen recipe, the clock."""
+
+    session: Session
+    gen: LoopGeneration
+    loop: Loop
+    spec: LoopSpec
+    now: datetime
+    actions: Actions
+    runner: Runner
+
+    @property
+    def label(self) -> str:
+        return f"{self.loop.name}#{self.gen.number}"
+
+    def go(self, target: State, reason: Reason, detail: str, **values) -> Step:
+        """Move the generation from its current state (compare-and-set). A state's stored clock
+        (``deadline_at``) ends with it unless ``values`` sets a new one."""
+        frm = State(self.gen.state)
+        values.setdefault("deadline_at", None)
+        self.gen = repo.move(self.session, self.gen.id, frm, target, reason, actor=ACTOR, detail=detail,
+                             values=values, at=self.now)
+        return Step(True, f"{frm} → {target} ({reason}): {detail}")
+
+    def key(self, what: str) -> str:
+        """The idempotency key of this attempt's job (its ``submitted_by``)."""
+        return f"loop:{self.loop.name}:g{self.gen.number}:{what}:a{self.gen.attempt}"
+
+    def job(self, kind: str, what: str) -> Job | None:
+        return self.session.scalars(select(Job).where(Job.kind == kind, Job.submitted_by == self.key(what))
+                                    .order_by(Job.id)).first()
+
+    def lock(self) -> None:
+        """Hold the generation's row for the rest of the transaction (PostgreSQL; SQLite has one
+        writer anyway), so two runners cannot both queue this attempt's job."""
+        self.session.execute(select(LoopGeneration.id).where(LoopGeneration.id == self.gen.id).with_for_update())
+        self.session.refresh(self.gen)
+
+    def backing_off(self) -> str | None:
+        at = self.gen.deadline_at
+        if self.gen.attempt > 1 and at is not None and self.now < at:
+            return f"attempt {self.gen.attempt} waits out its backoff until {at.isoformat()}"
+        return None
+
+    def undo(self) -> None:
+        """Roll back what a failed action wrote, so the failure is recorded on its own."""
+        gen_id = self.gen.id
+        self.session.rollback()
+        self.gen = repo.get_generation(self.session, gen_id)
+
+    def failed(self, why: str) -> Step:
+        """An infrastructure failure of this state's step: retry after a backoff while attempts are
+        left (``train.max_retries``), else FAILED (ROLLING_BACK first for a candidate in traffic)."""
+        state = State(self.gen.state)
+        if state in IN_TRAFFIC:
+            return self.go(State.ROLLING_BACK, Reason.INFRA_FAILURE, why)
+        if self.gen.attempt <= self.spec.train.max_retries:
+            cfg = self.runner.config
+            wait = min(cfg.backoff_s * 2 ** (self.gen.attempt - 1), cfg.max_backoff_s)
+            return self.go(state, Reason.RETRY, f"{why}; attempt {self.gen.attempt + 1} in {wait:g} s",
+                           deadline_at=self.now + timedelta(seconds=wait))
+        return self.go(State.FAILED, Reason.INFRA_FAILURE,
+                       f"{why}; {self.spec.train.max_retries} retries spent (train.max_retries)")
+
+
+class Runner:
+    """``run_pass(now)``: start generations whose trigger fired and step every active one. Handed
+    its ``Actions`` by the layer that runs it."""
+
+    def __init__(self, settings: StudioSettings, actions: Actions, config: RunnerConfig | None = None):
+        self.settings = settings
+        self.actions = actions
+        self.config = config or RunnerConfig()
+
+    def run_pass(self, now: datetime | None = None) -> PassReport:
+        now = now or utcnow()
+        report = PassReport()
+        with session_scope(self.settings.db_url) as s:
+            loops = [(lp.id, lp.name, lp.status) for lp in repo.list_loops(s)]
+            active = dict(s.execute(select(LoopGeneration.loop_id, LoopGeneration.id)
+                                    .where(LoopGeneration.active_loop_id.is_not(None))).all())
+        for loop_id, name, status in loops:
+            try:
+                gen_id = active.get(loop_id)
+                if gen_id is None and status == "active":
+                    gen_id = self._start_if_triggered(loop_id, now, report)
+                if gen_id is not None:
+                    self.advance(gen_id, now, report)
+            except (StudioError, *INFRA_ERRORS) as e:  # one loop's trouble is not the others'
+                report.errors.append(f"loop {name}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                logger.warning("loop runner: loop %s: %s", name, e)
+        return report
+
+    def _start_if_triggered(self, loop_id: int, now: datetime, report: PassReport) -> int | None:
+        with session_scope(self.settings.db_url) as s:
+            loop = s.get(Loop, loop_id)
+            fired = [f for f in evaluate(s, loop, now) if f.fired]
+            if not fired:
+                return None
+            gen = start_triggered(s, loop, fired[0], now, actor=ACTOR)
+            report.started.append(f"{loop.name}#{gen.number}: {fired[0].reason}")
+            return gen.id
+
+    def advance(self, gen_id: int, now: datetime, report: PassReport | None = None) -> list[Step]:
+        """Step one generation until it waits (each step its own transaction)."""
+        steps = []
+        for _ in range(self.config.max_moves_per_pass):
+            try:
+                with session_scope(self.settings.db_url) as s:
+                    step = self.step(s, gen_id, now)
+            except Conflict as e:  # another runner (or a person) moved it first: read again next pass
+                step = Step(False, f"generation {gen_id}: {e.problem}")
+            steps.append(step)
+            if report is not None:
+                (report.moves if step.moved else report.notes).append(f"generation {gen_id}: {step.note}")
+            if not step.moved:
+                break
+        return steps
+
+    def step(self, session: Session, gen_id: int, now: datetime) -> Step:
+        """Do the next thing for one generation, in ``session``'s transaction."""
+        from studio.loops import runner_gate, runner_traffic
+
+        gen = repo.get_generation(session, gen_id)
+        state = State(gen.state)
+        if state in TERMINAL:
+            return Step(False, f"{state}: done")
+        loop = session.get(Loop, gen.loop_id)
+        ctx = Ctx(session, gen, loop, LoopSpec.model_validate(gen.config["loop"]), now, self.actions, self)
+        handler = {
+            State.WATCHING: _watching, State.TRIGGERED: _triggered, State.SNAPSHOT: _snapshot,
+            State.TRAINING: _training, State.GATE: runner_gate.gate, State.SHADOW: runner_traffic.shadow,
+            State.CANARY: runner_traffic.canary, State.PROMOTING: runner_traffic.promoting,
+            State.ROLLING_BACK: runner_traffic.rolling_back,
+        }.get(state)
+        if handler is None:
+            return Step(False, f"{state}: held until a person resumes it")
+        return handler(ctx)
+
+
+# --- the steps before traffic ------------------------------------------------------------------
+
+
+def _watching(ctx: Ctx) -> Step:
+    fired = [f for f in evaluate(ctx.session, ctx.loop, ctx.now) if f.fired]
+    if not fired:
+        return Step(False, "no trigger fired")
+    return ctx.go(State.TRIGGERED, fired[0].kind, fired[0].reason)
+
+
+def _triggered(ctx: Ctx) -> Step:
+    return ctx.go(State.SNAPSHOT, Reason.STEP_DONE, f"feedback frozen at {ctx.now.isoformat()}")
+
+
+def _snapshot(ctx: Ctx) -> Step:
+    from studio.loops.snapshot import take_snapshot
+
+    if (wait := ctx.backing_off()) is not None:
+        return Step(False, wait)
+    gen_id = ctx.gen.id
+    ctx.session.commit()  # the snapshot writes from its own transactions
+    try:
+        done = take_snapshot(ctx.runner.settings, gen_id, ctx.now)
+    except StudioError as e:
+        ctx.undo()
+        if e.status_code >= 500:
+            return ctx.failed(f"the snapshot failed: {e}")
+        return ctx.go(State.CANCELLED, Reason.CANCEL, f"nothing to train on: {e}")
+    except INFRA_ERRORS as e:
+        ctx.undo()
+        return ctx.failed(f"the snapshot failed: {type(e).__name__}: {e}")
+    ctx.gen = repo.get_generation(ctx.session, gen_id)
+    ctx.session.refresh(ctx.gen)
+    return ctx.go(State.TRAINING, Reason.STEP_DONE,
+                  f"snapshot {done['name']}@{done['version']} ({done['snapshot_id'][:12]}): {done['rows']} pairs, "
+                  f"{done['golden_dropped']} golden-set prompts dropped, cutoff {done['cutoff']}")
+
+
+def training_spec(ctx: Ctx):
+    """The loop's training recipe (frozen with the generation) on the generation's snapshot, from
+    the champion's adapter, registered under the served name; retries are the loop's (keyed by
+    attempt), so the job itself has none."""
+    from studio.train.spec import TrainSpec
+
+    train = TrainSpec.model_validate(ctx.gen.config["train"])
+    data = train.data.model_copy(update={"dataset": ctx.gen.snapshot_id})
+    return train.model_copy(update={"name": ctx.spec.served_name, "init_adapter": ctx.gen.champion, "data": data,
+                                    "max_retries": 0, "after_training": None})
+
+
+def _training(ctx: Ctx) -> Step:
+    from studio.train.spec import TrainResult
+
+    ctx.lock()
+    job = ctx.job("train", "train")
+    if job is None:
+        if (wait := ctx.backing_off()) is not None:
+            return Step(False, wait)
+        try:
+            job = ctx.actions.enqueue_training(ctx.session, training_spec(ctx), submitted_by=ctx.key("train"),
+                                               owner_key_id=ctx.loop.owner_key_id)
+        except (StudioError, *INFRA_ERRORS) as e:
+            # preflight's refusal (a model or dataset missing: 4xx) cannot be fixed by a retry
+            refused = isinstance(e, StudioError) and e.status_code < 500
+            why = f"the training job was {'refused' if refused else 'not queued'}: {e}"
+            ctx.undo()
+            return ctx.go(State.FAILED, Reason.INFRA_FAILURE, why) if refused else ctx.failed(why)
+        return Step(False, f"queued training job {job.id} ({ctx.key('train')})")
+    status = JobStatus(job.status)
+    if status is JobStatus.SUCCEEDED:
+        model = TrainResult.of(job).model
+        if not model or "@" not in model:
+            return ctx.failed(f"training job {job.id} succeeded but registered no version")
+        return ctx.go(State.GATE, Reason.STEP_DONE, f"training job {job.id} registered {model}", candidate=model)
+    if status is JobStatus.CANCELLED:
+        return ctx.go(State.CANCELLED, Reason.CANCEL, f"training job {job.id} was cancelled")
+    if status is JobStatus.FAILED and not will_retry(job):
+        return ctx.failed(f"training job {job.id} failed: {(job.error or 'no error recorded').splitlines()[0][:500]}")
+    return Step(False, f"training job {job.id} is {status}")
