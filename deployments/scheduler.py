@@ -1,6 +1,8 @@
 """JobScheduler: the always-on half of training. One small replica runs ``reconcile_once`` every
 ``interval_s`` in a background task; the training itself runs as Ray Jobs, never in Serve, so a
-crashing job cannot take the ingress (or this replica) down with it.
+crashing job cannot take the ingress (or this replica) down with it. The same pass then runs the
+loops' runner (``studio.loops.runner``): each active loop generation moves on from its stored state,
+with the loop's outside effects (``ServiceActions``) checking served names through the Gateway.
 
 It keeps no state of its own (see ``studio.jobs.scheduler``): Serve may restart it at any time.
 """
@@ -19,6 +21,8 @@ from studio.evals.gate import advance_after_training
 from studio.jobs import ray_jobs
 from studio.jobs.scheduler import reconcile_once
 from studio.jobs.submission import SchedulerConfig
+from studio.loops.actions import ServiceActions
+from studio.loops.runner import Runner
 from studio.settings import StudioSettings
 
 logger = logging.getLogger("ray.serve")
@@ -32,6 +36,9 @@ class JobScheduler:
         self._gateway = gateway  # the Gateway's handle: the promotion gate asks it for model names
         self._settings = StudioSettings()  # from the STUDIO_* env vars build_app forwards
         self._client = None
+        self._loops = Runner(self._settings, ServiceActions(
+            models_available=self._served_models if gateway is not None else None))
+        self._last_loop_pass: str | None = None
         self._passes = 0
         self._last_pass_at: float | None = None
         self._last_error: str | None = None
@@ -56,9 +63,20 @@ class JobScheduler:
     def _pass(self):
         if self._client is None:
             self._client = ray_jobs.jobs_client(self._settings, self._config.ray_address)
-        return reconcile_once(self._settings, self._client, self._config,
-                              models_available=self._served_models if self._gateway else None,
-                              after_training=advance_after_training)
+        report = reconcile_once(self._settings, self._client, self._config,
+                                models_available=self._served_models if self._gateway else None,
+                                after_training=advance_after_training)
+        try:  # the loops move after the jobs they wait for did
+            loops = self._loops.run_pass()
+        except Exception as e:  # noqa: BLE001 — the jobs' pass stands; the next pass tries the loops again
+            report.errors.append(f"loops: {type(e).__name__}: {e}")
+            logger.exception("loop pass failed")
+            return report
+        report.errors.extend(loops.errors)
+        if loops.started or loops.moves:
+            self._last_loop_pass = "; ".join(loops.started + loops.moves)[:2000]
+            logger.info("loop pass: started %s, moved %s", loops.started, loops.moves)
+        return report
 
     def _served_models(self) -> list[str]:
         # Called from the pass's worker thread, where a handle's response may be waited on. A
@@ -73,6 +91,7 @@ class JobScheduler:
     async def status(self) -> dict[str, Any]:
         return {"alive": not self._task.done(), "passes": self._passes, "last_pass_at": self._last_pass_at,
                 "last_error": self._last_error, "interval_s": self._config.interval_s,
+                "last_loop_moves": self._last_loop_pass,
                 "max_concurrent_jobs": self._config.max_concurrent_jobs}
 
     def check_health(self) -> None:
