@@ -1,10 +1,12 @@
 """``studio loop``: self-driving improvement loops (docs/loops.md), on the database directly like
-the other groups. The runner that moves generations is not built yet: these commands create and
-manage loops and read what is stored (``explain`` recomputes each stored verdict)."""
+the other groups: create and manage loops, start a generation by hand (``run``, ``--follow`` prints
+its timeline as the scheduler's runner moves it) and read what is stored (``explain`` recomputes
+each stored verdict)."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import typer
 from rich.table import Table
@@ -35,8 +37,8 @@ def create(
         info = loop_detail(s, create_checked(s, spec, train, created_by=ACTOR, owner_key_id=None))
     console.print(f"[green]loop {info.name}[/] on {info.served_name}: trains {spec.train.recipe}, canary "
                   f"{' → '.join(f'{x:g} %' for x in spec.canary.steps)}, alpha {spec.decision.alpha:g}", highlight=False)
-    console.print("note: the loop runner is not built yet; nothing starts a generation (docs/loops.md)",
-                  style="yellow")
+    console.print(f"its triggers start generations while the studio runs (`studio up`); by hand: "
+                  f"studio loop run {info.name} --follow", highlight=False)
 
 
 @app.command("ls")
@@ -58,8 +60,17 @@ def ls() -> None:
 @app.command("show")
 def show(name: str = typer.Argument(..., help="Loop name."),
          generation: int | None = typer.Option(None, "--generation", "-g", help="A generation's timeline."),
-         as_json: bool = typer.Option(False, "--json", help="Print the JSON document.")) -> None:
+         as_json: bool = typer.Option(False, "--json", help="Print the JSON document."),
+         follow: bool = typer.Option(False, "--follow", "-f", help="With -g: print the timeline as it grows, "
+                                     "until the generation ends."),
+         timeout_s: float = typer.Option(0.0, "--timeout-s", help="With --follow: stop after this many seconds.")
+         ) -> None:
     """The loop and its recent generations, or one generation's transitions and looks."""
+    if follow:
+        if generation is None:
+            raise typer.BadParameter("--follow needs a generation: -g N")
+        follow_generation(name, generation, timeout_s)
+        return
     from studio.loops.control import generation_by_number
     from studio.loops.repository import get_loop
     from studio.loops.views import generation_detail, loop_detail
@@ -122,6 +133,61 @@ def cancel(name: str = typer.Argument(..., help="Loop name."),
            reason: str = typer.Option("", "--reason", help="Recorded with the transition.")) -> None:
     """No new generation starts; the active one is cancelled (through ROLLING_BACK if it holds traffic)."""
     _act("cancel", name, reason)
+
+
+@app.command("run")
+def run(name: str = typer.Argument(..., help="Loop name."),
+        reason: str = typer.Option("", "--reason", help="Recorded with the trigger."),
+        follow: bool = typer.Option(False, "--follow", "-f", help="Print the timeline until the generation ends."),
+        timeout_s: float = typer.Option(0.0, "--timeout-s", help="With --follow: stop following after this "
+                                        "many seconds (0: until it ends).")) -> None:
+    """Start a generation by hand (TRIGGERED now); the scheduler's runner in the running studio moves
+    it on: snapshot, training, gate, canary, verdict."""
+    from studio.loops.control import run_loop
+
+    settings = settings_with_db()
+    with session_scope(settings.db_url) as s:
+        gen = run_loop(s, name, actor=ACTOR, reason=reason)
+        number = gen.number
+    console.print(f"loop [bold]{name}[/]: generation {number} TRIGGERED", highlight=False)
+    if not follow:
+        console.print(f"follow it: studio loop show {name} -g {number}", highlight=False)
+        return
+    follow_generation(name, number, timeout_s)
+
+
+def follow_generation(name: str, number: int, timeout_s: float = 0.0, every_s: float = 2.0) -> str:
+    """Print a generation's transitions and looks as they are stored, until it ends (its state);
+    exit 2 when ``timeout_s`` passes first."""
+    from studio.loops.control import generation_by_number
+    from studio.loops.repository import get_loop
+    from studio.loops.states import State
+    from studio.loops.views import generation_detail
+
+    settings = settings_with_db()
+    seen_moves = seen_looks = 0
+    started = time.monotonic()
+    while True:
+        with session_scope(settings.db_url) as s:
+            loop = get_loop(s, name)
+            doc = generation_detail(s, loop, generation_by_number(s, loop, number))
+        for t in doc.transitions[seen_moves:]:
+            console.print(f"{t.at[11:19]}  {t.from_state or '-':>12} → {t.to_state:<12} {t.reason:<16} {t.detail}",
+                          highlight=False, soft_wrap=True)
+        for x in doc.looks[seen_looks:]:
+            bounds = f" [{x.lower:+.3f}, {x.upper:+.3f}]" if x.lower is not None else ""
+            console.print(f"{x.at[11:19]}  look: step {x.step} at {x.weight:.0%}, {x.action}{bounds}: "
+                          f"{x.verdict.get('detail', '')}", highlight=False, soft_wrap=True)
+        seen_moves, seen_looks = len(doc.transitions), len(doc.looks)
+        if State(doc.state).is_terminal():
+            console.print(f"[bold]generation {number}: {doc.state}[/]", highlight=False)
+            return doc.state
+        if timeout_s and time.monotonic() - started >= timeout_s:
+            console.print(f"generation {number} is still {doc.state} after {timeout_s:g} s (the scheduler's runner "
+                          f"moves it while `studio up` runs); follow again: studio loop show {name} -g {number}",
+                          style="yellow", highlight=False)
+            raise typer.Exit(2)
+        time.sleep(every_s if not timeout_s else max(0.0, min(every_s, timeout_s - (time.monotonic() - started))))
 
 
 @app.command("explain")

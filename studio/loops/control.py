@@ -143,7 +143,8 @@ def start_triggered(session: Session, loop: Loop, fired: Fired, now: datetime, *
     return move(session, gen.id, State.WATCHING, State.TRIGGERED, fired.kind, actor=actor, detail=fired.reason, at=now)
 
 
-def run_loop(session: Session, name: str, *, actor: str, now: datetime | None = None) -> LoopGeneration:
+def run_loop(session: Session, name: str, *, actor: str, reason: str = "", now: datetime | None = None
+             ) -> LoopGeneration:
     """Start a generation by hand (``studio loop run``, ``POST /api/loops/{name}/trigger``): it is
     TRIGGERED now and the runner moves it on from there. 409 while the loop is paused or cancelled,
     does not run by hand (``trigger.manual: false``), or has an active generation."""
@@ -155,4 +156,6 @@ def run_loop(session: Session, name: str, *, actor: str, now: datetime | None = 
     if not fired.fired:
         raise Conflict(f"loop {name}: {fired.reason}", "set trigger.manual: true in its recipe, or wait for its "
                        "other triggers")
+    if reason:
+        fired = Fired(fired.kind, True, f"{fired.reason}: {reason}")
     return start_triggered(session, loop, fired, now or utcnow(), actor=actor)

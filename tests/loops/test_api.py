@@ -199,3 +199,19 @@ def test_a_loops_training_recipe_names_no_server_path(api, tmp_path):
     r = api("PUT", "/api/loops/loop-a", "alice", json=body)
     assert r.status_code == 403, r.text
     assert api("GET", "/api/loops/loop-a", "alice").json()["train"]["base_model"] == BASE
+
+
+def test_the_owner_triggers_a_generation_by_hand_once(api):
+    assert api("POST", "/api/loops", "alice", json=_body()).status_code == 201
+    r = api("POST", "/api/loops/loop-a/trigger", "bob")
+    assert r.status_code == 403 and "belongs to another key" in r.json()["detail"]
+    r = api("POST", "/api/loops/loop-a/trigger", "alice", json={"reason": "new data is in"})
+    assert r.status_code == 201, r.text
+    out = r.json()
+    assert (out["number"], out["state"]) == (1, "TRIGGERED")
+    assert [(t["to_state"], t["reason"], t["actor"]) for t in out["transitions"]] == [
+        ("WATCHING", "step_done", "alice"), ("TRIGGERED", "trigger_manual", "alice")]
+    assert out["transitions"][-1]["detail"] == "run by hand by alice: new data is in"
+    r = api("POST", "/api/loops/loop-a/trigger", "root")
+    assert r.status_code == 409 and "already has an active generation" in r.json()["detail"]
+    assert api("POST", "/api/loops/nope/trigger", "root").status_code == 404

@@ -107,3 +107,21 @@ def test_the_shipped_loop_is_created_listed_paused_resumed_cancelled_and_explain
     assert code == 0 and "cancelled" in out and "ROLLING_BACK" in out
     code, out = cli("show", "nope")
     assert code == 1 and "loop 'nope' does not exist" in out
+
+
+def test_run_starts_a_generation_by_hand_and_follow_prints_its_timeline(cli, settings):
+    _champion(settings)
+    assert cli("create", SHIPPED)[0] == 0
+    code, out = cli("run", "reverse-tiny-loop", "--reason", "try it")
+    assert code == 0 and "generation 1 TRIGGERED" in out and "studio loop show reverse-tiny-loop -g 1" in out
+    code, out = cli("run", "reverse-tiny-loop")
+    assert code == 1 and "already has an active generation" in out
+    # Nothing moves it here (no scheduler runs): following stops at the timeout, saying so.
+    code, out = cli("show", "reverse-tiny-loop", "-g", "1", "--follow", "--timeout-s", "0.2")
+    assert code == 2 and "TRIGGERED" in out and "run by hand by cli: try it" in out
+    assert "still TRIGGERED after 0.2 s" in out
+    assert cli("cancel", "reverse-tiny-loop")[0] == 0  # ends it: nothing held traffic
+    code, out = cli("show", "reverse-tiny-loop", "-g", "1", "--follow")
+    assert code == 0 and "CANCELLED" in out and "generation 1: CANCELLED" in out
+    code, out = cli("run", "reverse-tiny-loop")
+    assert code == 1 and "loop reverse-tiny-loop is cancelled" in out and "studio loop resume" in out

@@ -1,6 +1,7 @@
 """/api/loops: self-driving improvement loops (docs/loops.md). Create, read, replace the recipe,
-pause, resume, cancel, and a generation's timeline and ``explain``. The runner that moves
-generations is not built yet: these routes manage the loop objects and read what is stored."""
+pause, resume, cancel, trigger a generation by hand, and a generation's timeline and ``explain``.
+The scheduler's runner (``studio.loops.runner``) moves the generations; these routes manage the
+loop objects and read what is stored."""
 
 from __future__ import annotations
 
@@ -100,6 +101,17 @@ def post_cancel(name: str, key: UserOrAdminDep, session: SessionDep, body: LoopA
     traffic). Its owner or an admin."""
     _owned_loop(session, key, name, "cancel it")
     return loop_detail(session, control.cancel_loop(session, name, actor=key.name, reason=(body or LoopAction()).reason))
+
+
+@router.post("/{name}/trigger", status_code=201)
+def post_trigger(name: str, key: UserOrAdminDep, session: SessionDep, body: LoopAction | None = None
+                 ) -> GenerationDetail:
+    """Start a generation by hand (``studio loop run``): TRIGGERED now, moved on by the scheduler's
+    runner. 409 while the loop is paused or cancelled, runs only on its own triggers
+    (``trigger.manual: false``), or has an active generation. Its owner or an admin."""
+    loop = _owned_loop(session, key, name, "run it")
+    gen = control.run_loop(session, name, actor=key.name, reason=(body or LoopAction()).reason)
+    return generation_detail(session, loop, gen)
 
 
 @router.get("/{name}/generations/{number}")
