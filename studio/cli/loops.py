@@ -158,7 +158,7 @@ def run(name: str = typer.Argument(..., help="Loop name."),
 
 def follow_generation(name: str, number: int, timeout_s: float = 0.0, every_s: float = 2.0) -> str:
     """Print a generation's transitions and looks as they are stored, until it ends (its state);
-    exit 2 when ``timeout_s`` passes first."""
+    exit 3 when it is PAUSED (a person must act), exit 2 when ``timeout_s`` passes first."""
     from studio.loops.control import generation_by_number
     from studio.loops.repository import get_loop
     from studio.loops.states import State
@@ -182,6 +182,10 @@ def follow_generation(name: str, number: int, timeout_s: float = 0.0, every_s: f
         if State(doc.state).is_terminal():
             console.print(f"[bold]generation {number}: {doc.state}[/]", highlight=False)
             return doc.state
+        if doc.state == State.PAUSED.value:  # held until a person acts: following on would wait forever
+            console.print(f"generation {number} is PAUSED ({doc.transitions[-1].reason}); look at it, then "
+                          f"`studio loop resume {name}` (or cancel it)", style="yellow", highlight=False)
+            raise typer.Exit(3)
         if timeout_s and time.monotonic() - started >= timeout_s:
             console.print(f"generation {number} is still {doc.state} after {timeout_s:g} s (the scheduler's runner "
                           f"moves it while `studio up` runs); follow again: studio loop show {name} -g {number}",

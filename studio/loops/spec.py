@@ -47,7 +47,8 @@ class TrainRef(Spec):
     overrides: list[str] = Field(default_factory=list, description="key.sub=value overrides applied on top of it.")
     replay_share: float = Field(
         default=0.2, ge=0.0, lt=1.0, description="Share of the earlier training data mixed back in, against forgetting.")
-    max_retries: int = Field(default=2, ge=0, description="Retries of a failed training job (infrastructure).")
+    max_retries: int = Field(default=2, ge=0, description="Retries of a generation's failed step (the training job, "
+                             "the snapshot, the gate's eval, a promotion or rollback), each after a doubling backoff.")
 
 
 class GateSpec(Spec):

@@ -120,6 +120,9 @@ def test_run_starts_a_generation_by_hand_and_follow_prints_its_timeline(cli, set
     code, out = cli("show", "reverse-tiny-loop", "-g", "1", "--follow", "--timeout-s", "0.2")
     assert code == 2 and "TRIGGERED" in out and "run by hand by cli: try it" in out
     assert "still TRIGGERED after 0.2 s" in out
+    assert cli("pause", "reverse-tiny-loop")[0] == 0  # held: following stops, saying what to do
+    code, out = cli("show", "reverse-tiny-loop", "-g", "1", "--follow")
+    assert code == 3 and "PAUSED (hold)" in out and "studio loop resume reverse-tiny-loop" in out
     assert cli("cancel", "reverse-tiny-loop")[0] == 0  # ends it: nothing held traffic
     code, out = cli("show", "reverse-tiny-loop", "-g", "1", "--follow")
     assert code == 0 and "CANCELLED" in out and "generation 1: CANCELLED" in out
