@@ -118,9 +118,30 @@ def _in_traffic(gen: LoopGeneration) -> bool:
 
 def abort_generation(session: Session, gen: LoopGeneration, *, actor: str, reason: str) -> LoopGeneration:
     """Cancel one generation: through ROLLING_BACK when the candidate holds traffic (the runner
-    unwinds the split, then ends it CANCELLED), else CANCELLED at once; 409 from other states."""
+    unwinds the split, then ends it CANCELLED), else CANCELLED at once; 409 from other states.
+    Its training or gate job still running is cancelled too."""
     target = State.ROLLING_BACK if _in_traffic(gen) else State.CANCELLED
-    return move(session, gen.id, gen.state, target, Reason.CANCEL, actor=actor, detail=reason)
+    gen = move(session, gen.id, gen.state, target, Reason.CANCEL, actor=actor, detail=reason)
+    cancel_jobs(session, gen, by=actor)
+    return gen
+
+
+def cancel_jobs(session: Session, gen: LoopGeneration, *, by: str) -> list[int]:
+    """Cancel the generation's training and gate jobs still on their way (the runner keys them
+    ``loop:NAME:gN:…``): a cancelled generation trains and evaluates nothing more."""
+    from studio.jobs.queue import request_cancel
+    from studio.jobs.status import is_active, will_retry
+    from studio.store.models import Job
+
+    loop = session.get(Loop, gen.loop_id)
+    prefix = f"loop:{loop.name}:g{gen.number}:"
+    jobs = session.scalars(select(Job).where(Job.submitted_by.startswith(prefix, autoescape=True))).all()
+    out = []
+    for job in jobs:
+        if not job.cancel_requested and (is_active(job.status) or (job.status == "FAILED" and will_retry(job))):
+            request_cancel(session, job.id, by)
+            out.append(job.id)
+    return out
 
 
 def promote_generation(session: Session, gen: LoopGeneration, *, actor: str, reason: str) -> LoopGeneration:

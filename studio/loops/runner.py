@@ -20,7 +20,8 @@ GATE           the promotion gate's eval of candidate vs champion (``runner_gate
 SHADOW, CANARY ``runner_traffic``: the split set absolutely every pass, a stored look, ``decide``
 PROMOTING      the candidate made champion, the split stopped → PROMOTED
 ROLLING_BACK   the split stopped, the candidate archived → ROLLED_BACK (CANCELLED for a cancel)
-PAUSED         nothing: a person resumes it (``studio loop resume``)
+PAUSED         a canary paused for no traffic / no feedback resumes once a look no longer says
+               so; any other pause waits for a person (``studio loop resume``)
 =============  ===============================================================================
 
 Infrastructure errors (a job that failed, a store or gateway that is away) retry the state with a
@@ -219,10 +220,8 @@ class Runner:
             State.WATCHING: _watching, State.TRIGGERED: _triggered, State.SNAPSHOT: _snapshot,
             State.TRAINING: _training, State.GATE: runner_gate.gate, State.SHADOW: runner_traffic.shadow,
             State.CANARY: runner_traffic.canary, State.PROMOTING: runner_traffic.promoting,
-            State.ROLLING_BACK: runner_traffic.rolling_back,
-        }.get(state)
-        if handler is None:
-            return Step(False, f"{state}: held until a person resumes it")
+            State.ROLLING_BACK: runner_traffic.rolling_back, State.PAUSED: runner_traffic.paused,
+        }[state]
         return handler(ctx)
 
 

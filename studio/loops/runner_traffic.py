@@ -5,7 +5,7 @@ CANARY: every pass sets the split of the canary's experiment *absolutely* to the
 ``RunnerConfig.look_every_s`` builds a look from the raw tables (``looks.build_look``), decides on it
 (``stats.decide``) and stores both (``repository.record_look``). The verdict moves the generation:
 promote → PROMOTING; worse, a guardrail, or the deadline → ROLLING_BACK; SRM, no traffic, no
-feedback → PAUSED; wait → the next canary step once the step was held ``canary.min_hold_s`` with
+feedback → PAUSED (resumed by the runner once data flows again); wait → the next canary step once the step was held ``canary.min_hold_s`` with
 ``canary.min_rated_per_arm`` ratings per arm in it. A look that cannot be built (the experiment
 changed by hand, the tables unreadable) pauses the generation (``metric_errors``).
 
@@ -80,7 +80,7 @@ def canary(ctx: Ctx) -> Step:
     if verdict.action is Action.KEEP_CHAMPION:
         return ctx.go(State.ROLLING_BACK, Reason.INCONCLUSIVE, verdict.detail)
     if verdict.action is Action.PAUSE:
-        return ctx.go(State.PAUSED, verdict.reason, verdict.detail)
+        return ctx.go(State.PAUSED, verdict.reason, verdict.detail, deadline_at=gen.deadline_at)
     nxt = gen.canary_step + 1
     if nxt < len(spec.canary.steps) and step_done(look, spec.canary.min_hold_s, spec.canary.min_rated_per_arm):
         ctx.actions.set_split(session, gen.canary_alias, split(ctx, nxt))
@@ -89,6 +89,31 @@ def canary(ctx: Ctx) -> Step:
                       f"{look.step_rated_candidate} rated: on to {spec.canary.steps[nxt]:g} %",
                       deadline_at=gen.deadline_at)
     return Step(False, f"look at {look.at_s:.0f} s: {verdict.detail}")
+
+
+# Pauses for missing data end by themselves once data flows again; the others wait for a person.
+DATA_PAUSES = (Reason.NO_TRAFFIC.value, Reason.NO_FEEDBACK.value)
+
+
+def paused(ctx: Ctx) -> Step:
+    """A canary paused for no traffic or no feedback resumes when a look no longer says so (a look
+    at most every ``look_every_s``, not stored: the resumed canary's next look is); any other
+    pause (a person's hold, SRM, metric errors) waits for ``studio loop resume``."""
+    gen = ctx.gen
+    last = repo.transitions(ctx.session, gen.id)[-1]
+    if gen.paused_from != State.CANARY.value or last.reason not in DATA_PAUSES or ctx.loop.status != "active":
+        return Step(False, f"PAUSED ({last.reason}): held until a person resumes it")
+    since = (ctx.now - last.at).total_seconds()
+    if since < ctx.runner.config.look_every_s:
+        return Step(False, f"PAUSED ({last.reason}) {since:.0f} s ago")
+    try:
+        verdict = decide(build_look(ctx.session, gen, ctx.now), ctx.spec.decision)
+    except (StudioError, *INFRA_ERRORS) as e:
+        return Step(False, f"PAUSED ({last.reason}); cannot look: {e}")
+    if verdict.action is Action.PAUSE and verdict.reason is not None and verdict.reason.value in DATA_PAUSES:
+        return Step(False, f"PAUSED ({last.reason}): {verdict.detail}")
+    return ctx.go(State.CANARY, Reason.RESUME, f"data flows again after the {last.reason} pause",
+                  deadline_at=gen.deadline_at)
 
 
 def shadow(ctx: Ctx) -> Step:

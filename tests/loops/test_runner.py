@@ -116,6 +116,21 @@ def test_no_feedback_pauses_and_never_rolls_back_or_promotes(settings, write_row
     gen = world.generation()
     assert gen.state == "PAUSED" and gen.paused_from == "CANARY"
     assert not {"PROMOTING", "ROLLING_BACK"} & {to for _, to, _ in world.timeline()}
+    world.rated_share = 1.0  # the ratings come back: the runner resumes the canary by itself
+    world.run_until({"PROMOTED", "ROLLED_BACK"}, start=t + 360)
+    timeline = world.timeline()
+    assert ("PAUSED", "CANARY", "resume") in timeline and timeline[-1] == ("PROMOTING", "PROMOTED", "done")
+
+
+def test_cancelling_a_loop_while_it_trains_cancels_the_job(settings, write_rows):
+    world = World(settings)
+    world.setup(write_rows)
+    world.runner.run_pass(at(0))  # the job is queued; Ray has not started it
+    with session_scope(world.url) as s:
+        control.cancel_loop(s, "svc-loop", actor="admin", reason="wrong recipe")
+    assert world.generation().state == "CANCELLED"
+    assert world.jobs() == [("train", "loop:svc-loop:g1:train:a1", "CANCELLED")]
+    assert not world.tick(60).started  # a cancelled loop starts nothing
 
 
 def test_a_split_off_its_weights_pauses_for_sample_ratio_mismatch(settings, write_rows):
