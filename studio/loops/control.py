@@ -126,6 +126,15 @@ def abort_generation(session: Session, gen: LoopGeneration, *, actor: str, reaso
     return gen
 
 
+def job_key_prefix(loop: Loop, number: int) -> str:
+    """The start of the ``submitted_by`` of generation ``number``'s jobs (the runner adds
+    ``train:aK`` / ``gate:aK``): ``loop:NAME:gN:``, after ``cli:`` for a loop the operator created
+    from the CLI (no owner key), so its jobs spend as the CLI's jobs do (``submitter_key``: the
+    oldest admin key) rather than on no key; ``loop#ID`` for a name too long for the column."""
+    name = loop.name if len(loop.name) <= 90 else f"#{loop.id}"
+    return ("cli:" if loop.owner_key_id is None else "") + f"loop:{name}:g{number}:"
+
+
 def cancel_jobs(session: Session, gen: LoopGeneration, *, by: str) -> list[int]:
     """Cancel the generation's training and gate jobs still on their way (the runner keys them
     ``loop:NAME:gN:…``): a cancelled generation trains and evaluates nothing more."""
@@ -133,8 +142,7 @@ def cancel_jobs(session: Session, gen: LoopGeneration, *, by: str) -> list[int]:
     from studio.jobs.status import is_active, will_retry
     from studio.store.models import Job
 
-    loop = session.get(Loop, gen.loop_id)
-    prefix = f"loop:{loop.name}:g{gen.number}:"
+    prefix = job_key_prefix(session.get(Loop, gen.loop_id), gen.number)
     jobs = session.scalars(select(Job).where(Job.submitted_by.startswith(prefix, autoescape=True))).all()
     out = []
     for job in jobs:

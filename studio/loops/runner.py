@@ -12,7 +12,7 @@ WATCHING       (a loop with no active generation) the triggers (``triggers.evalu
 TRIGGERED      → SNAPSHOT: the cutoff is this pass's time
 SNAPSHOT       ``snapshot.take_snapshot`` (the recorded cutoff wins on a retry) → TRAINING; no
                preference pair to train on → CANCELLED
-TRAINING       the training job keyed ``loop:NAME:gN:train:aK`` (generation N, attempt K): queued
+TRAINING       the training job keyed ``[cli:]loop:NAME:gN:train:aK`` (generation N, attempt K): queued
                once (looked up first, in the transaction that queues it), then waited for; its
                registered version → GATE; it failed → retried with backoff, then FAILED
 GATE           the promotion gate's eval of candidate vs champion (``runner_gate``) → SHADOW,
@@ -44,7 +44,7 @@ from studio.errors import Conflict, StudioError
 from studio.jobs.status import JobStatus, will_retry
 from studio.loops import repository as repo
 from studio.loops.actions import Actions
-from studio.loops.control import start_triggered
+from studio.loops.control import job_key_prefix, start_triggered
 from studio.loops.spec import LoopSpec
 from studio.loops.states import IN_TRAFFIC, TERMINAL, Reason, State
 from studio.loops.triggers import evaluate
@@ -113,7 +113,7 @@ class Ctx:
 
     def key(self, what: str) -> str:
         """The idempotency key of this attempt's job (its ``submitted_by``)."""
-        return f"loop:{self.loop.name}:g{self.gen.number}:{what}:a{self.gen.attempt}"
+        return f"{job_key_prefix(self.loop, self.gen.number)}{what}:a{self.gen.attempt}"
 
     def job(self, kind: str, what: str) -> Job | None:
         return self.session.scalars(select(Job).where(Job.kind == kind, Job.submitted_by == self.key(what))
@@ -175,9 +175,9 @@ class Runner:
                     gen_id = self._start_if_triggered(loop_id, now, report)
                 if gen_id is not None:
                     self.advance(gen_id, now, report)
-            except (StudioError, *INFRA_ERRORS) as e:  # one loop's trouble is not the others'
-                report.errors.append(f"loop {name}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
-                logger.warning("loop runner: loop %s: %s", name, e)
+            except Exception as e:  # noqa: BLE001 — one loop's trouble (even a bug) must not stop the others'
+                report.errors.append(f"loop {name}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}")
+                logger.warning("loop runner: loop %s: %s", name, e, exc_info=not isinstance(e, StudioError))
         return report
 
     def _start_if_triggered(self, loop_id: int, now: datetime, report: PassReport) -> int | None:
@@ -269,6 +269,9 @@ def training_spec(ctx: Ctx):
     attempt), so the job itself has none."""
     from studio.train.spec import TrainSpec
 
+    if not ctx.gen.config.get("train"):
+        raise ValueError("the generation froze no training recipe (the loop has none: `studio loop create` "
+                         "or PUT /api/loops/{name} stores one)")
     train = TrainSpec.model_validate(ctx.gen.config["train"])
     data = train.data.model_copy(update={"dataset": ctx.gen.snapshot_id})
     return train.model_copy(update={"name": ctx.spec.served_name, "init_adapter": ctx.gen.champion, "data": data,
@@ -284,7 +287,11 @@ def _training(ctx: Ctx) -> Step:
         if (wait := ctx.backing_off()) is not None:
             return Step(False, wait)
         try:
-            job = ctx.actions.enqueue_training(ctx.session, training_spec(ctx), submitted_by=ctx.key("train"),
+            spec = training_spec(ctx)
+        except ValueError as e:  # pydantic's ValidationError too: a stored recipe that no longer validates
+            return ctx.go(State.FAILED, Reason.INFRA_FAILURE, f"the loop's training recipe is not valid: {e}")
+        try:
+            job = ctx.actions.enqueue_training(ctx.session, spec, submitted_by=ctx.key("train"),
                                                owner_key_id=ctx.loop.owner_key_id)
         except (StudioError, *INFRA_ERRORS) as e:
             # preflight's refusal (a model or dataset missing: 4xx) cannot be fixed by a retry

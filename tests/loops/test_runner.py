@@ -10,6 +10,8 @@ from sqlalchemy import select
 
 from studio.errors import Conflict
 from studio.experiments.ab import get_experiment
+from studio.jobs.submission import submitter_key
+from studio.keys import create_key
 from studio.loops import control
 from studio.loops import repository as repo
 from studio.loops.actions import ServiceActions
@@ -43,6 +45,8 @@ def _stage(world: World, ref: str) -> str:
 def test_a_better_candidate_goes_from_new_feedback_to_promoted(settings, write_rows):
     world = World(settings)
     world.setup(write_rows)
+    with session_scope(world.url) as s:
+        create_key(s, "root", "admin")
     world.run_until({"PROMOTED", "REFUSED", "ROLLED_BACK", "FAILED", "CANCELLED", "PAUSED"})
     gen = world.generation()
     assert gen.state == "PROMOTED", world.timeline()
@@ -51,10 +55,12 @@ def test_a_better_candidate_goes_from_new_feedback_to_promoted(settings, write_r
     assert ("CANARY", "CANARY", "canary_step") in timeline
     assert timeline[-2:] == [("CANARY", "PROMOTING", "verdict_promote"), ("PROMOTING", "PROMOTED", "done")]
     # One training job and one gate eval, each keyed by generation and attempt.
-    assert world.jobs() == [("train", "loop:svc-loop:g1:train:a1", "SUCCEEDED"),
-                            ("eval", "loop:svc-loop:g1:gate:a1", "SUCCEEDED")]
+    assert world.jobs() == [("train", "cli:loop:svc-loop:g1:train:a1", "SUCCEEDED"),
+                            ("eval", "cli:loop:svc-loop:g1:gate:a1", "SUCCEEDED")]
     with session_scope(world.url) as s:
         job = s.scalars(select(Job).where(Job.kind == "train")).one()
+        # A loop the operator created from the CLI has no owner key: its jobs spend as the CLI's do.
+        assert submitter_key(s, job).name == "root"
         spec = TrainSpec.model_validate(job.spec)
         # from the champion's adapter, on the generation's snapshot, registered under the served name
         assert (spec.name, spec.init_adapter, spec.data.dataset, spec.max_retries) == ("svc", "svc@1", gen.snapshot_id, 0)
@@ -129,7 +135,7 @@ def test_cancelling_a_loop_while_it_trains_cancels_the_job(settings, write_rows)
     with session_scope(world.url) as s:
         control.cancel_loop(s, "svc-loop", actor="admin", reason="wrong recipe")
     assert world.generation().state == "CANCELLED"
-    assert world.jobs() == [("train", "loop:svc-loop:g1:train:a1", "CANCELLED")]
+    assert world.jobs() == [("train", "cli:loop:svc-loop:g1:train:a1", "CANCELLED")]
     assert not world.tick(60).started  # a cancelled loop starts nothing
 
 
@@ -150,10 +156,10 @@ def test_a_runner_killed_and_restarted_in_every_state_does_nothing_twice(setting
     world.setup(write_rows, cooldown_s=3600)  # no second generation once it ends
     world.run_until({"PROMOTED", "REFUSED", "ROLLED_BACK", "FAILED", "PAUSED"}, restart=True)
     assert world.generation().state == "PROMOTED", world.timeline()
-    assert world.jobs() == [("train", "loop:svc-loop:g1:train:a1", "SUCCEEDED"),
-                            ("eval", "loop:svc-loop:g1:gate:a1", "SUCCEEDED")]
+    assert world.jobs() == [("train", "cli:loop:svc-loop:g1:train:a1", "SUCCEEDED"),
+                            ("eval", "cli:loop:svc-loop:g1:gate:a1", "SUCCEEDED")]
     assert [arms for _, arms in world.actions.splits] == [{"svc@1": 80.0, "svc@2": 20.0}, {"svc@1": 50.0, "svc@2": 50.0}]
-    assert world.actions.queued == ["loop:svc-loop:g1:train:a1"] and world.actions.promoted == ["svc@2"]
+    assert world.actions.queued == ["cli:loop:svc-loop:g1:train:a1"] and world.actions.promoted == ["svc@2"]
 
 
 def test_a_restart_while_training_finds_the_queued_job(settings, write_rows):
@@ -164,7 +170,7 @@ def test_a_restart_while_training_finds_the_queued_job(settings, write_rows):
     for _ in range(3):  # restarted schedulers reconciling before Ray answers
         report = Runner(settings, world.actions).run_pass(at(5))
         assert not report.moves and any("is QUEUED" in n for n in report.notes)
-    assert world.actions.queued == ["loop:svc-loop:g1:train:a1"]
+    assert world.actions.queued == ["cli:loop:svc-loop:g1:train:a1"]
     world.run_jobs()
     Runner(settings, world.actions).run_pass(at(10))
     assert world.generation().state == "GATE"  # its gate eval is queued now
@@ -197,7 +203,7 @@ def test_a_failing_training_job_is_retried_with_backoff_then_fails(settings, wri
             break
     gen = world.generation()
     assert gen.state == "FAILED" and gen.active_loop_id is None, world.timeline()
-    assert [j[1] for j in world.jobs()] == [f"loop:svc-loop:g1:train:a{k}" for k in (1, 2, 3)]
+    assert [j[1] for j in world.jobs()] == [f"cli:loop:svc-loop:g1:train:a{k}" for k in (1, 2, 3)]
     # attempt 2 waited 30 s after the failure at 0 s, attempt 3 another 60 s after its own
     first_with = {n: next(t for t, count in seen if count >= n) for n in (2, 3)}
     assert first_with == {2: 35, 3: 100}
@@ -257,4 +263,14 @@ def test_by_hand_a_generation_starts_triggered_unless_the_loop_is_held(settings,
         control.run_loop(s, "svc-loop", actor="admin", now=at(30))  # one active generation per loop
     world.run_until({"TRAINING"}, start=40)
     assert world.timeline()[1] == ("WATCHING", "TRIGGERED", "trigger_manual")
-    assert [(kind, by) for kind, by, _ in world.jobs()] == [("train", "loop:svc-loop:g1:train:a1")]
+    assert [(kind, by) for kind, by, _ in world.jobs()] == [("train", "cli:loop:svc-loop:g1:train:a1")]
+
+
+def test_job_keys_name_the_generation_and_whose_key_the_jobs_spend_on():
+    from studio.loops.control import job_key_prefix
+    from studio.store.loop_models import Loop
+
+    assert job_key_prefix(Loop(id=3, name="svc-loop", owner_key_id=7), 2) == "loop:svc-loop:g2:"  # the owner's key
+    assert job_key_prefix(Loop(id=3, name="svc-loop", owner_key_id=None), 2) == "cli:loop:svc-loop:g2:"
+    long = job_key_prefix(Loop(id=3, name="x" * 128, owner_key_id=None), 12345)
+    assert long == "cli:loop:#3:g12345:" and len(long + "train:a99") <= 128  # jobs.submitted_by's width
