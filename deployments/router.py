@@ -17,8 +17,10 @@ Names (docs: ARCHITECTURE.md "Endpoint model names"):
 Base models come from the serve config's ``models:`` (bound in, fixed) and from runtime
 deployments (``studio.serving``: each its own Serve application, a ``serving_deployments`` row).
 The Router reads READY rows into handles every ``REGISTRY_TTL_S`` and at once when the lifecycle
-calls ``sync_deployments``; an evicted (or evicting) name answers 404 "not deployed", and a request
-whose replica went away during an eviction gets a clean 503.
+calls ``sync_deployments``; an evicted (or evicting) name answers 404 "not deployed", one that is
+being deployed or restored after a restart answers 503 with ``Retry-After``, and a request whose
+replica went away during an eviction gets a clean 503. The Router also runs the ``Restorer``
+(``deployments.restorer``): after a restart it deploys the runtime models that were live again.
 
 A registry version is served as the adapter id ``name@N-<model_versions.id>`` (unique per version,
 never reused even if a name is deleted and registered again), loaded on the base's ModelDeployment
@@ -45,6 +47,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.engines.base import error_body
+from deployments.restorer import Restorer
 from deployments.routing import (
     MODELS_HINT,
     REGISTRY_TTL_S,
@@ -65,7 +68,7 @@ logger = logging.getLogger("ray.serve")
 # default of 5 ongoing requests per replica.
 @serve.deployment(name="Router", ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=1024)
 class Router:
-    def __init__(self, bases: dict[str, dict[str, Any]]):
+    async def __init__(self, bases: dict[str, dict[str, Any]]):
         """``bases``: served base id → ``{"handle": ModelDeployment handle, "model": path or hub
         id}``. Registry versions whose ``base_model`` is either the id or the path go to it."""
         from studio.settings import StudioSettings
@@ -73,16 +76,21 @@ class Router:
         self._static = dict(bases)
         self._runtime: dict[str, dict[str, Any]] = {}  # READY runtime deployments, same shape
         self._gone: dict[str, str] = {}  # evicted/evicting/failed runtime name → why
+        self._coming: dict[str, str] = {}  # deploying/restoring runtime name → its status
+        self._coming_aliases: dict[str, str] = {}  # its model path (normalized) → name
         self._synced_at = 0.0
         self._sync_started = self._sync_applied = 0
         self._inflight: dict[str, int] = {}
         self._last_request: dict[str, float] = {}
         self._rebuild_names()
-        self._db_url = StudioSettings().db_url
+        settings = StudioSettings()
+        self._db_url = settings.db_url
         self._cache = NameCache()  # registry name / name@N → Target or its 404
         self._experiments: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self.metrics = ServingMetrics()
         self.recorder = CompletionRecorder(self._db_url)
+        self.restorer = Restorer(settings, self.sync_deployments)
+        self._restoring = asyncio.get_running_loop().create_task(self.restorer.run())
 
     # ---- runtime deployments -----------------------------------------------------------------
     def _rebuild_names(self) -> None:
@@ -114,7 +122,7 @@ class Router:
         if seq < self._sync_applied:  # a later read already landed: this one is older
             return list(self._handles)
         self._sync_applied = seq
-        runtime, gone = {}, {}
+        runtime, gone, coming = {}, {}, {}
         for name, app, status, model, message in rows:
             if status == "ready":
                 info = self._runtime.get(name)
@@ -127,11 +135,17 @@ class Router:
                         continue
                     info = {"handle": handle, "model": model, "app": app}
                 runtime[name] = info
-            elif name not in self._static:
+            elif name in self._static:
+                continue
+            elif status in ("deploying", "restoring"):
+                coming[name] = (status, model)
+            else:
                 gone[name] = message or status
         for name in set(self._runtime) - set(runtime):
             self.metrics.drop_model(name)
         self._runtime, self._gone, self._synced_at = runtime, gone, time.monotonic()
+        self._coming = {name: status for name, (status, _) in coming.items()}
+        self._coming_aliases = {normalize_base(model): name for name, (_, model) in coming.items()}
         self._rebuild_names()
         return list(self._handles)
 
@@ -147,6 +161,13 @@ class Router:
         return error_body(f"The model `{model}` is not deployed ({self._gone[model]}); deploy it "
                           f"again with `studio serve deploy` or POST /api/deployments; "
                           f"{MODELS_HINT}", 404, "NotFoundError", "model")
+
+    def _coming_back(self, model: str) -> dict:
+        what = ("coming back after a restart (restoring)" if self._coming[model] == "restoring"
+                else "being deployed")
+        return error_body(f"The model `{model}` is {what} and does not answer yet; retry after "
+                          "the Retry-After seconds (`studio serve ls` shows its state)", 503,
+                          "ServiceUnavailableError", "model")
 
     def load(self) -> dict[str, dict[str, Any]]:
         """Per served base: requests in flight here, seconds since its last request (None: none
@@ -180,6 +201,9 @@ class Router:
                               f"model nor a registered name or name@version; {MODELS_HINT}",
                               404, "NotFoundError", "model")
         base = self._base_of(base_model)
+        coming = self._coming_aliases.get(normalize_base(base_model))
+        if base is None and coming in self._coming:
+            return self._coming_back(coming)
         if base is None:
             return error_body(f"The model `{ref}` ({name}@{version}) is an adapter of base model "
                               f"`{base_model}`, which this studio does not serve; add it to the "
@@ -194,6 +218,8 @@ class Router:
         await self._maybe_sync()
         if model in self._handles:
             return Target(model, model)
+        if model in self._coming:
+            return self._coming_back(model)
         if model in self._gone:
             return self._not_deployed(model)
         experiment = (await self._active_experiments()).get(model)
@@ -300,9 +326,12 @@ class Router:
         return replace(target, deployment=handle.deployment_name, app=handle.app_name)
 
     def gone(self, base: str) -> dict | None:
-        """The 404 for a base that is no longer deployed (None while it is)."""
+        """The error for a base that does not serve now — 404 evicted or unknown, 503 coming back —
+        (None while it serves)."""
         if base in self._handles:
             return None
+        if base in self._coming:
+            return self._coming_back(base)
         if base in self._gone:
             return self._not_deployed(base)
         return error_body(f"The model `{base}` is not served; {MODELS_HINT}", 404,

@@ -298,9 +298,21 @@ def up(settings: StudioSettings, serve_config: str | Path | None = None) -> Head
         )
     state = None
     if not os.environ.get("RAY_ADDRESS"):
+        before = read_state(settings)
         state = start_head(settings, withhold=provider_key_envs(load_serve_config(serve_config).get("args")))
+        if before is None or before.pid != state.pid:
+            restoring(settings)
     deploy(settings, serve_config)
     return state
+
+
+def restoring(settings: StudioSettings) -> list[str]:
+    """On a Ray head just started: the runtime deployments that were live (the head, and their
+    Serve applications, went away) are marked RESTORING; the Router deploys them again in the
+    background once the studio application runs (``studio.serving.restore``)."""
+    from studio.serving.restore import mark_restoring
+
+    return mark_restoring(settings, running_apps=(), fresh=True)
 
 
 def down(settings: StudioSettings) -> bool:

@@ -65,6 +65,12 @@ def up(
         console.print(f"admin key written to {key_file} (shown only there; keep it secret)")
     else:
         console.print(f"admin key: already set up (see {key_file} or STUDIO_ADMIN_KEY)")
+    from studio.serving.restore import pending
+
+    if coming := pending(settings):
+        console.print(f"restoring {len(coming)} runtime deployment(s) in the background: "
+                      f"{', '.join(coming)} (`studio serve ls` shows their state; /v1 answers 503 "
+                      "with Retry-After until each is back)")
 
 
 @app.command()

@@ -3,6 +3,7 @@ process joins its Ray cluster, like ``studio up``; the API offers the same at /a
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 
@@ -31,35 +32,37 @@ def deploy(
     settings = settings_with_db()
     ray_connection.connect(settings)
     with console.status(f"deploying {spec.name} …") as status:
-        row = lifecycle.deploy(settings, spec, "cli", progress=status.update)
+        row = lifecycle.deploy(settings, spec, f"cli:{getpass.getuser()}", progress=status.update)
     console.print(f"[green]{row['name']} is serving[/] (Serve application {row['app_name']}); "
                   f"request it as model={row['name']!r} on /v1")
 
 
 @app.command("ls")
 def ls(as_json: bool = typer.Option(False, "--json", help="Print the JSON document.")) -> None:
-    """Served base models with their status and live figures (when the studio runs)."""
+    """Served base models with their state — DEPLOYING, READY (>= 1 healthy replica), UNHEALTHY,
+    RESTORING, EVICTING, EVICTED, FAILED (with the reason) — and live figures (when the studio
+    runs)."""
     from studio import ray_connection
-    from studio.serving import lifecycle
+    from studio.serving import status
 
     settings = settings_with_db()
     try:
         ray_connection.connect(settings)
     except Exception:  # noqa: BLE001 — studio down: the rows alone
         pass
-    entries = lifecycle.list_deployments(settings)
+    entries = status.list_deployments(settings)
     if as_json:
         console.print_json(json.dumps(entries))
         return
-    table = Table("name", "source", "status", "replicas", "memory", "running", "waiting",
+    table = Table("name", "source", "state", "healthy replicas", "memory", "running", "waiting",
                   "tokens/s", "adapters", "message")
     for e in entries:
         t = e["totals"]
         mem = f"{t['memory_bytes'] / 2**30:.2f} GiB" if t["memory_bytes"] is not None else "-"
         rate = f"{t['tokens_per_s']:.1f}" if t["tokens_per_s"] is not None else "-"
-        table.add_row(e["name"], e["source"], e["status"], str(t["replicas"]), mem,
+        table.add_row(e["name"], e["source"], e["status"].upper(), str(e["healthy_replicas"]), mem,
                       _num(t["running_requests"]), _num(t["waiting_requests"]), rate,
-                      ", ".join(t["adapters_loaded"]) or "-", (e.get("message") or "")[:60])
+                      ", ".join(t["adapters_loaded"]) or "-", e.get("message") or "")
     console.print(table)
 
 

@@ -84,48 +84,66 @@ def describe_missing(missing: dict[str, tuple[float, float]]) -> str:
 
 
 def deploy(settings: StudioSettings, recipe: ServingRecipe, created_by: str | None = None,
-           progress: Progress | None = None) -> dict[str, Any]:
+           progress: Progress | None = None, owner_key_id: int | None = None) -> dict[str, Any]:
     """Deploy ``recipe`` as a new Serve application and wait until it serves; the row as a dict.
     The model path is expected resolved already (``resolve_model_path``)."""
-    from ray import serve
-
     say = progress or (lambda _: None)
     served = _served_names()
     with session_scope(settings.db_url) as session:
         row = get_row(session, recipe.name)
-        if row is not None and row.status == DeploymentStatus.READY.value \
-                and row.app_name not in serve.status().applications:
-            set_status(row, DeploymentStatus.EVICTING)  # outlived its cluster (studio down/up)
-            set_status(row, DeploymentStatus.EVICTED, "its Serve application was gone")
         live = row is not None and DeploymentStatus(row.status).is_live()
         if recipe.name in served and not live:
             raise Conflict(f"model {recipe.name!r} is served from the serve config's models: "
                            "section", "choose another name, or remove it from the serve config "
                            "and run `studio up` again")
-        claim(session, recipe, created_by)
-    try:
-        _make_room(settings, recipe, say)
-        from studio.serving.config import deployment_name, serve_builder
+        claim(session, recipe, created_by, owner_key_id)
+    return start(settings, recipe, DeploymentStatus.DEPLOYING, say)
 
-        app = serve_builder("model_deployment")(
-            recipe.deployment, name=deployment_name(recipe.name), report_to=APP_NAME,
-            max_constructor_retry_count=CONSTRUCTOR_RETRIES,
-            graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
-        say(f"submitting Serve application {recipe.app_name}")
-        serve.run_many([serve.RunTarget(target=app, name=recipe.app_name, route_prefix=None)],
-                       wait_for_ingress_deployment_creation=False,
-                       wait_for_applications_running=False)
-        _wait_running(settings, recipe, say)
+
+def _sync_router() -> None:
+    _router_call("sync_deployments")
+
+
+def start(settings: StudioSettings, recipe: ServingRecipe, status: DeploymentStatus,
+          say: Progress, sync: Callable[[], None] = _sync_router) -> dict[str, Any]:
+    """Start the application of a row in ``status`` (DEPLOYING, or RESTORING after a restart) and
+    wait until it serves: the row READY, as a dict. A failure removes the half-started
+    application, marks the row FAILED with why, and raises. ``sync`` tells the Router (the Router
+    itself hands in its own when it restores)."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(recipe.app_name)
+        if status is DeploymentStatus.DEPLOYING or app is None:
+            _make_room(settings, recipe, say)
+            _submit(recipe, say)
+        # else: a restore that an earlier Router replica submitted already: wait for it
+        _wait_running(settings, recipe, say, status)
     except BaseException as e:
-        _abandon(settings, recipe, e)
+        _abandon(settings, recipe, e, status, sync)
         raise
     with session_scope(settings.db_url) as session:
         row = require_row(session, recipe.name)
         set_status(row, DeploymentStatus.READY)
         session.flush()
         result = row_dict(row)
-    _router_call("sync_deployments")
+    sync()
     return result
+
+
+def _submit(recipe: ServingRecipe, say: Progress) -> None:
+    from ray import serve
+
+    from studio.serving.config import deployment_name, serve_builder
+
+    app = serve_builder("model_deployment")(
+        recipe.deployment, name=deployment_name(recipe.name), report_to=APP_NAME,
+        max_constructor_retry_count=CONSTRUCTOR_RETRIES,
+        graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
+    say(f"submitting Serve application {recipe.app_name}")
+    serve.run_many([serve.RunTarget(target=app, name=recipe.app_name, route_prefix=None)],
+                   wait_for_ingress_deployment_creation=False,
+                   wait_for_applications_running=False)
 
 
 def _make_room(settings: StudioSettings, recipe: ServingRecipe, say: Progress) -> None:
@@ -166,7 +184,8 @@ def _idle_victim(settings: StudioSettings, recipe: ServingRecipe) -> str | None:
     return max(idle)[1] if idle else None
 
 
-def _wait_running(settings: StudioSettings, recipe: ServingRecipe, say: Progress) -> None:
+def _wait_running(settings: StudioSettings, recipe: ServingRecipe, say: Progress,
+                  row_status: DeploymentStatus = DeploymentStatus.DEPLOYING) -> None:
     from ray import serve
     from ray.serve.schema import ApplicationStatus
 
@@ -184,8 +203,8 @@ def _wait_running(settings: StudioSettings, recipe: ServingRecipe, say: Progress
                               "deploy again")
         with session_scope(settings.db_url) as session:
             row = get_row(session, recipe.name)
-            if row is None or row.status != DeploymentStatus.DEPLOYING.value:
-                raise Conflict(f"model {recipe.name!r} was evicted while it was deploying")
+            if row is None or row.status != row_status.value:
+                raise Conflict(f"model {recipe.name!r} was evicted while it was {row_status.value}")
         if time.monotonic() > deadline:
             raise Unavailable(f"model {recipe.name!r} did not become ready within "
                               f"{recipe.deploy_timeout_s:g} s: {detail or status.value}",
@@ -205,7 +224,8 @@ def _status_detail(app) -> str:
     return "; ".join(parts)[:2000]
 
 
-def _abandon(settings: StudioSettings, recipe: ServingRecipe, error: BaseException) -> None:
+def _abandon(settings: StudioSettings, recipe: ServingRecipe, error: BaseException,
+             status: DeploymentStatus, sync: Callable[[], None]) -> None:
     """After a failed deploy: remove the half-started application, record why."""
     from ray import serve
 
@@ -216,10 +236,10 @@ def _abandon(settings: StudioSettings, recipe: ServingRecipe, error: BaseExcepti
     problem = getattr(error, "problem", None) or str(error) or type(error).__name__
     with session_scope(settings.db_url) as session:
         row = get_row(session, recipe.name)
-        if row is not None and row.status == DeploymentStatus.DEPLOYING.value:
+        if row is not None and row.status == status.value:
             set_status(row, DeploymentStatus.FAILED, problem[:4000])
     try:
-        _router_call("sync_deployments")  # the name now answers 404 "not deployed (why)"
+        sync()  # the name now answers 404 "not deployed (why)"
     except Exception:  # noqa: BLE001 — the Router reads it within a second anyway
         pass
 
@@ -261,53 +281,10 @@ def evict(settings: StudioSettings, name: str, reason: str | None = None) -> dic
     return result
 
 
-def describe(rows: list[dict[str, Any]], load: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Runtime rows and the serve config's models, each with its live figures from the Router
-    (``Router.load``): requests in flight, idle time, per-replica memory, KV cache, running and
-    waiting requests, adapters loaded, tokens/s, and their totals."""
-    out = []
-    runtime = {r["name"] for r in rows}
-    static = [{"name": n, "source": "config", "status": DeploymentStatus.READY.value}
-              for n in load if n not in runtime]
-    for entry in static + rows:
-        info = load.get(entry["name"]) if entry["status"] == DeploymentStatus.READY.value else None
-        replicas = (info or {}).get("replicas", [])
-        out.append({**entry, "in_flight": (info or {}).get("in_flight", 0),
-                    "idle_s": (info or {}).get("idle_s"), "replicas": replicas,
-                    "totals": _totals(replicas)})
-    return out
-
-
-def _totals(replicas: list[dict[str, Any]]) -> dict[str, Any]:
-    def total(key: str):
-        values = [r[key] for r in replicas if r.get(key) is not None]
-        return sum(values) if values else None
-
-    return {"replicas": len(replicas), "memory_bytes": total("memory_bytes"),
-            "running_requests": total("running_requests"),
-            "waiting_requests": total("waiting_requests"),
-            "tokens_per_s": total("tokens_per_s"),
-            "adapters_loaded": sorted({a for r in replicas for a in r.get("adapters_loaded", [])})}
-
-
-def list_deployments(settings: StudioSettings, load: dict[str, dict[str, Any]] | None = None
-                     ) -> list[dict[str, Any]]:
-    """Every deployment with live figures; ``load`` from the Router (fetched here when None and
-    the studio runs; without it, the rows alone)."""
-    if load is None:
-        try:
-            load = _router_call("load", timeout_s=10)
-        except Exception:  # noqa: BLE001 — the studio is down or unreachable: rows only
-            load = {}
-    with session_scope(settings.db_url) as session:
-        rows = [row_dict(r) for r in list_rows(session)]
-    return describe(rows, load)
-
-
-def get_deployment(settings: StudioSettings, name: str,
-                   load: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    for entry in list_deployments(settings, load):
-        if entry["name"] == name:
-            return entry
-    raise NotFound(f"model {name!r} is not deployed",
-                   "see `studio serve ls` (GET /api/deployments) for the deployments")
+def router_load() -> dict[str, dict[str, Any]]:
+    """The Router's live figures per served base (``Router.load``); none when the studio is down
+    or unreachable."""
+    try:
+        return _router_call("load", timeout_s=10)
+    except Exception:  # noqa: BLE001 — the rows alone are still worth listing
+        return {}

@@ -7,9 +7,20 @@ read from YAML (``studio serve deploy``) and from ``POST /api/deployments``.
 Status (``DeploymentStatus``)::
 
     DEPLOYING ──► READY ──► EVICTING ──► EVICTED ──► DEPLOYING (deployed again)
-        │                                   ▲
-        └──► FAILED ──► DEPLOYING           │
+        │           ▲           ▲           ▲
+        │       RESTORING ──────┘           │   a restart: DEPLOYING/READY ──► RESTORING
+        │           │                       │
+        └──► FAILED ◄┘ ──► DEPLOYING        │
                └────────────────────────────┘ (evicting a failed row just marks it)
+
+RESTORING: the row was live (DEPLOYING or READY) when its Serve application went away — ``studio
+down`` + ``studio up``, a Ray head that died — and the studio deploys it again from the stored
+recipe (``studio.serving.restore``); it ends READY, or FAILED with the reason (its model folder is
+gone, the cluster lacks the resources, the engine did not start).
+
+This is the *stored* lifecycle. What ``studio serve ls`` / ``GET /api/deployments`` report adds
+the live Serve facts (``studio.serving.status``): a READY row whose replicas are not healthy is
+reported UNHEALTHY, never "ready" with 0 replicas.
 """
 
 from __future__ import annotations
@@ -39,17 +50,23 @@ class DeploymentStatus(str, enum.Enum):
     FAILED = "failed"  # did not start (bad model, short of resources, timeout); app removed
     EVICTING = "evicting"  # the Router stopped routing new requests; in-flight ones finish
     EVICTED = "evicted"  # Serve application deleted; the name answers "not deployed"
+    RESTORING = "restoring"  # was live before a restart; being deployed again from its recipe
 
     def is_live(self) -> bool:
         """Holds (or is about to hold) the name and cluster resources."""
         return self in (DeploymentStatus.DEPLOYING, DeploymentStatus.READY,
-                        DeploymentStatus.EVICTING)
+                        DeploymentStatus.EVICTING, DeploymentStatus.RESTORING)
+
+    def is_coming(self) -> bool:
+        """Will serve soon: requests get a 503 with Retry-After, not a 404."""
+        return self in (DeploymentStatus.DEPLOYING, DeploymentStatus.RESTORING)
 
 
 S = DeploymentStatus
 TRANSITIONS: dict[DeploymentStatus, set[DeploymentStatus]] = {
-    S.DEPLOYING: {S.READY, S.FAILED, S.EVICTING},
-    S.READY: {S.EVICTING},
+    S.DEPLOYING: {S.READY, S.FAILED, S.EVICTING, S.RESTORING},
+    S.READY: {S.EVICTING, S.RESTORING},
+    S.RESTORING: {S.READY, S.FAILED, S.EVICTING},
     S.FAILED: {S.DEPLOYING, S.EVICTED},
     S.EVICTING: {S.EVICTED},
     S.EVICTED: {S.DEPLOYING},
@@ -154,13 +171,16 @@ def set_status(row: ServingDeployment, status: DeploymentStatus, message: str | 
     row.message = message
 
 
-def claim(session: Session, recipe: ServingRecipe, created_by: str | None) -> ServingDeployment:
-    """The row of a new deployment, in DEPLOYING; a name that is live already is a conflict."""
+def claim(session: Session, recipe: ServingRecipe, created_by: str | None,
+          owner_key_id: int | None = None) -> ServingDeployment:
+    """The row of a new deployment, in DEPLOYING, keeping the whole validated recipe (what a
+    restore deploys again) and who deployed it; a name that is live already is a conflict."""
     row = get_row(session, recipe.name)
     data = recipe.model_dump(mode="json")
     if row is None:
         row = ServingDeployment(name=recipe.name, app_name=recipe.app_name, recipe=data,
-                                status=DeploymentStatus.DEPLOYING.value, created_by=created_by)
+                                status=DeploymentStatus.DEPLOYING.value, created_by=created_by,
+                                owner_key_id=owner_key_id)
         session.add(row)
         try:
             session.flush()  # the unique name: a concurrent deploy of the same name fails here
@@ -173,6 +193,7 @@ def claim(session: Session, recipe: ServingRecipe, created_by: str | None) -> Se
                        f"evict it first (`studio serve evict {recipe.name}`) or choose another name")
     set_status(row, DeploymentStatus.DEPLOYING)
     row.recipe, row.app_name, row.created_by = data, recipe.app_name, created_by
+    row.owner_key_id = owner_key_id
     return row
 
 
@@ -187,5 +208,6 @@ def require_row(session: Session, name: str) -> ServingDeployment:
 def row_dict(row: ServingDeployment) -> dict[str, Any]:
     return {"name": row.name, "source": "runtime", "app_name": row.app_name,
             "status": row.status, "message": row.message, "recipe": row.recipe,
-            "created_by": row.created_by, "created_at": row.created_at.isoformat(),
+            "created_by": row.created_by, "owner_key_id": row.owner_key_id,
+            "created_at": row.created_at.isoformat(),
             "updated_at": row.updated_at.isoformat()}

@@ -20,7 +20,7 @@ import pytest
 
 from deployments.serving_metrics import ServingMetrics
 from studio.errors import Conflict, StudioError
-from studio.serving.lifecycle import describe
+from studio.serving.status import describe
 from studio.serving.recipe import (
     DeploymentStatus,
     ServingRecipe,

@@ -1,6 +1,7 @@
 """/api/deployments: base models deployed at runtime from serving recipes, next to the serve
 config's models, with live figures per replica (memory, KV cache, running/waiting requests,
-adapters loaded, tokens/s). Deploying and evicting need an admin key: they take or free cluster
+adapters loaded, tokens/s) and the state reported from the row and Serve's replica states
+(``studio.serving.status``: never "ready" with 0 healthy replicas). Deploying and evicting need an admin key: they take or free cluster
 resources. The work is ``studio.serving.lifecycle``'s; it runs off the event loop because a deploy
 waits for the engine to start (bounded by the recipe's ``deploy_timeout_s``)."""
 
@@ -15,7 +16,7 @@ from fastapi.responses import JSONResponse
 from studio.api.deps import AdminDep, KeyDep, SettingsDep
 from studio.errors import Unavailable
 from studio.recipes import with_home_paths
-from studio.serving import lifecycle
+from studio.serving import lifecycle, status
 from studio.serving.recipe import ServingRecipe, resolve_model_path
 
 router = APIRouter(prefix="/api/deployments", tags=["serving"])
@@ -39,12 +40,12 @@ async def _load(request: Request) -> dict[str, Any]:
 @router.get("")
 async def list_deployments(request: Request, settings: SettingsDep, _: KeyDep) -> list[dict[str, Any]]:
     """Every served base model (runtime-deployed and from the serve config) with live figures."""
-    return await asyncio.to_thread(lifecycle.list_deployments, settings, await _load(request))
+    return await asyncio.to_thread(status.list_deployments, settings, await _load(request))
 
 
 @router.get("/{name}")
 async def get_deployment(name: str, request: Request, settings: SettingsDep, _: KeyDep) -> dict[str, Any]:
-    return await asyncio.to_thread(lifecycle.get_deployment, settings, name, await _load(request))
+    return await asyncio.to_thread(status.get_deployment, settings, name, await _load(request))
 
 
 @router.post("", status_code=201)
@@ -53,7 +54,7 @@ async def deploy(recipe: ServingRecipe, request: Request, settings: SettingsDep,
     _router(request)
     # A relative model path is read from STUDIO_HOME (the API has no working directory of yours).
     recipe = resolve_model_path(with_home_paths(recipe, settings.home_abs, "request"), settings.home_abs)
-    row = await asyncio.to_thread(lifecycle.deploy, settings, recipe, key.name)
+    row = await asyncio.to_thread(lifecycle.deploy, settings, recipe, key.name, None, key.id)
     return JSONResponse(row, status_code=201)
 
 

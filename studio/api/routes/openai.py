@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from studio.access import principal_id
 from studio.api.deps import KeyDep, SettingsDep
-from studio.api.errors import error_response
+from studio.api.errors import RETRY_AFTER_S, error_response
 from studio.api.openai_body import OpenAIBodyRoute
 from studio.api.openai_schemas import CHAT, COMPLETION, MODELS
 from studio.errors import NotFound, StudioError, Unavailable
@@ -173,6 +173,8 @@ async def _forward(request: Request, endpoint: str, key: ApiKey,
         if not isinstance(status, int) or not 400 <= status < 600:
             status = 200 if "error" not in first else 500
         if status != 200:
+            if status == 503:  # a model coming back, or a replica gone: worth retrying soon
+                headers = {**headers, "Retry-After": str(RETRY_AFTER_S)}
             return error_response(request, status, first["error"].get("message", "error"),
                                   headers=headers)
         if counted:

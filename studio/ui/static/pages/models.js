@@ -33,14 +33,16 @@ export async function modelsPage(main) {
 const dash = (v) => (v === null || v === undefined ? "—" : v);
 
 // Served base models (serve config and runtime deployments) with live figures per deployment.
+// State is the reported one (deploying, ready = at least one healthy replica, unhealthy, restoring,
+// evicting, evicted, failed); the note says why a model is not ready.
 // A studio without Serve (or an older one) answers an error: said in the card, not the banner.
 async function deploymentsCard(box) {
   try {
     const rows = await get("/api/deployments");
     box.replaceChildren(table([
       { title: "Model", cell: (d) => d.name }, { title: "From", cell: (d) => dash(d.source) },
-      { title: "State", cell: (d) => badge(String(dash(d.status))) },
-      { title: "Replicas", cell: (d) => dash(d.totals?.replicas) },
+      { title: "State", cell: (d) => badge(String(dash(d.status)).toUpperCase()) },
+      { title: "Healthy replicas", cell: (d) => dash(d.healthy_replicas ?? d.totals?.replicas) },
       { title: "In flight", cell: (d) => dash(d.in_flight) },
       { title: "Running / waiting", cell: (d) => `${dash(d.totals?.running_requests)} / ${dash(d.totals?.waiting_requests)}` },
       { title: "Memory GiB", cell: (d) => (d.totals?.memory_bytes == null ? "—" : (d.totals.memory_bytes / 2 ** 30).toFixed(2)) },

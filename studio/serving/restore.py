@@ -1,0 +1,131 @@
+"""Runtime deployments come back after a restart.
+
+``studio down`` + ``studio up`` (or a Ray head killed and started again) keeps every
+``serving_deployments`` row — the whole validated recipe, who deployed it, its state — but none of
+their Serve applications. Two steps bring them back:
+
+1. ``mark_restoring``: a row that was live (DEPLOYING or READY) whose application is not running
+   becomes RESTORING; an EVICTING one becomes EVICTED (its application is gone, which is what
+   evicting was for); EVICTED and FAILED rows stay as they are. The launcher does this when it
+   starts a new Ray head (nothing runs there yet: ``fresh``); the Router does it when it starts
+   (``serve run`` of a config, a cluster restarted by hand) for READY rows, and for DEPLOYING rows
+   whose deployer has been gone longer than their ``deploy_timeout_s``.
+2. ``restore_pending`` (the Router, in the background): each RESTORING row in turn is deployed
+   again from its stored recipe and waited for, as ``studio serve deploy`` would (never evicting
+   another model to make room). One that cannot come back — its model folder was deleted, the
+   cluster lacks the resources, the engine fails — becomes FAILED with the reason, and the next
+   one still comes back. Meanwhile ``/v1`` answers 503 with ``Retry-After`` for the name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from studio.errors import StudioError
+from studio.serving import lifecycle
+from studio.serving.recipe import (
+    DeploymentStatus,
+    ServingRecipe,
+    get_row,
+    list_rows,
+    resolve_model_path,
+    row_dict,
+    set_status,
+)
+from studio.settings import StudioSettings
+from studio.store.db import session_scope
+
+S = DeploymentStatus
+# A DEPLOYING row without an application is another caller's deploy in progress (it submits after
+# its resource check) unless it is this much older than its recipe's deploy timeout.
+STALE_MARGIN_S = 60.0
+
+
+def mark_restoring(settings: StudioSettings, running_apps: Collection[str], fresh: bool,
+                   now: datetime | None = None) -> list[str]:
+    """Rows to bring back → RESTORING (their names, oldest first); EVICTING rows → EVICTED.
+    ``running_apps``: the Serve applications running now; ``fresh``: the cluster was just
+    started, so no deploy can be in progress (DEPLOYING rows are restored too)."""
+    now = now or datetime.now(timezone.utc)
+    names = []
+    with session_scope(settings.db_url) as session:
+        for row in list_rows(session):
+            status = S(row.status)
+            if row.app_name in running_apps or not status.is_live() or status is S.RESTORING:
+                continue
+            if status is S.EVICTING:
+                set_status(row, S.EVICTED, row.message or "evicted (its application was gone "
+                           "after a restart)")
+            elif status is S.READY or fresh or _stale(row.recipe, row.updated_at, now):
+                set_status(row, S.RESTORING, f"was {status.value} before a restart; deploying it "
+                           "again from its stored recipe")
+                names.append(row.name)
+    return names
+
+
+def _stale(recipe: dict[str, Any], updated_at: datetime, now: datetime) -> bool:
+    if updated_at.tzinfo is None:
+        updated_at = updated_at.replace(tzinfo=timezone.utc)
+    timeout_s = float((recipe or {}).get("deploy_timeout_s") or 600.0)
+    return (now - updated_at).total_seconds() > timeout_s + STALE_MARGIN_S
+
+
+def pending(settings: StudioSettings) -> list[str]:
+    """Names of the rows in RESTORING, oldest first."""
+    with session_scope(settings.db_url) as session:
+        return [r.name for r in list_rows(session) if r.status == S.RESTORING.value]
+
+
+def restore(settings: StudioSettings, name: str, say: Callable[[str], None],
+            sync: Callable[[], None]) -> dict[str, Any] | None:
+    """Deploy one RESTORING row again from its stored recipe and wait until it serves; the row
+    as a dict (READY, or FAILED with why). None: the row is not RESTORING (any more)."""
+    with session_scope(settings.db_url) as session:
+        row = get_row(session, name)
+        if row is None or row.status != S.RESTORING.value:
+            return None
+        try:
+            recipe = resolve_model_path(ServingRecipe.model_validate(row.recipe))
+        except (ValidationError, StudioError) as e:
+            set_status(row, S.FAILED, f"cannot come back after the restart: {_why(e)}")
+            session.flush()
+            failed = row_dict(row)
+        else:
+            failed = None
+    if failed is not None:
+        sync()  # the name now answers 404 "not deployed (why)"
+        return failed
+    # Coming back must not push out another model that is coming back (or was kept running).
+    recipe = recipe.model_copy(update={"evict_idle": False})
+    try:
+        return lifecycle.start(settings, recipe, S.RESTORING, say, sync)
+    except Exception:  # noqa: BLE001 — start() stored why (FAILED), or it was evicted meanwhile
+        with session_scope(settings.db_url) as session:
+            row = get_row(session, name)
+            return row_dict(row) if row is not None else None
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, StudioError):
+        fix = f" (fix: {error.fix}; then deploy it again, or evict it)" if error.fix else ""
+        return error.problem + fix
+    first = error.errors()[0]  # a ValidationError: the stored recipe no longer validates
+    where = ".".join(str(p) for p in first["loc"]) or "(recipe)"
+    return f"its stored recipe is no longer valid: {where}: {first['msg']}"
+
+
+def restore_pending(settings: StudioSettings, say: Callable[[str], None],
+                    sync: Callable[[], None]) -> dict[str, str]:
+    """Every RESTORING row in turn (oldest first); name → the state it ended in."""
+    done = {}
+    for name in pending(settings):
+        say(f"restoring {name}")
+        row = restore(settings, name, say, sync)
+        if row is not None:
+            done[name] = row["status"]
+            say(f"{name}: {row['status']}" + (f" ({row['message']})" if row["message"] else ""))
+    return done

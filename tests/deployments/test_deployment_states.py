@@ -1,0 +1,157 @@
+"""Runtime deployments across a restart and the state reported for them, on a real database
+(SQLite and PostgreSQL), without Ray: which rows come back (RESTORING), which stay evicted, a row
+whose model folder is gone failing with the reason, and the reported state never "ready" with 0
+healthy replicas. The real stack (`studio down` + `studio up` bringing a deployed model back) is
+tests/e2e/test_stack.py."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from ray.serve._private.common import DeploymentStatus as ServeStatus
+from ray.serve._private.common import DeploymentStatusTrigger, ReplicaState
+from ray.serve.schema import ApplicationStatus, ApplicationStatusOverview, DeploymentStatusOverview
+
+from studio.errors import Conflict
+from studio.serving.config import deployment_name
+from studio.serving.recipe import DeploymentStatus, ServingRecipe, claim, get_row, set_status
+from studio.serving.restore import mark_restoring, pending, restore, restore_pending
+from studio.serving.status import Reported, ServeFacts, describe, report
+from studio.store.db import session_scope
+
+S = DeploymentStatus
+
+
+def _recipe(model: str, name: str) -> ServingRecipe:
+    return ServingRecipe.model_validate({"name": name, "deployment": {"engine": {"model": model}}})
+
+
+def _rows(settings, model: str, states: dict[str, list[DeploymentStatus]]) -> None:
+    """One row per name, walked through the given states from DEPLOYING."""
+    with session_scope(settings.db_url) as s:
+        for name, path in states.items():
+            row = claim(s, _recipe(model, name), "alice", owner_key_id=7)
+            for status in path:
+                set_status(row, status, "no room" if status is S.FAILED else None)
+
+
+def _status(settings, name: str) -> tuple[str, str | None]:
+    with session_scope(settings.db_url) as s:
+        row = get_row(s, name)
+        return row.status, row.message
+
+
+def test_the_row_keeps_the_whole_recipe_and_who_deployed_it(settings):
+    _rows(settings, "org/model", {"a": []})
+    with session_scope(settings.db_url) as s:
+        row = get_row(s, "a")
+        again = ServingRecipe.model_validate(row.recipe)  # what a restore deploys
+        assert again == _recipe("org/model", "a") and again.deploy_timeout_s == 600
+        assert (row.created_by, row.owner_key_id) == ("alice", 7)
+
+
+def test_a_restart_brings_back_live_rows_and_leaves_evicted_ones(settings):
+    _rows(settings, "org/model", {
+        "ready": [S.READY], "deploying": [], "evicted": [S.READY, S.EVICTING, S.EVICTED],
+        "failed": [S.FAILED], "evicting": [S.READY, S.EVICTING], "running": [S.READY]})
+    # The Router starting on a live cluster: a young DEPLOYING row is another caller's deploy.
+    assert mark_restoring(settings, {"model-running"}, fresh=False) == ["ready"]
+    assert _status(settings, "deploying")[0] == "deploying"
+    later = datetime.now(timezone.utc) + timedelta(seconds=600 + 61)
+    assert mark_restoring(settings, {"model-running"}, fresh=False, now=later) == ["deploying"]
+    assert _status(settings, "evicted") == ("evicted", None)
+    assert _status(settings, "failed") == ("failed", "no room")
+    assert _status(settings, "evicting")[0] == "evicted"
+    assert _status(settings, "running")[0] == "ready"
+    assert pending(settings) == ["ready", "deploying"]
+    assert "before a restart" in _status(settings, "ready")[1]
+    with session_scope(settings.db_url) as s:  # a restoring name is taken: evict it first
+        with pytest.raises(Conflict, match="already deployed .status restoring"):
+            claim(s, _recipe("org/model", "ready"), "bob")
+        set_status(get_row(s, "ready"), S.EVICTING)
+        set_status(get_row(s, "ready"), S.EVICTED)
+        set_status(get_row(s, "deploying"), S.READY)  # came back
+
+
+def test_a_fresh_head_restores_every_live_row(settings):
+    _rows(settings, "org/model", {"ready": [S.READY], "deploying": [], "evicted": [S.FAILED, S.EVICTED]})
+    assert mark_restoring(settings, (), fresh=True) == ["ready", "deploying"]
+    assert mark_restoring(settings, (), fresh=True) == []  # once
+    assert _status(settings, "evicted")[0] == "evicted"
+
+
+def test_a_row_whose_model_folder_is_gone_fails_with_the_reason_and_the_next_is_tried(
+        settings, tmp_path):
+    gone = _model_dir(tmp_path / "gone")
+    _rows(settings, str(gone), {"gone": [S.READY]})
+    with session_scope(settings.db_url) as s:  # a stored recipe an upgrade no longer accepts
+        row = claim(s, _recipe("org/model", "stale"), "alice")
+        set_status(row, S.READY)
+        row.recipe = {**row.recipe, "retired_field": 1}
+    shutil.rmtree(gone)
+    assert mark_restoring(settings, (), fresh=True) == ["gone", "stale"]
+    synced = []
+    assert restore(settings, "evicted-meanwhile", print, lambda: synced.append(1)) is None
+    done = restore_pending(settings, print, lambda: synced.append(1))
+    assert done == {"gone": "failed", "stale": "failed"} and len(synced) == 2
+    status, why = _status(settings, "gone")
+    assert status == "failed" and f"model path '{gone}' does not exist" in why
+    assert "deploy it again, or evict it" in why
+    status, why = _status(settings, "stale")
+    assert status == "failed" and "stored recipe is no longer valid: retired_field" in why
+
+
+def _model_dir(path):
+    path.mkdir()
+    (path / "config.json").write_text("{}")
+    return path
+
+
+# ---- the reported state --------------------------------------------------------------------------
+def _apps(app: str, name: str, replicas: dict[ReplicaState, int],
+          status: ServeStatus = ServeStatus.HEALTHY, message: str = ""):
+    dep = DeploymentStatusOverview(status=status, status_trigger=DeploymentStatusTrigger.UNSPECIFIED,
+                                   replica_states=replicas, message=message)
+    return {app: ApplicationStatusOverview(status=ApplicationStatus.RUNNING, message="",
+                                           last_deployed_time_s=0.0,
+                                           deployments={deployment_name(name): dep})}
+
+
+def test_ready_needs_a_healthy_replica_else_unhealthy_with_why():
+    up = ServeFacts(healthy=1, replicas=2, status="UPSCALING", message="")
+    assert report(S.READY, up, True) == (Reported.READY, None)
+    state, why = report(S.READY, ServeFacts(0, 1, "UPDATING", "replica starting"), True)
+    assert state is Reported.UNHEALTHY and why.startswith("0 of 1 replicas healthy")
+    state, why = report(S.READY, ServeFacts(1, 1, "UNHEALTHY", "health check failed"), True)
+    assert state is Reported.UNHEALTHY and "health check failed" in why
+    assert report(S.READY, None, True)[0] is Reported.UNHEALTHY  # its application is gone
+    assert report(S.READY, None, False, reported_replicas=1)[0] is Reported.READY
+    state, why = report(S.READY, None, False)  # the studio is down
+    assert state is Reported.UNHEALTHY and "studio up" in why
+    assert report(S.FAILED, None, True, message="out of memory") == (Reported.FAILED, "out of memory")
+    assert {report(s, None, True)[0].value for s in S if s is not S.READY} == {
+        "deploying", "restoring", "evicting", "evicted", "failed"}
+    assert report(None, ServeFacts(0, 1, "UNHEALTHY", ""), True)[0] is Reported.UNHEALTHY  # config
+
+
+def test_describe_joins_rows_with_serve_replica_states(settings):
+    _rows(settings, "org/model", {"a": [S.READY], "b": [S.READY], "c": [S.FAILED]})
+    from studio.serving.status import list_deployments
+
+    apps = {**_apps("model-a", "a", {ReplicaState.RUNNING: 1}),
+            **_apps("model-b", "b", {ReplicaState.STARTING: 1, ReplicaState.STOPPING: 1},
+                    ServeStatus.UNHEALTHY, "engine died")}
+    load = {"a": {"in_flight": 0, "idle_s": None, "replicas": [{"memory_bytes": 1}]},
+            "b": {"in_flight": 0, "idle_s": None, "replicas": []}}
+    got = {e["name"]: e for e in list_deployments(settings, load, apps)}
+    assert (got["a"]["status"], got["a"]["healthy_replicas"]) == ("ready", 1)
+    assert (got["b"]["status"], got["b"]["stored_status"], got["b"]["healthy_replicas"]) == (
+        "unhealthy", "ready", 0)
+    assert "0 of 1 replicas healthy" in got["b"]["message"] and "engine died" in got["b"]["message"]
+    assert (got["c"]["status"], got["c"]["message"]) == ("failed", "no room")
+    # No Serve to ask and no replica figures (the studio is down): never "ready".
+    assert {e["status"] for e in list_deployments(settings, {}, None)} == {"unhealthy", "failed"}
+    (cfg,) = describe([], {"tiny": {"replicas": []}}, _apps("studio", "tiny", {}))
+    assert (cfg["source"], cfg["status"], cfg["healthy_replicas"]) == ("config", "unhealthy", 0)
