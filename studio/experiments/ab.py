@@ -99,11 +99,16 @@ def _check_arms_exist(session: Session, arms: list[ArmSpec], bases: set[str] | N
 
 
 def create_experiment(session: Session, spec: ExperimentSpec, created_by: str | None = None,
-                      bases: set[str] | None = None, owner_key_id: int | None = None) -> Experiment:
+                      bases: set[str] | None = None, owner_key_id: int | None = None,
+                      takes_over_name: bool = False) -> Experiment:
+    """A new experiment. Its alias may not hide a registry name — unless ``takes_over_name``: a
+    loop's canary (``studio.loops``) splits the bare registry name itself between its champion and
+    candidate while the experiment exists (the Router resolves an alias before a registry name),
+    and deletes it when the canary ends (``delete_experiment``). Not offered to API callers."""
     if session.scalars(select(Experiment).where(Experiment.alias == spec.alias)).first():
         raise Conflict(f"experiment {spec.alias!r} exists",
                        "change it with `PATCH /api/experiments/ALIAS` or pick another alias")
-    if session.scalars(select(ModelVersion.id).where(ModelVersion.name == spec.alias)).first():
+    if not takes_over_name and session.scalars(select(ModelVersion.id).where(ModelVersion.name == spec.alias)).first():
         raise Conflict(f"alias {spec.alias!r} is a registered model name; the alias would hide it",
                        "pick another alias")
     if bases is not None and spec.alias in bases:
@@ -142,6 +147,17 @@ def update_experiment(session: Session, alias: str, update: ExperimentUpdate,
         exp.status = update.status
     session.flush()
     return exp
+
+
+def delete_experiment(session: Session, alias: str) -> bool:
+    """Remove an experiment (a loop's canary when it ends: the bare name then resolves to its
+    champion again). The completion log keeps the alias its requests went through. True if it existed."""
+    exp = session.scalars(select(Experiment).where(Experiment.alias == alias)).first()
+    if exp is None:
+        return False
+    session.delete(exp)
+    session.flush()
+    return True
 
 
 def stop_experiment(session: Session, alias: str) -> Experiment:

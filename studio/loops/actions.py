@@ -7,8 +7,9 @@ changes nothing twice: the split is set *absolutely*, a promotion of the champio
 training job is looked up by its key before one is queued.
 
 ``ServiceActions`` is the real one, on the services only: the training queue (``studio.train.queue``,
-preflight included), the registry, the A/B experiments the Router reads its weights from, and the
-served model names (``/v1/models`` through the gateway, or a function the deployment hands in).
+preflight included), the registry, the A/B experiment the Router reads the canary's weights from
+(aliased by the served name itself, so requests for the bare name are split while it exists), and
+the served model names (``/v1/models`` through the gateway, or a function the deployment hands in).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from studio.experiments.ab import ArmSpec, ExperimentSpec, ExperimentUpdate, create_experiment, update_experiment
+from studio.experiments.ab import (ArmSpec, ExperimentSpec, ExperimentUpdate, create_experiment, delete_experiment,
+                                  update_experiment)
 from studio.registry.versions import get_version, promote
 from studio.store.models import ApiKey, Experiment, Job, PromotionEvent
 
@@ -40,11 +42,12 @@ class Actions(Protocol):
         """Model names the Router answers to (``/v1/models``): is the candidate's adapter served?"""
 
     def set_split(self, session: Session, alias: str, arms: dict[str, float]) -> bool:
-        """Make the canary's experiment ``alias`` split exactly ``arms`` (model → percent); True if
-        anything changed."""
+        """Make the canary's experiment ``alias`` (the served name itself) split exactly ``arms``
+        (model → percent); True if anything changed."""
 
     def end_split(self, session: Session, alias: str) -> bool:
-        """Stop the canary's experiment; True if it was running."""
+        """End the canary's experiment (the served name resolves to its champion again); True if
+        it existed."""
 
     def promote(self, session: Session, ref: str, *, by: str, reason: str) -> bool:
         """Make ``ref`` its name's champion (recorded as a promotion event); True if it changed."""
@@ -85,7 +88,7 @@ class ServiceActions:
         want = [ArmSpec(model=m, weight=w) for m, w in arms.items()]
         exp = session.scalars(select(Experiment).where(Experiment.alias == alias)).first()
         if exp is None:
-            create_experiment(session, ExperimentSpec(alias=alias, arms=want), created_by="loop")
+            create_experiment(session, ExperimentSpec(alias=alias, arms=want), created_by="loop", takes_over_name=True)
             return True
         if exp.status == "active" and _same_arms(exp.arms, arms):
             return False
@@ -93,11 +96,7 @@ class ServiceActions:
         return True
 
     def end_split(self, session: Session, alias: str) -> bool:
-        exp = session.scalars(select(Experiment).where(Experiment.alias == alias)).first()
-        if exp is None or exp.status == "stopped":
-            return False
-        update_experiment(session, alias, ExperimentUpdate(status="stopped"))
-        return True
+        return delete_experiment(session, alias)
 
     def promote(self, session: Session, ref: str, *, by: str, reason: str) -> bool:
         return _to_stage(session, ref, "champion", by=by, reason=reason)

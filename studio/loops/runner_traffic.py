@@ -29,8 +29,11 @@ from studio.store.loop_models import LoopLook
 
 
 def canary_alias(ctx: Ctx) -> str:
-    """The experiment that splits the served name during a canary: one per loop, reused."""
-    return f"{ctx.loop.name}-canary"
+    """The experiment that splits the served name during a canary is aliased by the served name
+    itself: the Router resolves an experiment alias before a registry name, so clients asking for
+    the bare name are split (sticky per ``user``) while it exists; ``name@N`` stays outside the
+    split. Created when the canary starts, deleted when it ends."""
+    return ctx.spec.served_name
 
 
 def split(ctx: Ctx, step: int) -> dict[str, float]:

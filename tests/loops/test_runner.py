@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from studio.errors import Conflict
+from studio.errors import Conflict, NotFound
 from studio.experiments.ab import get_experiment
 from studio.jobs.submission import submitter_key
 from studio.keys import create_key
@@ -64,17 +64,18 @@ def test_a_better_candidate_goes_from_new_feedback_to_promoted(settings, write_r
         spec = TrainSpec.model_validate(job.spec)
         # from the champion's adapter, on the generation's snapshot, registered under the served name
         assert (spec.name, spec.init_adapter, spec.data.dataset, spec.max_retries) == ("svc", "svc@1", gen.snapshot_id, 0)
-        assert get_experiment(s, gen.canary_alias).status == "stopped"
+        with pytest.raises(NotFound):  # the split is gone: the bare name is the new champion's again
+            get_experiment(s, gen.canary_alias)
         event = s.scalars(select(PromotionEvent).where(PromotionEvent.version == 2)).one()
         assert (event.to_stage, event.outcome, event.by) == ("champion", "promoted", "loop:svc-loop")
         gate_move = [t for t in repo.transitions(s, gen.id) if t.to_state == "CANARY"][0]
         assert "bootstrap interval" in gate_move.detail and "exact_match 0.900 vs champion svc@1 0.500" in gate_move.detail
     assert (gen.candidate, gen.champion, _stage(world, "svc@2"), _stage(world, "svc@1")) == (
         "svc@2", "svc@1", "champion", "archived")
-    # The split was set once per step, absolutely, and stopped once.
-    assert world.actions.splits == [("svc-loop-canary", {"svc@1": 80.0, "svc@2": 20.0}),
-                                    ("svc-loop-canary", {"svc@1": 50.0, "svc@2": 50.0})]
-    assert world.actions.ended == ["svc-loop-canary"] and world.actions.promoted == ["svc@2"]
+    # The split of the bare served name was set once per step, absolutely, and ended once.
+    assert world.actions.splits == [("svc", {"svc@1": 80.0, "svc@2": 20.0}),
+                                    ("svc", {"svc@1": 50.0, "svc@2": 50.0})]
+    assert world.actions.ended == ["svc"] and world.actions.promoted == ["svc@2"]
     looks = _looks(world, gen.id)
     assert looks[-1].action == "promote" and all(x.action == "wait" for x in looks[:-1])
     with session_scope(world.url) as s:
@@ -107,7 +108,7 @@ def test_a_harmful_candidate_is_rolled_back_at_the_first_look_with_enough_answer
     assert min(looks[-1].look["champion"]["completions"], looks[-1].look["candidate"]["completions"]) >= minimum
     assert all(min(x.look["champion"]["completions"], x.look["candidate"]["completions"]) < minimum
                for x in looks[:-1])
-    assert world.actions.archived == ["svc@2"] and world.actions.ended == ["svc-loop-canary"]
+    assert world.actions.archived == ["svc@2"] and world.actions.ended == ["svc"]
     assert (_stage(world, "svc@1"), _stage(world, "svc@2")) == ("champion", "archived")
     assert world.loop().rollbacks_in_a_row == 1 and world.loop().status == "active"
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from studio.data.ingest import ingest_file
 from studio.evals.spec import EvalResult
-from studio.experiments.ab import get_experiment, pick_arm
+from studio.experiments.ab import pick_arm
 from studio.experiments.completions import FeedbackSpec, add_feedback
 from studio.jobs.status import JobStatus, create_job, transition
 from studio.loops import repository as repo
@@ -25,7 +25,7 @@ from studio.loops.runner import Runner, RunnerConfig
 from studio.registry.versions import register_version
 from studio.store.db import session_scope
 from studio.store.loop_models import Loop, LoopGeneration
-from studio.store.models import EvalScore, Job
+from studio.store.models import EvalScore, Experiment, Job
 from studio.train.spec import TrainResult, TrainSpec
 from tests.loops.traffic import at, completion, log, loop_spec, rate, register
 
@@ -164,10 +164,10 @@ class World:
         if gen is None or gen.state not in ("CANARY", "PAUSED") or not gen.canary_alias:
             return
         with session_scope(self.url) as s:
-            exp = get_experiment(s, gen.canary_alias)
-            arms, status = exp.arms, exp.status
-        if status != "active":
-            return
+            exp = s.scalars(select(Experiment).where(Experiment.alias == gen.canary_alias)).first()
+            if exp is None or exp.status != "active":
+                return
+            arms = exp.arms
         rows = []
         for i in range(self.per_tick):
             user = f"user-{uuid.uuid4().hex[:10]}"
