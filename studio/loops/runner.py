@@ -46,7 +46,7 @@ from studio.loops import repository as repo
 from studio.loops.actions import Actions
 from studio.loops.control import job_key_prefix, start_triggered
 from studio.loops.spec import LoopSpec
-from studio.loops.states import IN_TRAFFIC, TERMINAL, Reason, State
+from studio.loops.states import IN_TRAFFIC, RETRYABLE, TERMINAL, Reason, State
 from studio.loops.triggers import evaluate
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
@@ -199,12 +199,29 @@ class Runner:
                     step = self.step(s, gen_id, now)
             except Conflict as e:  # another runner (or a person) moved it first: read again next pass
                 step = Step(False, f"generation {gen_id}: {e.problem}")
+            except SQLAlchemyError:
+                raise  # the database is away: nothing can be recorded; the next pass tries again
+            except Exception as e:  # noqa: BLE001 — an unforeseen error is a failed attempt, on the timeline
+                logger.exception("loop runner: generation %s", gen_id)
+                step = self._unforeseen(gen_id, now, e)
             steps.append(step)
             if report is not None:
                 (report.moves if step.moved else report.notes).append(f"generation {gen_id}: {step.note}")
             if not step.moved:
                 break
         return steps
+
+    def _unforeseen(self, gen_id: int, now: datetime, error: Exception) -> Step:
+        """Record an error no step foresaw as a failed attempt of a state that retries (retried
+        with backoff, then FAILED); elsewhere (a canary, a pause) it is raised to the pass's report
+        and the next pass steps again — a bug never rolls back a candidate in traffic."""
+        with session_scope(self.settings.db_url) as s:
+            gen = repo.get_generation(s, gen_id)
+            if State(gen.state) not in RETRYABLE or State(gen.state) in IN_TRAFFIC:
+                raise error
+            ctx = Ctx(s, gen, s.get(Loop, gen.loop_id), LoopSpec.model_validate(gen.config["loop"]), now,
+                      self.actions, self)
+            return ctx.failed(f"{type(error).__name__}: {str(error)[:500]}")
 
     def step(self, session: Session, gen_id: int, now: datetime) -> Step:
         """Do the next thing for one generation, in ``session``'s transaction."""

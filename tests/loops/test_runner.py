@@ -275,3 +275,27 @@ def test_job_keys_name_the_generation_and_whose_key_the_jobs_spend_on():
     assert job_key_prefix(Loop(id=3, name="svc-loop", owner_key_id=None), 2) == "cli:loop:svc-loop:g2:"
     long = job_key_prefix(Loop(id=3, name="x" * 128, owner_key_id=None), 12345)
     assert long == "cli:loop:#3:g12345:" and len(long + "train:a99") <= 128  # jobs.submitted_by's width
+
+
+class _Flaky(EdgeActions):
+    """Queues the training job only on the second try: the first raises an error no step foresaw."""
+
+    def enqueue_training(self, session, spec, *, submitted_by, owner_key_id):
+        if not getattr(self, "_tried", False):
+            self._tried = True
+            super().enqueue_training(session, spec, submitted_by=submitted_by, owner_key_id=owner_key_id)
+            raise KeyError("an unforeseen bug")
+        return super().enqueue_training(session, spec, submitted_by=submitted_by, owner_key_id=owner_key_id)
+
+
+def test_an_unforeseen_error_is_a_failed_attempt_on_the_timeline_and_leaves_no_job(settings, write_rows):
+    world = World(settings, actions=_Flaky())
+    world.setup(write_rows)
+    world.run_until({"GATE", "FAILED"}, every_s=30)
+    retry = [t for t in world.timeline() if t[2] == "retry"]
+    assert retry == [("TRAINING", "TRAINING", "retry")]
+    with session_scope(world.url) as s:
+        assert "KeyError: 'an unforeseen bug'" in [t for t in repo.transitions(s, world.generation().id)
+                                                    if t.reason == "retry"][0].detail
+    # the job the failed transaction wrote is gone with it: attempt 2's is the only one
+    assert world.jobs()[0][:2] == ("train", "cli:loop:svc-loop:g1:train:a2") and len(world.actions.queued) == 2
