@@ -18,8 +18,8 @@ TRAINING       the training job keyed ``[cli:]loop:NAME:gN:train:aK`` (generatio
 GATE           the promotion gate's eval of candidate vs champion (``runner_gate``) → SHADOW,
                CANARY or REFUSED
 SHADOW, CANARY ``runner_traffic``: the split set absolutely every pass, a stored look, ``decide``
-PROMOTING      the candidate made champion, the split stopped → PROMOTED
-ROLLING_BACK   the split stopped, the candidate archived → ROLLED_BACK (CANCELLED for a cancel)
+PROMOTING      the candidate made champion, the split removed → PROMOTED
+ROLLING_BACK   the split removed, the candidate archived → ROLLED_BACK (CANCELLED for a cancel)
 PAUSED         a canary paused for no traffic / no feedback resumes once a look no longer says
                so; any other pause waits for a person (``studio loop resume``)
 =============  ===============================================================================

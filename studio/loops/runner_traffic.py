@@ -1,12 +1,16 @@
 """The runner's steps while the candidate takes traffic, and the two that end it.
 
+The split is an experiment aliased by the served name itself (``canary_alias``): the Router
+resolves an alias before a registry name, so requests for the bare name are split while it exists.
+
 CANARY: every pass sets the split of the canary's experiment *absolutely* to the step in force
 (champion 100 − p %, candidate p %; a repeat changes nothing), and at most every
 ``RunnerConfig.look_every_s`` builds a look from the raw tables (``looks.build_look``), decides on it
 (``stats.decide``) and stores both (``repository.record_look``). The verdict moves the generation:
 promote → PROMOTING; worse, a guardrail, or the deadline → ROLLING_BACK; SRM, no traffic, no
-feedback → PAUSED (resumed by the runner once data flows again); wait → the next canary step once the step was held ``canary.min_hold_s`` with
-``canary.min_rated_per_arm`` ratings per arm in it. A look that cannot be built (the experiment
+feedback → PAUSED (the last two resumed by the runner once data flows again); wait → the next
+canary step once the step was held ``canary.min_hold_s`` with ``canary.min_rated_per_arm`` ratings
+per arm in it. A look that cannot be built (the experiment
 changed by hand, the tables unreadable) pauses the generation (``metric_errors``).
 
 SHADOW: the judged pairs (``Actions.shadow_pairs``) through the sequential sign test; no verdict by
