@@ -276,8 +276,9 @@ def _snapshot(ctx: Ctx) -> Step:
     ctx.gen = repo.get_generation(ctx.session, gen_id)
     ctx.session.refresh(ctx.gen)
     return ctx.go(State.TRAINING, Reason.STEP_DONE,
-                  f"snapshot {done['name']}@{done['version']} ({done['snapshot_id'][:12]}): {done['rows']} pairs, "
-                  f"{done['golden_dropped']} golden-set prompts dropped, cutoff {done['cutoff']}")
+                  f"snapshot {done['name']}@{done['version']} ({done['snapshot_id'][:12]}): {done['rows']} pairs "
+                  f"({done['replayed']} of them the champion's own, replayed), {done['golden_dropped']} golden-set "
+                  f"prompts dropped, cutoff {done['cutoff']}")
 
 
 def training_spec(ctx: Ctx):

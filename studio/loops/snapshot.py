@@ -4,7 +4,9 @@ to a cutoff (docs/loops.md, "The snapshot").
 The rows are the preference export's (``studio.experiments.export.preference_pairs``: explicit
 "B is better than A" feedback, and +/− rated answers to one prompt paired, de-duplicated) over the
 completions any version of the served name answered, counting only feedback given at or before the
-cutoff. Rows whose prompt is in the golden eval set (the gate's dataset) are dropped with that
+cutoff; with ``train.replay_share`` > 0, rows of the champion's own training snapshot (when it
+holds preference pairs) are mixed back in against forgetting (``replay_rows``). Rows whose prompt is
+in the golden eval set (the gate's dataset) are dropped with that
 reason, so the gate never scores a prompt the candidate was trained on. The rows are stored with the
 dataset snapshot writer (content-addressed, with lineage) as a new version of
 ``<loop>-preferences``; the generation records the cutoff first and the snapshot id after, so a
@@ -13,6 +15,7 @@ retry after a crash takes the same cutoff and finds the same snapshot.
 
 from __future__ import annotations
 
+import random
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +26,7 @@ from studio.data.kinds import DatasetKind
 from studio.data.snapshots import read_table, resolve_snapshot
 from studio.data.writer import Lineage, SnapshotWriter
 from studio.errors import StudioError
+from studio.registry.versions import get_version
 from studio.experiments.completions import prompt_text
 from studio.experiments.export import preference_pairs
 from studio.loops.spec import LoopSpec
@@ -30,7 +34,7 @@ from studio.loops.triggers import served_by
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 from studio.store.loop_models import Loop, LoopGeneration
-from studio.store.models import PromotionGate
+from studio.store.models import DatasetSnapshot, PromotionGate
 
 
 def golden_dataset(session: Session, spec: LoopSpec) -> str | None:
@@ -77,10 +81,12 @@ def take_snapshot(settings: StudioSettings, generation_id: int, cutoff: datetime
         rows, counts = preference_pairs(s, lambda c: served_by(spec.served_name, c), cutoff=cutoff)
         golden_ref = golden_dataset(s, spec)
         golden = golden_prompts(s, golden_ref) if golden_ref else set()
+        replay, replay_from = replay_rows(s, gen, spec, rows)
     params = {"loop": loop.name, "generation": number, "served_name": spec.served_name,
-              "cutoff": cutoff.isoformat(), "golden": golden_ref}
+              "cutoff": cutoff.isoformat(), "golden": golden_ref, "replay_share": spec.train.replay_share,
+              "replay_from": replay_from, "replayed": len(replay)}
     with SnapshotWriter(DatasetKind.preference, Lineage(None, "loop-preference", params)) as w:
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows + replay):
             if row["prompt"].strip() in golden:
                 w.drop(i, f"the prompt is in the golden eval set {golden_ref}: never trained on", step="golden",
                        data=row)
@@ -99,4 +105,29 @@ def take_snapshot(settings: StudioSettings, generation_id: int, cutoff: datetime
     return {"snapshot_id": done.snapshot_id, "name": name, "version": done.version, "pairs": counts["rows"],
             "explicit": counts["explicit"], "from_ratings": counts["from_ratings"],
             "duplicates": counts["duplicates"], "golden_dropped": done.dropped_count, "rows": done.row_count,
-            "cutoff": cutoff.isoformat()}
+            "replayed": len(replay), "replay_from": replay_from, "cutoff": cutoff.isoformat()}
+
+
+def replay_rows(session: Session, gen: LoopGeneration, spec: LoopSpec, new: list[dict[str, str]]
+                ) -> tuple[list[dict[str, str]], str | None]:
+    """Rows of the champion's own training snapshot mixed back in against forgetting: as many as
+    make ``train.replay_share`` of the result, drawn without replacement with a seed of the loop and
+    generation (a retry draws the same), skipping pairs the new rows already hold. Only preference
+    rows can be mixed into a preference snapshot: a champion trained on other rows (SFT on
+    prompt/completion) gives none. Returns the rows and the snapshot they came from."""
+    share = spec.train.replay_share
+    if share <= 0 or not new or not gen.champion:
+        return [], None
+    try:
+        snapshot_id = get_version(session, gen.champion).dataset_snapshot_id
+    except StudioError:
+        return [], None
+    snap = session.get(DatasetSnapshot, snapshot_id) if snapshot_id else None
+    if snap is None or snap.kind != DatasetKind.preference.value:
+        return [], None
+    seen = {(r["prompt"], r["chosen"], r["rejected"]) for r in new}
+    pool = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+            for r in read_table(snap.uri).to_pylist()]
+    pool = [r for r in pool if (r["prompt"], r["chosen"], r["rejected"]) not in seen]
+    want = min(len(pool), round(share / (1.0 - share) * len(new)))
+    return random.Random(f"{spec.name}:{gen.number}").sample(pool, want), snap.id

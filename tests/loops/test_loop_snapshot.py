@@ -5,6 +5,7 @@ same snapshot when taken again after a crash."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
 from studio.data.ingest import ingest_file
 from studio.data.snapshots import read_table, resolve_snapshot
@@ -12,6 +13,8 @@ from studio.errors import StudioError
 from studio.loops import repository as repo
 from studio.loops.snapshot import take_snapshot
 from studio.store.db import session_scope
+from studio.store.loop_models import LoopGeneration
+from studio.store.models import ModelVersion
 from tests.loops.traffic import at, completion, generation, log, loop_spec, rate, register
 
 GOLDEN = [{"messages": [{"role": "user", "content": "reverse: 9 9 8"}, {"role": "assistant", "content": "8 9 9"}]},
@@ -77,3 +80,35 @@ def test_no_pairs_at_the_cutoff_stores_nothing_and_says_why(settings):
     with session_scope(url) as s:
         gen = repo.get_generation(s, gen_id)
         assert gen.snapshot_id is None and gen.cutoff_at == at(100)
+
+
+def test_a_replay_share_of_the_champions_own_preference_data_is_mixed_in_the_same_on_a_retry(settings, write_rows):
+    url = settings.db_url
+    register(url)
+    old = [{"prompt": f"reverse: {i} 0", "chosen": f"0 {i}", "rejected": f"{i} 0"} for i in range(10)]
+    old.append({"prompt": "reverse: 9 9 8", "chosen": "8 9 9", "rejected": "9 9 8"})  # a golden prompt
+    ingest_file(write_rows("old.jsonl", old), "old-prefs", settings)
+    ingest_file(write_rows("golden.jsonl", GOLDEN), "golden", settings)
+    with session_scope(url) as s:
+        champion = s.scalars(select(ModelVersion).where(ModelVersion.name == "svc", ModelVersion.version == 1)).one()
+        champion.dataset_snapshot_id = resolve_snapshot(s, "old-prefs").snapshot.id
+    gen_id = generation(url, loop_spec(**{"gate.dataset": "golden", "train.replay_share": 0.5}))
+    with session_scope(url) as s:
+        s.get(LoopGeneration, gen_id).champion = "svc@1"
+    log(url, [completion(f"n{i}{j}", "svc@1", at(i), prompt=f"reverse: {i} 5", response=r)
+              for i in range(3) for j, r in enumerate((f"5 {i}", f"{i} 5"))])
+    for i in range(3):
+        rate(url, f"n{i}0", at(10), rating=1)
+        rate(url, f"n{i}1", at(10), rating=-1)
+
+    done = take_snapshot(settings, gen_id, at(100))
+    # 3 new pairs at a share of 0.5: 3 drawn from the champion's 11 (a golden one would be dropped)
+    assert (done["replayed"], done["rows"] + done["golden_dropped"]) == (3, 6)
+    with session_scope(url) as s:
+        snap = resolve_snapshot(s, done["snapshot_id"]).snapshot
+        assert snap.params["replay_from"] == resolve_snapshot(s, "old-prefs").snapshot.id
+        rows = read_table(snap.uri).to_pylist()
+    assert sum(r["prompt"].endswith(" 0") or r["prompt"] == "reverse: 9 9 8" for r in rows) + done["golden_dropped"] == 3
+    with session_scope(url) as s:  # a retry (the snapshot id forgotten) draws the same rows: the same snapshot
+        s.get(LoopGeneration, gen_id).snapshot_id = None
+    assert take_snapshot(settings, gen_id, at(500))["snapshot_id"] == done["snapshot_id"]
