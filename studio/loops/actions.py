@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from studio.errors import NotFound
 from studio.experiments.ab import (ArmSpec, ExperimentSpec, ExperimentUpdate, create_experiment, delete_experiment,
                                   update_experiment)
 from studio.registry.versions import get_version, promote
@@ -102,7 +103,10 @@ class ServiceActions:
         return _to_stage(session, ref, "champion", by=by, reason=reason)
 
     def archive(self, session: Session, ref: str, *, by: str, reason: str) -> bool:
-        if get_version(session, ref).stage == "champion":
+        try:
+            if get_version(session, ref).stage == "champion":
+                return False
+        except NotFound:  # deleted meanwhile: nothing left to archive
             return False
         return _to_stage(session, ref, "archived", by=by, reason=reason)
 

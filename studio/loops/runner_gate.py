@@ -28,6 +28,8 @@ BOOTSTRAP_RESAMPLES = 2000
 
 
 def gate(ctx: Ctx) -> Step:
+    if (wait := ctx.backing_off()) is not None:  # a retry (an eval that failed, a candidate not served yet)
+        return Step(False, wait)
     gen, spec = ctx.gen, ctx.spec
     cand, champ = gen.candidate, gen.champion
     override = {"dataset": spec.gate.dataset, "scorer": spec.gate.scorer, "margin": spec.gate.margin,
@@ -84,8 +86,6 @@ def _queue_or_wait(ctx: Ctx, ev: Job | None, cfg, models: list[str], scorer: str
     running = find_eval(ctx.session, resolve_snapshot(ctx.session, cfg.dataset).snapshot.id, models, scorer, ACTIVE)
     if running is not None:
         return Step(False, f"gate eval {running.id} of {' vs '.join(models)} is {running.status}")
-    if (wait := ctx.backing_off()) is not None:
-        return Step(False, wait)
     spec = EvalSpec(name=f"loop {ctx.label} gate: {' vs '.join(models)}"[:128], dataset=cfg.dataset, models=models,
                     scorers=[cfg.scorer], limit=cfg.limit,
                     generation=GenerationParams(**(cfg.generation or {"max_tokens": 64})))

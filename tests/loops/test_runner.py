@@ -232,7 +232,29 @@ def test_a_training_recipe_preflight_refuses_fails_the_generation_without_retrie
         assert "the training job was refused: base_model" in repo.transitions(s, gen.id)[-1].detail
 
 
-def test_a_candidate_not_on_v1_models_does_not_enter_the_canary(settings, write_rows):
+def test_a_candidate_not_on_v1_models_waits_out_backoffs_before_the_canary(settings, write_rows):
+    world = World(settings)
+    world.setup(write_rows)
+    world.tick(0)  # trained
+    world.tick(10)  # the gate's eval queued (the name is served) and run
+    world.actions.served = []  # then the candidate's adapter does not answer
+    moved_at = {}
+    for t in range(20, 200, 10):
+        if t == 60:
+            world.actions.served = ["svc"]
+        for move in world.tick(t).moves:
+            moved_at.setdefault(move.split(": ", 1)[1].split(":")[0], t)
+        if world.generation().state == "CANARY":
+            break
+    # attempt 1 at 20 s, attempt 2 after a 30 s backoff, attempt 3 after 60 s more: then in
+    assert moved_at == {"GATE → GATE (retry)": 20, "GATE → CANARY (shadow_skipped)": 110}, moved_at
+    retries = [t for t in world.timeline() if t[2] == "retry"]
+    assert retries == [("GATE", "GATE", "retry")] * 2 and world.actions.splits[0][0] == "svc"
+    with session_scope(world.url) as s:
+        assert "svc@2 is not on /v1/models yet" in repo.transitions(s, world.generation().id)[-2].detail
+
+
+def test_a_candidate_never_on_v1_models_fails_the_generation(settings, write_rows):
     world = World(settings, actions=EdgeActions(served=[]))
     world.setup(write_rows)
     world.run_until({"FAILED", "CANARY"}, every_s=120)
