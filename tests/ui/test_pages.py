@@ -226,7 +226,7 @@ def test_experiment_form_validates_inline_shows_the_recipe_and_submits(server, s
         b.page.fill("#f-name", "bad name!")
         assert "must match" in b.page.inner_text("[data-error-for='name']")
         b.page.fill("#f-name", "ui-sft")
-        b.page.fill("#f-base_model", str(server["home"] / "no-such-model"))
+        b.page.fill("#f-base_model", str(server["home"] / "models" / "no-such-model"))
         b.page.fill("#f-data-dataset", "qa@1")
         b.page.fill("#f-hyper-learning_rate", "-1")
         assert b.page.inner_text("[data-error-for='hyper.learning_rate']") == "must be > 0"
