@@ -86,6 +86,18 @@ def _ray_executable() -> str:
 HEAD_WITHHELD = ("STUDIO_ADMIN_KEY", "STUDIO_API_KEY")
 
 
+def interpreter_env(env: dict[str, str]) -> dict[str, str]:
+    """PATH (and VIRTUAL_ENV) that make ``python`` in a Ray job's entrypoint (``ray job submit --
+    python -m studio.train.run …``) this interpreter, with the studio's packages, however the
+    head was started (``.venv/bin/studio up`` from a shell where the venv is not active)."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]
+    out = {"PATH": os.pathsep.join([bin_dir, *path])}
+    if sys.prefix != sys.base_prefix:  # a virtual environment
+        out["VIRTUAL_ENV"] = sys.prefix
+    return out
+
+
 def start_head(settings: StudioSettings, wait_s: float = 90.0, withhold: tuple[str, ...] = ()) -> HeadState:
     """Start a local Ray head (or return the running one this STUDIO_HOME started), its
     environment without ``HEAD_WITHHELD`` and ``withhold``."""
@@ -124,6 +136,7 @@ def start_head(settings: StudioSettings, wait_s: float = 90.0, withhold: tuple[s
     # On SIGTERM the head drains for up to 30 s by default (for rolling upgrades on Kubernetes);
     # a local single-node stack has no other node to drain to.
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "2")
+    env.update(interpreter_env(env))
     _ensure_ray_token(env)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,

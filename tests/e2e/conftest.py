@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -43,6 +45,10 @@ class ApiStack:
                "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port())}
         env.pop("RAY_ADDRESS", None)
         env.pop("STUDIO_ADMIN_KEY", None)
+        # As a new user runs it: `.venv/bin/studio up` from a shell where the venv is not active.
+        venv_bin = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
+        env.pop("VIRTUAL_ENV", None)
         self.env = env
         r = run(["up", "--config", str(config)], env)
         assert r.returncode == 0, r.stdout + r.stderr

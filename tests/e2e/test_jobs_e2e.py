@@ -5,12 +5,15 @@ test entrypoint (tests/jobs/fake_train.py) through the Serve config, as a cluste
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.test_stack import run
+from tests.e2e.test_stack import REPO, run
 from tests.jobs.inputs import make_model_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -79,3 +82,19 @@ def test_cancel_from_the_cli_stops_a_running_job(studio):
     assert r.returncode == 1 and f"job {job_id} CANCELLED" in r.stdout
     status = httpx.get(f"{studio['base']}/api/scheduler", headers=auth).json()
     assert status["alive"] and status["passes"] > 0 and status["max_concurrent_jobs"] == 2
+
+
+def test_ray_job_submit_from_a_shell_without_the_venv(studio):
+    """docs/production.md's `ray job submit -- python -m studio.train.run …`, from a shell where
+    the venv is not on PATH, against a head that `.venv/bin/studio up` started the same way: the
+    job's `python` is the studio's interpreter, with its packages (it was the system python,
+    which has no httpx)."""
+    venv_bin = Path(sys.executable).parent
+    env = {**studio["env"], "PATH": "/usr/local/bin:/usr/bin:/bin", "RAY_AUTH_MODE": "token",
+           "RAY_ADDRESS": f"http://127.0.0.1:{studio['env']['STUDIO_DASHBOARD_PORT']}"}
+    assert str(venv_bin) not in studio["env"]["PATH"].split(":")
+    script = "import sys, httpx, studio.train.run; print('job python:', sys.executable)"
+    r = subprocess.run([str(venv_bin / "ray"), "job", "submit", "--", "python", "-c", script],
+                       env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"job python: {venv_bin}/python" in r.stdout, r.stdout
