@@ -28,21 +28,15 @@ from studio.serving.app_config import (
     gateway_key_envs,
     gateway_spec,
 )
-from studio.settings import StudioSettings, settings_env
-
-
-HOME_VAR = ("${STUDIO_HOME}", "$STUDIO_HOME")
+from studio.settings import StudioSettings, expand_home, settings_env
 
 
 def resolve_model(cfg: ModelDeploymentConfig) -> ModelDeploymentConfig:
     """A local model path made absolute (replicas run in another cwd); hub ids stay as they are.
-    ``$STUDIO_HOME/...`` is read against this studio's home; its tiny model is built if missing."""
-    model = cfg.engine.model
+    ``${STUDIO_HOME}/...`` is read against this studio's home (``studio.settings.expand_home``, the
+    recipes' rule: no other variable); its tiny model is built if missing."""
     settings = StudioSettings()
-    for var in HOME_VAR:
-        if model == var or model.startswith(var + "/"):
-            model = str(settings.home_abs) + model[len(var):]
-            break
+    model = expand_home(cfg.engine.model, settings.home_abs, field="engine.model")
     path = Path(model).expanduser()
     if not path.exists() and path.resolve() == (settings.models_dir / "tiny").resolve():
         import logging

@@ -224,3 +224,23 @@ def test_tiny_chat_template_renders_tools_and_leaves_plain_chat_as_it_was():
     assert text.startswith("<|im_start|>system\n# Tools\n<tools>\n{\"name\": \"get_weather\"")
     assert ('<|im_start|>assistant\n<tool_call>{"name": "get_weather", "arguments": '
             '{"city": "Paris"}}</tool_call><|im_end|>\n<|im_start|>tool\nsunny<|im_end|>\n') in text
+
+
+def test_a_serve_config_model_path_follows_studio_home_and_names_no_other_variable(tmp_path, monkeypatch):
+    """deployments.app reads `models:` paths with the recipes' rule (studio.settings.expand_home):
+    a leading ${STUDIO_HOME} / $STUDIO_HOME is this studio's home, a hub id is left alone, any other
+    variable is an error naming the field rather than a literal `$FOO` folder."""
+    from deployments.app import resolve_model
+
+    home = tmp_path / "home"
+    (home / "models" / "m").mkdir(parents=True)
+    monkeypatch.setenv("STUDIO_HOME", str(home))
+
+    def model_of(path: str) -> str:
+        return resolve_model(ModelDeploymentConfig(engine=EngineConfig(model=path))).engine.model
+
+    assert model_of("${STUDIO_HOME}/models/m") == str(home / "models" / "m")
+    assert model_of("$STUDIO_HOME/models/m") == str(home / "models" / "m")
+    assert model_of("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"
+    with pytest.raises(StudioError, match=r"engine.model: .*names the variable \$HOME"):
+        model_of("$HOME/models/m")
