@@ -93,10 +93,13 @@ def test_up_again_is_idempotent_and_status_reports_up(stack):
     assert "haproxy" in _listener(int(stack["env"]["STUDIO_HTTP_PORT"])).name()
 
 
-def test_serve_deploy_ls_evict_from_the_cli(stack, tmp_path):
+def test_serve_deploy_ls_evict_from_the_cli(stack, api_stack, tmp_path):
     """The default `studio up` serves no model; `studio serve deploy` adds one at runtime (the
-    recipe in configs/serve/models/ with a model path override), `ls` shows it with live figures,
-    `evict` removes it and its name answers 404 "not deployed"."""
+    recipe in configs/serve/models/ with a model path override), `ls` shows it with live figures;
+    after `studio down` + `studio up` it answers again by itself (503 + Retry-After meanwhile),
+    an evicted name stays evicted, one whose model folder was deleted fails with the reason, and
+    `ls` never says ready with 0 healthy replicas; `evict` removes it and its name answers 404
+    "not deployed"."""
     env, base = stack["env"], stack["base"]
     auth = {"Authorization": f"Bearer {(stack['home'] / 'admin.key').read_text().strip()}"}
     model = tmp_path / "tiny-cli"
@@ -119,10 +122,70 @@ def test_serve_deploy_ls_evict_from_the_cli(stack, tmp_path):
     r = run(["serve", "deploy", str(REPO / "configs/serve/models/tiny2.yaml"), "name=tiny-cli",
              f"deployment.engine.model={model}"], env)
     assert r.returncode != 0 and "already deployed" in r.stdout + r.stderr, r.stdout + r.stderr
+    _restart_brings_it_back(stack, api_stack, model, chat, auth, tmp_path)
     r = run(["serve", "evict", "tiny-cli"], env, timeout=300)
     assert r.returncode == 0 and "evicted" in r.stdout, r.stdout + r.stderr
     gone = httpx.post(f"{base}/v1/chat/completions", json=chat, headers=auth, timeout=60)
     assert gone.status_code == 404 and "not deployed" in gone.json()["error"]["message"], gone.text
+
+
+def _restart_brings_it_back(stack, api_stack, model: Path, chat: dict, auth: dict, tmp_path: Path):
+    import shutil
+
+    from studio.recipes import load_recipe
+    from studio.serving.recipe import DeploymentStatus, ServingRecipe, claim, set_status
+    from studio.settings import StudioSettings
+    from studio.store.db import session_scope
+
+    env, base = stack["env"], stack["base"]
+    recipe = str(REPO / "configs/serve/models/tiny2.yaml")
+    # Evicted before the restart: a deploy the cluster cannot hold (FAILED at once), then evicted.
+    r = run(["serve", "deploy", recipe, "name=tiny-evicted", f"deployment.engine.model={model}",
+             "deployment.num_cpus=64"], env)
+    assert r.returncode != 0 and "lacks the resources" in _words(r.stderr), r.stdout + r.stderr
+    assert run(["serve", "evict", "tiny-evicted"], env).returncode == 0
+    # A READY row whose model folder is deleted while the studio is down (as a deploy leaves it).
+    gone = shutil.copytree(model, tmp_path / "tiny-gone")
+    spec = load_recipe(recipe, ServingRecipe, ["name=tiny-gone", f"deployment.engine.model={gone}"])
+    with session_scope(StudioSettings(home=stack["home"]).db_url) as s:
+        set_status(claim(s, spec, "test"), DeploymentStatus.READY)
+    assert run(["down"], env).returncode == 0
+    shutil.rmtree(gone)
+    r = run(["up"], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "restoring 2 runtime deployment(s) in the background: tiny-cli, tiny-gone" in _words(r.stdout), r.stdout
+    stack["head_pid"] = api_stack.head_pid = json.loads((stack["home"] / "ray-head.json").read_text())["pid"]
+    started, waits, states = time.monotonic(), 0, set()
+    while True:  # no manual step: the same request answers again within 5 minutes
+        answer = httpx.post(f"{base}/v1/chat/completions", json=chat, headers=auth, timeout=120)
+        if answer.status_code == 200:
+            break
+        assert answer.status_code == 503 and int(answer.headers["retry-after"]) > 0, answer.text
+        assert answer.json()["error"]["type"] == "service_unavailable", answer.text
+        assert "coming back after a restart" in answer.json()["error"]["message"], answer.text
+        waits += 1
+        r = run(["serve", "ls", "--json"], env)
+        for e in json.loads(r.stdout):
+            states.add((e["name"], e["status"]))
+            assert e["status"] != "ready" or e["healthy_replicas"] >= 1, e
+        assert time.monotonic() - started < 300, (states, answer.text)
+        time.sleep(3)
+    print(f"restart: tiny-cli answered {time.monotonic() - started:.1f} s after `studio up` "
+          f"returned ({waits} answers of 503 before; states seen {sorted(states)})")
+    assert waits >= 1 and ("tiny-cli", "restoring") in states, states
+    assert answer.json()["usage"]["completion_tokens"] == 4
+    entries = {e["name"]: e for e in json.loads(run(["serve", "ls", "--json"], env).stdout)}
+    assert (entries["tiny-cli"]["status"], entries["tiny-cli"]["healthy_replicas"]) == ("ready", 1)
+    assert entries["tiny-evicted"]["status"] == "evicted", entries["tiny-evicted"]
+    failed = entries["tiny-gone"]
+    assert failed["status"] == "failed" and f"model path '{gone}' does not exist" in failed["message"]
+    evicted = httpx.post(f"{base}/v1/chat/completions", json={**chat, "model": "tiny-evicted"},
+                         headers=auth, timeout=60)
+    assert evicted.status_code == 404 and "not deployed" in evicted.text, evicted.text
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())  # the CLI's console wraps at 80 columns
 
 
 def test_up_on_a_taken_port_says_which_and_how_to_fix(tmp_path):
