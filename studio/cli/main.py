@@ -87,8 +87,10 @@ def down() -> None:
 
 @app.command()
 def status() -> None:
-    """Where state lives, whether Ray and the studio are up."""
+    """Where state lives, whether Ray and the studio are up; when up, the URLs, each service's
+    state, the served models' states, and the versions of Ray, vLLM and torch."""
     from studio import ray_connection, stack
+    from studio.cli import stack_status
     from studio.ray_auth import ray_auth_token_source
     from studio.store.db import redacted_url
 
@@ -109,8 +111,30 @@ def status() -> None:
         door = stack.front_door(settings)
         what = {"haproxy": "HAProxy (Ray Serve's high-throughput mode)"}.get(door or "", door)
         console.print(f"front door   {what or 'unknown'}")
+        head = ray_connection.read_state(settings)
+        for name, url in stack_status.urls(settings, head.dashboard_url if head else None):
+            console.print(f"{name:<12} {url}", highlight=False)
+        _print_services(settings, stack_status)
+    console.print(f"versions     {stack_status.versions()}", highlight=False)
     if not health:
         raise typer.Exit(1)
+
+
+def _print_services(settings, stack_status) -> None:
+    from studio import ray_connection
+    from studio.serving import status as serving_status
+
+    try:
+        ray_connection.connect(settings)
+        applications = serving_status.serve_applications() or {}
+    except Exception as e:  # noqa: BLE001 — the rest of the status is still worth printing
+        console.print(f"services     cannot ask Serve ({type(e).__name__}: {e})", highlight=False)
+        return
+    console.print("services     (the studio application's deployments)")
+    for name, state in stack_status.services(applications):
+        console.print(f"  {name:<22} {state}", highlight=False)
+    entries = serving_status.list_deployments(settings, applications=applications)
+    console.print(f"models       {stack_status.models(entries)}", highlight=False)
 
 
 @app.command()

