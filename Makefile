@@ -7,8 +7,10 @@ ARGS ?=
 
 .PHONY: setup test test-fast demo lock lint clean
 
+# GPU=1: the CUDA environment from requirements/lock-gpu.txt (GPU=0 forces CPU; unset: nvidia-smi decides);
+# SGLANG=1 (with GPU=1): also .venv-sglang from requirements/lock-gpu-sglang.txt.
 setup:
-	@bash scripts/setup.sh
+	@STUDIO_SETUP_GPU=$(GPU) STUDIO_SETUP_SGLANG=$(SGLANG) bash scripts/setup.sh
 
 # Two lanes, one after the other: the tests that start no engine, Ray cluster or stack (not
 # `slow`/`e2e`, or marked `parallel`) on TEST_WORKERS pytest-xdist workers, then the other `slow`/`e2e`
