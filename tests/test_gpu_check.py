@@ -1,0 +1,85 @@
+"""scripts/gpu_check.sh on a machine without a GPU: its arguments, its plan, its refusal (issue 24 item 7).
+The check itself needs one CUDA GPU; here only what it would do and how it says no are tested."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+STEPS = ["sft_lora", "qlora", "grpo_vllm", "serve", "zero2"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=60, cwd="/")
+
+
+def has_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    return bool(smi) and "GPU " in subprocess.run([smi, "-L"], capture_output=True, text=True).stdout
+
+
+def test_help_names_every_step_and_option():
+    r = run("--help")
+    assert r.returncode == 0
+    for word in [*STEPS, "prepare", "--out", "--only", "--dry-run", "--work", "make setup GPU=1"]:
+        assert word in r.stdout
+
+
+def test_dry_run_plans_every_step_with_the_studio_cli(tmp_path):
+    r = run("--dry-run", "--work", str(tmp_path), "--out", str(tmp_path / "r.json"))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    heads = [line.split("]")[0].lstrip("[") for line in out.splitlines() if line.startswith("[")]
+    assert heads == ["prepare", *STEPS, "finally"]
+    assert "studio models make-tiny --out " + str(tmp_path / "home/models/tiny") in out
+    assert "hidden_size=1024" in out and "studio up --config configs/serve/studio_api.yaml" in out
+    for recipe in ["sft_reverse_tiny.yaml", "sft_qwen05b_qlora_gpu.yaml", "grpo_reverse_tiny.yaml",
+                   "sft_qwen05b_deepspeed_gpu.yaml"]:
+        assert f"studio train submit configs/train/{recipe}" in out
+        assert (ROOT / "configs/train" / recipe).is_file()
+    assert "grpo.rollout.engine=vllm" in out and "hyper.bf16=true" in out
+    assert "deployment.engine.engine=vllm" in out and "deployment.engine.engine=sglang" in out
+    assert "gpu_check_compare.py" in out and str(tmp_path / "r.json") in out
+    assert not (tmp_path / "home").exists()  # a plan only: nothing built
+
+
+def test_only_selects_steps_in_their_order(tmp_path):
+    r = run("--dry-run", "--work", str(tmp_path), "--only", "zero2,qlora")
+    assert r.returncode == 0, r.stderr
+    heads = [line.split("]")[0].lstrip("[") for line in r.stdout.splitlines() if line.startswith("[")]
+    assert heads == ["prepare", "qlora", "zero2", "finally"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--only", "sft"], "unknown step 'sft' in --only; choose from: sft_lora qlora grpo_vllm serve zero2"),
+    (["--only", "qlora,prepare"], "unknown step 'prepare'"),
+    (["--only"], "--only needs a comma-separated list of steps"),
+    (["--step-timeout", "soon"], "--step-timeout needs a whole number of seconds"),
+    (["--bogus"], "unknown argument '--bogus' (see --help)"),
+])
+def test_bad_arguments_exit_2_naming_the_problem(args, says):
+    r = run("--dry-run", *args)
+    assert r.returncode == 2
+    assert says in r.stderr and r.stdout == ""
+
+
+@pytest.mark.skipif(has_gpu(), reason="this machine has a GPU: the script would run the check")
+def test_without_a_gpu_it_refuses_with_exit_2(tmp_path):
+    r = run("--work", str(tmp_path / "w"))
+    assert r.returncode == 2
+    assert "no NVIDIA GPU here" in r.stderr and "--dry-run" in r.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_compare_needs_two_models(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("k")
+    r = subprocess.run([str(ROOT / ".venv/bin/python"), str(ROOT / "scripts/gpu_check_compare.py"),
+                        "--base-url", "http://127.0.0.1:9", "--key-file", str(key), "--models", "one",
+                        "--out", str(tmp_path / "o.json")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--models needs exactly two names" in r.stderr
