@@ -83,3 +83,36 @@ def test_compare_needs_two_models(tmp_path):
                         "--base-url", "http://127.0.0.1:9", "--key-file", str(key), "--models", "one",
                         "--out", str(tmp_path / "o.json")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--models needs exactly two names" in r.stderr
+
+
+def test_every_planned_recipe_and_override_is_valid(tmp_path):
+    """The plan's `train submit` and `serve deploy` lines name real recipes, and their overrides are
+    fields the specs accept (a typo would only show on the GPU machine otherwise)."""
+    from studio.recipes import apply_overrides, read_yaml, validate_spec
+    from studio.serving.recipe import ServingRecipe
+    from studio.train.spec import TrainSpec
+
+    r = run("--dry-run", "--work", str(tmp_path))
+    checked = set()
+    for line in r.stdout.splitlines():
+        words = line.split()
+        for verb, spec in ((["train", "submit"], TrainSpec), (["serve", "deploy"], ServingRecipe)):
+            if len(words) > 3 and words[1:3] == verb:
+                recipe, overrides = words[3], [w for w in words[4:] if not w.startswith("--")]
+                parsed = validate_spec(spec, apply_overrides(read_yaml(ROOT / recipe), overrides), recipe)
+                checked.add(parsed.name)
+                if spec is TrainSpec:
+                    assert parsed.base_model == str(tmp_path / "home/models/tiny")
+                    assert parsed.resources.num_workers == 1
+    assert checked == {"gpu-check-sft", "gpu-check-qlora", "gpu-check-grpo", "gpu-check-zero2",
+                       "gpu-check-vllm", "gpu-check-sglang"}
+
+
+def test_planned_tiny_shape_is_a_valid_model_spec(tmp_path):
+    from studio.models.tiny import TinyModelSpec
+    from studio.recipes import apply_overrides
+
+    line = next(w for w in run("--dry-run", "--work", str(tmp_path)).stdout.splitlines() if "make-tiny" in w)
+    overrides = [w for w in line.split() if "=" in w]
+    spec = TinyModelSpec.model_validate(apply_overrides({}, overrides))
+    assert spec.hidden_size // spec.num_attention_heads == 128 and spec.num_hidden_layers == 8
