@@ -112,7 +112,7 @@ def test_planned_tiny_shape_is_a_valid_model_spec(tmp_path):
     from studio.models.tiny import TinyModelSpec
     from studio.recipes import apply_overrides
 
-    line = next(w for w in run("--dry-run", "--work", str(tmp_path)).stdout.splitlines() if "make-tiny" in w)
+    line = next(w for w in run("--dry-run", "--work", str(tmp_path)).stdout.splitlines() if "make-tiny --out" in w)
     overrides = [w for w in line.split() if "=" in w]
     spec = TinyModelSpec.model_validate(apply_overrides({}, overrides))
     assert spec.hidden_size // spec.num_attention_heads == 128 and spec.num_hidden_layers == 8
