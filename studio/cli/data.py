@@ -244,20 +244,19 @@ def generate_cmd(
 
 
 def _follow_synth(settings, job_id: int) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from studio.data import synth
 
     info = synth.status(settings, job_id)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("chunks", total=info.progress.chunks_total or None, detail="")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("queued", total=info.progress.chunks_total or None, detail="")
         for info in synth.follow(settings, job_id):
-            p = info.progress
+            p = info.progress  # text: "chunks 15/20 · 63 rows · 1.2 chunks/s · ETA 4s"
             bar.update(task, completed=p.chunks_done, total=p.chunks_total or None,
-                       description=f"chunks ({info.status.lower()})",
-                       detail=f"{p.rows} rows · {p.parse_failures} unparsed · "
-                              f"{p.tokens} tokens · ${p.cost_usd:.4f}")
+                       description=info.status.lower(),
+                       detail=f"{p.text} · {p.parse_failures} unparsed · {p.tokens} tokens · ${p.cost_usd:.4f}")
     if info.status == "SUCCEEDED":
         r = info.result
         console.print(f"[green]{r.name}@{r.version}[/] snapshot {(r.snapshot_id or '')[:12]} · {r.rows} rows · "

@@ -64,7 +64,7 @@ def watch(settings, eval_id: int) -> int:
                 console.print(f"[{status}] {ev.data['reason']}", highlight=False)
             elif ev.kind == "leaderboard":
                 p = ev.data["progress"]
-                live.update(leaderboard_tables(ev.data, f"eval {eval_id} · {status} · {p['done']}/{p['total']} answers"))
+                live.update(leaderboard_tables(ev.data, f"eval {eval_id} · {status} · {p['text']}"))
             elif ev.kind == "end":
                 end = ev.data
     if end and end["status"] != "SUCCEEDED":
@@ -134,7 +134,7 @@ def ls(dataset: str | None = typer.Option(None, "--dataset", help="Only runs on 
     table = Table("id", "name", "status", "dataset", "models", "scorers", "progress", "created")
     for r in rows:
         table.add_row(str(r.id), r.name, colored(r.status), r.dataset or "-", ", ".join(r.models),
-                      ", ".join(r.scorers), f"{r.progress.done}/{r.progress.total}",
+                      ", ".join(r.scorers), r.progress.text,
                       r.created_at.isoformat()[:19])
     console.print(table)
 
@@ -149,7 +149,7 @@ def _show(settings, eval_id: int, results: int = 0) -> None:
         rows = results_page(s, job, limit=results) if results else []
     p = d.progress
     console.print(leaderboard_tables(d.leaderboard, f"eval {eval_id} · {d.name} · {d.status} · "
-                                     f"{p.done}/{p.total} answers · {d.dataset}"))
+                                     f"{p.text} · {d.dataset}"))
     if d.error:
         console.print(f"[red]error[/] {d.error}", highlight=False)
     for r in rows:

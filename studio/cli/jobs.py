@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
 from studio.cli.common import console, settings_with_db
@@ -25,14 +25,15 @@ def colored(status: str, width: int = 0) -> str:
 
 
 def follow_in_terminal(settings: StudioSettings, job_id: int, *, logs: bool) -> int:
-    """Print status changes (and log lines) with a progress bar of steps until the job is done.
-    Returns the exit code: 0 when it SUCCEEDED."""
+    """Print status changes (and log lines) with a progress bar and the job's progress line
+    (``step 120/600 · epoch 1.2/3 · ETA 2m10s``; rows or chunks for an eval or synthesis) until
+    the job is done. Returns the exit code: 0 when it SUCCEEDED."""
     from studio.jobs import ray_jobs
     from studio.jobs.follow import follow_job
 
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console, transient=True)
-    task = progress.add_task(f"job {job_id}", total=None)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console, transient=True)
+    task = progress.add_task(f"job {job_id}", total=None, detail="")
     factory = (lambda: ray_jobs.jobs_client(settings)) if logs else None
     end = None
     try:
@@ -43,7 +44,7 @@ def follow_in_terminal(settings: StudioSettings, job_id: int, *, logs: bool) -> 
                     progress.console.print(f"job {job_id} {colored(ev.data['status'])}  {reason}", highlight=False)
                     progress.update(task, description=f"job {job_id} {ev.data['status']} (attempt {ev.data['attempt']})")
                 elif ev.kind == "progress":
-                    progress.update(task, completed=ev.data["step"], total=ev.data["total"])
+                    progress.update(task, completed=ev.data["done"], total=ev.data["total"], detail=ev.data["text"])
                 elif ev.kind == "log":
                     progress.console.print(ev.data["line"], markup=False, highlight=False)
                 elif ev.kind == "end":
@@ -69,13 +70,14 @@ def ls(
 
     settings = settings_with_db()
     with session_scope(settings.db_url) as s:
-        jobs = [job_summary(j) for j in list_jobs(s, [x.value for x in status], limit)]
+        jobs = [job_summary(s, j) for j in list_jobs(s, [x.value for x in status], limit)]
     # Identifying columns keep their width in a narrow terminal; the others shrink.
-    table = Table("id", Column("name", min_width=max((len(j.name) for j in jobs), default=4)), "method",
-                  Column("status", min_width=13), "attempts", "by", "created", "error")
+    table = Table("id", "kind", Column("name", min_width=max((len(j.name) for j in jobs), default=4)), "method",
+                  Column("status", min_width=13), "progress", "attempts", "by", "created", "error")
     for j in jobs:
-        table.add_row(str(j.id), j.name, j.method or "", colored(j.status),
-                      f"{j.attempts}/{j.max_retries + 1}", j.submitted_by or "", j.created_at.isoformat()[:16],
+        table.add_row(str(j.id), j.kind, j.name, j.method or "", colored(j.status),
+                      j.progress.text if j.progress else "", f"{j.attempts}/{j.max_retries + 1}",
+                      j.submitted_by or "", j.created_at.isoformat()[:16],
                       j.error.splitlines()[0][:60] if j.error else "")
     console.print(table)
 
@@ -95,8 +97,8 @@ def show(job_id: int = typer.Argument(..., help="Job id (see `studio jobs ls`)."
                   f"on {spec.get('data', {}).get('dataset')} · base {spec.get('base_model')}")
     console.print(f"attempts {d.attempts}/{d.max_retries + 1} · submitted by {d.submitted_by} · "
                   f"ray submission {d.ray_submission_id or '-'} · checkpoint {d.checkpoint_uri or '-'}")
-    if d.step is not None:
-        console.print(f"step {d.step}" + (f"/{d.total_steps}" if d.total_steps else ""))
+    if d.progress is not None:
+        console.print(d.progress.text, highlight=False)
     # Lines, not a table: a FAILED reason carries a log tail, unreadable when wrapped in a cell.
     for e in d.events:
         first, *rest = e.reason.splitlines() or [""]

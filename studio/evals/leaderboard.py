@@ -9,11 +9,13 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from studio.evals.spec import EvalResult, stored_spec
-from studio.store.models import EvalOutput, EvalScore, Job
+from studio.jobs.progress import row_progress
+from studio.jobs.views import Progress
+from studio.store.models import EvalOutput, EvalScore, Job, utcnow
 
 
 def t_critical(n: int) -> float:
@@ -113,10 +115,9 @@ def run_leaderboard(session: Session, job: Job) -> dict[str, Any]:
     return build(scores, outputs, list(stored_spec(job).models))
 
 
-def progress(session: Session, job: Job) -> dict[str, Any]:
-    done = session.scalar(select(func.count()).select_from(EvalOutput).where(EvalOutput.job_id == job.id))
-    total = EvalResult.of(job).total
-    return {"done": done, "total": total}
+def progress(session: Session, job: Job) -> Progress:
+    """Answers stored of rows × models, with this attempt's rate and ETA (``studio.jobs.progress``)."""
+    return row_progress(session, job, utcnow())
 
 
 def dataset_leaderboard(session: Session, snapshot_id: str, limit_runs: int = 200) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from studio.evals.queue import get_eval
 from studio.evals.spec import EvalResult, scorer_name, stored_spec
 from studio.jobs.follow import FollowEvent, follow_async, follow_sync, is_done
 from studio.jobs.status import JobStatus
-from studio.jobs.views import IsoDateTime, JobEventView, StoredJobView, View
+from studio.jobs.views import IsoDateTime, JobEventView, Progress, StoredJobView, View
 from studio.store.db import session_scope
 from studio.store.models import ApiKey, EvalOutput, EvalScore, Job, JobEvent
 
@@ -73,11 +73,6 @@ class DatasetLeaderboard(Leaderboard):
     runs: list[int] = Field(description="The eval runs pooled, newest first.")
 
 
-class EvalProgress(View):
-    done: int = Field(description="Answers stored so far.")
-    total: int | None = Field(description="Answers the run gives (rows × models); null until known.")
-
-
 class EvalSummary(View):
     """An eval run as ``GET /api/evals`` lists it."""
 
@@ -87,7 +82,8 @@ class EvalSummary(View):
     dataset: str | None = Field(description="The dataset it reads (name, name@N or snapshot id).")
     models: list[str] = Field(description="The models answering.")
     scorers: list[str] = Field(description="The scorers' names.")
-    progress: EvalProgress = Field(description="Answers stored out of the total.")
+    progress: Progress = Field(description="Answers stored (unit row: one model's answer to one datapoint) "
+                               "of rows × models, with rate and ETA.")
     attempts: int = Field(description="Attempts started so far.")
     error: str | None = Field(description="Why the last attempt failed.")
     submitted_by: str | None = Field(description="Who queued it.")
@@ -212,7 +208,8 @@ class EvalPoller:
             self.busy = len(new) == self.max_results  # a full page: more are stored already
             done = is_done(job)
             if new or done:
-                out.append(FollowEvent("leaderboard", {"progress": progress(s, job), **run_leaderboard(s, job)}))
+                out.append(FollowEvent("leaderboard", {"progress": progress(s, job).model_dump(mode="json"),
+                                                       **run_leaderboard(s, job)}))
             if done and not self.busy:
                 out.append(FollowEvent("end", {"status": job.status, "error": job.error}))
                 self.done = True

@@ -1,4 +1,4 @@
-"""Follow a job until it is done: its status changes, its progress in steps, and the Ray logs of
+"""Follow a job until it is done: its status changes, its progress (``Progress``), and the Ray logs of
 each attempt. One poller (``JobPoller``) feeds both ``GET /api/jobs/{id}/logs?follow=true`` (as Server-Sent
 Events, through the async loop) and ``studio jobs logs --follow`` / ``studio train submit --follow``
 (as terminal output, through the blocking one); eval and synth streams use the same two loops.
@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from sqlalchemy import select
 
 from studio.jobs import ray_jobs
-from studio.jobs.queue import get_job, latest_step, total_steps
+from studio.jobs.progress import job_progress
+from studio.jobs.queue import get_job
 from studio.jobs.status import JobStatus, will_retry
+from studio.jobs.views import Progress
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 from studio.store.models import Job, JobEvent
@@ -53,8 +55,7 @@ class _Snapshot:
     attempt: int
     sid: str | None
     error: str | None
-    step: int | None
-    total: int | None
+    progress: Progress | None
     done: bool
 
 
@@ -67,7 +68,7 @@ def _snapshot(settings: StudioSettings, job_id: int, after_event_id: int) -> _Sn
         events = [{"status": e.to_status, "from": e.from_status, "reason": e.reason, "at": e.at.isoformat()}
                   for e in rows]
         return _Snapshot(events, rows[-1].id if rows else after_event_id, job.status, job.attempts,
-                         job.ray_submission_id, job.error, latest_step(s, job), total_steps(job), is_done(job))
+                         job.ray_submission_id, job.error, job_progress(s, job), is_done(job))
 
 
 class _LogReader:
@@ -136,7 +137,8 @@ class JobPoller:
                  logs_client: Callable[[], JobSubmissionClient] | None = None):
         self.settings, self.job_id, self.logs_client = settings, job_id, logs_client
         self.done = False
-        self._last_event_id, self._last_step, self._attempt = 0, None, 0
+        self._last_event_id, self._attempt = 0, 0
+        self._last_progress: tuple | None = None
         self._reader: _LogReader | None = None
         self._client: JobSubmissionClient | None = None
 
@@ -147,9 +149,11 @@ class JobPoller:
         for event in now.events:
             self._attempt += event["status"] == JobStatus.STARTING  # each attempt begins with STARTING
             out.append(FollowEvent("status", {**event, "attempt": self._attempt}))
-        if now.step is not None and now.step != self._last_step:
-            self._last_step = now.step
-            out.append(FollowEvent("progress", {"step": now.step, "total": now.total}))
+        p = now.progress
+        if p is not None and p.updated_at is not None and (p.done, p.updated_at) != self._last_progress:
+            self._last_progress = (p.done, p.updated_at)
+            # step/total as before; the rest is Progress (text, rate_per_s, eta_s, ...)
+            out.append(FollowEvent("progress", {"step": p.done, **p.model_dump(mode="json")}))
         if self.logs_client is not None and now.sid:
             reader = self._reader
             if reader is None or reader.sid != now.sid:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from studio.access import owns, require_owner
 from studio.egress import redact_url
 from studio.errors import Conflict, NotFound
+from studio.jobs.progress import job_progress
 from studio.jobs.results import JobResult
 from studio.jobs.status import JobStatus, transition, will_retry
 from studio.jobs.views import JobDetail, JobEventView, JobSummary, MetricPoint
@@ -71,14 +72,14 @@ def total_steps(job: Job) -> int | None:
     return recorded if isinstance(recorded, int) and recorded > 0 else None
 
 
-def job_summary(job: Job) -> JobSummary:
+def job_summary(session: Session, job: Job) -> JobSummary:
     spec = job.spec or {}
     return JobSummary(
         id=job.id, kind=job.kind, name=job.name, method=spec.get("method"), status=job.status,
         attempts=job.attempts, max_retries=job.max_retries, cancel_requested=job.cancel_requested,
         submitted_by=job.submitted_by, owner_key_id=job.owner_key_id, ray_submission_id=job.ray_submission_id,
         error=job.error, created_at=job.created_at, updated_at=job.updated_at, next_attempt_at=job.next_attempt_at,
-        heartbeat_at=job.heartbeat_at)
+        heartbeat_at=job.heartbeat_at, progress=job_progress(session, job))
 
 
 HIDDEN_SPEC = "hidden: a job's spec is shown to its owner and admins only"
@@ -118,7 +119,7 @@ def job_detail(session: Session, job: Job, key: ApiKey | None = None) -> JobDeta
     """The job with its spec, result and events; the spec only for its owner or an admin."""
     spec = visible_spec(job, key)
     return JobDetail(
-        **job_summary(job).model_dump(), spec=spec, spec_hidden=HIDDEN_SPEC if spec is None and job.spec else None,
+        **dict(job_summary(session, job)), spec=spec, spec_hidden=HIDDEN_SPEC if spec is None and job.spec else None,
         result=None if job.result is None else JobResult.of(job), checkpoint_uri=job.checkpoint_uri,
         mlflow_run_id=job.mlflow_run_id, step=latest_step(session, job), total_steps=total_steps(job),
         events=job_events(session, job))

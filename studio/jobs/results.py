@@ -25,7 +25,10 @@ class JobResult(BaseModel):
     model_config = ConfigDict(extra="allow")
     error: JobFailure | None = None
     total_steps: int | None = Field(default=None, description="Steps the run takes, when its service "
-                                    "knows (a training job: hyper.max_steps); progress bars count to it.")
+                                    "knows (a training job: hyper.max_steps, or the trainer's own count once it "
+                                    "starts); progress bars count to it.")
+    epochs: float | None = Field(default=None, description="Epochs the run makes, when known (a training job "
+                                 "records the trainer's count when it starts).")
 
     @classmethod
     def of(cls, job: Any) -> Self:

@@ -1,6 +1,7 @@
 """What the API and the CLI show of a job of any kind, typed: ``JobSummary`` (a row of
 ``GET /api/jobs``), ``JobDetail`` (``GET /api/jobs/{id}``: spec, result, progress, events) and
-``JobMetrics`` (``GET /api/jobs/{id}/metrics``). ``studio.jobs.queue`` builds them from the rows;
+``JobMetrics`` (``GET /api/jobs/{id}/metrics``), and ``Progress`` (every kind's, computed by
+``studio.jobs.progress``). ``studio.jobs.queue`` builds them from the rows;
 each kind's service types its own views on top (``studio.evals.views``, ``studio.data.synth.views``)
 and reuses ``JobEventView`` and ``IsoDateTime``.
 
@@ -11,7 +12,7 @@ they did before these models: pydantic's own JSON would write "Z", and nothing n
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, FieldSerializationInfo, PlainSerializer,
                       SerializerFunctionWrapHandler, WithJsonSchema, field_serializer, model_serializer)
@@ -58,6 +59,31 @@ class JobEventView(View):
     reason: str = Field(description="Why, as the part that moved it wrote it (a failure carries a log tail).")
 
 
+Unit = Literal["step", "row", "chunk"]
+
+
+class Progress(View):
+    """Done out of total in the job's unit, with the rate and ETA of the current attempt."""
+
+    unit: Unit = Field(description="What is counted: step (training), row (an eval: one model's answer to "
+                       "one datapoint) or chunk (a synthesis: one document chunk generated).")
+    done: int = Field(description="Units done so far (a resumed run counts what earlier attempts did).")
+    total: int | None = Field(description="Units the run takes; null when not known (shown as ?).")
+    epoch: float | None = Field(default=None, description="Training: the epoch reached (fractional); null "
+                                "for other kinds or before the first logged step.")
+    epochs: float | None = Field(default=None, description="Training: the epochs the run makes; null when "
+                                 "not known.")
+    rows: int | None = Field(default=None, description="Synthesis: rows generated so far (their total is "
+                             "not known before the replies are).")
+    rate_per_s: float | None = Field(description="Units per second in the current attempt, from its first "
+                                     "and latest stored points; null before two points.")
+    eta_s: float | None = Field(description="Seconds left at that rate, counted from the server's clock now; "
+                                "null when the total or the rate is unknown, or the job is not running.")
+    updated_at: IsoDateTime | None = Field(description="When the latest point was stored (ISO 8601, UTC).")
+    text: str = Field(description="The same as one line, as the CLI and the UI show it: "
+                      "'step 120/600 · epoch 1.2/3 · ETA 2m10s', 'rows 150/200 · 12.3 rows/s · ETA 4s'.")
+
+
 class JobSummary(View):
     """A job of any kind (train, eval, synth, ...) as ``GET /api/jobs`` lists it."""
 
@@ -78,6 +104,8 @@ class JobSummary(View):
     next_attempt_at: IsoDateTime | None = Field(description="When a RETRYING job tries again.")
     heartbeat_at: IsoDateTime | None = Field(description="The last beat of the process running it (null before "
                                              "it started, or for a job that ran before heartbeats).")
+    progress: Progress | None = Field(default=None, description="How far it is: steps (train), rows (eval) or "
+                                      "chunks (synth) of the total, rate and ETA; null for other kinds.")
 
 
 class JobDetail(JobSummary, StoredJobView):
@@ -90,8 +118,8 @@ class JobDetail(JobSummary, StoredJobView):
                                      "kept).")
     checkpoint_uri: str | None = Field(description="The latest checkpoint, where a retry resumes.")
     mlflow_run_id: str | None = Field(description="The MLflow run of a training job.")
-    step: int | None = Field(description="The highest step the current attempt reported.")
-    total_steps: int | None = Field(description="Steps the run takes, when known.")
+    step: int | None = Field(description="The highest step the current attempt reported (see progress).")
+    total_steps: int | None = Field(description="Steps the run takes, when known (see progress).")
     events: list[JobEventView] = Field(description="Every status change, oldest first.")
 
 

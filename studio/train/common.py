@@ -32,7 +32,7 @@ from transformers import TrainerCallback
 
 from studio.data.snapshots import load_split
 from studio.store.db import session_scope
-from studio.store.models import JobMetric
+from studio.store.models import Job, JobMetric
 from studio.train import tracking
 from studio.train.spec import TrainSpec
 from studio.train.worker import FINAL_DIR, FINAL_METRICS, WorkerJob
@@ -232,6 +232,11 @@ class StudioMetricsCallback(TrainerCallback):
         self._last = (time.monotonic(), state.num_input_tokens_seen)
         if state.is_world_process_zero and state.global_step > 0:
             self._write({"resumed_from_step": float(state.global_step)}, state.global_step)
+        if state.is_world_process_zero and state.max_steps > 0:  # what progress counts to (epochs or max_steps)
+            with session_scope(self.job.db_url) as s:
+                row = s.get(Job, self.job.job_id)
+                row.result = {**(row.result or {}), "total_steps": int(state.max_steps),
+                              "epochs": float(state.num_train_epochs)}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "train_loss" in logs:

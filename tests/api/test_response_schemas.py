@@ -132,7 +132,8 @@ def test_responses_validate_against_their_schemas(client, openapi, user_key, adm
     ev = get(f"/api/evals/{rows['eval']}", admin_key)
     assert_valid(openapi, "EvalDetail", ev)
     assert ev["result"] == {"snapshot_id": "abc", "rows": 1, "done": 0, "total": 1}
-    assert ev["progress"] == {"done": 1, "total": 1} and ev["heartbeat_at"] is None
+    assert (ev["progress"]["done"], ev["progress"]["total"], ev["progress"]["unit"]) == (1, 1, "row")
+    assert ev["progress"]["text"].startswith("rows 1/1") and ev["heartbeat_at"] is None
     assert ev["leaderboard"]["scores"][0] == {
         "model": "m", "scorer": "exact_match", "n": 1, "mean": 1.0, "ci95": None, "unscored": 0}
     for e in get("/api/evals"):

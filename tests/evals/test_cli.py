@@ -29,7 +29,7 @@ def test_eval_run_watch_ls_show(studio_cli, reverse_data, tmp_path):
     r = studio_cli("eval", "run", str(spec), "limit=5", "--here", "--watch")
     assert r.exit_code == 0, r.output
     assert "eval 1: good, bad on rev-test" in r.output
-    assert "[SUCCEEDED]" in r.output and "10/10 answers" in r.output  # the live table's last state
+    assert "[SUCCEEDED]" in r.output and "rows 10/10" in r.output  # the live table's last state
     assert "exact_match" in r.output and "win rate" in r.output
 
     r = studio_cli("eval", "ls")

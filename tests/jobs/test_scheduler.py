@@ -161,7 +161,9 @@ def test_a_queued_job_runs_to_succeeded_and_the_api_shows_it(ray_settings, clien
         kinds = [k for k, _ in events]
         assert kinds[0] == "status" and kinds[-1] == "end" and "progress" in kinds
         assert events[-1][1] == {"status": "SUCCEEDED", "error": None, "attempts": 1}
-        assert {"step": 5, "total": 5} in [d for k, d in events if k == "progress"]
+        last = [d for k, d in events if k == "progress"][-1]
+        assert (last["step"], last["done"], last["total"], last["unit"]) == (5, 5, 5, "step")
+        assert last["text"].startswith("step 5/5")
         assert f"fake-train job {job_id} done" in [d["line"] for k, d in events if k == "log"]
         metrics = http.get(f"/api/jobs/{job_id}/metrics", headers=bearer(key)).json()["metrics"]
         assert [p["step"] for p in metrics["loss"]] == [1, 2, 3, 4, 5]

@@ -141,6 +141,7 @@ def test_jobs_list_pages_on_the_server_and_filters_by_state(server, shots):
         rows.first.wait_for()
         assert rows.count() == 25
         assert rows.first.locator("td").first.inner_text() == f"#{N_JOBS}"
+        assert rows.first.locator(".job-progress").inner_text() == "step 0/?"  # no total recorded: "?"
         b.shot("04-jobs")
         b.page.click("text=Next →")
         b.wait(f"#jobs-list a:text-is('#{N_JOBS - 25}')")
@@ -396,6 +397,7 @@ def test_a_second_user_sees_notes_instead_of_buttons_on_objects_it_does_not_own(
         assert b.page.locator("#cancel, #retry").count() == 0
         assert "spec is shown to its owner and admins only" in b.page.inner_text("#spec-hidden")
         assert "sft on — · base —" in b.page.inner_text("#job-about")  # inputs are in the hidden spec
+        assert b.page.inner_text("#progress-text") == "step 0/1"  # the server's line: steps of max_steps
         b.wait("#log-state:text-is('only its owner or an admin can read the logs')")
         assert not b.page.locator("#log").is_visible()
         b.shot("13-job-of-another-key")

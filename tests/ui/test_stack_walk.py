@@ -116,7 +116,7 @@ def test_evaluate_promote_ab_test_and_read_usage(studio):
         b.wait("#eval-head h1 .badge", timeout_s=30)
         # The leaderboard fills in live while the run goes: every answer scored is the outcome
         # this page shows (the run's own end state is the eval service's contract).
-        b.wait("#eval-head .eval-progress:text-is('16 of 16 answers scored')", timeout_s=300)
+        b.wait("#eval-head .eval-progress:text-matches('^rows 16/16')", timeout_s=300)
         board = b.page.inner_text("#leaderboard")
         assert "tiny" in board and "ui-reverse@1" in board and "exact_match" in board, board
         b.wait("#eval-results tbody tr")

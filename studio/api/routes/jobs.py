@@ -49,7 +49,7 @@ def get_jobs(_: KeyDep, session: SessionDep,
              limit: Annotated[int, Query(ge=1, le=500)] = 100,
              offset: Offset = 0) -> list[JobSummary]:
     """Jobs, newest first."""
-    return [job_summary(j) for j in list_jobs(session, status, limit, offset)]
+    return [job_summary(session, j) for j in list_jobs(session, status, limit, offset)]
 
 
 @router.get("/{job_id}")
@@ -63,7 +63,7 @@ def get_one_job(job_id: int, key: KeyDep, session: SessionDep) -> JobDetail:
 def cancel_job(job_id: int, key: KeyDep, session: SessionDep) -> JobSummary:
     """Cancel: queued or retrying jobs are CANCELLED at once; a job on Ray is stopped by the
     scheduler within a tick (202: watch the status). 409 when there is nothing left to cancel."""
-    return job_summary(request_cancel(session, job_id, key.name, key))
+    return job_summary(session, request_cancel(session, job_id, key.name, key))
 
 
 @router.get("/{job_id}/metrics")

@@ -44,14 +44,16 @@ def submit(spec: SynthSpec, settings: StudioSettings, submitted_by: str | None,
 
 
 def status(settings: StudioSettings, job_id: int) -> SynthStatus:
-    from studio.store.models import Job
+    from studio.jobs.progress import chunk_progress
+    from studio.store.models import Job, utcnow
 
     with session_scope(settings.db_url) as s:
         job = s.get(Job, job_id)
         if job is None or job.kind != "synth":
             raise NotFound(f"no synthesis job {job_id}", "list jobs with `studio jobs ls`")
         result = dict(job.result or {})
-        progress = SynthProgress.model_validate(result.pop("progress", None) or {})
+        stored = {k: v for k, v in (result.pop("progress", None) or {}).items() if k not in ("at", "since")}
+        progress = SynthProgress.model_validate({**stored, **dict(chunk_progress(s, job, utcnow()))})
         return SynthStatus(id=job.id, name=job.name, status=job.status, attempts=job.attempts, error=job.error,
                            progress=progress, result=SynthResult.model_validate(result), spec=job.spec,
                            owner_key_id=job.owner_key_id, created_at=job.created_at, updated_at=job.updated_at)
@@ -70,7 +72,8 @@ class SynthPoller:
 
     def poll(self) -> list[SynthStatus]:
         info = status(self.settings, self.job_id)
-        seen = (info.status, info.progress)
+        # What is stored, not the ETA (it moves with the clock): a new event when the job moved.
+        seen = (info.status, info.progress.model_dump(exclude={"eta_s", "text"}))
         new = [info] if seen != self._last else []
         self._last = seen
         self.done = info.ended or (self.deadline is not None and time.monotonic() > self.deadline)

@@ -37,6 +37,7 @@ from studio.errors import StudioError
 from studio.settings import StudioSettings
 from studio.store.artifacts import ArtifactStore
 from studio.store.db import session_scope
+from studio.store.models import utcnow
 
 if TYPE_CHECKING:
     from studio.jobs.driver import JobDriver
@@ -232,7 +233,12 @@ def _run(driver: JobDriver, settings: StudioSettings, client: Any | None) -> dic
     last = [0.0]
     latest: list[dict[str, Any]] = []
 
+    since: list[dict[str, Any]] = []  # this attempt's first point: rate and ETA count from it
+
     def progress(p: dict[str, Any]) -> bool:
+        at = utcnow().isoformat()  # the time of each point, for rate and ETA (studio.jobs.progress)
+        since[:] = since or [{"chunks_done": p["chunks_done"], "at": at}]
+        p = {**p, "at": at, "since": since[0]}
         latest[:] = [p]
         now = time.monotonic()
         final = p["chunks_done"] == p["chunks_total"]

@@ -9,11 +9,12 @@ from pydantic import ConfigDict, Field
 
 from studio.data.synth.spec import SynthResult
 from studio.jobs.status import JobStatus
-from studio.jobs.views import IsoDateTime, StoredJobView, View
+from studio.jobs.views import IsoDateTime, Progress, StoredJobView, View
 
 
-class SynthProgress(View):
-    """How far the generation is (``result.progress`` of the job; unknown keys kept)."""
+class SynthProgress(Progress):
+    """How far the generation is: ``Progress`` in chunks (rate, ETA, text) with the counts of
+    ``result.progress`` of the job (unknown keys kept)."""
 
     model_config = ConfigDict(extra="allow")
     chunks_done: int = Field(default=0, description="Chunks generated.")
@@ -32,7 +33,8 @@ class SynthStatus(StoredJobView):
     status: JobStatus = Field(description="Its job status.")
     attempts: int = Field(description="Attempts started so far.")
     error: str | None = Field(description="Why the last attempt failed.")
-    progress: SynthProgress = Field(description="Chunks done/total, rows, parse failures, tokens, cost.")
+    progress: SynthProgress = Field(description="Chunks done/total, rows, parse failures, tokens, cost, "
+                                    "rate and ETA (text: 'chunks 15/20 · 63 rows · 1.2 chunks/s · ETA 4s').")
     result: SynthResult = Field(description="What the job recorded besides its progress: the snapshot it "
                                 "wrote (name, version, snapshot_id, rows, dropped) once it SUCCEEDED.")
     spec: dict[str, Any] | None = Field(description="The SynthSpec; null when hidden from the caller.")

@@ -11,10 +11,10 @@ const TERMINAL = ["SUCCEEDED", "FAILED", "CANCELLED"];
 const num = (v, d = 3) => (v === null || v === undefined ? "—" : Number(v.toFixed(d)).toString());
 
 function progressBar(p) {
-  if (!p || !p.total) return null;
-  const pct = Math.min(100, Math.round((100 * p.done) / p.total));
-  return h("div", {}, h("div", { class: "progress" }, h("div", { style: `width: ${pct}%` })),
-    h("span", { class: "muted eval-progress" }, `${p.done} of ${p.total} answers scored`));
+  if (!p) return null;
+  const pct = p.total ? Math.min(100, Math.round((100 * p.done) / p.total)) : null;
+  return h("div", {}, pct !== null ? h("div", { class: "progress" }, h("div", { style: `width: ${pct}%` })) : null,
+    h("span", { class: "muted eval-progress" }, p.text));  // "rows 150/200 · 12.3 rows/s · ETA 4s", as the CLI
 }
 
 async function startForm() {
@@ -82,7 +82,7 @@ export async function evalsPage(main) {
         { title: "Models", cell: (r) => (r.models || []).join(", ") },
         { title: "Scorers", cell: (r) => (r.scorers || []).join(", ") },
         { title: "State", cell: (r) => badge(r.status) },
-        { title: "Progress", cell: (r) => (r.progress ? `${r.progress.done}/${r.progress.total ?? "?"}` : "") },
+        { title: "Progress", cell: (r) => (r.progress ? r.progress.text : "") },
         { title: "Created", cell: (r) => fmtTime(r.created_at) },
       ], rows.slice(0, PAGE), { empty: "No evaluations yet." }),
       pager(offset, PAGE, rows.length > PAGE, (o) => { offset = o; load(); }));

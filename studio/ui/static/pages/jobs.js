@@ -28,6 +28,8 @@ export async function jobsPage(main) {
         { title: "Job", cell: (j) => h("a", { href: `#/${{ eval: "evals", synth: "synth" }[j.kind] || "jobs"}/${j.id}` }, `#${j.id}`) },
         { title: "Name", cell: (j) => j.name }, { title: "Method", cell: (j) => j.method || j.kind },
         { title: "State", cell: (j) => badge(j.status) },
+        // The server's own line (steps, rows or chunks of the total, rate, ETA): the CLI prints the same.
+        { title: "Progress", cell: (j) => (j.progress ? h("span", { class: "job-progress" }, j.progress.text) : "") },
         { title: "Attempts", cell: (j) => `${j.attempts}/${j.max_retries + 1}` },
         { title: "By", cell: (j) => j.submitted_by || "" },
         { title: "Created", cell: (j) => fmtTime(j.created_at) },
@@ -90,14 +92,15 @@ export async function jobPage(main, id) {
   const render = (job) => {
     shown = job;
     const done = TERMINAL.includes(job.status);
-    const pct = job.total_steps ? Math.min(100, Math.round((100 * (job.step || 0)) / job.total_steps)) : null;
+    const p = job.progress;
+    const pct = p && p.total ? Math.min(100, Math.round((100 * p.done) / p.total)) : null;
     fill(head,
       h("h1", {}, `Job #${job.id} · ${job.name} `, badge(job.status)),
       h("p", { class: "muted", id: "job-about" }, `${job.method || job.kind} on ${inputsOf(job)}` +
         ` · attempt ${job.attempts} of ${job.max_retries + 1} · by ${job.submitted_by || "?"}`),
       job.spec_hidden ? h("p", { class: "muted", id: "spec-hidden" }, `Recipe ${job.spec_hidden}.`) : null,
-      pct !== null ? h("div", {}, h("div", { class: "progress", title: `${pct}%` }, h("div", { style: `width: ${pct}%` })),
-        h("span", { class: "muted", id: "progress-text" }, `step ${job.step || 0} of ${job.total_steps}`)) : null,
+      p ? h("div", {}, pct !== null ? h("div", { class: "progress", title: `${pct}%` }, h("div", { style: `width: ${pct}%` })) : null,
+        h("span", { class: "muted", id: "progress-text" }, p.text)) : null,
       job.error ? h("p", { class: "err", id: "job-error" }, job.error) : null,
       job.status === "SUCCEEDED" && job.result?.model ? h("p", {}, "Registered ",
         h("a", { href: `#/models/${encodeURIComponent(String(job.result.model).split("@")[0])}` }, String(job.result.model))) : null,

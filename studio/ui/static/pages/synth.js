@@ -60,7 +60,9 @@ export async function synthPage(main, id) {
       const out = s.result && (s.result.dataset || s.result.name) ? String(s.result.dataset || s.result.name) : null;
       fill(head, h("h1", {}, `Generation #${s.id} · ${s.name} `, badge(s.status)),
         pct !== null ? h("div", { class: "progress" }, h("div", { style: `width: ${pct}%` })) : null,
-        h("p", { class: "muted", id: "synth-progress" }, Object.entries(p).map(([k, v]) => `${k} ${v}`).join(" · ") || "waiting to start…"),
+        // The server's line ("chunks 15/20 · 63 rows · 1.2 chunks/s · ETA 4s", as the CLI), then the costs.
+        h("p", { class: "muted", id: "synth-progress" }, p.text ? `${p.text} · ${p.parse_failures || 0} unparsed · ` +
+          `${p.tokens || 0} tokens · $${(p.cost_usd || 0).toFixed(4)}` : "waiting to start…"),
         s.error ? h("p", { class: "err" }, s.error) : null,
         out ? h("p", {}, "Result: ", h("a", { href: `#/datasets/${encodeURIComponent(out.split("@")[0])}` }, out)) : null,
         done ? null : owns(s.owner_key_id) ? h("button", { class: "danger", id: "sy-cancel", onclick: async () => {
