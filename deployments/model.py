@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -245,9 +246,24 @@ def check_device(cfg: ModelDeploymentConfig) -> None:
         raise StudioError(
             "SGLang needs a CUDA GPU, and there is none on this machine or in the connected "
             "Ray cluster",
-            "use `engine: vllm` on CPU; on a GPU machine install the `sglang` extra "
-            "(pip install -e '.[sglang]')",
+            "use `engine: vllm` on CPU; on a GPU machine make SGLang's environment with "
+            "`make setup GPU=1 SGLANG=1` and set STUDIO_SGLANG_PYTHON=.venv-sglang/bin/python",
         )
+
+
+def engine_python(cfg: ModelDeploymentConfig) -> str | None:
+    """The interpreter of this deployment's replicas when it is not the studio's own: SGLang pins
+    torch, xgrammar and openai against vLLM's, so it has its own venv (``make setup GPU=1 SGLANG=1``
+    makes ``.venv-sglang``), named by ``STUDIO_SGLANG_PYTHON`` (Ray's ``py_executable``)."""
+    python = os.environ.get("STUDIO_SGLANG_PYTHON") if cfg.engine.engine == "sglang" else None
+    if not python:
+        return None
+    path = Path(python).expanduser().absolute()  # replicas run in another cwd
+    if not path.is_file():
+        raise StudioError(f"STUDIO_SGLANG_PYTHON={python} is not a file",
+                          "run `make setup GPU=1 SGLANG=1` (it makes .venv-sglang/bin/python) "
+                          "or unset STUDIO_SGLANG_PYTHON")
+    return str(path)
 
 
 def build_model_deployment(config: ModelDeploymentConfig | dict[str, Any],
@@ -269,6 +285,8 @@ def build_model_deployment(config: ModelDeploymentConfig | dict[str, Any],
                               **({"memory": int(cfg.memory_gib * 2**30)} if cfg.memory_gib else {}),
                               "runtime_env": {"env_vars": settings_env(StudioSettings())}},
     }
+    if python := engine_python(cfg):
+        options["ray_actor_options"]["runtime_env"]["py_executable"] = python
     options.update(serve_options)
     if cfg.autoscaling:
         options["autoscaling_config"] = cfg.autoscaling.model_dump()

@@ -28,7 +28,8 @@ from deployments.engines.base import (
 from studio.errors import StudioError, Unavailable
 from studio.serving.config import EngineConfig
 
-_INSTALL = "install the GPU environment with the `sglang` extra: pip install -e '.[sglang]'"
+_INSTALL = ("make SGLang's own environment: make setup GPU=1 SGLANG=1, and set "
+            "STUDIO_SGLANG_PYTHON=.venv-sglang/bin/python (SGLang cannot share vLLM's environment)")
 
 
 class SGLangEngine:

@@ -45,7 +45,7 @@ def test_sglang_on_a_cpu_machine_fails_when_the_deployment_is_built():
         build_model_deployment(cfg)
     message = str(err.value)
     assert "SGLang needs a CUDA GPU" in message
-    assert "engine: vllm" in message and "`sglang` extra" in message
+    assert "engine: vllm" in message and "make setup GPU=1 SGLANG=1" in message
 
 
 def test_deployment_names_are_per_base_model_and_serve_safe():
