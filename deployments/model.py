@@ -18,7 +18,8 @@ Handle methods:
 * ``unload_adapter(adapter_id)``, ``adapters()``, ``stats()``; ``check_health`` is Serve's probe.
 
 Each replica reports the adapters it holds to the application's Router (when there is one) after
-they change and every ``REPORT_EVERY_S``, for the ``studio_adapters_loaded`` gauge on ``/metrics``.
+they change and every ``REPORT_EVERY_S``, for the ``studio_adapters_loaded`` gauge on ``/metrics``,
+and the engine's own ``vllm:*`` series every few seconds (deployments/engine_metrics.py).
 
 On a CPU machine the replica asks only for (fractional) logical CPUs: Ray here advertises more
 logical CPUs than cores, and the engine runs in processes vLLM starts next to the replica.
@@ -39,6 +40,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from deployments.engine_metrics import EVERY_S as ENGINE_METRICS_EVERY_S, engine_metric_blocks
 from deployments.engines.base import Engine, cuda_available, error_body
 from deployments.engines.registry import make_engine
 from studio.errors import StudioError
@@ -149,15 +151,18 @@ class ModelDeployment:
         self._reported = None  # the next loop turn reports
 
     async def _report_loop(self) -> None:
-        """Tell the Router which adapters this replica holds. Best effort: metrics must never
-        disturb serving, and a ModelDeployment deployed without a Router reports nothing."""
+        """Tell the Router this replica's load, engine series and adapters. Best effort: metrics
+        must never disturb serving, and a ModelDeployment deployed without a Router reports
+        nothing."""
         try:
             ctx = serve.get_replica_context()
             router = serve.get_deployment_handle("Router", app_name=self._report_to or ctx.app_name)
             replica = ctx.replica_id.unique_id
+            labels = {"deployment": ctx.deployment, "version": self.config.engine.name,
+                      "replica": replica}
         except Exception:  # noqa: BLE001 — no Router in this application
             return
-        last_sent = last_stats = 0.0
+        last_sent = last_stats = last_engine = 0.0
         while True:
             await asyncio.sleep(0.5)
             loaded = tuple(sorted(a["id"] for a in self.engine.list_adapters() if a["loaded"]))
@@ -169,6 +174,15 @@ class ModelDeployment:
                                                      await self.stats())
                 except Exception as e:  # noqa: BLE001
                     logger.debug("stats report to the Router failed: %s", e)
+            if now - last_engine >= ENGINE_METRICS_EVERY_S:
+                last_engine = now
+                try:  # rendered off the loop that streams tokens
+                    blocks = await asyncio.to_thread(engine_metric_blocks, labels)
+                    if blocks:
+                        await router.report_engine_metrics.remote(self.config.engine.name,
+                                                                  replica, blocks)
+                except Exception as e:  # noqa: BLE001
+                    logger.debug("engine metrics report to the Router failed: %s", e)
             if loaded == self._reported and now - last_sent < REPORT_EVERY_S:
                 continue
             try:

@@ -285,6 +285,10 @@ class Router:
         """A ModelDeployment replica telling which adapters it holds (for /metrics)."""
         self.metrics.report_adapters(model, replica, adapter_ids)
 
+    def report_engine_metrics(self, model: str, replica: str, blocks: dict[str, str]) -> None:
+        """A ModelDeployment replica's engine series (``vllm:*``) for /metrics."""
+        self.metrics.engine.report(model, replica, blocks)
+
     def metrics_text(self) -> str:
         self.metrics.completion_log.labels("written").set(self.recorder.written)
         self.metrics.completion_log.labels("dropped").set(self.recorder.dropped)

@@ -10,7 +10,9 @@ engine-side: each ModelDeployment replica reports its loaded adapters to the Rou
 Each replica also reports its load every few seconds (``report_stats``): memory (GPU where there
 is one, else RSS of the replica and its engine processes), KV-cache use, running and waiting
 requests, adapters loaded and tokens/s (from the engine's generated-token count between two
-reports) — the ``studio_replica_*`` gauges, and ``replica_stats()`` for ``GET /api/deployments``.
+reports) — the ``studio_replica_*`` gauges, and ``replica_stats()`` for ``GET /api/deployments``;
+and every few seconds the engine's own ``vllm:*`` series (``report_engine_metrics``,
+deployments/engine_metrics.py), printed after the studio's.
 
 ``model`` is the served base model id; ``version`` is what answered (the base id or ``name@N``).
 Requests whose name does not resolve count under ``model="(unresolved)"`` so client-chosen strings
@@ -23,6 +25,8 @@ import re
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from deployments.engine_metrics import EngineMetricsStore
 
 UNRESOLVED = "(unresolved)"
 REPLICA_STALE_S = 60.0
@@ -65,6 +69,7 @@ class ServingMetrics:
                                   "second between the replica's last two reports.", replica,
                                   registry=r)
         self._stats: dict[tuple[str, str], dict] = {}
+        self.engine = EngineMetricsStore(REPLICA_STALE_S)  # the replicas' vllm:* series
 
     def report_stats(self, model: str, replica: str, stats: dict) -> None:
         now = time.monotonic()
@@ -96,6 +101,7 @@ class ServingMetrics:
 
     def drop_model(self, model: str) -> None:
         """Forget an evicted model's replicas at once (not after REPLICA_STALE_S)."""
+        self.engine.drop_model(model)
         for key in [k for k in self._stats if k[0] == model]:
             self._drop_stats(*key)
         for key in [k for k in self._replicas if k[0] == model]:
@@ -144,7 +150,7 @@ class ServingMetrics:
                 pass
 
     def render(self) -> str:
-        return generate_latest(self.registry).decode()
+        return generate_latest(self.registry).decode() + self.engine.render()
 
 
 def version_label(adapter_id: str) -> str:

@@ -9,6 +9,7 @@ from studio import __version__
 from studio.api.deps import require_team
 from studio.api.body_limit import BodyLimitMiddleware
 from studio.api.errors import install_error_handlers
+from studio.api.http_metrics import HttpMetricsMiddleware
 from studio.api.routes import datasets, health, jobs, keys, models, openai, scheduler
 from studio.api.routes import experiments
 from studio.api.routes import evals
@@ -38,6 +39,7 @@ def create_app(settings: StudioSettings | None = None) -> FastAPI:
     app.state.streams = StreamSlots()  # open follow-streams per key (STUDIO_MAX_STREAMS_PER_KEY)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)  # 413 past STUDIO_MAX_BODY_MB, counted while reading
+    app.add_middleware(HttpMetricsMiddleware)  # outermost: studio_http_* by route and status
     # Role floors (docs/security.md): /v1 and /gateway/v1 take any key; the studio API's
     # resources take team keys (user, admin); routes add admin-only and owner rules on top.
     team = [Depends(require_team)]

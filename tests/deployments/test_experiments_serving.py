@@ -7,7 +7,9 @@ tiny model with TWO replicas) under real Ray Serve, driven by the official ``ope
 * an A/B experiment alias: weights honoured over many users, sticky per user, the arm and the
   concrete version named in every answer; feedback on the answers and their export as a
   preference dataset snapshot;
-* Prometheus metrics per model and version on the ingress's /metrics.
+* Prometheus metrics per model and version on the ingress's /metrics, beside both replicas' own
+  vLLM series (labelled deployment/version/replica) and every metric the Grafana dashboard in
+  configs/monitoring/ names.
 
 The package's shared stack (tests/deployments/serving_stack.py), scaled to two replicas for this
 module (started with two when this module runs first: the engines start in parallel).
@@ -26,6 +28,7 @@ import httpx
 import pytest
 
 from tests.deployments.conftest import make_adapter
+from tests.monitoring import dashboard_metric_names
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow
@@ -258,6 +261,24 @@ def test_metrics_per_model_and_version_on_the_ingress(stack):
     assert value("studio_completion_log_rows", outcome="written") > 0
     assert "studio_adapters_loaded{" in text
     assert httpx.get(f"{stack['url']}/metrics").status_code == 401
+
+    # Every metric the shipped Grafana dashboard names is on /metrics; the engines' own vllm:*
+    # series (reported every few seconds) carry the deployment, version and replica, for both
+    # replicas, in an exposition that parses (each family once).
+    def dashboard_names_exported():
+        families = list(text_string_to_metric_families(stack["http"].get("/metrics").text))
+        names = {s.name for f in families for s in f.samples}
+        missing = dashboard_metric_names() - names
+        assert not missing, f"not on /metrics: {sorted(missing)}"
+        engine = [s for f in families if f.name.startswith("vllm:") for s in f.samples]
+        for sample in engine:
+            assert sample.labels.get("deployment", "").startswith("Model-tiny"), sample
+            if "model_name" in sample.labels:
+                assert sample.labels["version"] == sample.labels["model_name"] == "tiny", sample
+        ttft = [s for s in engine if s.name == "vllm:time_to_first_token_seconds_count"]
+        assert len({s.labels["replica"] for s in ttft}) == 2 and sum(s.value for s in ttft) >= 1
+
+    _eventually(dashboard_names_exported, timeout=20)
 
 
 def _expect(value, wanted):
