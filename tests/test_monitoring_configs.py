@@ -7,6 +7,8 @@ engine started). tests/deployments/test_experiments_serving.py checks the same n
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -14,6 +16,7 @@ import yaml
 from tests.monitoring import (
     PROMETHEUS,
     dashboard,
+    dashboard_exprs,
     dashboard_metric_names,
     exposed_names,
     promql_metric_names,
@@ -102,3 +105,23 @@ def test_every_dashboard_metric_is_exported(vllm_names):
     assert {n for n in names if n.startswith("vllm:")}, "the dashboard shows no engine series"
     missing = names - studio - vllm_names
     assert not missing, f"the dashboard names metrics nothing exports: {sorted(missing)}"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Prometheus) not installed")
+def test_promtool_accepts_the_config_and_every_dashboard_query(tmp_path):
+    """Prometheus's own checker, where it is installed: the scrape config (with a key file beside
+    it, as the config expects) and every dashboard expression as a recording rule (Grafana's
+    variables replaced by what they expand to)."""
+    (tmp_path / "prometheus.yml").write_text(PROMETHEUS.read_text())
+    (tmp_path / "studio.key").write_text("sk-studio-example\n")
+    run = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    exprs = [e.replace("$__rate_interval", "1m").replace("$model", ".*")
+             .replace("$deployment", ".*") for e in dashboard_exprs()]
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:expr_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    run = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yml")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
