@@ -170,3 +170,18 @@ def test_cli_shows_the_same_text(settings, stored, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     code, out = invoke("jobs", "ls")
     assert code == 0 and "progress" in out and "rows 2/2 · 1 rows/s" in out and "chunks 0/4 · 0 rows" in out, out
+
+
+def test_the_follow_stream_carries_the_progress(settings):
+    """GET /api/jobs/{id}/logs?follow=true and `--follow` read these events (JobPoller)."""
+    from studio.jobs.follow import JobPoller
+
+    with session_scope(settings.db_url) as s:
+        job = _train_job(s)
+        job.status = JobStatus.SUCCEEDED
+        job_id = job.id
+    events = JobPoller(settings, job_id).poll()
+    progress = [e.data for e in events if e.kind == "progress"]
+    assert len(progress) == 1 and progress[0]["step"] == progress[0]["done"] == 150
+    assert progress[0]["text"] == "step 150/600 · epoch 0.8/3" and progress[0]["eta_s"] is None  # ended: no ETA
+    assert events[-1].kind == "end"
