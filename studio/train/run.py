@@ -247,7 +247,9 @@ def _run_job(settings: StudioSettings, job_id: int, spec: TrainSpec) -> int:
         # 3. register
         driver(settings, job_id).to(JobStatus.CHECKPOINTING, "training finished; registering the result")
         outcome = register_result(settings, store, spec, job_id, attempt, inputs, mlflow_run_id, result)
-        driver(settings, job_id).succeed(outcome, f"registered {outcome['model']}", merge=False)
+        with session_scope(settings.db_url) as s:  # what progress counts to outlives the attempt's other keys
+            totals = {k: v for k, v in (s.get(Job, job_id).result or {}).items() if k in ("total_steps", "epochs")}
+        driver(settings, job_id).succeed({**totals, **outcome}, f"registered {outcome['model']}", merge=False)
         tracking.end_run(settings.mlflow, mlflow_run_id, "FINISHED")
         say(f"job {job_id} SUCCEEDED in {time.monotonic() - t0:.0f} s: {outcome['model']} {outcome['metrics']}")
         return 0

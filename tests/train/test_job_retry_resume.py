@@ -11,6 +11,7 @@ import time
 import pytest
 from sqlalchemy import select
 
+from studio.jobs.progress import job_progress
 from studio.jobs.status import JobStatus, transition
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
@@ -58,3 +59,8 @@ def test_retry_resumes_from_the_previous_attempts_checkpoint(home: StudioSetting
     assert len(resumed) == 1 and resumed[0].attempt == 2 and resumed[0].value >= EVERY
     assert job.result["metrics"]["global_step"] == MAX_STEPS
     assert job.result["uri"].endswith(f"models/reverse-tiny/{job_id}-2")
+    # Progress counts attempt 2's steps to the total the trainer recorded, epochs included (issue 24).
+    with session_scope(home.db_url) as s:
+        p = job_progress(s, s.get(Job, job_id))
+    assert (p.unit, p.done, p.total) == ("step", MAX_STEPS, MAX_STEPS) and p.epochs and p.epoch is not None
+    assert p.rate_per_s and p.eta_s is None and p.text.startswith(f"step {MAX_STEPS}/{MAX_STEPS} · epoch ")
