@@ -116,3 +116,12 @@ def test_planned_tiny_shape_is_a_valid_model_spec(tmp_path):
     overrides = [w for w in line.split() if "=" in w]
     spec = TinyModelSpec.model_validate(apply_overrides({}, overrides))
     assert spec.hidden_size // spec.num_attention_heads == 128 and spec.num_hidden_layers == 8
+
+
+def test_wheelhouse_script_needs_a_folder():
+    r = subprocess.run(["bash", str(ROOT / "scripts/gpu_wheelhouse.sh")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "usage: bash scripts/gpu_wheelhouse.sh DIR" in r.stderr
+    r = subprocess.run(["bash", str(ROOT / "scripts/gpu_wheelhouse.sh"), "w", "--bogus"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "unknown option '--bogus'" in r.stderr
