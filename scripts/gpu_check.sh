@@ -141,9 +141,9 @@ mkdir -p "$WORK/logs" "$(dirname "$OUT")"
 RESULTS=$WORK/results.jsonl; : > "$RESULTS"
 STARTED=$(date -u +%FT%TZ)
 report() {  # the JSON report, rewritten after every step (a crash still leaves one)
-  "$PY" - "$RESULTS" "$OUT" "$STARTED" "$WORK" "$SHAPE" "$SERVE_DTYPE" <<'EOF'
-import json, subprocess, sys, datetime, importlib.metadata as md
-results, out, started, work, shape, dtype = sys.argv[1:]
+  "$PY" - "$RESULTS" "$OUT" "$STARTED" "$WORK" "$SHAPE" "$SERVE_DTYPE" "$SGLANG_PY" <<'EOF'
+import json, os, subprocess, sys, datetime, importlib.metadata as md
+results, out, started, work, shape, dtype, sglang_py = sys.argv[1:]
 steps = [json.loads(line) for line in open(results) if line.strip()]
 def version(pkg):
     try:
@@ -160,6 +160,10 @@ report = {"started": started, "finished": datetime.datetime.now(datetime.UTC).st
           "gpus": gpus, "tiny_shape": shape, "serve_dtype": dtype,
           "versions": {p: version(p) for p in ("torch", "vllm", "ray", "transformers", "trl", "peft",
                                                 "bitsandbytes", "deepspeed")},
+          "sglang": subprocess.run([sglang_py, "-c", "import importlib.metadata as m; print(m.version('sglang'))"],
+                                   capture_output=True, text=True).stdout.strip() or None
+                    if os.access(sglang_py, os.X_OK) else None,
+          "sglang_python": sglang_py,
           "steps": steps, "serve_compare": serve, "ok": bool(steps) and all(s["ok"] for s in steps)}
 json.dump(report, open(out, "w"), indent=2)
 EOF

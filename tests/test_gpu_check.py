@@ -3,6 +3,8 @@ The check itself needs one CUDA GPU; here only what it would do and how it says 
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -125,3 +127,24 @@ def test_wheelhouse_script_needs_a_folder():
     r = subprocess.run(["bash", str(ROOT / "scripts/gpu_wheelhouse.sh"), "w", "--bogus"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "unknown option '--bogus'" in r.stderr
+
+
+@pytest.mark.skipif(has_gpu(), reason="this machine has a GPU: the script would run the check")
+def test_a_failed_step_is_in_the_report_with_its_error_tail(tmp_path):
+    """With an nvidia-smi that lists a GPU but CPU torch, `prepare` fails at its first command: the
+    report says so, with the log's tail, and the exit status is 1 (the studio is never started)."""
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "GPU 0: Fake GPU (UUID: GPU-0)"\n')
+    fake.chmod(0o755)
+    out = tmp_path / "report.json"
+    r = subprocess.run(["bash", str(SCRIPT), "--work", str(tmp_path / "w"), "--out", str(out), "--only", "qlora"],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"})
+    assert r.returncode == 1, r.stderr
+    report = json.loads(out.read_text())
+    assert report["ok"] is False and report["gpus"] == ["GPU 0: Fake GPU (UUID: GPU-0)"]
+    [step] = report["steps"]
+    assert step["name"] == "prepare" and step["ok"] is False and step["exit_code"] == 1
+    assert "torch sees no CUDA GPU" in step["error_tail"][-1] and "make setup GPU=1" in step["error_tail"][-1]
+    assert report["versions"]["torch"] and "seconds" in step
