@@ -71,6 +71,8 @@ class LoopSummary(BaseModel):
     rollbacks_in_a_row: int
     generations: int
     active_generation: GenerationSummary | None = None
+    last_ended: GenerationSummary | None = Field(
+        default=None, description="The newest generation that ended (its state is the loop's last verdict).")
     created_by: str | None = None
     owner_key_id: int | None = None
     created_at: str
@@ -118,9 +120,13 @@ def generation_summary(gen: LoopGeneration) -> GenerationSummary:
 def loop_summary(session: Session, loop: Loop) -> LoopSummary:
     active = active_generation(session, loop)
     count = session.scalar(select(func.count()).select_from(LoopGeneration).where(LoopGeneration.loop_id == loop.id))
+    ended = session.scalars(select(LoopGeneration).where(LoopGeneration.loop_id == loop.id,
+                                                         LoopGeneration.ended_at.is_not(None))
+                            .order_by(LoopGeneration.number.desc()).limit(1)).first()
     return LoopSummary(name=loop.name, served_name=loop.served_name, status=loop.status,
                        status_reason=loop.status_reason, rollbacks_in_a_row=loop.rollbacks_in_a_row,
                        generations=count or 0, active_generation=generation_summary(active) if active else None,
+                       last_ended=generation_summary(ended) if ended else None,
                        created_by=loop.created_by, owner_key_id=loop.owner_key_id,
                        created_at=_iso(loop.created_at), updated_at=_iso(loop.updated_at))
 

@@ -60,6 +60,7 @@ def test_the_name_owner_creates_a_loop_and_the_team_reads_it(api):
     assert out["train"]["method"] == "dpo" and out["spec"]["decision"]["alpha"] == 0.05
     assert [lp["name"] for lp in api("GET", "/api/loops", "bob").json()] == ["loop-a"]
     assert api("GET", "/api/loops/loop-a", "bob").json()["generations"] == 0
+    assert api("GET", "/api/loops", "bob").json()[0]["last_ended"] is None
     assert api("GET", "/api/loops/nope", "bob").status_code == 404
 
 
@@ -181,6 +182,9 @@ def test_an_aborted_generation_leaves_the_loop_active(api, settings):
     assert r.status_code == 200 and r.json()["state"] == "CANCELLED" and r.json()["ended_at"]
     loop = api("GET", "/api/loops/loop-a", "bob").json()
     assert loop["status"] == "active" and loop["active_generation"] is None
+    # The list's last verdict: the newest generation that ended.
+    listed = api("GET", "/api/loops", "bob").json()[0]
+    assert (listed["last_ended"]["number"], listed["last_ended"]["state"]) == (1, "CANCELLED")
 
 
 def test_a_loops_training_recipe_names_no_server_path(api, tmp_path):
