@@ -83,6 +83,7 @@ PORT=${STUDIO_HTTP_PORT:-8000}
 PY=$ROOT/.venv/bin/python
 STUDIO=$ROOT/.venv/bin/studio
 SGLANG_PY=${STUDIO_SGLANG_PYTHON:-$ROOT/.venv-sglang/bin/python}
+export STUDIO_SGLANG_PYTHON=$SGLANG_PY  # engine: sglang replicas run it (the studio and the CLI see it)
 TINY=$STUDIO_HOME/models/tiny
 FOLLOW=(--follow --logs)
 
@@ -124,7 +125,7 @@ EOF
 }
 
 if ((DRY)); then
-  echo "gpu_check plan (dry run): WORK=$WORK STUDIO_HOME=$STUDIO_HOME report=$OUT"
+  echo "gpu_check plan (dry run): WORK=$WORK STUDIO_HOME=$STUDIO_HOME STUDIO_SGLANG_PYTHON=$SGLANG_PY report=$OUT"
   for s in prepare "${SELECTED[@]}"; do
     echo "[$s] ${WHAT[$s]}"
     cmds "$s" | sed 's/^/    /'
