@@ -59,6 +59,8 @@ class LookView(BaseModel):
 
 class GenerationDetail(GenerationSummary):
     loop: str
+    decision: dict[str, Any] | None = Field(
+        default=None, description="The decision rule it froze at its start (studio.loops.stats.DecisionRule).")
     transitions: list[TransitionView]
     looks: list[LookView]
 
@@ -142,6 +144,7 @@ def generation_detail(session: Session, loop: Loop, gen: LoopGeneration) -> Gene
     looks = session.scalars(select(LoopLook).where(LoopLook.generation_id == gen.id).order_by(LoopLook.id))
     return GenerationDetail(
         **generation_summary(gen).model_dump(), loop=loop.name,
+        decision=((gen.config or {}).get("loop") or {}).get("decision"),
         transitions=[TransitionView(at=_iso(t.at), from_state=t.from_state, to_state=t.to_state, reason=t.reason,
                                     detail=t.detail, actor=t.actor, attempt=t.attempt)
                      for t in transitions(session, gen.id)],

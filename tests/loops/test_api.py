@@ -143,6 +143,7 @@ def test_explain_recomputes_the_stored_looks(api, settings):
     assert out["looks"][1]["lower"] > 0
     looks = api("GET", "/api/loops/loop-a/generations/1", "bob").json()["looks"]
     assert looks[1]["look"]["candidate"]["thumbs_up"] == 210
+    assert api("GET", "/api/loops/loop-a/generations/1", "bob").json()["decision"]["alpha"] == 0.05  # the frozen rule
 
 
 def test_put_replaces_the_recipe_for_the_owner_only(api):
