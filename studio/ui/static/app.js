@@ -10,6 +10,7 @@ import { experimentPage } from "./pages/experiment.js";
 import { experimentDetailPage, experimentsPage } from "./pages/experiments.js";
 import { jobPage, jobsPage } from "./pages/jobs.js";
 import { keysPage } from "./pages/keys.js";
+import { loopGenerationPage, loopPage, loopsPage } from "./pages/loops.js";
 import { modelPage, modelsPage } from "./pages/models.js";
 import { playgroundPage } from "./pages/playground.js";
 import { synthPage } from "./pages/synth.js";
@@ -34,6 +35,9 @@ const ROUTES = [
   [/^#\/evals\/(\d+)$/, evalPage, null, TEAM],
   [/^#\/experiments$/, experimentsPage, "A/B", TEAM],
   [/^#\/experiments\/([^/]+)$/, experimentDetailPage, null, TEAM],
+  [/^#\/loops$/, loopsPage, "Loops", TEAM],
+  [/^#\/loops\/([^/]+)$/, loopPage, null, TEAM],
+  [/^#\/loops\/([^/]+)\/(\d+)$/, loopGenerationPage, null, TEAM],
   [/^#\/usage$/, usagePage, "Usage", TEAM],
   [/^#\/keys$/, keysPage, "Keys", ["admin"]],
 ];
