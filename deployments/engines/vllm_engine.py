@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydantic import ValidationError
@@ -56,8 +57,9 @@ class VLLMEngine:
             backend = "xgrammar"  # vLLM takes compact JSON only with a named backend
         return AsyncEngineArgs(
             # Inside a Ray actor vLLM may pick its Ray executor, whose placement group asks for
-            # GPU bundles that a CPU cluster never schedules: keep CPU engines in local processes.
-            distributed_executor_backend="mp" if current_platform.is_cpu() else None,
+            # GPU bundles that a CPU cluster never schedules: keep CPU engines in local processes
+            # (``uni``: the model runs in the EngineCore process, see ``_start_client``).
+            distributed_executor_backend=self._cpu_executor() if current_platform.is_cpu() else None,
             model=c.model,
             served_model_name=[c.name],
             dtype=c.dtype,
@@ -100,7 +102,6 @@ class VLLMEngine:
         from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
         from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
 
         if current_platform.is_cpu() and self.config.kv_cache_space_gib:
             # Read by the engine-core process this starts; vLLM's CPU default takes far more.
@@ -111,8 +112,7 @@ class VLLMEngine:
             from deployments.engines.vllm_load import EngineLoad
 
             self._load_stats = EngineLoad()
-            self._client = AsyncLLM.from_engine_args(engine_args,
-                                                     stat_loggers=[self._load_stats.factory])
+            self._client = self._start_client(engine_args, [self._load_stats.factory])
         except Exception as e:
             # vLLM's config errors are pydantic dataclass errors that do not pickle across Ray.
             raise Unavailable(f"vLLM could not start {self.config.model!r}: {e}",
@@ -130,6 +130,32 @@ class VLLMEngine:
         self._models = state.openai_serving_models
         self._chat = state.openai_serving_chat
         self._completion = state.openai_serving_completion
+
+    def _cpu_executor(self) -> str:
+        return "uni" if self.config.tensor_parallel_size == 1 else "mp"
+
+    def _start_client(self, engine_args, stat_loggers):
+        """``AsyncLLM`` with its EngineCore process started. On CPU with one process (``uni``), the
+        model runs inside the EngineCore instead of a worker process of its own: no second process
+        to spawn (~11 s on 2 cores) and none to wait for at shutdown (vLLM's 5 s grace), and no
+        shared-memory queue that both sides busy-poll after every step. vLLM's CPU platform turns
+        ``uni`` back into ``mp`` unless ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (read while the config
+        is built, here only: the client below still runs the core in a process of its own), and it
+        sets the OpenMP threads and CPU binding (``VLLM_CPU_OMP_THREADS_BIND``) only for the
+        workers its ``mp`` executor spawns; so the same ``OMPProcessManager`` sets them here for the
+        EngineCore process: the thread count and cores are the ones its worker had."""
+        from vllm.platforms import current_platform
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.utils.ompmultiprocessing import OMPProcessManager
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        if not (current_platform.is_cpu() and engine_args.distributed_executor_backend == "uni"):
+            return AsyncLLM.from_engine_args(engine_args, stat_loggers=stat_loggers)
+        with _env({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}):
+            vllm_config = engine_args.create_engine_config(UsageContext.ENGINE_CONTEXT)
+        assert vllm_config.parallel_config.distributed_executor_backend == "uni"
+        with OMPProcessManager(vllm_config).configure_omp_envs(rank=0, local_rank=0):
+            return AsyncLLM.from_vllm_config(vllm_config, stat_loggers=stat_loggers)
 
     async def generate(self, endpoint: Endpoint, request: dict[str, Any]) -> GenerateResult:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -216,8 +242,9 @@ class VLLMEngine:
 
     async def engine_lora_ids(self) -> list[int]:
         """The LoRA ids vLLM itself holds. Not part of ``stats`` (reported every few seconds): it
-        is a call into vLLM's workers, and a CPU worker spins on its queue for a second after each
-        call, so a periodic one keeps an idle engine burning half a core."""
+        is a call into vLLM's engine core (and, with the ``mp`` executor, its worker, which spins
+        on its queue for a second after each call: a periodic one kept an idle engine burning half
+        a core)."""
         return sorted(await self._client.list_loras()) if self._client is not None else []
 
     def shutdown(self) -> None:
@@ -225,3 +252,18 @@ class VLLMEngine:
             self._client.shutdown()
             self._client = None
 
+
+@contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the block, the previous values back after it (the replica
+    or test process that starts the engine keeps its own)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
