@@ -73,7 +73,7 @@ fi
 if [[ ${STUDIO_SETUP_SGLANG:-0} == 1 ]]; then
   echo "==> setting up $SGLANG_VENV (SGLang's own environment; engine: sglang replicas run its python)"
   install_locked "$SGLANG_VENV" "$SGLANG_LOCK"
-  "$SGLANG_VENV/bin/python" -c "import sglang, ray, studio, deployments" \
+  "$SGLANG_VENV/bin/python" -c "import sglang, ray, studio, deployments.model" \
     || { echo "setup: $SGLANG_VENV does not import; see the pip output above" >&2; exit 1; }
 fi
 
