@@ -76,6 +76,11 @@ if [[ -n $ONLY ]]; then
   for s in "${STEPS[@]}"; do [[ ",$ONLY," == *",$s,"* ]] && SELECTED+=("$s"); done
 fi
 
+if ((!DRY)); then  # before anything is made
+  command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU ' \
+    || die "no NVIDIA GPU here (nvidia-smi -L lists none): this check needs one CUDA GPU; run it on a GPU machine, or --dry-run to see the plan"
+  [[ -x $ROOT/.venv/bin/studio ]] || die "no $ROOT/.venv/bin/studio: run make setup GPU=1 SGLANG=1 first"
+fi
 [[ -n $WORK ]] || WORK=$( ((DRY)) && echo "/tmp/gpu-check.XXXXXX" || mktemp -d /tmp/gpu-check.XXXXXX)
 [[ -n $OUT ]] || OUT=$WORK/gpu-check.json
 export STUDIO_HOME=$WORK/home
@@ -134,9 +139,6 @@ if ((DRY)); then
   exit 0
 fi
 
-command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU ' \
-  || die "no NVIDIA GPU here (nvidia-smi -L lists none): this check needs one CUDA GPU; run it on a GPU machine, or --dry-run to see the plan"
-[[ -x $STUDIO ]] || die "no $STUDIO: run make setup GPU=1 SGLANG=1 first"
 
 mkdir -p "$WORK/logs" "$(dirname "$OUT")"
 RESULTS=$WORK/results.jsonl; : > "$RESULTS"

@@ -76,6 +76,10 @@ def test_without_a_gpu_it_refuses_with_exit_2(tmp_path):
     assert r.returncode == 2
     assert "no NVIDIA GPU here" in r.stderr and "--dry-run" in r.stderr
     assert not (tmp_path / "w").exists()
+    # Without --work neither: no scratch folder is made before the refusal.
+    before = set(Path("/tmp").glob("gpu-check.*"))
+    assert run().returncode == 2
+    assert set(Path("/tmp").glob("gpu-check.*")) == before
 
 
 def test_compare_needs_two_models(tmp_path):
