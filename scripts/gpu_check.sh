@@ -92,7 +92,8 @@ export STUDIO_SGLANG_PYTHON=$SGLANG_PY  # engine: sglang replicas run it (the st
 TINY=$STUDIO_HOME/models/tiny
 FOLLOW=(--follow --logs)
 
-# Each step is a list of commands (one a line), shown by --dry-run and run by bash -c.
+# Each step is a list of commands (one a line), shown by --dry-run and run by bash -c, stopping at the
+# first failure; an "always: " line (clean-up) runs anyway, and its own failure is only logged.
 cmds() {
   case $1 in
     prepare) cat <<EOF
@@ -119,8 +120,8 @@ EOF
         echo "$STUDIO serve deploy configs/serve/models/tiny2.yaml name=gpu-check-$engine deployment.engine.model=$TINY deployment.engine.engine=$engine deployment.engine.dtype=$SERVE_DTYPE deployment.engine.gpu_memory_utilization=0.3 deployment.num_gpus=0.5 deployment.memory_gib=8"
       done
       echo "$PY scripts/gpu_check_compare.py --base-url http://127.0.0.1:$PORT --key-file $STUDIO_HOME/admin.key --models gpu-check-vllm,gpu-check-sglang --out $WORK/serve-compare.json"
-      echo "$STUDIO serve evict gpu-check-vllm"
-      echo "$STUDIO serve evict gpu-check-sglang"
+      echo "always: $STUDIO serve evict gpu-check-vllm"
+      echo "always: $STUDIO serve evict gpu-check-sglang"
     ;;
     zero2) cat <<EOF
 $STUDIO train submit configs/train/sft_qwen05b_deepspeed_gpu.yaml name=gpu-check-zero2 base_model=$TINY hyper.epochs=1 hyper.max_seq_length=64 resources.num_workers=1 ${FOLLOW[*]}
@@ -176,8 +177,14 @@ run_step() {  # run_step NAME: its commands one after the other, stopping at the
   echo "==> [$name] ${WHAT[$name]} (log: $log)"
   t0=$(date +%s.%N)
   while IFS= read -r c; do
+    if [[ $c == "always: "* ]]; then  # clean-up: runs after a failure too, and never fails the step
+      c=${c#always: }; echo "+ $c" >> "$log"
+      timeout 300 bash -c "$c" >> "$log" 2>&1 || true
+      continue
+    fi
+    ((rc == 0)) || continue
     echo "+ $c" >> "$log"
-    timeout "$STEP_TIMEOUT" bash -c "$c" >> "$log" 2>&1 || { rc=$?; break; }
+    timeout "$STEP_TIMEOUT" bash -c "$c" >> "$log" 2>&1 || rc=$?
   done < <(cmds "$name")
   t1=$(date +%s.%N)
   "$PY" - "$name" "$rc" "$t0" "$t1" "$log" "${WHAT[$name]}" >> "$RESULTS" <<'EOF'
