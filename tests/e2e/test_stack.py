@@ -90,6 +90,11 @@ def test_up_again_is_idempotent_and_status_reports_up(stack):
     # Serve's high-throughput mode (STUDIO_SERVE_FAST_PATH, on by default): HAProxy holds the
     # HTTP port (test_down_stops_the_head_and_its_processes: and lets go of it at `studio down`).
     assert "front door   HAProxy" in r.stdout, r.stdout
+    out = _words(r.stdout)  # the URLs, each service's state, the versions (issue 24, item 3)
+    assert f"ui {stack['base']}/ui" in out and f"api {stack['base']}/api" in out, r.stdout
+    assert "ray dashboard http://127.0.0.1:" in out and "mlflow " in out, r.stdout
+    assert "Router HEALTHY 1/1 replicas running" in out and "ApiIngress HEALTHY" in out, r.stdout
+    assert "versions ray 2." in out and " · torch " in out, r.stdout
     assert "haproxy" in _listener(int(stack["env"]["STUDIO_HTTP_PORT"])).name()
 
 
