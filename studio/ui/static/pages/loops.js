@@ -151,8 +151,9 @@ async function loopDetail(main, name, wanted) {
     ], loop.recent_generations, { empty: "No generation yet: a trigger starts one (or Run a generation now)." }));
     if (number === null) { genBox.hidden = true; return; }
     genBox.hidden = false;
-    const [g, ex] = await Promise.all([get(`${path}/generations/${number}`),
-      get(`${path}/generations/${number}/explain`).catch(() => null)]);
+    const g = await get(`${path}/generations/${number}`);
+    // The stored verdicts recomputed from their counts (`studio loop explain`); none without looks.
+    const ex = g.looks.length ? await get(`${path}/generations/${number}/explain`).catch(() => null) : null;
     if (stopped) return;
     last = g;
     const ended = TERMINAL.includes(g.state);
