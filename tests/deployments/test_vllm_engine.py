@@ -259,3 +259,20 @@ def test_bad_adapters_are_refused_and_the_engine_keeps_serving(
     assert after == before
     health = run(engine.health())
     assert health is None
+
+
+def test_on_cpu_the_model_runs_inside_the_engine_core_bound_as_vllm_binds_a_worker(engine):
+    """One process per CPU engine (vLLM's ``uni`` executor): the EngineCore this engine started
+    has no worker process, the caller keeps its environment, and the core's CPUs are the ones
+    vLLM's ``auto`` binding gives a worker (one core left to the other processes when there are
+    two or more)."""
+    import psutil
+
+    cores = [p for p in psutil.Process().children() if p.name() == "VLLM::EngineCore"]
+    assert len(cores) == 1, [p.name() for p in psutil.Process().children()]
+    assert cores[0].children() == [], [p.name() for p in cores[0].children()]
+    assert os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") is None
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") == "auto":
+        ours = set(os.sched_getaffinity(0))
+        bound = set(cores[0].cpu_affinity())
+        assert bound < ours if len(ours) > 1 else bound == ours
