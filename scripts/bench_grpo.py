@@ -21,6 +21,9 @@ training has logged its first step, every process of the job is listed with its 
 OMP/VLLM_CPU environment and CPU seconds over ``--profile-s``, and ``py-spy record`` samples the
 trainers and the engine (raw collapsed stacks, ``<label>-<pid>.txt``) over the same window, with a
 CPU timeline of the same processes (cores used per half second).
+
+The committed run is docs/bench/grpo.json (a copy of ``--out``) with its profile summarized in
+docs/bench/grpo-profile.json; the figures and what they say are in docs/serving.md "GRPO rollouts".
 """
 
 from __future__ import annotations
