@@ -1,0 +1,200 @@
+"""The Loops pages in a real browser against uvicorn on a real database (no Ray): a loop made
+through the service layer with a refused generation and one in its canary with stored transitions
+and looks. The page shows the timeline and the confidence-sequence chart (one mark per look, the
+bounds, the verdicts as stored); its owner pauses and resumes it; a user who does not own it sees
+no pause or cancel, a non-admin no promote; an admin must give a reason and then rolls back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from studio.keys import create_key
+from studio.loops import repository as repo
+from studio.loops.spec import load_loop_recipe
+from studio.loops.states import Reason, State
+from studio.loops.stats import ArmCounts, Look, decide
+from studio.settings import StudioSettings
+from studio.store.db import init_db, session_scope
+from tests.e2e.test_stack import REPO, free_port
+from tests.ui.browser import chromium_page, need_chromium, screenshot_dir
+
+pytestmark = [pytest.mark.e2e, pytest.mark.parallel]  # no Ray: a uvicorn and a browser
+SHIPPED = Path(REPO) / "configs" / "loops" / "reverse_tiny.yaml"
+LOOP = "reverse-tiny-loop"
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+TO_CANARY = ((State.WATCHING, State.TRIGGERED, Reason.TRIGGER_MANUAL), (State.TRIGGERED, State.SNAPSHOT, Reason.STEP_DONE),
+             (State.SNAPSHOT, State.TRAINING, Reason.STEP_DONE), (State.TRAINING, State.GATE, Reason.STEP_DONE))
+
+
+def _look(at_s, step, weight, champ, cand, assigned):
+    """champ/cand: (completions, rated, thumbs_up)."""
+    arm = lambda c, p95: ArmCounts(completions=c[0], rated=c[1], thumbs_up=c[2], latency_p95_ms=p95,  # noqa: E731
+                                   tokens_per_answer=8)
+    return Look(at_s=at_s, step=step, weight=weight, champion=arm(champ, 90), candidate=arm(cand, 95),
+                step_assigned_champion=assigned[0], step_assigned_candidate=assigned[1], step_held_s=at_s)
+
+
+def _make_loop(settings, owner_id: int) -> dict:
+    """Generation 1 refused at the gate; generation 2 in its canary at step 2 with three looks."""
+    spec, train = load_loop_recipe(SHIPPED)
+    with session_scope(settings.db_url) as s:
+        loop = repo.create_loop(s, spec, train=train.model_dump(mode="json"), created_by="user-1", owner_key_id=owner_id)
+        config = repo.frozen_config(spec, loop.train)
+        g1 = repo.start_generation(s, loop, config, actor="scheduler", champion="reverse-tiny@1", at=T0)
+        for i, (frm, to, why) in enumerate(TO_CANARY, 1):
+            repo.move(s, g1.id, frm, to, why, actor="scheduler", at=T0 + timedelta(minutes=i))
+        repo.move(s, g1.id, State.GATE, State.REFUSED, Reason.GATE_REFUSED, actor="scheduler",
+                  detail="exact_match 0.40 vs champion 0.55", at=T0 + timedelta(minutes=9))
+        t1 = T0 + timedelta(hours=2)
+        g2 = repo.start_generation(s, loop, config, actor="scheduler", champion="reverse-tiny@1", at=t1)
+        for i, (frm, to, why) in enumerate(TO_CANARY, 1):
+            repo.move(s, g2.id, frm, to, why, actor="scheduler", at=t1 + timedelta(minutes=i),
+                      values={"candidate": "reverse-tiny@2"} if to is State.GATE else None)
+        start = t1 + timedelta(minutes=10)
+        repo.move(s, g2.id, State.GATE, State.CANARY, Reason.SHADOW_SKIPPED, actor="scheduler", at=start)
+        looks = [_look(60, 0, 0.1, (40, 40, 20), (10, 10, 6), (36, 4)),
+                 _look(300, 0, 0.1, (300, 200, 100), (70, 65, 45), (270, 30))]
+        verdicts = []
+        for look in looks:
+            verdicts.append(decide(look, spec.decision))
+            repo.record_look(s, g2.id, look, verdicts[-1], at=start + timedelta(seconds=look.at_s))
+        repo.move(s, g2.id, State.CANARY, State.CANARY, Reason.CANARY_STEP, actor="scheduler",
+                  detail="step 2: 25 %", at=start + timedelta(seconds=301))
+        look = _look(900, 1, 0.25, (500, 330, 165), (150, 140, 98), (150, 50))
+        verdicts.append(decide(look, spec.decision))
+        repo.record_look(s, g2.id, look, verdicts[-1], at=start + timedelta(seconds=look.at_s))
+        transitions = len(repo.transitions(s, g2.id))
+    return {"actions": [v.action.value for v in verdicts], "bounded": sum(v.lower is not None for v in verdicts),
+            "transitions": transitions}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    need_chromium()
+    home = tmp_path_factory.mktemp("ui-loops-home")
+    settings = StudioSettings(home=home)
+    init_db(settings.db_url)
+    with session_scope(settings.db_url) as s:
+        made = {name: create_key(s, name, role) for name, role in
+                (("admin-1", "admin"), ("user-1", "user"), ("user-2", "user"))}
+        keys = {name: secret for name, (secret, _) in made.items()}
+        owner = made["user-1"][1].id
+    seeded = _make_loop(settings, owner)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "studio.api.app:create_app", "--factory",
+                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                            env={**os.environ, "STUDIO_HOME": str(home)}, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.3)
+        yield {"base": base, "keys": keys, **seeded}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def shots():
+    return screenshot_dir()
+
+
+def _chart_marks(b) -> list[str]:
+    return b.page.locator("#cs-chart g.look").evaluate_all("els => els.map(e => e.dataset.action)")
+
+
+def test_the_owner_sees_the_timeline_and_the_chart_and_pauses_and_resumes(server, shots):
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["user-1"])
+        b.page.click("nav a:has-text('Loops')")
+        b.wait(f"#loops-list a:text-is('{LOOP}')")
+        row = b.page.locator("#loops-list tr", has_text=LOOP).inner_text()
+        assert "reverse-tiny" in row and "#2" in row and "CANARY" in row  # the active generation
+        assert "#1" in row and "REFUSED" in row  # the last verdict
+        b.shot("loops-01-list")
+        b.page.click(f"#loops-list a:text-is('{LOOP}')")
+        b.wait("#gen-timeline li")
+        assert "Generation 2" in b.page.inner_text("#gen-title")
+        entries = b.page.locator("#gen-timeline li")
+        assert entries.count() == server["transitions"]
+        assert "canary_step · by scheduler" in entries.last.inner_text() and "step 2: 25 %" in entries.last.inner_text()
+        assert "shadow_skipped" in b.page.inner_text("#gen-timeline")
+        # The chart: one mark per stored look with its verdict as stored, an interval per look with
+        # bounds, the band and both bound lines, zero (= −margin here) as a reference line.
+        chart = b.page.locator("#cs-chart")
+        assert chart.get_attribute("data-looks") == "3"
+        assert _chart_marks(b) == server["actions"]
+        assert b.page.locator("#cs-chart line.interval").count() == server["bounded"] >= 2
+        assert b.page.locator("#cs-chart polygon.band, #cs-chart polyline.upper, #cs-chart polyline.lower").count() == 3
+        assert b.page.locator("#cs-chart line.ref.zero").count() == 1
+        weights = b.page.locator("#cs-chart text.weight-label").all_text_contents()  # SVG: no innerText
+        assert weights == ["10 %", "25 %"]  # the weights in force, where they change
+        assert "Every stored verdict recomputes the same" in b.page.inner_text("#cs-explain")
+        assert b.page.locator("#gen-looks tbody tr").count() == 3
+        assert "10 % → 25 % → 50 %" in b.page.inner_text("#loop-recipe")
+        b.page.select_option("#cs-x", "rated")
+        b.wait("#cs-chart[data-x='rated']")
+        assert _chart_marks(b) == server["actions"]
+        # Its owner holds it and lets it go on; an owner is not an admin: no promote.
+        assert b.page.locator("#loop-owner-note, #gen-admin, #gen-promote").count() == 0
+        assert b.page.locator("#loop-run").is_hidden()  # a generation is active
+        b.page.fill("#loop-reason", "looking at the numbers")
+        b.page.click("#loop-pause")
+        b.wait("#gen-timeline li[data-to='PAUSED']")
+        assert "hold · by user-1" in b.page.locator("#gen-timeline li").last.inner_text()
+        assert "paused by user-1: looking at the numbers" in b.page.inner_text("#loop-status-reason")
+        b.shot("loops-02-paused")
+        b.page.click("#loop-resume")
+        b.wait("#gen-timeline li:last-child[data-to='CANARY']:has-text('resume · by user-1')")
+        b.shot("loops-03-loop")
+        b.page.click("#loop-generations a:text-is('#1')")
+        b.wait("#gen-timeline li[data-to='REFUSED']")
+        assert "exact_match 0.40 vs champion 0.55" in b.page.inner_text("#gen-timeline")
+        assert b.page.locator("#cs-chart").get_attribute("data-looks") == "0"
+        b.shot("loops-04-refused")
+        b.assert_clean()
+
+
+def test_others_see_no_owner_buttons_and_an_admin_rolls_back_with_a_reason(server, shots):
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["user-2"])
+        b.goto(f"#/loops/{LOOP}")
+        b.wait("#loop-owner-note")
+        assert "only its owner or an admin can pause, resume, cancel or run it" in b.page.inner_text("#loop-owner-note")
+        assert b.page.locator("#loop-pause, #loop-cancel, #loop-resume, #loop-run, #gen-promote, #gen-admin").count() == 0
+        assert b.page.locator("#cs-chart g.look").count() == 3  # the team reads it all
+        b.shot("loops-05-other-user")
+        b.page.click("#logout")
+        b.login(server["keys"]["admin-1"])
+        b.goto(f"#/loops/{LOOP}/2")
+        b.wait("#gen-promote")
+        assert b.page.locator("#loop-pause").is_visible()  # an admin may do what the owner may
+        b.page.click("#gen-promote")  # no reason: said in words, nothing sent
+        assert "Say why you promote generation 2" in b.banner()
+        b.page.fill("#gen-reason", "users report wrong answers")
+        b.page.click("#gen-rollback")
+        b.wait("#gen-timeline li:last-child[data-to='ROLLING_BACK']")
+        last = b.page.locator("#gen-timeline li").last.inner_text()
+        assert "human_rollback · by admin-1" in last and "users report wrong answers" in last
+        assert "Generation 2 is ROLLING_BACK." in b.banner()
+        with b.expect_status(409):  # not allowed from ROLLING_BACK: the API's 409 in words
+            b.page.click("#gen-promote")
+            b.page.wait_for_function("document.getElementById('banner').textContent.includes('cannot go from')")
+        assert "ROLLING_BACK to PROMOTING" in b.banner()
+        b.shot("loops-06-admin")
+        b.assert_clean()
