@@ -36,7 +36,7 @@ export function lookWords(k) {
 // looks: GenerationDetail.looks; rule: its frozen decision rule; x: "time" (seconds since the
 // canary began) or "rated" (rated completions, both arms).
 export function sequenceChart(looks, rule = {}, x = "time") {
-  const W = 720, H = 320, L = 60, R = 150, T = 28, B = 70;
+  const W = 740, H = 320, L = 60, R = 170, T = 28, B = 70;
   const margin = rule.noninferiority_margin ?? 0, alpha = rule.alpha ?? 0.05;
   const bounded = looks.filter(hasBounds);
   const title = `Thumbs-up rate, candidate − champion: ${Math.round((1 - alpha) * 100)} % confidence sequence`;
@@ -69,7 +69,7 @@ export function sequenceChart(looks, rule = {}, x = "time") {
       x === "rated" ? "rated completions, both arms" : "time since the canary began"));
   // Reference lines: 0 (no difference) and −margin (the non-inferiority bound the lower bound must clear).
   const ref = (v, cls, words) => root.append(svg("line", { x1: L, y1: Y(v), x2: right, y2: Y(v), class: `ref ${cls}` }),
-    svg("text", { x: right + 4, y: Y(v) + 3, class: `ref-label ${cls}` }, words));
+    svg("text", { x: L + 4, y: Y(v) - 3, class: `ref-label ${cls}` }, words));
   if (margin > 0) {
     ref(0, "zero", "0: no difference");
     ref(-margin, "margin", `−${margin}: −margin`);
@@ -106,7 +106,8 @@ export function sequenceChart(looks, rule = {}, x = "time") {
   const sTop = plotB + 24, sBot = H - 12, wMax = Math.max(...looks.map((k) => k.weight), 0.01);
   const WY = (w) => sBot - (w / wMax) * (sBot - sTop);
   root.append(svg("text", { x: L - 4, y: sBot, "text-anchor": "end" }, "weight"));
-  root.append(svg("polyline", { class: "weights", points: looks.map((k) => `${X(xOf(k))},${WY(k.weight)}`).join(" ") }));
+  const steps = looks.flatMap((k, i) => [...(i ? [`${X(xOf(k))},${WY(looks[i - 1].weight)}`] : []), `${X(xOf(k))},${WY(k.weight)}`]);
+  root.append(svg("polyline", { class: "weights", points: steps.join(" ") }));  // a step line: a weight holds until changed
   looks.forEach((k, i) => {
     if (i > 0 && looks[i - 1].weight === k.weight) return;
     root.append(svg("text", { x: X(xOf(k)) + 3, y: WY(k.weight) - 2, class: "weight-label" }, pct(k.weight)));
@@ -115,9 +116,9 @@ export function sequenceChart(looks, rule = {}, x = "time") {
   const legend = [["estimate", "#2f5bd3"], ...Object.entries(VERDICT_COLORS).map(([a, c]) => [a.replace("_", " "), c])];
   legend.forEach(([words, color], i) => {
     const y = T + 40 + i * 14;
-    root.append(svg("circle", { cx: right + 8, cy: y - 3, r: 3.5, fill: color }), svg("text", { x: right + 16, y }, words));
+    root.append(svg("circle", { cx: right + 30, cy: y - 3, r: 3.5, fill: color }), svg("text", { x: right + 38, y }, words));
   });
-  root.append(svg("rect", { x: right + 4, y: T + 40 + legend.length * 14 - 9, width: 8, height: 8, class: "band" }),
-    svg("text", { x: right + 16, y: T + 40 + legend.length * 14 }, "bounds"));
+  root.append(svg("rect", { x: right + 26, y: T + 40 + legend.length * 14 - 9, width: 8, height: 8, class: "band" }),
+    svg("text", { x: right + 38, y: T + 40 + legend.length * 14 }, "bounds"));
   return root;
 }

@@ -167,7 +167,8 @@ async function loopDetail(main, name, wanted) {
     fill(timelineBox, timeline(g.transitions));
     drawChart(g);
     const d = g.decision || {};
-    fill(explainBox, `Promote when the lower bound clears −${d.noninferiority_margin ?? 0} and every guardrail is clear; roll back when ` +
+    const bar = d.noninferiority_margin ? `−${d.noninferiority_margin}` : "0";
+    fill(explainBox, `Promote when the lower bound clears ${bar} and every guardrail is clear; roll back when ` +
       `the upper bound is below 0 or a guardrail is breached; no verdict before each arm has ${d.min_rated_per_arm ?? "?"} rated ` +
       `(α ${d.alpha ?? "?"}). `, ex && ex.looks.length ? (ex.all_agree ? h("span", { class: "ok" }, "Every stored verdict recomputes the same from its counts.")
       : h("span", { class: "err" }, `Recomputed verdicts differ on looks ${ex.looks.filter((x) => !x.agrees).map((x) => `#${x.look_id}`).join(", ")} (studio loop explain).`)) : null);
