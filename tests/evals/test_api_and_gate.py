@@ -36,7 +36,9 @@ def test_evals_api(settings, gateway, reverse_data):
     created = r.json()
     eval_id = created["id"]
     assert created["status"] == "QUEUED" and created["dataset"] == f"{reverse_data}@1"
-    assert created["progress"] == {"done": 0, "total": 12}
+    progress = created["progress"]
+    assert (progress["unit"], progress["done"], progress["total"], progress["eta_s"]) == ("row", 0, 12, None)
+    assert progress["text"].startswith("rows 0/12"), progress
 
     claim_and_run(settings, gateway, eval_id)
     detail = api.get(f"/api/evals/{eval_id}").json()
