@@ -101,7 +101,8 @@ def test_up_again_is_idempotent_and_status_reports_up(stack):
 def test_serve_deploy_ls_evict_from_the_cli(stack, api_stack, tmp_path):
     """The default `studio up` serves no model; `studio serve deploy` adds one at runtime (the
     recipe in configs/serve/models/ with a model path override), `ls` shows it with live figures;
-    after `studio down` + `studio up` it answers again by itself (503 + Retry-After meanwhile),
+    after the Ray head is killed (kill -9 of its group) and `studio up` runs, it answers again by
+    itself (503 + Retry-After meanwhile),
     an evicted name stays evicted, one whose model folder was deleted fails with the reason, and
     `ls` never says ready with 0 healthy replicas; `evict` removes it and its name answers 404
     "not deployed"."""
@@ -154,12 +155,19 @@ def _restart_brings_it_back(stack, api_stack, model: Path, chat: dict, auth: dic
     spec = load_recipe(recipe, ServingRecipe, ["name=tiny-gone", f"deployment.engine.model={gone}"])
     with session_scope(StudioSettings(home=stack["home"]).db_url) as s:
         set_status(claim(s, spec, "test"), DeploymentStatus.READY)
-    assert run(["down"], env).returncode == 0
+    # The head dies (kill -9 of its process group, as a crash would; HAProxy keeps its own group and
+    # the HTTP port): `studio up` clears what is left of it, starts again and restores. `studio down`
+    # then `up` takes the same path from a fresh head (test_down_stops_the_head_and_its_processes
+    # covers `down` itself).
+    old_head = stack["head_pid"]
+    os.killpg(os.getpgid(old_head), signal.SIGKILL)
     shutil.rmtree(gone)
     r = run(["up"], env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "restoring 2 runtime deployment(s) in the background: tiny-cli, tiny-gone" in _words(r.stdout), r.stdout
     stack["head_pid"] = api_stack.head_pid = json.loads((stack["home"] / "ray-head.json").read_text())["pid"]
+    assert stack["head_pid"] != old_head
+    assert httpx.get(f"{base}/api/me", headers=auth, timeout=10).status_code == 200  # same database and keys
     started, waits, states = time.monotonic(), 0, set()
     while True:  # no manual step: the same request answers again within 5 minutes
         answer = httpx.post(f"{base}/v1/chat/completions", json=chat, headers=auth, timeout=120)
@@ -191,23 +199,6 @@ def _restart_brings_it_back(stack, api_stack, model: Path, chat: dict, auth: dic
 
 def _words(text: str) -> str:
     return " ".join(text.split())  # the CLI's console wraps at 80 columns
-
-
-def test_a_head_killed_with_sigkill_comes_back_with_studio_up(stack, api_stack):
-    """kill -9 of the Ray head's whole process group (a crash) leaves HAProxy, in a group of its
-    own, on the HTTP port; `studio up` clears what is left of that head and starts again, with the
-    same database and keys."""
-    env, base = stack["env"], stack["base"]
-    auth = {"Authorization": f"Bearer {(stack['home'] / 'admin.key').read_text().strip()}"}
-    old = stack["head_pid"]
-    os.killpg(os.getpgid(old), signal.SIGKILL)
-    r = run(["up"], env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    new = json.loads((stack["home"] / "ray-head.json").read_text())["pid"]
-    assert new != old
-    stack["head_pid"] = api_stack.head_pid = new
-    assert httpx.get(f"{base}/healthz", timeout=10).json()["status"] == "ok"
-    assert httpx.get(f"{base}/api/me", headers=auth, timeout=10).status_code == 200
 
 
 def test_up_on_a_taken_port_says_which_and_how_to_fix(tmp_path):
