@@ -177,13 +177,15 @@ def test_others_see_no_owner_buttons_and_an_admin_rolls_back_with_a_reason(serve
         b.wait("#loop-owner-note")
         assert "only its owner or an admin can pause, resume, cancel or run it" in b.page.inner_text("#loop-owner-note")
         assert b.page.locator("#loop-pause, #loop-cancel, #loop-resume, #loop-run, #gen-promote, #gen-admin").count() == 0
+        # The chart comes with the generation, fetched after the loop (and its owner note).
+        b.wait("#cs-chart g.look >> nth=2")
         assert b.page.locator("#cs-chart g.look").count() == 3  # the team reads it all
         b.shot("loops-05-other-user")
         b.page.click("#logout")
         b.login(server["keys"]["admin-1"])
         b.goto(f"#/loops/{LOOP}/2")
         b.wait("#gen-promote")
-        assert b.page.locator("#loop-pause").is_visible()  # an admin may do what the owner may
+        b.wait("#loop-pause")  # an admin may do what the owner may (the loop's card renders on its own fetch)
         b.page.click("#gen-promote")  # no reason: said in words, nothing sent
         assert "Say why you promote generation 2" in b.banner()
         b.page.fill("#gen-reason", "users report wrong answers")
