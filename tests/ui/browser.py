@@ -10,14 +10,49 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("STUDIO_UI_CHROMIUM", "/usr/bin/chromium")
 _RESOURCE = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
+
+
+@contextmanager
+def api_server(home: Path) -> Iterator[str]:
+    """The studio API (``studio.api.app:create_app``) under uvicorn on a free port, with ``home`` as
+    STUDIO_HOME and no Ray; yields its base URL once /healthz answers, stops it afterwards."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "studio.api.app:create_app", "--factory",
+                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                             # a job page's log stream of a never-started job would hold shutdown
+                             "--timeout-graceful-shutdown", "3"],
+                            env={**os.environ, "STUDIO_HOME": str(home)}, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def need_chromium() -> None:

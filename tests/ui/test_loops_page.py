@@ -6,14 +6,9 @@ no pause or cancel, a non-admin no promote; an admin must give a reason and then
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 
 from studio.keys import create_key
@@ -23,8 +18,8 @@ from studio.loops.states import Reason, State
 from studio.loops.stats import ArmCounts, Look, decide
 from studio.settings import StudioSettings
 from studio.store.db import init_db, session_scope
-from tests.e2e.test_stack import REPO, free_port
-from tests.ui.browser import chromium_page, need_chromium, screenshot_dir
+from tests.e2e.test_stack import REPO
+from tests.ui.browser import api_server, chromium_page, need_chromium, screenshot_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parallel]  # no Ray: a uvicorn and a browser
 SHIPPED = Path(REPO) / "configs" / "loops" / "reverse_tiny.yaml"
@@ -88,25 +83,8 @@ def server(tmp_path_factory):
         keys = {name: secret for name, (secret, _) in made.items()}
         owner = made["user-1"][1].id
     seeded = _make_loop(settings, owner)
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "studio.api.app:create_app", "--factory",
-                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            env={**os.environ, "STUDIO_HOME": str(home)}, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.3)
+    with api_server(home) as base:
         yield {"base": base, "keys": keys, **seeded}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

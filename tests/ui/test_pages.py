@@ -7,10 +7,6 @@ key ("user-2") notes instead of the buttons on user-1's jobs, generations, evalu
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime
 
 import httpx
@@ -23,9 +19,8 @@ from studio.registry.versions import register_version
 from studio.settings import StudioSettings
 from studio.store.db import init_db, session_scope
 from studio.store.models import DatasetSnapshot, DatasetVersion, Job
-from tests.e2e.test_stack import REPO, free_port
 from tests.jobs.inputs import make_model_dir
-from tests.ui.browser import chromium_page, need_chromium, screenshot_dir
+from tests.ui.browser import api_server, chromium_page, need_chromium, screenshot_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parallel]  # no Ray: a uvicorn and a browser
 N_JOBS = 10_000
@@ -69,28 +64,8 @@ def server(tmp_path_factory):
     notes = home / "notes.md"
     notes.write_text("# Reversing digits\n\nTo reverse 1 2 3, read it from the right: 3 2 1.\n")
     ingest_file(notes, "notes", settings)
-    port = free_port()
-    env = {**os.environ, "STUDIO_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "studio.api.app:create_app", "--factory",
-                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                             # a job page's log stream of a never-started job would hold shutdown
-                             "--timeout-graceful-shutdown", "3"],
-                            env=env, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.3)
+    with api_server(home) as base:
         yield {"base": base, "keys": keys, "home": home, "model": model, "settings": settings, "user_1": user_1}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
