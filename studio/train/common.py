@@ -39,8 +39,21 @@ from studio.train.worker import FINAL_DIR, FINAL_METRICS, WorkerJob
 
 
 def load_rows(job: WorkerJob) -> list[dict[str, Any]]:
-    data = job.train_spec.data
-    return load_split(job.snapshot_uri, data.split, data.validation_ratio, data.seed).to_pylist()
+    """The training rows: ``data.split`` of the snapshot, less what ``eval.split_ratio`` holds out."""
+    spec = job.train_spec
+    data = spec.data
+    return load_split(job.snapshot_uri, data.split, spec.holdout_ratio(), data.seed).to_pylist()
+
+
+def load_eval_rows(job: WorkerJob) -> list[dict[str, Any]] | None:
+    """The validation rows (``eval``): the ``eval.dataset`` snapshot, or the share of the training
+    snapshot ``eval.split_ratio`` holds out (the same seeded split ``load_rows`` leaves out). None: no eval."""
+    spec = job.train_spec
+    if spec.eval is None:
+        return None
+    if job.eval_snapshot_uri:
+        return load_split(job.eval_snapshot_uri).to_pylist()
+    return load_split(job.snapshot_uri, "validation", spec.eval.split_ratio, spec.data.seed).to_pylist()
 
 
 def to_dataset(rows: list[dict[str, Any]]):
@@ -203,17 +216,59 @@ def training_args(config_cls, job: WorkerJob, num_rows: int, **method_fields):
         ddp_find_unused_parameters=False,  # frozen base weights: nothing is unused among trained params
         include_num_input_tokens_seen="non_padding",  # tokens/s in the metrics
         save_total_limit=spec.checkpoint.keep,  # local copies; Ray keeps CheckpointConfig.num_to_keep
-        report_to="none",  # metrics go through StudioMetricsCallback (one writer, rank 0)
+        # MLflow goes through StudioMetricsCallback (the job's own run; transformers' MLflowCallback would
+        # open a process-global run of its own); tensorboard and wandb through transformers' integrations.
+        report_to=report_to(job),
+        run_name=f"job-{job.job_id}",
         disable_tqdm=True,
         model_init_kwargs=model_init_kwargs(spec),
         **save_schedule(spec, num_rows),
+        **eval_schedule(spec),
         **method_fields,
     )
 
 
+def eval_schedule(spec: TrainSpec) -> dict[str, Any]:
+    """TrainingArguments of validation during training (``eval``): transformers' own eval loop."""
+    ev = spec.eval
+    if ev is None:
+        return {"eval_strategy": "no"}
+    return {"eval_strategy": "steps", "eval_steps": ev.eval_steps or spec.hyper.logging_steps,
+            "per_device_eval_batch_size": ev.batch_size or spec.hyper.batch_size,
+            # EarlyStoppingCallback compares this; the final adapter stays the last one (no best-model reload).
+            **({"metric_for_best_model": "eval_loss", "greater_is_better": False}
+               if ev.early_stopping_patience else {})}
+
+
+def report_to(job: WorkerJob) -> list[str]:
+    """transformers' integrations for ``tracking.report_to`` (mlflow excluded: ours), with their
+    environment: event files and offline wandb runs under the job's tracking folder."""
+    import os
+
+    trackers = [t for t in job.train_spec.tracking.report_to if t != "mlflow"]
+    if trackers and job.tracking_dir:
+        Path(job.tracking_dir).mkdir(parents=True, exist_ok=True)
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(job.tracking_dir) / "tensorboard")
+        os.environ.setdefault("WANDB_DIR", job.tracking_dir)
+        os.environ.setdefault("WANDB_PROJECT", job.train_spec.name)
+        os.environ.setdefault("WANDB_MODE", "offline")  # no account needed; `wandb sync` uploads later
+    return trackers or ["none"]
+
+
+def early_stopping(spec: TrainSpec) -> list:
+    """transformers' EarlyStoppingCallback on eval_loss when ``eval.early_stopping_patience`` is set."""
+    if spec.eval is None or not spec.eval.early_stopping_patience:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=spec.eval.early_stopping_patience)]
+
+
 # Counters and the Trainer's own since-start speed (it rides along with every log); we log tokens_per_s.
+# An evaluation's timings say how long validation took, not how the model does.
 _SKIP_LOG_KEYS = {"step", "total_flos", "num_input_tokens_seen", "num_tokens", "train_runtime",
-                  "train_tokens_per_second", "train_samples_per_second", "train_steps_per_second"}
+                  "train_tokens_per_second", "train_samples_per_second", "train_steps_per_second",
+                  "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_num_tokens"}
 
 
 class StudioMetricsCallback(TrainerCallback):
@@ -222,6 +277,7 @@ class StudioMetricsCallback(TrainerCallback):
 
     def __init__(self, job: WorkerJob):
         self.job = job
+        self.to_mlflow = bool(job.mlflow_run_id) and "mlflow" in job.train_spec.tracking.report_to
         self.start_step = 0
         self.start_tokens = 0
         self._last: tuple[float, int] | None = None
@@ -244,16 +300,19 @@ class StudioMetricsCallback(TrainerCallback):
         now, tokens = time.monotonic(), state.num_input_tokens_seen
         metrics = {("lr" if k == "learning_rate" else k): float(v) for k, v in logs.items()
                    if k not in _SKIP_LOG_KEYS and isinstance(v, (int, float)) and math.isfinite(v)}
-        if self._last is not None and now > self._last[0]:
-            metrics["tokens_per_s"] = (tokens - self._last[1]) / (now - self._last[0])
-        self._last = (now, tokens)
+        if "eval_loss" in logs:  # a validation pass: eval_* beside the step's training metrics
+            metrics.pop("epoch", None)
+        else:
+            if self._last is not None and now > self._last[0]:
+                metrics["tokens_per_s"] = (tokens - self._last[1]) / (now - self._last[0])
+            self._last = (now, tokens)
         self._write(metrics, state.global_step)
 
     def _write(self, metrics: dict[str, float], step: int) -> None:
         with session_scope(self.job.db_url) as s:
             s.add_all(JobMetric(job_id=self.job.job_id, attempt=self.job.attempt, step=step, key=k[:64], value=v)
                       for k, v in metrics.items())
-        if self.job.mlflow_run_id:
+        if self.to_mlflow:
             tracking.log_metrics(self.job.mlflow_uri, self.job.mlflow_run_id, metrics, step)
 
 
@@ -262,6 +321,8 @@ def fit(trainer, job: WorkerJob) -> None:
     then report the final adapter as the run's last checkpoint (what ``run.py`` registers)."""
     metrics_cb = StudioMetricsCallback(job)
     trainer.add_callback(metrics_cb)
+    for callback in early_stopping(job.train_spec):
+        trainer.add_callback(callback)
     trainer.add_callback(RayTrainReportCallback())
     trainer = prepare_trainer(trainer)
 

@@ -22,6 +22,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tokenizer = common.load_tokenizer(job.base_model)
     rows = common.load_rows(job)
     dataset = common.to_dataset([{"text": r["text"]} for r in rows])
+    eval_rows = common.load_eval_rows(job)
+    eval_dataset = common.to_dataset([{"text": r["text"]} for r in eval_rows]) if eval_rows is not None else None
 
     args = common.training_args(
         SFTConfig, job, len(rows),
@@ -36,6 +38,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
         quantization_config=quantization_config,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from studio.data.snapshots import resolve_snapshot
+from studio.data.snapshots import resolve_snapshot, split_indices
 from studio.data.sources import check_model_location
 from studio.egress import guard_url
 from studio.errors import NotFound, StudioError
@@ -28,6 +28,8 @@ class ResolvedInputs:
     init_adapter_uri: str | None = None  # where the starting adapter is (absolute path or artifact URI)
     init_adapter_ref: str | None = None  # name@N when it was given as a registry reference, else the URI
     init_adapter_rank: int | None = None  # its LoRA rank (GRPO's rollout engine must accept it)
+    eval_snapshot_uri: str | None = None  # eval.dataset's rows (None: none, or eval.split_ratio of the data)
+    eval_dataset_ref: str | None = None  # eval.dataset as name@N (or the snapshot id)
 
 
 def check_caller_paths(spec: TrainSpec, settings: StudioSettings, admin: bool) -> TrainSpec:
@@ -63,6 +65,8 @@ def preflight(spec: TrainSpec, session: Session, *, cluster_gpus: float | None =
             f"{' or '.join(allowed)} rows",
             f"use a {' or '.join(allowed)} dataset for method {spec.method}, or pick the method that fits",
         )
+    eval_uri, eval_ref = check_validation(spec, session, snap.row_count, snap.kind)
+    check_trackers(spec)
     if spec.resources.use_gpu and cluster_gpus is not None and cluster_gpus < spec.resources.num_workers * spec.resources.gpus_per_worker:
         raise StudioError(
             f"the job asks for {spec.resources.num_workers * spec.resources.gpus_per_worker:g} GPU(s) "
@@ -88,7 +92,50 @@ def preflight(spec: TrainSpec, session: Session, *, cluster_gpus: float | None =
         check_http_scorer(gate_scorer)  # the auto-eval's evaluator URL passes the egress guard now
     init = resolve_init_adapter(spec, session, base) if spec.init_adapter else (None, None, None)
     dataset_ref = f"{ref.name}@{ref.version}" if ref.name else snap.id
-    return ResolvedInputs(base, snap.id, snap.uri, snap.kind, dataset_ref, *init)
+    return ResolvedInputs(base, snap.id, snap.uri, snap.kind, dataset_ref, *init, eval_uri, eval_ref)
+
+
+def check_validation(spec: TrainSpec, session: Session, num_rows: int, kind: str) -> tuple[str | None, str | None]:
+    """The rows a held-out split leaves for training and validation, and ``eval.dataset``: it exists and
+    fits the method. Returns (eval snapshot URI, name@N) when it names one."""
+    ratio = spec.holdout_ratio()
+    field = "eval.split_ratio" if spec.eval is not None and spec.eval.split_ratio is not None else "data.validation_ratio"
+    if ratio > 0 and spec.data.split != "all":
+        n_val = len(split_indices(num_rows, "validation", ratio, spec.data.seed))
+        n_train = num_rows - n_val
+        if spec.data.split == "train" and n_train == 0:
+            raise StudioError(f"{field} {ratio} holds out all {num_rows} rows of dataset {spec.data.dataset!r}: "
+                              "0 rows are left for training", f"lower {field}, or give eval.dataset instead")
+        if field == "eval.split_ratio" and n_val == 0:
+            raise StudioError(f"eval.split_ratio {ratio} of dataset {spec.data.dataset!r} ({num_rows} rows) holds "
+                              "out no row to validate on", "raise eval.split_ratio, or give eval.dataset instead")
+    if spec.eval is None or spec.eval.dataset is None:
+        return None, None
+    try:
+        ref = resolve_snapshot(session, spec.eval.dataset)
+    except StudioError as e:
+        raise StudioError(f"eval.dataset: {e.problem}", e.fix, status_code=e.status_code) from None
+    snap = ref.snapshot
+    if snap.kind != kind:  # validated as trained: the same row shape, template and loss mask
+        raise StudioError(f"eval.dataset {spec.eval.dataset!r} holds {snap.kind} rows, but the training data "
+                          f"{spec.data.dataset!r} holds {kind} rows",
+                          f"give a {kind} dataset, or eval.split_ratio to hold out part of the training data")
+    if snap.row_count == 0:
+        raise StudioError(f"eval.dataset {spec.eval.dataset!r} has no rows", "give a dataset with rows")
+    return snap.uri, f"{ref.name}@{ref.version}" if ref.name else snap.id
+
+
+# report_to → the package transformers' integration needs (either one, for tensorboard).
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+def check_trackers(spec: TrainSpec) -> None:
+    for tracker in spec.tracking.report_to:
+        packages = TRACKER_PACKAGES.get(tracker, ())
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            raise StudioError(f"tracking.report_to names {tracker}, but the {packages[0]} package is not installed",
+                              f"install it (pip install {packages[-1]}) where the studio and its Ray workers run, "
+                              f"or remove {tracker} from tracking.report_to")
 
 
 def resolve_init_adapter(spec: TrainSpec, session: Session, base: str) -> tuple[str, str, int | None]:

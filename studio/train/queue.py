@@ -33,6 +33,8 @@ def enqueue_train_job(session: Session, spec: TrainSpec, submitted_by: str | Non
     pinned.base_model = inputs.base_model
     pinned.data.dataset = inputs.dataset_ref
     pinned.init_adapter = inputs.init_adapter_ref  # name@N or an absolute path / URI (None without one)
+    if inputs.eval_dataset_ref:
+        pinned.eval.dataset = inputs.eval_dataset_ref
     job = create_job(session, name=spec.name, spec=pinned.model_dump(mode="json", by_alias=True),
                      max_retries=spec.max_retries, submitted_by=submitted_by,
                      owner_key_id=principal_id(key) if key is not None else None)

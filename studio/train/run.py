@@ -166,6 +166,14 @@ def start_rollout(settings: StudioSettings, spec: TrainSpec, job_id: int, base_m
     return start_rollout_actor(spec, base_model, actor_name(settings.db_url, job_id), say)
 
 
+def tracking_dir(settings: StudioSettings, spec: TrainSpec, job_id: int) -> str | None:
+    """Where tensorboard event files and offline wandb runs go (``tracking.report_to``):
+    ``$STUDIO_HOME/tracking/<name>/job-<id>`` on the node running rank 0."""
+    if not set(spec.tracking.report_to) - {"mlflow"}:
+        return None
+    return str(settings.home_abs / "tracking" / spec.name / f"job-{job_id}")
+
+
 def ray_storage_path(settings: StudioSettings, job_id: int) -> str:
     store = ArtifactStore(settings.artifacts)
     key = f"jobs/{job_id}/ray"
@@ -227,7 +235,8 @@ def _run_job(settings: StudioSettings, job_id: int, spec: TrainSpec) -> int:
             tags={"studio.job_id": str(job_id), "studio.dataset": inputs.dataset_ref,
                   "studio.snapshot_id": inputs.snapshot_id, "studio.base_model": inputs.base_model,
                   **({"studio.init_adapter": inputs.init_adapter_ref, "studio.init_adapter_uri": inputs.init_adapter_uri}
-                     if inputs.init_adapter_uri else {})},
+                     if inputs.init_adapter_uri else {}),
+                  **({"studio.eval_dataset": inputs.eval_dataset_ref} if inputs.eval_dataset_ref else {})},
             run_id=mlflow_run_id)
         with session_scope(settings.db_url) as s:
             s.get(Job, job_id).mlflow_run_id = mlflow_run_id
@@ -237,7 +246,9 @@ def _run_job(settings: StudioSettings, job_id: int, spec: TrainSpec) -> int:
         worker = WorkerJob(spec=spec.model_dump(mode="json", by_alias=True), base_model=inputs.base_model,
                            snapshot_uri=inputs.snapshot_uri, job_id=job_id, attempt=attempt,
                            db_url=settings.db_url, mlflow_uri=settings.mlflow, mlflow_run_id=mlflow_run_id,
-                           rollout_actor=rollout.name if rollout else None, init_adapter=inputs.init_adapter_uri)
+                           rollout_actor=rollout.name if rollout else None, init_adapter=inputs.init_adapter_uri,
+                           eval_snapshot_uri=inputs.eval_snapshot_uri,
+                           tracking_dir=tracking_dir(settings, spec, job_id))
         try:
             result = train_on_ray(settings, spec, job_id, asdict(worker))
         finally:

@@ -51,6 +51,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tokenizer = common.load_tokenizer(job.base_model)
     rows = common.load_rows(job)
     dataset, assistant_only = build_dataset(rows, tokenizer)
+    eval_rows = common.load_eval_rows(job)  # eval: validation rows, shaped as the training rows
+    eval_dataset = build_dataset(eval_rows, tokenizer)[0] if eval_rows is not None else None
 
     args = common.training_args(
         SFTConfig, job, len(rows),
@@ -63,6 +65,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
         quantization_config=quantization_config,

@@ -174,6 +174,50 @@ class GRPOSpec(Spec):
         description="Reward functions; the reward is their weighted sum.")
 
 
+class ValidationSpec(Spec):
+    """Validation during training (TRL/transformers' own evaluation loop): ``eval_loss`` and the
+    method's eval metrics (DPO: ``eval_rewards/accuracies``, ``eval_rewards/margins``, ...) logged
+    beside the training loss every ``eval_steps``."""
+
+    dataset: str | None = Field(
+        default=None, description="Validation snapshot: name (newest version), name@N, or snapshot id; of a kind "
+        "the method trains on. Or split_ratio instead.")
+    split_ratio: float | None = Field(
+        default=None, gt=0.0, lt=1.0, description="Hold out this share of data.dataset as the validation rows "
+        "(a seeded split, data.seed); training runs on the rest. Or dataset instead.")
+    eval_steps: int | None = Field(default=None, ge=1,
+                                   description="Evaluate every N optimizer steps; default: hyper.logging_steps.")
+    batch_size: int | None = Field(default=None, ge=1,
+                                   description="Validation examples per worker per batch; default: hyper.batch_size.")
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, description="Stop training after eval_loss failed to improve on its best value for "
+        "this many evaluations in a row (transformers' EarlyStoppingCallback); the result is the adapter at the "
+        "stop. Default: no early stopping.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ValidationSpec:
+        if (self.dataset is None) == (self.split_ratio is None):
+            raise ValueError("an eval section needs exactly one of 'dataset' (a validation snapshot) or "
+                             "'split_ratio' (a share of data.dataset to hold out, e.g. 0.1)")
+        return self
+
+
+ReportTo = Literal["mlflow", "tensorboard", "wandb"]
+
+
+class TrackingSpec(Spec):
+    report_to: list[ReportTo] = Field(
+        default_factory=lambda: ["mlflow"], description="Where per-step metrics go: mlflow (the job's MLflow run, "
+        "the one the studio reads back), tensorboard and wandb (transformers' own integrations; event files and "
+        "offline wandb runs under $STUDIO_HOME/tracking/<name>/job-<id>; wandb is offline unless WANDB_MODE "
+        "says otherwise). The job's own metrics (studio jobs show, the UI) are always recorded.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> TrackingSpec:
+        self.report_to = list(dict.fromkeys(self.report_to))
+        return self
+
+
 class EvalAfterSpec(Spec):
     dataset: str = Field(description="Held-out dataset to evaluate the result on.")
     metric: Literal["exact_match"] = Field(default="exact_match", description="Metric to compute.")
@@ -208,6 +252,10 @@ class TrainSpec(Spec):
     max_retries: int = Field(default=2, ge=0, description="Retries after a failed attempt (resume from checkpoint).")
     dpo: DPOSpec | None = Field(default=None, description="DPO settings (method: dpo).")
     grpo: GRPOSpec | None = Field(default=None, description="GRPO settings (method: grpo).")
+    eval: ValidationSpec | None = Field(
+        default=None, description="Validation during training: eval_loss (and the method's eval metrics) every "
+        "eval_steps, on a validation snapshot or a held-out share of the data; optional early stopping.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment trackers the run reports to.")
     eval_after: EvalAfterSpec | None = Field(default=None, description="Evaluate the result after training.")
     after_training: AfterTrainingSpec | None = Field(
         default=None, description="Once SUCCEEDED: evaluate the new version against its name's champion on the "
@@ -240,9 +288,31 @@ class TrainSpec(Spec):
             if not is_adapter_location(self.init_adapter) and not ADAPTER_REF.fullmatch(self.init_adapter):
                 raise ValueError(f"init_adapter {self.init_adapter!r} is neither a registry reference (name or "
                                  "name@N) nor a path / URI (start it with /, ./, ~ or scheme://)")
+        if self.eval is not None:
+            self._check_eval()
         if self.adapter == "qlora" and self.deepspeed is not None and self.deepspeed.stage == 3:
             raise ValueError("QLoRA cannot be combined with DeepSpeed ZeRO-3")
         return self
+
+
+    def _check_eval(self) -> None:
+        ev = self.eval
+        if self.method == "grpo":
+            raise ValueError("eval: validation during training is for cpt, sft and dpo; a GRPO run is judged by "
+                             "its rewards (use eval_after or after_training to score the result)")
+        if ev.split_ratio is not None:
+            if self.data.split != "train":
+                raise ValueError(f"eval.split_ratio holds out part of the training data, but data.split is "
+                                 f"{self.data.split!r}: set data.split=train, or give eval.dataset instead")
+            if self.data.validation_ratio and self.data.validation_ratio != ev.split_ratio:
+                raise ValueError(f"eval.split_ratio {ev.split_ratio} and data.validation_ratio "
+                                 f"{self.data.validation_ratio} disagree: set one of them")
+
+    def holdout_ratio(self) -> float:
+        """The share of ``data.dataset`` held out of training (``eval.split_ratio`` or ``data.validation_ratio``)."""
+        if self.eval is not None and self.eval.split_ratio is not None:
+            return self.eval.split_ratio
+        return self.data.validation_ratio
 
 
 class TrainResult(JobResult):

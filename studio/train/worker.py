@@ -37,6 +37,8 @@ class WorkerJob:
     mlflow_run_id: str | None = None
     rollout_actor: str | None = None  # GRPO: name of the job's vLLM rollout actor; None: HF generate
     init_adapter: str | None = None  # the adapter training starts from (absolute path or artifact URI)
+    eval_snapshot_uri: str | None = None  # eval.dataset's rows; None: no eval, or eval.split_ratio of the data
+    tracking_dir: str | None = None  # where tensorboard / wandb write (tracking.report_to), an absolute path
 
     @property
     def train_spec(self) -> TrainSpec:
