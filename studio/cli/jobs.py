@@ -66,11 +66,11 @@ def ls(
     limit: int = typer.Option(50, "--limit", help="How many, newest first."),
 ) -> None:
     """List jobs, newest first."""
-    from studio.jobs.queue import job_summary, list_jobs
+    from studio.jobs.queue import job_summaries, list_jobs
 
     settings = settings_with_db()
     with session_scope(settings.db_url) as s:
-        jobs = [job_summary(s, j) for j in list_jobs(s, [x.value for x in status], limit)]
+        jobs = job_summaries(s, list_jobs(s, [x.value for x in status], limit))
     # Identifying columns keep their width in a narrow terminal; the others shrink.
     table = Table("id", "kind", Column("name", min_width=max((len(j.name) for j in jobs), default=4)), "method",
                   Column("status", min_width=13), "progress", "attempts", "by", "created", "error")

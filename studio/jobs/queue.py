@@ -7,7 +7,7 @@ takes QUEUED jobs to Ray. So a job can be queued while the studio is down and st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 from studio.access import owns, require_owner
 from studio.egress import redact_url
 from studio.errors import Conflict, NotFound
-from studio.jobs.progress import job_progress
+from studio.jobs.progress import job_progress, jobs_progress
 from studio.jobs.results import JobResult
 from studio.jobs.status import JobStatus, transition, will_retry
-from studio.jobs.views import JobDetail, JobEventView, JobSummary, MetricPoint
+from studio.jobs.views import JobDetail, JobEventView, JobSummary, MetricPoint, Progress
 from studio.store.models import ApiKey, Job, JobEvent, JobMetric
 
 
@@ -72,14 +72,22 @@ def total_steps(job: Job) -> int | None:
     return recorded if isinstance(recorded, int) and recorded > 0 else None
 
 
-def job_summary(session: Session, job: Job) -> JobSummary:
+def job_summary(session: Session, job: Job, progress: Progress | None | Literal["ask"] = "ask") -> JobSummary:
+    """``job`` as a list row; ``progress`` when the caller already computed it (``job_summaries``)."""
     spec = job.spec or {}
     return JobSummary(
         id=job.id, kind=job.kind, name=job.name, method=spec.get("method"), status=job.status,
         attempts=job.attempts, max_retries=job.max_retries, cancel_requested=job.cancel_requested,
         submitted_by=job.submitted_by, owner_key_id=job.owner_key_id, ray_submission_id=job.ray_submission_id,
         error=job.error, created_at=job.created_at, updated_at=job.updated_at, next_attempt_at=job.next_attempt_at,
-        heartbeat_at=job.heartbeat_at, progress=job_progress(session, job))
+        heartbeat_at=job.heartbeat_at,
+        progress=job_progress(session, job) if isinstance(progress, str) else progress)
+
+
+def job_summaries(session: Session, jobs: list[Job]) -> list[JobSummary]:
+    """A page of jobs as list rows, every row's progress from the same few grouped queries."""
+    progress = jobs_progress(session, jobs)
+    return [job_summary(session, j, progress[j.id]) for j in jobs]
 
 
 HIDDEN_SPEC = "hidden: a job's spec is shown to its owner and admins only"

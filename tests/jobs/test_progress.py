@@ -185,3 +185,74 @@ def test_the_follow_stream_carries_the_progress(settings):
     assert len(progress) == 1 and progress[0]["step"] == progress[0]["done"] == 150
     assert progress[0]["text"] == "step 150/600 · epoch 0.8/3" and progress[0]["eta_s"] is None  # ended: no ETA
     assert events[-1].kind == "end"
+
+
+# -- a page of jobs: every row's progress from a few grouped queries --------------------------------
+
+def _mixed_jobs(s, offset: float) -> None:
+    """One job of each kind and state the list shows: a resumed train run, a queued one, a finished
+    and a retried eval, a synthesis mid-way, and a batch (no progress)."""
+    _train_job(s)
+    _job(s, "train", JobStatus.QUEUED, attempts=0, spec={"hyper": {"epochs": 2}})
+    done = _job(s, "eval", JobStatus.SUCCEEDED, attempts=1, result={"total": 3}, starts=[offset])
+    retried = _job(s, "eval", JobStatus.RUNNING, attempts=2, result={"total": 9}, starts=[offset, offset + 50])
+    for i, (job, t) in enumerate([(done, 1), (done, 2), (done, 4), (retried, 3), (retried, 60), (retried, 65)]):
+        s.add(EvalOutput(job_id=job.id, datapoint=i, model="m", input=[], output="x", created_at=at(offset + t)))
+    _job(s, "synth", JobStatus.RUNNING, attempts=1, starts=[offset],
+         result={"progress": {"chunks_done": 3, "chunks_total": 8, "rows": 7, "at": at(offset + 30).isoformat(),
+                              "since": {"chunks_done": 1, "at": at(offset + 10).isoformat()}}})
+    _job(s, "batch", JobStatus.QUEUED, attempts=0)
+    s.flush()
+
+
+def _without_eta(p: dict | None) -> dict | None:
+    """The ETA counts down on the server's clock between two requests; the rest must be equal."""
+    if p is None:
+        return None
+    return {**p, "eta_s": p["eta_s"] is not None, "text": p["text"].split(" · ETA ")[0]}
+
+
+def test_the_list_shows_each_rows_own_progress_from_a_fixed_number_of_queries(settings):
+    """GET /api/jobs computes a page's progress per kind in grouped queries: each row's equals the
+    single job's (GET /api/jobs/{id}), and the statements that read progress rows do not grow with
+    the page (counted with SQLAlchemy's before_cursor_execute hook)."""
+    from sqlalchemy import event
+
+    from studio.store.db import get_engine
+
+    with session_scope(settings.db_url) as s:
+        key = create_key(s, "root", "admin")[0]
+        _mixed_jobs(s, 0)
+    progress_tables = ("job_metrics", "eval_outputs", "job_events")
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        if any(t in statement for t in progress_tables):
+            statements.append(statement)
+
+    def listed(client) -> dict[int, dict]:
+        statements.clear()
+        body = client.get("/api/jobs", headers=bearer(key), params={"limit": 500}).json()
+        return {j["id"]: j["progress"] for j in body}
+
+    engine = get_engine(settings.db_url)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with TestClient(create_app(settings)) as client:
+            small = listed(client)
+            few = len(statements)
+            with session_scope(settings.db_url) as s:
+                for n in range(1, 4):
+                    _mixed_jobs(s, 1000 * n)
+            page = listed(client)
+            many = len(statements)
+            assert len(page) == 4 * len(small) == 24
+            for job_id, progress in page.items():
+                one = client.get(f"/api/jobs/{job_id}", headers=bearer(key)).json()["progress"]
+                assert _without_eta(progress) == _without_eta(one), job_id
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert {_without_eta(p)["text"] for p in page.values() if p} >= {"step 150/600 · epoch 0.8/3", "step 0/?",
+                                                       "rows 3/3 · 0.667 rows/s", "chunks 3/8 · 7 rows · 0.1 chunks/s"}
+    assert [p for p in page.values() if p is None] == [None] * 4  # the batches
+    assert few == many <= 4, statements

@@ -19,7 +19,8 @@ from studio.api.streams import follow_response
 from studio.errors import StudioError
 from studio.jobs import ray_jobs
 from studio.jobs.follow import FollowEvent, follow_job_async
-from studio.jobs.queue import get_job, job_detail, job_summary, list_jobs, metrics_by_key, request_cancel
+from studio.jobs.queue import (get_job, job_detail, job_summaries, job_summary, list_jobs, metrics_by_key,
+                               request_cancel)
 from studio.jobs.status import JobStatus
 from studio.jobs.views import JobDetail, JobMetrics, JobSummary
 from studio.recipes import with_home_paths
@@ -49,7 +50,7 @@ def get_jobs(_: KeyDep, session: SessionDep,
              limit: Annotated[int, Query(ge=1, le=500)] = 100,
              offset: Offset = 0) -> list[JobSummary]:
     """Jobs, newest first."""
-    return [job_summary(session, j) for j in list_jobs(session, status, limit, offset)]
+    return job_summaries(session, list_jobs(session, status, limit, offset))
 
 
 @router.get("/{job_id}")
