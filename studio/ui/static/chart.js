@@ -1,4 +1,4 @@
-// A line chart as inline SVG: one series of {step, value}; no chart library to ship or build.
+// A line chart as inline SVG: a series of {step, value} (and maybe a second); no chart library to ship or build.
 const NS = "http://www.w3.org/2000/svg";
 
 function svg(tag, attrs, text) {
@@ -14,13 +14,18 @@ function fmt(v) {
   return Number(v.toPrecision(4)).toString();
 }
 
-export function lineChart(title, points) {
+// second: an optional {name, points} drawn over the first on the same axes (a job's eval_loss over
+// its loss), dashed, with a legend.
+export function lineChart(title, points, second = null) {
   const W = 400, H = 200, L = 52, R = 10, T = 22, B = 24;
+  const other = second && second.points.length ? second : null;
   const root = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title,
-                           "data-metric": title, "data-points": String(points.length) });
+                           "data-metric": title, "data-points": String(points.length),
+                           ...(other ? { "data-second": other.name, "data-second-points": String(other.points.length) } : {}) });
   root.append(svg("text", { x: L, y: 14, "font-weight": "600" }, `${title} (${points.length} points)`));
   if (!points.length) return root;
-  const xs = points.map((p) => p.step), ys = points.map((p) => p.value);
+  const all = other ? points.concat(other.points) : points;
+  const xs = all.map((p) => p.step), ys = all.map((p) => p.value);
   let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   if (x0 === x1) x1 = x0 + 1;
   if (y0 === y1) { y0 -= Math.abs(y0) * 0.1 || 1; y1 += Math.abs(y1) * 0.1 || 1; }
@@ -32,8 +37,15 @@ export function lineChart(title, points) {
   root.append(svg("text", { x: 4, y: H - B }, fmt(y0)));
   root.append(svg("text", { x: L, y: H - 6 }, `step ${x0}`));
   root.append(svg("text", { x: W - R, y: H - 6, "text-anchor": "end" }, `step ${x1}`));
-  root.append(svg("polyline", { points: points.map((p) => `${X(p.step)},${Y(p.value)}`).join(" ") }));
-  if (points.length === 1) root.append(svg("circle", { cx: X(xs[0]), cy: Y(ys[0]), r: 3, fill: "#2f5bd3" }));
+  const series = (pts, cls, color) => {
+    root.append(svg("polyline", { class: cls, points: pts.map((p) => `${X(p.step)},${Y(p.value)}`).join(" ") }));
+    if (pts.length === 1) root.append(svg("circle", { class: cls, cx: X(pts[0].step), cy: Y(pts[0].value), r: 3, fill: color }));
+  };
+  series(points, "first", "#2f5bd3");
+  if (other) {
+    series(other.points, "second", "#c2410c");
+    root.append(svg("text", { x: W - R, y: 14, "text-anchor": "end", class: "legend" }, `— ${title}   - - ${other.name}`));
+  }
   return root;
 }
 

@@ -112,8 +112,12 @@ export async function jobPage(main, id) {
     const [job, m] = await Promise.all([get(`/api/jobs/${id}`), get(`/api/jobs/${id}/metrics`)]);
     if (stopped) return true;
     const done = render(job);
-    const keys = Object.keys(m.metrics).sort((a, b) => (a === "loss" ? -1 : b === "loss" ? 1 : a.localeCompare(b)));
-    charts.replaceChildren(...(keys.length ? keys.map((k) => lineChart(k, m.metrics[k].filter((p) => p.attempt === Math.max(...m.metrics[k].map((x) => x.attempt)))))
+    // A validation metric (eval_loss, eval_rewards/margins, ...) is drawn over its training series, not alone.
+    const latest = (k) => m.metrics[k].filter((p) => p.attempt === Math.max(...m.metrics[k].map((x) => x.attempt)));
+    const paired = (k) => k.startsWith("eval_") && m.metrics[k.slice(5)];
+    const keys = Object.keys(m.metrics).filter((k) => !paired(k))
+      .sort((a, b) => (a === "loss" ? -1 : b === "loss" ? 1 : a.localeCompare(b)));
+    charts.replaceChildren(...(keys.length ? keys.map((k) => lineChart(k, latest(k), m.metrics[`eval_${k}`] ? { name: `eval_${k}`, points: latest(`eval_${k}`) } : null))
       : [h("p", { class: "muted" }, done ? "This job reported no metrics." : "Waiting for the first metrics…")]));
     return done;
   };
