@@ -12,12 +12,16 @@ error dict. Close it (``aclose``) to stop the engine request.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from datetime import datetime, timezone
 from typing import Any
 
+import grpc
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.engines.base import error_body
@@ -99,12 +103,21 @@ class RouterClient:
                     done = done or isinstance(item, dict)
                     yield _relabel(item, target)
                 done = True
-            except Exception:  # the replica failed (the client leaving is a BaseException)
+            except Exception as e:  # the replica failed (the client leaving is a BaseException)
                 self._pinned.pop(target.label, None)  # ask the Router next time
                 gone = await self.router.gone.remote(target.base) if ttft is None else None
                 if gone is None:
-                    capture.error = {"code": 500}
-                    raise
+                    # A replica that died (its node lost, its process killed) or an engine that
+                    # failed: OpenAI's error shape, never a cut stream or a bare 500.
+                    err = replica_failure(target.base, e)
+                    capture.error = {"code": err["error"]["code"]}
+                    if ttft is None:
+                        yield err  # nothing sent yet: the ingress answers with its status
+                    else:
+                        logger.warning("a stream of %s broke after its first token: %s", target.base,
+                                       err["error"]["message"])
+                        yield f"data: {json.dumps(err)}\n\n"  # headers are sent: an error event
+                    return
                 if cached:  # the Router never saw this request: answer as it would now (404)
                     capture.error = {"code": gone["error"]["code"]}
                     yield gone
@@ -179,6 +192,24 @@ class RouterClient:
         self._send()
         if self._sends:
             await asyncio.gather(*list(self._sends), return_exceptions=True)
+
+
+# How a call to a replica fails when the replica is gone (its actor died, its node was lost, its
+# gRPC channel dropped) rather than the engine answering an error: worth a retry, as Serve starts
+# another replica.
+REPLICA_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, grpc.aio.AioRpcError)
+
+
+def replica_failure(base: str, exc: Exception) -> dict[str, Any]:
+    """The OpenAI error body for a request whose ModelDeployment call failed: 503 when the replica
+    went away (the client retries after Retry-After), else 500 naming the exception."""
+    why = (str(exc).strip().splitlines() or [""])[0][:200]
+    if isinstance(exc, REPLICA_GONE):
+        return error_body(f"The replica serving `{base}` went away before it finished this request "
+                          f"({type(exc).__name__}); another one is starting: retry in a few seconds",
+                          503, "ServiceUnavailableError", "model")
+    return error_body(f"The model `{base}` failed on this request ({type(exc).__name__}: {why}); "
+                      "see the replica's log in the Ray dashboard", 500, "InternalServerError", "model")
 
 
 def _relabel(item: Any, target: Target) -> Any:
