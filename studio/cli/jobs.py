@@ -11,7 +11,7 @@ from studio.jobs.status import JobStatus
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 
-app = typer.Typer(help="Jobs: list, inspect, follow the logs of, and cancel training jobs.", no_args_is_help=True)
+app = typer.Typer(help="Jobs: list, inspect, compare, follow the logs of, and cancel training jobs.", no_args_is_help=True)
 
 _COLORS = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "cyan",
            "CHECKPOINTING": "cyan", "RETRYING": "magenta"}
@@ -158,3 +158,70 @@ def cancel(job_id: int = typer.Argument(..., help="Job id.")) -> None:
     else:
         console.print(f"job {job_id} is {status}: cancel requested; the scheduler stops its Ray job within "
                       f"a second (`studio jobs show {job_id}`)")
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4g}"
+
+
+@app.command("compare")
+def compare(
+    job_ids: list[int] = typer.Argument(..., help="2 to 8 training job ids (see `studio jobs ls`)."),
+    all_fields: bool = typer.Option(False, "--all", help="Every recipe field, not only those that differ."),
+    as_json: bool = typer.Option(False, "--json", help="The comparison as JSON (GET /api/jobs/compare's body)."),
+) -> None:
+    """Training runs side by side: the recipe fields that differ, wall time, tokens/s, peak memory,
+    loss curves (first → last, best), final metrics and the eval scores of the versions they registered."""
+    from studio.jobs.progress import duration_text
+    from studio.train.compare import compare_runs, parse_ids
+
+    settings = settings_with_db()
+    with session_scope(settings.db_url) as s:
+        c = compare_runs(s, parse_ids([",".join(map(str, job_ids))]))
+    if as_json:
+        print(c.model_dump_json(indent=2))
+        return
+    heads = [f"#{r.id} {r.name}" for r in c.runs]
+    runs = Table("", *heads, title="runs")
+    peak = [r.peak_memory for r in c.runs]
+    for label, cells in (
+        ("method", [r.method or "—" for r in c.runs]),
+        ("status", [colored(r.status) for r in c.runs]),
+        ("wall time", ["—" if r.wall_s is None else duration_text(r.wall_s) for r in c.runs]),
+        ("tokens/s", [_num(r.tokens_per_s) for r in c.runs]),
+        ("peak memory", ["—" if p is None else f"{p.value:.4g} ({p.key})" for p in peak]),
+        ("registered", [", ".join(v.ref for v in r.versions) or "—" for r in c.runs]),
+    ):
+        runs.add_row(label, *cells)
+    console.print(runs)
+
+    differing = [f for f in c.recipe if f.differs]
+    recipe = Table("field", *heads, title="recipe" + ("" if all_fields else " (fields that differ; --all for every one)"))
+    for f in c.recipe if all_fields else differing:
+        style = "bold yellow" if f.differs else ""
+        recipe.add_row(f.key, *["—" if v is None else json.dumps(v) for v in f.values], style=style)
+    console.print(recipe if recipe.rows else f"recipe: the {len(c.recipe)} fields are the same in every run")
+
+    curves = Table("curve", *heads, title="loss curves: first → last (best @ step)")
+    for k in c.curve_keys:
+        cells = []
+        for r in c.runs:
+            ps = r.curves.get(k) or []
+            best = min(ps, key=lambda p: p.value) if ps else None
+            cells.append("—" if not ps else f"{ps[0].value:.4g} → {ps[-1].value:.4g} ({best.value:.4g} @ {best.step})")
+        curves.add_row(k, *cells)
+    if c.curve_keys:
+        console.print(curves)
+
+    keys = sorted({k for r in c.runs for k in r.final_metrics})
+    final = Table("metric", *heads, title="final metrics")
+    for k in keys:
+        final.add_row(k, *[_num(r.final_metrics.get(k)) for r in c.runs])
+    console.print(final if keys else "final metrics: — (no run recorded any)")
+
+    scores = Table("version", "eval", "dataset", "scorer", "mean", "n", title="eval scores of the registered versions")
+    for r in c.runs:
+        for v in r.versions:
+            for sc in v.scores:
+                scores.add_row(v.ref, f"#{sc.eval_id}", sc.dataset or "—", sc.scorer, _num(sc.mean), str(sc.n))
+    console.print(scores if scores.rows else "eval scores: — (no eval ran on a version these runs registered)")

@@ -1,4 +1,4 @@
-"""/api/jobs: queue a training job (TrainSpec body), list, show, cancel, logs, metrics.
+"""/api/jobs: queue a training job (TrainSpec body), list, show, compare, cancel, logs, metrics.
 
 Wrong input is refused before a job exists: an unknown field or a wrong type is a 422 naming the
 field; preflight (model, dataset and its kind, GPUs) is a 400 problem naming the problem and the fix.
@@ -23,8 +23,10 @@ from studio.jobs.queue import (get_job, job_detail, job_summaries, job_summary, 
                                request_cancel)
 from studio.jobs.status import JobStatus
 from studio.jobs.views import JobDetail, JobMetrics, JobSummary
+from studio.mlflow_links import run_url
 from studio.recipes import with_home_paths
 from studio.train.preflight import check_caller_paths
+from studio.train.compare import Comparison, compare_runs, parse_ids
 from studio.train.queue import cluster_gpus, enqueue_train_job
 from studio.train.spec import TrainSpec
 
@@ -53,11 +55,24 @@ def get_jobs(_: KeyDep, session: SessionDep,
     return job_summaries(session, list_jobs(session, status, limit, offset))
 
 
+@router.get("/compare")
+def get_compare(key: KeyDep, session: SessionDep,
+                ids: Annotated[list[str] | None, Query(description="2 to 8 training job ids, comma-separated "
+                                                "(ids=12,15) or repeated.")] = None) -> Comparison:
+    """Training runs side by side: recipes (dotted fields, the differing ones marked), loss and
+    eval-loss curves, final metrics, wall time, tokens/s, peak memory, and the eval scores of the
+    versions they registered. A recipe is shown to its job's owner and admins only, as
+    ``GET /api/jobs/{id}`` shows it. 400 for fewer than 2 or more than 8 ids or a job that is not a
+    training job; 404 for an unknown id."""
+    return compare_runs(session, parse_ids(ids or []), key)
+
+
 @router.get("/{job_id}")
-def get_one_job(job_id: int, key: KeyDep, session: SessionDep) -> JobDetail:
+def get_one_job(job_id: int, key: KeyDep, session: SessionDep, settings: SettingsDep) -> JobDetail:
     """A job with its result, progress and every status change (events); its spec for its owner
-    and admins."""
-    return job_detail(session, get_job(session, job_id), key)
+    and admins; ``mlflow_url``: its run in the MLflow UI."""
+    detail = job_detail(session, get_job(session, job_id), key)
+    return detail.model_copy(update={"mlflow_url": run_url(settings, detail.mlflow_run_id)})
 
 
 @router.post("/{job_id}/cancel", status_code=202)
