@@ -7,13 +7,14 @@ import typer
 from rich.table import Column, Table
 
 from studio.cli.common import console, settings_with_db
+from studio.errors import StudioError
 from studio.models.tiny import TinyModelSpec, make_tiny
 from studio.recipes import apply_overrides, load_recipe, validate_spec
 from studio.registry.versions import STAGES
 from studio.settings import expand_home, get_settings
 from studio.store.db import session_scope
 
-app = typer.Typer(help="Models: the registry (ls, show, promote) and the tiny local model.", no_args_is_help=True)
+app = typer.Typer(help="Models: the registry (ls, show, promote), adapters leaving it (download, merge, push) and the tiny local model.", no_args_is_help=True)
 
 
 @app.command("make-tiny")
@@ -167,3 +168,71 @@ def gate_cmd(
     for e in history[-10:]:
         console.print(f"  {e['at'][:19]} v{e['version']} → {e['to_stage']}: {e['outcome']} · {e['reason']}",
                       highlight=False)
+
+
+@app.command("download")
+def download_cmd(
+    ref: str = typer.Argument(..., help="name (its champion, else newest) or name@N."),
+    out: Path | None = typer.Option(None, "--out", help="File to write; default ./NAME-vN.tar.gz. Never overwritten."),
+) -> None:
+    """The version's PEFT adapter folder with its model card (base model, data snapshot, recipe,
+    scores) as a .tar.gz — what GET /api/models/{ref}/download streams."""
+    import os
+    import uuid
+
+    from studio.registry.export import adapter_archive
+
+    settings = settings_with_db()
+    with session_scope(settings.db_url) as s:
+        filename, chunks = adapter_archive(s, ref)
+    out = (out or Path(filename)).expanduser().resolve()
+    if out.exists():
+        raise StudioError(f"{out} already exists; download never overwrites", "pass another --out FILE")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    console.print(f"[green]{out}[/] ({out.stat().st_size} bytes)", highlight=False)
+
+
+@app.command("merge")
+def merge_cmd(
+    ref: str = typer.Argument(..., help="An adapter version: name (its champion, else newest) or name@N."),
+    out: Path = typer.Option(..., "--out", help="New (or empty) folder for the merged model. "
+                             "Under $STUDIO_HOME/models/NAME it is a base model recipes name as NAME."),
+) -> None:
+    """Merge the adapter into its base model (PEFT merge_and_unload; a QLoRA adapter onto the
+    dequantized 4-bit base): safetensors weights, the base's tokenizer and a model card, loadable
+    by transformers and vLLM."""
+    import tempfile
+
+    from studio.registry.merge import merge_source, merge_to_dir
+
+    settings = settings_with_db()
+    out = Path(expand_home(str(out), settings.home_abs, field="--out"))
+    with session_scope(settings.db_url) as s:
+        src = merge_source(s, ref)
+    with tempfile.TemporaryDirectory(prefix="studio-merge-") as cache, console.status(f"merging {src.ref} …"):
+        path = merge_to_dir(src, out, cache)
+    console.print(f"[green]{src.ref} merged[/] into {src.base_model} at {path}", highlight=False)
+
+
+@app.command("push")
+def push_cmd(
+    ref: str = typer.Argument(..., help="name (its champion, else newest) or name@N."),
+    uri: str = typer.Argument(..., help="Destination folder: a local path, s3://bucket/prefix, gs://…, any "
+                              "writable fsspec URI (credentials from the environment). Must not exist."),
+) -> None:
+    """Copy the version's adapter folder and its model card to URI: written under a temporary
+    name and moved into place, so a failure leaves nothing at URI."""
+    from studio.registry.export import push_version
+
+    settings = settings_with_db()
+    with session_scope(settings.db_url) as s, console.status(f"pushing {ref} to {uri} …"):
+        push_version(s, ref, uri)
+    console.print(f"[green]{ref}[/] pushed to {uri}", highlight=False)

@@ -8,16 +8,19 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from studio.api.deps import KeyDep, SessionDep, UserOrAdminDep
+from studio.api.deps import KeyDep, SessionDep, SettingsDep, UserOrAdminDep
 from studio.api.params import Offset
 from studio.api.routes.gateway import served_models
 from studio.access import Forbidden, claim_name, name_owner, owns, principal_id, require_admin
 from studio.errors import NotFound, StudioError
 from studio.evals.gate import (GateConfig, PromotionRefused, gate_dict, gated_promote, get_gate,
                                promotion_history, set_gate)
+from studio.registry.export import adapter_archive
+from studio.registry.merge import merge_into_store, merge_source
 from studio.registry.versions import get_version, lineage, list_versions, model_summaries, version_dict
 
 router = APIRouter(prefix="/api/models", tags=["models"])
@@ -41,6 +44,14 @@ class PromoteRequest(BaseModel):
 
     def overrides_gate(self) -> bool:
         return self.force or any(v is not None for v in (self.dataset, self.scorer, self.margin))
+
+
+class MergeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_name: str | None = Field(
+        default=None, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Also make the merged model a base model: the folder $STUDIO_HOME/models/<base_name>, "
+        "which recipes (base_model) and deployments then name. 409 if it exists.")
 
 
 class GateRequest(BaseModel):
@@ -78,6 +89,32 @@ def get_model(name: str, _: KeyDep, session: SessionDep,
 def get_lineage(ref: str, _: KeyDep, session: SessionDep) -> dict:
     """Which dataset snapshot and which job produced this version."""
     return lineage(session, ref)
+
+
+@router.get("/{ref}/download", response_class=StreamingResponse, responses={200: {"content": {
+    "application/gzip": {}}, "description": "NAME-vN.tar.gz: the version's folder with its model card (README.md)."}})
+async def get_download(ref: str, _: KeyDep, session: SessionDep) -> StreamingResponse:
+    """The version's PEFT adapter folder (``PeftModel.from_pretrained`` loads it) with a model card
+    (base model, data snapshot, recipe, scores), streamed as a ``.tar.gz``. 404 naming the reason
+    when the version's files are gone."""
+    filename, chunks = await run_in_threadpool(adapter_archive, session, ref)
+    return StreamingResponse(chunks, media_type="application/gzip",
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.post("/{ref}/merge")
+def post_merge(ref: str, body: MergeRequest, key: UserOrAdminDep, session: SessionDep,
+               settings: SettingsDep) -> dict:
+    """Merge the adapter into its base (PEFT ``merge_and_unload``; a QLoRA adapter onto the
+    dequantized 4-bit base): a full model in safetensors with the tokenizer, in the artifact store
+    (``merged/<name>/<version>``, made once per version), and with ``base_name`` also a base model
+    under ``$STUDIO_HOME/models``. The name's owner or an admin. Runs in the API process: minutes
+    for a large model (the CLI's ``studio models merge`` does it on the operator's machine)."""
+    mv = get_version(session, ref)  # 404 before any ownership question
+    _check_name_owner(session, key, mv.name, "merge its versions")
+    src = merge_source(session, ref)
+    session.commit()  # the merge takes a while: hold no database transaction through it
+    return merge_into_store(settings, src, body.base_name)
 
 
 @router.post("/{ref}/promote", response_model=None)

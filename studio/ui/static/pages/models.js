@@ -1,8 +1,9 @@
 // Models: registry names, and a name's versions with lineage (dataset snapshot, job, MLflow run),
 // eval scores and stage; promote to champion or archive (the name's owner and admins; only admins
-// force past the promotion gate, with a reason the studio records).
+// force past the promotion gate, with a reason the studio records). Every key may download a
+// version (its adapter folder and model card as .tar.gz); the owner and admins merge it into its base.
 import { isAdmin, ownerNote, owns } from "../access.js";
-import { get, post } from "../api.js";
+import { get, post, request } from "../api.js";
 import { add, badge, banner, fmtTime, h, pager, showError, table } from "../dom.js";
 
 const PAGE = 25;
@@ -75,9 +76,46 @@ function forceControls() {
   return { view, body };
 }
 
+// The version's .tar.gz, fetched with the key (a plain link could not send it) and handed to the
+// browser as a download; a version whose files are gone answers 404 with the reason, shown.
+async function download(ref, button) {
+  banner(null);
+  button.disabled = true;
+  try {
+    const resp = await request(`/api/models/${encodeURIComponent(ref)}/download`, { raw: true });
+    const name = /filename="([^"]+)"/.exec(resp.headers.get("content-disposition") || "")?.[1] || `${ref}.tar.gz`;
+    const url = URL.createObjectURL(await resp.blob());
+    const link = h("a", { href: url, download: name, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (e) { showError(e); } finally { button.disabled = false; }
+}
+
+// Merge into the base: a full model in the artifact store; with a base name, also a base model
+// recipes and deployments name (the API answers 409 when that name is taken).
+function mergeControls() {
+  const baseName = h("input", { type: "text", id: "merge-base-name", placeholder: "optional: register as base model NAME",
+    style: "width: 22rem" });
+  const view = h("div", { class: "card row", id: "merge-box" },
+    h("span", {}, "Merge an adapter into its base (safetensors, loadable by transformers and vLLM)"), baseName);
+  const merge = async (ref, button) => {
+    banner(null);
+    button.disabled = true;
+    try {
+      const body = baseName.value.trim() ? { base_name: baseName.value.trim() } : {};
+      const r = await post(`/api/models/${encodeURIComponent(ref)}/merge`, body);
+      banner(`${r.ref} merged: ${r.uri}${r.base_model ? ` · base model ${r.base_model} (${r.path})` : ""}`, "info");
+    } catch (e) { showError(e); } finally { button.disabled = false; }
+  };
+  return { view, merge };
+}
+
 export async function modelPage(main, name) {
   const box = h("div", {});
   const forcing = isAdmin() ? forceControls() : null;
+  const merging = mergeControls();
   add(main, h("p", {}, h("a", { href: "#/models" }, "← all models")), h("h1", {}, `Model ${name}`),
     forcing ? forcing.view : null, box);
   let offset = 0;
@@ -94,8 +132,8 @@ export async function modelPage(main, name) {
         await load();
       } catch (e) { showError(e); }
     };
-    box.replaceChildren(h("div", { class: "card" },
-      canPromote ? null : h("p", {}, ownerNote("promote or archive its versions",
+    box.replaceChildren(canPromote ? merging.view : null, h("div", { class: "card" },
+      canPromote ? null : h("p", {}, ownerNote("promote, archive or merge its versions",
         { id: "promote-owner-note", whose: "the name's owner" })),
       table([
         { title: "Version", cell: (v) => v.ref }, { title: "Stage", cell: (v) => badge(v.stage) },
@@ -108,10 +146,13 @@ export async function modelPage(main, name) {
           v.mlflow_run_id ? h("div", { class: "muted" }, `MLflow run ${v.mlflow_run_id}`) : null,
           h("div", { class: "muted" }, `base ${v.base_model}`)) },
         { title: "Created", cell: (v) => fmtTime(v.created_at) },
-        { title: "", cell: (v) => (canPromote ? h("div", { class: "row" },
-          v.stage !== "champion" ? h("button", { class: "promote", "data-ref": v.ref, onclick: () => stage(v.ref, "champion") }, "Promote to champion") : null,
-          v.stage !== "archived" ? h("button", { class: "danger archive", "data-ref": v.ref, onclick: () => stage(v.ref, "archived") }, "Archive") : null)
-          : "") },
+        { title: "", cell: (v) => h("div", { class: "row" },
+          h("button", { class: "secondary download", "data-ref": v.ref, type: "button",
+            onclick: (ev) => download(v.ref, ev.currentTarget) }, "Download"),
+          canPromote && v.adapter_type !== "full" ? h("button", { class: "secondary merge", "data-ref": v.ref, type: "button",
+            onclick: (ev) => merging.merge(v.ref, ev.currentTarget) }, "Merge") : null,
+          canPromote && v.stage !== "champion" ? h("button", { class: "promote", "data-ref": v.ref, onclick: () => stage(v.ref, "champion") }, "Promote to champion") : null,
+          canPromote && v.stage !== "archived" ? h("button", { class: "danger archive", "data-ref": v.ref, onclick: () => stage(v.ref, "archived") }, "Archive") : null) },
       ], r.versions.slice(0, PAGE))),
     pager(offset, PAGE, r.versions.length > PAGE, (o) => { offset = o; load().catch(showError); }));
   };
