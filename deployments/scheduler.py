@@ -23,6 +23,7 @@ from studio.jobs.scheduler import reconcile_once
 from studio.jobs.submission import SchedulerConfig
 from studio.loops.actions import ServiceActions
 from studio.loops.runner import Runner
+from studio.registry.mlflow_mirror import MirrorPass
 from studio.settings import StudioSettings
 
 logger = logging.getLogger("ray.serve")
@@ -39,6 +40,7 @@ class JobScheduler:
         self._loops = Runner(self._settings, ServiceActions(
             models_available=self._served_models if gateway is not None else None))
         self._last_loop_pass: str | None = None
+        self._mirror = MirrorPass(self._settings)  # MLflow's registry catching up with ours
         self._passes = 0
         self._last_pass_at: float | None = None
         self._last_error: str | None = None
@@ -72,11 +74,21 @@ class JobScheduler:
             report.errors.append(f"loops: {type(e).__name__}: {e}")
             logger.exception("loop pass failed")
             return report
+        finally:
+            self._mirror_pass()
         report.errors.extend(loops.errors)
         if loops.started or loops.moves:
             self._last_loop_pass = "; ".join(loops.started + loops.moves)[:2000]
             logger.info("loop pass: started %s, moved %s", loops.started, loops.moves)
         return report
+
+    def _mirror_pass(self) -> None:
+        # MLflow down is logged by the pass itself (once per outage) and shown in status(); it is
+        # not a scheduler error.
+        try:
+            self._mirror.run()
+        except Exception:  # noqa: BLE001 — e.g. the studio's database briefly unreachable: next interval
+            logger.exception("MLflow registry mirror pass failed")
 
     def _served_models(self) -> list[str]:
         # Called from the pass's worker thread, where a handle's response may be waited on. A
@@ -92,6 +104,7 @@ class JobScheduler:
         return {"alive": not self._task.done(), "passes": self._passes, "last_pass_at": self._last_pass_at,
                 "last_error": self._last_error, "interval_s": self._config.interval_s,
                 "last_loop_moves": self._last_loop_pass,
+                "mlflow_mirror": {"last_error": self._mirror.last_error, "last_sync": self._mirror.last_report},
                 "max_concurrent_jobs": self._config.max_concurrent_jobs}
 
     def check_health(self) -> None:

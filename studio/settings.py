@@ -56,6 +56,26 @@ class StudioSettings(BaseSettings):
         "deployments, train workers and engines can all be placed on a small machine.",
     )
     dashboard_port: int = Field(default=8265, ge=1, le=65535, description="Ray dashboard port.")
+    mlflow_ui: bool = Field(
+        default=True,
+        description="`studio up` starts the MLflow UI (`mlflow server` on the studio's own tracking "
+        "store) and `studio down` stops it (STUDIO_MLFLOW_UI=0: not). Never started for a remote "
+        "tracking URI (STUDIO_MLFLOW_URI=http…), whose own server is the UI.",
+    )
+    mlflow_host: str = Field(default="127.0.0.1", description="Interface the MLflow UI binds (STUDIO_MLFLOW_HOST).")
+    mlflow_port: int = Field(default=5000, ge=1, le=65535, description="Port of the MLflow UI (STUDIO_MLFLOW_PORT).")
+    mlflow_ui_url: str | None = Field(
+        default=None,
+        description="Where the links to runs and registered model versions point (STUDIO_MLFLOW_UI_URL); "
+        "default: the tracking URI when it is an http(s) server, else the local UI "
+        "(http://STUDIO_MLFLOW_HOST:STUDIO_MLFLOW_PORT) when STUDIO_MLFLOW_UI is on, else no links.",
+    )
+    mlflow_sync_interval_s: float = Field(
+        default=60.0, gt=0,
+        description="How often the scheduler checks that MLflow's model registry mirrors the studio's "
+        "(STUDIO_MLFLOW_SYNC_INTERVAL_S): versions missed while MLflow was down, aliases moved by "
+        "loops and auto-promotion.",
+    )
     serve_fast_path: bool = Field(
         default=True,
         description="Start the local Ray head in Ray Serve's high-throughput mode (HAProxy in "
@@ -249,6 +269,11 @@ def settings_env(settings: StudioSettings) -> dict[str, str]:
     for name in ("upload_max_bytes", "max_body_mb", "max_streams_per_key", "stream_idle_s", "stream_max_s",
                  "batch_concurrency", "batch_max_lines", "batch_file_max_bytes"):
         env[f"STUDIO_{name.upper()}"] = str(getattr(settings, name))
+    # The API's links to the MLflow UI, and the scheduler's registry mirror.
+    for name in ("mlflow_ui", "mlflow_host", "mlflow_port", "mlflow_sync_interval_s"):
+        env[f"STUDIO_{name.upper()}"] = str(getattr(settings, name))
+    if settings.mlflow_ui_url:
+        env["STUDIO_MLFLOW_UI_URL"] = settings.mlflow_ui_url
     env["STUDIO_HTTP_HOST"] = settings.http_host
     env["STUDIO_HTTP_PORT"] = str(settings.http_port)
     return env

@@ -299,7 +299,9 @@ def deploy(settings: StudioSettings, serve_config: str | Path | None = None, wai
 
 
 def up(settings: StudioSettings, serve_config: str | Path | None = None) -> HeadState | None:
-    """Start or join Ray and deploy the app. Returns the head state when we started the head."""
+    """Start or join Ray and deploy the app, and the MLflow UI (``studio.mlflow_server``, started
+    first so it comes up while Ray does). Returns the head state when we started the head."""
+    from studio import mlflow_server
     from studio.keys import check_admin_secret
     from studio.serving.app_config import provider_key_envs
 
@@ -313,6 +315,7 @@ def up(settings: StudioSettings, serve_config: str | Path | None = None) -> Head
             f"port {settings.http_port} on {settings.http_host} is taken by another program",
             "stop that program or choose another port with STUDIO_HTTP_PORT=8001",
         )
+    mlflow_server.start(settings)
     state = None
     if not os.environ.get("RAY_ADDRESS"):
         before = read_state(settings)
@@ -333,9 +336,11 @@ def restoring(settings: StudioSettings) -> list[str]:
 
 
 def down(settings: StudioSettings) -> bool:
-    """Stop the application; stop the Ray head too if this STUDIO_HOME started it."""
+    """Stop the application; stop the Ray head too if this STUDIO_HOME started it, and its MLflow UI."""
+    from studio import mlflow_server
+
     state = read_state(settings)
-    stopped = False
+    stopped = mlflow_server.stop(settings)
     if os.environ.get("RAY_ADDRESS"):
         import ray
         from ray import serve

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from studio.cli import data, jobs, keys, models, train
-from studio.cli import experiments
+from studio.cli import experiments, mlflow_sync
 from studio.cli import eval as eval_cli
 from studio.cli import usage
 from studio.cli import backup as backup_cli
@@ -36,6 +36,7 @@ app.add_typer(eval_cli.app, name="eval")
 app.add_typer(serve_cli.app, name="serve")
 app.add_typer(batches_cli.app, name="batches")
 app.add_typer(loops_cli.app, name="loop")
+models.app.command("mlflow-sync")(mlflow_sync.mlflow_sync)
 app.command("usage")(usage.usage)
 app.command("backup")(backup_cli.backup)
 app.command("restore")(backup_cli.restore)
@@ -45,8 +46,9 @@ app.command("restore")(backup_cli.restore)
 def up(
     config: Path | None = typer.Option(None, "--config", help="Serve config; default configs/serve/studio_api.yaml (no engine); configs/serve/studio.yaml also serves the tiny model."),
 ) -> None:
-    """Start (or join, with RAY_ADDRESS) a local Ray head and deploy the studio on it."""
-    from studio import ray_connection, stack
+    """Start (or join, with RAY_ADDRESS) a local Ray head and deploy the studio on it, with the
+    MLflow UI on the studio's tracking store (STUDIO_MLFLOW_PORT; STUDIO_MLFLOW_UI=0: not)."""
+    from studio import mlflow_server, ray_connection, stack
 
     settings = settings_with_db()
     with console.status("starting Ray and deploying the studio (first start takes ~30 s) …"):
@@ -59,6 +61,9 @@ def up(
         console.print(f"for `ray job submit` / `ray status`: export {shell_env}", highlight=False)
     else:
         console.print(f"joined the Ray cluster at {os.environ.get('RAY_ADDRESS')}")
+    ui = mlflow_server.wait_ready(settings)
+    if ui.state not in ("off",):
+        console.print(f"MLflow UI: {ui.url or '-'} ({ui.state}{': ' + ui.note if ui.note else ''})", highlight=False)
     if created and settings.admin_key:
         console.print("admin key: the one in STUDIO_ADMIN_KEY is registered")
     elif created:
@@ -76,7 +81,7 @@ def up(
 @app.command()
 def down() -> None:
     """Stop the studio application and the Ray head that `studio up` started."""
-    from studio import ray_connection, stack
+    from studio import stack
 
     settings = settings_with_db()
     if stack.down(settings):
@@ -89,7 +94,7 @@ def down() -> None:
 def status() -> None:
     """Where state lives, whether Ray and the studio are up; when up, the URLs, each service's
     state, the served models' states, and the versions of Ray, vLLM and torch."""
-    from studio import ray_connection, stack
+    from studio import mlflow_server, ray_connection, stack
     from studio.cli import stack_status
     from studio.ray_auth import ray_auth_token_source
     from studio.store.db import redacted_url
@@ -115,6 +120,8 @@ def status() -> None:
         for name, url in stack_status.urls(settings, head.dashboard_url if head else None):
             console.print(f"{name:<12} {url}", highlight=False)
         _print_services(settings, stack_status)
+    ui = mlflow_server.status(settings)
+    console.print(f"mlflow ui    {ui.url or '-'} {ui.state}" + (f" ({ui.note})" if ui.note else ""), highlight=False)
     console.print(f"versions     {stack_status.versions()}", highlight=False)
     if not health:
         raise typer.Exit(1)

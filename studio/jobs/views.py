@@ -118,6 +118,8 @@ class JobDetail(JobSummary, StoredJobView):
                                      "kept).")
     checkpoint_uri: str | None = Field(description="The latest checkpoint, where a retry resumes.")
     mlflow_run_id: str | None = Field(description="The MLflow run of a training job.")
+    mlflow_url: str | None = Field(default=None, description="The run's page in the MLflow UI (null: no run, or "
+                                   "no UI to link to; see STUDIO_MLFLOW_UI_URL).")
     step: int | None = Field(description="The highest step the current attempt reported (see progress).")
     total_steps: int | None = Field(description="Steps the run takes, when known (see progress).")
     events: list[JobEventView] = Field(description="Every status change, oldest first.")

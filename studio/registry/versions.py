@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from studio.access import claim_name
 from studio.errors import NotFound, StudioError
+from studio.mlflow_links import run_url, version_url
+from studio.settings import StudioSettings
 from studio.store.models import ApiKey, DatasetSnapshot, Job, ModelVersion, OwnedName
 
 STAGES = ("candidate", "champion", "archived")
@@ -105,12 +107,17 @@ def lineage(session: Session, ref: str) -> dict[str, Any]:
     }
 
 
-def version_dict(mv: ModelVersion) -> dict[str, Any]:
+def version_dict(mv: ModelVersion, settings: StudioSettings | None = None) -> dict[str, Any]:
+    """The version as the API shows it; with ``settings``, ``mlflow_url`` (its registered model
+    version's page in the MLflow UI, mirrored by ``studio.registry.mlflow_mirror``) and
+    ``mlflow_run_url`` (its training run's) are links, else null."""
     return {
         "name": mv.name, "version": mv.version, "ref": f"{mv.name}@{mv.version}", "stage": mv.stage,
         "base_model": mv.base_model, "method": mv.method, "adapter_type": mv.adapter_type, "uri": mv.uri,
         "dataset_snapshot_id": mv.dataset_snapshot_id, "job_id": mv.job_id,
         "mlflow_run_id": mv.mlflow_run_id, "metrics": mv.metrics, "created_at": mv.created_at.isoformat(),
+        "mlflow_url": version_url(settings, mv.name, mv.version) if settings else None,
+        "mlflow_run_url": run_url(settings, mv.mlflow_run_id) if settings else None,
     }
 
 

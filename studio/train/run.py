@@ -29,6 +29,7 @@ from studio.errors import StudioError
 from studio.jobs.driver import EXIT_FAILED, EXIT_REFUSED, JobDriver, ray_submission_id
 from studio.jobs.status import IllegalTransition, JobStatus, create_job, transition
 from studio.recipes import load_recipe
+from studio.registry.mlflow_mirror import mirror_best_effort
 from studio.registry.versions import register_version
 from studio.settings import StudioSettings
 from studio.store.artifacts import ArtifactStore
@@ -262,6 +263,7 @@ def _run_job(settings: StudioSettings, job_id: int, spec: TrainSpec) -> int:
             totals = {k: v for k, v in (s.get(Job, job_id).result or {}).items() if k in ("total_steps", "epochs")}
         driver(settings, job_id).succeed({**totals, **outcome}, f"registered {outcome['model']}", merge=False)
         tracking.end_run(settings.mlflow, mlflow_run_id, "FINISHED")
+        mirror_best_effort(settings, spec.name, say)  # MLflow down: said here, the scheduler catches up
         say(f"job {job_id} SUCCEEDED in {time.monotonic() - t0:.0f} s: {outcome['model']} {outcome['metrics']}")
         return 0
     except IllegalTransition as e:  # e.g. cancelled while training: the job's status is not ours
