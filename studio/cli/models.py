@@ -139,6 +139,9 @@ def promote_cmd(
         raise typer.Exit(1)
     color = "yellow" if o.outcome == "forced" else "green"
     console.print(f"[{color}]{o.ref}[/] is now {stage} ({o.outcome}: {o.reason})", highlight=False)
+    from studio.registry.mlflow_mirror import mirror_best_effort
+
+    mirror_best_effort(settings, o.ref.partition("@")[0], lambda line: console.print(line, highlight=False))
 
 
 @app.command("gate")

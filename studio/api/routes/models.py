@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +21,7 @@ from studio.evals.gate import (GateConfig, PromotionRefused, gate_dict, gated_pr
                                promotion_history, set_gate)
 from studio.registry.export import adapter_archive
 from studio.registry.merge import merge_into_store, merge_source
+from studio.registry.mlflow_mirror import mirror_best_effort
 from studio.registry.versions import get_version, lineage, list_versions, model_summaries, version_dict
 
 router = APIRouter(prefix="/api/models", tags=["models"])
@@ -73,22 +74,25 @@ def get_models(_: KeyDep, session: SessionDep,
 
 
 @router.get("/{name}")
-def get_model(name: str, _: KeyDep, session: SessionDep,
+def get_model(name: str, _: KeyDep, session: SessionDep, settings: SettingsDep,
               limit: Annotated[int | None, Query(ge=1, le=500, description="Versions per page.")] = None,
               offset: Offset = 0, newest_first: bool = False) -> dict:
-    """Versions of a name, oldest first (or newest first); a page of them with ``limit``."""
+    """Versions of a name, oldest first (or newest first); a page of them with ``limit``; each
+    with ``mlflow_url``, its page in the MLflow UI."""
     versions = list_versions(session, name, limit=limit, offset=offset, newest_first=newest_first)
     # An empty page past the end of an existing name is not "no such model".
     if not versions and not (offset and list_versions(session, name, limit=1)):
         raise NotFound(f"no registered model named {name!r}", "see GET /api/models (or `studio models ls`)")
     owner = name_owner(session, "model", name)
-    return {"name": name, "owner_key_id": owner, "versions": [version_dict(v) for v in versions]}
+    return {"name": name, "owner_key_id": owner, "versions": [version_dict(v, settings) for v in versions]}
 
 
 @router.get("/{ref}/lineage")
-def get_lineage(ref: str, _: KeyDep, session: SessionDep) -> dict:
-    """Which dataset snapshot and which job produced this version."""
-    return lineage(session, ref)
+def get_lineage(ref: str, _: KeyDep, session: SessionDep, settings: SettingsDep) -> dict:
+    """Which dataset snapshot and which job produced this version (``model.mlflow_url``: its page
+    in the MLflow UI)."""
+    out = lineage(session, ref)
+    return {**out, "model": version_dict(get_version(session, out["model"]["ref"]), settings)}
 
 
 @router.get("/{ref}/download", response_class=StreamingResponse, responses={200: {"content": {
@@ -119,7 +123,7 @@ def post_merge(ref: str, body: MergeRequest, key: UserOrAdminDep, session: Sessi
 
 @router.post("/{ref}/promote", response_model=None)
 def post_promote(ref: str, body: PromoteRequest, key: UserOrAdminDep, session: SessionDep,
-                 request: Request) -> dict | JSONResponse:
+                 request: Request, settings: SettingsDep, background: BackgroundTasks) -> dict | JSONResponse:
     """Set a pinned version's stage (``name@N``); promoting to champion archives the previous one.
 
     With a promotion gate (``PUT /api/models/{name}/gate``, or ``dataset`` in the body) the
@@ -148,6 +152,8 @@ def post_promote(ref: str, body: PromoteRequest, key: UserOrAdminDep, session: S
         session.commit()  # the refusal is part of the record
         raise PromotionRefused(f"{o.ref} was not promoted: {o.reason}",
                                "improve the candidate, lower the gate's margin, or pass force=true")
+    # MLflow's @champion/@challenger follow, once the promotion is committed and answered.
+    background.add_task(mirror_best_effort, settings, mv.name)
     return {**o.version, "promotion": {k: v for k, v in o.as_dict().items() if k != "version"}}
 
 
