@@ -104,6 +104,8 @@ export async function jobPage(main, id) {
       job.error ? h("p", { class: "err", id: "job-error" }, job.error) : null,
       job.status === "SUCCEEDED" && job.result?.model ? h("p", {}, "Registered ",
         h("a", { href: `#/models/${encodeURIComponent(String(job.result.model).split("@")[0])}` }, String(job.result.model))) : null,
+      job.mlflow_url ? h("p", {}, h("a", { href: job.mlflow_url, target: "_blank", rel: "noopener", id: "mlflow-run" },
+        "The run in MLflow ↗")) : null,
       actions(job, done, act),
       h("h2", {}, "State timeline"), timeline(job.events || []));
     return done;

@@ -143,7 +143,10 @@ export async function modelPage(main, name) {
           v.dataset_snapshot_id ? h("div", {}, "data ", h("a", { href: `#/snapshots/${encodeURIComponent(v.dataset_snapshot_id)}` },
             v.dataset_snapshot_id.slice(0, 12))) : null,
           v.job_id ? h("div", {}, "job ", h("a", { href: `#/jobs/${v.job_id}` }, `#${v.job_id}`)) : null,
-          v.mlflow_run_id ? h("div", { class: "muted" }, `MLflow run ${v.mlflow_run_id}`) : null,
+          // The version's page in the MLflow UI (the registry is mirrored there) and its run's.
+          v.mlflow_url ? h("div", {}, h("a", { href: v.mlflow_url, target: "_blank", rel: "noopener", class: "mlflow-version" }, "MLflow version ↗"),
+            v.mlflow_run_url ? [" · ", h("a", { href: v.mlflow_run_url, target: "_blank", rel: "noopener", class: "mlflow-run" }, "run ↗")] : null)
+            : v.mlflow_run_id ? h("div", { class: "muted" }, `MLflow run ${v.mlflow_run_id}`) : null,
           h("div", { class: "muted" }, `base ${v.base_model}`)) },
         { title: "Created", cell: (v) => fmtTime(v.created_at) },
         { title: "", cell: (v) => h("div", { class: "row" },
