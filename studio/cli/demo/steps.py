@@ -26,6 +26,7 @@ from studio.cli.demo.profile import (
     Profile,
 )
 from studio.jobs.follow import follow_job
+from studio.mlflow_links import ui_url as mlflow_ui_url
 from studio.models.tiny import make_tiny
 from studio.recipes import load_recipe
 from studio.settings import StudioSettings
@@ -360,7 +361,9 @@ class Demo:
         s = self.settings
         console.print(f"studio API     {s.base_url}/api/docs   (OpenAI: {s.base_url}/v1, UI: {s.base_url}/ui)")
         console.print(f"Ray dashboard  http://127.0.0.1:{s.dashboard_port}")
-        console.print(f"MLflow         {s.mlflow}   (browse: mlflow ui --backend-store-uri {s.mlflow})")
+        ui = mlflow_ui_url(s)
+        console.print(f"MLflow         {ui}   (registered model {NAME}, @champion)" if ui else
+                      f"MLflow         {s.mlflow}   (browse: mlflow ui --backend-store-uri {s.mlflow})")
         console.print(f"admin key      {s.home_abs / 'admin.key'}")
 
 
