@@ -26,6 +26,7 @@ from tests.api.checks import assert_problem, bearer
 from tests.cli_invoke import invoke
 from tests.jobs.inputs import ingest_datasets
 
+pytestmark = [pytest.mark.slow, pytest.mark.parallel]  # models load in seconds; no Ray, no engine
 PROMPTS = ["reverse: 1 2 3", "reverse: 9 0 4 7", "hello"]
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # loads models: once is enough
 
@@ -80,7 +81,8 @@ def base_plus_adapter(tiny, adapter_dir, quantized: bool = False):
 @pytest.fixture
 def registered(settings, tmp_path, tiny, adapter, user_key) -> dict:
     """``rev@1``: the adapter in the artifact store, from a job on digits@1, scored by one eval;
-    ``rev@2`` (same adapter, QLoRA); ``gone@1`` (files deleted), ``half@1`` (no adapter_config.json).
+    ``rev@2`` (same adapter, QLoRA), ``rev@3`` (registered as full weights); ``gone@1`` (files
+    deleted), ``half@1`` (no adapter_config.json).
     Every name is alice's."""
     ingest_datasets(settings, tmp_path / "data")
     store = ArtifactStore(settings.artifacts)
@@ -101,6 +103,7 @@ def registered(settings, tmp_path, tiny, adapter, user_key) -> dict:
         register_version(s, name="rev", uri=uri, adapter_type="qlora", **common)
         register_version(s, name="gone", uri=str(tmp_path / "deleted"), adapter_type="lora", **common)
         register_version(s, name="half", uri=half, adapter_type="lora", **common)
+        register_version(s, name="rev", uri=uri, adapter_type="full", **common)  # rev@3: nothing to merge
         s.add_all([EvalScore(job_id=ev.id, datapoint=i, model="rev@1", scorer="exact_match", score=float(i % 2))
                    for i in range(4)])
         return {"uri": uri, "snapshot_id": snap.id, "eval_id": ev.id}
@@ -158,6 +161,8 @@ def test_missing_files_are_404_naming_why_and_lesser_keys_are_refused(client, cl
                    "no adapter_config.json")
     assert_problem(client.get("/api/models/rev@9/download", headers=bearer(user_key)), 404, "no version 9")
     assert_problem(client.post("/api/models/gone@1/merge", json={}, headers=bearer(user_key)), 404, "are gone")
+    assert_problem(client.post("/api/models/rev@3/merge", json={}, headers=bearer(user_key)), 400,
+                   "holds full weights", "nothing to merge")
     code, out = invoke("models", "download", "gone@1", "--out", str(tmp_path / "x.tar.gz"))
     assert code == 1 and "are gone" in out and not (tmp_path / "x.tar.gz").exists()
     # A service key reads no catalog; another user reads it but merges only its own names.
@@ -215,6 +220,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@sqlite_only
 def test_push_to_a_local_folder_and_to_s3_and_an_unwritable_uri_leaves_nothing(cli_env, registered, tmp_path):
     dest = tmp_path / "out" / "rev-1"
     code, out = invoke("models", "push", "rev@1", str(dest))
