@@ -155,3 +155,20 @@ def test_mlflow_down_registration_succeeds_and_the_mirror_catches_up(settings, r
     finally:
         assert mlflow_server.stop(server)
     assert mlflow_server.status(server).state == "down" and not (server.home_abs / "mlflow-ui.json").exists()
+
+
+def test_the_ui_is_not_started_on_a_taken_port_off_or_for_a_remote_tracking_server(settings):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        taken = settings.model_copy(update={"mlflow_ui": True, "mlflow_port": port})
+        ui = mlflow_server.start(taken)
+    assert ui.state == "blocked" and f"port {port}" in ui.note and "STUDIO_MLFLOW_PORT" in ui.note
+    assert not mlflow_server.state_file(taken).exists()
+    assert mlflow_server.start(settings.model_copy(update={"mlflow_ui": False})).state == "off"
+    remote = settings.model_copy(update={"mlflow_ui": True, "mlflow_uri": "http://mlflow.corp:5000"})
+    assert (mlflow_server.start(remote).state, mlflow_server.start(remote).url) == ("remote", "http://mlflow.corp:5000")
+    assert not mlflow_server.state_file(remote).exists()
