@@ -42,6 +42,7 @@ class UiStatus:
     state: str
     url: str | None
     note: str = ""
+    started: bool = False  # by this call (``start``), not found running
 
 
 def state_file(settings: StudioSettings) -> Path:
@@ -116,7 +117,7 @@ def start(settings: StudioSettings) -> UiStatus:
         proc = subprocess.Popen(command(settings), stdout=log, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(settings.home_abs))
     state_file(settings).write_text(json.dumps(asdict(UiState(proc.pid, url, str(log_path)))))
-    return UiStatus("starting", url)
+    return UiStatus("starting", url, started=True)
 
 
 def wait_ready(settings: StudioSettings, wait_s: float = 60.0) -> UiStatus:

@@ -315,14 +315,19 @@ def up(settings: StudioSettings, serve_config: str | Path | None = None) -> Head
             f"port {settings.http_port} on {settings.http_host} is taken by another program",
             "stop that program or choose another port with STUDIO_HTTP_PORT=8001",
         )
-    mlflow_server.start(settings)
-    state = None
-    if not os.environ.get("RAY_ADDRESS"):
-        before = read_state(settings)
-        state = start_head(settings, withhold=provider_key_envs(load_serve_config(serve_config).get("args")))
-        if before is None or before.pid != state.pid:
-            restoring(settings)
-    deploy(settings, serve_config)
+    ui = mlflow_server.start(settings)
+    try:
+        state = None
+        if not os.environ.get("RAY_ADDRESS"):
+            before = read_state(settings)
+            state = start_head(settings, withhold=provider_key_envs(load_serve_config(serve_config).get("args")))
+            if before is None or before.pid != state.pid:
+                restoring(settings)
+        deploy(settings, serve_config)
+    except BaseException:
+        if ui.started:  # a failed `up` leaves no UI of its own behind
+            mlflow_server.stop(settings)
+        raise
     return state
 
 
