@@ -55,6 +55,18 @@ def postgres_database() -> Iterator[str]:
         admin.close()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    """``get_settings()`` is cached per process; a test that sets ``STUDIO_*`` with monkeypatch must
+    not read the settings an earlier test cached in the same (xdist) worker: a stale STUDIO_ADMIN_KEY
+    once let ``studio up`` skip its key check and start a Ray head on another test's home."""
+    from studio.settings import get_settings
+
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 def _release_engine(url: str) -> None:
     """Close the pooled connections of ``url``'s cached engine and forget every cached engine."""
     try:
