@@ -203,6 +203,9 @@ def test_merge_gives_the_adapters_greedy_tokens_over_cli_and_http(client, cli_en
                    409, "already exists")
     assert client.post("/api/models/rev@1/merge", json={"base_name": "../etc"}, headers=bearer(admin_key)).status_code == 422
     assert client.post("/api/models/rev@1/merge", json={}, headers=bearer(admin_key)).json()["base_model"] is None
+    again = client.post("/api/models/rev@1/merge", json={"base_name": "rev-merged-2"}, headers=bearer(admin_key))
+    assert again.status_code == 200, again.text
+    assert _tree(Path(again.json()["path"])) == _tree(as_base)  # from the store's copy, not merged again
 
 
 @sqlite_only
