@@ -138,20 +138,8 @@ def check_request(config: EngineConfig, endpoint: Endpoint, request: dict[str, A
     if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:
         return error_body(f"stop has {len(stop)} strings; at most {MAX_STOP_STRINGS} are accepted "
                           "(each one is checked after every generated token)", 400, param="stop")
-    schemas: list[tuple[str, Any]] = []
     tools = request.get("tools") if endpoint == "chat" else None
-    if isinstance(tools, list):
-        for i, tool in enumerate(tools):
-            function = tool.get("function") if isinstance(tool, dict) else None
-            if isinstance(function, dict) and "parameters" in function:
-                schemas.append((f"tools[{i}].function.parameters", function["parameters"]))
-    fmt = request.get("response_format")
-    if isinstance(fmt, dict) and isinstance(fmt.get("json_schema"), dict):
-        json_schema = fmt["json_schema"]
-        schema = json_schema.get("schema", json_schema.get("json_schema"))
-        if schema is not None:
-            schemas.append(("response_format.json_schema.schema", schema))
-    for where, schema in schemas:
+    for where, schema in request_schemas(endpoint, request):
         if not isinstance(schema, dict):
             return error_body(f"{where} must be a JSON Schema object, not "
                               f"{type(schema).__name__}", 400, param=where)
@@ -179,6 +167,29 @@ def check_request(config: EngineConfig, endpoint: Endpoint, request: dict[str, A
     return None
 
 
+def request_schemas(endpoint: Endpoint, request: dict[str, Any],
+                    guided_only: bool = False) -> list[tuple[str, Any]]:
+    """(where, schema) of each JSON schema in the request: the tools' ``parameters`` (with
+    ``guided_only``, only strict tools', the ones decoding is guided by) and the
+    ``response_format`` schema."""
+    schemas: list[tuple[str, Any]] = []
+    tools = request.get("tools") if endpoint == "chat" else None
+    if isinstance(tools, list):
+        for i, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(function, dict) or "parameters" not in function:
+                continue
+            if not guided_only or function.get("strict") is True:
+                schemas.append((f"tools[{i}].function.parameters", function["parameters"]))
+    fmt = request.get("response_format")
+    if isinstance(fmt, dict) and isinstance(fmt.get("json_schema"), dict):
+        json_schema = fmt["json_schema"]
+        schema = json_schema.get("schema", json_schema.get("json_schema"))
+        if schema is not None:
+            schemas.append(("response_format.json_schema.schema", schema))
+    return schemas
+
+
 def _wants_guidance(request: dict[str, Any]) -> bool:
     fmt = request.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
@@ -189,6 +200,28 @@ def _wants_guidance(request: dict[str, Any]) -> bool:
         return True
     choice = request.get("tool_choice")
     return bool(request.get("tools")) and (choice == "required" or isinstance(choice, dict))
+
+
+def pin_forced_tool_arguments(request: dict[str, Any]) -> dict[str, Any]:
+    """The request with every tool marked ``strict: true`` when ``tool_choice`` forces a call
+    (``required`` or a named function) — a tool that says ``strict: false`` is left as sent.
+
+    vLLM guides a forced call's envelope (the call syntax and the tool's name) but pins the
+    arguments to the tool's ``parameters`` only for strict tools (its ``tool_strict_level: auto``);
+    a weak model then fills the arguments with any JSON value (the untrained tiny model answered
+    ``true``). A forced call is the caller asking for a call of that function, so its arguments
+    are guided too. ``auto`` is left alone: there the model may answer in text."""
+    tools = request.get("tools")
+    choice = request.get("tool_choice")
+    if not isinstance(tools, list) or not (choice == "required" or isinstance(choice, dict)):
+        return request
+    pinned = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and function.get("strict") is None:
+            tool = {**tool, "function": {**function, "strict": True}}
+        pinned.append(tool)
+    return {**request, "tools": pinned}
 
 
 class EngineAdapters:

@@ -29,6 +29,8 @@ from deployments.engines.base import (
     GenerateResult,
     check_request,
     error_body,
+    request_schemas,
+    pin_forced_tool_arguments,
     released_after,
 )
 from studio.errors import StudioError, Unavailable
@@ -50,11 +52,6 @@ class VLLMEngine:
         from vllm.platforms import current_platform
 
         c = self.config
-        backend = c.structured_outputs_backend
-        if backend == "none":  # ours: the engine keeps its default, check_request refuses guidance
-            backend = "auto"
-        if c.structured_outputs_compact and backend == "auto":
-            backend = "xgrammar"  # vLLM takes compact JSON only with a named backend
         return AsyncEngineArgs(
             # Inside a Ray actor vLLM may pick its Ray executor, whose placement group asks for
             # GPU bundles that a CPU cluster never schedules: keep CPU engines in local processes
@@ -76,8 +73,17 @@ class VLLMEngine:
             seed=c.seed,
             stream_interval=c.stream_interval,
             structured_outputs_config=StructuredOutputsConfig(
-                backend=backend, disable_any_whitespace=c.structured_outputs_compact),
+                backend=self.guided_backend(), disable_any_whitespace=c.compact_json),
         )
+
+    def guided_backend(self) -> str:
+        """vLLM's structured-outputs backend for this config."""
+        backend = self.config.structured_outputs_backend
+        if backend == "none":  # ours: the engine keeps its default, check_request refuses guidance
+            backend = "auto"
+        if self.config.compact_json and backend == "auto":
+            backend = "xgrammar"  # vLLM takes compact JSON only with a named backend
+        return backend
 
     def frontend_args(self, engine_args) -> argparse.Namespace:
         """What ``vllm serve`` would parse: vLLM's frontend defaults, our engine args, and the
@@ -127,6 +133,9 @@ class VLLMEngine:
         except BaseException:
             self.shutdown()  # the engine processes are already running
             raise
+        if self.config.compact_json and getattr(state.online_renderer, "parser", None):
+            # The renderer's parser is the one whose adjust_request turns tools into the grammar.
+            state.online_renderer.parser = bounded_tool_whitespace(state.online_renderer.parser)
         self._models = state.openai_serving_models
         self._chat = state.openai_serving_chat
         self._completion = state.openai_serving_completion
@@ -167,6 +176,12 @@ class VLLMEngine:
         refused = check_request(self.config, endpoint, request, max_len)
         if refused is not None:
             return refused
+        if endpoint == "chat":
+            request = pin_forced_tool_arguments(request)
+        if self.guided_backend() == "xgrammar":
+            refused = unsupported_by_xgrammar(endpoint, request)
+            if refused is not None:
+                return refused
         if self._client is None:
             return error_body("the engine is not started", 503, "ServiceUnavailableError")
         model_cls = ChatCompletionRequest if endpoint == "chat" else CompletionRequest
@@ -251,6 +266,105 @@ class VLLMEngine:
         if self._client is not None:
             self._client.shutdown()
             self._client = None
+
+
+# Keywords that vLLM's xgrammar check refuses in some combination (has_xgrammar_unsupported_json_
+# features); the one to name is found by taking each away.
+_XGRAMMAR_HINTS = ("multipleOf", "uniqueItems", "contains", "minContains", "maxContains", "format",
+                   "pattern", "minLength", "maxLength", "propertyNames", "patternProperties",
+                   "allOf")
+
+
+def unsupported_by_xgrammar(endpoint: Endpoint, request: dict[str, Any]) -> dict[str, Any] | None:
+    """A 400 naming the schema, the keyword and where it is, for a guided schema that xgrammar
+    cannot follow (vLLM itself says only "features not supported by xgrammar")."""
+    from vllm.v1.structured_output.backend_xgrammar import (
+        has_xgrammar_unsupported_json_features as unsupported,
+    )
+
+    for where, schema in request_schemas(endpoint, request, guided_only=True):
+        found = _unsupported_keyword(schema, [], unsupported) if isinstance(schema, dict) else None
+        if found is not None:
+            keyword, at = found
+            return error_body(
+                f"{where} uses {keyword!r} at {at}, which guided decoding (the engine's xgrammar "
+                "backend) cannot enforce; drop the keyword there and check that constraint on "
+                "the answer instead", 400, param=where)
+    return None
+
+
+def _unsupported_keyword(node: Any, path: list[str], unsupported) -> tuple[str, str] | None:
+    """(keyword, path) of the deepest schema node ``unsupported`` refuses, or None."""
+    children = (node.items() if isinstance(node, dict)
+                else enumerate(node) if isinstance(node, list) else ())
+    for key, child in children:
+        found = _unsupported_keyword(child, [*path, str(key)], unsupported)
+        if found is not None:
+            return found
+    if not isinstance(node, dict) or not unsupported(node):
+        return None
+    at = "/".join(path) or "(root)"
+    for keyword in _XGRAMMAR_HINTS:
+        if keyword in node and not unsupported({k: v for k, v in node.items() if k != keyword}):
+            return keyword, at
+    return next(iter(node), "(schema)"), at
+
+
+def bounded_tool_whitespace(parser_cls: type) -> type:
+    """vLLM's parser class (the tool parser composed by ``ParserManager``), whose tool-call
+    grammar allows at most one whitespace character between JSON tokens.
+
+    A guided tool call is an xgrammar structural tag (the call envelope + a ``json_schema`` format
+    per tool), and vLLM's ``disable_any_whitespace`` reaches only ``response_format`` JSON, not
+    these formats: an untrained model wrote tabs until ``max_tokens``. xgrammar's own knob on the
+    format, ``max_whitespace_cnt`` (≥ 1), bounds it; set wherever the format does not set it."""
+    import json
+
+    class BoundedWhitespaceParser(parser_cls):
+        def adjust_request(self, request):
+            request = super().adjust_request(request)
+            guided = getattr(request, "structured_outputs", None)
+            tag = getattr(guided, "structural_tag", None)
+            if isinstance(tag, str):
+                guided.structural_tag = json.dumps(_bound_whitespace(json.loads(tag)))
+            return request
+
+    BoundedWhitespaceParser.__name__ = BoundedWhitespaceParser.__qualname__ = (
+        f"BoundedWhitespace{parser_cls.__name__}")
+    return BoundedWhitespaceParser
+
+
+def _bound_whitespace(node: Any) -> Any:
+    if isinstance(node, dict):
+        if node.get("type") == "json_schema" and "json_schema" in node:  # the schema: as sent
+            return {**node, "max_whitespace_cnt": node.get("max_whitespace_cnt") or 1}
+        return {k: _bound_whitespace(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_bound_whitespace(v) for v in node]
+    return node
+
+
+def _death_reason(client) -> str:
+    """What happened to the engine core processes of an errored ``AsyncLLM``: which exited, how
+    (a negative exit code is the signal that killed it), from vLLM's process manager."""
+    import signal
+
+    manager = getattr(getattr(getattr(client, "engine_core", None), "resources", None),
+                      "engine_manager", None)
+    gone = []
+    for proc in getattr(manager, "processes", None) or []:
+        code = proc.exitcode
+        if code is None:
+            continue
+        if code < 0:
+            try:
+                how = f"killed by signal {-code} ({signal.Signals(-code).name})"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exit code {code}"
+        gone.append(f"its process {proc.name} (pid {proc.pid}) exited, {how}")
+    return "; ".join(gone) or "the engine core stopped answering (vLLM: EngineDeadError)"
 
 
 @contextmanager

@@ -17,6 +17,9 @@ from studio.errors import StudioError
 from studio.recipes import Spec
 
 
+COMPACT_BACKENDS = ("auto", "xgrammar", "guidance")  # vLLM's disable_any_whitespace: these only
+
+
 class EngineConfig(Spec):
     """What an engine serves and how. Fields map onto vLLM's engine args (SGLang's where it has
     the same knob); CPU defaults are the ones measured to work on a small machine."""
@@ -78,10 +81,11 @@ class EngineConfig(Spec):
         "the default when a request has tools); needs tool_call_parser."
     )
     tool_strict_level: Literal["auto", "function", "parameter"] = Field(
-        default="auto", description="How tightly vLLM guides tool calls: auto (the call's "
-        "envelope when tool_choice forces a call; arguments pinned to their schema only for "
-        "tools sent with `strict: true`), function (the envelope for every request with tools), "
-        "parameter (also every tool's arguments, as if all were strict)."
+        default="auto", description="How tightly vLLM guides tool calls: auto (when tool_choice "
+        "forces a call — required or a named function — the call and its arguments, pinned to "
+        "the tool's schema unless the tool says `strict: false`; with tool_choice auto, only "
+        "tools sent with `strict: true`), function (the call's envelope for every request with "
+        "tools), parameter (also every tool's arguments, as if all were strict)."
     )
     structured_outputs_backend: Literal[
         "auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer", "none"] = Field(
@@ -89,10 +93,12 @@ class EngineConfig(Spec):
         "and named/required tool choices; `none`: this engine does not guide, and such requests "
         "get a 400."
     )
-    structured_outputs_compact: bool = Field(
-        default=False, description="Guided JSON without free whitespace (xgrammar/guidance; "
-        "with backend auto this picks xgrammar): keeps a weak model from spending its tokens on "
-        "spaces."
+    structured_outputs_compact: bool | None = Field(
+        default=None, description="Guided JSON without free whitespace: none in `response_format` "
+        "JSON, at most one character between tokens of tool-call arguments. Keeps a weak model "
+        "from writing spaces until max_tokens (the untrained tiny model does). xgrammar/guidance "
+        "only; with backend auto this picks xgrammar (whose unsupported schema keywords are then "
+        "a 400). None (default): on with backends auto, xgrammar and guidance, off with the others."
     )
 
     @model_validator(mode="after")
@@ -100,7 +106,7 @@ class EngineConfig(Spec):
         if self.enable_auto_tool_choice and not self.tool_call_parser:
             raise ValueError("enable_auto_tool_choice needs tool_call_parser (e.g. hermes)")
         if self.structured_outputs_compact and self.structured_outputs_backend not in (
-                "auto", "xgrammar", "guidance"):
+                COMPACT_BACKENDS):
             raise ValueError("structured_outputs_compact works with the xgrammar or guidance "
                              "backend only")
         return self
@@ -108,6 +114,13 @@ class EngineConfig(Spec):
     @property
     def name(self) -> str:
         return self.served_model_name or self.model
+
+    @property
+    def compact_json(self) -> bool:
+        """Whether guided JSON is compact: the field, or by default wherever the backend can."""
+        if self.structured_outputs_compact is not None:
+            return self.structured_outputs_compact
+        return self.structured_outputs_backend in COMPACT_BACKENDS
 
 
 class AutoscalingSpec(Spec):

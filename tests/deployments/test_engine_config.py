@@ -149,6 +149,61 @@ def test_tool_and_structured_output_settings_are_checked_at_config_time():
                                      "structured_outputs_compact": True}, "engine")
     ok = EngineConfig(model="m", tool_call_parser="hermes", enable_auto_tool_choice=True)
     assert ok.structured_outputs_backend == "auto"
+    # Compact guided JSON by default, where the backend has it (auto then means xgrammar).
+    assert ok.compact_json and VLLM_ARGS(ok).structured_outputs_config.backend == "xgrammar"
+    assert VLLM_ARGS(ok).structured_outputs_config.disable_any_whitespace
+    loose = EngineConfig(model="m", structured_outputs_compact=False)
+    assert not VLLM_ARGS(loose).structured_outputs_config.disable_any_whitespace
+    assert VLLM_ARGS(loose).structured_outputs_config.backend == "auto"
+    outlines = EngineConfig(model="m", structured_outputs_backend="outlines")
+    assert not outlines.compact_json  # not an error: the default only applies where it can
+
+
+def VLLM_ARGS(config: EngineConfig):
+    from deployments.engines.vllm_engine import VLLMEngine
+
+    return VLLMEngine(config).engine_args()
+
+
+def test_forced_tool_calls_are_guided_by_the_schema_with_bounded_whitespace():
+    """What vLLM's grammar for a forced Hermes tool call accepts, before and after the engine's
+    two changes: arguments pinned to the tool's schema (not any JSON value such as `true`), at
+    most one whitespace character between JSON tokens (not tabs until max_tokens)."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.parser.parser_manager import ParserManager
+    from xgrammar import Grammar
+    from xgrammar.testing import _is_grammar_accept_string
+
+    from deployments.engines.base import pin_forced_tool_arguments
+    from deployments.engines.vllm_engine import bounded_tool_whitespace
+    from studio.models.tiny import TinyModelSpec, build_tokenizer
+
+    tok = build_tokenizer(TinyModelSpec(corpus_lines=200))
+    parser_cls = ParserManager.get_parser(tool_parser_name="hermes", enable_auto_tools=True)
+    named = {**CHAT_BODY, "tools": TOOLS,
+             "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+
+    def grammar(body, cls=parser_cls) -> Grammar:
+        request = ChatCompletionRequest.model_validate(body)
+        adjusted = cls(tok, request.tools).adjust_request(request)
+        return Grammar.from_structural_tag(adjusted.structured_outputs.structural_tag)
+
+    call = '<tool_call>{{"name": "get_weather", "arguments": {}}}</tool_call>'
+    compact, spaced = call.format('{"city":"Oslo"}'), call.format('{"city": "Oslo"}')
+    anything, tabs = call.format("true"), call.format('{\t\t\t"city":"Oslo"}')
+    as_sent = grammar(named)  # vLLM alone: the name is guided, the arguments are any JSON
+    assert all(_is_grammar_accept_string(as_sent, s) for s in (compact, anything, tabs))
+    for body in (named, {**named, "tool_choice": "required"}):
+        pinned = grammar(pin_forced_tool_arguments(body), bounded_tool_whitespace(parser_cls))
+        assert _is_grammar_accept_string(pinned, compact)
+        assert _is_grammar_accept_string(pinned, spaced)
+        assert not _is_grammar_accept_string(pinned, anything)
+        assert not _is_grammar_accept_string(pinned, tabs)
+    # An explicit strict: false is the caller's choice; auto is not forced.
+    loose = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "strict": False}}]
+    assert pin_forced_tool_arguments({**named, "tools": loose})["tools"] == loose
+    auto = {**CHAT_BODY, "tools": TOOLS, "tool_choice": "auto"}
+    assert pin_forced_tool_arguments(auto) is auto
 
 
 def test_requests_the_engine_would_mishandle_are_refused_before_it_runs():
@@ -203,6 +258,35 @@ def test_requests_the_engine_would_mishandle_are_refused_before_it_runs():
         assert "structured_outputs_backend" in result["error"]["message"]
     plain = asyncio.run(no_guide.generate("chat", {**CHAT_BODY, "tools": TOOLS}))
     assert plain["error"]["code"] == 503  # not refused: only the unstarted engine stops it
+
+
+def test_schema_keywords_xgrammar_cannot_enforce_are_a_400_naming_them():
+    from deployments.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(EngineConfig(model="m", tool_call_parser="hermes"))  # compact: xgrammar
+
+    def answer(schema, **extra):
+        fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "object", "properties": {"v": schema}, "required": ["v"]}}}
+        return asyncio.run(engine.generate("chat", {**CHAT_BODY, "response_format": fmt,
+                                                    **extra}))["error"]
+
+    for keyword, schema in (("multipleOf", {"type": "integer", "multipleOf": 3}),
+                            ("uniqueItems", {"type": "array", "uniqueItems": True}),
+                            ("pattern", {"type": "string", "pattern": "[a-z]+",
+                                         "maxLength": 4})):
+        err = answer(schema)
+        assert err["code"] == 400 and err["param"] == "response_format.json_schema.schema"
+        assert f"'{keyword}' at properties/v" in err["message"], err["message"]
+    assert answer({"type": "integer", "maximum": 3})["code"] == 503  # fine: only unstarted
+    # A forced tool call guides its arguments, so their schema is checked the same way.
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"n": {"type": "number", "multipleOf": 2}}}}}]
+    err = asyncio.run(engine.generate("chat", {**CHAT_BODY, "tools": tools,
+                                               "tool_choice": "required"}))["error"]
+    assert err["param"] == "tools[0].function.parameters" and "'multipleOf'" in err["message"]
+    auto = asyncio.run(engine.generate("chat", {**CHAT_BODY, "tools": tools}))
+    assert auto["error"]["code"] == 503  # not guided, not checked
 
 
 def test_tiny_chat_template_renders_tools_and_leaves_plain_chat_as_it_was():
