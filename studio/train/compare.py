@@ -105,7 +105,7 @@ def parse_ids(raw: list[str]) -> list[int]:
     fix = f"name {MIN_RUNS} to {MAX_RUNS} training job ids, e.g. ids=12,15 (`studio jobs ls` lists them)"
     ids = []
     for p in parts:
-        if not p.isdigit() or not 0 < int(p) <= MAX_JOB_ID:
+        if not (p.isascii() and p.isdigit()) or not 0 < int(p) <= MAX_JOB_ID:
             raise StudioError(f"{p!r} is not a job id", fix)
         ids.append(int(p))
     if len(ids) < MIN_RUNS:
