@@ -17,6 +17,10 @@ Handle methods:
   load it. A bad adapter raises a StudioError and leaves the engine and other adapters as they were.
 * ``unload_adapter(adapter_id)``, ``adapters()``, ``stats()``; ``check_health`` is Serve's probe.
 
+A replica whose engine died (its process killed or crashed) answers every request with an OpenAI
+503 at once, tells the Router (its stats carry ``engine_dead``) and fails its health checks, so
+Serve replaces it within seconds (docs/operations.md "An engine that dies").
+
 Each replica reports the adapters it holds to the application's Router (when there is one) after
 they change and every ``REPORT_EVERY_S``, for the ``studio_adapters_loaded`` gauge on ``/metrics``,
 and the engine's own ``vllm:*`` series every few seconds (deployments/engine_metrics.py).
@@ -41,7 +45,8 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.engine_metrics import EVERY_S as ENGINE_METRICS_EVERY_S, engine_metric_blocks
-from deployments.engines.base import Engine, cuda_available, error_body
+from deployments.engines.base import (Engine, cuda_available, engine_dead_body,
+                                       error_body)
 from deployments.engines.registry import make_engine
 from studio.errors import StudioError
 from studio.models.adapters import fetch_adapter
@@ -84,7 +89,9 @@ def replica_memory() -> dict[str, Any]:
     return {"memory_kind": "rss", "memory_bytes": rss}
 
 
-@serve.deployment(name="ModelDeployment", max_ongoing_requests=32, health_check_period_s=10,
+# Serve replaces a replica after 3 failed health checks in a row: every 2 s, a replica whose
+# engine died is gone in ~6 s (``check_health`` only reads vLLM's flag: the probe is cheap).
+@serve.deployment(name="ModelDeployment", max_ongoing_requests=32, health_check_period_s=2,
                   health_check_timeout_s=30, ray_actor_options={"num_cpus": 1})
 class ModelDeployment:
     async def __init__(self, config: ModelDeploymentConfig, report_to: str | None = None):
@@ -111,6 +118,9 @@ class ModelDeployment:
             yield item
 
     async def _generate(self, endpoint, request, adapter=None):
+        if (dead := self.engine.dead()) is not None:  # no adapter load into a dead engine either
+            yield engine_dead_body(self.config.engine.name, dead)
+            return
         if adapter and not self.engine.has_adapter(adapter["id"]):
             try:
                 await self._load_once(adapter["id"], adapter["uri"])
@@ -163,10 +173,16 @@ class ModelDeployment:
         except Exception:  # noqa: BLE001 — no Router in this application
             return
         last_sent = last_stats = last_engine = 0.0
+        dead = None
         while True:
             await asyncio.sleep(0.5)
             loaded = tuple(sorted(a["id"] for a in self.engine.list_adapters() if a["loaded"]))
             now = time.monotonic()
+            if dead is None and (dead := self.engine.dead()) is not None:
+                # Tell the Router at once: it answers 503 for this model while no replica can.
+                logger.error("the engine of %s died (%s): answering 503 and failing the health "
+                             "check, so Serve replaces this replica", self.config.engine.name, dead)
+                last_stats = 0.0
             if now - last_stats >= STATS_EVERY_S:
                 last_stats = now
                 try:
@@ -202,7 +218,7 @@ class ModelDeployment:
         return {**await self.engine.stats(), **replica_memory()}
 
     async def check_health(self) -> None:
-        await self.engine.health()
+        await self.engine.health()  # EngineDead once the engine's processes died
 
     def __del__(self):
         # Serve calls this on scale-down and redeploys: stop vLLM's engine processes with us.

@@ -46,7 +46,8 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.engines.base import error_body
+from deployments.engines.base import engine_dead_body, error_body
+from deployments.liveness import EngineLiveness
 from deployments.restorer import Restorer
 from deployments.routing import (
     MODELS_HINT,
@@ -88,6 +89,7 @@ class Router:
         self._cache = NameCache()  # registry name / name@N → Target or its 404
         self._experiments: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
         self.metrics = ServingMetrics()
+        self.engines = EngineLiveness()  # replicas whose engine died, from their reports
         self.recorder = CompletionRecorder(self._db_url)
         self.restorer = Restorer(settings, self.sync_deployments)
         self._restoring = asyncio.get_running_loop().create_task(self.restorer.run())
@@ -143,6 +145,7 @@ class Router:
                 gone[name] = message or status
         for name in set(self._runtime) - set(runtime):
             self.metrics.drop_model(name)
+            self.engines.forget(name)
         self._runtime, self._gone, self._synced_at = runtime, gone, time.monotonic()
         self._coming = {name: status for name, (status, _) in coming.items()}
         self._coming_aliases = {normalize_base(model): name for name, (_, model) in coming.items()}
@@ -171,16 +174,22 @@ class Router:
 
     def load(self) -> dict[str, dict[str, Any]]:
         """Per served base: requests in flight here, seconds since its last request (None: none
-        since the Router started), and its replicas' latest figures (``ServingMetrics``)."""
+        since the Router started), its replicas' latest figures (``ServingMetrics``), and the
+        replicas still running whose engine died (``dead_replicas``: replica → why) with why the
+        model cannot answer at all (``engine_down``, None while a replica can)."""
         now, replicas = time.monotonic(), self.metrics.replica_stats()
         return {b: {"in_flight": self._inflight.get(b, 0),
                     "idle_s": (round(now - self._last_request[b], 3)
                                if b in self._last_request else None),
-                    "replicas": replicas.get(b, [])} for b in self._handles}
+                    "replicas": replicas.get(b, []),
+                    "dead_replicas": self.engines.dead_replicas(b, now),
+                    "engine_down": self.engines.down(b, now)} for b in self._handles}
 
     def report_stats(self, model: str, replica: str, stats: dict[str, Any]) -> None:
-        """A ModelDeployment replica's load (memory, KV cache, requests, tokens) for /metrics."""
+        """A ModelDeployment replica's load (memory, KV cache, requests, tokens) for /metrics,
+        and whether its engine died (``engine_dead``: why)."""
         self.metrics.report_stats(model, replica, stats)
+        self.engines.report(model, replica, stats.get("engine_dead"))
 
     # ---- names -------------------------------------------------------------------------------
     def _base_of(self, base_model: str) -> str | None:
@@ -325,15 +334,21 @@ class Router:
         handle = self._handles.get(target.base)
         if handle is None:  # evicted since the name was cached
             return self.gone(target.base)
+        if (why := self.engines.down(target.base)) is not None:
+            # Its replicas' engines died: Serve's queue would hold the request until a new
+            # replica is up (a minute or more); answer now, retryable.
+            self.metrics.errors.labels(target.base, target.label, "503").inc()
+            return engine_dead_body(target.base, why)
         self._inflight[target.base] = self._inflight.get(target.base, 0) + 1
         self._last_request[target.base] = time.monotonic()
         return replace(target, deployment=handle.deployment_name, app=handle.app_name)
 
     def gone(self, base: str) -> dict | None:
-        """The error for a base that does not serve now — 404 evicted or unknown, 503 coming back —
-        (None while it serves)."""
+        """The error for a base that does not serve now — 404 evicted or unknown, 503 coming back
+        or its engines dead — (None while it serves)."""
         if base in self._handles:
-            return None
+            why = self.engines.down(base)
+            return None if why is None else engine_dead_body(base, why)
         if base in self._coming:
             return self._coming_back(base)
         if base in self._gone:

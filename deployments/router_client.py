@@ -101,6 +101,8 @@ class RouterClient:
                     capture.add(item)
                     # A whole body is the only item, and callers close us once they have it.
                     done = done or isinstance(item, dict)
+                    if isinstance(item, dict) and (item.get("error") or {}).get("code") == 503:
+                        self._pinned.pop(target.label, None)  # engine died? ask the Router
                     yield _relabel(item, target)
                 done = True
             except Exception as e:  # the replica failed (the client leaving is a BaseException)
@@ -118,7 +120,9 @@ class RouterClient:
                                        err["error"]["message"])
                         yield f"data: {json.dumps(err)}\n\n"  # headers are sent: an error event
                     return
-                if cached:  # the Router never saw this request: answer as it would now (404)
+                if cached or gone["error"]["code"] == 503:
+                    # The Router never saw this request (answer as it would now: 404), or the
+                    # model is coming back or its engines died (503 + Retry-After).
                     capture.error = {"code": gone["error"]["code"]}
                     yield gone
                     return

@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from studio.errors import StudioError
+from studio.errors import StudioError, Unavailable
 from studio.serving.config import EngineConfig
 
 Endpoint = Literal["chat", "completions"]
@@ -72,6 +72,10 @@ class Engine(Protocol):
     async def health(self) -> None:
         """Raise if the engine cannot serve (Serve then replaces the replica)."""
 
+    def dead(self) -> str | None:
+        """Why the engine can serve no more (its processes died: ``health`` raises
+        ``EngineDead``, requests get ``engine_dead_body``), else None."""
+
     async def stats(self) -> dict[str, Any]:
         """Load and adapter numbers for the router and /metrics."""
 
@@ -98,6 +102,20 @@ def error_body(message: str, status: int = 400, err_type: str = "BadRequestError
                param: str | None = None) -> dict[str, Any]:
     """An error in OpenAI's shape, for failures found before the engine's serving layer runs."""
     return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+
+
+class EngineDead(Unavailable):
+    """The engine's processes died under a running replica: it answers no request again. The
+    replica fails its health check with this (Serve replaces it) and answers 503 meanwhile."""
+
+
+def engine_dead_body(name: str, why: str) -> dict[str, Any]:
+    """The OpenAI 503 for a request to a replica whose engine died (the HTTP layer adds
+    ``Retry-After``)."""
+    return error_body(f"The model `{name}` cannot answer now: its engine died ({why}); Serve is "
+                      "replacing the replica, which takes a minute or less; retry after the "
+                      "Retry-After seconds (`studio serve ls` shows its state)", 503,
+                      "ServiceUnavailableError", "model")
 
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")

@@ -151,6 +151,9 @@ class SGLangEngine:
         if self._engine is None:
             raise Unavailable("the SGLang engine is not started", "wait for the replica to start")
 
+    def dead(self) -> str | None:
+        return None  # not watched: see ``health``
+
     async def stats(self) -> dict[str, Any]:
         return {"engine": "sglang", "model": self.config.model,
                 "served_model_name": self.config.name, "started": self._engine is not None,

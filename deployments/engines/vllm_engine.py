@@ -26,8 +26,10 @@ from pydantic import ValidationError
 from deployments.engines.base import (
     Endpoint,
     EngineAdapters,
+    EngineDead,
     GenerateResult,
     check_request,
+    engine_dead_body,
     error_body,
     request_schemas,
     pin_forced_tool_arguments,
@@ -45,6 +47,7 @@ class VLLMEngine:
         self._client = None  # vllm.v1.engine.async_llm.AsyncLLM
         self._models = self._chat = self._completion = None
         self._adapters = EngineAdapters(config, self._load, self._unload)
+        self._death: str | None = None  # why the engine core died, once it has
 
     def engine_args(self):
         from vllm.config import StructuredOutputsConfig
@@ -184,6 +187,8 @@ class VLLMEngine:
                 return refused
         if self._client is None:
             return error_body("the engine is not started", 503, "ServiceUnavailableError")
+        if (why := self.dead()) is not None:
+            return engine_dead_body(self.config.name, why)
         model_cls = ChatCompletionRequest if endpoint == "chat" else CompletionRequest
         try:
             parsed = model_cls.model_validate(request)
@@ -201,9 +206,13 @@ class VLLMEngine:
                 result = await self._completion.create_completion(parsed, None)
         except Exception as e:  # noqa: BLE001 — vLLM's own mapping of exceptions to statuses
             release()
+            if (why := self.dead()) is not None:  # in flight when the engine died: vLLM says 500
+                return engine_dead_body(self.config.name, why)
             return create_error_response(e).model_dump(mode="json")
         if isinstance(result, ErrorResponse) or not isinstance(result, AsyncIterator):
             release()
+            if isinstance(result, ErrorResponse) and (why := self.dead()) is not None:
+                return engine_dead_body(self.config.name, why)
             return result.model_dump(mode="json")
         return released_after(result, release)
 
@@ -238,9 +247,23 @@ class VLLMEngine:
         await self._models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=adapter_id))
         await self._client.remove_lora(lora.lora_int_id)
 
+    def dead(self) -> str | None:
+        """Why this engine can serve no more (its EngineCore process died), else None. vLLM's
+        client watches the process (a thread waiting on its sentinel, 1 s timeout) and, when it
+        exits, marks the client dead and fails the requests in flight with ``EngineDeadError``."""
+        client = self._client
+        if client is None or not client.errored:
+            return None
+        if self._death is None:
+            self._death = _death_reason(client)
+        return self._death
+
     async def health(self) -> None:
         if self._client is None:
             raise Unavailable("the vLLM engine is not started", "wait for the replica to start")
+        if (why := self.dead()) is not None:
+            raise EngineDead(f"the vLLM engine of {self.config.name!r} died: {why}",
+                             "Serve replaces this replica")
         await self._client.check_health()
 
     async def stats(self) -> dict[str, Any]:
@@ -251,6 +274,7 @@ class VLLMEngine:
             "served_model_name": self.config.name,
             "started": started,
             "unfinished_requests": self._client.get_num_unfinished_requests() if started else 0,
+            "engine_dead": self.dead(),
             "adapters": self._adapters.stats(),
             **(self._load_stats.as_dict() if started else {}),
         }

@@ -9,8 +9,10 @@ Reported states (``Reported``)::
                 stored recipe
     ready       at least one healthy (RUNNING) replica            (stored READY, or a serve
                                                                    config model)
-    unhealthy   should serve, but 0 healthy replicas, Serve says  (stored READY, or a serve
-                the deployment is unhealthy, its application is   config model)
+    unhealthy   should serve, but 0 healthy replicas (a replica   (stored READY, or a serve
+                whose engine died is not healthy, even while      config model)
+                Serve still counts it), Serve says the
+                deployment is unhealthy, its application is
                 gone, or the studio is not running
     evicting    stopping; requests in flight finish               (stored EVICTING)
     evicted     not deployed; its name answers 404                (stored EVICTED)
@@ -80,12 +82,24 @@ def serve_facts(applications: Mapping[str, Any], app: str, deployment: str) -> S
 
 
 def report(stored: DeploymentStatus | None, facts: ServeFacts | None, serve_known: bool,
-           reported_replicas: int = 0, message: str | None = None) -> tuple[Reported, str | None]:
+           reported_replicas: int = 0, message: str | None = None,
+           dead: dict[str, str] | None = None,
+           down: str | None = None) -> tuple[Reported, str | None]:
     """The reported state and why. ``stored`` None: a serve config model (no row).
     ``serve_known``: Serve was asked (then ``facts`` None means the deployment is not running);
-    otherwise ``reported_replicas`` (replicas whose figures reached the Router) stands in."""
+    otherwise ``reported_replicas`` (replicas whose figures reached the Router) stands in.
+    ``dead``: running replicas whose engine died (replica → why), which Serve counts healthy
+    until their health checks fail; ``down``: why no replica can answer (every engine heard from
+    died, none came back yet), from the Router (``Router.load``)."""
     if stored is not None and stored is not DeploymentStatus.READY:
         return _STORED[stored], message
+    dead = dead or {}
+    if down is not None or (facts is not None and dead and facts.healthy <= len(dead)):
+        why = down or next(iter(dead.values()))
+        total = facts.replicas if facts is not None else len(dead)
+        return Reported.UNHEALTHY, (f"0 of {total} replicas healthy: the engine died ({why}); "
+                                    "Serve replaces the replica and the model answers again by "
+                                    "itself (503 + Retry-After meanwhile)")
     if serve_known:
         if facts is None:
             return Reported.UNHEALTHY, ("its Serve application is not running; `studio up` "
@@ -122,12 +136,13 @@ def describe(rows: list[dict[str, Any]], load: dict[str, dict[str, Any]],
         facts = None
         if applications is not None:
             facts = serve_facts(applications, entry["app_name"], deployment_name(entry["name"]))
+        dead = (info or {}).get("dead_replicas") or {}
         state, why = report(stored, facts, applications is not None, len(replicas),
-                            entry.get("message"))
+                            entry.get("message"), dead, (info or {}).get("engine_down"))
         if facts is not None:
-            healthy = facts.healthy
+            healthy = max(0, facts.healthy - len(dead))
         else:  # no Serve facts: the replicas whose figures reached the Router, if any
-            healthy = len(replicas) if applications is None else 0
+            healthy = len(replicas) - len(dead) if applications is None else 0
         out.append({**entry, "status": state.value, "stored_status": entry["status"],
                     "message": why, "healthy_replicas": healthy,
                     "in_flight": (info or {}).get("in_flight", 0),

