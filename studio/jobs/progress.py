@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import case, func, or_, select, tuple_
+from sqlalchemy import and_, case, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from studio.jobs.results import JobResult
@@ -121,7 +121,9 @@ def _steps_of(session: Session, jobs: list[Job]) -> dict[int, _Steps]:
     """Each job's current attempt's steps: two grouped queries whatever the number of jobs."""
     if not jobs:
         return {}
-    mine = tuple_(JobMetric.job_id, JobMetric.attempt).in_([(j.id, _current_attempt(j)) for j in jobs])
+    # job_id IN (...) too: SQLite uses the job_id index for it, not for the pairs alone.
+    mine = and_(JobMetric.job_id.in_([j.id for j in jobs]),
+                tuple_(JobMetric.job_id, JobMetric.attempt).in_([(j.id, _current_attempt(j)) for j in jobs]))
     spans = {r.job_id: r for r in session.execute(
         select(JobMetric.job_id, func.min(JobMetric.step).label("lo"), func.max(JobMetric.step).label("hi"),
                func.min(JobMetric.at).label("first_at"), func.max(JobMetric.at).label("last_at"))
