@@ -6,6 +6,9 @@ Starting a vLLM engine in the test process sets LD_PRELOAD (libgomp/tcmalloc), L
 thread settings and more in ``os.environ`` (vllm/platforms/cpu.py); subprocesses of later modules
 inherited them, and an SFT job trained 3.5x slower (334 s instead of 95 s). So ``os.environ`` is
 saved before a module's first test (before its fixtures) and restored after its last teardown.
+The same holds for the test process's blocked and ignored signals: they are inherited by every
+subprocess it starts, and a `serve run` started with SIGINT blocked ignores Ctrl-C (its test then
+waited out a 60 s timeout and killed it, in every suite run).
 
 Heavy modules also start Ray clusters, Serve apps and vLLM engines; one left running keeps using
 the CPU of a 2-core machine. After a module, live processes of the kinds tests start (Ray, vLLM,
@@ -18,6 +21,7 @@ reports. Processes of another test run on the same machine are counted too: use 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -34,6 +38,49 @@ def alive(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def signal_state() -> tuple[set[int], set[int]]:
+    """The main thread's blocked and ignored signals (what a subprocess started now inherits:
+    ``subprocess`` resets only SIGPIPE/SIGXFSZ), from /proc: a C library's changes included."""
+    fields = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("SigBlk", "SigIgn"):
+                    fields[key] = int(value.strip(), 16)
+    except OSError:
+        return set(), set()
+
+    def signals(mask: int) -> set[int]:
+        return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+    return signals(fields.get("SigBlk", 0)), signals(fields.get("SigIgn", 0))
+
+
+def restore_signals(saved: tuple[set[int], set[int]]) -> list[str]:
+    """Unblocks and un-ignores what was not blocked/ignored in ``saved``; names what changed."""
+    blocked, ignored = signal_state()
+    changed = []
+    newly_blocked = blocked - saved[0]
+    if newly_blocked:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, newly_blocked)
+        changed += [f"{_name(n)} blocked" for n in sorted(newly_blocked)]
+    for n in sorted(ignored - saved[1]):
+        try:
+            signal.signal(n, signal.default_int_handler if n == signal.SIGINT else signal.SIG_DFL)
+            changed.append(f"{_name(n)} ignored")
+        except (OSError, ValueError):
+            pass
+    return changed
+
+
+def _name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
 
 
 @dataclass
@@ -53,6 +100,7 @@ class LeakWatch:
         self.reports: list[ModuleReport] = []
         self.module_t0: dict[str, float] = {}
         self.module_env: dict[str, str] = {}
+        self.module_signals: tuple[set[int], set[int]] = (set(), set())
         self.env_changes: list[str] = []
 
     def own(self, pids: set[int]) -> None:
@@ -88,6 +136,7 @@ class LeakWatch:
         if str(item.path) not in self.module_t0:  # a module's first test, before its fixtures
             self.module_t0[str(item.path)] = time.monotonic()
             self.module_env = dict(os.environ)
+            self.module_signals = signal_state()
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None):
@@ -117,6 +166,9 @@ class LeakWatch:
             self.env_changes.append(f"{module}: {', '.join(changed)}")
             os.environ.clear()
             os.environ.update(saved)
+        signals = restore_signals(self.module_signals)
+        if signals:
+            self.env_changes.append(f"{module} (signals): {', '.join(signals)}")
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         tr = terminalreporter

@@ -24,3 +24,33 @@ def test_owned_processes_are_reported_only_if_they_outlive_their_release():
     finally:
         stays.kill()
         stays.wait()
+
+
+def test_a_blocked_or_ignored_sigint_is_put_back_and_named():
+    """A module that leaves SIGINT blocked (or ignored) in the test process would hand that to every
+    subprocess started later (a `serve run` then ignores Ctrl-C): the watch restores and names it."""
+    import signal
+
+    from tests.leaks import restore_signals, signal_state
+
+    def child_state() -> str:
+        out = subprocess.run(["grep", "-E", "SigBlk|SigIgn", "/proc/self/status"],
+                             capture_output=True, text=True).stdout
+        return out
+
+    saved = signal_state()
+    assert signal.SIGINT not in saved[0] | saved[1]
+    before = signal.getsignal(signal.SIGINT)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        blk = int(child_state().split()[1], 16)
+        assert blk >> (signal.SIGINT - 1) & 1, "a subprocess inherits the blocked SIGINT"
+        assert restore_signals(saved) == ["SIGINT blocked", "SIGTERM ignored"]
+        assert signal_state() == saved
+        blk = int(child_state().split()[1], 16)
+        assert not blk >> (signal.SIGINT - 1) & 1
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, before)
