@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from sqlalchemy import select
 
@@ -45,10 +46,22 @@ def test_dpo_recipe_from_an_sft_adapter(home: StudioSettings, entrypoint: Entryp
     sft = write_adapter(tiny, tmp_path / "sft-adapter", r=4, b_std=0.05)
     with session_scope(home.db_url) as s:
         register_version(s, name="reverse-tiny", base_model=tiny, method="sft", adapter_type="lora", uri=str(sft))
+    # Validation during training on a held-out quarter of the rows, every 3 steps, reported to tensorboard too.
     job, mv, keys = run_recipe(home, entrypoint, "dpo_reverse_tiny.yaml", "hyper.max_steps=6", "hyper.logging_steps=3",
-                               "init_adapter=reverse-tiny@1")
+                               "init_adapter=reverse-tiny@1", "eval.split_ratio=0.25", "eval.eval_steps=3",
+                               "tracking.report_to=[mlflow,tensorboard]")
     assert (mv.method, mv.adapter_type, mv.metrics["global_step"]) == ("dpo", "lora", 6)
     assert {"loss", "lr", "rewards/margins", "rewards/accuracies"} <= keys
+    dpo_eval = {"eval_loss", "eval_rewards/accuracies", "eval_rewards/margins"}
+    assert dpo_eval <= keys and not {"eval_runtime", "eval_samples_per_second"} & keys
+    with session_scope(home.db_url) as s:
+        steps = set(s.scalars(select(JobMetric.step).where(JobMetric.job_id == job.id, JobMetric.key == "eval_loss")))
+    assert steps == {3, 6}
+    history = mlflow_history(home, job.mlflow_run_id, "eval_loss")
+    assert [m.step for m in history] == [3, 6] and all(m.value > 0 for m in history)
+    assert dpo_eval <= set(MlflowClient(home.mlflow).get_run(job.mlflow_run_id).data.metrics)
+    events = list((home.home_abs / "tracking" / "reverse-tiny-dpo" / f"job-{job.id}" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0, "no tensorboard event file was written"
     assert job.spec["init_adapter"] == "reverse-tiny@1"
     # Started from the SFT adapter: its rank, and every matrix near (but not at) its starting value.
     assert json.loads((Path(mv.uri) / "adapter_config.json").read_text())["r"] == 4
@@ -57,6 +70,10 @@ def test_dpo_recipe_from_an_sft_adapter(home: StudioSettings, entrypoint: Entryp
     assert start.keys() == end.keys()
     moved = {k: float((end[k] - start[k]).norm() / start[k].norm()) for k in start if "lora_B" in k}
     assert all(0 < d < 0.5 for d in moved.values()), moved
+
+
+def mlflow_history(home: StudioSettings, run_id: str, key: str):
+    return sorted(MlflowClient(home.mlflow).get_metric_history(run_id, key), key=lambda m: m.step)
 
 
 def write_adapter(base_model: str, out: Path, *, r: int, b_std: float) -> Path:

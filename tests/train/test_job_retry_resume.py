@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from mlflow.tracking import MlflowClient
 from sqlalchemy import select
 
 from studio.jobs.progress import job_progress
@@ -27,7 +28,9 @@ MAX_STEPS, EVERY = 60, 20
 def test_retry_resumes_from_the_previous_attempts_checkpoint(home: StudioSettings, entrypoint: Entrypoint):
     proc, log = entrypoint.start(
         "--recipe", str(RECIPES / "sft_reverse_tiny.yaml"), f"hyper.max_steps={MAX_STEPS}",
-        f"checkpoint.every_steps={EVERY}", "hyper.logging_steps=5", "eval_after=null")
+        f"checkpoint.every_steps={EVERY}", "hyper.logging_steps=5", "eval_after=null",
+        # Validation on the held-out snapshot every checkpoint; patience the run cannot exhaust.
+        "eval.dataset=reverse-test", f"eval.eval_steps={EVERY}", "eval.early_stopping_patience=5")
     deadline = time.monotonic() + 180
     checkpoint = None
     while checkpoint is None and time.monotonic() < deadline and proc.poll() is None:
@@ -54,10 +57,18 @@ def test_retry_resumes_from_the_previous_attempts_checkpoint(home: StudioSetting
         events = [e.to_status for e in job.events]
         resumed = s.execute(select(JobMetric.attempt, JobMetric.value).where(
             JobMetric.job_id == job_id, JobMetric.key == "resumed_from_step")).all()
+        evals = s.execute(select(JobMetric.attempt, JobMetric.step, JobMetric.value).where(
+            JobMetric.job_id == job_id, JobMetric.key == "eval_loss")).all()
     assert job.status == "SUCCEEDED" and job.attempts == 2
     assert events[-5:] == ["RETRYING", "STARTING", "RUNNING", "CHECKPOINTING", "SUCCEEDED"]
     assert len(resumed) == 1 and resumed[0].attempt == 2 and resumed[0].value >= EVERY
     assert job.result["metrics"]["global_step"] == MAX_STEPS
+    # eval_loss beside the training loss: attempt 2 validated at every EVERY steps it ran, in the job's
+    # metrics and in its MLflow run.
+    assert {st for a, st, _ in evals if a == 2} >= {2 * EVERY, MAX_STEPS} and all(v > 0 for *_, v in evals)
+    history = MlflowClient(home.mlflow).get_metric_history(job.mlflow_run_id, "eval_loss")
+    assert {m.step for m in history} >= {2 * EVERY, MAX_STEPS}
+    assert job.spec["eval"]["dataset"] == "reverse-test"
     assert job.result["uri"].endswith(f"models/reverse-tiny/{job_id}-2")
     # Progress counts attempt 2's steps to the total the trainer recorded, epochs included (issue 24).
     with session_scope(home.db_url) as s:
