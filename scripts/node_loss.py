@@ -89,10 +89,15 @@ class LocalCluster:
         # machine; Ray's processes inherit it from us, which also tells them from any other Ray's.
         os.environ["RAY_API_SERVER_ADDRESS"] = self.state_url
         self._before = {p.pid for p in psutil.Process().children(recursive=True)}
+        # Cluster writes its address where `ray.init("auto")` looks (/tmp/ray): put back what was there.
+        from ray._private.utils import get_ray_address_file
+
+        self._address_file = Path(get_ray_address_file(None))
+        self._address_before = self._address_file.read_text() if self._address_file.exists() else None
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": head_cpus, "gcs_server_port": free_port(), "include_dashboard": True,
             "dashboard_host": "127.0.0.1", "dashboard_port": dashboard, "temp_dir": self.temp_dir,
-            "ray_client_server_port": free_port()})
+            "ray_client_server_port": free_port(), "dashboard_agent_listen_port": free_port()})
         self.address = self.cluster.address
 
     def add_node(self, **resources: float):
@@ -149,6 +154,10 @@ class LocalCluster:
             import shutil
 
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+            if self._address_before is not None:
+                self._address_file.write_text(self._address_before)
+            else:
+                self._address_file.unlink(missing_ok=True)
 
 
 def studio_home(root: Path, model: Path | None):
@@ -211,9 +220,10 @@ def train_scenario(work: Path, model: Path | None, max_steps: int = 40, every: i
         say(f"first checkpoint {first_checkpoint}; losing node {lost_node[:8]} under the worker")
         went = cluster.lose(cluster.node_of(lost_node))
 
-        def resumed_on():
-            live = cluster.actors("RayTrainWorker")
-            return live[0]["node_id"] if live else None
+        def resumed_on():  # any state: a short run may be over before we look
+            others = [a["node_id"] for a in cluster.actors("RayTrainWorker", alive=False)
+                      if a["node_id"] != lost_node]
+            return others[0] if others else None
 
         new_node = wait_for(resumed_on, 240, "a Ray Train worker on another node", 0.5)
         worker_back_s = time.monotonic() - went
@@ -343,16 +353,26 @@ def serve_scenario(work: Path, model: Path | None, clients: int = 8, max_tokens:
         url = f"http://127.0.0.1:{port}"
         # One HTTP front door, on the head: every "node" shares this machine's ports.
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        from ray.serve.api import _run as serve_run
+
         from deployments.app import build_app
 
         model_name = deployment_name("tiny")
-        serve.run(build_app({"scheduler": {"enabled": False}, "gateway": {"enabled": False}, "models": [{
+        # Not serve.run: it waits for the app to be RUNNING, and the replica waits for node A.
+        serve_run(build_app({"scheduler": {"enabled": False}, "gateway": {"enabled": False}, "models": [{
             "engine": {"model": str(settings.models_dir / "tiny"), "served_model_name": "tiny",
                        "dtype": "float32", "max_model_len": 256, "max_num_seqs": 8, "kv_cache_space_gib": 1,
                        "seed": 0},
             "num_replicas": 1, "num_cpus": 1, "resources": {"serving": 1}}]}),
-            name="studio", route_prefix="/", blocking=False)
-        # The head has no `serving`: the ingress and Router land there, the replica waits for a node.
+            name="studio", route_prefix="/", _blocking=False)
+        # The head has no `serving`: the ingress and Router land there (they run before any other
+        # node exists), the model's replica waits for a node that offers it.
+        def light_running():
+            app = serve.status().applications.get("studio")
+            light = {n: d for n, d in (app.deployments if app is not None else {}).items() if n != model_name}
+            return len(light) >= 2 and all(d.replica_states.get("RUNNING") for d in light.values())
+
+        wait_for(light_running, 120, "the ingress and the Router on the head")
         node_a = cluster.add_node(serving=1)
 
         def replicas_running():
