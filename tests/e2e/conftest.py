@@ -2,10 +2,10 @@
 configs/serve/studio_api.yaml, its scheduler pointed at the test entrypoint tests/jobs/fake_train).
 Each `studio up` costs ~25-35 s on 2 cores; the two modules paid it twice.
 
-Order inside the package is file order: test_demo (its own stack, down when it returns),
-test_jobs_e2e, then test_stack, whose `up` without a config redeploys the default (the scheduler's
-real entrypoint: no job test runs after that) and whose `down` test stops the stack; the package's
-teardown then finds nothing to stop. The stack's processes are the package's, not the first
+Order inside the package is file order (test_demo and test_model_export_e2e run with the modules
+that share the tiny-model stack, tests/stacks.py): test_jobs_e2e, then test_stack, whose `up`
+without a config redeploys the default (the scheduler's real entrypoint: no job test runs after
+that) and whose `down` test stops the stack; the package's teardown then finds nothing to stop. The stack's processes are the package's, not the first
 module's: they are hidden from tests/leaks.py while it is up and handed back when it stops."""
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ class ApiStack:
         config = self.home / "serve.yaml"
         config.write_text(yaml.safe_dump(cfg))
         env = {**os.environ, "STUDIO_HOME": str(self.home), "STUDIO_HTTP_PORT": str(free_port()),
-               "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port())}
+               "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port()),
+               # The one stack of the suite with the MLflow UI (tests/conftest.py turns it off).
+               "STUDIO_MLFLOW_UI": "1", "STUDIO_MLFLOW_PORT": str(free_port())}
         env.pop("RAY_ADDRESS", None)
         env.pop("STUDIO_ADMIN_KEY", None)
         # As a new user runs it: `.venv/bin/studio up` from a shell where the venv is not active.

@@ -95,6 +95,11 @@ def test_up_again_is_idempotent_and_status_reports_up(stack):
     assert "ray dashboard http://127.0.0.1:" in out and "mlflow " in out, r.stdout
     assert "Router HEALTHY 1/1 replicas running" in out and "ApiIngress HEALTHY" in out, r.stdout
     assert "versions ray 2." in out and " · torch " in out, r.stdout
+    # The MLflow UI on the studio's tracking store (issue 26 item 2), started by the first `up`.
+    ui = f"http://127.0.0.1:{stack['env']['STUDIO_MLFLOW_PORT']}"
+    assert f"MLflow UI: {ui} (up)" in _words(stack["up_output"]), stack["up_output"]
+    assert f"mlflow ui {ui} up" in out, r.stdout
+    assert httpx.get(f"{ui}/health", timeout=5).text == "OK"
     assert "haproxy" in _listener(int(stack["env"]["STUDIO_HTTP_PORT"])).name()
 
 
@@ -238,6 +243,8 @@ def test_down_stops_the_head_and_its_processes(stack):
     assert not (stack["home"] / "ray-head.json").exists()
     # HAProxy runs in a process group of its own: it is gone too, the HTTP port is free again.
     assert _listener(int(env["STUDIO_HTTP_PORT"])) is None
+    # So does the MLflow UI's.
+    assert _listener(int(env["STUDIO_MLFLOW_PORT"])) is None and not (stack["home"] / "mlflow-ui.json").exists()
 
 
 def _listener(port: int) -> psutil.Process | None:
