@@ -297,11 +297,21 @@ class VLLMEngine:
 _XGRAMMAR_HINTS = ("multipleOf", "uniqueItems", "contains", "minContains", "maxContains", "format",
                    "pattern", "minLength", "maxLength", "propertyNames", "patternProperties",
                    "allOf")
+# Keywords xgrammar 0.2.8 accepts and does not enforce (the grammar is the same without them, or
+# allows any value), which vLLM lets through: the answer would look guided and not be.
+_XGRAMMAR_IGNORES = ("not", "if", "then", "else", "dependentRequired", "dependentSchemas",
+                     "unevaluatedProperties", "unevaluatedItems")
+# Where a schema holds subschemas: one, a list of them, or a map of names to them.
+_ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contains",
+        "propertyNames", "additionalItems", "unevaluatedItems", "unevaluatedProperties")
+_LIST = ("prefixItems", "allOf", "anyOf", "oneOf")
+_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 
 
 def unsupported_by_xgrammar(endpoint: Endpoint, request: dict[str, Any]) -> dict[str, Any] | None:
     """A 400 naming the schema, the keyword and where it is, for a guided schema that xgrammar
-    cannot follow (vLLM itself says only "features not supported by xgrammar")."""
+    cannot follow: one vLLM refuses saying only "features not supported by xgrammar", or one
+    it lets through although xgrammar ignores the keyword."""
     from vllm.v1.structured_output.backend_xgrammar import (
         has_xgrammar_unsupported_json_features as unsupported,
     )
@@ -318,16 +328,32 @@ def unsupported_by_xgrammar(endpoint: Endpoint, request: dict[str, Any]) -> dict
 
 
 def _unsupported_keyword(node: Any, path: list[str], unsupported) -> tuple[str, str] | None:
-    """(keyword, path) of the deepest schema node ``unsupported`` refuses, or None."""
-    children = (node.items() if isinstance(node, dict)
-                else enumerate(node) if isinstance(node, list) else ())
-    for key, child in children:
-        found = _unsupported_keyword(child, [*path, str(key)], unsupported)
+    """(keyword, path) of the deepest schema node xgrammar cannot enforce, or None."""
+    if not isinstance(node, dict):
+        return None
+    children: list[tuple[list[str], Any]] = []
+    for key in _ONE:
+        if isinstance(node.get(key), dict):
+            children.append(([*path, key], node[key]))
+    for key in _LIST:
+        if isinstance(node.get(key), list):
+            children += [([*path, key, str(i)], sub) for i, sub in enumerate(node[key])]
+    for key in _MAP:
+        if isinstance(node.get(key), dict):
+            children += [([*path, key, name], sub) for name, sub in node[key].items()]
+    for sub_path, sub in children:
+        found = _unsupported_keyword(sub, sub_path, unsupported)
         if found is not None:
             return found
-    if not isinstance(node, dict) or not unsupported(node):
-        return None
     at = "/".join(path) or "(root)"
+    for keyword in _XGRAMMAR_IGNORES:
+        if keyword in node:
+            return keyword, at
+    ref = node.get("$ref")
+    if isinstance(ref, str) and not ref.startswith("#"):
+        return "$ref", at  # xgrammar resolves only refs inside the schema; others allow anything
+    if not unsupported(node):
+        return None
     for keyword in _XGRAMMAR_HINTS:
         if keyword in node and not unsupported({k: v for k, v in node.items() if k != keyword}):
             return keyword, at

@@ -278,7 +278,20 @@ def test_schema_keywords_xgrammar_cannot_enforce_are_a_400_naming_them():
         err = answer(schema)
         assert err["code"] == 400 and err["param"] == "response_format.json_schema.schema"
         assert f"'{keyword}' at properties/v" in err["message"], err["message"]
+    # Accepted by vLLM, ignored by xgrammar: the answer would look guided and not be.
+    for keyword, schema in (("not", {"type": "integer", "not": {"const": 3}}),
+                            ("if", {"type": "integer", "if": {"minimum": 0},
+                                    "then": {"maximum": 5}}),
+                            ("$ref", {"$ref": "https://example.com/v.json"})):
+        err = answer(schema)
+        assert f"'{keyword}' at properties/v" in err["message"], err["message"]
     assert answer({"type": "integer", "maximum": 3})["code"] == 503  # fine: only unstarted
+    # A property may be called like a keyword; a local $ref is followed.
+    named_like = {"type": "object", "properties": {"not": {"type": "string", "maxLength": 3}}}
+    assert answer(named_like)["code"] == 503
+    local = {"$defs": {"n": {"type": "integer"}}, "type": "object",
+             "properties": {"m": {"$ref": "#/$defs/n"}}}
+    assert answer(local)["code"] == 503
     # A forced tool call guides its arguments, so their schema is checked the same way.
     tools = [{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"n": {"type": "number", "multipleOf": 2}}}}}]
