@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from deployments.serving_metrics import ServingMetrics
@@ -126,7 +127,8 @@ def stack(serving_stack, tmp_path_factory):
     shared = serving_stack.ensure(replicas=1)
     http = httpx.Client(base_url=shared.url, headers={"Authorization": f"Bearer {shared.key}"},
                         timeout=600)
-    yield {"url": shared.url, "http": http, "second": str(second), "settings": shared.settings}
+    yield {"url": shared.url, "http": http, "second": str(second), "settings": shared.settings,
+           "key": shared.key, "processes": shared.processes}
     http.close()
     shared.hide_from_leak_watch()
 
@@ -157,6 +159,72 @@ class _Client(threading.Thread):
             except httpx.HTTPError as e:
                 self.failed.append(("exception", repr(e)))
             time.sleep(0.05)
+
+
+def _engine_core(processes, app: str) -> psutil.Process:
+    """The vLLM EngineCore process under the (one) replica of Serve application ``app``."""
+    for proc in processes():
+        try:
+            if f"ServeReplica:{app}:" not in " ".join(proc.cmdline()):
+                continue
+            cores = [c for c in proc.children(recursive=True)
+                     if "EngineCore" in " ".join(c.cmdline()) or "EngineCore" in c.name()]
+        except psutil.Error:
+            continue
+        if len(cores) == 1:
+            return cores[0]
+    raise AssertionError(f"no EngineCore process under a replica of {app}")
+
+
+def _kill_the_engine_and_see_it_come_back(stack) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{stack['url']}/v1", api_key=stack["key"], max_retries=0,
+                           timeout=60)  # a request that hangs fails the test (APITimeoutError)
+
+    def ask():
+        return client.chat.completions.create(model="tiny2", messages=CHAT, max_tokens=4,
+                                              temperature=0, extra_body={"ignore_eos": True})
+
+    assert ask().usage.completion_tokens == 4
+    core = _engine_core(stack["processes"], "model-tiny2")
+    core.kill()  # SIGKILL
+    killed = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as refused:
+        ask()
+    first_503 = time.monotonic() - killed
+    err = refused.value
+    assert err.status_code == 503 and err.response.headers["retry-after"] == "5", err.response.text
+    body = err.response.json()["error"]
+    assert body["type"] == "service_unavailable" and body["code"] == 503
+    assert "engine died" in body["message"] and f"pid {core.pid}" in body["message"], body
+    assert "SIGKILL" in body["message"], body
+
+    # The status says why while it cannot answer (the replica tells the Router within a second
+    # or two of vLLM noticing).
+    deadline = time.monotonic() + 60
+    while (entry := stack["http"].get("/api/deployments/tiny2").json())["status"] != "unhealthy":
+        assert time.monotonic() < deadline, entry
+        time.sleep(0.2)
+    assert "engine died" in entry["message"] and "SIGKILL" in entry["message"], entry
+    assert entry["healthy_replicas"] == 0 and entry["stored_status"] == "ready"
+
+    codes = []
+    while True:  # 503s (each answered at once) until the new replica serves
+        try:
+            ask()
+            break
+        except openai.APIStatusError as e:
+            assert e.status_code == 503 and e.response.headers["retry-after"], e.response.text
+            codes.append(e.status_code)
+        assert time.monotonic() - killed < 600, "tiny2 did not come back"
+        time.sleep(1)
+    back = time.monotonic() - killed
+    entry = stack["http"].get("/api/deployments/tiny2").json()
+    assert entry["status"] == "ready" and entry["healthy_replicas"] == 1, entry
+    assert _engine_core(stack["processes"], "model-tiny2").pid != core.pid
+    print(f"engine killed: first 503 after {first_503:.1f} s, answering again after {back:.1f} s "
+          f"({len(codes)} more 503s between)")
 
 
 @pytest.mark.slow
@@ -212,6 +280,10 @@ def test_second_base_model_deployed_served_and_evicted_without_disturbing_the_fi
         assert re.search(r'studio_replica_memory_bytes\{kind="rss",model="tiny2",replica="[^"]+"\} '
                          r'[0-9.e+]+', metrics)
         assert 'studio_replica_tokens_per_second{model="tiny2"' in metrics
+
+        # Its engine killed (kill -9 of vLLM's EngineCore): 503 + Retry-After at once, the
+        # reason in its status, answering again by itself; the first model never notices.
+        _kill_the_engine_and_see_it_come_back(stack)
 
         # Evict while a long request is in flight: it finishes, or gets a clean 503.
         outcome = {}
