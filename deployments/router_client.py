@@ -6,7 +6,10 @@ straight from that base model's ModelDeployment, and reports the outcome to the 
 ``{"studio_model_version": "name@N"}`` (or the base id; plus ``studio_experiment`` /
 ``studio_arm`` for an alias), then the engine's items — one dict (a whole JSON body; errors carry
 ``error.code`` = HTTP status) or SSE strings. When the name does not resolve, the only item is the
-error dict. Close it (``aclose``) to stop the engine request.
+error dict. When the replica fails (its node lost, its actor dead: 503; anything else: 500) the
+last item is OpenAI's error body: a dict before the first token, an SSE error event
+(``data: {"error": …}``) after it, never a cut stream. Close it (``aclose``) to stop the engine
+request.
 """
 
 from __future__ import annotations
