@@ -43,9 +43,9 @@ def _run(s, owner, spec: dict, *, start: float, end: float, losses: list[float],
     return job.id
 
 
-@pytest.fixture
-def stored(settings) -> dict:
-    """alice's two runs (lr 3e-3 and 1e-3; the second registered rev@2 and was evaluated) and an eval job."""
+def store_runs(settings) -> dict:
+    """alice's two runs (lr 3e-3 and 1e-3; the second registered rev@2 and was evaluated), an eval
+    job, and the secrets of alice, bob (another user), an admin and a service key. The UI test reuses it."""
     with session_scope(settings.db_url) as s:
         alice_secret, alice = create_key(s, "alice", "user")
         bob_secret, _ = create_key(s, "bob", "user")
@@ -71,6 +71,11 @@ def stored(settings) -> dict:
         s.flush()
         return {"first": first, "second": second, "eval": ev.id, "alice": alice_secret, "bob": bob_secret,
                 "admin": admin_secret, "service": svc_secret}
+
+
+@pytest.fixture
+def stored(settings) -> dict:
+    return store_runs(settings)
 
 
 def compare(client, secret, ids) -> object:

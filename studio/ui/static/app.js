@@ -4,6 +4,7 @@ import { TEAM, homeHash, mayVisit } from "./access.js";
 import { auth, get } from "./api.js";
 import { banner, field, h, showError } from "./dom.js";
 import { batchesPage } from "./pages/batches.js";
+import { comparePage } from "./pages/compare.js";
 import { datasetPage, datasetsPage, snapshotPage } from "./pages/datasets.js";
 import { evalPage, evalsPage } from "./pages/evals.js";
 import { experimentPage } from "./pages/experiment.js";
@@ -27,6 +28,7 @@ const ROUTES = [
   [/^#\/new$/, experimentPage, "New experiment", TEAM],
   [/^#\/jobs$/, jobsPage, "Jobs", TEAM],
   [/^#\/jobs\/(\d+)$/, jobPage, null, TEAM],
+  [/^#\/compare\/([\d,]+)$/, comparePage, null, TEAM],
   [/^#\/batches$/, batchesPage, "Batches", TEAM],
   [/^#\/models$/, modelsPage, "Models", TEAM],
   [/^#\/models\/([^/]+)$/, modelPage, null, TEAM],

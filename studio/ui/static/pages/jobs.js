@@ -1,4 +1,5 @@
-// Jobs: a list paged on the server (newest first, live states), and a job page with its state
+// Jobs: a list paged on the server (newest first, live states; tick training runs to compare them,
+// pages/compare.js), and a job page with its state
 // timeline, progress, live log tail (SSE over fetch: EventSource cannot send the key), live metric
 // charts from /api/jobs/{id}/metrics, and cancel / retry (its owner's and admins': the spec and the
 // logs are theirs only too).
@@ -17,6 +18,19 @@ export async function jobsPage(main) {
   const status = h("select", { id: "status-filter" }, h("option", { value: "" }, "all states"),
     STATUSES.map((s) => h("option", { value: s }, s)));
   let offset = 0, timer = null, stopped = false;
+  // Training runs ticked for "Compare" (2 to 8), kept across pages and refreshes.
+  const picked = new Set();
+  const compare = h("button", { class: "secondary", id: "compare", disabled: true,
+    onclick: () => { location.hash = `#/compare/${[...picked].join(",")}`; } }, "Compare");
+  const syncCompare = () => {
+    compare.disabled = picked.size < 2 || picked.size > 8;
+    compare.textContent = picked.size ? `Compare ${picked.size} runs` : "Compare";
+    compare.title = picked.size > 8 ? "at most 8 runs" : "tick 2 to 8 training runs";
+  };
+  const pick = (j) => (j.kind !== "train" ? "" : h("input", { type: "checkbox", class: "pick", "data-job": String(j.id),
+    "aria-label": `compare job ${j.id}`, checked: picked.has(j.id),
+    onchange: (ev) => { if (ev.target.checked) picked.add(j.id); else picked.delete(j.id); syncCompare(); } }));
+  syncCompare();
   const load = async () => {
     clearTimeout(timer);
     try {
@@ -24,6 +38,7 @@ export async function jobsPage(main) {
       const rows = await get(`/api/jobs?${q}`);
       if (stopped) return;
       list.replaceChildren(table([
+        { title: "", cell: pick },
         // Eval and synthesis jobs share the jobs table; each kind has its own page.
         { title: "Job", cell: (j) => h("a", { href: `#/${{ eval: "evals", synth: "synth" }[j.kind] || "jobs"}/${j.id}` }, `#${j.id}`) },
         { title: "Name", cell: (j) => j.name }, { title: "Method", cell: (j) => j.method || j.kind },
@@ -41,7 +56,7 @@ export async function jobsPage(main) {
   };
   status.addEventListener("change", () => { offset = 0; load(); });
   main.append(h("h1", {}, "Jobs"), h("div", { class: "row" }, "Show", status,
-    h("a", { href: "#/new" }, "+ New experiment")), list);
+    h("a", { href: "#/new" }, "+ New experiment"), compare), list);
   await load();
   return () => { stopped = true; clearTimeout(timer); };
 }
