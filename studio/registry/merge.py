@@ -65,12 +65,13 @@ def _load_base(base: str, adapter_type: str):
 
     if adapter_type != "qlora":
         return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except ImportError as e:
-        raise StudioError(f"merging a QLoRA adapter needs bitsandbytes to dequantize its 4-bit base ({e})",
-                          "install bitsandbytes (part of the training dependencies), or train a lora adapter") from e
+    import importlib.util
+
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise StudioError("merging a QLoRA adapter needs bitsandbytes to dequantize its 4-bit base",
+                          "install bitsandbytes (part of the training dependencies), or train a lora adapter")
     # The same quantization the QLoRA runner trained against (studio.train.common.quantization_config).
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.float32)
