@@ -18,7 +18,7 @@ from studio.keys import create_key
 from studio.registry.versions import register_version
 from studio.settings import StudioSettings
 from studio.store.db import init_db, session_scope
-from studio.store.models import DatasetSnapshot, DatasetVersion, Job
+from studio.store.models import DatasetSnapshot, DatasetVersion, Job, JobMetric
 from tests.jobs.inputs import make_model_dir
 from tests.ui.browser import api_server, chromium_page, need_chromium, screenshot_dir
 
@@ -361,6 +361,9 @@ def test_a_second_user_sees_notes_instead_of_buttons_on_objects_it_does_not_own(
                                                                      "model": "judge"}}, headers=user_1, timeout=30)
     assert synth.status_code == 201, synth.text
     with session_scope(server["settings"].db_url) as s:  # an eval needs the gateway to submit: stored as queued
+        # What a run with an eval section reports: eval_loss is drawn over loss, not as a chart of its own.
+        s.add_all(JobMetric(job_id=stopped["id"], attempt=1, step=step, key=key, value=value)
+                  for step, key, value in [(1, "loss", 2.0), (2, "loss", 1.6), (2, "eval_loss", 1.8), (2, "lr", 1e-3)])
         ev = create_job(s, name="owned-eval", kind="eval", max_retries=0, submitted_by="user-1",
                         owner_key_id=server["user_1"],
                         spec={"dataset": "digits@1", "models": ["tiny"], "scorers": [{"type": "exact_match"}]}).id
@@ -391,6 +394,9 @@ def test_a_second_user_sees_notes_instead_of_buttons_on_objects_it_does_not_own(
         b.login(server["keys"]["user"])  # the owner has the buttons and the spec
         b.goto(f"#/jobs/{stopped['id']}")
         b.wait("#retry")
+        b.wait("svg.chart[data-metric='loss'][data-second='eval_loss'][data-second-points='1']")
+        assert b.page.locator("svg.chart[data-metric='eval_loss']").count() == 0
+        assert b.page.locator("svg.chart[data-metric='loss'] polyline.second").count() == 1
         assert "digits@1" in b.page.inner_text("#job-about")
         assert b.page.locator("#job-owner-note, #spec-hidden").count() == 0
         b.goto(f"#/evals/{ev}")
