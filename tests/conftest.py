@@ -243,12 +243,13 @@ def tiny_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory: pytest.TempPathFactory):
-    """The demo's small profile, run once per session (tests/demo_run.py); its stack is down when
-    this returns. A failed run fails every test that asks for it, with the same error."""
+def demo_run(tiny_stack):
+    """The demo's small profile, run once per session (tests/demo_run.py) on the shared tiny-model
+    stack, which it starts and leaves up. A failed run fails every test that asks for it, with the
+    same error."""
     from tests.demo_run import run_small_demo
 
-    return run_small_demo(tmp_path_factory.mktemp("demo") / "studio-home")
+    return run_small_demo(tiny_stack)
 
 
 _TINY_STACKS: list = []  # the TinyStack of this session, once a module asked for it

@@ -1,8 +1,10 @@
 """One live `studio up` serving the tiny model, shared by the end-to-end modules in
-``TINY_STACK_MODULES`` (the evaluation e2e, the gateway e2e and the UI walk): each used to start its
+``TINY_STACK_MODULES`` (the evaluation e2e, the gateway e2e, the UI walk...): each used to start its
 own stack (Ray head + Serve app + a vLLM engine, ≈50 s on 2 cores); now the run pays once. The
 batch e2e (an OpenAI Batch API batch through the scheduler) and the adapter export e2e (download and
-merge answer like `/v1`) share it too.
+merge answer like `/v1`) share it too, and so does the demo's run (tests/demo_run.py): the demo's
+step 0 is this stack's `studio up`, and its outcomes are checked (tests/e2e/test_demo.py) while the
+stack is still up; its last check stops the stack.
 
 The configuration is the union of what the modules need (configs/serve/studio.yaml with):
 - the tiny model built under the stack's STUDIO_HOME (``$STUDIO_HOME/models/tiny``: the synth test
@@ -41,12 +43,17 @@ import psutil
 import pytest
 import yaml
 
-# The modules that share the stack, in the order they run (the evaluation first: it trains its
-# quick adapter in-process before it asks for the stack, so no engine idles through the training).
+# The modules that share the stack, in the order they run. The evaluation comes first: it asks for
+# the demo's run (``demo_run``), which starts this stack as its step 0 (the demo runs on the stack's
+# config and environment) and hands it over when it ends, so the run pays one stack for both. The
+# demo's own checks come last: the last of them stops the stack and finds nothing of it left.
 TINY_STACK_MODULES = ("tests/evals/test_eval_e2e.py", "tests/e2e/test_model_export_e2e.py",
                       "tests/gateway/test_gateway_e2e.py", "tests/batches/test_batch_e2e.py",
-                      "tests/ui/test_stack_walk.py")
+                      "tests/ui/test_stack_walk.py", "tests/e2e/test_demo.py")
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# Not in the stack's environment (the stack's own settings come from its home).
+UNSET = ("RAY_ADDRESS", "STUDIO_ADMIN_KEY", "STUDIO_API_KEY", "STUDIO_GATEWAY_URL", "STUDIO_DATABASE_URL",
+         "STUDIO_ARTIFACTS_URI", "STUDIO_MLFLOW_URI", "STUDIO_TEST_UNSET_KEY")
 FAKE_KEY_ENV = "STUDIO_TEST_FAKE_PROVIDER_KEY"
 
 
@@ -83,6 +90,7 @@ class TinyStack:
         self.env: dict[str, str] = {}
         self.base = self.admin = self.model = self.namespace = None
         self.provider = None  # tests/gateway/fake_provider.FakeProvider
+        self.config: Path | None = None  # the Serve config, once prepared
         self._up = False
         self._failed: str | None = None
         self._hidden: set[int] = set()
@@ -109,8 +117,41 @@ class TinyStack:
             self.model = make_tiny(self.home / "models" / "tiny")
         return self.model
 
+    def prepare(self) -> TinyStack:
+        """The fake provider, the tiny model, the Serve config (``config``) and the environment
+        (``env``) the stack runs with, without starting it: ``tests/demo_run.py`` starts it by
+        running the demo on this config and environment, then hands it over (``adopt``)."""
+        if self.config is None:
+            self._prepare()
+        return self
+
+    def adopt(self) -> None:
+        """The stack was started by someone else on ``prepare``'s home and config (the demo's step
+        0): from here on it is this one's, closed by ``close``. A no-op when nothing was started."""
+        if self._up or not (self.home / "ray-head.json").exists():
+            return
+        self._up = True
+        self.base = f"http://127.0.0.1:{self.env['STUDIO_HTTP_PORT']}"
+        self.admin = (self.home / "admin.key").read_text().strip()
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
     def _start(self) -> None:
-        from tests.e2e.test_stack import REPO, free_port, run
+        from tests.e2e.test_stack import run
+
+        self.prepare()
+        started = time.perf_counter()
+        self._up = True  # from here on, close() runs `studio down` (a half-started head too)
+        r = run(["up", "--config", str(self.config)], self.env, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        self.base = f"http://127.0.0.1:{self.env['STUDIO_HTTP_PORT']}"
+        self.admin = (self.home / "admin.key").read_text().strip()
+        print(f"shared tiny-model studio up in {time.perf_counter() - started:.1f} s")
+
+    def _prepare(self) -> None:
+        from tests.e2e.test_stack import REPO, free_port
         from tests.gateway.fake_provider import FakeProvider
 
         self.provider = FakeProvider().start()
@@ -142,17 +183,10 @@ class TinyStack:
         env = {**os.environ, "STUDIO_HOME": str(self.home), "STUDIO_HTTP_PORT": str(free_port()),
                "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port()),
                "STUDIO_REDIS_URL": REDIS_URL, FAKE_KEY_ENV: "sk-fake-e2e-123"}
-        for var in ("RAY_ADDRESS", "STUDIO_ADMIN_KEY", "STUDIO_API_KEY", "STUDIO_GATEWAY_URL",
-                    "STUDIO_DATABASE_URL", "STUDIO_TEST_UNSET_KEY"):
+        for var in UNSET:
             env.pop(var, None)
         self.env = env
-        started = time.perf_counter()
-        self._up = True  # from here on, close() runs `studio down` (a half-started head too)
-        r = run(["up", "--config", str(config)], env, timeout=600)
-        assert r.returncode == 0, r.stdout + r.stderr
-        self.base = f"http://127.0.0.1:{env['STUDIO_HTTP_PORT']}"
-        self.admin = (self.home / "admin.key").read_text().strip()
-        print(f"shared tiny-model studio up in {time.perf_counter() - started:.1f} s")
+        self.config = config
 
     def close(self) -> None:
         from tests.e2e.test_stack import run
@@ -172,6 +206,7 @@ class TinyStack:
             if self.provider is not None:
                 self.provider.stop()
                 self.provider = None
+            self.config = None  # prepared again (a new provider) if a later module asks
 
     # ---- the leak watch -------------------------------------------------------------------
     def processes(self) -> list[psutil.Process]:

@@ -1,6 +1,7 @@
 """The loop end to end (issue 8): ``run_demo`` — the function behind ``make demo`` — with the
 ``small`` profile (fewer test rows, A/B requests and DPO steps; the same SFT recipe, with its
-in-job held-out eval), on a stack of its own, stopped at the end like ``make demo ARGS=--exit``.
+in-job held-out eval), on the suite's shared tiny-model stack (its step 0 starts it; tests/stacks.py),
+which the last test here stops.
 
 One run per session (``demo_run``, tests/demo_run.py; the evaluation e2e uses its SFT adapter): the
 first test checks the outcomes the demo printed as done, the second the SFT step's training job as
@@ -48,9 +49,7 @@ def test_demo_small_profile_runs_the_whole_loop(demo_run, capsys):
     assert ("reverse-tiny@2", "exact_match") in board
     assert any(r["service"] == "eval" and r["calls"] > 0 for r in result.usage)
     assert len(result.step_seconds) == 10  # steps 0-9, each printed as done only after it happened
-    # --exit: the stack is down; no process of it (they all carry its STUDIO_HOME) is left.
-    assert not (home / "ray-head.json").exists()
-    assert [f"{p.pid} {p.name()}" for p in processes_of(str(home))] == []
+    assert (home / "ray-head.json").exists()  # the stack keeps running (no --exit)
 
 
 def test_the_sft_step_trains_registers_and_tracks(demo_run):
@@ -104,3 +103,14 @@ def test_the_sft_step_trains_registers_and_tracks(demo_run):
         "adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
     assert run.info.artifact_uri.startswith((settings.home_abs / "artifacts" / "mlflow").as_uri())
 
+
+
+def test_the_stack_stops_and_leaves_nothing(demo_run, tiny_stack):
+    """The last check of the shared stack the demo started (tests/stacks.py): `studio down` (what
+    ``make demo ARGS=--exit`` runs at the end) leaves no process of it; they all carry its
+    STUDIO_HOME."""
+    home = demo_run.home
+    assert tiny_stack.home == home
+    tiny_stack.close()
+    assert not (home / "ray-head.json").exists()
+    assert [f"{p.pid} {p.name()}" for p in processes_of(str(home))] == []

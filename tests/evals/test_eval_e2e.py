@@ -32,8 +32,8 @@ def studio(tmp_path_factory, tiny_stack, demo_run):
     from studio.store.db import init_db, session_scope
     from tests.deployments.conftest import make_adapter
 
-    # The demo's run (its own stack, down again when ``demo_run`` returns) comes before the shared
-    # stack is asked for: never two engines at once.
+    # The demo's run starts the shared stack (its step 0) and leaves it up for this module and the
+    # others that share it (tests/stacks.py); the names here are this module's own.
     work = tmp_path_factory.mktemp("evals-work")
     model = tiny_stack.tiny_model()  # the model the stack will serve: the demo's base, bit for bit
     good = demo_run.version_uri(demo_run.result.sft_version)
@@ -45,7 +45,7 @@ def studio(tmp_path_factory, tiny_stack, demo_run):
                               admin_key=None)
     init_db(settings.db_url)
     _, test = write_reversal_files(work / "data", n_train=10, n_test=60)
-    ingest_file(test, "reverse-test", settings)
+    ingest_file(test, "eval-e2e-reverse-test", settings)
     with session_scope(settings.db_url) as s:
         for uri in (bad, good, bad):  # rev@1 bad, rev@2 good, rev@3 bad
             register_version(s, name="rev", base_model=str(model), method="sft",
@@ -58,12 +58,12 @@ def studio(tmp_path_factory, tiny_stack, demo_run):
 def test_adapter_beats_base_and_the_leaderboard_is_live(studio):
     spec = studio["home"] / "eval.yaml"
     spec.write_text(
-        "# studio eval run eval.yaml\nname: e2e\ndataset: reverse-test\nmodels: [tiny, rev@2]\n"
+        "# studio eval run eval.yaml\nname: e2e\ndataset: eval-e2e-reverse-test\nmodels: [tiny, rev@2]\n"
         "generation: {max_tokens: 16}\nconcurrency: 8\nscorers:\n  - type: exact_match\n"
         "  - {type: judge, model: tiny, max_tokens: 8}\n")
     r = run(["eval", "run", str(spec)], studio["env"], timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    queued = re.search(r"eval (\d+): tiny, rev@2 on reverse-test", r.stdout)
+    queued = re.search(r"eval (\d+): tiny, rev@2 on eval-e2e-reverse-test", r.stdout)
     assert queued, r.stdout
     eval_id = int(queued.group(1))  # the stack is shared: ids are whatever this run was given
     api = studio["api"]
@@ -95,7 +95,7 @@ def test_adapter_beats_base_and_the_leaderboard_is_live(studio):
 
 def test_promotion_gate_refuses_worse_and_promotes_better(studio):
     env = studio["env"]
-    r = run(["models", "gate", "rev", "--dataset", "reverse-test", "--limit", "30", "--max-tokens", "16"], env)
+    r = run(["models", "gate", "rev", "--dataset", "eval-e2e-reverse-test", "--limit", "30", "--max-tokens", "16"], env)
     assert r.returncode == 0, r.stdout + r.stderr
     r = run(["models", "promote", "rev@1"], env)
     assert r.returncode == 0 and "no champion yet" in r.stdout, r.stdout + r.stderr

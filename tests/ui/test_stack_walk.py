@@ -133,22 +133,22 @@ def test_evaluate_promote_ab_test_and_read_usage(studio):
         b.shot("stack-06-models")
 
         b.goto("#/experiments")
-        b.page.fill("#exp-alias", "reverse-ab")
+        b.page.fill("#exp-alias", "ui-reverse-ab")
         b.page.locator(".arm-model").nth(0).fill("tiny")
         b.page.locator(".arm-model").nth(1).fill("ui-reverse")  # the champion
         b.page.click("#exp-create")
-        b.page.wait_for_url("**/ui/#/experiments/reverse-ab")
+        b.page.wait_for_url("**/ui/#/experiments/ui-reverse-ab")
         b.wait("#exp-arms-stats tbody tr")
         b.goto("#/playground")
         b.wait("#pg-model-1")
         for _ in range(10):  # the Router re-reads active experiments every second
-            if b.page.locator("#pg-model-0 option[value='reverse-ab']").count():
+            if b.page.locator("#pg-model-0 option[value='ui-reverse-ab']").count():
                 break
             time.sleep(1)
             b.page.reload()
             b.wait("#pg-model-1")
-        b.page.select_option("#pg-model-0", "reverse-ab")
-        b.page.select_option("#pg-model-1", "reverse-ab")
+        b.page.select_option("#pg-model-0", "ui-reverse-ab")
+        b.page.select_option("#pg-model-1", "ui-reverse-ab")
         b.page.fill("#pg-prompt", "reverse: 4 5 6")
         b.page.fill("#pg-max-tokens", "8")
         b.page.click("#pg-run")
@@ -159,7 +159,7 @@ def test_evaluate_promote_ab_test_and_read_usage(studio):
         b.wait("#pg-votes-0 .pg-feedback-note:text-is('recorded: this one is better')")
         b.page.click("#pg-votes-1 .pg-down")
         b.wait("#pg-votes-1 .pg-feedback-note:text-is('recorded: bad')")
-        b.goto("#/experiments/reverse-ab")
+        b.goto("#/experiments/ui-reverse-ab")
         b.wait("#exp-summary:has-text('2 requests · 2 feedback')")  # live: the page polls
         arms = b.page.locator("#exp-arms-stats tbody tr")
         assert arms.count() == 2

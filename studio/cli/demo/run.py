@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from studio import stack
 from studio.cli.common import console, settings_with_db
@@ -13,7 +14,11 @@ from studio.settings import StudioSettings
 
 
 def run_demo(exit_at_end: bool = False, profile: str = "full",
-             settings: StudioSettings | None = None) -> DemoResult:
+             settings: StudioSettings | None = None, serve_config: Path | None = None) -> DemoResult:
+    """The demo's steps on ``settings``' stack. ``serve_config``: the Serve config step 0 starts
+    (or redeploys) the stack with; it must serve the tiny model at ``$STUDIO_HOME/models/tiny``
+    (default: configs/serve/studio.yaml pointed there). The test suite passes its shared tiny-model
+    stack's config, so the demo's stack is that stack."""
     if profile not in PROFILES:
         raise StudioError(f"unknown demo profile {profile!r}", f"use one of {', '.join(PROFILES)}")
     if settings is None:
@@ -22,7 +27,7 @@ def run_demo(exit_at_end: bool = False, profile: str = "full",
         from studio.store.db import init_db
 
         init_db(settings.db_url)
-    demo = Demo(settings, PROFILES[profile])
+    demo = Demo(settings, PROFILES[profile], serve_config=serve_config)
     t_start = time.monotonic()
     try:
         demo.step(0, "start the local stack and build the tiny model", demo.start)

@@ -35,9 +35,10 @@ from studio.train.toy_data import write_reversal_files
 
 
 class Demo:
-    def __init__(self, settings: StudioSettings, profile: Profile):
+    def __init__(self, settings: StudioSettings, profile: Profile, serve_config: Path | None = None):
         self.settings = settings
         self.p = profile
+        self.serve_config = serve_config
         self.result = DemoResult()
         self.api: httpx.Client | None = None
         self.admin_key = ""
@@ -143,7 +144,7 @@ class Demo:
         s = self.settings
         self.model_dir = make_tiny(s.models_dir / "tiny")
         console.print(f"  tiny model: {self.model_dir}")
-        stack.up(s, _serve_config_for(s, self.model_dir))
+        stack.up(s, self.serve_config or _serve_config_for(s, self.model_dir))
         key_file, _ = stack.ensure_admin_key(s)
         self.admin_key = s.admin_key or key_file.read_text().strip()
         self.api = httpx.Client(base_url=s.base_url, headers={"Authorization": f"Bearer {self.admin_key}"},
