@@ -186,19 +186,40 @@ def _kill_the_engine_and_see_it_come_back(stack) -> None:
         return client.chat.completions.create(model="tiny2", messages=CHAT, max_tokens=4,
                                               temperature=0, extra_body={"ignore_eos": True})
 
+    def check_503(err: openai.APIStatusError) -> None:
+        assert err.status_code == 503 and err.response.headers["retry-after"] == "5", (
+            err.response.text)
+        body = err.response.json()["error"]
+        assert body["type"] == "service_unavailable" and body["code"] == 503
+        assert "engine died" in body["message"] and f"pid {core.pid}" in body["message"], body
+        assert "SIGKILL" in body["message"], body
+
     assert ask().usage.completion_tokens == 4
     core = _engine_core(stack["processes"], "model-tiny2")
+    # A request in flight inside the engine when it dies: stop the engine, send it, kill it.
+    core.suspend()
+    inflight: dict = {}
+
+    def ask_in_flight():
+        try:
+            inflight["answer"] = ask()
+        except openai.APIError as e:
+            inflight["error"] = e
+
+    waiting = threading.Thread(target=ask_in_flight)
+    waiting.start()
+    time.sleep(1.0)
+    assert waiting.is_alive(), inflight  # held by the stopped engine
     core.kill()  # SIGKILL
     killed = time.monotonic()
-    with pytest.raises(openai.APIStatusError) as refused:
+    waiting.join(90)
+    in_flight_503 = time.monotonic() - killed
+    assert isinstance(inflight.get("error"), openai.APIStatusError), inflight
+    check_503(inflight["error"])
+    with pytest.raises(openai.APIStatusError) as refused:  # and the next one
         ask()
     first_503 = time.monotonic() - killed
-    err = refused.value
-    assert err.status_code == 503 and err.response.headers["retry-after"] == "5", err.response.text
-    body = err.response.json()["error"]
-    assert body["type"] == "service_unavailable" and body["code"] == 503
-    assert "engine died" in body["message"] and f"pid {core.pid}" in body["message"], body
-    assert "SIGKILL" in body["message"], body
+    check_503(refused.value)
 
     # The status says why while it cannot answer (the replica tells the Router within a second
     # or two of vLLM noticing).
@@ -206,6 +227,7 @@ def _kill_the_engine_and_see_it_come_back(stack) -> None:
     while (entry := stack["http"].get("/api/deployments/tiny2").json())["status"] != "unhealthy":
         assert time.monotonic() < deadline, entry
         time.sleep(0.2)
+    unhealthy = time.monotonic() - killed
     assert "engine died" in entry["message"] and "SIGKILL" in entry["message"], entry
     assert entry["healthy_replicas"] == 0 and entry["stored_status"] == "ready"
 
@@ -223,8 +245,9 @@ def _kill_the_engine_and_see_it_come_back(stack) -> None:
     entry = stack["http"].get("/api/deployments/tiny2").json()
     assert entry["status"] == "ready" and entry["healthy_replicas"] == 1, entry
     assert _engine_core(stack["processes"], "model-tiny2").pid != core.pid
-    print(f"engine killed: first 503 after {first_503:.1f} s, answering again after {back:.1f} s "
-          f"({len(codes)} more 503s between)")
+    print(f"engine killed: the request in flight got its 503 after {in_flight_503:.1f} s, the "
+          f"next after {first_503:.1f} s, status unhealthy after {unhealthy:.1f} s, answering "
+          f"again after {back:.1f} s ({len(codes)} more 503s between)")
 
 
 @pytest.mark.slow
