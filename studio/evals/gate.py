@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from studio.data.snapshots import resolve_snapshot
 from studio.errors import Conflict, StudioError
+from studio.evals.parity import check_parity
+from studio.evals.parity import describe as describe_parity
 from studio.evals.queue import KIND, enqueue_eval, gateway_models
 from studio.evals.spec import AfterTrainingSpec, EvalResult, EvalSpec, GenerationParams, scorer_name, stored_spec
 from studio.jobs.status import JobStatus, will_retry
@@ -57,6 +59,7 @@ class Outcome:
     champion_score: float | None = None
     champion: str | None = None
     version: dict[str, Any] | None = None
+    parity: dict[str, Any] | None = None  # the candidate's train/serve parity record (studio.evals.parity)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -118,9 +121,12 @@ def find_eval(session: Session, snapshot_id: str, refs: list[str], scorer: str,
 
 def gated_promote(session: Session, ref: str, stage: str = "champion", *, force: bool = False,
                   by: str | None = None, override: dict[str, Any] | None = None,
-                  models_available=gateway_models, owner_key_id: int | None = None) -> Outcome:
+                  models_available=gateway_models, owner_key_id: int | None = None,
+                  parity: Callable[..., dict[str, Any]] = check_parity) -> Outcome:
     """Promote ``ref`` (``name@N``) through the gate. Refusals are recorded and returned (the
-    caller commits, then reports them); ``evaluating`` means an eval was queued and nothing changed."""
+    caller commits, then reports them); ``evaluating`` means an eval was queued and nothing changed.
+    A gated champion promotion first checks train/serve parity (once per version, stored on it): a
+    mismatch is refused before any eval, ``force`` overrides it like any other check."""
     if "@" not in ref:
         raise StudioError(f"promote needs a pinned version, got {ref!r}", f"write {ref}@N (see `studio models ls`)")
     mv = get_version(session, ref)
@@ -129,14 +135,23 @@ def gated_promote(session: Session, ref: str, stage: str = "champion", *, force:
     champion = _champion(session, mv.name)
 
     def done(o: Outcome) -> Outcome:
+        o.parity = o.parity or parity_record
+        if parity_record is not None and parity_record["status"] != "mismatch":
+            o.reason += f"; {describe_parity(parity_record)}"
         if o.outcome in ("promoted", "forced"):
             o.version = _version(promote(session, ref, stage))
         _record(session, mv, stage, o, by, owner_key_id)
         return o
 
+    parity_record = None
     if stage != "champion" or cfg is None:
         why = "no promotion gate for this name" if cfg is None else f"stage {stage} is not gated"
         return done(Outcome("promoted", ref, why))
+    parity_record = parity(session, mv, cfg.dataset, int((cfg.generation or {}).get("max_tokens") or 64))
+    if parity_record["status"] == "mismatch":
+        why = describe_parity(parity_record)
+        return done(Outcome("forced", ref, f"forced by {by or 'unknown'}: {why}") if force
+                    else Outcome("refused", ref, why))
     if champion is None or champion.id == mv.id:
         why = "already the champion" if champion is not None else "no champion yet to beat"
         return done(Outcome("promoted", ref, why))

@@ -116,6 +116,7 @@ def version_dict(mv: ModelVersion, settings: StudioSettings | None = None) -> di
         "base_model": mv.base_model, "method": mv.method, "adapter_type": mv.adapter_type, "uri": mv.uri,
         "dataset_snapshot_id": mv.dataset_snapshot_id, "job_id": mv.job_id,
         "mlflow_run_id": mv.mlflow_run_id, "metrics": mv.metrics, "created_at": mv.created_at.isoformat(),
+        "parity": mv.parity,
         "mlflow_url": version_url(settings, mv.name, mv.version) if settings else None,
         "mlflow_run_url": run_url(settings, mv.mlflow_run_id) if settings else None,
     }

@@ -182,6 +182,8 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     stage: Mapped[str] = mapped_column(String(16), default="candidate")  # candidate|champion|archived
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The gate's train/serve parity check, once per version (studio.evals.parity): None until checked.
+    parity: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Experiment(Base):

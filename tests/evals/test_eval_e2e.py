@@ -3,7 +3,8 @@ scheduler): `studio eval run` queues the tiny base vs an SFT adapter on digit re
 scheduler runs it as a Ray job, GET /api/evals/{id} shows the leaderboard growing while it runs,
 the adapter wins by exact match, the judge (the tiny model itself: its scores are noise, the path is
 what is tested) scores or marks every answer. Then the promotion gate: a better candidate is
-promoted, a worse one refused, --force recorded.
+promoted, a worse one refused, --force recorded, and a version whose folder carries a wrong chat
+template refused by the train/serve parity check (its first differing prompt recorded).
 
 Adapters: the "good" one is the SFT adapter the demo's run trained (``demo_run``, once per session:
 configs/train/sft_reverse_tiny.yaml, 480 steps, ≥ 0.9 held-out exact match, checked by
@@ -46,13 +47,29 @@ def studio(tmp_path_factory, tiny_stack, demo_run):
     init_db(settings.db_url)
     _, test = write_reversal_files(work / "data", n_train=10, n_test=60)
     ingest_file(test, "eval-e2e-reverse-test", settings)
+    wrong = wrong_template_copy(good, work / "adapters" / "wrong-template", model)
     with session_scope(settings.db_url) as s:
-        for uri in (bad, good, bad):  # rev@1 bad, rev@2 good, rev@3 bad
+        for uri in (bad, good, bad, wrong):  # rev@1 bad, rev@2 good, rev@3 bad, rev@4 good with a wrong template
             register_version(s, name="rev", base_model=str(model), method="sft",
                              adapter_type="lora", uri=str(uri))
     auth = {"Authorization": f"Bearer {stack.admin}"}
     yield {"env": stack.env, "home": work,
            "api": httpx.Client(base_url=stack.base, timeout=60, headers=auth)}
+
+
+def wrong_template_copy(adapter, out, base):
+    """The trained adapter's folder copied with a different chat template in its tokenizer files (what
+    training saved next to it): PEFT renders prompts with it, the served base model with its own."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(adapter, out)
+    tok = AutoTokenizer.from_pretrained(str(out if (out / "tokenizer_config.json").is_file() else base))
+    tok.chat_template = ("{% for m in messages %}{{ m['content'] + '\\n' }}{% endfor %}"
+                         "{% if add_generation_prompt %}{{ 'reversed:' }}{% endif %}")
+    tok.save_pretrained(str(out))
+    return out
 
 
 def test_adapter_beats_base_and_the_leaderboard_is_live(studio):
@@ -106,6 +123,16 @@ def test_promotion_gate_refuses_worse_and_promotes_better(studio):
     assert studio["api"].get("/api/models/rev").json()["versions"][1]["stage"] == "champion"
     r = run(["models", "promote", "rev@3", "--force"], env)
     assert r.returncode == 0 and "forced" in r.stdout, r.stdout + r.stderr
+    # train/serve parity, checked once per version: the good versions pass; rev@4 (the good adapter
+    # with a wrong chat template in its folder) answers differently through PEFT than served: refused
+    r = run(["models", "promote", "rev@4"], env, timeout=400)
+    assert r.returncode == 1 and "was not promoted" in r.stdout and "parity" in r.stdout, r.stdout + r.stderr
+    versions = studio["api"].get("/api/models/rev").json()["versions"]
+    assert [v["parity"]["status"] for v in versions] == ["ok", "ok", "ok", "mismatch"], versions
+    first = versions[3]["parity"]["first_mismatch"]
+    assert first["prompt"].startswith("reverse: ") and first["peft"] != first["served"]
     history = studio["api"].get("/api/models/rev/promotions").json()
     assert [(h["version"], h["outcome"]) for h in history] == [(1, "promoted"), (2, "promoted"), (3, "refused"),
-                                                               (3, "forced")]
+                                                               (3, "forced"), (4, "refused")]
+    assert "parity check failed" in history[4]["reason"] and repr(first["prompt"]) in history[4]["reason"]
+    assert "parity ok" in history[1]["reason"]
