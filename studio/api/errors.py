@@ -29,10 +29,13 @@ _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403:
 
 
 def error_response(request: Request, status: int, detail: str, fix: str | None = None,
-                   headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> JSONResponse:
+                   headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None,
+                   param: str | None = None) -> JSONResponse:
+    """``param``: on the OpenAI surfaces, the request field at fault (OpenAI's ``error.param``)."""
     if request.url.path.startswith(("/v1/", "/gateway/v1/")):  # the OpenAI-shaped surfaces
         body = {"error": {"message": detail + (f" Fix: {fix}" if fix else ""),
-                          "type": _OPENAI_TYPES.get(status, "server_error"), "param": None, "code": status}}
+                          "type": _OPENAI_TYPES.get(status, "server_error"), "param": param,
+                          "code": status}}
         return JSONResponse(body, status_code=status, headers=headers)
     body: dict[str, Any] = {"type": "about:blank", "title": _title(status), "status": status, "detail": detail}
     if fix:

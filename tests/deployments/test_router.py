@@ -254,9 +254,9 @@ def test_bad_registry_versions_fail_clearly_and_nothing_else(studio, tmp_path, o
     assert _version(client, "fine") == ("fine@1", fine_text)
 
 
-# strict: the arguments are guided by the schema too (else only the call's envelope is).
+# No `strict`: a forced call (required, named) is guided by the tool's schema all the same.
 TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city", "strict": True,
+    "name": "get_weather", "description": "The weather in a city",
     "parameters": {"type": "object", "properties": {
         "city": {"type": "string", "maxLength": 12},
         "days": {"type": "integer", "minimum": 1, "maximum": 7}},
@@ -270,55 +270,90 @@ ANSWER_SCHEMA = {"type": "object", "properties": {
 
 
 def _streamed_tool_calls(stream) -> list[tuple[str, str]]:
+    """(name, arguments) per call, joined from OpenAI's `delta.tool_calls` fragments."""
     calls: dict[int, list[str]] = {}
     for chunk in stream:
         for choice in chunk.choices:
             for call in choice.delta.tool_calls or []:
+                if call.index not in calls:  # OpenAI's shape: a call's first delta names it
+                    assert call.id and call.type == "function" and call.function.name, call
                 name, args = calls.setdefault(call.index, ["", ""])[:2]
                 calls[call.index] = [name + (call.function.name or ""),
                                      args + (call.function.arguments or "")]
     return [tuple(calls[i]) for i in sorted(calls)]
 
 
-def test_json_schema_outputs_and_tool_calls_through_the_official_client(studio):
+def test_response_format_json_schema_json_object_and_parse_with_pydantic(studio):
+    """Guided JSON from the untrained model, whole and streamed, with no client-side help: the
+    engine's grammar leaves it no free whitespace to loop on."""
     import json
 
     import jsonschema
+    from pydantic import BaseModel, Field
 
     client = studio["client"]
     fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA,
                                                   "strict": True}}
     whole = _chat(client, "tiny", response_format=fmt, max_tokens=120)
     text = whole.choices[0].message.content
+    assert whole.choices[0].finish_reason == "stop", text
     jsonschema.validate(json.loads(text), ANSWER_SCHEMA)  # even from an untrained model
     streamed = _chat(client, "tiny", response_format=fmt, max_tokens=120, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text
 
-    # vLLM guides tool calls with structural tags whose JSON allows any amount of whitespace, and
-    # the untrained model, left to it, writes tabs until max_tokens. OpenAI's logit_bias keeps it
-    # from choosing optional whitespace (tokens the grammar requires still come out).
+    # json_object: any object. Its numbers and strings are unbounded, and the untrained model
+    # writes digits until max_tokens (`{"":-3333…`), but no free whitespace (it wrote `{\r\r\r…`
+    # before); a bias towards `}` lets it close the object, which then parses.
+    anything = _chat(client, "tiny", response_format={"type": "json_object"}, max_tokens=60)
+    text = anything.choices[0].message.content
+    print("json_object:", anything.choices[0].finish_reason, repr(text))
+    assert text.startswith("{") and not set(text) & set("\r\n\t"), text
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(studio["base_dir"])
-    spaces = {str(i): -100 for i in range(len(tok))
-              if tok.decode([i]) and not tok.decode([i]).strip()}
-    assert spaces
+    close = {str(i): 100 for i in range(len(tok)) if tok.decode([i]) == "}"}
+    closed = _chat(client, "tiny", response_format={"type": "json_object"}, max_tokens=60,
+                   logit_bias=close).choices[0]
+    assert closed.finish_reason == "stop" and isinstance(json.loads(closed.message.content), dict)
+
+    class Forecast(BaseModel):
+        city: str = Field(max_length=12)
+        days: int = Field(ge=1, le=7)
+        sunny: bool
+
+    parsed = client.chat.completions.parse(model="tiny", messages=CHAT, response_format=Forecast,
+                                           max_tokens=120, temperature=0)
+    forecast = parsed.choices[0].message.parsed
+    print("parse():", forecast)
+    assert isinstance(forecast, Forecast) and 1 <= forecast.days <= 7 and len(forecast.city) <= 12
+
+
+def test_forced_tool_calls_follow_the_tool_schema_whole_and_streamed(studio):
+    """tool_choice required or named, tools without `strict`, no logit_bias or other help: the
+    arguments validate against the tool's schema, and streamed calls arrive as OpenAI deltas that
+    join into the same call."""
+    import json
+
+    import jsonschema
+
+    client = studio["client"]
+    schema = TOOLS[0]["function"]["parameters"]
     named = {"type": "function", "function": {"name": "get_weather"}}
     for choice in (named, "required"):
-        # One call at most: an untrained model might otherwise list calls until max_tokens.
-        answer = _chat(client, "tiny", tools=TOOLS, tool_choice=choice, max_tokens=300,
-                       parallel_tool_calls=False, logit_bias=spaces).choices[0]
+        # One call for required: an untrained model might otherwise list calls until max_tokens.
+        one = {"parallel_tool_calls": False} if choice == "required" else {}
+        answer = _chat(client, "tiny", tools=TOOLS, tool_choice=choice, max_tokens=120,
+                       **one).choices[0]
         print(f"tool_choice={choice}: {answer.finish_reason} {answer.message}")
+        assert answer.finish_reason == ("tool_calls" if choice == "required" else "stop")
         [call] = answer.message.tool_calls
         assert call.type == "function" and call.function.name == "get_weather" and call.id
-        jsonschema.validate(json.loads(call.function.arguments),
-                            TOOLS[0]["function"]["parameters"])
-    whole_call = _chat(client, "tiny", tools=TOOLS, tool_choice=named, max_tokens=300,
-                       logit_bias=spaces).choices[0].message.tool_calls[0].function
-    stream = _chat(client, "tiny", tools=TOOLS, tool_choice=named, max_tokens=300,
-                   logit_bias=spaces, stream=True)
-    [(name, args)] = _streamed_tool_calls(stream)
-    assert name == "get_weather" and json.loads(args) == json.loads(whole_call.arguments)
+        jsonschema.validate(json.loads(call.function.arguments), schema)
+        stream = _chat(client, "tiny", tools=TOOLS, tool_choice=choice, max_tokens=120,
+                       stream=True, **one)
+        [(name, args)] = _streamed_tool_calls(stream)
+        assert name == "get_weather"
+        assert json.loads(args) == json.loads(call.function.arguments)
 
     # tool_choice auto: the model's own text goes through vLLM's hermes parser. An untrained
     # model would not call a tool by itself, so its output is guided into a Hermes tool call
@@ -327,19 +362,30 @@ def test_json_schema_outputs_and_tool_calls_through_the_official_client(studio):
              '</tool_call>'
     literal = "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in hermes)
     guided = {"structured_outputs": {"regex": literal}}
-    auto = _chat(client, "tiny", tools=TOOLS, max_tokens=300, extra_body=guided,
-                 logit_bias=spaces).choices[0]
+    auto = _chat(client, "tiny", tools=TOOLS, max_tokens=120, extra_body=guided).choices[0]
     print(f"tool_choice=auto, guided: {auto.finish_reason} {auto.message}")
     assert auto.finish_reason == "tool_calls", auto
     [call] = auto.message.tool_calls
     assert call.function.name == "get_weather"
-    jsonschema.validate(json.loads(call.function.arguments), TOOLS[0]["function"]["parameters"])
-    stream = _chat(client, "tiny", tools=TOOLS, max_tokens=300, extra_body=guided,
-                   logit_bias=spaces, stream=True)
+    jsonschema.validate(json.loads(call.function.arguments), schema)
+    stream = _chat(client, "tiny", tools=TOOLS, max_tokens=120, extra_body=guided, stream=True)
     [(name, args)] = _streamed_tool_calls(stream)
     assert name == "get_weather" and json.loads(args) == json.loads(call.function.arguments)
 
+
+def test_schemas_that_cannot_guide_are_400s_naming_the_place(studio):
+    client = studio["client"]
     bad = [{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"city": {"type": "strnig"}}}}}]
-    with pytest.raises(openai.BadRequestError, match="not a valid JSON Schema"):
+    with pytest.raises(openai.BadRequestError, match="not a valid JSON Schema") as e:
         _chat(client, "tiny", tools=bad)
+    assert "properties/city/type" in str(e.value) and e.value.param == \
+        "tools[0].function.parameters"
+    unsupported = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"n": {"type": "integer", "multipleOf": 3}}}}}
+    started = time.perf_counter()
+    with pytest.raises(openai.BadRequestError, match="'multipleOf' at properties/n") as e:
+        _chat(client, "tiny", response_format=unsupported)
+    print(f"unsupported keyword: 400 in {time.perf_counter() - started:.2f} s: {e.value}")
+    assert e.value.param == "response_format.json_schema.schema"
+    assert _chat(client, "tiny").choices[0].message.content  # still serving

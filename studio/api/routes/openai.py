@@ -175,8 +175,9 @@ async def _forward(request: Request, endpoint: str, key: ApiKey,
         if status != 200:
             if status == 503:  # a model coming back, or a replica gone: worth retrying soon
                 headers = {**headers, "Retry-After": str(RETRY_AFTER_S)}
+            param = first["error"].get("param")  # the engine names the field at fault
             return error_response(request, status, first["error"].get("message", "error"),
-                                  headers=headers)
+                                  headers=headers, param=param if isinstance(param, str) else None)
         if counted:
             usage = first.get("usage") or {}
             await _limiter(request)[0].count_tokens(limits, int(usage.get("total_tokens") or 0))
