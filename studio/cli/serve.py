@@ -77,6 +77,7 @@ def evict(name: str = typer.Argument(..., help="The model name to stop serving."
     from studio.serving import lifecycle
 
     settings = settings_with_db()
+    lifecycle.check_evictable(settings, name)  # an A/B arm: refused before joining the cluster
     ray_connection.connect(settings)
     with console.status(f"evicting {name} (requests in flight finish first) …"):
         lifecycle.evict(settings, name, "evicted with `studio serve evict`")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from pathlib import Path
 from statistics import median
 from typing import Any, Literal
 
@@ -162,6 +163,33 @@ def delete_experiment(session: Session, alias: str) -> bool:
 
 def stop_experiment(session: Session, alias: str) -> Experiment:
     return update_experiment(session, alias, ExperimentUpdate(status="stopped"))
+
+
+def arms_served_on(session: Session, base: str, model: str | None = None) -> list[tuple[str, str]]:
+    """``(alias, arm)`` for each arm of an active experiment that base model ``base`` (loaded from
+    ``model``, a path or hub id) serves: the base itself, or a registry version — ``name@N``, or a
+    bare name resolved to its champion (else its newest) as the Router does — whose base_model is
+    the name or the model. Evicting ``base`` would make those arms answer 404."""
+    from studio.registry.versions import get_version
+
+    def same(ref: str) -> str:  # an existing path compared resolved, as the Router does
+        path = Path(ref).expanduser()
+        return str(path.resolve()) if path.exists() else ref
+
+    bases = {base, same(base)} | ({model, same(model)} if model else set())
+    found = []
+    for exp in list_experiments(session, "active"):
+        for arm in exp.arms:
+            ref = arm["model"]
+            if ref != base:
+                try:
+                    version = get_version(session, ref)
+                except StudioError:  # another served base, or a name the Router answers 404 for
+                    continue
+                if version.base_model not in bases and same(version.base_model) not in bases:
+                    continue
+            found.append((exp.alias, ref))
+    return found
 
 
 def experiment_dict(exp: Experiment) -> dict[str, Any]:

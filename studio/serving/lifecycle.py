@@ -21,7 +21,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from studio.errors import Conflict, NotFound, Unavailable
+from studio.errors import Conflict, NotFound, StudioError, Unavailable
+from studio.experiments.ab import arms_served_on
 from studio.serving.recipe import (
     DeploymentStatus,
     ServingRecipe,
@@ -35,6 +36,7 @@ from studio.serving.recipe import (
 from studio.settings import StudioSettings
 from studio.ray_connection import APP_NAME
 from studio.store.db import session_scope
+from studio.store.models import ServingDeployment
 
 POLL_S = 1.0
 # A replica whose engine cannot start is retried this often before Serve marks the app failed.
@@ -75,12 +77,54 @@ def missing_resources(need: dict[str, float]) -> dict[str, tuple[float, float]]:
     return {k: (v, free.get(k, 0.0)) for k, v in need.items() if v > free.get(k, 0.0) + 1e-6}
 
 
-def describe_missing(missing: dict[str, tuple[float, float]]) -> str:
-    def fmt(key: str, value: float) -> str:
-        return f"{value / 2**30:.1f} GiB" if key == "memory" else f"{value:g}"
+def _fmt(key: str, value: float) -> str:
+    return f"{value / 2**30:.1f} GiB" if key == "memory" else f"{value:g}"
 
-    return ", ".join(f"{k}: needs {fmt(k, need)}, {fmt(k, free)} free"
+
+def describe_missing(missing: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(f"{k}: needs {_fmt(k, need)}, {_fmt(k, free)} free"
                      for k, (need, free) in missing.items())
+
+
+def beyond_every_node(replica: dict[str, float],
+                      nodes: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    """Resource → (one replica's need, the most any node has in all) where no node (``nodes``:
+    each live node's total resources) could hold one replica even with nothing else on it."""
+    return {k: (v, max((n.get(k, 0.0) for n in nodes), default=0.0))
+            for k, v in replica.items() if all(v > n.get(k, 0.0) + 1e-6 for n in nodes)}
+
+
+def _memory_parts(recipe: ServingRecipe) -> str:
+    """What a CPU replica's memory need is made of, when its KV cache and weights set it (rather
+    than a larger explicit memory_gib)."""
+    kv, need = recipe.kv_cache_gib(), recipe.memory_per_replica_gib()
+    if not kv or (recipe.deployment.memory_gib or 0.0) >= need:
+        return ""
+    return (f" per replica: its KV cache (engine.kv_cache_space_gib: {kv:g} GiB, host memory on "
+            f"CPU) + {need - kv:.1f} GiB of weights")
+
+
+def refuse_what_no_node_holds(recipe: ServingRecipe, nodes: list[dict[str, float]],
+                              free: dict[str, float]) -> None:
+    """A replica bigger than any node (``nodes``: their total resources; ``free``: the cluster's
+    available ones) is bad input for this cluster, not a wait: refused before anything is
+    started or evicted."""
+    too_big = beyond_every_node(recipe.replica_resources(), nodes)
+    if not too_big:
+        return
+    parts = []
+    for key, (need, most) in too_big.items():
+        extra = _memory_parts(recipe) if key == "memory" else ""
+        parts.append(f"{key}: needs {_fmt(key, need)}{extra}; the largest node has "
+                     f"{_fmt(key, most)} in all, {_fmt(key, free.get(key, 0.0))} free now")
+    fixes = []
+    if "memory" in too_big and _memory_parts(recipe):
+        fixes.append("lower engine.kv_cache_space_gib (1-4 GiB serves a small model on CPU)")
+    fixes.append("lower the recipe's per-replica num_cpus/num_gpus/memory_gib/resources, or add "
+                 "a node that large")
+    raise StudioError(f"no node of this cluster can hold one replica of {recipe.name!r}, even "
+                      f"with nothing else on it — {'; '.join(parts)}; nothing was started or "
+                      "evicted", "; ".join(fixes))
 
 
 def deploy(settings: StudioSettings, recipe: ServingRecipe, created_by: str | None = None,
@@ -147,6 +191,10 @@ def _submit(recipe: ServingRecipe, say: Progress) -> None:
 
 
 def _make_room(settings: StudioSettings, recipe: ServingRecipe, say: Progress) -> None:
+    import ray
+
+    refuse_what_no_node_holds(recipe, [n["Resources"] for n in ray.nodes() if n.get("Alive")],
+                              ray.available_resources())
     need = recipe.resources_needed()
     missing = missing_resources(need)
     evicted: list[str] = []
@@ -163,10 +211,13 @@ def _make_room(settings: StudioSettings, recipe: ServingRecipe, say: Progress) -
     if missing:
         tried = f" (evicted idle {', '.join(evicted)} first)" if evicted else ""
         hint = "" if recipe.evict_idle else ", set evict_idle: true to evict an idle model"
+        memory = _memory_parts(recipe) if "memory" in missing else ""
+        kv = ", engine.kv_cache_space_gib" if memory else ""
         raise Unavailable(f"the cluster lacks the resources to deploy {recipe.name!r} "
-                          f"({recipe.replicas()} replica(s)): {describe_missing(missing)}{tried}",
+                          f"({recipe.replicas()} replica(s)): {describe_missing(missing)}"
+                          f"{memory and f' (memory{memory})'}{tried}",
                           f"evict a model (`studio serve evict NAME`), lower the recipe's "
-                          f"num_replicas/num_cpus/num_gpus/memory_gib{hint}, or add nodes")
+                          f"num_replicas/num_cpus/num_gpus/memory_gib{kv}{hint}, or add nodes")
 
 
 def _idle_victim(settings: StudioSettings, recipe: ServingRecipe) -> str | None:
@@ -174,7 +225,8 @@ def _idle_victim(settings: StudioSettings, recipe: ServingRecipe) -> str | None:
     load = _router_call("load")
     with session_scope(settings.db_url) as session:
         ready = [r.name for r in list_rows(session)
-                 if r.status == DeploymentStatus.READY.value and r.name != recipe.name]
+                 if r.status == DeploymentStatus.READY.value and r.name != recipe.name
+                 and not _arms_of(session, r)]  # an A/B arm is never idle to evict
     idle = []
     for name in ready:
         info = load.get(name) or {}
@@ -244,6 +296,32 @@ def _abandon(settings: StudioSettings, recipe: ServingRecipe, error: BaseExcepti
         pass
 
 
+def _arms_of(session, row: ServingDeployment) -> list[tuple[str, str]]:
+    return arms_served_on(session, row.name, row.recipe["deployment"]["engine"]["model"])
+
+
+def _refuse_while_serving_arms(session, row: ServingDeployment) -> None:
+    arms = _arms_of(session, row)
+    if not arms:
+        return
+    aliases = list(dict.fromkeys(a for a, _ in arms))
+    which = ", ".join(f"{a!r} (arm {m!r})" for a, m in arms)
+    stops = " and ".join(f"`studio experiments stop {a}`" for a in aliases)
+    raise Conflict(f"model {row.name!r} serves an arm of active experiment {which}: evicting it "
+                   "would make those requests fail; nothing was evicted",
+                   f"end the experiment first ({stops}, or PATCH /api/experiments/ALIAS with "
+                   "status stopped) or give it other arms, then evict again")
+
+
+def check_evictable(settings: StudioSettings, name: str) -> None:
+    """Refuse (409) at once when ``name`` is a runtime deployment serving an A/B arm; the CLI asks
+    before it joins the cluster (``evict`` checks again)."""
+    with session_scope(settings.db_url) as session:
+        row = get_row(session, name)
+        if row is not None and DeploymentStatus(row.status).is_live():
+            _refuse_while_serving_arms(session, row)
+
+
 def evict(settings: StudioSettings, name: str, reason: str | None = None) -> dict[str, Any]:
     """Stop serving ``name`` and delete its application; requests in flight finish first."""
     from ray import serve
@@ -265,6 +343,7 @@ def evict(settings: StudioSettings, name: str, reason: str | None = None) -> dic
             set_status(row, DeploymentStatus.EVICTED, row.message)
             session.flush()
             return row_dict(row)
+        _refuse_while_serving_arms(session, row)
         set_status(row, DeploymentStatus.EVICTING, reason)
     _router_call("sync_deployments")  # new requests for the name now answer 404 "not deployed"
     try:

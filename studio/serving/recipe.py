@@ -113,17 +113,54 @@ class ServingRecipe(Spec):
         auto = self.deployment.autoscaling
         return max(1, auto.min_replicas) if auto else self.deployment.num_replicas
 
+    def on_cpu(self) -> bool:
+        """A replica without a GPU: its engine keeps the weights and KV cache in host memory."""
+        return not self.deployment.num_gpus
+
+    def kv_cache_gib(self) -> float:
+        """Host memory one replica's KV cache takes: engine.kv_cache_space_gib on CPU (unset:
+        vLLM sizes it itself, counted 0); 0 on GPU, where it is a share of the GPU's memory
+        (gpu_memory_utilization) that num_gpus reserves already."""
+        return float(self.deployment.engine.kv_cache_space_gib or 0) if self.on_cpu() else 0.0
+
+    def memory_per_replica_gib(self) -> float:
+        """Host memory one replica needs in Ray's accounting. On CPU at least its KV cache plus
+        its weights (the model folder's weight files); an explicit memory_gib is the replica's
+        whole reservation (the KV cache included), so the larger of the two counts, never their
+        sum. On GPU: memory_gib alone."""
+        floor = self.kv_cache_gib() + weights_gib(self.deployment.engine.model) if self.on_cpu() else 0.0
+        return max(self.deployment.memory_gib or 0.0, floor)
+
+    def replica_resources(self) -> dict[str, float]:
+        """Ray resources one replica needs (CPU, GPU, memory in bytes, custom)."""
+        d = self.deployment
+        need = {"CPU": d.num_cpus}
+        if d.num_gpus:
+            need["GPU"] = d.num_gpus
+        if memory_gib := self.memory_per_replica_gib():
+            need["memory"] = memory_gib * 2**30
+        for key, value in d.resources.items():
+            need[key] = need.get(key, 0) + value
+        return need
+
     def resources_needed(self) -> dict[str, float]:
         """Ray resources all starting replicas reserve together (CPU, GPU, memory, custom)."""
-        d, n = self.deployment, self.replicas()
-        need = {"CPU": d.num_cpus * n}
-        if d.num_gpus:
-            need["GPU"] = d.num_gpus * n
-        if d.memory_gib:
-            need["memory"] = d.memory_gib * 2**30 * n
-        for key, value in d.resources.items():
-            need[key] = need.get(key, 0) + value * n
-        return need
+        n = self.replicas()
+        return {key: value * n for key, value in self.replica_resources().items()}
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_gib(model: str) -> float:
+    """Size of the weight files in a local model folder (one directory listing); 0 for a hub id
+    or a folder that is gone (the deploy names that itself)."""
+    path = Path(model).expanduser()
+    try:
+        return sum(f.stat().st_size for f in path.iterdir()
+                   if f.suffix in WEIGHT_SUFFIXES and f.is_file()) / 2**30
+    except OSError:
+        return 0.0
 
 
 def app_name(name: str) -> str:

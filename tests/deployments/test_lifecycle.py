@@ -2,8 +2,9 @@
 figures per replica, and — slow, on one real stack — a second tiny base model deployed at runtime
 through ``POST /api/deployments``, served next to the first with no failed request to the first
 while it comes and goes, then evicted (its name answers 404 "not deployed"), plus the bad inputs:
-a model path that does not exist, a name deployed twice, a deploy the cluster cannot hold, and an
-eviction with a request in flight."""
+a model path that does not exist, a name deployed twice, a deploy no node can hold (100000 GiB of
+memory; 64 GiB of KV cache on CPU), one the cluster cannot hold now, an eviction with a request
+in flight, and (light) evicting a model that serves an A/B arm."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ import pytest
 
 from deployments.serving_metrics import ServingMetrics
 from studio.errors import Conflict, StudioError
+from studio.experiments.ab import (
+    ExperimentSpec,
+    ExperimentUpdate,
+    create_experiment,
+    stop_experiment,
+    update_experiment,
+)
+from studio.registry.versions import register_version
+from studio.serving import lifecycle
 from studio.serving.status import describe
 from studio.serving.recipe import (
     DeploymentStatus,
@@ -81,6 +91,91 @@ def test_a_live_name_cannot_be_claimed_twice_and_states_follow_the_table(setting
         set_status(row, DeploymentStatus.FAILED, "no room")
         claim(s, recipe, "again")  # a failed name can be deployed again
         assert get_row(s, "tiny2").status == "deploying" and get_row(s, "tiny2").message is None
+
+
+def test_cpu_memory_need_counts_the_kv_cache_and_weights_once(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"\0" * 2**20)  # 1 MiB of weights
+
+    def need(**kw):
+        engine = {"model": str(model), "kv_cache_space_gib": kw.pop("kv", 1)}
+        return ServingRecipe.model_validate({"name": "m", "deployment": {"engine": engine, **kw}})
+
+    assert need(kv=64).replica_resources()["memory"] == 64 * 2**30 + 2**20
+    # An explicit memory_gib is the replica's whole reservation, KV cache included: the larger
+    # of the two counts, never their sum.
+    assert need(kv=1, memory_gib=3).replica_resources()["memory"] == 3 * 2**30
+    assert need(kv=64, memory_gib=3).replica_resources()["memory"] == 64 * 2**30 + 2**20
+    assert need(kv=64, num_replicas=2).resources_needed()["memory"] == 2 * (64 * 2**30 + 2**20)
+    # On GPU the KV cache is a share of GPU memory (gpu_memory_utilization): not host memory.
+    assert "memory" not in need(kv=64, num_gpus=1).replica_resources()
+    assert need(kv=64, num_gpus=1, memory_gib=8).replica_resources()["memory"] == 8 * 2**30
+
+
+def test_64_gib_of_kv_cache_is_refused_on_this_machine_before_anything_starts(tmp_path, tiny_model_dir):
+    """This machine as Ray sees it: one node with its CPUs and ~70% of its RAM as `memory`."""
+    node = {"CPU": float(psutil.cpu_count()), "memory": psutil.virtual_memory().total * 0.7}
+    big = resolve_model_path(ServingRecipe.model_validate({
+        "name": "big", "evict_idle": True, "deployment": {
+            "engine": {"model": str(tiny_model_dir), "kv_cache_space_gib": 64}, "num_cpus": 0.5}}))
+    with pytest.raises(StudioError) as refused:
+        lifecycle.refuse_what_no_node_holds(big, [node], {"memory": node["memory"] / 2})
+    err = refused.value
+    assert err.status_code == 400
+    assert "engine.kv_cache_space_gib: 64 GiB" in err.problem, err.problem
+    assert re.search(r"the largest node has [0-9.]+ GiB in all, [0-9.]+ GiB free now", err.problem)
+    assert "nothing was started or evicted" in err.problem
+    assert "lower engine.kv_cache_space_gib" in err.fix
+    small = big.model_copy(update={"deployment": big.deployment.model_copy(update={
+        "engine": big.deployment.engine.model_copy(update={"kv_cache_space_gib": 1})})})
+    lifecycle.refuse_what_no_node_holds(small, [node], {"memory": node["memory"] / 2})
+    # A second node changes nothing: one replica lives on one node.
+    with pytest.raises(StudioError, match="no node of this cluster"):
+        lifecycle.refuse_what_no_node_holds(big, [node, node], {})
+
+
+def test_a_model_serving_an_ab_arm_is_not_evicted(settings, tmp_path, tiny_model_dir):
+    recipe = resolve_model_path(ServingRecipe.model_validate(_recipe(str(tiny_model_dir))))
+    with session_scope(settings.db_url) as s:
+        set_status(claim(s, recipe, "root"), DeploymentStatus.READY)
+        register_version(s, name="rev", base_model=str(tiny_model_dir), method="sft",
+                         adapter_type="lora", uri="file:///nowhere")
+        register_version(s, name="other", base_model="tiny", method="sft", adapter_type="lora",
+                         uri="file:///nowhere")
+        create_experiment(s, ExperimentSpec(alias="ab-base", arms=[
+            {"model": "tiny2", "weight": 1}, {"model": "tiny", "weight": 1}]))
+        create_experiment(s, ExperimentSpec(alias="ab-adapter", arms=[
+            {"model": "rev@1", "weight": 1}, {"model": "other", "weight": 1}]))
+        create_experiment(s, ExperimentSpec(alias="ab-elsewhere", arms=[
+            {"model": "other", "weight": 1}, {"model": "tiny", "weight": 1}]))
+    with pytest.raises(Conflict) as refused:
+        lifecycle.evict(settings, "tiny2")
+    err = refused.value
+    assert err.status_code == 409
+    assert "'ab-base' (arm 'tiny2')" in err.problem and "'ab-adapter' (arm 'rev@1')" in err.problem
+    assert "ab-elsewhere" not in err.problem and "nothing was evicted" in err.problem
+    assert "`studio experiments stop ab-base`" in err.fix
+    with session_scope(settings.db_url) as s:
+        assert get_row(s, "tiny2").status == "ready"
+
+    # Through the CLI: refused before it looks for the cluster, exit code 1, the same words.
+    env = {**os.environ, "STUDIO_HOME": str(settings.home), "STUDIO_DATABASE_URL": settings.db_url}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run([str(Path(sys.executable).with_name("studio")), "serve", "evict", "tiny2"],
+                       env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    said = " ".join(r.stderr.split())
+    assert "serves an arm of active experiment" in said and "'ab-base' (arm 'tiny2')" in said, said
+    assert "fix: end the experiment first" in said and "studio experiments stop ab-base" in said
+
+    with session_scope(settings.db_url) as s:
+        stop_experiment(s, "ab-base")
+        with pytest.raises(Conflict, match="'ab-adapter' \\(arm 'rev@1'\\)"):
+            lifecycle.check_evictable(settings, "tiny2")
+        update_experiment(s, "ab-adapter", ExperimentUpdate(arms=[{"model": "other", "weight": 1}]))
+    lifecycle.check_evictable(settings, "tiny2")  # stopped, or no arm on it: evictable
 
 
 def test_replica_figures_give_tokens_per_second_totals_and_gauges():
@@ -261,10 +356,24 @@ def test_second_base_model_deployed_served_and_evicted_without_disturbing_the_fi
         assert r.status_code == 400 and "does not exist" in r.json()["detail"], r.text
         r = http.post("/api/deployments", json=_recipe(second, name="tiny"))
         assert r.status_code == 409 and "serve config" in r.json()["detail"], r.text
+        # More than any node holds: a 400 before anything starts (no eviction could help).
         r = http.post("/api/deployments", json=_recipe(second, name="huge", memory_gib=100000))
+        assert r.status_code == 400, r.text
+        assert re.search(r"memory: needs 100000\.0 GiB; the largest node has [0-9.]+ GiB in all",
+                         r.json()["detail"]), r.text
+        # 64 GiB of KV cache on this machine: host memory on CPU, counted in the memory need.
+        kv64 = _recipe(second, name="kv64")
+        kv64["deployment"]["engine"]["kv_cache_space_gib"] = 64
+        r = http.post("/api/deployments", json={**kv64, "evict_idle": True})
+        assert r.status_code == 400, r.text
+        assert "engine.kv_cache_space_gib: 64 GiB" in r.json()["detail"], r.text
+        assert re.search(r"[0-9.]+ GiB free now", r.json()["detail"]), r.text
+        assert "lower engine.kv_cache_space_gib" in r.json()["fix"], r.text
+        # Fits a node but not what is free now (the first model holds part of its CPUs): 503.
+        r = http.post("/api/deployments", json=_recipe(
+            second, name="busy", num_cpus=stack["settings"].ray_num_cpus))
         assert r.status_code == 503, r.text
-        assert re.search(r"memory: needs 100000\.0 GiB", r.json()["detail"]), r.text
-        assert "evict_idle" in r.json()["fix"]
+        assert "CPU: needs" in r.json()["detail"] and "evict_idle" in r.json()["fix"], r.text
         r = _chat(http, "huge")
         assert r.status_code == 404 and "not deployed" in r.json()["error"]["message"]
 
@@ -333,6 +442,8 @@ def test_second_base_model_deployed_served_and_evicted_without_disturbing_the_fi
         entries = {e["name"]: e for e in http.get("/api/deployments").json()}
         assert entries["tiny2"]["status"] == "evicted" and entries["tiny2"]["replicas"] == []
         assert entries["huge"]["status"] == "failed"
+        assert entries["kv64"]["status"] == "failed" and "kv_cache_space_gib" in entries[
+            "kv64"]["message"]
         assert "tiny2" not in [m["id"] for m in http.get("/v1/models").json()["data"]]
     finally:
         loop.stop.set()
