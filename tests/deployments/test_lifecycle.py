@@ -369,6 +369,7 @@ def test_second_base_model_deployed_served_and_evicted_without_disturbing_the_fi
         assert "engine.kv_cache_space_gib: 64 GiB" in r.json()["detail"], r.text
         assert re.search(r"[0-9.]+ GiB free now", r.json()["detail"]), r.text
         assert "lower engine.kv_cache_space_gib" in r.json()["fix"], r.text
+        print(f"64 GiB of KV cache: {r.status_code} {r.json()['detail']}")
         # Fits a node but not what is free now (the first model holds part of its CPUs): 503.
         r = http.post("/api/deployments", json=_recipe(
             second, name="busy", num_cpus=stack["settings"].ray_num_cpus))
