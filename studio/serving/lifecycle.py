@@ -309,8 +309,8 @@ def _refuse_while_serving_arms(session, row: ServingDeployment) -> None:
     stops = " and ".join(f"`studio experiments stop {a}`" for a in aliases)
     raise Conflict(f"model {row.name!r} serves an arm of active experiment {which}: evicting it "
                    "would make those requests fail; nothing was evicted",
-                   f"end the experiment first ({stops}, or PATCH /api/experiments/ALIAS with "
-                   "status stopped) or give it other arms, then evict again")
+                   f"end the experiment first ({stops}, or POST /api/experiments/ALIAS/stop) or "
+                   "give it other arms, then evict again")
 
 
 def check_evictable(settings: StudioSettings, name: str) -> None:

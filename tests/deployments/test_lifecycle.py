@@ -418,6 +418,16 @@ def test_second_base_model_deployed_served_and_evicted_without_disturbing_the_fi
         # reason in its status, answering again by itself; the first model never notices.
         _kill_the_engine_and_see_it_come_back(stack)
 
+        # Serving an arm of an active experiment: not evicted until the experiment stops.
+        r = http.post("/api/experiments", json={"alias": "ab-evict", "arms": [
+            {"model": "tiny2", "weight": 1}, {"model": "tiny", "weight": 1}]})
+        assert r.status_code == 201, r.text
+        r = http.delete("/api/deployments/tiny2")
+        assert r.status_code == 409 and "'ab-evict' (arm 'tiny2')" in r.json()["detail"], r.text
+        assert "studio experiments stop ab-evict" in r.json()["fix"], r.text
+        assert _chat(http, "tiny2").status_code == 200
+        assert http.post("/api/experiments/ab-evict/stop").status_code == 200
+
         # Evict while a long request is in flight: it finishes, or gets a clean 503.
         outcome = {}
 
