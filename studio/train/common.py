@@ -340,7 +340,7 @@ def fit(trainer, job: WorkerJob) -> None:
     tokens = trainer.state.num_input_tokens_seen - metrics_cb.start_tokens
     final = {"global_step": output.global_step, "train_loss": output.training_loss,
              "train_runtime_s": runtime, "tokens_per_s": tokens / runtime if runtime else 0.0,
-             "resumed_from_step": metrics_cb.start_step}
+             "resumed_from_step": metrics_cb.start_step, **peak_memory(trainer)}
     with tempfile.TemporaryDirectory() as tmp:
         trainer.save_model(str(Path(tmp) / FINAL_DIR))  # every rank calls it (ZeRO-3 gathers); rank 0 writes
         rank0 = ray.train.get_context().get_world_rank() == 0
@@ -359,6 +359,22 @@ def fit(trainer, job: WorkerJob) -> None:
         scratch.parent.rmdir()  # the job's folder, once the last rank on this node is done
     except OSError:
         pass
+
+
+def peak_memory(trainer) -> dict[str, float]:
+    """The largest peak of any rank (what ``studio train plan`` estimates per worker, in MiB): the
+    worker process's peak RSS (``peak_rss_mb``), and on GPU the peak the CUDA allocator reserved
+    (``peak_gpu_memory_mb``). Every rank calls it (a gather)."""
+    import resource
+
+    import torch
+
+    peaks = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]  # KiB on Linux
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peaks.append(torch.cuda.max_memory_reserved() / 2**20)
+    local = torch.tensor(peaks, dtype=torch.float64, device=trainer.args.device)
+    every = trainer.accelerator.gather(local.unsqueeze(0)).reshape(-1, len(peaks)).amax(dim=0).tolist()
+    return dict(zip(("peak_rss_mb", "peak_gpu_memory_mb"), every))
 
 
 def _report_final_again(ckpt_dir: Path) -> None:

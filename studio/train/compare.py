@@ -29,7 +29,7 @@ from studio.train.spec import TrainResult
 MIN_RUNS, MAX_RUNS = 2, 8
 MAX_JOB_ID = 2**31 - 1  # the jobs.id column's range on PostgreSQL
 CURVE = re.compile(r"loss", re.I)  # loss, eval_loss, train/loss, …: whatever the run logged
-PEAK_MEMORY = re.compile(r"peak.*mem|mem.*peak|max_memory", re.I)
+PEAK_MEMORY = re.compile(r"peak.*(mem|rss)|mem.*peak|max_memory", re.I)
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 

@@ -15,7 +15,8 @@ from studio.train.spec import TrainResult, TrainSpec
 
 
 def enqueue_train_job(session: Session, spec: TrainSpec, submitted_by: str | None, *,
-                      cluster_gpus: float | None = None, key: ApiKey | None = None) -> Job:
+                      cluster_gpus: float | None = None, key: ApiKey | None = None,
+                      check_fit: bool = False) -> Job:
     """Preflight the spec (raises ``StudioError`` naming the problem; nothing is created), then
     store it QUEUED.
 
@@ -25,10 +26,17 @@ def enqueue_train_job(session: Session, spec: TrainSpec, submitted_by: str | Non
 
     With the submitting ``key``, the job is that key's and so is its registry name: a name another
     key registered first is refused (403) before anything is stored.
+
+    ``check_fit`` (submit from the API and the CLI, unless forced): a recipe whose workers cannot fit
+    the free resources is refused naming the knob to turn (``studio.train.plan``).
     """
     if key is not None:
         claim_name(session, "model", spec.name, key)
     inputs = preflight(spec, session, cluster_gpus=cluster_gpus)
+    if check_fit:
+        from studio.train.plan import check_submit_fits
+
+        check_submit_fits(spec, session, inputs)
     pinned = spec.model_copy(deep=True)
     pinned.base_model = inputs.base_model
     pinned.data.dataset = inputs.dataset_ref

@@ -27,6 +27,7 @@ from studio.mlflow_links import run_url
 from studio.recipes import with_home_paths
 from studio.train.preflight import check_caller_paths
 from studio.train.compare import Comparison, compare_runs, parse_ids
+from studio.train.plan import TrainPlan, plan_run
 from studio.train.queue import cluster_gpus, enqueue_train_job
 from studio.train.spec import TrainSpec
 
@@ -34,16 +35,31 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
 
 @router.post("", status_code=201)
-def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep, settings: SettingsDep) -> JobDetail:
+def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep, settings: SettingsDep,
+             force: Annotated[bool, Query(description="Admin keys only: queue a recipe even though its plan "
+                                                      "says it cannot fit the free resources.")] = False) -> JobDetail:
     """Queue a training job. The body has the fields of a `configs/train/*.yaml` recipe. The job
     starts when the scheduler (in the running studio) picks it up, within about a second.
     ``base_model``: a folder under ``$STUDIO_HOME/models`` (its name, or a path that may start with
     ``${STUDIO_HOME}``) or a hub id; ``init_adapter``: a registered version or a folder there too.
-    Other server paths are 403 (an admin's may lie under ``STUDIO_DATA_ROOTS``)."""
+    Other server paths are 403 (an admin's may lie under ``STUDIO_DATA_ROOTS``). A recipe whose
+    workers cannot fit (``POST /api/jobs/plan``) is a 400 naming the knob to turn."""
+    if force and not is_admin(key):
+        raise StudioError("force: only an admin key may queue a recipe that the plan says cannot fit",
+                          "drop force and turn the knob the refusal names, or ask an admin", status_code=403)
     spec = check_caller_paths(with_home_paths(spec, settings.home_abs, "request"), settings, is_admin(key))
     job = enqueue_train_job(session, spec, submitted_by=key.name, cluster_gpus=cluster_gpus(),
-                            key=key)
+                            key=key, check_fit=not force)
     return job_detail(session, job, key)
+
+
+@router.post("/plan")
+def post_plan(spec: TrainSpec, key: KeyDep, session: SessionDep, settings: SettingsDep) -> TrainPlan:
+    """What the recipe (the body of ``POST /api/jobs``) will need and take, queueing nothing:
+    parameters trained, peak memory per worker, tokens, steps, wall time from this cluster's measured
+    tokens/s, and whether it fits the free resources (docs/training.md, "Plan a run")."""
+    spec = check_caller_paths(with_home_paths(spec, settings.home_abs, "request"), settings, is_admin(key))
+    return plan_run(spec, session, cluster_gpus=cluster_gpus())
 
 
 @router.get("")
