@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from sqlalchemy import insert
+from transformers import LlamaConfig
 
 from studio.data.ingest import ingest_file
 from studio.keys import create_key
@@ -57,6 +58,9 @@ def server(tmp_path_factory):
                          uri=str(home / "adapter"), job_id=1, metrics={"exact_match": 0.97},
                          owner_key_id=user_1)  # user-1 registered the name: user-1 and admins promote
     model = make_model_dir(home / "models" / "base-model")
+    # A model config with its size (no weights, no tokenizer): what the Plan panel can plan.
+    LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                vocab_size=300).save_pretrained(home / "models" / "sized")
     digits = home / "digits.jsonl"
     digits.write_text("".join(json.dumps({"prompt": f"reverse: {i}", "completion": str(i)[::-1]}) + "\n"
                               for i in range(10, 40)))
@@ -220,6 +224,16 @@ def test_experiment_form_validates_inline_shows_the_recipe_and_submits(server, s
             submit.click()
             b.page.wait_for_function("document.getElementById('banner').textContent.length > 0")
         assert "no-such-model" in b.banner()
+        # Plan before launching: the same 400 in the panel, then the plan of a model whose size is known.
+        with b.expect_status(400):
+            b.page.click("#plan-job")
+            b.page.wait_for_function("document.getElementById('plan-panel').textContent.includes('no-such-model')")
+        b.page.fill("#f-base_model", str(server["home"] / "models" / "sized"))
+        b.page.click("#plan-job")
+        b.wait("#plan-fit")
+        plan = b.page.inner_text("#plan-panel")
+        assert "parameters trained" in plan and "peak memory per worker (RSS)" in plan and "(estimated)" in plan
+        assert b.page.inner_text("#plan-fit").startswith("Fits: ")
         b.page.fill("#f-base_model", str(server["model"]))
         b.shot("05-new-experiment")
         submit.click()

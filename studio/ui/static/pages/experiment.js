@@ -97,6 +97,9 @@ export async function experimentPage(main) {
   const yamlBox = h("pre", { id: "recipe-yaml" });
   const cliBox = h("pre", { id: "recipe-cli" });
   const submit = h("button", { id: "submit-job" }, "Start training job");
+  const planButton = h("button", { id: "plan-job", class: "secondary" }, "Plan");
+  const planBox = h("div", { id: "plan-panel" }, h("p", { class: "muted" },
+    "What the run will need and take (POST /api/jobs/plan): nothing is queued."));
   const form = h("div", {});
   const state = { method: "sft", adapter: "lora" };
 
@@ -160,10 +163,30 @@ export async function experimentPage(main) {
     yamlBox.textContent = `# studio train submit ${file}\n${toYaml(out)}`;
     cliBox.textContent = `studio train submit ${file}\n\n# or over HTTP:\ncurl -X POST ${location.origin}/api/jobs \\\n` +
       `  -H "Authorization: Bearer $STUDIO_KEY" -H "Content-Type: application/json" \\\n  -d '${JSON.stringify(out)}'`;
-    submit.disabled = errors > 0;
-    submit.title = errors ? `${errors} field(s) to fix` : "";
+    submit.disabled = planButton.disabled = errors > 0;
+    submit.title = planButton.title = errors ? `${errors} field(s) to fix` : "";
     return out;
   }
+
+  planButton.addEventListener("click", async () => {
+    banner(null);
+    const body = refresh();
+    if (planButton.disabled) return;
+    planButton.disabled = true;
+    planBox.replaceChildren(h("p", { class: "muted" }, "Planning…"));
+    try {
+      planBox.replaceChildren(planView(await post("/api/jobs/plan", body)));
+    } catch (e) {
+      for (const { field: path, message } of e.fields || []) {
+        const f = byPath(path);
+        if (f) { f.err.textContent = message; f.el.classList.add("invalid"); }
+      }
+      planBox.replaceChildren(h("p", { class: "field-error" }, e.message || String(e)));
+      showError(e);
+    } finally {
+      planButton.disabled = false;
+    }
+  });
 
   submit.addEventListener("click", async () => {
     banner(null);
@@ -189,6 +212,29 @@ export async function experimentPage(main) {
   main.append(h("h1", {}, "New experiment"),
     h("div", { class: "cols" }, form,
       h("div", {}, h("div", { class: "card" }, h("h2", {}, "Recipe (YAML)"), yamlBox,
-        h("h2", {}, "Equivalent command"), cliBox, submit))));
+        h("h2", {}, "Equivalent command"), cliBox, h("div", {}, planButton, " ", submit)),
+        h("div", { class: "card" }, h("h2", {}, "Plan"), planBox))));
   refresh();
+}
+
+const num = (x) => Number(x).toLocaleString("en-US", { maximumFractionDigits: 1 });
+
+// The plan (studio.train.plan.TrainPlan) as a short table, the verdict and the knobs to turn.
+function planView(p) {
+  const m = p.memory;
+  const rows = [
+    ["parameters trained", `${num(p.params_trained)} of ${num(p.model.params_total)} (${(100 * p.trained_share).toFixed(2)} %)`],
+    [`peak memory per worker (${m.device === "gpu" ? "GPU memory" : "RSS"})`, `${num(m.total_mb)} MiB`],
+    ["", `runtime ${num(m.runtime_mb)} · weights ${num(m.weights_mb)} · LoRA ${num(m.trained_mb)} · gradients ` +
+         `${num(m.gradients_mb)} · optimizer ${num(m.optimizer_mb)} · activations ${num(m.activations_mb)} · data ${num(m.data_mb)}`],
+    ["data", `${num(p.rows)} rows, ${num(p.tokens)} tokens${p.tokens_estimated ? " (estimated)" : ""}, longest ${p.seq_length}`],
+    ["steps", `${num(p.steps)} on ${p.num_workers} worker(s), ${num(p.tokens_to_train)} tokens to train`],
+    ["wall time", p.wall_s == null ? "unknown (no earlier job on this base model recorded tokens/s)"
+      : `~${num(p.wall_s / 60)} min at ${num(p.tokens_per_s)} tokens/s`],
+  ];
+  return h("div", {},
+    h("table", {}, h("tbody", {}, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))))),
+    h("p", { id: "plan-fit", class: p.fit.fits ? "ok" : "field-error" },
+      `${p.fit.fits ? "Fits" : "Does not fit"}: ${p.fit.reason}`),
+    p.fit.knobs.length ? h("ul", { id: "plan-knobs" }, p.fit.knobs.map((k) => h("li", {}, `try ${k}`))) : "");
 }
