@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from studio.settings import StudioSettings
+from studio.store.db import init_db
 from studio.train.plan import MiB, NF4_BYTES, ModelShape, memory_per_worker, model_shape, total_steps
 from studio.train.spec import TrainSpec
+from studio.train.toy_data import ingest_toy_datasets
+from tests.cli_invoke import invoke
+from tests.loopback import free_port
+
+from .conftest import RECIPES
 
 # Llama-2-7B's shape.
 SHAPE = ModelShape(model_type="llama", params_total=6_738_415_616, linear_params=6_476_005_376,
@@ -96,3 +103,31 @@ def test_parameters_trained_match_peft(tiny_model_dir: Path, targets):
     peft = get_peft_model(model, LoraConfig(r=8, target_modules=targets, task_type="CAUSAL_LM"))
     assert shape.lora_params == sum(p.numel() for p in peft.parameters() if p.requires_grad)
     assert model_shape(str(tiny_model_dir), spec(adapter="full")).lora_params == 0
+
+
+def test_cli_plans_and_submit_refuses_what_cannot_fit(tmp_path: Path, tiny_model_dir: Path, monkeypatch):
+    """`studio train plan` and `studio train submit` in-process on a real home (Ray not up: this
+    machine's resources); a batch no machine holds is refused naming the knob, `--force` queues it."""
+    home = tmp_path / "project" / ".studio"
+    settings = StudioSettings(home=home, database_url=None, artifacts_uri=None, mlflow_uri=None, redis_url=None,
+                              admin_key=None)
+    init_db(settings.db_url)
+    settings.models_dir.mkdir(parents=True)
+    (settings.models_dir / "tiny").symlink_to(tiny_model_dir)
+    ingest_toy_datasets(settings, tmp_path / "data")
+    for var in ("STUDIO_DATABASE_URL", "STUDIO_ARTIFACTS_URI", "STUDIO_MLFLOW_URI", "RAY_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("STUDIO_HOME", str(home))
+    monkeypatch.setenv("STUDIO_HTTP_PORT", str(free_port()))  # no studio answers: submit only queues
+    recipe = str(RECIPES / "sft_reverse_tiny.yaml")
+
+    code, out = invoke("train", "plan", recipe)
+    assert code == 0, out
+    assert "parameters trained  81,920 of 918,656" in out and "2,000 rows" in out and "480 on 2 worker(s)" in out
+    assert "wall time           unknown" in out and "fits: 2 worker(s)" in out
+    code, out = invoke("train", "plan", recipe, "hyper.batch_size=200000")
+    assert code == 1 and "does not fit" in out and "try hyper.batch_size=" in out, out
+    code, out = invoke("train", "submit", recipe, "hyper.batch_size=200000")
+    assert code == 1 and "cannot fit" in out and "hyper.batch_size=" in out and "--force" in out, out
+    code, out = invoke("train", "submit", recipe, "hyper.batch_size=200000", "--force")
+    assert code == 0 and "QUEUED" in out, out
