@@ -87,7 +87,8 @@ class TrainPlan(BaseModel):
     memory: MemoryEstimate
     num_workers: int
     rows: int = Field(description="Training rows (the snapshot's split, less what validation holds out).")
-    tokens: int = Field(description="Tokens in those rows (capped at max_seq_length each).")
+    tokens: int = Field(description="Tokens in those rows (each sequence capped at max_seq_length; DPO: chosen "
+                        "and rejected, each after the prompt, as the trainer counts them).")
     tokens_estimated: bool = Field(description="True when counted as characters / 4 (no tokenizer).")
     seq_length: int = Field(description="Longest row in tokens, capped at max_seq_length: what a batch pads to.")
     steps: int = Field(description="Optimizer steps: max_steps, or epochs × ceil(rows / workers / batch / accumulation).")
@@ -121,6 +122,8 @@ def plan_run(spec: TrainSpec, session: Session, *, cluster_gpus: float | None = 
     table = load_split(inputs.snapshot_uri, spec.data.split, spec.holdout_ratio(), spec.data.seed)
     tokens = count_tokens(table.to_pylist(), inputs.base_model, spec.hyper.max_seq_length)
     seq = max(1, tokens.longest)
+    if spec.grpo is not None:  # sampled completions, not the dataset's, follow the prompt
+        seq = min(spec.hyper.max_seq_length, seq + spec.grpo.max_completion_length)
     memory = memory_per_worker(spec, shape, seq, table.nbytes)
     steps = total_steps(spec, table.num_rows)
     per_step = spec.hyper.batch_size * spec.resources.num_workers * spec.hyper.gradient_accumulation_steps
@@ -274,7 +277,8 @@ def memory_per_worker(spec: TrainSpec, shape: ModelShape, seq_length: int, data_
     if ds is not None and ds.offload_optimizer and device == "gpu":
         optimizer = 0.0
 
-    # DPO runs chosen and rejected through the model in one batch; GRPO scores num_generations each.
+    # DPO runs chosen and rejected through the model in one batch. (GRPO: the batch counts completions,
+    # as TRL's does; its vLLM rollout engine is an actor of its own, not a worker, and not counted.)
     rows = spec.hyper.batch_size * (2 if spec.method == "dpo" else 1)
     tokens = rows * seq_length
     per_layer = shape.hidden_size if spec.hyper.gradient_checkpointing else \
@@ -314,12 +318,13 @@ def count_tokens(rows: list[dict], base_model: str, max_seq_length: int) -> Toke
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
-        lengths = [min(max_seq_length, _row_tokens(tokenizer, r)) for r in sample]
+        sequences = [[min(max_seq_length, n) for n in _row_tokens(tokenizer, r)] for r in sample]
         estimated = False
     except (OSError, ValueError):
-        lengths = [min(max_seq_length, len(str(r)) // 4) for r in sample]
+        sequences = [[min(max_seq_length, len(str(r)) // 4)] for r in sample]
         estimated = True
-    return Tokens(round(statistics.fmean(lengths) * len(rows)), max(lengths), estimated)
+    per_row = statistics.fmean(sum(seqs) for seqs in sequences)
+    return Tokens(round(per_row * len(rows)), max(max(seqs) for seqs in sequences), estimated)
 
 
 def _messages(prompt, answer) -> list[dict]:
@@ -328,8 +333,8 @@ def _messages(prompt, answer) -> list[dict]:
     return [*turns, *answer]
 
 
-def _row_tokens(tokenizer, row: dict) -> int:
-    """One training sequence (DPO: the longer of chosen and rejected)."""
+def _row_tokens(tokenizer, row: dict) -> list[int]:
+    """The lengths of a row's training sequences (DPO: chosen and rejected, each after the prompt)."""
     def length(messages=None, text=None) -> int:
         if messages is not None and tokenizer.chat_template:
             return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
@@ -337,12 +342,12 @@ def _row_tokens(tokenizer, row: dict) -> int:
         return len(tokenizer(text)["input_ids"])
 
     if "messages" in row:
-        return length(messages=row["messages"])
+        return [length(messages=row["messages"])]
     if "chosen" in row:
-        return max(length(messages=_messages(row.get("prompt", ""), row[k])) for k in ("chosen", "rejected"))
+        return [length(messages=_messages(row.get("prompt", ""), row[k])) for k in ("chosen", "rejected")]
     if "completion" in row:
-        return length(messages=_messages(row["prompt"], row["completion"]))
-    return length(text=str(row.get("text", "")))
+        return [length(messages=_messages(row["prompt"], row["completion"]))]
+    return [length(text=str(row.get("text", "")))]
 
 
 def measured_tokens_per_s(session: Session, base_model: str, method: str) -> tuple[float | None, list[int]]:
