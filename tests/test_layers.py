@@ -8,11 +8,16 @@
    ``studio.gateway.Client`` (``studio/evals`` included, with no exception). Modules that *run*
    engines rather than call models are allowed, each with its reason. Parsed with ``ast``, so
    imports inside functions and ``importlib.import_module("...")`` with a literal name count too
-   (import-linter sees neither literal dynamic imports nor, without external packages, SDKs)."""
+   (import-linter sees neither literal dynamic imports nor, without external packages, SDKs).
+3. No import cycles: between modules of studio/ and deployments/, nor between the top-level packages
+   (``studio.train``, ``studio.evals``, …; ``deployments`` as one). Every import statement counts,
+   the ones inside functions too (grimp's graph, as import-linter reads it): one lazy import can
+   close a circle through a dozen files."""
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -25,6 +30,89 @@ REPO = Path(__file__).resolve().parents[1]
 LINT = str(Path(sys.executable).with_name("lint-imports"))
 CLIENTS = {"openai", "litellm", "vllm", "anthropic", "sglang"}
 SCANNED = ("studio", "deployments")
+
+
+def import_cycles(root: Path = REPO) -> dict[str, list[list[str]]]:
+    """The import cycles of the tree at ``root``: ``modules`` and ``packages`` (each a sorted strongly
+    connected component of the import graph), built in a subprocess so a copy of the tree is read, not
+    the installed one."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, __file__], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def _components(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan's, without recursion)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    for root in sorted(edges):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges.get(root, ()))))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(edges.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    top = stack.pop()
+                    on_stack.discard(top)
+                    component.append(top)
+                    if top == node:
+                        break
+                if len(component) > 1:
+                    out.append(sorted(component))
+    return sorted(out)
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "studio" and len(parts) > 1 else parts[0]
+
+
+def _cycles_here() -> dict[str, list[list[str]]]:
+    import grimp
+
+    graph = grimp.build_graph(*SCANNED, cache_dir=None)
+    modules = {m: set(graph.find_modules_directly_imported_by(m)) & graph.modules for m in graph.modules}
+    packages: dict[str, set[str]] = {}
+    for m, imported in modules.items():
+        packages.setdefault(_package(m), set()).update(_package(i) for i in imported if _package(i) != _package(m))
+    return {"modules": _components(modules), "packages": _components(packages)}
+
+
+def test_no_import_cycles():
+    cycles = import_cycles()
+    assert not cycles["modules"], ("modules that import each other (lazy imports count): move what both need "
+                                   f"into a module both import:\n{cycles['modules']}")
+
+
+def test_a_new_import_cycle_is_found(tmp_path):
+    for name in SCANNED:
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "static"))
+    step = tmp_path / "studio" / "loops" / "step.py"  # imported by the runner: a lazy import back closes a circle
+    step.write_text(step.read_text() + "\n\ndef _runner():\n    from studio.loops import runner\n\n    return runner\n")
+    circles = import_cycles(tmp_path)["modules"]
+    assert any({"studio.loops.runner", "studio.loops.step"} <= set(c) for c in circles), circles
 
 
 def lint(root: Path) -> subprocess.CompletedProcess:
@@ -110,3 +198,7 @@ def test_no_module_outside_the_gateway_imports_an_llm_client():
                 offenders.append(f"{rel} imports {', '.join(sorted(clients))}")
     assert not offenders, ("call models through studio.gateway.Client, not a client library:\n"
                            + "\n".join(offenders))
+
+
+if __name__ == "__main__":  # import_cycles() runs this file on the tree PYTHONPATH names
+    print(json.dumps(_cycles_here()))

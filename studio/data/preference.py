@@ -16,7 +16,8 @@ from sqlalchemy import select
 from studio.data.kinds import DatasetKind
 from studio.data.writer import Lineage, Owner, SnapshotWriter, check_owner
 from studio.errors import NotFound, StudioError
-from studio.evals.spec import JudgeScorer, EvalSpec, scorer_name, stored_spec
+from studio.evals.spec import EvalSpec, stored_spec
+from studio.scorer_specs import JudgeScorer, scorer_name
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 from studio.store.models import EvalOutput, EvalScore, Job

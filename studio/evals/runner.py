@@ -31,8 +31,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from studio.errors import StudioError
 from studio.evals.data import load_datapoints
 from studio.evals.scorers import Datapoint, ScoreResult, build_scorers, is_pairwise
-from studio.evals.spec import EvalSpec, scorer_name
+from studio.evals.spec import EvalSpec
 from studio.gateway import GatewayError
+from studio.scorer_specs import scorer_name
 from studio.store.db import session_scope
 from studio.store.models import EvalOutput, EvalScore, Job
 

@@ -13,10 +13,11 @@ from sqlalchemy.orm import Session
 
 from studio.evals.leaderboard import progress, run_leaderboard
 from studio.evals.queue import get_eval
-from studio.evals.spec import EvalResult, scorer_name, stored_spec
+from studio.evals.spec import EvalResult, stored_spec
 from studio.jobs.follow import FollowEvent, follow_async, follow_sync, is_done
 from studio.jobs.status import JobStatus
 from studio.jobs.views import IsoDateTime, JobEventView, Progress, StoredJobView, View
+from studio.scorer_specs import scorer_name
 from studio.store.db import session_scope
 from studio.store.models import ApiKey, EvalOutput, EvalScore, Job, JobEvent
 

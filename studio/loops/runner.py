@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
-import requests
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -43,36 +42,19 @@ from sqlalchemy.orm import Session
 from studio.errors import Conflict, StudioError
 from studio.jobs.status import JobStatus, will_retry
 from studio.loops import repository as repo
+from studio.loops import runner_gate, runner_traffic
 from studio.loops.actions import Actions
-from studio.loops.control import job_key_prefix, start_triggered
+from studio.loops.control import start_triggered
 from studio.loops.spec import LoopSpec
 from studio.loops.states import IN_TRAFFIC, RETRYABLE, TERMINAL, Reason, State
+from studio.loops.step import ACTOR, INFRA_ERRORS, Ctx, RunnerConfig, Step
 from studio.loops.triggers import evaluate
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 from studio.store.loop_models import Loop, LoopGeneration
-from studio.store.models import Job, utcnow
+from studio.store.models import utcnow
 
 logger = logging.getLogger(__name__)
-ACTOR = "scheduler"
-# What an infrastructure failure looks like from here: retried with backoff, never a verdict.
-INFRA_ERRORS = (OSError, ConnectionError, requests.RequestException, SQLAlchemyError, RuntimeError)
-
-
-@dataclass(frozen=True)
-class RunnerConfig:
-    look_every_s: float = 60.0  # a canary look (stored, decided on) at most this often
-    backoff_s: float = 30.0  # the first retry's wait; it doubles per attempt
-    max_backoff_s: float = 900.0
-    max_moves_per_pass: int = 12  # per generation: TRIGGERED → … → CANARY in one pass when all is ready
-
-
-@dataclass(frozen=True)
-class Step:
-    """What one step did: ``moved`` when the state changed (the pass steps again), ``note`` in words."""
-
-    moved: bool
-    note: str
 
 
 @dataclass
@@ -84,72 +66,6 @@ class PassReport:
 
     def changed(self) -> bool:
         return bool(self.started or self.moves or self.errors)
-
-
-@dataclass
-class Ctx:
-    """One step's view: the transaction, the generation, its loop and frozen recipe, the clock."""
-
-    session: Session
-    gen: LoopGeneration
-    loop: Loop
-    spec: LoopSpec
-    now: datetime
-    actions: Actions
-    runner: Runner
-
-    @property
-    def label(self) -> str:
-        return f"{self.loop.name}#{self.gen.number}"
-
-    def go(self, target: State, reason: Reason, detail: str, **values) -> Step:
-        """Move the generation from its current state (compare-and-set). A state's stored clock
-        (``deadline_at``) ends with it unless ``values`` sets a new one."""
-        frm = State(self.gen.state)
-        values.setdefault("deadline_at", None)
-        self.gen = repo.move(self.session, self.gen.id, frm, target, reason, actor=ACTOR, detail=detail,
-                             values=values, at=self.now)
-        return Step(True, f"{frm} → {target} ({reason}): {detail}")
-
-    def key(self, what: str) -> str:
-        """The idempotency key of this attempt's job (its ``submitted_by``)."""
-        return f"{job_key_prefix(self.loop, self.gen.number)}{what}:a{self.gen.attempt}"
-
-    def job(self, kind: str, what: str) -> Job | None:
-        return self.session.scalars(select(Job).where(Job.kind == kind, Job.submitted_by == self.key(what))
-                                    .order_by(Job.id)).first()
-
-    def lock(self) -> None:
-        """Hold the generation's row for the rest of the transaction (PostgreSQL; SQLite has one
-        writer anyway), so two runners cannot both queue this attempt's job."""
-        self.session.execute(select(LoopGeneration.id).where(LoopGeneration.id == self.gen.id).with_for_update())
-        self.session.refresh(self.gen)
-
-    def backing_off(self) -> str | None:
-        at = self.gen.deadline_at
-        if self.gen.attempt > 1 and at is not None and self.now < at:
-            return f"attempt {self.gen.attempt} waits out its backoff until {at.isoformat()}"
-        return None
-
-    def undo(self) -> None:
-        """Roll back what a failed action wrote, so the failure is recorded on its own."""
-        gen_id = self.gen.id
-        self.session.rollback()
-        self.gen = repo.get_generation(self.session, gen_id)
-
-    def failed(self, why: str) -> Step:
-        """An infrastructure failure of this state's step: retry after a backoff while attempts are
-        left (``train.max_retries``), else FAILED (ROLLING_BACK first for a candidate in traffic)."""
-        state = State(self.gen.state)
-        if state in IN_TRAFFIC:
-            return self.go(State.ROLLING_BACK, Reason.INFRA_FAILURE, why)
-        if self.gen.attempt <= self.spec.train.max_retries:
-            cfg = self.runner.config
-            wait = min(cfg.backoff_s * 2 ** (self.gen.attempt - 1), cfg.max_backoff_s)
-            return self.go(state, Reason.RETRY, f"{why}; attempt {self.gen.attempt + 1} in {wait:g} s",
-                           deadline_at=self.now + timedelta(seconds=wait))
-        return self.go(State.FAILED, Reason.INFRA_FAILURE,
-                       f"{why}; {self.spec.train.max_retries} retries spent (train.max_retries)")
 
 
 class Runner:
@@ -220,19 +136,18 @@ class Runner:
             if State(gen.state) not in RETRYABLE or State(gen.state) in IN_TRAFFIC:
                 raise error
             ctx = Ctx(s, gen, s.get(Loop, gen.loop_id), LoopSpec.model_validate(gen.config["loop"]), now,
-                      self.actions, self)
+                      self.actions, self.settings, self.config)
             return ctx.failed(f"{type(error).__name__}: {str(error)[:500]}")
 
     def step(self, session: Session, gen_id: int, now: datetime) -> Step:
         """Do the next thing for one generation, in ``session``'s transaction."""
-        from studio.loops import runner_gate, runner_traffic
-
         gen = repo.get_generation(session, gen_id)
         state = State(gen.state)
         if state in TERMINAL:
             return Step(False, f"{state}: done")
         loop = session.get(Loop, gen.loop_id)
-        ctx = Ctx(session, gen, loop, LoopSpec.model_validate(gen.config["loop"]), now, self.actions, self)
+        ctx = Ctx(session, gen, loop, LoopSpec.model_validate(gen.config["loop"]), now, self.actions,
+                  self.settings, self.config)
         handler = {
             State.WATCHING: _watching, State.TRIGGERED: _triggered, State.SNAPSHOT: _snapshot,
             State.TRAINING: _training, State.GATE: runner_gate.gate, State.SHADOW: runner_traffic.shadow,
@@ -264,7 +179,7 @@ def _snapshot(ctx: Ctx) -> Step:
     gen_id = ctx.gen.id
     ctx.session.commit()  # the snapshot writes from its own transactions
     try:
-        done = take_snapshot(ctx.runner.settings, gen_id, ctx.now)
+        done = take_snapshot(ctx.settings, gen_id, ctx.now)
     except StudioError as e:
         ctx.undo()
         if e.status_code >= 500:

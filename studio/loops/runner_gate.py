@@ -17,11 +17,12 @@ from studio.data.snapshots import resolve_snapshot
 from studio.errors import StudioError
 from studio.evals.gate import ACTIVE, effective_gate, find_eval
 from studio.evals.queue import KIND, enqueue_eval
-from studio.evals.spec import EvalSpec, GenerationParams, scorer_name
+from studio.evals.spec import EvalSpec, GenerationParams
 from studio.jobs.status import JobStatus, will_retry
-from studio.loops.runner import INFRA_ERRORS, Ctx, Step
+from studio.loops.step import INFRA_ERRORS, Ctx, Step
 from studio.loops.states import Reason, State
 from studio.recipes import validate_spec
+from studio.scorer_specs import scorer_name
 from studio.store.models import EvalScore, Job
 
 BOOTSTRAP_RESAMPLES = 2000

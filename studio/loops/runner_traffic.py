@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from studio.errors import StudioError
 from studio.loops import repository as repo
 from studio.loops.looks import build_look
-from studio.loops.runner import INFRA_ERRORS, Ctx, Step
+from studio.loops.step import INFRA_ERRORS, Ctx, Step
 from studio.loops.states import Reason, State
 from studio.loops.stats import Action, decide, decide_shadow, step_done
 from studio.store.loop_models import LoopLook
@@ -71,8 +71,8 @@ def canary(ctx: Ctx) -> Step:
     gen, spec, session = ctx.gen, ctx.spec, ctx.session
     changed = ctx.actions.set_split(session, gen.canary_alias, split(ctx, gen.canary_step))
     last = session.scalar(select(func.max(LoopLook.at)).where(LoopLook.generation_id == gen.id))
-    if last is not None and (ctx.now - last).total_seconds() < ctx.runner.config.look_every_s:
-        return Step(False, "split set again" if changed else f"next look {ctx.runner.config.look_every_s:g} s "
+    if last is not None and (ctx.now - last).total_seconds() < ctx.config.look_every_s:
+        return Step(False, "split set again" if changed else f"next look {ctx.config.look_every_s:g} s "
                     f"after {last.isoformat()}")
     try:
         look = build_look(session, gen, ctx.now)
@@ -111,7 +111,7 @@ def paused(ctx: Ctx) -> Step:
     if gen.paused_from != State.CANARY.value or last.reason not in DATA_PAUSES or ctx.loop.status != "active":
         return Step(False, f"PAUSED ({last.reason}): held until a person resumes it")
     since = (ctx.now - last.at).total_seconds()
-    if since < ctx.runner.config.look_every_s:
+    if since < ctx.config.look_every_s:
         return Step(False, f"PAUSED ({last.reason}) {since:.0f} s ago")
     try:
         verdict = decide(build_look(ctx.session, gen, ctx.now), ctx.spec.decision)

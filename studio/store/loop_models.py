@@ -1,6 +1,6 @@
 """Tables of the self-driving improvement loop (``studio.loops``): loops, their generations, every
-transition of a generation, and every look at a canary. Registered on ``models.Base`` by
-``studio.store.models`` (which imports this module last), so Alembic and the schema check see them."""
+transition of a generation, and every look at a canary. Registered on ``Base`` (``studio.store.base``)
+by ``studio.store.models``, which imports this module last, so Alembic and the schema check see them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from studio.store.models import Base, UTCDateTime, utcnow
+from studio.store.base import Base, UTCDateTime, utcnow
 
 
 class Loop(Base):

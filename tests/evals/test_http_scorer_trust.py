@@ -16,7 +16,7 @@ import pytest
 
 from studio.evals.scorers import Datapoint
 from studio.evals.scorers.http import HttpEvaluator
-from studio.evals.spec import HttpScorer
+from studio.scorer_specs import HttpScorer
 from studio.settings import StudioSettings
 from tests.api.checks import assert_problem
 from tests.loopback import HandlerThread

@@ -12,8 +12,8 @@ from studio.evals.scorers.embedding import Embedding
 from studio.evals.scorers.http import HttpEvaluator
 from studio.evals.scorers.judge import parse_score, parse_winner
 from studio.evals.scorers.programmatic import ExactMatch, Json, Numeric, Regex, first_number
-from studio.evals.spec import (EmbeddingScorer, ExactMatchScorer, HttpScorer, JsonScorer, Normalize,
-                               NumericScorer, RegexScorer)
+from studio.scorer_specs import (EmbeddingScorer, ExactMatchScorer, HttpScorer, JsonScorer, Normalize, NumericScorer,
+                                 RegexScorer)
 from studio.settings import StudioSettings
 
 # The scripted evaluator listens on loopback: the egress guard lets it through only when allowed.

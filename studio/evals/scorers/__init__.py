@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from studio.evals.scorers import embedding, http, judge, programmatic
 from studio.evals.scorers.base import Datapoint, ScoreResult
-from studio.evals.spec import EvalSpec, scorer_name
+from studio.evals.spec import EvalSpec
+from studio.scorer_specs import scorer_name
 
 __all__ = ["Datapoint", "ScoreResult", "build_scorers", "is_pairwise"]
+
+# Each scorer module registers its scorers with their spec type (``studio.scorer_specs.register``)
+# when imported: importing this package is what lets a scorer spec ``build()``.
+REGISTERED = (programmatic, embedding, judge, http)
 
 
 def is_pairwise(spec: Any) -> bool:

@@ -9,7 +9,7 @@ import asyncio
 import threading
 
 from studio.evals.scorers.base import Datapoint, ScoreResult
-from studio.evals.spec import EmbeddingScorer
+from studio.scorer_specs import EmbeddingScorer, register
 
 
 class Embedding:
@@ -41,3 +41,6 @@ class Embedding:
             return ScoreResult.unscored(self.skip_reason, status="skipped")
         sim = await asyncio.to_thread(self._similarity, output, dp.reference or "")
         return ScoreResult(sim, f"cosine {sim:.3f}")
+
+
+register("embedding", lambda spec, client: Embedding(spec))

@@ -17,8 +17,8 @@ import httpx
 
 from studio.egress import guard_url, guarded_async_client, redact_url
 from studio.errors import StudioError
-from studio.evals.spec import ENV_REF, HttpScorer
 from studio.evals.scorers.base import Datapoint, ScoreResult
+from studio.scorer_specs import ENV_REF, HttpScorer, register
 from studio.settings import StudioSettings
 
 
@@ -96,3 +96,6 @@ def describe(r: httpx.Response) -> str:
     """A response in a few words — status, reason, content type and size — never its body."""
     kind = r.headers.get("content-type", "no content type").split(";")[0][:60]
     return f"{r.status_code} {r.reason_phrase}, {kind}, {len(r.content)} bytes".strip()
+
+
+register("http", lambda spec, client: HttpEvaluator(spec))

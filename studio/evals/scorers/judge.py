@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 
 from studio.evals.scorers.base import Datapoint, ScoreResult
-from studio.evals.spec import JudgeScorer
 from studio.gateway import Client, GatewayError
+from studio.scorer_specs import JudgeScorer, register
 
 POINTWISE = """You are grading an answer.
 Rubric: {rubric}
@@ -91,3 +91,6 @@ class Judge:
         score = sum(verdicts) / 2
         return ScoreResult(score, f"candidate first: {verdicts[0]:g}, baseline first: {verdicts[1]:g}",
                            raw="\n---\n".join(replies), detail={"orders": verdicts})
+
+
+register("judge", Judge)  # Judge(spec, client): judges call models through the gateway client

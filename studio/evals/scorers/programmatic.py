@@ -7,7 +7,7 @@ import re
 import string
 
 from studio.evals.scorers.base import Datapoint, ScoreResult
-from studio.evals.spec import ExactMatchScorer, JsonScorer, Normalize, NumericScorer, RegexScorer
+from studio.scorer_specs import ExactMatchScorer, JsonScorer, Normalize, NumericScorer, RegexScorer, register
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+(?:[.,]\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
@@ -101,3 +101,9 @@ class Numeric:
             return ScoreResult(0.0, "no number in the output")
         ok = abs(got - want) <= max(self.spec.abs_tolerance, self.spec.rel_tolerance * abs(want))
         return ScoreResult(1.0 if ok else 0.0, f"{got:g} vs {want:g}")
+
+
+register("exact_match", lambda spec, client: ExactMatch(spec))
+register("regex", lambda spec, client: Regex(spec))
+register("json", lambda spec, client: Json(spec))
+register("numeric", lambda spec, client: Numeric(spec))
