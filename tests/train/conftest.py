@@ -125,13 +125,6 @@ class RayHead:
                                      + "\n  ".join(held))
             time.sleep(0.5)
 
-    def train_workers(self, driver_pid: int) -> list[psutil.Process]:
-        """The live Ray Train worker processes of the Ray job whose driver is ``driver_pid``."""
-        jobs = {j["job_id"] for j in self.state("jobs")
-                if str((j.get("driver_info") or {}).get("pid")) == str(driver_pid)}
-        actors = self.state("actors", ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"))
-        return [psutil.Process(a["pid"]) for a in actors if a["job_id"] in jobs]
-
     def stop(self) -> None:
         """SIGKILL the whole session (a drain on SIGTERM takes 15 s+ and there is nothing to keep)."""
         try:
