@@ -16,6 +16,8 @@ from studio.registry.versions import get_version, register_version
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 from studio.store.models import Job, JobMetric
+from studio.train.plan import plan_run
+from studio.train.spec import TrainSpec
 
 from .conftest import RECIPES, Entrypoint, lora_b_norms, load_adapter, tail
 
@@ -51,6 +53,10 @@ def test_dpo_recipe_from_an_sft_adapter(home: StudioSettings, entrypoint: Entryp
                                "init_adapter=reverse-tiny@1", "eval.split_ratio=0.25", "eval.eval_steps=3",
                                "tracking.report_to=[mlflow,tensorboard]")
     assert (mv.method, mv.adapter_type, mv.metrics["global_step"]) == ("dpo", "lora", 6)
+    # The plan's memory estimate (studio train plan) is within 25 % of the peak RSS a worker reached.
+    with session_scope(home.db_url) as s:
+        estimate = plan_run(TrainSpec.model_validate(job.spec), s).memory
+    assert abs(estimate.total_mb - mv.metrics["peak_rss_mb"]) <= 0.25 * mv.metrics["peak_rss_mb"], (estimate, mv.metrics)
     assert {"loss", "lr", "rewards/margins", "rewards/accuracies"} <= keys
     dpo_eval = {"eval_loss", "eval_rewards/accuracies", "eval_rewards/margins"}
     assert dpo_eval <= keys and not {"eval_runtime", "eval_samples_per_second"} & keys

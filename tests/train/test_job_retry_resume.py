@@ -17,6 +17,8 @@ from studio.jobs.status import JobStatus, transition
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 from studio.store.models import Job, JobMetric
+from studio.train.plan import plan_run
+from studio.train.spec import TrainSpec
 
 from .conftest import RECIPES, Entrypoint, tail
 
@@ -63,6 +65,11 @@ def test_retry_resumes_from_the_previous_attempts_checkpoint(home: StudioSetting
     assert events[-5:] == ["RETRYING", "STARTING", "RUNNING", "CHECKPOINTING", "SUCCEEDED"]
     assert len(resumed) == 1 and resumed[0].attempt == 2 and resumed[0].value >= EVERY
     assert job.result["metrics"]["global_step"] == MAX_STEPS
+    # The plan's memory estimate (studio train plan) is within 25 % of the peak RSS a worker reached.
+    with session_scope(home.db_url) as s:
+        estimate = plan_run(TrainSpec.model_validate(job.spec), s).memory
+    peak = job.result["metrics"]["peak_rss_mb"]
+    assert abs(estimate.total_mb - peak) <= 0.25 * peak, (estimate, peak)
     # eval_loss beside the training loss: attempt 2 validated at every EVERY steps it ran, in the job's
     # metrics and in its MLflow run.
     assert {st for a, st, _ in evals if a == 2} >= {2 * EVERY, MAX_STEPS} and all(v > 0 for *_, v in evals)
