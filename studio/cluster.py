@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import Field
 
 from studio.errors import StudioError
-from studio.recipes import read_yaml
+from studio.recipes import Spec, read_yaml
 from studio.settings import StudioSettings
-from studio.train.spec import ResourcesSpec
 
 REPO = Path(__file__).resolve().parent.parent
 KUBERAY_SERVICE = REPO / "cluster" / "kuberay" / "rayservice.yaml"
@@ -34,6 +34,23 @@ KUBERAY_HTTP = {"host": "0.0.0.0", "port": 8000}
 
 
 # ---------------------------------------------------------------- training resources
+
+class ResourcesSpec(Spec):
+    """A training recipe's ``resources``: what each Ray Train worker asks the cluster for."""
+
+    num_workers: int = Field(default=1, ge=1, description="Ray Train workers (data-parallel).")
+    use_gpu: bool = Field(default=False, description="One GPU per worker; the job is refused without GPUs.")
+    cpus_per_worker: float = Field(default=1.0, gt=0, description="Logical CPUs each worker reserves.")
+    gpus_per_worker: float = Field(default=1.0, ge=0, description="GPUs each worker reserves when use_gpu.")
+    accelerator_type: str | None = Field(
+        default=None, description="GPU type every worker must run on, as Ray names it (A100, H100, "
+        "L4, ...; ray.util.accelerators): with use_gpu, workers wait for (or the autoscaler adds) such nodes.")
+    max_worker_failures: int = Field(
+        default=1, ge=0,
+        description="Within one attempt, how often Ray Train restarts a failed worker group from the latest "
+        "checkpoint before the attempt fails (job-level retries are max_retries).",
+    )
+
 
 def worker_resources(resources: ResourcesSpec, settings: StudioSettings) -> dict[str, float]:
     """What one Ray Train worker reserves: CPU, GPU with use_gpu, and the cluster's custom

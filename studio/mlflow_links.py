@@ -1,4 +1,5 @@
-"""Links into the MLflow UI: a training job's run and a registered model version's page.
+"""Links into the MLflow UI: a training job's run and a registered model version's page; and the
+MLflow client every writer (training's tracking, the registry's mirror) uses (``mlflow_client``).
 
 The UI is whatever ``StudioSettings.mlflow_ui_url`` names, else the tracking server itself when the
 tracking URI is http(s) (an MLflow tracking server serves its UI on the same address), else the
@@ -8,9 +9,25 @@ routes with the URL's fragment (``#/runs/<id>``, ``#/models/<name>/versions/<n>`
 
 from __future__ import annotations
 
+import os
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from studio.settings import StudioSettings
+
+# MLflow's HTTP client retries 7 times with doubling backoff (~4 minutes) before it gives up on a
+# server that is down; a training job (and a registration) should not wait that long for a
+# best-effort record. A user's own setting wins.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def mlflow_client(tracking_uri: str):
+    """An ``MlflowClient`` for ``tracking_uri`` with the studio's HTTP retry defaults (mlflow is
+    imported on first use)."""
+    from mlflow.tracking import MlflowClient
+
+    for var, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(var, value)
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def is_remote(tracking_uri: str) -> bool:

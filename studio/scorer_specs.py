@@ -14,8 +14,10 @@ from typing import Annotated, Any, Callable, Literal
 
 from pydantic import Field, field_validator
 
+from studio.egress import guard_url
 from studio.errors import StudioError
 from studio.recipes import Spec
+from studio.settings import StudioSettings
 
 # Plain http scorer headers are stored with the job: names that usually carry a secret are refused.
 SECRET_HEADER = re.compile(r"auth|cookie|key|token|secret|passw|signature|session|credential", re.I)
@@ -167,3 +169,8 @@ def scorer_name(s: Any) -> str:
 
 def needs_reference(s: Any) -> bool:
     return s.type in ("exact_match", "numeric", "embedding")
+
+
+def check_http_scorer(spec: HttpScorer, settings: StudioSettings | None = None) -> None:
+    """Submit-time check (a 400 before any job exists): the URL passes the egress guard."""
+    guard_url(spec.url, settings, what=f"http scorer {spec.name or spec.type!r}: evaluator URL")

@@ -271,7 +271,7 @@ def from_eval_cmd(eval_id: int = typer.Argument(..., help="Evaluation job id wit
                   name: str = typer.Option(..., "--name", help="Name of the preference dataset."),
                   scorer: str | None = typer.Option(None, "--scorer", help="Pairwise judge scorer (default: the first).")) -> None:
     """Preference rows (prompt, chosen, rejected) from an evaluation's pairwise judge verdicts."""
-    from studio.data.preference import preference_from_eval
+    from studio.evals.preference import preference_from_eval
 
     out = preference_from_eval(settings_with_db(), eval_id, name, scorer)
     console.print(f"[green]{name}@{out['version']}[/] snapshot {out['snapshot_id'][:12]} · {out['rows']} pairs · "

@@ -172,12 +172,13 @@ def compare(
 ) -> None:
     """Training runs side by side: the recipe fields that differ, wall time, tokens/s, peak memory,
     loss curves (first → last, best), final metrics and the eval scores of the versions they registered."""
+    from studio.evals.leaderboard import version_scores
     from studio.jobs.progress import duration_text
     from studio.train.compare import compare_runs, parse_ids
 
     settings = settings_with_db()
     with session_scope(settings.db_url) as s:
-        c = compare_runs(s, parse_ids([",".join(map(str, job_ids))]))
+        c = compare_runs(s, parse_ids([",".join(map(str, job_ids))]), scores=version_scores)
     if as_json:
         print(c.model_dump_json(indent=2))
         return

@@ -26,12 +26,13 @@ from studio.errors import Conflict, StudioError
 from studio.evals.parity import check_parity
 from studio.evals.parity import describe as describe_parity
 from studio.evals.queue import KIND, enqueue_eval, gateway_models
-from studio.evals.spec import AfterTrainingSpec, EvalResult, EvalSpec, GenerationParams, scorer_name, stored_spec
+from studio.evals.spec import EvalResult, EvalSpec, GenerationParams, stored_spec
 from studio.jobs.status import JobStatus, will_retry
 from studio.recipes import validate_spec
 from studio.registry.versions import get_version, promote
+from studio.scorer_specs import scorer_name
 from studio.store.models import EvalScore, Job, ModelVersion, PromotionEvent, PromotionGate
-from studio.train.spec import TrainResult
+from studio.train.spec import AfterTrainingSpec, TrainResult
 
 
 class PromotionRefused(Conflict):

@@ -9,13 +9,14 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from studio.evals.spec import EvalResult, stored_spec
 from studio.jobs.progress import row_progress
 from studio.jobs.views import Progress
 from studio.store.models import EvalOutput, EvalScore, Job, utcnow
+from studio.train.compare import VersionScore
 
 
 def t_critical(n: int) -> float:
@@ -139,3 +140,29 @@ def dataset_leaderboard(session: Session, snapshot_id: str, limit_runs: int = 20
         select(EvalOutput.model, EvalOutput.model_version, EvalOutput.latency_ms, EvalOutput.cost_usd,
                EvalOutput.cache_hit, EvalOutput.error).where(EvalOutput.job_id.in_(ids)))]
     return {"snapshot_id": snapshot_id, "runs": ids, **build(scores, outputs, [])}
+
+
+def version_scores(session: Session, refs: list[str]) -> dict[str, list[VersionScore]]:
+    """Each registered version's eval scores (``name@N`` → the mean of every scorer of every eval
+    that answered as it, newest eval first): what ``studio jobs compare`` shows of a run's versions
+    (``studio.train.compare`` is handed this function)."""
+    answered = func.coalesce(EvalOutput.model_version, EvalOutput.model)
+    scores: dict[str, list[tuple]] = {}
+    if refs:
+        for ref, eval_id, scorer, mean, n in session.execute(
+                select(answered, EvalScore.job_id, EvalScore.scorer, func.avg(EvalScore.score),
+                       func.count(EvalScore.score))
+                .join(EvalOutput, and_(EvalOutput.job_id == EvalScore.job_id,
+                                       EvalOutput.datapoint == EvalScore.datapoint,
+                                       EvalOutput.model == EvalScore.model))
+                .where(answered.in_(refs))
+                .group_by(answered, EvalScore.job_id, EvalScore.scorer)
+                .order_by(EvalScore.job_id.desc(), EvalScore.scorer)):
+            scores.setdefault(ref, []).append((eval_id, scorer, mean, n))
+    evals = {j.id: j for j in session.scalars(select(Job).where(
+        Job.id.in_({e for rows_ in scores.values() for e, *_ in rows_})))} if scores else {}
+    return {ref: [VersionScore(eval_id=e, dataset=stored_spec(evals[e]).dataset if e in evals else None,
+                               snapshot_id=EvalResult.of(evals[e]).snapshot_id if e in evals else None,
+                               scorer=scorer, mean=None if mean is None else float(mean), n=n)
+                  for e, scorer, mean, n in rows_]
+            for ref, rows_ in scores.items()}

@@ -15,10 +15,9 @@ from sqlalchemy.orm import Session
 
 from studio.errors import NotFound, StudioError
 from studio.evals.data import load_datapoints
-from studio.evals.scorers.http import check_http_scorer
 from studio.evals.spec import EvalResult, EvalSpec, stored_spec
 from studio.jobs.status import create_job
-from studio.scorer_specs import needs_reference, scorer_name
+from studio.scorer_specs import check_http_scorer, needs_reference, scorer_name
 from studio.store.models import Job
 
 KIND = "eval"

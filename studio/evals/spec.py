@@ -65,26 +65,6 @@ class EvalSpec(Spec):
         return self
 
 
-class AfterTrainingSpec(Spec):
-    """A training recipe's ``after_training`` section: once the job SUCCEEDED, the scheduler
-    evaluates the new version against its name's champion on the golden dataset (auto-eval) and,
-    with ``promote``, promotes it through the promotion gate (auto-promotion)."""
-
-    promote: bool = Field(default=False, description="Promote the new version to champion when it beats the "
-                          "champion by the gate's margin (a refusal is recorded like a manual one). false: "
-                          "only evaluate it against the champion.")
-    dataset: str | None = Field(default=None, description="Golden dataset (name, name@N or snapshot id); default: "
-                                "the dataset of the name's gate (`studio models gate NAME`). Neither: nothing "
-                                "runs, and the job's result says why.")
-    scorer: ScorerSpec | None = Field(default=None, description="The deciding scorer (an EvalSpec scorer, "
-                                          "e.g. {type: exact_match}); default: the gate's, else exact_match.")
-    margin: float | None = Field(default=None, ge=0, description="Required lead over the champion; default: the "
-                                 "gate's, else 0.")
-    limit: int | None = Field(default=None, gt=0, description="Evaluate only the first N rows; default: the gate's.")
-    max_tokens: int | None = Field(default=None, gt=0, description="Longest answer in the eval; default: the "
-                                   "gate's, else 64.")
-
-
 class EvalResult(JobResult):
     """An eval's ``result``: the snapshot it was pinned to, its size and, once done, its numbers."""
 

@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from studio.errors import Unavailable
+from studio.mlflow_links import mlflow_client
 from studio.settings import StudioSettings
 from studio.store.db import redacted_url, session_scope
 from studio.store.models import ModelVersion, PromotionEvent
@@ -124,8 +125,6 @@ def sync(session: Session, tracking_uri: str, names: list[str] | None = None) ->
 def push(tracking_uri: str, by_name: dict[str, list[VersionRow]]) -> SyncReport:
     """Make MLflow hold ``by_name``'s versions and aliases. Raises ``MirrorUnavailable`` when MLflow
     fails; what was done before stays done."""
-    from studio.train.tracking import mlflow_client
-
     report = SyncReport()
     if not by_name:
         return report

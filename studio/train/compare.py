@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from studio.errors import StudioError
-from studio.evals.spec import EvalResult, stored_spec
 from studio.jobs.queue import HIDDEN_SPEC, get_job, visible_spec
 from studio.jobs.status import JobStatus
 from studio.jobs.views import IsoDateTime, MetricPoint, View
-from studio.store.models import ApiKey, EvalOutput, EvalScore, Job, JobEvent, JobMetric, ModelVersion, utcnow
+from studio.store.models import ApiKey, Job, JobEvent, JobMetric, ModelVersion, utcnow
 from studio.train.spec import TrainResult
 
 MIN_RUNS, MAX_RUNS = 2, 8
@@ -51,6 +51,10 @@ class VersionScore(View):
     scorer: str = Field(description="The scorer's name.")
     mean: float | None = Field(description="Mean score over the scored answers; null when none was scored.")
     n: int = Field(description="Answers scored.")
+
+
+# name@N refs → each ref's eval scores, newest eval first (``studio.evals.leaderboard.version_scores``).
+VersionScores = Callable[[Session, list[str]], dict[str, list[VersionScore]]]
 
 
 class RegisteredVersion(View):
@@ -177,36 +181,18 @@ def _series(session: Session, ids: list[int]) -> dict[int, dict[str, list[Metric
     return {i: {k: [by_step[s] for s in sorted(by_step)] for k, by_step in keys.items()} for i, keys in out.items()}
 
 
-def _versions(session: Session, jobs: list[Job]) -> dict[int, list[RegisteredVersion]]:
+def _versions(session: Session, jobs: list[Job], scores: VersionScores) -> dict[int, list[RegisteredVersion]]:
     """The versions each job registered (by ``model_versions.job_id``) and every eval score of each."""
     ids = [j.id for j in jobs]
     rows = list(session.scalars(select(ModelVersion).where(ModelVersion.job_id.in_(ids))
                                 .order_by(ModelVersion.job_id, ModelVersion.version)))
-    refs = [f"{mv.name}@{mv.version}" for mv in rows]
-    answered = func.coalesce(EvalOutput.model_version, EvalOutput.model)
-    scores: dict[str, list[tuple]] = {}
-    if refs:
-        for ref, eval_id, scorer, mean, n in session.execute(
-                select(answered, EvalScore.job_id, EvalScore.scorer, func.avg(EvalScore.score),
-                       func.count(EvalScore.score))
-                .join(EvalOutput, and_(EvalOutput.job_id == EvalScore.job_id,
-                                       EvalOutput.datapoint == EvalScore.datapoint,
-                                       EvalOutput.model == EvalScore.model))
-                .where(answered.in_(refs))
-                .group_by(answered, EvalScore.job_id, EvalScore.scorer)
-                .order_by(EvalScore.job_id.desc(), EvalScore.scorer)):
-            scores.setdefault(ref, []).append((eval_id, scorer, mean, n))
-    evals = {j.id: j for j in session.scalars(select(Job).where(
-        Job.id.in_({e for rows_ in scores.values() for e, *_ in rows_})))} if scores else {}
+    by_ref = scores(session, [f"{mv.name}@{mv.version}" for mv in rows]) if rows else {}
     out: dict[int, list[RegisteredVersion]] = {i: [] for i in ids}
     for mv in rows:
         ref = f"{mv.name}@{mv.version}"
         out[mv.job_id].append(RegisteredVersion(ref=ref, stage=mv.stage, metrics={
-            k: float(v) for k, v in (mv.metrics or {}).items() if isinstance(v, (int, float))}, scores=[
-            VersionScore(eval_id=e, dataset=stored_spec(evals[e]).dataset if e in evals else None,
-                         snapshot_id=EvalResult.of(evals[e]).snapshot_id if e in evals else None,
-                         scorer=scorer, mean=None if mean is None else float(mean), n=n)
-            for e, scorer, mean, n in scores.get(ref, [])]))
+            k: float(v) for k, v in (mv.metrics or {}).items() if isinstance(v, (int, float))},
+            scores=by_ref.get(ref, [])))
     return out
 
 
@@ -229,13 +215,15 @@ def _peak_memory(final: dict[str, float]) -> PeakMemory | None:
     return None if key is None else PeakMemory(key=key, value=final[key])
 
 
-def compare_runs(session: Session, ids: list[int], key: ApiKey | None = None,
-                 now: datetime | None = None) -> Comparison:
+def compare_runs(session: Session, ids: list[int], key: ApiKey | None = None, now: datetime | None = None, *,
+                 scores: VersionScores) -> Comparison:
     """Runs ``ids`` side by side, as ``key`` may see them (None: trusted, the CLI in-process): the
-    recipe of a job ``key`` does not own is hidden, as GET /api/jobs/{id} hides it."""
+    recipe of a job ``key`` does not own is hidden, as GET /api/jobs/{id} hides it. ``scores`` gives
+    the eval scores of the registered versions (``studio.evals.leaderboard.version_scores``, handed in
+    by the caller: evaluation sits above training)."""
     now = now or utcnow()
     jobs = _training_jobs(session, ids)
-    times, series, versions = _times(session, ids), _series(session, ids), _versions(session, jobs)
+    times, series, versions = _times(session, ids), _series(session, ids), _versions(session, jobs, scores)
     recipes = [visible_spec(j, key) for j in jobs]
     runs = []
     for job, recipe in zip(jobs, recipes):

@@ -14,6 +14,7 @@ from studio.data.sources import check_model_location
 from studio.egress import guard_url
 from studio.errors import NotFound, StudioError
 from studio.models.source import resolve_model_source
+from studio.scorer_specs import check_http_scorer
 from studio.settings import StudioSettings
 from studio.train.spec import METHOD_KINDS, TrainSpec, is_adapter_location
 
@@ -87,8 +88,6 @@ def preflight(spec: TrainSpec, session: Session, *, cluster_gpus: float | None =
         check_grpo(spec)
     gate_scorer = spec.after_training.scorer if spec.after_training else None
     if gate_scorer is not None and gate_scorer.type == "http":
-        from studio.evals.scorers.http import check_http_scorer
-
         check_http_scorer(gate_scorer)  # the auto-eval's evaluator URL passes the egress guard now
     init = resolve_init_adapter(spec, session, base) if spec.init_adapter else (None, None, None)
     dataset_ref = f"{ref.name}@{ref.version}" if ref.name else snap.id

@@ -8,9 +8,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from studio.evals.spec import AfterTrainingSpec
+from studio.cluster import ResourcesSpec
 from studio.jobs.results import JobResult
 from studio.recipes import Spec
+from studio.scorer_specs import ScorerSpec
 
 Method = Literal["cpt", "sft", "dpo", "grpo"]
 
@@ -66,21 +67,6 @@ class HyperSpec(Spec):
     logging_steps: int = Field(default=10, ge=1, description="Report metrics every N steps.")
     bf16: bool | None = Field(default=None, description="bf16 mixed precision; default: on with a GPU, off on CPU.")
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
-
-
-class ResourcesSpec(Spec):
-    num_workers: int = Field(default=1, ge=1, description="Ray Train workers (data-parallel).")
-    use_gpu: bool = Field(default=False, description="One GPU per worker; the job is refused without GPUs.")
-    cpus_per_worker: float = Field(default=1.0, gt=0, description="Logical CPUs each worker reserves.")
-    gpus_per_worker: float = Field(default=1.0, ge=0, description="GPUs each worker reserves when use_gpu.")
-    accelerator_type: str | None = Field(
-        default=None, description="GPU type every worker must run on, as Ray names it (A100, H100, "
-        "L4, ...; ray.util.accelerators): with use_gpu, workers wait for (or the autoscaler adds) such nodes.")
-    max_worker_failures: int = Field(
-        default=1, ge=0,
-        description="Within one attempt, how often Ray Train restarts a failed worker group from the latest "
-        "checkpoint before the attempt fails (job-level retries are max_retries).",
-    )
 
 
 class DeepSpeedSpec(Spec):
@@ -223,6 +209,26 @@ class EvalAfterSpec(Spec):
     metric: Literal["exact_match"] = Field(default="exact_match", description="Metric to compute.")
     max_new_tokens: int = Field(default=16, ge=1, description="Generation budget per example.")
     limit: int | None = Field(default=None, ge=1, description="Evaluate at most this many rows.")
+
+
+class AfterTrainingSpec(Spec):
+    """A training recipe's ``after_training`` section: once the job SUCCEEDED, the scheduler
+    evaluates the new version against its name's champion on the golden dataset (auto-eval) and,
+    with ``promote``, promotes it through the promotion gate (auto-promotion)."""
+
+    promote: bool = Field(default=False, description="Promote the new version to champion when it beats the "
+                          "champion by the gate's margin (a refusal is recorded like a manual one). false: "
+                          "only evaluate it against the champion.")
+    dataset: str | None = Field(default=None, description="Golden dataset (name, name@N or snapshot id); default: "
+                                "the dataset of the name's gate (`studio models gate NAME`). Neither: nothing "
+                                "runs, and the job's result says why.")
+    scorer: ScorerSpec | None = Field(default=None, description="The deciding scorer (an EvalSpec scorer, "
+                                          "e.g. {type: exact_match}); default: the gate's, else exact_match.")
+    margin: float | None = Field(default=None, ge=0, description="Required lead over the champion; default: the "
+                                 "gate's, else 0.")
+    limit: int | None = Field(default=None, gt=0, description="Evaluate only the first N rows; default: the gate's.")
+    max_tokens: int | None = Field(default=None, gt=0, description="Longest answer in the eval; default: the "
+                                   "gate's, else 64.")
 
 
 class TrainSpec(Spec):

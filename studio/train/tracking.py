@@ -18,32 +18,18 @@ run of steps does not each wait on MLflow's retries. A job started while MLflow 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from studio.mlflow_links import mlflow_client
 from studio.store.artifacts import ArtifactStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 SKIP_AFTER_FAILURE_S = 60.0
 _failed_at: dict[str, float] = {}  # tracking URI -> monotonic time of its last failed call
-
-# MLflow's HTTP client retries 7 times with doubling backoff (~4 minutes) before it gives up on a
-# server that is down; a training job (and a registration) should not wait that long for a
-# best-effort record. A user's own setting wins.
-HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-
-
-def mlflow_client(tracking_uri: str):
-    from mlflow.tracking import MlflowClient
-
-    for var, value in HTTP_RETRY_DEFAULTS.items():
-        os.environ.setdefault(var, value)
-    return MlflowClient(tracking_uri=tracking_uri)
-
 
 def _best_effort(tracking_uri: str, what: str, call: Callable[[], T], default: T) -> T:
     """``call()``, or ``default`` (logged) when MLflow fails or failed less than

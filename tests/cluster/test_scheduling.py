@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from studio.cluster import cluster_gpu_capacity, worker_resources
+from studio.cluster import ResourcesSpec, cluster_gpu_capacity, worker_resources
 from studio.errors import StudioError
 from studio.settings import StudioSettings, settings_env
-from studio.train.spec import ResourcesSpec
 
 REPO = Path(__file__).resolve().parents[2]
 

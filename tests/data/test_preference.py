@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from studio.data.preference import preference_from_eval
+from studio.evals.preference import preference_from_eval
 from studio.data.snapshots import load_split, resolve_snapshot
 from studio.data.tools import dropped_rows
 from studio.errors import StudioError

@@ -182,7 +182,7 @@ class FromEvalRequest(Spec):
 @router.post("/from-eval", status_code=201)
 async def post_from_eval(body: FromEvalRequest, key: KeyDep, settings: SettingsDep) -> dict:
     """A preference snapshot (prompt, chosen, rejected) from an eval run's pairwise verdicts."""
-    from studio.data.preference import preference_from_eval
+    from studio.evals.preference import preference_from_eval
 
     return await run_in_threadpool(preference_from_eval, settings, body.eval_job_id, body.name,
                                    body.scorer, key)

@@ -17,6 +17,7 @@ from studio.api.deps import KeyDep, SessionDep, SettingsDep
 from studio.api.params import Offset
 from studio.api.streams import follow_response
 from studio.errors import StudioError
+from studio.evals.leaderboard import version_scores
 from studio.jobs import ray_jobs
 from studio.jobs.follow import FollowEvent, follow_job_async
 from studio.jobs.queue import (get_job, job_detail, job_summaries, job_summary, list_jobs, metrics_by_key,
@@ -80,7 +81,7 @@ def get_compare(key: KeyDep, session: SessionDep,
     versions they registered. A recipe is shown to its job's owner and admins only, as
     ``GET /api/jobs/{id}`` shows it. 400 for fewer than 2 or more than 8 ids or a job that is not a
     training job; 404 for an unknown id."""
-    return compare_runs(session, parse_ids(ids or []), key)
+    return compare_runs(session, parse_ids(ids or []), key, scores=version_scores)
 
 
 @router.get("/{job_id}")

@@ -15,16 +15,11 @@ import os
 
 import httpx
 
-from studio.egress import guard_url, guarded_async_client, redact_url
+from studio.egress import guarded_async_client, redact_url
 from studio.errors import StudioError
 from studio.evals.scorers.base import Datapoint, ScoreResult
 from studio.scorer_specs import ENV_REF, HttpScorer, register
 from studio.settings import StudioSettings
-
-
-def check_http_scorer(spec: HttpScorer, settings: StudioSettings | None = None) -> None:
-    """Submit-time check (a 400 before any job exists): the URL passes the egress guard."""
-    guard_url(spec.url, settings, what=f"http scorer {spec.name or spec.type!r}: evaluator URL")
 
 
 def env_headers(spec: HttpScorer) -> dict[str, str]:
