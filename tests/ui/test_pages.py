@@ -61,6 +61,7 @@ def server(tmp_path_factory):
     # A model config with its size (no weights, no tokenizer): what the Plan panel can plan.
     LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                 vocab_size=300).save_pretrained(home / "models" / "sized")
+    (home / "models" / "sized" / "model.safetensors").write_bytes(b"")  # preflight wants a weights file
     digits = home / "digits.jsonl"
     digits.write_text("".join(json.dumps({"prompt": f"reverse: {i}", "completion": str(i)[::-1]}) + "\n"
                               for i in range(10, 40)))
