@@ -38,9 +38,15 @@ def test_a_blocked_or_ignored_sigint_is_put_back_and_named():
                              capture_output=True, text=True).stdout
         return out
 
+    # A known start: SIGINT handled and unblocked (a pytest-xdist worker, or anything started in
+    # the background by a non-interactive shell, begins with SIGINT ignored).
+    before = signal.getsignal(signal.SIGINT)
+    before_term = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     saved = signal_state()
     assert signal.SIGINT not in saved[0] | saved[1]
-    before = signal.getsignal(signal.SIGINT)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -52,5 +58,5 @@ def test_a_blocked_or_ignored_sigint_is_put_back_and_named():
         assert not blk >> (signal.SIGINT - 1) & 1
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, before_term)
         signal.signal(signal.SIGINT, before)

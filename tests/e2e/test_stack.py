@@ -288,9 +288,14 @@ def test_serve_run_with_the_config_file_serves_the_tiny_model_and_its_adapters(t
         env.pop("STUDIO_DATABASE_URL", None)
         log = tmp_path / f"serve-run-{attempt}.log"  # its output, shown when it exits early
         # RAY_ADDRESS=local: a fresh local Ray of its own, never another cluster on this machine.
+        # As from a terminal: Ctrl-C is delivered. A test run started in the background by a
+        # non-interactive shell (CI, `make test &`) has SIGINT ignored, which `serve run` would
+        # inherit across exec and then ignore the Ctrl-C below (its processes lived until a 60 s
+        # wait killed them, in every suite run).
         with log.open("wb") as out:
             proc = subprocess.Popen([serve_bin, "run", str(cfg_path)], env={**env, "RAY_ADDRESS": "local"},
-                                    cwd=REPO, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+                                    cwd=REPO, start_new_session=True, stdout=out, stderr=subprocess.STDOUT,
+                                    preexec_fn=_default_sigint)
         started = time.monotonic()
         if _healthy_or_exited(proc, port, log, home):
             break
@@ -347,8 +352,7 @@ def test_serve_run_with_the_config_file_serves_the_tiny_model_and_its_adapters(t
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            # Seen in every suite run until tests/leaks.py restored the test process's signal mask
-            # per module: `serve run` inherited a blocked SIGINT and ignored Ctrl-C.
+            # Seen in every suite run started in the background before _default_sigint.
             status = Path(f"/proc/{proc.pid}/status").read_text()
             warnings.warn("serve run ignored Ctrl-C for 60 s: " + " ".join(
                 line for line in status.splitlines() if line.startswith(("SigBlk", "SigIgn"))))
@@ -362,6 +366,11 @@ def test_serve_run_with_the_config_file_serves_the_tiny_model_and_its_adapters(t
         left = _stopped_or_stop(str(home), wait_s=40)
         print(f"serve run: all of its processes gone after {time.monotonic() - started:.1f} s")
     assert not left, f"still running {40} s after Ctrl-C on `serve run`: {left}"
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _healthy_or_exited(proc: subprocess.Popen, port: int, log: Path, home: Path) -> bool:
