@@ -153,7 +153,8 @@ def _restart_brings_it_back(stack, api_stack, model: Path, chat: dict, auth: dic
     # Evicted before the restart: a deploy the cluster cannot hold (FAILED at once), then evicted.
     r = run(["serve", "deploy", recipe, "name=tiny-evicted", f"deployment.engine.model={model}",
              "deployment.num_cpus=64"], env)
-    assert r.returncode != 0 and "lacks the resources" in _words(r.stderr), r.stdout + r.stderr
+    assert r.returncode != 0 and "no node of this cluster can hold one replica of 'tiny-evicted'" in _words(
+        r.stderr) and "CPU: needs 64" in _words(r.stderr), r.stdout + r.stderr
     assert run(["serve", "evict", "tiny-evicted"], env).returncode == 0
     # A READY row whose model folder is deleted while the studio is down (as a deploy leaves it).
     gone = shutil.copytree(model, tmp_path / "tiny-gone")
