@@ -24,19 +24,7 @@ export function lineChart(title, points, second = null) {
                            ...(other ? { "data-second": other.name, "data-second-points": String(other.points.length) } : {}) });
   root.append(svg("text", { x: L, y: 14, "font-weight": "600" }, `${title} (${points.length} points)`));
   if (!points.length) return root;
-  const all = other ? points.concat(other.points) : points;
-  const xs = all.map((p) => p.step), ys = all.map((p) => p.value);
-  let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
-  if (x0 === x1) x1 = x0 + 1;
-  if (y0 === y1) { y0 -= Math.abs(y0) * 0.1 || 1; y1 += Math.abs(y1) * 0.1 || 1; }
-  const X = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
-  const Y = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
-  root.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#d9dee7" }));
-  root.append(svg("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#d9dee7" }));
-  root.append(svg("text", { x: 4, y: T + 4 }, fmt(y1)));
-  root.append(svg("text", { x: 4, y: H - B }, fmt(y0)));
-  root.append(svg("text", { x: L, y: H - 6 }, `step ${x0}`));
-  root.append(svg("text", { x: W - R, y: H - 6, "text-anchor": "end" }, `step ${x1}`));
+  const { X, Y } = frame(root, other ? points.concat(other.points) : points, { W, H, L, R, T, B, stepY: H - 6 });
   const series = (pts, cls, color) => {
     root.append(svg("polyline", { class: cls, points: pts.map((p) => `${X(p.step)},${Y(p.value)}`).join(" ") }));
     if (pts.length === 1) root.append(svg("circle", { class: cls, cx: X(pts[0].step), cy: Y(pts[0].value), r: 3, fill: color }));
@@ -46,6 +34,42 @@ export function lineChart(title, points, second = null) {
     series(other.points, "second", "#c2410c");
     root.append(svg("text", { x: W - R, y: 14, "text-anchor": "end", class: "legend" }, `— ${title}   - - ${other.name}`));
   }
+  return root;
+}
+
+// The axes of a step/value chart with their end labels, scaled to ``all`` points; returns the
+// scales. ``stepY``: where the step labels go (under the plot area).
+function frame(root, all, { W, H, L, R, T, B, stepY }, label = fmt) {
+  const xs = all.map((p) => p.step), ys = all.map((p) => p.value);
+  let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  if (x0 === x1) x1 = x0 + 1;
+  if (y0 === y1) { y0 -= Math.abs(y0) * 0.1 || 1; y1 += Math.abs(y1) * 0.1 || 1; }
+  root.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#d9dee7" }));
+  root.append(svg("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#d9dee7" }));
+  root.append(svg("text", { x: 4, y: T + 4 }, label(y1)));
+  root.append(svg("text", { x: 4, y: H - B }, label(y0)));
+  root.append(svg("text", { x: L, y: stepY }, `step ${x0}`));
+  root.append(svg("text", { x: W - R, y: stepY, "text-anchor": "end" }, `step ${x1}`));
+  return {
+    X: (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R),
+    Y: (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B),
+  };
+}
+
+// Several runs' series of one metric on shared axes: ``lines`` = [{id, color, points}] (those with
+// points), a polyline per run (class "run", data-job) and a legend of run ids.
+export function overlayChart(title, lines, label = fmt) {
+  const W = 420, H = 220, L = 52, R = 10, T = 22, B = 40;
+  const root = svg("svg", { class: "chart overlay", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title,
+    "data-metric": title, "data-lines": String(lines.length) });
+  root.append(svg("text", { x: L, y: 14, "font-weight": "600" }, title));
+  const { X, Y } = frame(root, lines.flatMap((l) => l.points), { W, H, L, R, T, B, stepY: H - B + 14 }, label);
+  lines.forEach((l, i) => {
+    const pts = l.points.map((p) => `${X(p.step)},${Y(p.value)}`).join(" ");
+    root.append(svg("polyline", { class: "run", "data-job": String(l.id), points: pts, style: `stroke: ${l.color}` }));
+    if (l.points.length === 1) root.append(svg("circle", { cx: X(l.points[0].step), cy: Y(l.points[0].value), r: 3, fill: l.color }));
+    root.append(svg("text", { x: L + i * ((W - L - R) / lines.length), y: H - 6, style: `fill: ${l.color}`, class: "legend" }, `#${l.id}`));
+  });
   return root;
 }
 

@@ -62,3 +62,15 @@ export function field(labelText, input, help) {
 const present = (kids) => kids.flat().filter((k) => k !== null && k !== undefined && k !== false);
 export function fill(el, ...kids) { el.replaceChildren(...present(kids)); return el; }
 export function add(el, ...kids) { el.append(...present(kids)); return el; }
+
+// A fetched file response handed to the browser as a download, named by its Content-Disposition
+// filename (else ``fallback``).
+export async function saveDownload(resp, fallback) {
+  const name = /filename="([^"]+)"/.exec(resp.headers.get("content-disposition") || "")?.[1] || fallback;
+  const url = URL.createObjectURL(await resp.blob());
+  const link = h("a", { href: url, download: name, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}

@@ -3,17 +3,10 @@
 // line per run), final metrics, wall time, tokens/s, peak memory, and the eval scores of the versions
 // the runs registered. A number a run did not record is "—".
 import { get } from "../api.js";
+import { overlayChart } from "../chart.js";
 import { badge, h, showError } from "../dom.js";
 
-const NS = "http://www.w3.org/2000/svg";
 const COLORS = ["#2f5bd3", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490", "#a16207", "#be185d"];
-
-function svg(tag, attrs, text) {
-  const el = document.createElementNS(NS, tag);
-  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-  if (text !== undefined) el.textContent = text;
-  return el;
-}
 
 const num = (v) => (v === null || v === undefined ? "—" : Number(Number(v).toPrecision(4)).toString());
 
@@ -25,34 +18,11 @@ function duration(s) {
   return `${Math.floor(r / 3600)}h${String(Math.floor((r % 3600) / 60)).padStart(2, "0")}m`;
 }
 
-// One chart per series name: a polyline per run that logged it, on shared axes, with a legend.
-function overlayChart(key, runs) {
-  const W = 420, H = 220, L = 52, R = 10, T = 22, B = 40;
-  const lines = runs.map((r, i) => ({ run: r, color: COLORS[i % COLORS.length], points: r.curves[key] || [] }))
+// One chart per series name: a line per run that logged it (chart.js's overlayChart).
+function runsChart(key, runs) {
+  const lines = runs.map((r, i) => ({ id: r.id, color: COLORS[i % COLORS.length], points: r.curves[key] || [] }))
     .filter((l) => l.points.length);
-  const root = svg("svg", { class: "chart overlay", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": key,
-    "data-metric": key, "data-lines": String(lines.length) });
-  root.append(svg("text", { x: L, y: 14, "font-weight": "600" }, key));
-  const all = lines.flatMap((l) => l.points);
-  let [x0, x1] = [Math.min(...all.map((p) => p.step)), Math.max(...all.map((p) => p.step))];
-  let [y0, y1] = [Math.min(...all.map((p) => p.value)), Math.max(...all.map((p) => p.value))];
-  if (x0 === x1) x1 = x0 + 1;
-  if (y0 === y1) { y0 -= Math.abs(y0) * 0.1 || 1; y1 += Math.abs(y1) * 0.1 || 1; }
-  const X = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
-  const Y = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
-  root.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#d9dee7" }));
-  root.append(svg("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#d9dee7" }));
-  root.append(svg("text", { x: 4, y: T + 4 }, num(y1)));
-  root.append(svg("text", { x: 4, y: H - B }, num(y0)));
-  root.append(svg("text", { x: L, y: H - B + 14 }, `step ${x0}`));
-  root.append(svg("text", { x: W - R, y: H - B + 14, "text-anchor": "end" }, `step ${x1}`));
-  lines.forEach((l, i) => {
-    const pts = l.points.map((p) => `${X(p.step)},${Y(p.value)}`).join(" ");
-    root.append(svg("polyline", { class: "run", "data-job": String(l.run.id), points: pts, style: `stroke: ${l.color}` }));
-    if (l.points.length === 1) root.append(svg("circle", { cx: X(l.points[0].step), cy: Y(l.points[0].value), r: 3, fill: l.color }));
-    root.append(svg("text", { x: L + i * ((W - L - R) / lines.length), y: H - 6, style: `fill: ${l.color}`, class: "legend" }, `#${l.run.id}`));
-  });
-  return root;
+  return overlayChart(key, lines, num);
 }
 
 // Rows of label → one cell per run.
@@ -107,7 +77,7 @@ export async function comparePage(main, idsText) {
         `Recipe of ${hidden.map((r) => `#${r.id}`).join(", ")} ${hidden[0].recipe_hidden}.`) : null,
       recipe),
     h("div", { class: "card" }, h("h2", {}, "Loss curves"),
-      h("div", { class: "charts", id: "compare-charts" }, c.curve_keys.length ? c.curve_keys.map((k) => overlayChart(k, runs))
+      h("div", { class: "charts", id: "compare-charts" }, c.curve_keys.length ? c.curve_keys.map((k) => runsChart(k, runs))
         : h("p", { class: "muted" }, "No run logged a loss."))),
     h("div", { class: "card" }, h("h2", {}, "Final metrics"), finalKeys.length
       ? sideBySide("compare-final", runs, finalKeys.map((k) => ({ label: k, cells: runs.map((r) => num(r.final_metrics[k])) })))

@@ -4,7 +4,7 @@
 import { get, request } from "../api.js";
 import { barChart } from "../chart.js";
 import { synthForm } from "./synth.js";
-import { add, banner, field, fmtTime, h, pager, showError, table } from "../dom.js";
+import { add, banner, field, fmtTime, h, pager, saveDownload, showError, table } from "../dom.js";
 
 const PAGE = 25;
 // The columns each row kind needs (studio.data.kinds.COLUMNS): the targets of a column mapping.
@@ -116,13 +116,7 @@ function downloadButtons(ref) {
     button.disabled = true;
     try {
       const resp = await request(`/api/datasets/${encodeURIComponent(ref)}/export?format=${format}`, { raw: true });
-      const name = /filename="([^"]+)"/.exec(resp.headers.get("content-disposition") || "")?.[1] || `${ref}.${format}`;
-      const url = URL.createObjectURL(await resp.blob());
-      const link = h("a", { href: url, download: name, hidden: true });
-      document.body.append(link);
-      link.click();
-      link.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 60_000);
+      await saveDownload(resp, `${ref}.${format}`);
     } catch (e) { showError(e); } finally { button.disabled = false; }
   };
   return h("div", { class: "row", id: "snapshot-download" }, "Download",

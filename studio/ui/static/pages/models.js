@@ -4,7 +4,7 @@
 // version (its adapter folder and model card as .tar.gz); the owner and admins merge it into its base.
 import { isAdmin, ownerNote, owns } from "../access.js";
 import { get, post, request } from "../api.js";
-import { add, badge, banner, fmtTime, h, pager, showError, table } from "../dom.js";
+import { add, badge, banner, fmtTime, h, pager, saveDownload, showError, table } from "../dom.js";
 
 const PAGE = 25;
 
@@ -82,14 +82,7 @@ async function download(ref, button) {
   banner(null);
   button.disabled = true;
   try {
-    const resp = await request(`/api/models/${encodeURIComponent(ref)}/download`, { raw: true });
-    const name = /filename="([^"]+)"/.exec(resp.headers.get("content-disposition") || "")?.[1] || `${ref}.tar.gz`;
-    const url = URL.createObjectURL(await resp.blob());
-    const link = h("a", { href: url, download: name, hidden: true });
-    document.body.append(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    await saveDownload(await request(`/api/models/${encodeURIComponent(ref)}/download`, { raw: true }), `${ref}.tar.gz`);
   } catch (e) { showError(e); } finally { button.disabled = false; }
 }
 
