@@ -134,10 +134,6 @@ class TinyStack:
         self.base = f"http://127.0.0.1:{self.env['STUDIO_HTTP_PORT']}"
         self.admin = (self.home / "admin.key").read_text().strip()
 
-    @property
-    def up(self) -> bool:
-        return self._up
-
     def _start(self) -> None:
         from tests.e2e.test_stack import run
 
