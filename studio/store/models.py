@@ -417,3 +417,4 @@ class BatchResult(Base):
 # The loop tables live in their own module (this one is long enough); importing it here registers
 # them on Base for every reader of the metadata (Alembic, the schema check).
 from studio.store import loop_models as _loop_models  # noqa: E402,F401
+from studio.store import log_models as _log_models  # noqa: E402,F401
