@@ -89,8 +89,21 @@ def sample_rows(settings: StudioSettings, ref: str, n: int = 5, seed: int = 0) -
     return table.take(picked).to_pylist()
 
 
+def _diff_key(row: dict[str, Any], kind: str) -> str | None:
+    """What makes two rows one row changed: the prompt (prompt/completion, preference) or the
+    turns before the last one (chat); text and document rows have none."""
+    if kind in (DatasetKind.prompt_completion, DatasetKind.preference):
+        return json.dumps(row.get("prompt"), ensure_ascii=False)
+    if kind == DatasetKind.chat and row.get("messages"):
+        return json.dumps(row["messages"][:-1], ensure_ascii=False, sort_keys=True)
+    return None
+
+
 def diff_snapshots(settings: StudioSettings, a: str, b: str, show: int = 5) -> dict[str, Any]:
-    """Rows only in ``a``, only in ``b`` and in both (compared by content, as multisets)."""
+    """Rows only in ``a``, only in ``b`` and in both (compared by content, as multisets). Of the
+    one-sided rows, a row of ``b`` with the same prompt (chat: the same turns before the last) as a
+    row of ``a`` is that row ``changed`` (paired one to one in row order); the others are
+    ``removed`` (only in ``a``) and ``added`` (only in ``b``); up to ``show`` examples of each."""
     sa, _ = _snapshot(settings, a)
     sb, _ = _snapshot(settings, b)
     if sa.kind != sb.kind:
@@ -116,10 +129,51 @@ def diff_snapshots(settings: StudioSettings, a: str, b: str, show: int = 5) -> d
                 out.append(r)
         return out
 
+    def one_sided(uri: str, keys: dict[str, int]) -> Iterator[dict[str, Any]]:
+        left = dict(keys)
+        for r in iter_rows(uri):
+            h = hashlib.sha256(row_json(r).encode()).hexdigest()
+            if left.get(h, 0) > 0:
+                left[h] -= 1
+                yield r
+
+    # a's one-sided rows by key; b's one-sided rows pair with them in order (changed) or are added;
+    # a second pass over a's finds the rows each pair replaced, and the removed ones.
+    free: dict[str, int] = {}
+    for r in one_sided(sa.uri, only_a):
+        if (key := _diff_key(r, sa.kind)) is not None:
+            free[key] = free.get(key, 0) + 1
+    paired: dict[str, int] = {}
+    changed: list[dict[str, Any]] = []
+    wanted: dict[tuple[str, int], dict[str, Any]] = {}
+    added: list[dict[str, Any]] = []
+    for r in one_sided(sb.uri, only_b):
+        key = _diff_key(r, sb.kind)
+        if key is not None and free.get(key, 0) > 0:
+            free[key] -= 1
+            if len(changed) < show:
+                changed.append({"a": None, "b": r})
+                wanted[(key, paired.get(key, 0))] = changed[-1]
+            paired[key] = paired.get(key, 0) + 1
+        elif len(added) < show:
+            added.append(r)
+    seen: dict[str, int] = {}
+    removed: list[dict[str, Any]] = []
+    for r in one_sided(sa.uri, only_a):
+        key = _diff_key(r, sa.kind)
+        i = seen.get(key, 0) if key is not None else 0
+        if key is not None and i < paired.get(key, 0):
+            seen[key] = i + 1
+            if (key, i) in wanted:
+                wanted[(key, i)]["a"] = r
+        elif len(removed) < show:
+            removed.append(r)
+    n_a, n_b, n_changed = sum(only_a.values()), sum(only_b.values()), sum(paired.values())
     return {"a": sa.id, "b": sb.id, "rows_a": sa.row_count, "rows_b": sb.row_count,
-            "only_a": sum(only_a.values()), "only_b": sum(only_b.values()),
-            "common": sum(min(v, cb.get(k, 0)) for k, v in ca.items()),
-            "examples_only_a": examples(sa.uri, only_a), "examples_only_b": examples(sb.uri, only_b)}
+            "only_a": n_a, "only_b": n_b, "common": sum(min(v, cb.get(k, 0)) for k, v in ca.items()),
+            "changed": n_changed, "removed": n_a - n_changed, "added": n_b - n_changed,
+            "examples_only_a": examples(sa.uri, only_a), "examples_only_b": examples(sb.uri, only_b),
+            "examples_changed": changed, "examples_removed": removed, "examples_added": added}
 
 
 def export_snapshot(settings: StudioSettings, ref: str, dest: str | Path, fmt: str = "jsonl",

@@ -51,6 +51,23 @@ def test_diff_counts_rows_on_each_side(digits):
     assert d["examples_only_a"] == pcs(2) and d["examples_only_b"] == pcs(2, 40)
 
 
+
+def test_diff_pairs_a_row_whose_prompt_stayed_as_changed(settings, write_rows):
+    """v2 keeps rows 0-1, answers prompt 2 and a duplicate of prompt 3 differently (two changed),
+    drops prompt 4 (removed) and adds prompt 9 (added)."""
+    rows = pcs(5) + [pcs(1, 3)[0]]  # prompt 3 twice in v1
+    new = pcs(2) + [{"prompt": r["prompt"], "completion": "x"} for r in pcs(2, 2)] + pcs(1, 3) + pcs(1, 9)
+    ingest_file(write_rows("v1.jsonl", rows), "edits", settings)
+    ingest_file(write_rows("v2.jsonl", new), "edits", settings)
+    d = diff_snapshots(settings, "edits@1", "edits@2", show=5)
+    assert (d["common"], d["changed"], d["removed"], d["added"]) == (3, 2, 1, 1)
+    assert (d["only_a"], d["only_b"]) == (3, 3)
+    assert d["examples_changed"] == [{"a": pcs(1, 2)[0], "b": {"prompt": pcs(1, 2)[0]["prompt"], "completion": "x"}},
+                                     {"a": pcs(1, 3)[0], "b": {"prompt": pcs(1, 3)[0]["prompt"], "completion": "x"}}]
+    assert d["examples_removed"] == pcs(1, 4) and d["examples_added"] == pcs(1, 9)
+    short = diff_snapshots(settings, "edits@1", "edits@2", show=1)
+    assert len(short["examples_changed"]) == 1 and short["examples_changed"][0]["a"] == pcs(1, 2)[0]
+
 def test_exports_round_trip(digits, tmp_path):
     import datasets
 
