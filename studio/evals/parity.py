@@ -5,8 +5,16 @@ What is compared: greedy answers to the first ``N_PROMPTS`` prompts of the versi
 snapshot (the gate's golden dataset when the version has none), rendered with the chat template the
 version's folder carries (what training saved with the adapter: ``trainer.save_model`` writes the
 training tokenizer next to it; the base model's when the folder has none), stopped at the model's
-EOS (its ``generation_config``, which vLLM reads too), ``max_tokens`` the gate's. The served side is
-the gateway (``studio.gateway.Client``), temperature 0, the same ``max_tokens``.
+EOS (its ``generation_config``, which vLLM reads too). The served side is the gateway
+(``studio.gateway.Client``), temperature 0, the same ``max_tokens``.
+
+Where the PEFT side is computed: a training job computes it when it registers the version
+(``studio.train.parity.training_record``: it has the adapter and the tokenizer at hand and torch already imported), on
+its snapshot's prompts with ``RECORD_MAX_TOKENS`` (16), and stores it on ``ModelVersion.parity`` as
+``status: "recorded"`` (prompts, answers, max_tokens); the gate then only asks ``/v1`` the same
+prompts with the same ``max_tokens`` and compares text. A version registered without it (by hand,
+from a snapshot without prompts, or a folder copied with other tokenizer files after training) is
+checked by the gate's process itself: transformers loads the version's folder there (the local check).
 
 Text-exact, not token-exact: ``/v1`` returns text (token ids only through logprobs, which the gate
 does not ask for), and text is what a user of the served model gets. Both sides are stripped of
@@ -16,13 +24,15 @@ UTF-8 character, which vLLM's detokenizer holds back and transformers' decode sh
 The record (stored on ``ModelVersion.parity`` once, reused by every later gate decision)::
 
     {"status": "ok" | "mismatch", "compare": "text", "prompts": 4, "max_tokens": 16,
-     "source": "snapshot <id>" | "gate dataset <name>", "checked_at": "...",
+     "source": "snapshot <id>" | "gate dataset <name>", "peft_by": "job <id>" | "gate",
+     "checked_at": "...",
      "first_mismatch": null | {"index": 2, "prompt": "...", "peft": "...", "served": "..."}}
 
-A version whose weights are not a local directory here (a remote-only artifact) cannot be loaded by
-transformers in this process, and a process that cannot reach the gateway (no key) cannot ask
-``/v1``: the check then answers ``status: "unchecked"`` with the reason, which is not stored (the
-next gate decision tries again) and does not block.
+A version whose weights are not a local directory here (a remote-only artifact) and that has no
+recorded answers cannot be loaded by transformers in this process, and a process that cannot reach
+the gateway (no key) cannot ask ``/v1``: the check then answers ``status: "unchecked"`` with the
+reason, which is not stored (the next gate decision tries again; recorded answers stay) and does not
+block.
 """
 
 from __future__ import annotations
@@ -36,8 +46,8 @@ from sqlalchemy.orm import Session
 
 from studio.data.snapshots import load_split, resolve_snapshot
 from studio.store.models import DatasetSnapshot, ModelVersion
+from studio.train.parity import N_PROMPTS, peft_answers, snapshot_prompts
 
-N_PROMPTS = 4
 Messages = list[dict[str, str]]
 
 
@@ -79,32 +89,11 @@ def parity_prompts(session: Session, mv: ModelVersion, golden: str | None) -> tu
     from studio.train.evaluate import rows_to_examples
 
     snap = session.get(DatasetSnapshot, mv.dataset_snapshot_id) if mv.dataset_snapshot_id else None
-    if snap is not None:
-        rows = load_split(snap.uri).slice(0, 64).to_pylist()
-        if rows and ("messages" in rows[0] or {"prompt", "completion"} <= set(rows[0])):
-            return [m for m, _ in rows_to_examples(rows)[:N_PROMPTS]], f"snapshot {snap.id}"
+    prompts = snapshot_prompts(snap.uri) if snap is not None else None
+    if prompts:
+        return prompts, f"snapshot {snap.id}"
     rows = load_split(resolve_snapshot(session, golden).snapshot.uri).slice(0, 64).to_pylist()
     return [m for m, _ in rows_to_examples(rows)[:N_PROMPTS]], f"gate dataset {golden}"
-
-
-def peft_answers(mv: ModelVersion, folder: Path, prompts: list[Messages], max_tokens: int) -> list[str]:
-    """Greedy answers from transformers (+ PEFT), with the chat template the version's folder carries."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from studio.train.evaluate import generate_greedy
-
-    is_peft = (folder / "adapter_config.json").is_file()
-    tokenizer_dir = folder if (folder / "tokenizer_config.json").is_file() else Path(mv.base_model)
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    if tokenizer.pad_token is None:  # as training's load_tokenizer
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(mv.base_model if is_peft else str(folder), dtype=torch.float32)
-    if is_peft:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(folder))
-    return generate_greedy(model.eval(), tokenizer, prompts, max_new_tokens=max_tokens)
 
 
 def served_answers(ref: str, prompts: list[Messages], max_tokens: int) -> list[str]:
@@ -117,23 +106,31 @@ def served_answers(ref: str, prompts: list[Messages], max_tokens: int) -> list[s
 
 def check_parity(session: Session, mv: ModelVersion, golden: str | None, max_tokens: int,
                  served: Callable[[str, list[Messages], int], list[str]] = served_answers) -> dict[str, Any]:
-    """The version's parity record: the stored one, else checked now and stored on the version."""
-    if mv.parity and mv.parity.get("status") in ("ok", "mismatch"):
-        return mv.parity
-    folder = local_dir(mv.uri)
-    if folder is None:
-        return {"status": "unchecked", "reason": f"the version's files at {mv.uri} are not a local model or "
-                "adapter folder here, so transformers cannot load them"}
+    """The version's parity record: the stored one, else checked now and stored on the version.
+    With answers its training job recorded, only ``/v1`` is asked (their prompts, their max_tokens);
+    without, the version's folder is loaded here."""
+    stored = mv.parity or {}
+    if stored.get("status") in ("ok", "mismatch"):
+        return stored
+    recorded = stored if stored.get("status") == "recorded" else None
+    if recorded is not None:
+        prompts, source, max_tokens = recorded["prompts"], recorded["source"], int(recorded["max_tokens"])
+    else:
+        folder = local_dir(mv.uri)
+        if folder is None:
+            return {"status": "unchecked", "reason": f"the version's files at {mv.uri} are not a local model or "
+                    "adapter folder here, so transformers cannot load them"}
+        prompts, source = parity_prompts(session, mv, golden)
     from studio.gateway import GatewayError
 
-    prompts, source = parity_prompts(session, mv, golden)
     ref = f"{mv.name}@{mv.version}"
     try:
         answers = served(ref, prompts, max_tokens)
     except GatewayError as e:  # no key in this process, the gateway away: ask again at the next decision
         return {"status": "unchecked", "reason": f"the served {ref} could not be asked: {e.problem}"}
-    record = {**compare_answers(prompts, peft_answers(mv, folder, prompts, max_tokens), answers),
-              "max_tokens": max_tokens, "source": source}
+    peft = recorded["peft"] if recorded is not None else peft_answers(mv.base_model, folder, prompts, max_tokens)
+    record = {**compare_answers(prompts, peft, answers), "max_tokens": max_tokens, "source": source,
+              "peft_by": recorded.get("peft_by", "training") if recorded is not None else "gate"}
     mv.parity = record
     session.flush()
     return record

@@ -24,8 +24,9 @@ STAGES = ("candidate", "champion", "archived")
 def register_version(session: Session, *, name: str, base_model: str, method: str, adapter_type: str,
                      uri: str, dataset_snapshot_id: str | None = None, job_id: int | None = None,
                      mlflow_run_id: str | None = None, metrics: dict[str, Any] | None = None,
-                     owner_key_id: int | None = None) -> ModelVersion:
+                     owner_key_id: int | None = None, parity: dict[str, Any] | None = None) -> ModelVersion:
     """Add the next version of ``name`` as a candidate. Safe against a concurrent registration.
+    ``parity``: the PEFT answers its training job recorded for the gate (studio.train.parity).
     With ``owner_key_id`` (the submitter of the job that trained it) the name must be that key's,
     or unowned (it becomes that key's), or the key an admin's (403 otherwise)."""
     if owner_key_id is not None:
@@ -35,7 +36,8 @@ def register_version(session: Session, *, name: str, base_model: str, method: st
         version = (session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)) or 0) + 1
         mv = ModelVersion(name=name, version=version, base_model=base_model, method=method,
                           adapter_type=adapter_type, uri=uri, dataset_snapshot_id=dataset_snapshot_id,
-                          job_id=job_id, mlflow_run_id=mlflow_run_id, metrics=metrics or {}, stage="candidate")
+                          job_id=job_id, mlflow_run_id=mlflow_run_id, metrics=metrics or {}, stage="candidate",
+                          parity=parity)
         try:
             with session.begin_nested():
                 session.add(mv)

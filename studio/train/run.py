@@ -130,7 +130,10 @@ def make_checkpoint_recorder(db_url: str, job_id: int):
     return RecordCheckpoint()
 
 
-def train_on_ray(settings: StudioSettings, spec: TrainSpec, job_id: int, worker_config: dict[str, Any]):
+def train_on_ray(settings: StudioSettings, spec: TrainSpec, job_id: int, worker_config: dict[str, Any],
+                 callbacks: list | None = None):
+    """Run the job's Ray Train ``TorchTrainer``; ``callbacks``: more Ray Train callbacks (a sweep's
+    trial adds the one that reports to Ray Tune)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -149,7 +152,7 @@ def train_on_ray(settings: StudioSettings, spec: TrainSpec, job_id: int, worker_
             storage_path=ray_storage_path(settings, job_id),
             failure_config=FailureConfig(max_failures=r.max_worker_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
-            callbacks=[make_checkpoint_recorder(settings.db_url, job_id)],
+            callbacks=[make_checkpoint_recorder(settings.db_url, job_id), *(callbacks or [])],
             # Train V2 patches print() into its logger, which defeats dill's stdout capture: the
             # datasets fingerprinting would dump function bytecode into every worker's log.
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
@@ -300,6 +303,7 @@ def register_result(settings: StudioSettings, store: ArtifactStore, spec: TrainS
                                                max_new_tokens=ev.max_new_tokens, limit=ev.limit)
             metrics["exact_match"] = score["exact_match"]
             say(f"eval_after {ev.dataset}: exact match {score['exact_match']:.3f} on {score['n']} rows")
+        parity = record_parity(inputs, final, job_id)
     tracking.log_metrics(settings.mlflow, mlflow_run_id, {f"final_{k}": float(v) for k, v in metrics.items()},
                          int(metrics.get("global_step", 0)))
     with session_scope(settings.db_url) as s:
@@ -307,9 +311,22 @@ def register_result(settings: StudioSettings, store: ArtifactStore, spec: TrainS
         mv = register_version(s, name=spec.name, base_model=inputs.base_model, method=spec.method,
                               adapter_type=spec.adapter, uri=uri, dataset_snapshot_id=inputs.snapshot_id,
                               job_id=job_id, mlflow_run_id=mlflow_run_id, metrics=metrics,
-                              owner_key_id=job.owner_key_id if job is not None else None)
+                              owner_key_id=job.owner_key_id if job is not None else None, parity=parity)
         ref = f"{mv.name}@{mv.version}"
     return {"model": ref, "uri": uri, "metrics": metrics}
+
+
+def record_parity(inputs: ResolvedInputs, final: Path, job_id: int) -> dict[str, Any] | None:
+    """The adapter's answers to the gate's parity prompts, recorded with the version so the gate
+    only asks ``/v1`` (studio.train.parity). Not recorded (the gate then loads the folder itself)
+    when the snapshot has no prompts or generating fails; the job does not fail for it."""
+    from studio.train.parity import training_record
+
+    try:
+        return training_record(inputs.snapshot_uri, inputs.snapshot_id, inputs.base_model, final, job_id)
+    except Exception as e:  # noqa: BLE001 - an optimisation for the gate, which can check without it
+        say(f"parity answers not recorded ({type(e).__name__}: {e}); the gate will check the folder itself")
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,9 @@ template refused by the train/serve parity check (its first differing prompt rec
 Adapters: the "good" one is the SFT adapter the demo's run trained (``demo_run``, once per session:
 configs/train/sft_reverse_tiny.yaml, 480 steps, ≥ 0.9 held-out exact match, checked by
 tests/e2e/test_demo.py; its base is the same deterministic tiny model the stack serves), the "bad"
-one is random LoRA weights; both are registered the way a training job registers its result."""
+one is random LoRA weights; both are registered the way a training job registers its result (with
+the PEFT answers the gate's parity check compares /v1 with, so the gate's CLI loads no model for
+them); the wrong-template copy is registered by hand, without them (the gate's local check)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, tiny_stack, demo_run):
     from studio.data.ingest import ingest_file
+    from studio.data.snapshots import resolve_snapshot
+    from studio.train.parity import training_record
     from studio.train.toy_data import write_reversal_files
     from studio.registry.versions import register_version
     from studio.settings import StudioSettings
@@ -45,13 +49,20 @@ def studio(tmp_path_factory, tiny_stack, demo_run):
     settings = StudioSettings(home=home, database_url=None, artifacts_uri=None, mlflow_uri=None, redis_url=None,
                               admin_key=None)
     init_db(settings.db_url)
-    _, test = write_reversal_files(work / "data", n_train=10, n_test=60)
+    train, test = write_reversal_files(work / "data", n_train=10, n_test=60)
     ingest_file(test, "eval-e2e-reverse-test", settings)
+    ingest_file(train, "eval-e2e-reverse-train", settings)
     wrong = wrong_template_copy(good, work / "adapters" / "wrong-template", model)
     with session_scope(settings.db_url) as s:
-        for uri in (bad, good, bad, wrong):  # rev@1 bad, rev@2 good, rev@3 bad, rev@4 good with a wrong template
-            register_version(s, name="rev", base_model=str(model), method="sft",
-                             adapter_type="lora", uri=str(uri))
+        snap = resolve_snapshot(s, "eval-e2e-reverse-train").snapshot
+        # rev@1 bad, rev@2 good, rev@3 bad: registered as a training job registers its result, with
+        # the PEFT answers to its snapshot's parity prompts (studio.train.parity); rev@4, the good
+        # adapter's folder copied with a wrong chat template, without: the gate loads its folder.
+        for uri in (bad, good, bad):
+            register_version(s, name="rev", base_model=str(model), method="sft", adapter_type="lora",
+                             uri=str(uri), dataset_snapshot_id=snap.id,
+                             parity=training_record(snap.uri, snap.id, str(model), uri, job_id=0))
+        register_version(s, name="rev", base_model=str(model), method="sft", adapter_type="lora", uri=str(wrong))
     auth = {"Authorization": f"Bearer {stack.admin}"}
     yield {"env": stack.env, "home": work,
            "api": httpx.Client(base_url=stack.base, timeout=60, headers=auth)}
@@ -129,6 +140,7 @@ def test_promotion_gate_refuses_worse_and_promotes_better(studio):
     assert r.returncode == 1 and "was not promoted" in r.stdout and "parity" in r.stdout, r.stdout + r.stderr
     versions = studio["api"].get("/api/models/rev").json()["versions"]
     assert [v["parity"]["status"] for v in versions] == ["ok", "ok", "ok", "mismatch"], versions
+    assert [v["parity"]["peft_by"] for v in versions] == ["job 0", "job 0", "job 0", "gate"], versions
     first = versions[3]["parity"]["first_mismatch"]
     assert first["prompt"].startswith("reverse: ") and first["peft"] != first["served"]
     history = studio["api"].get("/api/models/rev/promotions").json()

@@ -1,5 +1,6 @@
 """Train/serve parity (studio.evals.parity): the comparison, the record stored once on the version,
-and the gate refusing a mismatch (``force`` overrides it). PEFT + transformers run for real on the
+the gate refusing a mismatch (``force`` overrides it), and the answers a training job records at
+registration (studio.train.parity) used instead of loading the folder. PEFT + transformers run for real on the
 tiny model; the served side is handed in (the shared-stack e2e, tests/evals/test_eval_e2e.py, asks
 the real `/v1`)."""
 
@@ -8,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from studio.evals.gate import GateConfig, gated_promote, set_gate
-from studio.evals.parity import check_parity, compare_answers, peft_answers, local_dir, normalize
+from studio.evals.parity import check_parity, compare_answers, local_dir, normalize
+from studio.train.parity import RECORD_MAX_TOKENS, peft_answers, training_record
 from studio.registry.versions import get_version, register_version, version_dict
 from studio.store.db import session_scope
 from tests.evals.conftest import write_jsonl
@@ -50,7 +52,7 @@ def test_the_record_is_stored_once_and_a_mismatch_is_refused_unless_forced(setti
                              uri=str(adapter), dataset_snapshot_id=snap)
         register_version(s, name="par", base_model=str(model), method="sft", adapter_type="lora", uri="file:///x")
         set_gate(s, "par", GateConfig(dataset="parity-train", generation={"max_tokens": 8}))
-        peft = peft_answers(get_version(s, "par@1"), local_dir(str(adapter)), PROMPTS, 8)
+        peft = peft_answers(str(model), local_dir(str(adapter)), PROMPTS, 8)
     asked = []
 
     def like_peft(ref, prompts, max_tokens):  # a served model that answers as PEFT does
@@ -78,3 +80,54 @@ def test_the_record_is_stored_once_and_a_mismatch_is_refused_unless_forced(setti
         rec = check_parity(s, get_version(s, "par@3"), "parity-train", 8, served=one_off)
         assert rec["status"] == "unchecked" and "file:///x" in rec["reason"]
         assert get_version(s, "par@3").parity is None
+
+
+def test_answers_recorded_at_registration_are_compared_without_loading_the_folder(settings, tmp_path, tiny_adapter):
+    """What a training job stores (training_record: its snapshot's prompts, RECORD_MAX_TOKENS): the
+    gate asks /v1 those prompts with that max_tokens and compares; the version's files need not be
+    here (its uri is not a local folder, which the local check could not load)."""
+    from studio.data.ingest import ingest_file
+    from studio.data.snapshots import resolve_snapshot
+
+    model, adapter = tiny_adapter
+    rows = [{"prompt": m[0]["content"], "completion": "?"} for m in PROMPTS] * 3
+    ingest_file(write_jsonl(tmp_path / "train.jsonl", rows), "parity-rec", settings)
+    with session_scope(settings.db_url) as s:
+        snap = resolve_snapshot(s, "parity-rec").snapshot
+        record = training_record(snap.uri, snap.id, str(model), local_dir(str(adapter)), job_id=41)
+        assert record["status"] == "recorded" and record["prompts"] == PROMPTS
+        assert record["peft"] == peft_answers(str(model), local_dir(str(adapter)), PROMPTS, RECORD_MAX_TOKENS)
+        for _ in range(2):
+            register_version(s, name="rec", base_model=str(model), method="sft", adapter_type="lora",
+                             uri="file:///not/here", dataset_snapshot_id=snap.id, parity=record)
+    asked = []
+
+    def served(answers):
+        def ask(ref, prompts, max_tokens):
+            asked.append((ref, max_tokens))
+            assert prompts == PROMPTS
+            return answers
+        return ask
+
+    with session_scope(settings.db_url) as s:
+        ok = check_parity(s, get_version(s, "rec@1"), "parity-rec", 8, served=served(record["peft"]))
+        assert (ok["status"], ok["peft_by"], ok["source"], ok["max_tokens"]) == ("ok", "job 41", f"snapshot {snap.id}",
+                                                                               RECORD_MAX_TOKENS)
+        bad = check_parity(s, get_version(s, "rec@2"), "parity-rec", 8,
+                           served=served([*record["peft"][:3], record["peft"][3] + " extra"]))
+        assert bad["status"] == "mismatch" and bad["first_mismatch"]["index"] == 3
+        assert asked == [("rec@1", RECORD_MAX_TOKENS), ("rec@2", RECORD_MAX_TOKENS)]
+    with session_scope(settings.db_url) as s:
+        assert [get_version(s, f"rec@{v}").parity["status"] for v in (1, 2)] == ["ok", "mismatch"]
+
+
+def test_no_answers_are_recorded_for_a_snapshot_without_prompts(settings, tmp_path, tiny_adapter):
+    from studio.data.ingest import ingest_file
+    from studio.data.snapshots import resolve_snapshot
+
+    model, adapter = tiny_adapter
+    ingest_file(write_jsonl(tmp_path / "corpus.jsonl", [{"text": f"some text {i}"} for i in range(8)]),
+                "parity-corpus", settings)
+    with session_scope(settings.db_url) as s:
+        snap = resolve_snapshot(s, "parity-corpus").snapshot
+        assert training_record(snap.uri, snap.id, str(model), local_dir(str(adapter)), job_id=1) is None
