@@ -53,6 +53,7 @@ VALIDATORS = {
     "loops": lambda p: __import__("studio.loops.spec", fromlist=["load_loop_recipe"]).load_loop_recipe(p),
     "models": lambda p: load_recipe(p, TinyModelSpec),
     "serve": _validate_serve,
+    "sweeps": lambda p: __import__("studio.train.sweep", fromlist=["load_sweep"]).load_sweep(p),
     "train": lambda p: load_recipe(p, TrainSpec),
 }
 

@@ -93,8 +93,12 @@ def show(job_id: int = typer.Argument(..., help="Job id (see `studio jobs ls`)."
         series = metrics_by_key(s, job_id)
     # The spec is the kind's own, free-form: a training job's names its method, data and base.
     spec = d.spec or {}
-    console.print(f"job [bold]{d.id}[/] {d.name} · {colored(d.status)} · {spec.get('method')} "
-                  f"on {spec.get('data', {}).get('dataset')} · base {spec.get('base_model')}")
+    train = spec.get("train", spec) if d.kind == "sweep" else spec
+    console.print(f"job [bold]{d.id}[/] {d.name} · {colored(d.status)} · "
+                  f"{'sweep of ' if d.kind == 'sweep' else ''}{train.get('method')} "
+                  f"on {train.get('data', {}).get('dataset')} · base {train.get('base_model')}")
+    if d.parent_id is not None:
+        console.print(f"trial of sweep job {d.parent_id}")
     console.print(f"attempts {d.attempts}/{d.max_retries + 1} · submitted by {d.submitted_by} · "
                   f"ray submission {d.ray_submission_id or '-'} · checkpoint {d.checkpoint_uri or '-'}")
     if d.progress is not None:
@@ -112,6 +116,24 @@ def show(job_id: int = typer.Argument(..., help="Job id (see `studio jobs ls`)."
         console.print("result: " + json.dumps(d.result.dump()), highlight=False)
     if d.error:
         console.print(f"[red]error:[/] {d.error}", highlight=False)
+    if d.trials is not None:
+        print_trials(d.trials)
+
+
+def print_trials(trials) -> None:
+    """A sweep's trials table: trial job, params, eval_loss, exact match, state, time."""
+    from rich.table import Table
+
+    t = Table(title=f"trials ({len(trials)})")
+    for col in ("job", "params", "eval_loss", "exact match", "state", "time (s)", "registered"):
+        t.add_column(col)
+    for tr in trials:
+        t.add_row(str(tr.job_id), ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in tr.params.items()),
+                  "-" if tr.eval_loss is None else f"{tr.eval_loss:.4f}",
+                  "-" if tr.score is None else f"{tr.score:.3f}", colored(tr.status),
+                  "-" if tr.wall_s is None else f"{tr.wall_s:.0f}", tr.registered or "")
+    console.print(t)
 
 
 @app.command("logs")

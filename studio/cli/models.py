@@ -85,6 +85,9 @@ def show(ref: str = typer.Argument(..., help="name (its champion, else newest) o
         console.print(f"job {job['id']} · {job['status']} · {job['attempts']} attempt(s) · by {job['submitted_by']}")
     if info.get("init_adapter"):
         console.print(f"started from adapter {info['init_adapter']}", highlight=False)
+    if info.get("sweep"):
+        sweep = info["sweep"]
+        console.print(f"best trial of sweep job {sweep['job_id']}: {sweep.get('params')}", highlight=False)
     if m["mlflow_run_id"]:
         console.print(f"mlflow run {m['mlflow_run_id']}")
 

@@ -43,6 +43,40 @@ def submit(
     console.print(f"follow it with `studio jobs logs {job_id} --follow` or `studio jobs show {job_id}`")
 
 
+@app.command("sweep")
+def sweep(
+    recipe: Path = typer.Argument(..., help="A sweep, e.g. configs/sweeps/reverse_tiny_lr.yaml."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. num_trials=2 train.hyper.max_steps=20"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Show status changes until done, then the trials."),
+    force: bool = typer.Option(False, "--force", help="Queue it even if one trial's plan says it cannot fit."),
+) -> None:
+    """Check a sweep (the space's fields and domains, the recipe as `studio train submit` does) and
+    queue it as one job; its trials run on Ray Tune and the best one is registered
+    (docs/training.md, "Sweeps"). With --follow, watch it and print its trials (exit 1 unless it
+    SUCCEEDED)."""
+    from studio import stack
+    from studio.cli.jobs import follow_in_terminal, print_trials
+    from studio.jobs.queue import get_job, sweep_trials
+    from studio.train.sweep import enqueue_sweep_job, load_sweep
+
+    settings = settings_with_db()
+    spec = load_sweep(recipe, overrides or [], home=settings.home_abs)
+    with console.status("preflight: checking the space, the model and the dataset …"), session_scope(settings.db_url) as s:
+        job_id = enqueue_sweep_job(s, spec, submitted_by=f"cli:{getpass.getuser()}", check_fit=not force).id
+    console.print(f"sweep job [bold]{job_id}[/] QUEUED: {spec.num_trials} trial(s) of {spec.train.method} "
+                  f"{spec.train.name!r} over {', '.join(spec.space)}, {spec.search} search, best by {spec.metric}",
+                  highlight=False)
+    if not stack.health(settings):
+        console.print("queued; run `studio up` to start it")
+        return
+    if follow:
+        code = follow_in_terminal(settings, job_id, logs=False)
+        with session_scope(settings.db_url) as s:
+            print_trials(sweep_trials(s, get_job(s, job_id)))
+        raise typer.Exit(code)
+    console.print(f"follow it with `studio jobs show {job_id}` (its trials) or `studio jobs logs {job_id} --follow`")
+
+
 @app.command("plan")
 def plan(
     recipe: Path = typer.Argument(..., help="A training recipe, e.g. configs/train/sft_reverse_tiny.yaml."),

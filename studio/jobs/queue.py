@@ -18,7 +18,7 @@ from studio.errors import Conflict, NotFound
 from studio.jobs.progress import job_progress, jobs_progress
 from studio.jobs.results import JobResult
 from studio.jobs.status import JobStatus, transition, will_retry
-from studio.jobs.views import JobDetail, JobEventView, JobSummary, MetricPoint, Progress
+from studio.jobs.views import JobDetail, JobEventView, JobSummary, MetricPoint, Progress, TrialView
 from studio.store.models import ApiKey, Job, JobEvent, JobMetric
 
 
@@ -43,6 +43,11 @@ def request_cancel(session: Session, job_id: int, by: str | None, key: ApiKey | 
         raise Conflict(f"job {job_id} is already {status} and has nothing left to cancel",
                        "cancel only jobs that are queued, running or waiting to retry")
     job.cancel_requested = True
+    # A sweep is cancelled as a whole: its trials that have not ended with it (the scheduler stops
+    # them with the sweep's Ray Job, which runs them).
+    for child in session.scalars(select(Job).where(Job.parent_id == job_id)):
+        if not JobStatus(child.status).is_terminal():
+            child.cancel_requested = True
     # A QUEUED job with a submission id is a `ray job submit … --recipe` driver already on Ray:
     # the scheduler stops it like a running one.
     if status is JobStatus.RETRYING or (status is JobStatus.QUEUED and job.ray_submission_id is None):
@@ -80,7 +85,7 @@ def job_summary(session: Session, job: Job, progress: Progress | None | Literal[
         attempts=job.attempts, max_retries=job.max_retries, cancel_requested=job.cancel_requested,
         submitted_by=job.submitted_by, owner_key_id=job.owner_key_id, ray_submission_id=job.ray_submission_id,
         error=job.error, created_at=job.created_at, updated_at=job.updated_at, next_attempt_at=job.next_attempt_at,
-        heartbeat_at=job.heartbeat_at,
+        heartbeat_at=job.heartbeat_at, parent_id=job.parent_id,
         progress=job_progress(session, job) if isinstance(progress, str) else progress)
 
 
@@ -130,7 +135,35 @@ def job_detail(session: Session, job: Job, key: ApiKey | None = None) -> JobDeta
         **dict(job_summary(session, job)), spec=spec, spec_hidden=HIDDEN_SPEC if spec is None and job.spec else None,
         result=None if job.result is None else JobResult.of(job), checkpoint_uri=job.checkpoint_uri,
         mlflow_run_id=job.mlflow_run_id, step=latest_step(session, job), total_steps=total_steps(job),
-        events=job_events(session, job))
+        events=job_events(session, job), trials=sweep_trials(session, job) if job.kind == "sweep" else None)
+
+
+def sweep_trials(session: Session, sweep: Job) -> list[TrialView]:
+    """A sweep's trials, oldest first: params, last eval_loss, exact match, state, time, and the
+    version the best one registered."""
+    from studio.store.models import utcnow
+
+    children = list(session.scalars(select(Job).where(Job.parent_id == sweep.id).order_by(Job.id)))
+    ids = [c.id for c in children]
+    losses: dict[int, float] = {}
+    for job_id, value in session.execute(select(JobMetric.job_id, JobMetric.value).where(
+            JobMetric.job_id.in_(ids), JobMetric.key == "eval_loss").order_by(JobMetric.step, JobMetric.id)):
+        losses[job_id] = value  # the last one wins
+    started = dict(session.execute(select(JobEvent.job_id, func.min(JobEvent.at)).where(
+        JobEvent.job_id.in_(ids), JobEvent.to_status == JobStatus.STARTING.value).group_by(JobEvent.job_id)).all())
+    out = []
+    for c in children:
+        result = c.result or {}
+        metrics = result.get("metrics") or {}
+        end = c.updated_at if JobStatus(c.status).is_terminal() else utcnow()
+        t0 = started.get(c.id)
+        if t0 is not None and t0.tzinfo is None and end.tzinfo is not None:
+            end = end.replace(tzinfo=None)
+        out.append(TrialView(job_id=c.id, trial=result.get("sweep_trial"), params=result.get("params") or {},
+                             status=c.status, eval_loss=metrics.get("eval_loss", losses.get(c.id)),
+                             score=metrics.get("exact_match"), registered=result.get("model"),
+                             wall_s=round((end - t0).total_seconds(), 1) if t0 is not None else None))
+    return out
 
 
 def metrics_by_key(session: Session, job_id: int) -> dict[str, list[MetricPoint]]:

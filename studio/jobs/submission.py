@@ -74,7 +74,7 @@ class SchedulerConfig(Spec):
 
 # Jobs of another kind than training run their own entrypoint module.
 KIND_ENTRYPOINTS = {"eval": "studio.evals.run", "synth": "studio.data.synth.run",
-                    "batch": "studio.batches.run"}
+                    "batch": "studio.batches.run", "sweep": "studio.train.sweep_run"}
 
 
 def entrypoint_module(config: SchedulerConfig, kind: str = "train") -> str:

@@ -106,6 +106,21 @@ class JobSummary(View):
                                              "it started, or for a job that ran before heartbeats).")
     progress: Progress | None = Field(default=None, description="How far it is: steps (train), rows (eval) or "
                                       "chunks (synth) of the total, rate and ETA; null for other kinds.")
+    parent_id: int | None = Field(default=None, description="A sweep's trial: the sweep job it belongs to.")
+
+
+class TrialView(View):
+    """One trial of a sweep: a training job with the values the search gave it."""
+
+    job_id: int = Field(description="The trial's training job.")
+    trial: str | None = Field(description="Ray Tune's trial id.")
+    params: dict[str, Any] = Field(description="The sampled recipe fields (dotted) and their values.")
+    status: JobStatus = Field(description="The trial job's status (CANCELLED: stopped early by ASHA, or the sweep "
+                              "was cancelled).")
+    eval_loss: float | None = Field(description="Its last eval_loss.")
+    score: float | None = Field(description="Its eval_after exact match, when the sweep scores by it.")
+    wall_s: float | None = Field(description="Seconds from its start to its end (to now while it runs).")
+    registered: str | None = Field(description="name@N when this trial is the sweep's best, registered.")
 
 
 class JobDetail(JobSummary, StoredJobView):
@@ -123,6 +138,8 @@ class JobDetail(JobSummary, StoredJobView):
     step: int | None = Field(description="The highest step the current attempt reported (see progress).")
     total_steps: int | None = Field(description="Steps the run takes, when known (see progress).")
     events: list[JobEventView] = Field(description="Every status change, oldest first.")
+    trials: list[TrialView] | None = Field(default=None, description="A sweep's trials (training jobs), "
+                                           "oldest first; null for other kinds.")
 
 
 class MetricPoint(View):

@@ -106,6 +106,10 @@ def lineage(session: Session, ref: str) -> dict[str, Any]:
                                               "rows": snap.row_count, "uri": snap.uri},
         # The adapter training started from (TrainSpec.init_adapter, pinned to name@N), if any.
         "init_adapter": None if job is None else (job.spec or {}).get("init_adapter"),
+        # The sweep whose best trial this version is (studio.train.sweep_run), if any.
+        "sweep": None if job is None or job.parent_id is None else {
+            "job_id": job.parent_id, "trial": (job.result or {}).get("sweep_trial"),
+            "params": (job.result or {}).get("params")},
     }
 
 

@@ -108,6 +108,8 @@ class Job(Base):
     # Written every STUDIO_JOB_HEARTBEAT_S by the process running the job (JobDriver.beating); the
     # scheduler fails a job without a Ray submission whose beats stopped (heartbeat_timeout_s).
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A sweep's trial: the sweep job it belongs to (studio.train.sweep_run); None for other jobs.
+    parent_id: Mapped[int | None] = mapped_column(Integer, index=True)
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", order_by="JobEvent.id")
 

@@ -31,6 +31,7 @@ from studio.train.compare import Comparison, compare_runs, parse_ids
 from studio.train.plan import TrainPlan, plan_run
 from studio.train.queue import cluster_gpus, enqueue_train_job
 from studio.train.spec import TrainSpec
+from studio.train.sweep import SweepSpec, enqueue_sweep_job
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
@@ -51,6 +52,27 @@ def post_job(spec: TrainSpec, key: KeyDep, session: SessionDep, settings: Settin
     spec = check_caller_paths(with_home_paths(spec, settings.home_abs, "request"), settings, is_admin(key))
     job = enqueue_train_job(session, spec, submitted_by=key.name, cluster_gpus=cluster_gpus(),
                             key=key, check_fit=not force)
+    return job_detail(session, job, key)
+
+
+@router.post("/sweep", status_code=201)
+def post_sweep(spec: SweepSpec, key: KeyDep, session: SessionDep, settings: SettingsDep,
+               force: Annotated[bool, Query(description="Admin keys only: queue it even though the plan of one "
+                                                        "trial says it cannot fit the free resources.")] = False
+               ) -> JobDetail:
+    """Queue a sweep: the body of a `configs/sweeps/*.yaml` file with the training recipe inline
+    (``train``; no ``recipe`` path over HTTP). One job of kind ``sweep``; its trials become training
+    jobs (``parent_id``) while it runs, listed by ``GET /api/jobs/{id}`` (``trials``); cancelling it
+    cancels them all. The same rules as ``POST /api/jobs``: the recipe's paths are checked (a user
+    key names no server path), a field the space names must exist (400 naming it and the recipe's
+    fields), a domain must be samplable."""
+    if force and not is_admin(key):
+        raise StudioError("force: only an admin key may queue a recipe that the plan says cannot fit",
+                          "drop force and turn the knob the refusal names, or ask an admin", status_code=403)
+    train = check_caller_paths(with_home_paths(spec.train, settings.home_abs, "request"), settings, is_admin(key))
+    spec = spec.model_copy(update={"train": train})
+    job = enqueue_sweep_job(session, spec, submitted_by=key.name, cluster_gpus=cluster_gpus(), key=key,
+                            check_fit=not force)
     return job_detail(session, job, key)
 
 
