@@ -30,7 +30,11 @@ experiment lookups hit the database with a TTL cache of ``REGISTRY_TTL_S`` so a 
 or promoted version (or a new experiment) answers within about a second, without a redeploy.
 
 Every answered request is recorded in the completion log (``CompletionRecorder``: batched writes
-from a background task, never on the request path) and counted in ``ServingMetrics``.
+from a background task, never on the request path) and counted in ``ServingMetrics``; a routed
+request that failed is recorded too (``request_failures``: its version, arm, status and latency), so
+a canary's error guardrail sees a candidate that fails. A registry name whose loop generation is in
+``SHADOW`` (``studio.loops``) gets ``Target.shadow`` on a share of its requests: the client mirrors
+those to the candidate after answering (``RouterClient``) and the pair comes back here to be stored.
 
 Names and targets live in ``deployments.routing``; the data path in ``deployments.router_client``.
 """
@@ -53,13 +57,14 @@ from deployments.routing import (
     MODELS_HINT,
     REGISTRY_TTL_S,
     NameCache,
+    ShadowMarks,
     Target,
     adapter_id,
     normalize_base,
 )
 from deployments.serving_metrics import UNRESOLVED, ServingMetrics
 from studio.errors import StudioError
-from studio.experiments.ab import pick_arm
+from studio.experiments.ab import list_experiments, pick_arm
 from studio.experiments.completions import CompletionRecorder
 
 logger = logging.getLogger("ray.serve")
@@ -88,6 +93,7 @@ class Router:
         self._db_url = settings.db_url
         self._cache = NameCache()  # registry name / name@N → Target or its 404
         self._experiments: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
+        self._shadows = ShadowMarks(lambda query: asyncio.to_thread(self._read, query))
         self.metrics = ServingMetrics()
         self.engines = EngineLiveness()  # replicas whose engine died, from their reports
         self.recorder = CompletionRecorder(self._db_url)
@@ -108,11 +114,10 @@ class Router:
 
     def _deployment_rows(self) -> list[tuple[str, str, str, str, str | None]]:
         from studio.serving.recipe import list_rows
-        from studio.store.db import session_scope
 
-        with session_scope(self._db_url) as session:
-            return [(r.name, r.app_name, r.status, r.recipe["deployment"]["engine"]["model"],
-                     r.message) for r in list_rows(session)]
+        return self._read(lambda session: [
+            (r.name, r.app_name, r.status, r.recipe["deployment"]["engine"]["model"], r.message)
+            for r in list_rows(session)])
 
     async def sync_deployments(self) -> list[str]:
         """Re-read the runtime deployments now; the served base names."""
@@ -258,17 +263,10 @@ class Router:
         """alias → {"status", "arms"} for every experiment (stopped ones too, for their 404)."""
         expires, experiments = self._experiments
         if expires <= time.monotonic():
-            experiments = await asyncio.to_thread(self._experiment_rows)
+            experiments = await asyncio.to_thread(self._read, lambda session: {
+                e.alias: {"status": e.status, "arms": list(e.arms)} for e in list_experiments(session)})
             self._experiments = (time.monotonic() + REGISTRY_TTL_S, experiments)
         return experiments
-
-    def _experiment_rows(self) -> dict[str, dict[str, Any]]:
-        from studio.experiments.ab import list_experiments
-        from studio.store.db import session_scope
-
-        with session_scope(self._db_url) as session:
-            return {e.alias: {"status": e.status, "arms": list(e.arms)}
-                    for e in list_experiments(session)}
 
     # ---- endpoints ---------------------------------------------------------------------------
     async def models(self) -> dict[str, Any]:
@@ -331,6 +329,8 @@ class Router:
         if isinstance(target, dict):
             self.metrics.errors.labels(UNRESOLVED, UNRESOLVED, str(target["error"]["code"])).inc()
             return target
+        if target.experiment is None and target.label != model:  # a registry name: mirrored?
+            target = await self._shadows.mark(model, target)
         handle = self._handles.get(target.base)
         if handle is None:  # evicted since the name was cached
             return self.gone(target.base)
@@ -342,6 +342,12 @@ class Router:
         self._inflight[target.base] = self._inflight.get(target.base, 0) + 1
         self._last_request[target.base] = time.monotonic()
         return replace(target, deployment=handle.deployment_name, app=handle.app_name)
+
+    def _read(self, query):
+        from studio.store.db import session_scope
+
+        with session_scope(self._db_url) as session:
+            return query(session)
 
     def gone(self, base: str) -> dict | None:
         """The error for a base that does not serve now — 404 evicted or unknown, 503 coming back
@@ -369,6 +375,9 @@ class Router:
             self._finished(report, now)
 
     def _finished(self, report: dict[str, Any], now: float) -> None:
+        if "shadow" in report:  # a mirrored answer beside its champion's: the pair, for the judge
+            self.recorder.record(report["shadow"], "shadow")
+            return
         target: Target = report["target"]
         if target.base in self._inflight:
             self._inflight[target.base] = max(0, self._inflight[target.base] - 1)
@@ -379,6 +388,8 @@ class Router:
             self.metrics.ttft.labels(*labels).observe(report["ttft_s"])
         if report.get("error_code") is not None:
             self.metrics.errors.labels(*labels, str(report["error_code"])).inc()
+            if report.get("failure"):  # routed, then failed: logged per arm like an answer
+                self.recorder.record(report["failure"], "failure")
             return
         if not report.get("done"):
             return  # the client left mid-answer: nothing whole to log

@@ -10,6 +10,13 @@ error dict. When the replica fails (its node lost, its actor dead: 503; anything
 last item is OpenAI's error body: a dict before the first token, an SSE error event
 (``data: {"error": …}``) after it, never a cut stream. Close it (``aclose``) to stop the engine
 request.
+
+Every routed request is reported: an answer goes to the completion log, a failure to
+``request_failures`` (its version, arm, status, latency). A request the Router marked for the
+shadow (``Target.shadow``: a loop's candidate in SHADOW) and without ``tools`` is mirrored to the
+candidate *after* its caller's answer ended, in the background (at most ``MIRROR_MAX`` at once per
+client, more are dropped and counted): the candidate's answer is never shown, logged as a
+completion or rated; the pair (champion's answer, candidate's answer) is stored for the loop's judge.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -47,6 +55,7 @@ class RouterClient:
     moves on promotion) and experiment aliases (sticky arms) are always routed."""
 
     BOOKS_EVERY_S = 0.05
+    MIRROR_MAX = 4  # shadow mirrors in flight per client; more are dropped
 
     def __init__(self, router: DeploymentHandle):
         self.router = router
@@ -56,6 +65,8 @@ class RouterClient:
         self._ended: list[dict[str, Any]] = []  # reports not yet sent
         self._timer: asyncio.Task | None = None
         self._sends: set[asyncio.Task] = set()
+        self._mirrors: set[asyncio.Task] = set()
+        self.mirrors_dropped = 0
 
     async def models(self) -> dict[str, Any]:
         return await self.router.models.remote()
@@ -81,10 +92,12 @@ class RouterClient:
             self._pinned.put(model, target, REGISTRY_TTL_S)
         return target, False
 
-    async def stream(self, endpoint: str, body: dict[str, Any], owner_key_id: int | None = None):
+    async def stream(self, endpoint: str, body: dict[str, Any], owner_key_id: int | None = None,
+                     record: bool = True):
         """The answer to an OpenAI request body (see the module docstring for the items).
         ``owner_key_id``: the calling key's principal, recorded with the logged completion (only
-        its owner may read or rate it)."""
+        its owner may read or rate it). ``record=False`` (a shadow mirror): counted in the
+        metrics, never logged."""
         started = time.perf_counter()
         target, cached = await self._route(body.get("model"), body.get("user"))
         if isinstance(target, dict):
@@ -115,7 +128,7 @@ class RouterClient:
                     # A replica that died (its node lost, its process killed) or an engine that
                     # failed: OpenAI's error shape, never a cut stream or a bare 500.
                     err = replica_failure(target.base, e)
-                    capture.error = {"code": err["error"]["code"]}
+                    capture.error = err["error"]
                     if ttft is None:
                         yield err  # nothing sent yet: the ingress answers with its status
                     else:
@@ -126,30 +139,46 @@ class RouterClient:
                 if cached or gone["error"]["code"] == 503:
                     # The Router never saw this request (answer as it would now: 404), or the
                     # model is coming back or its engines died (503 + Retry-After).
-                    capture.error = {"code": gone["error"]["code"]}
+                    capture.error = gone["error"]
                     yield gone
                     return
                 # Evicted while this request waited for a replica: a clean, retryable 503.
-                capture.error = {"code": 503}
-                yield error_body(f"The model `{target.base}` was evicted before this request "
-                                 f"was answered; retry, or {MODELS_HINT}", 503,
-                                 "ServiceUnavailableError", "model")
+                evicted = error_body(f"The model `{target.base}` was evicted before this request "
+                                     f"was answered; retry, or {MODELS_HINT}", 503,
+                                     "ServiceUnavailableError", "model")
+                capture.error = evicted["error"]
+                yield evicted
         finally:
             # Client gone (this generator closed or cancelled) or done: stop the engine request.
             if gen is not None:
                 gen.cancel()
-            self._report(endpoint, body, target, capture, started, ttft, done, owner_key_id)
+            self._report(endpoint, body, target, capture, started, ttft, done,
+                         owner_key_id if record else False)
+            if target.shadow and done and capture.error is None and capture.id:
+                self._mirror(endpoint, body, target, capture)
 
     def _report(self, endpoint, body, target: Target, capture: ResponseCapture, started: float,
-                ttft: float | None, done: bool, owner_key_id: int | None = None) -> None:
+                ttft: float | None, done: bool, owner_key_id: int | None | bool = None) -> None:
+        """``owner_key_id=False``: a mirror's report, for the metrics only."""
         latency = time.perf_counter() - started
         report: dict[str, Any] = {"target": target, "endpoint": endpoint, "ttft_s": ttft,
                                   "latency_s": latency, "done": done, "tokens": capture.tokens,
                                   "error_code": None if capture.error is None
-                                  else capture.error.get("code", 500)}
-        if done and capture.error is None and capture.id:
+                                  else _status(capture.error)}
+        user = body.get("user")
+        user = user if isinstance(user, str) else None
+        if owner_key_id is False:
+            pass
+        elif capture.error is not None:  # routed, then failed: counted against its version
+            report["failure"] = {
+                "endpoint": endpoint, "requested_model": str(body.get("model"))[:256],
+                "experiment": target.experiment, "arm": target.arm, "model_version": target.label,
+                "error_code": report["error_code"],
+                "error": str(capture.error.get("message") or "")[:1024],
+                "latency_ms": round(latency * 1000, 3), "user": user, "owner_key_id": owner_key_id,
+                "created_at": datetime.now(timezone.utc)}
+        elif done and capture.id:
             prompt = body.get("messages") if endpoint == "chat" else body.get("prompt")
-            user = body.get("user")
             report["record"] = {
                 "id": capture.id, "endpoint": endpoint, "requested_model": str(body.get("model")),
                 "experiment": target.experiment, "arm": target.arm,
@@ -157,9 +186,47 @@ class RouterClient:
                 "prompt_text": prompt_text(endpoint, prompt), "response": capture.text,
                 "latency_ms": round(latency * 1000, 3),
                 "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
-                "output_tokens": capture.tokens, "user": user if isinstance(user, str) else None,
+                "output_tokens": capture.tokens, "user": user,
                 "owner_key_id": owner_key_id, "created_at": datetime.now(timezone.utc)}
         self._ended.append(report)
+        self._schedule()
+
+    # ---- the shadow: a loop's candidate answers the same request, unseen ------------------------
+    def _mirror(self, endpoint: str, body: dict[str, Any], target: Target,
+                capture: ResponseCapture) -> None:
+        if body.get("tools") or body.get("functions"):
+            return  # a tool call's answer acts on the caller's world: never asked twice
+        if len(self._mirrors) >= self.MIRROR_MAX:
+            self.mirrors_dropped += 1
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(
+                self._shadow_pair(endpoint, body, target, capture.text, capture.id))
+        except RuntimeError:  # no running loop (a generator collected late): nothing mirrored
+            return
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
+
+    async def _shadow_pair(self, endpoint: str, body: dict[str, Any], target: Target,
+                           champion_text: str, completion_id: str | None) -> None:
+        request = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        request["model"] = target.shadow
+        capture = ResponseCapture()
+        try:
+            async for item in self.stream(endpoint, request, record=False):
+                capture.add(item)
+        except Exception as e:  # noqa: BLE001 — a mirror never fails anything
+            logger.warning("shadow mirror to %s failed: %s", target.shadow, e)
+            return
+        if capture.error is not None or not capture.id:
+            return  # no answer: no pair (the candidate's errors show in the metrics)
+        prompt = body.get("messages") if endpoint == "chat" else body.get("prompt")
+        self._ended.append({"shadow": {
+            "id": uuid.uuid4().hex, "generation_id": target.shadow_generation, "endpoint": endpoint,
+            "champion": target.label, "candidate": target.shadow, "completion_id": completion_id,
+            "prompt": prompt, "prompt_text": prompt_text(endpoint, prompt),
+            "champion_response": champion_text, "candidate_response": capture.text,
+            "created_at": datetime.now(timezone.utc)}})
         self._schedule()
 
     def _schedule(self) -> None:
@@ -217,6 +284,11 @@ def replica_failure(base: str, exc: Exception) -> dict[str, Any]:
                           503, "ServiceUnavailableError", "model")
     return error_body(f"The model `{base}` failed on this request ({type(exc).__name__}: {why}); "
                       "see the replica's log in the Ray dashboard", 500, "InternalServerError", "model")
+
+
+def _status(error: dict[str, Any]) -> int:
+    code = error.get("code")
+    return code if isinstance(code, int) else 500
 
 
 def _relabel(item: Any, target: Target) -> Any:

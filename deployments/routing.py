@@ -3,11 +3,17 @@ how base models and registry versions are named on the engines."""
 
 from __future__ import annotations
 
+import logging
+import random
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 
@@ -58,12 +64,43 @@ class Target:
     arm: str | None = None  # the arm's model name
     deployment: str = ""  # the base's ModelDeployment: Serve deployment and application names
     app: str = ""
+    # A request the Router chose to mirror to a loop's candidate in SHADOW (after answering):
+    # the candidate's name@N and the generation the pair belongs to.
+    shadow: str | None = None
+    shadow_generation: int | None = None
 
     def meta(self) -> dict[str, str]:
         meta = {"studio_model_version": self.label}
         if self.experiment:
             meta.update(studio_experiment=self.experiment, studio_arm=self.arm)
         return meta
+
+
+class ShadowMarks:
+    """Marks a share (``shadow.share``) of the requests for a served name whose loop generation is
+    in SHADOW, when its champion answers them, to be mirrored to the candidate (``Target.shadow``).
+    ``read(query)`` runs ``query(session)`` off the event loop; the names are re-read every
+    ``REGISTRY_TTL_S``."""
+
+    def __init__(self, read: Callable[[Callable[[Session], Any]], Awaitable[Any]]):
+        self._read = read
+        self._shadows: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
+
+    async def mark(self, model: str, target: Target) -> Target:
+        from studio.loops.shadow import shadowed_names
+
+        expires, shadows = self._shadows
+        if expires <= time.monotonic():
+            try:
+                shadows = await self._read(shadowed_names)
+            except Exception as e:  # noqa: BLE001 — never fail a request over the shadow's books
+                logging.getLogger("ray.serve").warning("reading the loops in shadow failed: %s", e)
+                shadows = {}
+            self._shadows = (time.monotonic() + REGISTRY_TTL_S, shadows)
+        shadow = shadows.get(model)
+        if shadow is None or shadow["champion"] != target.label or random.random() >= shadow["share"]:
+            return target
+        return replace(target, shadow=shadow["candidate"], shadow_generation=shadow["generation_id"])
 
 
 def normalize_base(model: str) -> str:

@@ -38,7 +38,8 @@ class JobScheduler:
         self._settings = StudioSettings()  # from the STUDIO_* env vars build_app forwards
         self._client = None
         self._loops = Runner(self._settings, ServiceActions(
-            models_available=self._served_models if gateway is not None else None))
+            models_available=self._served_models if gateway is not None else None,
+            judge_chat=self._judge_chat if gateway is not None else None))
         self._last_loop_pass: str | None = None
         self._mirror = MirrorPass(self._settings)  # MLflow's registry catching up with ours
         self._passes = 0
@@ -99,6 +100,12 @@ class JobScheduler:
             raise Unavailable(f"cannot check the model names: the gateway answered {type(e).__name__}: {e}",
                               "check the Gateway deployment (`serve status`); the next pass retries") from e
         return [m["id"] for m in body.get("data", [])]
+
+    async def _judge_chat(self, body: dict[str, Any], ctx: dict[str, Any]):
+        """The gateway's chat for the shadow's judge (``studio.loops.shadow``), as the loop owner's
+        key (``ctx``): awaited in the pass thread's own event loop, so the handle is waited on in a
+        worker thread."""
+        return await asyncio.to_thread(lambda: self._gateway.chat.remote(body, ctx).result(timeout_s=120))
 
     async def status(self) -> dict[str, Any]:
         return {"alive": not self._task.done(), "passes": self._passes, "last_pass_at": self._last_pass_at,

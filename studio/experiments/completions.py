@@ -1,7 +1,9 @@
 """The completion log and feedback on it.
 
 The Router records every answered /v1 request (``CompletionRecorder``): batched inserts from a
-background task, off the request path, so logging never slows or fails a request. A client then
+background task, off the request path, so logging never slows or fails a request. The same recorder
+writes the requests that were routed but failed (``request_failures``: a canary's error guardrail
+counts them per arm) and the shadow phase's mirrored pairs (``shadow_pairs``). A client then
 sends ``POST /v1/feedback`` with the response's ``id``: a rating, and/or "completion X is better
 than this one" (``preferred_completion_id``; both must answer the same prompt), and a comment.
 """
@@ -22,6 +24,7 @@ from sqlalchemy.orm import Session
 from studio.access import owns, principal_id
 from studio.errors import NotFound, StudioError
 from studio.recipes import Spec
+from studio.store.log_models import RequestFailure, ShadowPair
 from studio.store.models import ApiKey, Completion, Feedback
 
 logger = logging.getLogger("ray.serve")
@@ -50,8 +53,13 @@ def _content(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+# What the recorder writes: a row's kind → its table.
+TABLES = {"completion": Completion, "failure": RequestFailure, "shadow": ShadowPair}
+
+
 class CompletionRecorder:
-    """Buffers completion rows and writes them in batches from a background task."""
+    """Buffers log rows (``kind``: a completion, a failed request, a shadow pair) and writes them
+    in batches from a background task."""
 
     def __init__(self, db_url: str):
         self.db_url = db_url
@@ -60,11 +68,11 @@ class CompletionRecorder:
         self._write_lock = asyncio.Lock()
         self.written = self.dropped = 0
 
-    def record(self, row: dict[str, Any]) -> None:
+    def record(self, row: dict[str, Any], kind: str = "completion") -> None:
         if len(self._pending) >= MAX_PENDING:
             self.dropped += 1
             return
-        self._pending.append(row)
+        self._pending.append((TABLES[kind], row))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -80,7 +88,7 @@ class CompletionRecorder:
             while self._pending:
                 batch, self._pending = self._pending[:BATCH_ROWS], self._pending[BATCH_ROWS:]
                 try:
-                    written += await asyncio.to_thread(write_completions, self.db_url, batch)
+                    written += await asyncio.to_thread(write_log_rows, self.db_url, batch)
                 except Exception as e:  # noqa: BLE001 — the log must never fail serving
                     logger.warning("completion log: %d rows not written (%s)", len(batch), e)
                     self.dropped += len(batch)
@@ -90,18 +98,23 @@ class CompletionRecorder:
 
 def write_completions(db_url: str, rows: list[dict[str, Any]]) -> int:
     """Insert completion rows in one transaction; a duplicate id (a retried record) is skipped."""
+    return write_log_rows(db_url, [(Completion, r) for r in rows])
+
+
+def write_log_rows(db_url: str, rows: list[tuple[type, dict[str, Any]]]) -> int:
+    """Insert (table, row) pairs in one transaction; a duplicate id (a retried record) is skipped."""
     from studio.store.db import session_scope
 
     try:
         with session_scope(db_url) as session:
-            session.add_all(Completion(**r) for r in rows)
+            session.add_all(table(**r) for table, r in rows)
         return len(rows)
     except IntegrityError:
         written = 0
-        for row in rows:
+        for table, row in rows:
             try:
                 with session_scope(db_url) as session:
-                    session.add(Completion(**row))
+                    session.add(table(**row))
                 written += 1
             except IntegrityError:
                 continue

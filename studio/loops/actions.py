@@ -9,7 +9,9 @@ training job is looked up by its key before one is queued.
 ``ServiceActions`` is the real one, on the services only: the training queue (``studio.train.queue``,
 preflight included), the registry, the A/B experiment the Router reads the canary's weights from
 (aliased by the served name itself, so requests for the bare name are split while it exists), and
-the served model names (``/v1/models`` through the gateway, or a function the deployment hands in).
+the served model names (``/v1/models`` through the gateway, or a function the deployment hands in),
+and the shadow's judged pairs (``studio.loops.shadow``: the judge asked through the gateway's chat the
+deployment hands in).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from studio.registry.versions import get_version, promote
 from studio.store.models import ApiKey, Experiment, Job, PromotionEvent
 
 if TYPE_CHECKING:
+    from studio.loops.shadow import GatewayChat
     from studio.store.loop_models import LoopGeneration
     from studio.train.spec import TrainSpec
 
@@ -66,12 +69,14 @@ class ServiceActions:
     names (default: the gateway's ``/v1/models``, ``studio.evals.queue.gateway_models``)."""
 
     def __init__(self, models_available: Callable[[], list[str]] | None = None,
-                 cluster_gpus: Callable[[], float | None] | None = None):
+                 cluster_gpus: Callable[[], float | None] | None = None,
+                 judge_chat: GatewayChat | None = None):
         from studio.evals.queue import gateway_models
         from studio.train.queue import cluster_gpus as ray_cluster_gpus
 
         self._models_available = models_available or gateway_models
         self._cluster_gpus = cluster_gpus or ray_cluster_gpus
+        self._judge_chat = judge_chat  # the gateway's chat (body, ctx); None: pairs wait unjudged
 
     def enqueue_training(self, session: Session, spec: TrainSpec, *, submitted_by: str,
                          owner_key_id: int | None) -> Job:
@@ -111,7 +116,12 @@ class ServiceActions:
         return _to_stage(session, ref, "archived", by=by, reason=reason)
 
     def shadow_pairs(self, session: Session, gen: LoopGeneration) -> tuple[int, int] | None:
-        return None  # mirroring to the candidate is not built (docs/loops.md, "Not built yet")
+        from studio.loops.shadow import judge_pairs, pair_counts
+        from studio.store.base import utcnow
+
+        if self._judge_chat is not None:
+            judge_pairs(session, gen, self._judge_chat, utcnow())
+        return pair_counts(session, gen)
 
 
 def _same_arms(stored: list[dict], arms: dict[str, float]) -> bool:

@@ -1,7 +1,8 @@
 """A canary look from the tables the studio already writes (docs/loops.md, "Where a look's figures
 come from"): the completion log (``completions``: which version answered, latency, tokens, ``user``;
-written by the Router per answered request), the feedback on it (``feedback``) and the weights in
-force (the canary's experiment, ``experiments.arms``). Nothing is kept in memory between looks:
+written by the Router per answered request), the requests routed to a version that failed
+(``request_failures``: counted as that arm's requests and errors), the feedback on the answers
+(``feedback``) and the weights in force (the canary's experiment, ``experiments.arms``). Nothing is kept in memory between looks:
 each look is recomputed from the raw rows up to ``now``, so a restarted runner sees what the old
 one saw and ``explain`` can recompute every stored verdict.
 
@@ -26,6 +27,7 @@ from studio.errors import Conflict
 from studio.experiments.ab import get_experiment
 from studio.loops.states import Reason, State
 from studio.loops.stats import ArmCounts, Look
+from studio.store.log_models import RequestFailure
 from studio.store.loop_models import LoopGeneration, LoopTransition
 from studio.store.models import Completion, Feedback
 
@@ -75,16 +77,23 @@ def _rows(session: Session, alias: str, refs: tuple[str, str], start: datetime, 
         .where(Completion.experiment == alias, Completion.model_version.in_(refs),
                Completion.created_at >= start, Completion.created_at <= now,
                Feedback.rating.is_not(None), Feedback.created_at <= now)).all()
-    return completions, ratings
+    failures = session.execute(
+        select(RequestFailure.model_version, RequestFailure.user, RequestFailure.created_at)
+        .where(RequestFailure.experiment == alias, RequestFailure.model_version.in_(refs),
+               RequestFailure.created_at >= start, RequestFailure.created_at <= now)).all()
+    return completions, ratings, failures
 
 
-def _arm(rows, mean_rating: dict[str, float]) -> ArmCounts:
+def _arm(rows, failures, mean_rating: dict[str, float]) -> ArmCounts:
+    """An arm's answers and its failed requests: both are requests it ended; a failure is an error,
+    as is an answer with no text (the tiny task's invalid format). Latency and tokens are the
+    answers'."""
     rated = [mean_rating[r.id] for r in rows if r.id in mean_rating]
     latencies = [r.latency_ms for r in rows]
     tokens = [r.output_tokens for r in rows if r.output_tokens is not None]
     return ArmCounts(
-        completions=len(rows), rated=len(rated), thumbs_up=sum(1 for m in rated if m > 0),
-        errors=sum(1 for r in rows if not (r.response or "").strip()),
+        completions=len(rows) + len(failures), rated=len(rated), thumbs_up=sum(1 for m in rated if m > 0),
+        errors=len(failures) + sum(1 for r in rows if not (r.response or "").strip()),
         latency_p95_ms=float(np.percentile(latencies, 95)) if latencies else None,
         tokens_per_answer=float(np.mean(tokens)) if tokens else None)
 
@@ -103,21 +112,25 @@ def build_look(session: Session, gen: LoopGeneration, now: datetime) -> Look:
     window = canary_window(session, gen)
     weight = candidate_weight(get_experiment(session, gen.canary_alias).arms, gen.candidate)
     refs = (gen.champion, gen.candidate)
-    completions, ratings = _rows(session, gen.canary_alias, refs, window.canary_start, now)
+    completions, ratings, failures = _rows(session, gen.canary_alias, refs, window.canary_start, now)
     by_id: dict[str, list[float]] = defaultdict(list)
     for r in ratings:
         by_id[r.completion_id].append(r.rating)
     mean_rating = {cid: sum(v) / len(v) for cid, v in by_id.items()}
     arm = {ref: [r for r in completions if r.model_version == ref] for ref in refs}
+    failed = {ref: [r for r in failures if r.model_version == ref] for ref in refs}
     in_step = {ref: [r for r in rows if r.created_at >= window.step_start] for ref, rows in arm.items()}
-    last_completion = max((r.created_at for r in completions), default=window.canary_start)
+    # The SRM test's units: every request the router sent to the arm in the step, answered or not.
+    routed = {ref: in_step[ref] + [r for r in failed[ref] if r.created_at >= window.step_start] for ref in refs}
+    last_completion = max((r.created_at for r in (*completions, *failures)), default=window.canary_start)
     last_rating = max((r.created_at for r in ratings), default=window.canary_start)
     return Look(
         at_s=max(0.0, (now - window.canary_start).total_seconds()),
         step=gen.canary_step, weight=weight,
-        champion=_arm(arm[gen.champion], mean_rating), candidate=_arm(arm[gen.candidate], mean_rating),
-        step_assigned_champion=_units(in_step[gen.champion]),
-        step_assigned_candidate=_units(in_step[gen.candidate]),
+        champion=_arm(arm[gen.champion], failed[gen.champion], mean_rating),
+        candidate=_arm(arm[gen.candidate], failed[gen.candidate], mean_rating),
+        step_assigned_champion=_units(routed[gen.champion]),
+        step_assigned_candidate=_units(routed[gen.candidate]),
         step_held_s=max(0.0, (now - window.step_start).total_seconds()),
         step_rated_champion=sum(1 for r in in_step[gen.champion] if r.id in mean_rating),
         step_rated_candidate=sum(1 for r in in_step[gen.candidate] if r.id in mean_rating),

@@ -2,7 +2,8 @@
 in for a paid provider at the external edge. What it does depends on the requested model:
 ``broken*`` → HTTP 500, ``hang*`` → never answers in time, ``qa*`` → a JSON list of one
 question/answer pair (what a synthetic-data generator returns), ``score*`` → "Score: 7" (a judge),
-anything else → a normal answer that echoes the model and the last message. ``calls`` counts
+``prefer*`` → a pairwise judge that picks the answer holding "GOOD" ("Winner: A" when answer A holds
+it, else "Winner: B" when B does, else a tie: two good answers make it favour position A), anything else → a normal answer that echoes the model and the last message. ``calls`` counts
 requests per model; ``received`` keeps each request's model, JSON body and headers (what the
 gateway sent out)."""
 
@@ -59,6 +60,10 @@ class FakeProvider:
                     text = '[{"question": "What rises twice a day?", "answer": "The tide."}]'
                 elif model.startswith("score"):
                     text = "Score: 7"
+                elif model.startswith("prefer"):
+                    asked = body["messages"][-1]["content"]
+                    a, _, b = asked.partition("Answer A:")[2].partition("Answer B:")
+                    text = "Winner: A" if "GOOD" in a else "Winner: B" if "GOOD" in b else "Winner: tie"
                 return {"id": f"chatcmpl-{self.calls[model]}", "object": "chat.completion",
                         "created": int(time.time()), "model": model, "usage": usage,
                         "choices": [{"index": 0, "finish_reason": "stop",

@@ -13,13 +13,14 @@ from sqlalchemy import select
 
 from studio.evals.gate import gated_promote
 from studio.experiments.ab import ArmSpec, ExperimentSpec, create_experiment
-from studio.experiments.completions import FeedbackSpec, add_feedback, prompt_text, write_completions
+from studio.experiments.completions import FeedbackSpec, add_feedback, prompt_text, write_completions, write_log_rows
 from studio.loops import repository as repo
 from studio.loops.spec import LoopSpec
 from studio.loops.states import Reason, State
 from studio.recipes import apply_overrides
 from studio.registry.versions import register_version
 from studio.store.db import session_scope
+from studio.store.log_models import RequestFailure
 from studio.store.loop_models import LoopTransition
 
 SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "loops" / "reverse_tiny.yaml"
@@ -55,6 +56,19 @@ def completion(cid: str, version: str, when: datetime, *, experiment: str | None
 
 def log(url: str, rows: list[dict]) -> None:
     assert write_completions(url, rows) == len(rows)
+
+
+def failure(version: str, when: datetime, *, experiment: str | None = None, user: str | None = None,
+            code: int = 500, latency_ms: float = 50.0) -> dict:
+    """A routed request that failed, as ``RouterClient`` reports it to the Router's recorder."""
+    return {"endpoint": "chat", "requested_model": experiment or version, "experiment": experiment,
+            "arm": version if experiment else None, "model_version": version, "error_code": code,
+            "error": "model version cannot be served", "latency_ms": latency_ms, "user": user,
+            "owner_key_id": None, "created_at": when}
+
+
+def log_failures(url: str, rows: list[dict]) -> None:
+    assert write_log_rows(url, [(RequestFailure, r) for r in rows]) == len(rows)
 
 
 def rate(url: str, cid: str, when: datetime, rating: float | None = None, preferred: str | None = None) -> None:

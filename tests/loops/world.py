@@ -27,7 +27,7 @@ from studio.store.db import session_scope
 from studio.store.loop_models import Loop, LoopGeneration
 from studio.store.models import EvalScore, Experiment, Job
 from studio.train.spec import TrainResult, TrainSpec
-from tests.loops.traffic import at, completion, log, loop_spec, rate, register
+from tests.loops.traffic import at, completion, failure, log, log_failures, loop_spec, rate, register
 
 GOLDEN = [{"messages": [{"role": "user", "content": f"reverse: {i} 9"}, {"role": "assistant", "content": f"9 {i}"}]}
           for i in range(10)]
@@ -96,6 +96,7 @@ class World:
     rated_share: float = 1.0
     per_tick: int = 40  # requests to the canary's experiment per tick
     empty_candidate: bool = False  # the candidate answers with nothing (an invalid answer)
+    failing_candidate: bool = False  # the candidate's engine fails every request (logged as failures)
     follow_weights: bool = True  # False: the split ignores the weights (a broken router)
     seed: int = 0
 
@@ -168,15 +169,19 @@ class World:
             if exp is None or exp.status != "active":
                 return
             arms = exp.arms
-        rows = []
+        rows, failed = [], []
         for i in range(self.per_tick):
             user = f"user-{uuid.uuid4().hex[:10]}"
             ref = pick_arm(gen.canary_alias, arms, user) if self.follow_weights else arms[i % 2]["model"]
             empty = self.empty_candidate and ref == gen.candidate
-            rows.append(completion(f"c{uuid.uuid4().hex}", ref, at(t - 30 + i * 30 / self.per_tick),
-                                   experiment=gen.canary_alias,
+            when = at(t - 30 + i * 30 / self.per_tick)
+            if self.failing_candidate and ref == gen.candidate:
+                failed.append(failure(ref, when, experiment=gen.canary_alias, user=user))
+                continue
+            rows.append(completion(f"c{uuid.uuid4().hex}", ref, when, experiment=gen.canary_alias,
                                    user=user, response="" if empty else "2 1"))
         log(self.url, rows)
+        log_failures(self.url, failed)
         with session_scope(self.url) as s:
             for row in rows:
                 if self.rng.random() >= self.rated_share:
