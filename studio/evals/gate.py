@@ -66,8 +66,17 @@ class Outcome:
         return dict(self.__dict__)
 
 
+def check_margin(margin: float) -> None:
+    """The gate's threshold: a lead of one mean score over another, both in [0, 1]."""
+    if not 0.0 <= margin <= 1.0:  # NaN too
+        raise StudioError(f"the gate's margin {margin:g} is outside [0, 1]",
+                          "give the lead the candidate's mean score must have over the champion's, "
+                          "from 0 to 1 (scores are in [0, 1]), e.g. 0.02")
+
+
 def set_gate(session: Session, name: str, cfg: GateConfig) -> PromotionGate:
     _check_scorer(cfg.scorer)
+    check_margin(cfg.margin)
     resolve_snapshot(session, cfg.dataset)  # refuse a dataset that does not exist, now
     gate = session.get(PromotionGate, name) or PromotionGate(name=name)
     gate.dataset, gate.scorer, gate.margin, gate.limit, gate.generation = (
@@ -197,6 +206,7 @@ def effective_gate(session: Session, name: str, override: dict[str, Any] | None 
         base = cfg.__dict__ if cfg else {}
         cfg = GateConfig(**{**base, **override})
         _check_scorer(cfg.scorer)
+        check_margin(cfg.margin)
     return cfg
 
 

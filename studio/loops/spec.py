@@ -57,7 +57,8 @@ class GateSpec(Spec):
 
     dataset: str | None = Field(default=None, description="Evaluation dataset (never trained on).")
     scorer: dict[str, Any] | None = Field(default=None, description="An eval scorer, e.g. {type: exact_match}.")
-    margin: float | None = Field(default=None, description="The candidate's mean must beat the champion's by this.")
+    margin: float | None = Field(default=None, ge=0, le=1,
+                                 description="The candidate's mean must beat the champion's by this (0 to 1).")
     limit: int | None = Field(default=None, ge=1, description="Score at most this many items.")
     confidence: float = Field(default=0.95, gt=0, lt=1, description="Level of the paired bootstrap interval on the difference.")
 

@@ -144,12 +144,12 @@ def deploy(settings: StudioSettings, recipe: ServingRecipe, created_by: str | No
     return start(settings, recipe, DeploymentStatus.DEPLOYING, say)
 
 
-def _sync_router() -> None:
+def sync_router() -> None:
     _router_call("sync_deployments")
 
 
 def start(settings: StudioSettings, recipe: ServingRecipe, status: DeploymentStatus,
-          say: Progress, sync: Callable[[], None] = _sync_router) -> dict[str, Any]:
+          say: Progress, sync: Callable[[], None] = sync_router) -> dict[str, Any]:
     """Start the application of a row in ``status`` (DEPLOYING, or RESTORING after a restart) and
     wait until it serves: the row READY, as a dict. A failure removes the half-started
     application, marks the row FAILED with why, and raises. ``sync`` tells the Router (the Router

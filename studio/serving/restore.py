@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from studio.errors import StudioError
+from studio.errors import Conflict, NotFound, StudioError
 from studio.serving import lifecycle
 from studio.serving.recipe import (
     DeploymentStatus,
@@ -129,3 +129,39 @@ def restore_pending(settings: StudioSettings, say: Callable[[str], None],
             done[name] = row["status"]
             say(f"{name}: {row['status']}" + (f" ({row['message']})" if row["message"] else ""))
     return done
+
+
+def restart(settings: StudioSettings, name: str, by: str, owner_key_id: int | None = None,
+            say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Restart a runtime model from its stored recipe and wait until it serves again; the row as a
+    dict. A READY one goes RESTORING (``/v1`` answers 503 with ``Retry-After`` meanwhile, requests
+    in flight finish first), its application is deleted and submitted again; a FAILED or EVICTED
+    one is deployed again as by ``studio serve deploy``. One still deploying, restoring or
+    evicting is a 409: its state is about to change anyway."""
+    from ray import serve
+
+    say = say or (lambda _: None)
+    with session_scope(settings.db_url) as session:
+        row = get_row(session, name)
+        if row is None:
+            raise NotFound(f"no model named {name!r} was deployed at runtime",
+                           "only runtime deployments restart (a serve config model restarts with "
+                           "`studio up`); see GET /api/deployments")
+        status = S(row.status)
+        if status in (S.DEPLOYING, S.RESTORING, S.EVICTING):
+            raise Conflict(f"model {name!r} is {status.value}: it cannot restart now",
+                           "wait until it is ready, failed or evicted (GET /api/deployments), "
+                           "then restart it")
+        recipe = resolve_model_path(ServingRecipe.model_validate(row.recipe))
+        app = row.app_name
+        if status is S.READY:
+            set_status(row, S.RESTORING, f"restarted by {by}")
+    if status is not S.READY:  # FAILED or EVICTED: nothing runs, deploy it again
+        return lifecycle.deploy(settings, recipe, by, say, owner_key_id)
+    lifecycle.sync_router()  # the name now answers 503 "coming back" instead of reaching the replica
+    say(f"deleting Serve application {app} (requests in flight finish first)")
+    try:
+        serve.delete(app, _blocking=True)
+    except TimeoutError:  # still shutting down: start() submits the new one behind it
+        pass
+    return lifecycle.start(settings, recipe, S.RESTORING, say)

@@ -115,3 +115,14 @@ def test_forcing_or_overriding_the_gate_is_an_admins_with_a_reason(client, setti
     assert r.status_code == 200 and r.json()["stage"] == "champion"
     history = client.get("/api/models/rev/promotions", headers=bearer(user_key)).json()
     assert history[-1]["by"] == "root (reason: hotfix for ticket 42)", history
+
+
+def test_a_gate_margin_outside_0_1_is_a_400_naming_it(client, user_key, admin_key, registered):
+    for margin in (1.5, -0.1):
+        r = client.put("/api/models/rev/gate", headers=bearer(user_key), json={"dataset": "digits", "margin": margin})
+        assert "from 0 to 1" in assert_problem(r, 400, f"margin {margin:g} is outside [0, 1]")["fix"]
+    assert client.get("/api/models/rev/gate", headers=bearer(user_key)).json()["gate"] is None  # nothing stored
+    ok = client.put("/api/models/rev/gate", headers=bearer(user_key), json={"dataset": "digits", "margin": 0.05})
+    assert ok.status_code == 200 and ok.json()["gate"]["margin"] == 0.05
+    r = client.post("/api/models/rev@2/promote", headers=bearer(admin_key), json={"margin": 2, "reason": "try"})
+    assert_problem(r, 400, "margin 2 is outside [0, 1]")

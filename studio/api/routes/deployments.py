@@ -2,8 +2,9 @@
 config's models, with live figures per replica (memory, KV cache, running/waiting requests,
 adapters loaded, tokens/s) and the state reported from the row and Serve's replica states
 (``studio.serving.status``: never "ready" with 0 healthy replicas). Deploying and evicting need an admin key: they take or free cluster
-resources. The work is ``studio.serving.lifecycle``'s; it runs off the event loop because a deploy
-waits for the engine to start (bounded by the recipe's ``deploy_timeout_s``)."""
+resources; so does restarting one from its stored recipe. The work is ``studio.serving.lifecycle``'s
+(a restart ``studio.serving.restore``'s); it runs off the event loop because a deploy waits for the
+engine to start (bounded by the recipe's ``deploy_timeout_s``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 from studio.api.deps import AdminDep, KeyDep, SettingsDep
 from studio.errors import Unavailable
 from studio.recipes import with_home_paths
-from studio.serving import lifecycle, status
+from studio.serving import lifecycle, restore, status
 from studio.serving.recipe import ServingRecipe, resolve_model_path
 
 router = APIRouter(prefix="/api/deployments", tags=["serving"])
@@ -60,6 +61,17 @@ async def deploy(recipe: ServingRecipe, request: Request, settings: SettingsDep,
 
 @router.delete("/{name}")
 async def evict(name: str, request: Request, settings: SettingsDep, key: AdminDep) -> dict[str, Any]:
-    """Stop serving a runtime-deployed model: new requests get 404, those in flight finish."""
+    """Stop serving a runtime-deployed model: new requests get 404, those in flight finish. One
+    serving an arm of an active A/B experiment is refused (409 naming it) before Serve is asked."""
+    await asyncio.to_thread(lifecycle.check_evictable, settings, name)
     _router(request)
     return await asyncio.to_thread(lifecycle.evict, settings, name, f"evicted by {key.name}")
+
+
+@router.post("/{name}/restart")
+async def restart(name: str, request: Request, settings: SettingsDep, key: AdminDep) -> dict[str, Any]:
+    """Deploy a runtime model again from its stored recipe; answers once it serves again. A ready
+    one goes ``restoring`` (``/v1`` answers 503 with Retry-After meanwhile); a failed or evicted
+    one is deployed again; one deploying, restoring or evicting is a 409."""
+    _router(request)
+    return await asyncio.to_thread(restore.restart, settings, name, f"restarted by {key.name}", key.id)

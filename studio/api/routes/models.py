@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from studio.api.deps import KeyDep, SessionDep, SettingsDep, UserOrAdminDep
+from studio.api.errors import error_response
 from studio.api.params import Offset
 from studio.api.routes.gateway import served_models
 from studio.access import Forbidden, claim_name, name_owner, owns, principal_id, require_admin
@@ -60,7 +61,8 @@ class GateRequest(BaseModel):
     dataset: str = Field(description="The golden dataset: name, name@N or snapshot id.")
     scorer: dict[str, Any] = Field(default_factory=lambda: {"type": "exact_match"},
                                    description="An EvalSpec scorer whose mean decides.")
-    margin: float = Field(default=0.0, description="Candidate mean minus champion mean must exceed this.")
+    margin: float = Field(default=0.0, description="Candidate mean minus champion mean must exceed this; "
+                          "from 0 to 1 (scores are in [0, 1]; outside: 400).")
     limit: int | None = Field(default=None, gt=0, description="Evaluate only the first N rows.")
     generation: dict[str, Any] = Field(default_factory=dict, description="EvalSpec generation parameters.")
 
@@ -150,8 +152,11 @@ def post_promote(ref: str, body: PromoteRequest, key: UserOrAdminDep, session: S
         return JSONResponse({"promotion": o.as_dict()}, status_code=202)
     if o.outcome == "refused":
         session.commit()  # the refusal is part of the record
-        raise PromotionRefused(f"{o.ref} was not promoted: {o.reason}",
-                               "improve the candidate, lower the gate's margin, or pass force=true")
+        refused = PromotionRefused(f"{o.ref} was not promoted: {o.reason}",
+                                   "improve the candidate, lower the gate's margin, or pass force=true")
+        # The verdict of each check (parity, the eval's means) goes with the refusal, as with a promotion.
+        return error_response(request, refused.status_code, refused.problem, refused.fix,
+                              extra={"promotion": o.as_dict()})
     # MLflow's @champion/@challenger follow, once the promotion is committed and answered.
     background.add_task(mirror_best_effort, settings, mv.name)
     return {**o.version, "promotion": {k: v for k, v in o.as_dict().items() if k != "version"}}
