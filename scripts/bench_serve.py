@@ -3,6 +3,7 @@ Router) vs raw vLLM's own OpenAI server and vs Ray Serve LLM, on the same tiny m
 settings, in one run.
 
     .venv/bin/python scripts/bench_serve.py [--rounds 4] [--requests 192] [--concurrency 8] [--out bench-results/serve.json]
+    .venv/bin/python scripts/bench_serve.py --alone [...]   # each server alone: scripts/bench_serve_alone.py
 
 The three servers run side by side, each idle while another is measured, and the phases are
 interleaved: every round runs each side once (base model only, then 4 adapters mixed) in a rotated
@@ -298,6 +299,12 @@ def promotion_latency(url: str, key: str, home: Path, model_dir: Path, adapters:
 
 
 def main() -> None:
+    if "--alone" in sys.argv[1:]:  # each server alone, started and stopped in turn
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_serve_alone import main as alone
+
+        alone([a for a in sys.argv[1:] if a != "--alone"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--requests", type=int, default=192, help="requests per phase per round")
