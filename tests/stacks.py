@@ -49,7 +49,8 @@ import yaml
 # demo's own checks come last: the last of them stops the stack and finds nothing of it left.
 TINY_STACK_MODULES = ("tests/evals/test_eval_e2e.py", "tests/e2e/test_model_export_e2e.py",
                       "tests/gateway/test_gateway_e2e.py", "tests/batches/test_batch_e2e.py",
-                      "tests/ui/test_stack_walk.py", "tests/e2e/test_demo.py")
+                      "tests/ui/test_stack_walk.py", "tests/loops/test_canary_live.py", "tests/loops/test_loop_e2e.py",
+                      "tests/e2e/test_demo.py")
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # Not in the stack's environment (the stack's own settings come from its home).
 UNSET = ("RAY_ADDRESS", "STUDIO_ADMIN_KEY", "STUDIO_API_KEY", "STUDIO_GATEWAY_URL", "STUDIO_DATABASE_URL",

@@ -156,6 +156,8 @@ ALLOWED = {
                                     "is called",
     "studio/cli/demo/steps.py": "the demo plays an outside user of the studio's OpenAI-compatible /v1 with the "
                                 "official openai client (it calls the studio, never a provider)",
+    "studio/loops/simulate.py": "`studio loop simulate`'s users are outside users of the studio's /v1 with the "
+                                "official openai client (they call the studio, never a provider)",
 }
 
 

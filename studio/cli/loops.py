@@ -194,6 +194,75 @@ def follow_generation(name: str, number: int, timeout_s: float = 0.0, every_s: f
         time.sleep(every_s if not timeout_s else max(0.0, min(every_s, timeout_s - (time.monotonic() - started))))
 
 
+@app.command("simulate")
+def simulate(
+    target: str = typer.Argument(..., help="A loop's name (its served name is asked), a served name or an "
+                                 "experiment alias."),
+    dataset: str = typer.Option(..., "--dataset", help="Prompts and reference answers, e.g. reverse-train "
+                                "(not the gate's golden set: feedback on its prompts is never trained on)."),
+    rate: float = typer.Option(0.3, "--rate", help="Share of answers rated thumbs up or down."),
+    p_up_correct: float = typer.Option(0.85, "--p-up-correct", help="P(thumbs up | right answer)."),
+    p_up_wrong: float = typer.Option(0.15, "--p-up-wrong", help="P(thumbs up | wrong answer)."),
+    scorer: str = typer.Option("exact_match", "--scorer", help="A programmatic scorer: its type "
+                               "(exact_match) or its JSON ('{\"type\": \"regex\", \"pattern\": \"^9\"}')."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the dataset's first N rows (prompts repeat, "
+                                     "so two versions' answers to one prompt pair up as DPO data)."),
+    users: int = typer.Option(100, "--users", help="Simulated users (the `user` of each request)."),
+    requests: int | None = typer.Option(None, "--requests", help="Stop after this many requests."),
+    until_verdict: bool = typer.Option(False, "--until-verdict", help="Follow the loop's active (or next) "
+                                       "generation and stop when it ends."),
+    concurrency: int = typer.Option(4, "--concurrency", help="Requests in flight at once."),
+    seed: int = typer.Option(0, "--seed", help="Seeds prompts, users and ratings: a rerun is the same."),
+    max_tokens: int = typer.Option(32, "--max-tokens", help="max_tokens of each request."),
+    temperature: float = typer.Option(0.0, "--temperature", help="temperature of each request."),
+    timeout_s: float = typer.Option(0.0, "--timeout-s", help="Stop after this many seconds (0: no limit)."),
+) -> None:
+    """Simulated users: send a dataset's prompts to a served name through /v1 (one `user` each),
+    score each answer and rate a share of them on /v1/feedback, so a loop runs without real users."""
+    from studio.gateway.client import resolve_api_key
+    from studio.loops.simulate import SimulateSpec, follow_generation, run_users
+
+    if requests is None and not until_verdict:
+        raise typer.BadParameter("say when to stop: --requests N, --until-verdict, or both")
+    scorer_spec = json.loads(scorer) if scorer.lstrip().startswith("{") else {"type": scorer}
+    settings = settings_with_db()
+    watch = None
+    with session_scope(settings.db_url) as s:
+        served = _served_name(s, target, until_verdict)
+        if until_verdict:
+            watch = follow_generation(s, settings.db_url, target, on_state=lambda n, st: console.print(
+                f"generation {n}: {st}", highlight=False))
+    spec = SimulateSpec(target=served, dataset=dataset, rate=rate, p_up_correct=p_up_correct, p_up_wrong=p_up_wrong,
+                        scorer=scorer_spec, limit=limit, users=users, requests=requests, concurrency=concurrency, seed=seed,
+                        max_tokens=max_tokens, temperature=temperature)
+    console.print(f"simulating {users} users of {served} on {settings.base_url}/v1: {dataset}'s prompts, "
+                  f"{rate:.0%} rated, P(up | right) {p_up_correct:g}, P(up | wrong) {p_up_wrong:g}, seed {seed}",
+                  highlight=False)
+    totals = run_users(settings, spec, api_key=resolve_api_key(), traffic=watch, timeout_s=timeout_s,
+                       on_progress=lambda t: console.print(t.line(), highlight=False))
+    console.print(f"[bold]done[/] ({totals.stopped}): {totals.line().strip()}", highlight=False)
+    if watch is not None and watch.last is not None:
+        console.print(f"loop generation {watch.last[0]}: {watch.last[1]} "
+                      f"(studio loop show {watch.loop_name} -g {watch.last[0]})", highlight=False)
+    if totals.stopped.startswith("timeout") and until_verdict:
+        raise typer.Exit(2)
+
+
+def _served_name(session, target: str, need_loop: bool) -> str:
+    """What the users ask for: a loop's served name when ``target`` names a loop (with
+    ``need_loop``: also the loop on served name ``target``), else ``target`` itself."""
+    from studio.errors import NotFound
+    from studio.loops.repository import get_loop
+    from studio.loops.simulate import find_loop
+
+    if need_loop:
+        return find_loop(session, target).served_name
+    try:
+        return get_loop(session, target).served_name
+    except NotFound:
+        return target
+
+
 @app.command("explain")
 def explain(name: str = typer.Argument(..., help="Loop name."),
             generation: int | None = typer.Option(None, "--generation", "-g", help="Default: the newest."),

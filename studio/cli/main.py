@@ -147,12 +147,15 @@ def _print_services(settings, stack_status) -> None:
 @app.command()
 def demo(exit_at_end: bool = typer.Option(False, "--exit", help="Stop the stack at the end."),
          profile: str = typer.Option("full", "--profile",
-                                     help="full (make demo) or small (fewer rows and steps; the e2e test's)")) -> None:
+                                     help="full (make demo) or small (fewer rows and steps; the e2e test's)"),
+         skip_loop: bool = typer.Option(False, "--skip-loop", help="Leave out the last step: one generation of "
+                                        "the self-driving loop (configs/loops/reverse_tiny.yaml) with simulated "
+                                        "users.")) -> None:
     """Run the studio's main loop on the tiny model: data → eval → SFT → hot-load → eval → promote →
-    A/B + feedback → DPO (see docs/walkthrough.md)."""
+    A/B + feedback → DPO → one generation of the self-driving loop (see docs/walkthrough.md)."""
     from studio.cli.demo import run_demo
 
-    run_demo(exit_at_end=exit_at_end, profile=profile)
+    run_demo(exit_at_end=exit_at_end, profile=profile, skip_loop=skip_loop)
 
 
 def main() -> None:

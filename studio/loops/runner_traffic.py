@@ -5,7 +5,7 @@ resolves an alias before a registry name, so requests for the bare name are spli
 
 CANARY: every pass sets the split of the canary's experiment *absolutely* to the step in force
 (champion 100 − p %, candidate p %; a repeat changes nothing), and at most every
-``RunnerConfig.look_every_s`` builds a look from the raw tables (``looks.build_look``), decides on it
+``canary.look_every_s`` (else ``RunnerConfig.look_every_s``) builds a look from the raw tables (``looks.build_look``), decides on it
 (``stats.decide``) and stores both (``repository.record_look``). The verdict moves the generation:
 promote → PROMOTING; worse, a guardrail, or the deadline → ROLLING_BACK; SRM, no traffic, no
 feedback → PAUSED (the last two resumed by the runner once data flows again); wait → the next
@@ -40,6 +40,11 @@ def canary_alias(ctx: Ctx) -> str:
     return ctx.spec.served_name
 
 
+def look_every_s(ctx: Ctx) -> float:
+    """The loop's ``canary.look_every_s``, else the runner's ``look_every_s``."""
+    return ctx.spec.canary.look_every_s or ctx.config.look_every_s
+
+
 def split(ctx: Ctx, step: int) -> dict[str, float]:
     percent = ctx.spec.canary.steps[step]
     return {ctx.gen.champion: 100.0 - percent, ctx.gen.candidate: percent}
@@ -71,9 +76,9 @@ def canary(ctx: Ctx) -> Step:
     gen, spec, session = ctx.gen, ctx.spec, ctx.session
     changed = ctx.actions.set_split(session, gen.canary_alias, split(ctx, gen.canary_step))
     last = session.scalar(select(func.max(LoopLook.at)).where(LoopLook.generation_id == gen.id))
-    if last is not None and (ctx.now - last).total_seconds() < ctx.config.look_every_s:
-        return Step(False, "split set again" if changed else f"next look {ctx.config.look_every_s:g} s "
-                    f"after {last.isoformat()}")
+    every = look_every_s(ctx)
+    if last is not None and (ctx.now - last).total_seconds() < every:
+        return Step(False, "split set again" if changed else f"next look {every:g} s after {last.isoformat()}")
     try:
         look = build_look(session, gen, ctx.now)
     except (StudioError, *INFRA_ERRORS) as e:
@@ -104,14 +109,14 @@ DATA_PAUSES = (Reason.NO_TRAFFIC.value, Reason.NO_FEEDBACK.value)
 
 def paused(ctx: Ctx) -> Step:
     """A canary paused for no traffic or no feedback resumes when a look no longer says so (a look
-    at most every ``look_every_s``, not stored: the resumed canary's next look is); any other
+    at most every ``look_every_s(ctx)``, not stored: the resumed canary's next look is); any other
     pause (a person's hold, SRM, metric errors) waits for ``studio loop resume``."""
     gen = ctx.gen
     last = repo.transitions(ctx.session, gen.id)[-1]
     if gen.paused_from != State.CANARY.value or last.reason not in DATA_PAUSES or ctx.loop.status != "active":
         return Step(False, f"PAUSED ({last.reason}): held until a person resumes it")
     since = (ctx.now - last.at).total_seconds()
-    if since < ctx.config.look_every_s:
+    if since < look_every_s(ctx):
         return Step(False, f"PAUSED ({last.reason}) {since:.0f} s ago")
     try:
         verdict = decide(build_look(ctx.session, gen, ctx.now), ctx.spec.decision)

@@ -88,6 +88,9 @@ class CanarySpec(Spec):
         description="The candidate's share in percent at each step: strictly increasing, each in (0, 100).")
     min_hold_s: float = Field(default=600.0, ge=0, description="Each step is held at least this long.")
     min_rated_per_arm: int = Field(default=30, ge=1, description="Each step needs this many rated completions per arm.")
+    look_every_s: float | None = Field(
+        default=None, gt=0, description="A look (stored, decided on) at most this often; unset: the runner's "
+        "default (60 s). Any rate is valid: the confidence sequence holds at every look.")
 
     @field_validator("steps")
     @classmethod

@@ -182,7 +182,7 @@ def test_explain_recomputes_every_stored_verdict_from_its_counts(settings):
     gen_id = _new_generation(url)
     _walk(url, gen_id, TO_CANARY)
     rule = _spec().decision
-    looks = [Look(at_s=60.0 * i, weight=0.5, step=0,
+    looks = [Look(at_s=20.0 * i, weight=0.5, step=0,
                   champion=ArmCounts(completions=40 * i, rated=30 * i, thumbs_up=15 * i, latency_p95_ms=90,
                                      tokens_per_answer=8),
                   candidate=ArmCounts(completions=40 * i, rated=30 * i, thumbs_up=21 * i, latency_p95_ms=95,

@@ -36,7 +36,8 @@ TRAIN = TrainSpec(name="svc-dpo", method="dpo", base_model="/models/tiny", data=
 FAST = {"gate.dataset": "golden", "trigger.min_new_rated": 4, "trigger.drift_margin": "null", "canary.steps": "[20, 50]",
         "canary.min_hold_s": 60, "canary.min_rated_per_arm": 8, "decision.min_rated_per_arm": 30,
         "decision.tuning_n": 200, "decision.guardrails.min_completions": 10, "decision.no_traffic_s": 600,
-        "decision.no_feedback_s": 900, "cooldown_s": 0, "train.max_retries": 2}
+        "decision.no_feedback_s": 900, "decision.deadline_s": 1800, "canary.look_every_s": "null", "cooldown_s": 0,
+        "train.max_retries": 2}
 
 
 class EdgeActions(ServiceActions):

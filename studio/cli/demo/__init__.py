@@ -10,10 +10,14 @@ the CLI makes. Walked through by hand in docs/walkthrough.md.
     5  base vs adapter, side by side (live leaderboard; the adapter must reach ≥ 0.9)
     6  promote the adapter through the promotion gate
     7  A/B experiment alias base vs adapter: traffic with the ``openai`` client, feedback on
-       /v1/feedback (correct answers +1, wrong ones -1), exported as a preference snapshot
+       /v1/feedback (correct answers +1, wrong ones -1) on training prompts, exported as a preference
+       snapshot
     8  DPO from that snapshot, starting from the SFT adapter (``init_adapter``); registered as the
        next version, evaluated, and put to the gate against the champion
     9  leaderboard, gateway usage/cost, where everything is
+    10 the self-driving loop (configs/loops/reverse_tiny.yaml): created and triggered over /api/loops,
+       simulated users on /v1 and /v1/feedback until the generation ends PROMOTED, ROLLED_BACK or
+       REFUSED, its timeline and verdict (``--skip-loop`` leaves it out; ``small`` never runs it)
 
 Each step checks its outcome and raises ``DemoError`` (a ``StudioError``) when it did not happen;
 nothing is printed as done that was not done. ``run_demo`` (``studio.cli.demo.run``) returns the numbers it printed (the e2e

@@ -36,11 +36,16 @@ class Profile:
                                       "hyper.learning_rate=0.0002")
     min_adapter_em: float = 0.9
     max_base_em: float = 0.1
+    # Step 10: one generation of the shipped loop (configs/loops/reverse_tiny.yaml) with simulated
+    # users. ``small`` skips it: tests/loops/test_loop_e2e.py runs the same functions on the state the
+    # e2e demo leaves (twice, with a `studio down` / `studio up` in the middle).
+    loop_step: bool = True
+    loop_rate: float = 0.5  # share of the simulated users' answers that are rated
 
 
 PROFILES = {
     "full": Profile(),
-    "small": Profile(n_test=60, eval_limit=40, ab_prompts=12, sft_eval_after=True,
+    "small": Profile(n_test=60, eval_limit=40, ab_prompts=12, sft_eval_after=True, loop_step=False,
                      dpo_overrides=("hyper.max_steps=4", "hyper.batch_size=8", "hyper.logging_steps=2",
                                     "hyper.learning_rate=0.0002")),
 }
@@ -64,5 +69,6 @@ class DemoResult:
     dpo_gate: dict[str, Any] = field(default_factory=dict)
     leaderboard: dict[str, Any] = field(default_factory=dict)
     usage: list[dict[str, Any]] = field(default_factory=list)
+    loop: dict[str, Any] = field(default_factory=dict)  # step 10: the loop generation's verdict and timeline
     step_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0

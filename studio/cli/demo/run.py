@@ -14,11 +14,13 @@ from studio.settings import StudioSettings
 
 
 def run_demo(exit_at_end: bool = False, profile: str = "full",
-             settings: StudioSettings | None = None, serve_config: Path | None = None) -> DemoResult:
+             settings: StudioSettings | None = None, serve_config: Path | None = None,
+             skip_loop: bool = False) -> DemoResult:
     """The demo's steps on ``settings``' stack. ``serve_config``: the Serve config step 0 starts
     (or redeploys) the stack with; it must serve the tiny model at ``$STUDIO_HOME/models/tiny``
     (default: configs/serve/studio.yaml pointed there). The test suite passes its shared tiny-model
-    stack's config, so the demo's stack is that stack."""
+    stack's config, so the demo's stack is that stack. ``skip_loop`` (``--skip-loop``) leaves out
+    step 10, one generation of the shipped self-driving loop (the ``small`` profile never runs it)."""
     if profile not in PROFILES:
         raise StudioError(f"unknown demo profile {profile!r}", f"use one of {', '.join(PROFILES)}")
     if settings is None:
@@ -40,11 +42,16 @@ def run_demo(exit_at_end: bool = False, profile: str = "full",
         demo.step(7, "A/B experiment, feedback, preference export", demo.ab_and_feedback)
         demo.step(8, "DPO from the feedback, starting from the SFT adapter", demo.train_dpo)
         demo.step(9, "leaderboard, usage, where things are", demo.summary)
+        if demo.p.loop_step and not skip_loop:
+            demo.step(10, "the self-driving loop: one generation with simulated users", demo.loop)
         demo.result.seconds = round(time.monotonic() - t_start, 1)
         r = demo.result
         console.rule("[bold]demo finished")
         console.print(f"exact match on reverse-test: tiny {r.base_em:.2f} → {r.sft_version} (SFT) {r.sft_em:.2f} → "
                       f"{r.dpo_version} (DPO) {r.dpo_em:.2f};  done in {r.seconds:.0f} s", highlight=False)
+        if r.loop:
+            console.print(f"loop {r.loop['loop']} generation {r.loop['generation']}: {r.loop['verdict']}",
+                          highlight=False)
         if exit_at_end:
             console.print("stopping the stack (--exit)")
         else:

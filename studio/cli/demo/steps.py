@@ -266,9 +266,11 @@ class Demo:
                     raise DemoError(f"/v1 does not know {ALIAS!r} 30 s after it was created: {e}",
                                     "see the Router's logs in the Ray dashboard (Serve)") from e
                 time.sleep(0.5)
+        # Training prompts, never the held-out test split: this feedback becomes DPO data here and in
+        # the loop (whose snapshot drops every prompt of its gate's golden set, reverse-test).
         rows = [json.loads(x) for x in
-                (self.settings.home_abs / "demo-data" / "reverse_test.jsonl").read_text().splitlines()]
-        rows = rows[-self.p.ab_prompts:]  # away from the rows the evals score first
+                (self.settings.home_abs / "demo-data" / "reverse_train.jsonl").read_text().splitlines()]
+        rows = rows[-self.p.ab_prompts:]
 
         def ask(job: tuple[dict[str, str], float]) -> tuple[str, bool, str]:
             # Greedy and sampled traffic: greedily the adapter is right and the untrained base mostly
@@ -366,6 +368,12 @@ class Demo:
         console.print(f"MLflow         {ui}   (registered model {NAME}, @champion)" if ui else
                       f"MLflow         {s.mlflow}   (browse: mlflow ui --backend-store-uri {s.mlflow})")
         console.print(f"admin key      {s.home_abs / 'admin.key'}")
+
+
+    def loop(self) -> None:
+        from studio.cli.demo.loop_step import run_generation
+
+        self.result.loop = run_generation(self.api, self.settings, self.admin_key, rate=self.p.loop_rate)
 
 
 def _fmt(x: Any, digits: int = 2) -> str:
