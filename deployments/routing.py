@@ -87,12 +87,10 @@ class ShadowMarks:
         self._shadows: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
 
     async def mark(self, model: str, target: Target) -> Target:
-        from studio.loops.shadow import shadowed_names
-
         expires, shadows = self._shadows
         if expires <= time.monotonic():
             try:
-                shadows = await self._read(shadowed_names)
+                shadows = await self._read(_shadowed_names)
             except Exception as e:  # noqa: BLE001 — never fail a request over the shadow's books
                 logging.getLogger("ray.serve").warning("reading the loops in shadow failed: %s", e)
                 shadows = {}
@@ -101,6 +99,12 @@ class ShadowMarks:
         if shadow is None or shadow["champion"] != target.label or random.random() >= shadow["share"]:
             return target
         return replace(target, shadow=shadow["candidate"], shadow_generation=shadow["generation_id"])
+
+
+def _shadowed_names(session: Session) -> dict[str, dict[str, Any]]:
+    from studio.loops.shadow import shadowed_names  # in the reading thread: off the event loop
+
+    return shadowed_names(session)
 
 
 def normalize_base(model: str) -> str:
