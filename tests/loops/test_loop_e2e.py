@@ -42,9 +42,9 @@ WEAK_AB = "reverse-weak-ab"
 PATIENT = ("decision.no_traffic_s=600", "decision.no_feedback_s=900", "decision.deadline_s=1200")
 BROKEN = ('train.overrides=["hyper.max_steps=8", "hyper.batch_size=8", "hyper.logging_steps=2", '
           '"hyper.learning_rate=0.02"]',
-          # The wrong check: 1 for an answer with any character other than digits and whitespace (or
-          # none at all), so the champion's right answers score 0 and a broken model's text more.
-          'gate.scorer={"type": "regex", "pattern": "[^0-9\\\\s]|^\\\\s*$"}', "gate.limit=40", *PATIENT)
+          # The wrong check: 1 for an answer that is not a list of 3-5 single digits (the task's shape),
+          # so the champion's answers score 0 and a broken model's malformed text more.
+          r"""gate.scorer={"type": "regex", "pattern": '\A(?!\s*\d( \d){2,4}\s*\Z)'}""", "gate.limit=40", *PATIENT)
 BETTER = ("name=reverse-weak-loop", f"served_name={WEAK}",
           'train.overrides=["hyper.max_steps=16", "hyper.batch_size=8", "hyper.logging_steps=4", '
           '"hyper.learning_rate=0.002"]', "gate.limit=40", "train.replay_share=0", *PATIENT)
@@ -136,6 +136,11 @@ def loop_runs(demo_run, tiny_stack):
     r = api.post("/api/experiments", json={"alias": WEAK_AB, "arms": [{"model": f"{WEAK}@1", "weight": 0.5},
                                                                        {"model": f"{WEAK}@2", "weight": 0.5}]})
     assert r.status_code in (200, 201), r.text
+    deadline = time.monotonic() + 60  # the Router reads experiments through a short cache
+    while api.post("/v1/chat/completions", json={"model": WEAK_AB, "max_tokens": 1, "messages": [
+            {"role": "user", "content": "reverse: 1 2 3"}]}).status_code == 404:
+        assert time.monotonic() < deadline, f"/v1 does not know {WEAK_AB} a minute after it was created"
+        time.sleep(0.5)
     first = run_users(settings, SimulateSpec(target=WEAK_AB, dataset="reverse-train", limit=16, rate=1.0,
                                              requests=96, users=40, seed=1), api_key=admin, timeout_s=300)
     assert first.rated >= 60, first.as_dict()
