@@ -53,8 +53,18 @@ def create_loop(api: httpx.Client, settings: StudioSettings, recipe: Path = LOOP
 
 
 def trigger(api: httpx.Client, name: str, reason: str = "the demo's last step") -> int:
-    """``POST /api/loops/{name}/trigger``: a generation TRIGGERED now; its number."""
-    gen = _call(api, "POST", f"/api/loops/{name}/trigger", json={"reason": reason})
+    """``POST /api/loops/{name}/trigger``: a generation TRIGGERED now; its number. When the loop's
+    own trigger (enough new ratings) started one first (409), that one."""
+    r = api.post(f"/api/loops/{name}/trigger", json={"reason": reason})
+    if r.status_code == 409:
+        active = _call(api, "GET", f"/api/loops/{name}").get("active_generation")
+        if active:
+            console.print(f"  generation {active['number']} was started by the loop's own trigger "
+                          f"({active['state']})", highlight=False)
+            return active["number"]
+    if r.status_code not in (200, 201):
+        raise DemoError(f"POST /api/loops/{name}/trigger answered {r.status_code}: {r.text[:400]}", "see the message")
+    gen = r.json()
     console.print(f"  generation {gen['number']} TRIGGERED (champion {gen['champion']}); the scheduler's "
                   "runner moves it: snapshot → DPO → gate → canary → verdict", highlight=False)
     return gen["number"]
