@@ -122,7 +122,7 @@ def loop_runs(demo_run, tiny_stack):
         sft = get_version(s, "reverse-tiny@1")
         base_model, sft_uri = sft.base_model, Path(sft.uri)
         test_rows = load_split(resolve_snapshot(s, "reverse-test").snapshot.uri).to_pylist()
-    for scale in (0.5, 0.35, 0.25, 0.15):
+    for scale in (0.7, 0.55, 0.45, 0.35, 0.25, 0.15):  # the largest scale that is weak enough
         weak_dir = _scaled_adapter(sft_uri, home / "models" / f"reverse-weak-{scale}", scale)
         weak_em = exact_match(base_model, str(weak_dir), test_rows, limit=30)["exact_match"]
         print(f"LoRA B x {scale}: exact match {weak_em:.2f}")
