@@ -159,12 +159,39 @@ class HttpScorer(ScorerBase):
         return headers_env
 
 
+class LmEvalScorer(ScorerBase):
+    type: Literal["lm_eval"] = Field(description="An lm-evaluation-harness task run against each model through "
+                                     "the studio's own gateway (studio.evals.harness); one result per document.")
+    name: str | None = Field(default=None, description="Key of this scorer's results; default: the task's name.")
+    task: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=200,
+                      description="An lm-eval task, group or tag name (`lm_eval ls tasks`), or a task shipped in "
+                      "configs/eval/tasks/ (e.g. reverse_tiny); a name, never a path.")
+    metric: str | None = Field(default=None, description="The per-document metric stored as the score; default: "
+                               "the task's first metric (e.g. exact_match, acc).")
+    filter: str | None = Field(default=None, description="Which of the task's filters' results is scored; default: "
+                               "its first (`none` when the task has no filter).")
+    model_type: Literal["local-chat-completions", "local-completions"] = Field(
+        default="local-chat-completions",
+        description="lm-eval's model type: chat messages to /chat/completions (the chat template is the served "
+        "model's), or raw prompts to /completions. Both generate only: loglikelihood and multiple-choice tasks "
+        "need the prompt's token log-probabilities, which the gateway does not return.")
+    num_fewshot: int | None = Field(default=None, ge=0, le=64, description="Few-shot examples per prompt; "
+                                    "default: the task's own.")
+
+
 ScorerSpec = Annotated[ExactMatchScorer | RegexScorer | JsonScorer | NumericScorer | EmbeddingScorer
-                       | JudgeScorer | HttpScorer, Field(discriminator="type")]
+                       | JudgeScorer | HttpScorer | LmEvalScorer, Field(discriminator="type")]
 
 
 def scorer_name(s: Any) -> str:
+    if s.type == "lm_eval":
+        return s.name or s.task
     return s.name or s.type
+
+
+def is_lm_eval(s: Any) -> bool:
+    """A scorer that reads its own documents (an lm-eval task), not the eval's dataset rows."""
+    return s.type == "lm_eval"
 
 
 def needs_reference(s: Any) -> bool:

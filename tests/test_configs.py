@@ -46,9 +46,23 @@ def _validate_data(path: Path) -> None:
     load_recipe(path, SynthSpec if path.name.startswith("synth") else CurateSpec)
 
 
+def _validate_eval(path: Path) -> None:
+    from studio.evals.spec import EvalSpec
+
+    if path.parent.name != "tasks":
+        load_recipe(path, EvalSpec)
+        return
+    # an lm-evaluation-harness task the lm_eval scorer runs: it loads, with its documents, as lm-eval reads it
+    from lm_eval.tasks import TaskManager
+
+    task = path.stem  # each file is named after its task
+    loaded = TaskManager(include_path=str(path.parent), include_defaults=False).load([task])["tasks"][task]
+    assert loaded.OUTPUT_TYPE == "generate_until" and len(list(loaded.test_docs())) > 0
+
+
 VALIDATORS = {
     "data": _validate_data,
-    "eval": lambda p: load_recipe(p, __import__("studio.evals.spec", fromlist=["EvalSpec"]).EvalSpec),
+    "eval": _validate_eval,
     "gateway.yaml": _validate_gateway,
     "loops": lambda p: __import__("studio.loops.spec", fromlist=["load_loop_recipe"]).load_loop_recipe(p),
     "models": lambda p: load_recipe(p, TinyModelSpec),

@@ -62,6 +62,10 @@ def watch(settings, eval_id: int) -> int:
             if ev.kind == "status":
                 status = ev.data["status"]
                 console.print(f"[{status}] {ev.data['reason']}", highlight=False)
+            elif ev.kind == "task":
+                d = ev.data
+                console.print(f"lm-eval task {d['task']} on {d['model']}: {d['docs']} documents in "
+                              f"{d['seconds']:.1f} s", highlight=False)
             elif ev.kind == "leaderboard":
                 p = ev.data["progress"]
                 live.update(leaderboard_tables(ev.data, f"eval {eval_id} · {status} · {p['text']}"))
@@ -86,7 +90,7 @@ def run_cmd(
     from studio import stack
     from studio.evals.queue import enqueue_eval
     from studio.evals.run import create_here, run_job
-    from studio.evals.spec import EvalSpec
+    from studio.evals.spec import EvalSpec, runs_lm_eval
     from studio.recipes import load_recipe
 
     settings = settings_with_db()
@@ -98,7 +102,8 @@ def run_cmd(
         else:
             with session_scope(settings.db_url) as s:
                 eval_id = enqueue_eval(s, spec, submitted_by=by).id
-    console.print(f"eval [bold]{eval_id}[/]: {', '.join(spec.models)} on {spec.dataset}", highlight=False)
+    on = "lm-eval " + ", ".join(s.task for s in spec.scorers) if runs_lm_eval(spec) else spec.dataset
+    console.print(f"eval [bold]{eval_id}[/]: {', '.join(spec.models)} on {on}", highlight=False)
     if here:
         if watch_:
             import threading

@@ -3,7 +3,7 @@
 
 Everything that can be known before a run starts is checked here, so a bad spec never becomes a
 job: the dataset exists and has rows, scorers that need a reference get one, every model (and
-judge) is a name the gateway serves, a JSON schema is a valid schema."""
+judge) is a name the gateway serves, a JSON schema is a valid schema, an lm_eval task exists."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from studio.errors import NotFound, StudioError
 from studio.evals.data import load_datapoints
-from studio.evals.spec import EvalResult, EvalSpec, stored_spec
+from studio.evals.spec import EvalResult, EvalSpec, runs_lm_eval, stored_spec
 from studio.jobs.status import create_job
 from studio.scorer_specs import check_http_scorer, needs_reference, scorer_name
 from studio.store.models import Job
@@ -38,7 +38,10 @@ def gateway_models() -> list[str]:
 def preflight(session: Session, spec: EvalSpec,
               models_available: Callable[[], list[str]] | None = gateway_models) -> dict[str, Any]:
     """Refuse a spec that cannot run (``StudioError`` naming the problem and the fix); return what
-    it resolved: ``{"dataset": name@N or snapshot id, "snapshot_id", "rows"}``."""
+    it resolved: ``{"dataset": name@N or snapshot id, "snapshot_id", "rows"}`` (lm_eval: the
+    dataset only when one is given, no rows: the tasks' documents are counted when they run)."""
+    if runs_lm_eval(spec):
+        return _preflight_lm_eval(session, spec, models_available)
     ref, points = load_datapoints(session, spec)
     where = f"dataset {spec.dataset!r} (split {spec.split}{f', limit {spec.limit}' if spec.limit else ''})"
     if not points:
@@ -62,6 +65,26 @@ def preflight(session: Session, spec: EvalSpec,
             except jsonschema.SchemaError as e:
                 raise StudioError(f"scorer {scorer_name(s)!r}: the JSON schema is invalid: {e.message}",
                                   "fix the schema") from e
+    _check_models(spec, models_available)
+    dataset = f"{ref.name}@{ref.version}" if ref.name else ref.snapshot.id
+    return {"dataset": dataset, "snapshot_id": ref.snapshot.id, "rows": len(points)}
+
+
+def _preflight_lm_eval(session: Session, spec: EvalSpec,
+                       models_available: Callable[[], list[str]] | None) -> dict[str, Any]:
+    from studio.data.snapshots import resolve_snapshot
+    from studio.evals.harness import check_tasks
+
+    check_tasks(spec)
+    _check_models(spec, models_available)
+    if spec.dataset is None:
+        return {"dataset": None, "snapshot_id": None, "rows": None}
+    ref = resolve_snapshot(session, spec.dataset)  # recorded (a gate's golden dataset), not read
+    return {"dataset": f"{ref.name}@{ref.version}" if ref.name else ref.snapshot.id,
+            "snapshot_id": ref.snapshot.id, "rows": None}
+
+
+def _check_models(spec: EvalSpec, models_available: Callable[[], list[str]] | None) -> None:
     if models_available is not None:
         served = set(models_available())
         wanted = list(spec.models) + [s.model for s in spec.scorers if s.type == "judge"]
@@ -70,8 +93,6 @@ def preflight(session: Session, spec: EvalSpec,
             raise NotFound(f"the gateway serves no model named {', '.join(map(repr, unknown))}",
                            f"use one of: {', '.join(sorted(served)) or '(none)'}; name@N for a registry "
                            "version (see `studio models ls`)")
-    dataset = f"{ref.name}@{ref.version}" if ref.name else ref.snapshot.id
-    return {"dataset": dataset, "snapshot_id": ref.snapshot.id, "rows": len(points)}
 
 
 def _pinned_version_of(model: str, served: set[str]) -> bool:
@@ -94,8 +115,12 @@ def enqueue_eval(session: Session, spec: EvalSpec, submitted_by: str | None,
     job = create_job(session, name=spec.name, spec=pinned.model_dump(mode="json", by_alias=True),
                      max_retries=spec.max_retries, submitted_by=submitted_by, kind=KIND,
                      owner_key_id=owner_key_id)
+    if resolved["rows"] is not None:
+        total = resolved["rows"] * len(spec.models)
+    else:  # lm_eval: at most limit documents per task and model; unknown without a limit
+        total = spec.limit * len(spec.models) * len(spec.scorers) if spec.limit else None
     job.result = EvalResult(snapshot_id=resolved["snapshot_id"], rows=resolved["rows"], done=0,
-                            total=resolved["rows"] * len(spec.models)).dump()
+                            total=total).dump()
     session.flush()
     return job
 
@@ -121,5 +146,5 @@ def list_evals(session: Session, limit: int = 100, offset: int = 0, dataset: str
     stmt = select(Job).where(Job.kind == KIND).order_by(Job.id.desc()).limit(limit).offset(offset)
     jobs = list(session.scalars(stmt))
     if dataset:
-        jobs = [j for j in jobs if stored_spec(j).dataset.partition("@")[0] == dataset.partition("@")[0]]
+        jobs = [j for j in jobs if (stored_spec(j).dataset or "").partition("@")[0] == dataset.partition("@")[0]]
     return jobs

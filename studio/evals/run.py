@@ -22,7 +22,7 @@ from studio.errors import StudioError
 from studio.evals.leaderboard import run_leaderboard
 from studio.evals.queue import KIND, enqueue_eval
 from studio.evals.runner import EvalRun, RunCancelled
-from studio.evals.spec import EvalSpec
+from studio.evals.spec import EvalSpec, runs_lm_eval
 from studio.jobs.driver import EXIT_FAILED, EXIT_REFUSED, JobDriver, ray_submission_id
 from studio.jobs.status import IllegalTransition, JobStatus, transition
 from studio.recipes import load_recipe
@@ -48,8 +48,13 @@ def claim(db_url: str, job_id: int) -> EvalSpec:
         spec = EvalSpec.model_validate(job.spec)
         attempt = d.claim(s, job, "eval entrypoint started")
         transition(s, job_id, JobStatus.RUNNING,
-                   f"evaluating {len(spec.models)} model(s) on {spec.dataset}, attempt {attempt}")
+                   f"evaluating {len(spec.models)} model(s) on "
+                   f"{_tasks(spec) if runs_lm_eval(spec) else spec.dataset}, attempt {attempt}")
         return spec
+
+
+def _tasks(spec: EvalSpec) -> str:
+    return "lm-eval task(s) " + ", ".join(s.task for s in spec.scorers)
 
 
 def create_here(db_url: str, spec: EvalSpec, by: str, models_available: Any = "gateway") -> int:
@@ -94,7 +99,13 @@ def _run_job(settings: StudioSettings, job_id: int, client: Any,
 
         client = Client(service="eval", job_id=f"eval-{job_id}", max_concurrency=spec.concurrency)
     try:
-        summary = asyncio.run(EvalRun(settings.db_url, job_id, spec, client, on_result=on_result).run())
+        if runs_lm_eval(spec):
+            from studio.evals.harness import LmEvalRun
+
+            run = LmEvalRun(settings.db_url, job_id, spec, client)
+        else:
+            run = EvalRun(settings.db_url, job_id, spec, client, on_result=on_result)
+        summary = asyncio.run(run.run())
         # Committed before the leaderboard is computed: the event says when answering ended.
         driver(settings.db_url, job_id).to(JobStatus.CHECKPOINTING,
                                            "all datapoints answered and scored; writing the leaderboard")
@@ -102,8 +113,9 @@ def _run_job(settings: StudioSettings, job_id: int, client: Any,
             job = s.get(Job, job_id)
             board = run_leaderboard(s, job)
             job.result = {**(job.result or {}), **summary, "leaderboard": board}
-            transition(s, job_id, JobStatus.SUCCEEDED, f"{summary['rows']} rows × {len(spec.models)} models "
-                       f"in {time.monotonic() - t0:.0f} s")
+            what = (f"{summary['answered']} task documents answered" if runs_lm_eval(spec)
+                    else f"{summary['rows']} rows × {len(spec.models)} models")
+            transition(s, job_id, JobStatus.SUCCEEDED, f"{what} in {time.monotonic() - t0:.0f} s")
         say(f"eval {job_id} SUCCEEDED: {summary}")
         return 0
     except (RunCancelled, IllegalTransition) as e:

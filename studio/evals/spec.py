@@ -1,7 +1,8 @@
 """``EvalSpec``: one schema for an evaluation, shared by ``configs/eval/*.yaml``, ``studio eval run``
 and ``POST /api/evals``. Its scorers are the tagged union of ``studio.scorer_specs`` (``ScorerSpec``);
 each has a ``name`` (default: its type) that keys its results, so two scorers of one type need two
-names."""
+names. ``lm_eval`` scorers read their tasks' own documents, not dataset rows: an eval of them alone
+needs no dataset, and they are not mixed with the other scorers in one eval."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydantic import Field, model_validator
 
 from studio.jobs.results import JobResult
 from studio.recipes import Spec
-from studio.scorer_specs import JudgeScorer, ScorerSpec, scorer_name
+from studio.scorer_specs import JudgeScorer, ScorerSpec, is_lm_eval, scorer_name
 
 
 class GenerationParams(Spec):
@@ -31,17 +32,22 @@ class EvalSpec(Spec):
     """An evaluation: models × a dataset snapshot × scorers."""
 
     name: str = Field(default="eval", min_length=1, max_length=128, description="A label for listings.")
-    dataset: str = Field(min_length=1, description="Dataset: name (newest version), name@N or a snapshot id. "
-                         "Pinned to name@N when the run is queued.")
+    dataset: str | None = Field(default=None, min_length=1, description="Dataset: name (newest version), name@N "
+                                "or a snapshot id. Pinned to name@N when the run is queued. Optional when every "
+                                "scorer is lm_eval (their tasks carry their documents; a dataset given then is "
+                                "only recorded, e.g. a promotion gate's golden dataset).")
     split: Literal["all", "train", "validation"] = Field(default="all", description="Which rows of the snapshot.")
     validation_ratio: float = Field(default=0.0, ge=0, lt=1, description="Split ratio (as in training), "
                                     "for split train/validation.")
     seed: int = Field(default=0, description="Split seed (as in training).")
-    limit: int | None = Field(default=None, gt=0, description="Evaluate only the first N rows.")
+    limit: int | None = Field(default=None, gt=0, description="Evaluate only the first N rows (lm_eval: the "
+                              "first N documents of each task).")
     models: list[str] = Field(min_length=1, description="Model names the gateway serves: bases, registry "
                               "names, name@N, experiment aliases, external groups.")
-    system_prompt: str | None = Field(default=None, description="Prepended as a system message to every prompt.")
-    generation: GenerationParams = Field(default_factory=GenerationParams, description="Sampling parameters.")
+    system_prompt: str | None = Field(default=None, description="Prepended as a system message to every prompt "
+                                      "(lm_eval: its system_instruction).")
+    generation: GenerationParams = Field(default_factory=GenerationParams, description="Sampling parameters "
+                                         "(lm_eval tasks use their own generation_kwargs).")
     scorers: list[ScorerSpec] = Field(min_length=1, description="How each answer is scored.")
     concurrency: int = Field(default=16, gt=0, le=1024, description="Completions in flight at once for this "
                              "run (all models together); the engine batches them.")
@@ -51,6 +57,14 @@ class EvalSpec(Spec):
     def _unique(self) -> EvalSpec:
         if len(set(self.models)) != len(self.models):
             raise ValueError("models lists a name twice; list each model once")
+        harness = [scorer_name(s) for s in self.scorers if is_lm_eval(s)]
+        if harness and len(harness) != len(self.scorers):
+            other = next(scorer_name(s) for s in self.scorers if not is_lm_eval(s))
+            raise ValueError(f"lm_eval scorer {harness[0]!r} reads its task's own documents and scorer {other!r} "
+                             "the dataset's rows: queue them as two evals")
+        if not harness and self.dataset is None:
+            raise ValueError("dataset is required: the scorers score the dataset's rows (only an eval of "
+                             "lm_eval scorers alone needs none)")
         names = [scorer_name(s) for s in self.scorers]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -73,6 +87,14 @@ class EvalResult(JobResult):
     done: int = Field(default=0, description="Answers stored when the run was queued (0).")
     total: int | None = Field(default=None, description="Answers the run gives: rows × models.")
     leaderboard: dict[str, Any] | None = Field(default=None, description="Written when it succeeds.")
+    lm_eval: list[dict[str, Any]] | None = Field(
+        default=None, description="lm_eval scorers: one entry per task × model as each ends (scorer, task, model, "
+        "docs, seconds, and lm-eval's own aggregates per task: results[task][metric,filter], with its stderr).")
+
+
+def runs_lm_eval(spec: EvalSpec) -> bool:
+    """The eval runs lm-evaluation-harness tasks (its scorers are all lm_eval), not dataset rows."""
+    return is_lm_eval(spec.scorers[0])
 
 
 def stored_spec(job: Any) -> EvalSpec:

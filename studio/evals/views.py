@@ -185,13 +185,14 @@ def results_page(session: Session, job: Job, *, limit: int = 50, offset: int = 0
 
 
 class EvalPoller:
-    """``status`` on every transition, ``result`` per stored answer, ``leaderboard`` after each
-    batch of new answers, ``end`` once nothing more will happen."""
+    """``status`` on every transition, ``task`` per lm-eval task × model done (``result.lm_eval``),
+    ``result`` per stored answer, ``leaderboard`` after each batch of new answers, ``end`` once
+    nothing more will happen."""
 
     def __init__(self, db_url: str, eval_id: int, max_results: int = 200):
         self.db_url, self.eval_id, self.max_results = db_url, eval_id, max_results
         self.done = self.busy = False
-        self._last_event, self._last_output = 0, 0
+        self._last_event, self._last_output, self._tasks = 0, 0, 0
 
     def poll(self) -> list[FollowEvent]:
         out = []
@@ -202,6 +203,10 @@ class EvalPoller:
                 self._last_event = e.id
                 out.append(FollowEvent("status", {"status": e.to_status, "reason": e.reason,
                                                   "at": e.at.isoformat()}))
+            tasks = EvalResult.of(job).lm_eval or []
+            for entry in tasks[self._tasks:]:
+                out.append(FollowEvent("task", entry))
+            self._tasks = len(tasks)
             new = results_page(s, job, limit=self.max_results, after_id=self._last_output)
             for r in new:
                 self._last_output = r.id

@@ -198,6 +198,12 @@ class Client:
         self._async_lock = threading.Lock()
         self._sync_sem = threading.BoundedSemaphore(max_concurrency) if max_concurrency else None
 
+    def http_target(self) -> tuple[str, dict[str, str]]:
+        """(base URL, headers) of this client's calls, for an OpenAI-compatible client the studio
+        does not own (lm-evaluation-harness): its calls then carry this client's key and tags."""
+        options = self._sdk_options()
+        return self.base_url, {"Authorization": f"Bearer {options['api_key']}", **options["default_headers"]}
+
     # -- plumbing ---------------------------------------------------------------------------
     def _sdk_options(self) -> dict[str, Any]:
         if self._api_key is None:

@@ -11,7 +11,7 @@ from typing import Any
 from studio.evals.scorers import embedding, http, judge, programmatic
 from studio.evals.scorers.base import Datapoint, ScoreResult
 from studio.evals.spec import EvalSpec
-from studio.scorer_specs import scorer_name
+from studio.scorer_specs import is_lm_eval, scorer_name
 
 __all__ = ["Datapoint", "ScoreResult", "build_scorers", "is_pairwise"]
 
@@ -26,5 +26,6 @@ def is_pairwise(spec: Any) -> bool:
 
 def build_scorers(spec: EvalSpec, client: Any = None) -> dict[str, Any]:
     """Scorer name → scorer object, in the spec's order (each scorer spec ``build``s its own).
-    ``client`` (a gateway Client) is needed only by judges."""
-    return {scorer_name(s): s.build(client) for s in spec.scorers}
+    ``client`` (a gateway Client) is needed only by judges. lm_eval scorers are no per-answer scorers
+    (``studio.evals.harness`` runs them)."""
+    return {scorer_name(s): s.build(client) for s in spec.scorers if not is_lm_eval(s)}
