@@ -227,8 +227,12 @@ class LmEvalRun:
         rows: list[Any] = []
         seen: set[tuple[str, int]] = set()
         for task, samples in sorted((out.get("samples") or {}).items()):
-            for i, sample in enumerate(samples):
-                chosen_filter = scorer.filter or samples[0].get("filter")
+            chosen_filter = scorer.filter or (samples[0].get("filter") if samples else None)
+            filters = sorted({str(x.get("filter")) for x in samples})
+            if samples and chosen_filter not in filters:
+                raise StudioError(f"lm_eval scorer {name!r}: task {task!r} has no filter {chosen_filter!r}",
+                                  f"use one of {', '.join(filters)} (or leave filter out: the first)")
+            for sample in samples:
                 if sample.get("filter") != chosen_filter or (task, sample["doc_id"]) in seen:
                     continue
                 seen.add((task, sample["doc_id"]))

@@ -78,7 +78,7 @@ export async function evalsPage(main) {
       const rows = await get(`/api/evals?limit=${PAGE + 1}&offset=${offset}`);
       list.replaceChildren(table([
         { title: "Run", cell: (r) => h("a", { href: `#/evals/${r.id}` }, `#${r.id}`) },
-        { title: "Name", cell: (r) => r.name }, { title: "Dataset", cell: (r) => r.dataset },
+        { title: "Name", cell: (r) => r.name }, { title: "Dataset", cell: (r) => r.dataset || "— (lm-eval)" },
         { title: "Models", cell: (r) => (r.models || []).join(", ") },
         { title: "Scorers", cell: (r) => (r.scorers || []).join(", ") },
         { title: "State", cell: (r) => badge(r.status) },
@@ -150,7 +150,7 @@ export async function evalPage(main, id) {
         for (const m of run.models || []) modelFilter.append(h("option", { value: m }, m));
       }
       fill(head, h("h1", {}, `Evaluation #${run.id} · ${run.name} `, badge(run.status)),
-        h("p", { class: "muted" }, `${(run.models || []).join(" vs ")} on ${run.dataset} · scorers ${(run.scorers || []).join(", ")} · by ${run.submitted_by || "?"}`),
+        h("p", { class: "muted" }, `${(run.models || []).join(" vs ")} on ${run.dataset || "lm-eval tasks"} · scorers ${(run.scorers || []).join(", ")} · by ${run.submitted_by || "?"}`),
         progressBar(run.progress), run.error ? h("p", { class: "err" }, run.error) : null,
         done ? null : owns(run.owner_key_id) ? h("button", { class: "danger", id: "ev-cancel", onclick: async () => {
           try { await post(`/api/evals/${id}/cancel`); banner("Cancel requested.", "info"); } catch (e) { showError(e); }
