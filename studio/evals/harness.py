@@ -45,6 +45,11 @@ from studio.store.models import EvalOutput, EvalScore, Job
 logger = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval" / "tasks"
+
+
+def _own_dirs() -> list[Path]:
+    # A studio installed without its repository (a wheel on a cluster node) has no configs/.
+    return [TASKS_DIR] if TASKS_DIR.is_dir() else []
 # Datapoint numbers of the k-th lm_eval scorer start at k * DOCS_PER_SCORER (a task's doc ids are below).
 DOCS_PER_SCORER = 1_000_000
 GENERATE = "generate_until"
@@ -106,7 +111,7 @@ def task_index() -> dict[str, str | None]:
     from lm_eval.tasks._index import TaskIndex
 
     index = dict(_builtin_index(lm_eval.__version__, str(Path(lm_eval.__file__).parent)))
-    index.update(_output_types(TaskIndex.build([TASKS_DIR])))
+    index.update(_output_types(TaskIndex.build(_own_dirs())))
     return index
 
 
@@ -193,9 +198,9 @@ class LmEvalRun:
         from lm_eval.tasks._index import TaskIndex
 
         # lm-eval's own index costs 10-25 s to build: only when a task is not one of the studio's.
-        own = TaskIndex.build([TASKS_DIR])
+        own = TaskIndex.build(_own_dirs())
         defaults = any(s.task not in own for s in self.spec.scorers)
-        return TaskManager(include_path=str(TASKS_DIR), include_defaults=defaults)
+        return TaskManager(include_path=[str(d) for d in _own_dirs()] or None, include_defaults=defaults)
 
     def _model(self, scorer: Any, model: str) -> Any:
         from lm_eval.models.openai_completions import LocalChatCompletion, LocalCompletionsAPI
