@@ -41,7 +41,7 @@ WEAK_AB = "reverse-weak-ab"
 # Every generation here: no pause for missing traffic while the other trains and the stack restarts, and a
 # deadline (keep the champion) that a clear verdict never reaches but that bounds a wrong run.
 # ... and started by hand only (the users' ratings would fire the data trigger on their own).
-PATIENT = ("decision.no_traffic_s=300", "decision.no_feedback_s=360", "decision.deadline_s=480",
+PATIENT = ("decision.no_traffic_s=600", "decision.no_feedback_s=660", "decision.deadline_s=900",
            "trigger.min_new_rated=null", "trigger.drift_margin=null")
 BROKEN = ('train.overrides=["hyper.max_steps=8", "hyper.batch_size=8", "hyper.logging_steps=2", '
           '"hyper.learning_rate=0.02"]',
