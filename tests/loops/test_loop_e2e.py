@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,7 +112,7 @@ def loop_runs(demo_run, tiny_stack):
     from studio.registry.versions import get_version, promote, register_version
     from studio.loops.simulate import SimulateSpec, run_users
     from studio.train.evaluate import exact_match
-    from tests.e2e.test_stack import run
+    from tests.e2e.test_stack import REPO, STUDIO, run
     from tests.stacks import UNSET
 
     tiny_stack.ensure()
@@ -162,30 +163,47 @@ def loop_runs(demo_run, tiny_stack):
         broken = loop_step.create_loop(api, settings, overrides=BROKEN)
         better = loop_step.create_loop(api, settings, overrides=BETTER)
     champions = {broken: api.get("/api/models/reverse-tiny").json(), better: None}
-    gens = {broken: loop_step.trigger(api, broken), better: loop_step.trigger(api, better)}
+    # The shipped loop's generation is started with issue 23's "done when" command, which follows
+    # it (reading the database, so it outlives the restart) until its verdict.
+    follow = subprocess.Popen([STUDIO, "loop", "run", broken, "--follow", "--timeout-s", "1500"], env=tiny_stack.env,
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        gens = {better: loop_step.trigger(api, better)}
+        deadline = time.monotonic() + 60
+        while not (active := api.get(f"/api/loops/{broken}").json().get("active_generation")):
+            assert follow.poll() is None and time.monotonic() < deadline, follow.stdout.read() if follow.stdout else ""
+            time.sleep(0.5)
+        gens = {broken: active["number"], **gens}
 
-    in_canary = _wait_for(api, gens, {"CANARY"})
-    timings["both in canary"] = time.monotonic() - t0
-    before = {n: {"jobs": _train_jobs(settings, n, gens[n]), "arms": _arms(settings, d["canary_alias"]),
-                  "transitions": len(d["transitions"])} for n, d in in_canary.items()}
+        in_canary = _wait_for(api, gens, {"CANARY"})
+        timings["both in canary"] = time.monotonic() - t0
+        before = {n: {"jobs": _train_jobs(settings, n, gens[n]), "arms": _arms(settings, d["canary_alias"]),
+                      "transitions": len(d["transitions"])} for n, d in in_canary.items()}
 
-    # The restart, in the middle of both canaries.
-    for cmd in (["down"], ["up", "--config", str(tiny_stack.config)]):
-        r = run(cmd, tiny_stack.env, timeout=600)
-        assert r.returncode == 0, r.stdout + r.stderr
-    timings["down/up"] = time.monotonic() - t0
-    after_up = {n: _generation(api, n, gens[n]) for n in gens}
-    for n, d in after_up.items():
-        before[n]["arms_after_up"] = _arms(settings, d["canary_alias"])
+        # The restart, in the middle of both canaries.
+        for cmd in (["down"], ["up", "--config", str(tiny_stack.config)]):
+            r = run(cmd, tiny_stack.env, timeout=600)
+            assert r.returncode == 0, r.stdout + r.stderr
+        timings["down/up"] = time.monotonic() - t0
+        after_up = {n: _generation(api, n, gens[n]) for n in gens}
+        for n, d in after_up.items():
+            before[n]["arms_after_up"] = _arms(settings, d["canary_alias"])
 
-    with ThreadPoolExecutor(2) as pool:
-        users = dict(zip(gens, pool.map(lambda n: loop_step.users_until_verdict(
-            settings, admin, n, gens[n], rate=1.0, seed=2, timeout_s=600, users=60), gens)))
-    docs = {n: loop_step.timeline(api, n, gens[n]) for n in gens}
-    timings["verdicts"] = time.monotonic() - t0
-    print("loop e2e timings (s since start): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    yield {"api": api, "settings": settings, "gens": gens, "docs": docs, "before": before, "after_up": after_up,
-           "users": users, "broken": broken, "better": better, "champions": champions, "weak_em": weak_em}
+        with ThreadPoolExecutor(2) as pool:
+            users = dict(zip(gens, pool.map(lambda n: loop_step.users_until_verdict(
+                settings, admin, n, gens[n], rate=1.0, seed=2, timeout_s=600, users=60), gens)))
+        docs = {n: loop_step.timeline(api, n, gens[n]) for n in gens}
+        followed = follow.communicate(timeout=120)[0]
+        print(followed)
+        timings["verdicts"] = time.monotonic() - t0
+        print("loop e2e timings (s since start): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+        yield {"api": api, "settings": settings, "gens": gens, "docs": docs, "before": before, "after_up": after_up,
+               "users": users, "broken": broken, "better": better, "champions": champions, "weak_em": weak_em,
+               "followed": (follow.returncode, followed)}
+    finally:
+        if follow.poll() is None:  # the fixture failed before the verdict: leave no follower behind
+            follow.kill()
+            follow.wait()
     api.close()
 
 
@@ -232,6 +250,10 @@ def test_a_broken_candidate_is_rolled_back(loop_runs):
     print(f"users: {users.line()}")
     assert doc["state"] == "ROLLED_BACK", [(t["to_state"], t["reason"], t["detail"]) for t in doc["transitions"]]
     _survived_the_restart(loop_runs, name)
+    # `studio loop run reverse-tiny-loop --follow` printed the timeline through the restart to the verdict.
+    code, followed = loop_runs["followed"]
+    assert code == 0 and f"generation {doc['number']}: ROLLED_BACK" in followed, followed
+    assert "CANARY" in followed and "look: step" in followed
     rollback = [t for t in doc["transitions"] if t["to_state"] == "ROLLING_BACK"][-1]
     assert rollback["reason"] in ("verdict_rollback", "guardrail"), rollback
     model = loop_runs["api"].get("/api/models/reverse-tiny").json()
