@@ -37,6 +37,9 @@ def request_cancel(session: Session, job_id: int, by: str | None, key: ApiKey | 
     job = get_job(session, job_id)
     if key is not None:
         require_owner(key, job.owner_key_id, f"{job.kind} job {job_id}", "cancel it")
+    if job.parent_id is not None:  # its Ray Job is the sweep's: stopping it would stop every trial
+        raise Conflict(f"job {job_id} is a trial of sweep {job.parent_id}; a trial is cancelled with its sweep",
+                       f"cancel the sweep: studio jobs cancel {job.parent_id} (POST /api/jobs/{job.parent_id}/cancel)")
     status = JobStatus(job.status)
     who = f" by {by}" if by else ""
     if status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED) or (status is JobStatus.FAILED and not will_retry(job)):

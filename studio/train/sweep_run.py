@@ -69,7 +69,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """One trial: a child training job trained by Ray Train, its metric reported to Tune."""
     import ray.tune
 
-    from studio.train.run import fail, failure_reason, train_on_ray
+    from studio.train.run import fail, failure_reason, start_rollout, train_on_ray
 
     os.environ.update(ctx["env"])  # this actor's settings are the sweep's
     settings = StudioSettings()
@@ -100,14 +100,21 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         s.get(Job, job_id).mlflow_run_id = run_id
         transition(s, job_id, JobStatus.RUNNING, f"Ray Train: {spec.resources.num_workers} worker(s), "
                    f"{', '.join(f'{k}={v!r}' for k, v in params.items())}")
-    worker = WorkerJob(spec=dumped, base_model=inputs.base_model, snapshot_uri=inputs.snapshot_uri, job_id=job_id,
-                       attempt=1, db_url=settings.db_url, mlflow_uri=settings.mlflow, mlflow_run_id=run_id,
-                       init_adapter=inputs.init_adapter_uri, eval_snapshot_uri=inputs.eval_snapshot_uri)
     trial = JobDriver(settings.db_url, job_id, kind="train")
+    rollout = None
     try:
         with trial.beating(settings.job_heartbeat_s):
-            result = train_on_ray(settings, spec, job_id, asdict(worker),
-                                  callbacks=[tune_report_callback(sweep.metric)])
+            rollout = start_rollout(settings, spec, job_id, inputs.base_model)  # GRPO: the trial's vLLM actor
+            worker = WorkerJob(spec=dumped, base_model=inputs.base_model, snapshot_uri=inputs.snapshot_uri,
+                               job_id=job_id, attempt=1, db_url=settings.db_url, mlflow_uri=settings.mlflow,
+                               mlflow_run_id=run_id, rollout_actor=rollout.name if rollout else None,
+                               init_adapter=inputs.init_adapter_uri, eval_snapshot_uri=inputs.eval_snapshot_uri)
+            try:
+                result = train_on_ray(settings, spec, job_id, asdict(worker),
+                                      callbacks=[tune_report_callback(sweep.metric)])
+            finally:
+                if rollout:
+                    rollout.stop()
             final = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
             trial.to(JobStatus.CHECKPOINTING, "trial finished; scoring it")
             final.update(trial_score(settings, sweep, spec, inputs, job_id, result))
@@ -188,7 +195,7 @@ def make_tuner(settings: StudioSettings, spec: SweepSpec, job_id: int, attempt: 
     store = ArtifactStore(settings.artifacts)
     storage = store.path(f"jobs/{job_id}/{TUNE_DIR}") if store.protocol == "file" else store.uri(f"jobs/{job_id}/{TUNE_DIR}")
     name = f"sweep-{job_id}"
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0.01})  # the trial only drives its Ray Train run
     experiment = f"{storage.rstrip('/')}/{name}"
     if attempt > 1 and tune.Tuner.can_restore(experiment):
         say(f"restoring the Tune experiment {experiment}: finished trials are kept, unfinished ones run again")

@@ -95,12 +95,16 @@ def test_cancelling_a_sweep_cancels_its_trials(settings, body, client, user_key)
         transition(s, sweep_id, JobStatus.RUNNING, "test")
         trials = []
         for status in (JobStatus.RUNNING, JobStatus.SUCCEEDED):
-            t = create_job(s, name="reverse-sweep", spec={}, max_retries=0, submitted_by=f"sweep:{sweep_id}")
+            t = create_job(s, name="reverse-sweep", spec={}, max_retries=0, submitted_by=f"sweep:{sweep_id}",
+                           owner_key_id=s.get(Job, sweep_id).owner_key_id)
             t.parent_id = sweep_id
             for to in (JobStatus.STARTING, JobStatus.RUNNING) + ((JobStatus.CHECKPOINTING, status)
                                                                  if status is JobStatus.SUCCEEDED else ()):
                 transition(s, t.id, to, "test")
             trials.append(t.id)
+    # A trial alone is not cancelled: its Ray Job is the sweep's.
+    assert_problem(client.post(f"/api/jobs/{trials[0]}/cancel", headers=bearer(user_key)), 409,
+                   f"trial of sweep {sweep_id}")
     r = client.post(f"/api/jobs/{sweep_id}/cancel", headers=bearer(user_key))
     assert r.status_code == 202, r.text
     with session_scope(settings.db_url) as s:

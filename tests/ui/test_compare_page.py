@@ -24,7 +24,7 @@ def server(tmp_path_factory):
     init_db(settings.db_url)
     stored = store_runs(settings)
     with api_server(home) as base:
-        yield {"base": base, **stored}
+        yield {"base": base, "settings": settings, **stored}
 
 
 def test_tick_two_runs_and_compare_them(server):
@@ -82,3 +82,43 @@ def test_another_user_sees_the_numbers_not_the_recipes_and_bad_ids_are_refused_i
             br.wait("#banner:not([hidden])")
             assert "at least 2 jobs, got 1" in br.banner()
         br.assert_clean()
+
+
+def test_a_sweeps_page_lists_its_trials(server):
+    """A sweep's job page: its trials (params, eval_loss, state, the registered one) linking to
+    their own pages, which link back to the sweep (rows stored as studio.train.sweep_run leaves them)."""
+    from studio.jobs.status import JobStatus, create_job, transition
+    from studio.store.db import session_scope
+    from studio.store.models import ApiKey, JobMetric
+
+    with session_scope(server["settings"].db_url) as s:
+        alice = s.query(ApiKey).filter_by(name="alice").one()
+        sweep = create_job(s, name="rev-sweep", kind="sweep", max_retries=0, submitted_by="alice",
+                           owner_key_id=alice.id, spec={"train": {"data": {"dataset": "digits@1"}, "base_model": "tiny"}})
+        trials = []
+        for lr, loss, end in ((3e-3, 0.75, JobStatus.SUCCEEDED), (1e-2, 1.25, JobStatus.CANCELLED)):
+            t = create_job(s, name="rev-sweep", spec={}, max_retries=0, submitted_by=f"sweep:{sweep.id}",
+                           owner_key_id=alice.id)
+            t.parent_id = sweep.id
+            t.result = {"params": {"hyper.learning_rate": lr}, "sweep_trial": f"t{lr}",
+                        **({"model": "rev-sweep@1", "metrics": {"eval_loss": loss}} if end is JobStatus.SUCCEEDED else {})}
+            s.add(JobMetric(job_id=t.id, attempt=1, step=10, key="eval_loss", value=loss))
+            for to in (JobStatus.STARTING, JobStatus.RUNNING, *((JobStatus.CHECKPOINTING,) if end is JobStatus.SUCCEEDED else ()), end):
+                transition(s, t.id, to, "test")
+            trials.append(t.id)
+        sweep_id = sweep.id
+    with chromium_page(server["base"], screenshot_dir()) as br:
+        br.login(server["alice"])
+        br.goto(f"#/jobs/{sweep_id}")
+        br.wait("#trials table")
+        assert "Trials (2)" in br.page.inner_text("#trials h2")
+        rows = br.page.locator("#trials tbody tr")
+        first, second = rows.nth(0).inner_text(), rows.nth(1).inner_text()
+        assert f"#{trials[0]}" in first and "hyper.learning_rate=0.003" in first and "0.7500" in first
+        assert "SUCCEEDED" in first and "rev-sweep@1" in first
+        assert "hyper.learning_rate=0.01" in second and "1.2500" in second and "CANCELLED" in second
+        assert "sweep on digits@1" in br.page.inner_text("#job-about")
+        br.page.click(f"#trials a[href='#/jobs/{trials[1]}']")
+        br.wait("#sweep-link")
+        assert f"sweep #{sweep_id}" in br.page.inner_text("#sweep-link")
+

@@ -64,7 +64,23 @@ export async function jobsPage(main) {
 // What the job trains on: from its spec, which only its owner and admins see; the summary has no
 // dataset or base model, so others see a dash.
 function inputsOf(job) {
-  return `${job.spec?.data?.dataset ?? "—"} · base ${job.spec?.base_model ?? "—"}`;
+  const spec = job.kind === "sweep" ? job.spec?.train : job.spec;  // a sweep's recipe is its train section
+  return `${spec?.data?.dataset ?? "—"} · base ${spec?.base_model ?? "—"}`;
+}
+
+// A sweep's trials (GET /api/jobs/{id}'s trials): each a training job with its sampled fields.
+function trialsTable(trials) {
+  const num = (v, d) => (v === null || v === undefined ? "—" : Number(v).toFixed(d));
+  const params = (p) => Object.entries(p).map(([k, v]) => `${k}=${typeof v === "number" ? Number(v.toPrecision(4)) : v}`).join(", ");
+  return h("div", { id: "trials" }, h("h2", {}, `Trials (${trials.length})`), table([
+    { title: "trial", cell: (t) => h("a", { href: `#/jobs/${t.job_id}` }, `#${t.job_id}`) },
+    { title: "params", cell: (t) => params(t.params || {}) },
+    { title: "eval_loss", cell: (t) => num(t.eval_loss, 4) },
+    { title: "exact match", cell: (t) => num(t.score, 3) },
+    { title: "state", cell: (t) => badge(t.status) },
+    { title: "time (s)", cell: (t) => num(t.wall_s, 0) },
+    { title: "registered", cell: (t) => t.registered || "" },
+  ], trials, { empty: "No trial has started yet." }));
 }
 
 // Cancel and Retry for the job's owner and admins; Retry resubmits the spec, so it needs to see it.
@@ -78,7 +94,7 @@ function actions(job, done, act) {
       () => post(`/api/jobs/${job.id}/cancel`)) }, "Cancel") : null,
     // Retry = the same pinned spec as a new job (the scheduler's own retries resume in place).
     done && job.status !== "SUCCEEDED" && job.spec ? h("button", { class: "secondary", id: "retry", onclick: async () => {
-      try { const j = await post("/api/jobs", job.spec); location.hash = `#/jobs/${j.id}`; } catch (e) { showError(e); }
+      try { const j = await post(job.kind === "sweep" ? "/api/jobs/sweep" : "/api/jobs", job.spec); location.hash = `#/jobs/${j.id}`; } catch (e) { showError(e); }
     } }, "Retry as a new job") : null);
 }
 
@@ -111,7 +127,7 @@ export async function jobPage(main, id) {
     const pct = p && p.total ? Math.min(100, Math.round((100 * p.done) / p.total)) : null;
     fill(head,
       h("h1", {}, `Job #${job.id} · ${job.name} `, badge(job.status)),
-      h("p", { class: "muted", id: "job-about" }, `${job.method || job.kind} on ${inputsOf(job)}` +
+      h("p", { class: "muted", id: "job-about" }, `${job.kind === "sweep" ? "sweep" : job.method || job.kind} on ${inputsOf(job)}` +
         ` · attempt ${job.attempts} of ${job.max_retries + 1} · by ${job.submitted_by || "?"}`),
       job.spec_hidden ? h("p", { class: "muted", id: "spec-hidden" }, `Recipe ${job.spec_hidden}.`) : null,
       p ? h("div", {}, pct !== null ? h("div", { class: "progress", title: `${pct}%` }, h("div", { style: `width: ${pct}%` })) : null,
@@ -121,7 +137,9 @@ export async function jobPage(main, id) {
         h("a", { href: `#/models/${encodeURIComponent(String(job.result.model).split("@")[0])}` }, String(job.result.model))) : null,
       job.mlflow_url ? h("p", {}, h("a", { href: job.mlflow_url, target: "_blank", rel: "noopener", id: "mlflow-run" },
         "The run in MLflow ↗")) : null,
+      job.parent_id ? h("p", { id: "sweep-link" }, "A trial of ", h("a", { href: `#/jobs/${job.parent_id}` }, `sweep #${job.parent_id}`)) : null,
       actions(job, done, act),
+      job.trials ? trialsTable(job.trials) : null,
       h("h2", {}, "State timeline"), timeline(job.events || []));
     return done;
   };
