@@ -210,11 +210,20 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
         _merge(train, data.get("train") or {})
         data["train"] = train
     data = apply_overrides(data, overrides)
+    if isinstance(data.get("space"), dict):  # an override space.lora.r=… arrives nested: dotted again
+        data["space"] = _dotted(data["space"])
     if isinstance(data.get("train"), dict):
         expand_home_paths(data["train"], TrainSpec, home, f"sweep {path}")
     spec = validate_spec(SweepSpec, data, f"sweep {path}")
     spec.domains()
     return spec
+
+
+def _dotted(space: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in space.items():
+        out.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def _merge(into: dict[str, Any], top: dict[str, Any]) -> None:
