@@ -27,9 +27,10 @@ _RESOURCE = re.compile(r"Failed to load resource: the server responded with a st
 
 
 @contextmanager
-def api_server(home: Path) -> Iterator[str]:
+def api_server(home: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """The studio API (``studio.api.app:create_app``) under uvicorn on a free port, with ``home`` as
-    STUDIO_HOME and no Ray; yields its base URL once /healthz answers, stops it afterwards."""
+    STUDIO_HOME (and ``env`` on top of this process's environment) and no Ray; yields its base URL
+    once /healthz answers, stops it afterwards."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -37,7 +38,7 @@ def api_server(home: Path) -> Iterator[str]:
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                              # a job page's log stream of a never-started job would hold shutdown
                              "--timeout-graceful-shutdown", "3"],
-                            env={**os.environ, "STUDIO_HOME": str(home)}, cwd=REPO)
+                            env={**os.environ, **(env or {}), "STUDIO_HOME": str(home)}, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -2,10 +2,11 @@
 const KEY = "studio.key";
 
 export class ApiError extends Error {
-  constructor(status, message, fields = []) {
+  constructor(status, message, fields = [], body = null) {
     super(message);
     this.status = status;
     this.fields = fields; // [{field: "hyper.learning_rate", message}] from a 422
+    this.body = body; // the problem+json document (a gate's refusal carries its verdict)
   }
 }
 
@@ -29,7 +30,7 @@ async function errorOf(resp) {
   if (body && body.error && body.error.message) return new ApiError(resp.status, body.error.message);
   if (body && body.detail) {
     const text = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
-    return new ApiError(resp.status, body.fix ? `${text}. Fix: ${body.fix}` : text, body.errors || []);
+    return new ApiError(resp.status, body.fix ? `${text}. Fix: ${body.fix}` : text, body.errors || [], body);
   }
   return new ApiError(resp.status, `${resp.status} ${resp.statusText || "error"} from ${resp.url}`);
 }

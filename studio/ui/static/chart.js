@@ -38,8 +38,8 @@ export function lineChart(title, points, second = null) {
 }
 
 // The axes of a step/value chart with their end labels, scaled to ``all`` points; returns the
-// scales. ``stepY``: where the step labels go (under the plot area).
-function frame(root, all, { W, H, L, R, T, B, stepY }, label = fmt) {
+// scales. ``stepY``: where the step labels go (under the plot area); ``xLabel``: their words.
+function frame(root, all, { W, H, L, R, T, B, stepY }, label = fmt, xLabel = (x) => `step ${x}`) {
   const xs = all.map((p) => p.step), ys = all.map((p) => p.value);
   let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
   if (x0 === x1) x1 = x0 + 1;
@@ -48,8 +48,8 @@ function frame(root, all, { W, H, L, R, T, B, stepY }, label = fmt) {
   root.append(svg("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#d9dee7" }));
   root.append(svg("text", { x: 4, y: T + 4 }, label(y1)));
   root.append(svg("text", { x: 4, y: H - B }, label(y0)));
-  root.append(svg("text", { x: L, y: stepY }, `step ${x0}`));
-  root.append(svg("text", { x: W - R, y: stepY, "text-anchor": "end" }, `step ${x1}`));
+  root.append(svg("text", { x: L, y: stepY }, xLabel(x0)));
+  root.append(svg("text", { x: W - R, y: stepY, "text-anchor": "end" }, xLabel(x1)));
   return {
     X: (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R),
     Y: (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B),
@@ -57,18 +57,19 @@ function frame(root, all, { W, H, L, R, T, B, stepY }, label = fmt) {
 }
 
 // Several runs' series of one metric on shared axes: ``lines`` = [{id, color, points}] (those with
-// points), a polyline per run (class "run", data-job) and a legend of run ids.
-export function overlayChart(title, lines, label = fmt) {
+// points), a polyline per run (class "run", data-job) and a legend of run ids (or each line's
+// ``name``). ``xLabel``: the words of an x value (default "step N"; usage charts: a day).
+export function overlayChart(title, lines, label = fmt, xLabel = undefined) {
   const W = 420, H = 220, L = 52, R = 10, T = 22, B = 40;
   const root = svg("svg", { class: "chart overlay", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title,
     "data-metric": title, "data-lines": String(lines.length) });
   root.append(svg("text", { x: L, y: 14, "font-weight": "600" }, title));
-  const { X, Y } = frame(root, lines.flatMap((l) => l.points), { W, H, L, R, T, B, stepY: H - B + 14 }, label);
+  const { X, Y } = frame(root, lines.flatMap((l) => l.points), { W, H, L, R, T, B, stepY: H - B + 14 }, label, xLabel);
   lines.forEach((l, i) => {
     const pts = l.points.map((p) => `${X(p.step)},${Y(p.value)}`).join(" ");
     root.append(svg("polyline", { class: "run", "data-job": String(l.id), points: pts, style: `stroke: ${l.color}` }));
     if (l.points.length === 1) root.append(svg("circle", { cx: X(l.points[0].step), cy: Y(l.points[0].value), r: 3, fill: l.color }));
-    root.append(svg("text", { x: L + i * ((W - L - R) / lines.length), y: H - 6, style: `fill: ${l.color}`, class: "legend" }, `#${l.id}`));
+    root.append(svg("text", { x: L + i * ((W - L - R) / lines.length), y: H - 6, style: `fill: ${l.color}`, class: "legend" }, l.name ?? `#${l.id}`));
   });
   return root;
 }

@@ -2,14 +2,18 @@
 // eval scores and stage; promote to champion or archive (the name's owner and admins; only admins
 // force past the promotion gate, with a reason the studio records). Every key may download a
 // version (its adapter folder and model card as .tar.gz); the owner and admins merge it into its base.
-import { isAdmin, ownerNote, owns } from "../access.js";
+// The name's promotion gate and each promotion's verdict per check are pages/gate.js; the served
+// base models (deploy, evict, restart, live state) pages/deployments.js.
+import { ownerNote, owns } from "../access.js";
 import { get, post, request } from "../api.js";
 import { add, badge, banner, fmtTime, h, pager, saveDownload, showError, table } from "../dom.js";
+import { deploymentsCard } from "./deployments.js";
+import { adminOverrides, gateCard, verdictView } from "./gate.js";
 
 const PAGE = 25;
 
 export async function modelsPage(main) {
-  const list = h("div", { class: "card" });
+  const list = h("div", { class: "card" }, h("p", { class: "muted" }, "Loading…"));
   let offset = 0;
   const load = async () => {
     try {
@@ -24,56 +28,20 @@ export async function modelsPage(main) {
         { title: "Updated", cell: (m) => fmtTime(m.updated_at) },
       ], rows.slice(0, PAGE), { empty: "No registered models yet: a succeeded training job registers one." }),
       pager(offset, PAGE, rows.length > PAGE, (o) => { offset = o; load(); }));
-    } catch (e) { showError(e); }
+    } catch (e) {
+      list.replaceChildren(h("p", { class: "muted", id: "models-error" }, `The models could not be read: ${e.message}`));
+      showError(e);
+    }
   };
-  const deployed = h("div", { id: "deployments" });
-  main.append(h("h1", {}, "Models"), list, h("div", { class: "card" }, h("h2", {}, "Deployments"), deployed));
-  await Promise.all([load(), deploymentsCard(deployed)]);
-}
-
-const dash = (v) => (v === null || v === undefined ? "—" : v);
-
-// Served base models (serve config and runtime deployments) with live figures per deployment.
-// State is the reported one (deploying, ready = at least one healthy replica, unhealthy, restoring,
-// evicting, evicted, failed); the note says why a model is not ready.
-// A studio without Serve (or an older one) answers an error: said in the card, not the banner.
-async function deploymentsCard(box) {
-  try {
-    const rows = await get("/api/deployments");
-    box.replaceChildren(table([
-      { title: "Model", cell: (d) => d.name }, { title: "From", cell: (d) => dash(d.source) },
-      { title: "State", cell: (d) => badge(String(dash(d.status)).toUpperCase()) },
-      { title: "Healthy replicas", cell: (d) => dash(d.healthy_replicas ?? d.totals?.replicas) },
-      { title: "In flight", cell: (d) => dash(d.in_flight) },
-      { title: "Running / waiting", cell: (d) => `${dash(d.totals?.running_requests)} / ${dash(d.totals?.waiting_requests)}` },
-      { title: "Memory GiB", cell: (d) => (d.totals?.memory_bytes == null ? "—" : (d.totals.memory_bytes / 2 ** 30).toFixed(2)) },
-      { title: "Tokens/s", cell: (d) => (d.totals?.tokens_per_s == null ? "—" : Number(d.totals.tokens_per_s).toFixed(1)) },
-      { title: "Adapters loaded", cell: (d) => (d.totals?.adapters_loaded || []).join(", ") || "—" },
-      { title: "Note", cell: (d) => d.message || "" },
-    ], Array.isArray(rows) ? rows : [], { empty: "No models are deployed." }));
-  } catch (e) {
-    box.replaceChildren(h("p", { class: "muted", id: "deployments-unavailable" }, e.message));
-  }
+  const deployed = h("div", { class: "card", id: "deployments-box" });
+  main.append(h("h1", {}, "Models"), list, deployed);
+  const [, stop] = await Promise.all([load(), deploymentsCard(deployed)]);
+  return stop;
 }
 
 function metricsText(metrics) {
   const entries = Object.entries(metrics || {}).filter(([, v]) => typeof v === "number");
   return entries.length ? entries.map(([k, v]) => `${k} ${Number(v.toPrecision(4))}`).join(" · ") : "—";
-}
-
-// Admins may force a promotion past the gate; the API records it with the reason.
-function forceControls() {
-  const force = h("input", { type: "checkbox", id: "promote-force" });
-  const reason = h("input", { type: "text", id: "promote-reason", placeholder: "why (recorded with the promotion)",
-    style: "width: 22rem" });
-  const view = h("div", { class: "card row", id: "promote-force-box" },
-    h("label", {}, force, " force past the promotion gate"), reason);
-  // null: the admin asked to force without saying why (the API would refuse it too).
-  const body = () => {
-    if (!force.checked) return {};
-    return reason.value.trim() ? { force: true, reason: reason.value.trim() } : null;
-  };
-  return { view, body };
 }
 
 // The version's .tar.gz, fetched with the key (a plain link could not send it) and handed to the
@@ -107,23 +75,31 @@ function mergeControls() {
 
 export async function modelPage(main, name) {
   const box = h("div", {});
-  const forcing = isAdmin() ? forceControls() : null;
+  const forcing = adminOverrides();
   const merging = mergeControls();
+  const verdict = h("div", { id: "verdict-box" });
+  let gate = null;
   add(main, h("p", {}, h("a", { href: "#/models" }, "← all models")), h("h1", {}, `Model ${name}`),
-    forcing ? forcing.view : null, box);
+    forcing ? forcing.view : null, verdict, box);
   let offset = 0;
   const load = async () => {
     const r = await get(`/api/models/${encodeURIComponent(name)}?newest_first=true&limit=${PAGE + 1}&offset=${offset}`);
     const canPromote = owns(r.owner_key_id);
+    if (!gate) { gate = gateCard(name, canPromote); main.append(gate.view); await gate.load(); }
     const stage = async (ref, to) => {
       banner(null);
       const extra = to === "champion" && forcing ? forcing.body() : {};
-      if (extra === null) { banner("Say why you force the promotion (the reason is recorded), or untick force."); return; }
+      if (extra === null) return;  // said in the banner and next to the fields
       try {
         const v = await post(`/api/models/${encodeURIComponent(ref)}/promote`, { stage: to, ...extra });
-        banner(`${v.ref} is now ${v.stage}.`, "info");
+        if (v.promotion) verdict.replaceChildren(verdictView({ ref, ...v.promotion }));
+        banner(v.stage ? `${v.ref} is now ${v.stage}.` : `${ref} is not promoted yet: ${v.promotion.reason}; promote again once the eval is done.`, "info");
         await load();
-      } catch (e) { showError(e); }
+        await gate.load();
+      } catch (e) {
+        if (e.body?.promotion) { verdict.replaceChildren(verdictView(e.body.promotion)); gate.load().catch(showError); }
+        showError(e);
+      }
     };
     box.replaceChildren(canPromote ? merging.view : null, h("div", { class: "card" },
       canPromote ? null : h("p", {}, ownerNote("promote, archive or merge its versions",
