@@ -3,6 +3,7 @@
 // ways: writing to or reading from a server path is an admin's API call, not the UI's.
 import { get, request } from "../api.js";
 import { barChart } from "../chart.js";
+import { curateCard, diffCard, exportOptions, splitCard } from "./snapshottools.js";
 import { synthForm } from "./synth.js";
 import { add, banner, field, fmtTime, h, pager, saveDownload, showError, table } from "../dom.js";
 
@@ -108,14 +109,15 @@ export async function datasetPage(main, name) {
   await load();
 }
 
-// A snapshot as one file, fetched with the key (a plain link could not send it) and handed to the
-// browser as a download.
+// A snapshot (or one split of it) as one file, fetched with the key (a plain link could not send
+// it) and handed to the browser as a download.
 function downloadButtons(ref) {
+  const options = exportOptions();
   const save = async (format, button) => {
     banner(null);
     button.disabled = true;
     try {
-      const resp = await request(`/api/datasets/${encodeURIComponent(ref)}/export?format=${format}`, { raw: true });
+      const resp = await request(`/api/datasets/${encodeURIComponent(ref)}/export?format=${format}${options.query()}`, { raw: true });
       await saveDownload(resp, `${ref}.${format}`);
     } catch (e) { showError(e); } finally { button.disabled = false; }
   };
@@ -124,7 +126,7 @@ function downloadButtons(ref) {
       const button = h("button", { class: "secondary", id: `download-${format}`, type: "button" }, format.toUpperCase());
       button.addEventListener("click", () => save(format, button));
       return button;
-    }));
+    }), options.view);
 }
 
 function statsView(stats) {
@@ -165,6 +167,20 @@ export async function snapshotPage(main, ref) {
   } catch (e) { showError(e); }
   await loadRows();
   await Promise.all([droppedCard(main, ref), statsCard(main, ref)]);
+  await toolCards(main, ref, version ? name : null);
+}
+
+// Curate, split and diff (snapshottools.js); the diff suggests the name's other versions.
+async function toolCards(main, ref, name) {
+  let versions = [];
+  if (name) try {
+    const r = await get(`/api/datasets/${encodeURIComponent(name)}?newest_first=true&limit=50`);
+    versions = r.versions.map((v) => `${v.name}@${v.version}`);
+  } catch (e) { showError(e); }
+  const diff = diffCard(ref, versions);
+  const curate = await curateCard(ref, name);
+  curate.onDiff(diff.diffWith);
+  main.append(curate.card, splitCard(ref, name), diff.card);
 }
 
 // Rows the ingest rejected (or a transform dropped), each with its reason, page by page.

@@ -30,8 +30,9 @@ function deref(schemas, prop) {
   return { ...p, nullable };
 }
 
-// One scalar input with inline validation; returns {path, el, read(): [value, error]} or null.
-function scalarInput(path, prop, schemas, onChange) {
+// One scalar input with inline validation; returns {path, el, read(): [value, error]} or null
+// (also the curation steps' fields on a snapshot's page).
+export function scalarInput(path, prop, schemas, onChange) {
   const p = deref(schemas, prop);
   if (!p || p.type === "object" || p.type === "array" || p.properties) return null;
   const dflt = prop.default ?? p.default ?? null;
@@ -78,10 +79,10 @@ function scalarInput(path, prop, schemas, onChange) {
   el.addEventListener("input", onChange);
   el.addEventListener("change", onChange);
   const label = path.split(".").pop();
-  return { path, dflt, read, err, el, view: h("div", {}, field(label, el, prop.description || p.description), err) };
+  return { path, dflt, nullable: p.nullable, read, err, el, view: h("div", {}, field(label, el, prop.description || p.description), err) };
 }
 
-function setPath(obj, path, value) {
+export function setPath(obj, path, value) {
   const keys = path.split(".");
   let o = obj;
   for (const k of keys.slice(0, -1)) o = o[k] = o[k] || {};
