@@ -46,7 +46,7 @@ export function verdictView(p) {
     ? h("span", {}, h("a", { href: `#/evals/${p.eval_id}` }, `eval #${p.eval_id}`),
       scored ? ` · candidate ${fmtScore(p.candidate_score)} vs champion ${p.champion} ${fmtScore(p.champion_score)}` : "")
     : parity?.status === "mismatch" ? "not run: the parity check refused first"
-    : p.champion ? `no eval against ${p.champion}` : "no champion to beat";
+    : p.champion ? `no eval against ${p.champion}` : parity ? "no champion to beat" : "not run: no gate for this promotion";
   const evalVerdict = p.outcome === "evaluating" ? "running" : !scored ? "—"
     : /^beats/.test(p.reason) ? "beats" : "does not beat";
   const rows = [
@@ -158,7 +158,7 @@ export function overrideControls() {
     if (force.checked) out.force = true;
     if (!Object.keys(out).length) return {};
     if (!reason.value.trim()) {
-      banner("Say why you force or override the gate (the reason is recorded), or clear those fields.");
+      banner("Say why you force the promotion or override the gate (the reason is recorded), or clear those fields.");
       return null;
     }
     return { ...out, reason: reason.value.trim() };
