@@ -19,6 +19,7 @@ their Serve applications. Two steps bring them back:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from typing import Any
@@ -164,4 +165,7 @@ def restart(settings: StudioSettings, name: str, by: str, owner_key_id: int | No
         serve.delete(app, _blocking=True)
     except TimeoutError:  # still shutting down: start() submits the new one behind it
         pass
+    deadline = time.monotonic() + 15  # Ray frees the old replicas' resources shortly after they exit
+    while lifecycle.missing_resources(recipe.resources_needed()) and time.monotonic() < deadline:
+        time.sleep(0.5)
     return lifecycle.start(settings, recipe, S.RESTORING, say)
