@@ -7,7 +7,7 @@ promoted, a worse one refused, --force recorded, and a version whose folder carr
 template refused by the train/serve parity check (its first differing prompt recorded).
 
 Adapters: the "good" one is the SFT adapter the demo's run trained (``demo_run``, once per session:
-configs/train/sft_reverse_tiny.yaml, 480 steps, ≥ 0.9 held-out exact match, checked by
+configs/train/sft_reverse_tiny.yaml at 15 epochs, 480 steps, ≥ 0.9 held-out exact match, checked by
 tests/e2e/test_demo.py; its base is the same deterministic tiny model the stack serves), the "bad"
 one is random LoRA weights; both are registered the way a training job registers its result (with
 the PEFT answers the gate's parity check compares /v1 with, so the gate's CLI loads no model for
@@ -119,6 +119,40 @@ def test_adapter_beats_base_and_the_leaderboard_is_live(studio):
 
     r = run(["eval", "show", str(eval_id), "--results", "2"], studio["env"])
     assert r.returncode == 0 and "rev@2" in r.stdout and "exact_match" in r.stdout
+
+
+def test_an_lm_eval_task_lands_in_the_leaderboard(studio):
+    """lm-evaluation-harness as a scheduled Ray job: the shipped reverse_tiny task (configs/eval/tasks/)
+    asked of the base and the trained adapter as lm-eval's local-chat-completions model through the
+    studio's gateway, as the submitter's job: the adapter scores, per task progress is recorded."""
+    spec = studio["home"] / "lm_eval.yaml"
+    spec.write_text("# studio eval run lm_eval.yaml\nname: e2e-lm-eval\nmodels: [tiny, rev@2]\nlimit: 24\n"
+                    "concurrency: 8\nscorers:\n  - {type: lm_eval, task: reverse_tiny}\n")
+    r = run(["eval", "run", str(spec)], studio["env"], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    queued = re.search(r"eval (\d+): tiny, rev@2 on lm-eval reverse_tiny", r.stdout)
+    assert queued, r.stdout
+    eval_id = int(queued.group(1))
+    api, deadline = studio["api"], time.monotonic() + 300
+    while time.monotonic() < deadline:
+        d = api.get(f"/api/evals/{eval_id}").raise_for_status().json()
+        if d["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            break
+        time.sleep(0.5)
+    assert d["status"] == "SUCCEEDED", (d["error"], d["events"])
+    assert any(e["to"] == "STARTING" and f"studio-job-{eval_id}-a1" in e["reason"] for e in d["events"])  # a Ray job
+    means = {(x["model"], x["scorer"]): x for x in d["leaderboard"]["scores"]}
+    em = {m: means[(m, "reverse_tiny")]["mean"] for m in ("tiny", "rev@2")}
+    print(f"lm-eval reverse_tiny exact match: {em}")
+    assert means[("rev@2", "reverse_tiny")]["n"] == 24 and em["rev@2"] > 0 and em["rev@2"] > em["tiny"], em
+    assert [(t["model"], t["docs"]) for t in d["result"]["lm_eval"]] == [("tiny", 24), ("rev@2", 24)]
+    deadline = time.monotonic() + 30  # the gateway writes usage rows off the call path
+    while True:
+        usage = api.get("/api/usage", params={"job": f"eval-{eval_id}", "group_by": "service"}).json()["rows"]
+        if sum(u["calls"] for u in usage) >= 48 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [(u["service"], u["calls"]) for u in usage] == [("eval", 48)], usage  # the job's calls, accounted
 
 
 def test_promotion_gate_refuses_worse_and_promotes_better(studio):
