@@ -7,7 +7,8 @@ asked (``{"pairs": [...]}`` for QA, a bare list for CoT, a summary object). ``do
 calls per chunk text and ``formats`` records each call's ``response_format``. With ``width`` > 1
 every call is held until ``width`` calls wait, then they go together (a run that cannot keep
 ``width`` in flight leaves calls held: let go after ``hold_s``, counted in ``stalled``);
-``max_in_flight`` is the most calls seen at once.
+``max_in_flight`` is the most calls seen at once. With ``pause_after`` = N the calls after the
+first N wait until ``release`` is set (a page can watch a run half done).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 from collections import Counter
 
 from fastapi import FastAPI, Request
@@ -33,6 +35,9 @@ class FakeGenerator:
         self.delay_s = 0.0  # per-reply latency (benchmarks)
         self.width, self.hold_s = 1, 20.0
         self.in_flight = self.max_in_flight = self.stalled = 0
+        self.pause_after: int | None = None
+        self.release = threading.Event()
+        self.entered = 0
         self._waiting: list[asyncio.Event] = []
         app = FastAPI()
         app.post("/chat/completions")(self._chat)
@@ -55,6 +60,9 @@ class FakeGenerator:
             self.stalled += 1
 
     async def _chat(self, request: Request):
+        self.entered += 1
+        if self.pause_after is not None and self.entered > self.pause_after:
+            await asyncio.to_thread(self.release.wait, 120)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
