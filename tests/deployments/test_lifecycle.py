@@ -1,5 +1,6 @@
 """Runtime model lifecycle (studio.serving): serving recipes, their states and rows, the live
-figures per replica, and — slow, on one real stack — a second tiny base model deployed at runtime
+figures per replica, and — slow, on one real stack — a second tiny base model (an adapter merged
+into the first by ``studio.registry.merge``, answering like the adapter) deployed at runtime
 through ``POST /api/deployments``, served next to the first with no failed request to the first
 while it comes and goes, then evicted (its name answers 404 "not deployed"), plus the bad inputs:
 a model path that does not exist, a name deployed twice, a deploy no node can hold (100000 GiB of
@@ -214,16 +215,43 @@ def test_cli_deploy_of_a_missing_model_path_fails_before_touching_anything(tmp_p
 # ---- live: the package's shared stack, a second base model deployed and evicted ------------
 
 
-@pytest.fixture(scope="module")
-def stack(serving_stack, tmp_path_factory):
-    from studio.models.tiny import TinyModelSpec, make_tiny
+# The second base model is a merged adapter (issue 25: "a merged model served by vLLM answers like
+# the adapter"): a LoRA adapter with random B matrices on the stack's tiny model, merged by the
+# studio's own merge (studio.registry.merge, as `studio models merge` does), must give vLLM the same
+# greedy answers as the adapter gives PEFT + transformers.
+MERGED_PROMPTS = ["reverse: 6 0 4 8", "reverse: 1 2 3", "reverse: 9 7 5 3 1", "reverse: 2 8 1 7"]
 
-    second = make_tiny(tmp_path_factory.mktemp("tiny2") / "model", TinyModelSpec(seed=1))
+
+def _same(texts: list[str]) -> list[str]:
+    # At max_tokens the last token may be half of a UTF-8 character (random weights write bytes):
+    # vLLM's detokenizer holds it back, transformers' decode shows U+FFFD.
+    return [t.rstrip("\ufffd").strip() for t in texts]
+
+
+@pytest.fixture(scope="module")
+def stack(serving_stack, tiny_model_dir, tmp_path_factory):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from studio.registry.merge import MergeSource, merge_to_dir
+    from studio.train.evaluate import generate_greedy
+    from tests.deployments.conftest import make_adapter
+
+    root = tmp_path_factory.mktemp("tiny2")
+    adapter = make_adapter(tiny_model_dir, root / "adapter", seed=21)
+    second = merge_to_dir(MergeSource(ref="merged@1", name="merged", version=1, base_model=str(tiny_model_dir),
+                                      adapter_type="lora", uri=str(adapter), card="# merged@1\n"),
+                          root / "model", cache_dir=root / "cache")
+    # The adapter folder holds no tokenizer (make_adapter saves the adapter only): the base's.
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(adapter))
+    adapter_answers = generate_greedy(model.eval(), AutoTokenizer.from_pretrained(str(tiny_model_dir)),
+                                      [[{"role": "user", "content": p}] for p in MERGED_PROMPTS])
+    del model
     shared = serving_stack.ensure(replicas=1)
     http = httpx.Client(base_url=shared.url, headers={"Authorization": f"Bearer {shared.key}"},
                         timeout=600)
     yield {"url": shared.url, "http": http, "second": str(second), "settings": shared.settings,
-           "key": shared.key, "processes": shared.processes}
+           "key": shared.key, "processes": shared.processes, "adapter_answers": adapter_answers}
     http.close()
     shared.hide_from_leak_watch()
 
@@ -389,6 +417,15 @@ def test_second_base_model_deployed_served_and_evicted_without_disturbing_the_fi
         assert answer.status_code == 200, answer.text
         assert answer.json()["usage"]["completion_tokens"] == 8
         assert answer.headers["x-studio-model-version"] == "tiny2"
+        # The merged model, served by vLLM, answers like its adapter in PEFT (greedy, 16 tokens).
+        merged = [http.post("/v1/chat/completions", json={
+            "model": "tiny2", "messages": [{"role": "user", "content": p}], "max_tokens": 16,
+            "temperature": 0}).json()["choices"][0]["message"]["content"] for p in MERGED_PROMPTS]
+        base = [http.post("/v1/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "user", "content": p}], "max_tokens": 16,
+            "temperature": 0}).json()["choices"][0]["message"]["content"] for p in MERGED_PROMPTS]
+        assert _same(merged) == _same(stack["adapter_answers"]), (merged, stack["adapter_answers"])
+        assert _same(merged) != _same(base), "the merged adapter changed nothing"
         served = [m["id"] for m in http.get("/v1/models").json()["data"]]
         assert "tiny" in served and "tiny2" in served
 
