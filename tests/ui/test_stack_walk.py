@@ -176,3 +176,30 @@ def test_evaluate_promote_ab_test_and_read_usage(studio):
         assert "eval" in usage and "playground" in usage, usage  # the playground calls the gateway
         b.shot("stack-08-usage")
         b.assert_clean()
+
+
+def test_deploy_and_evict_a_base_model_from_the_models_page(studio):
+    """An admin deploys a second base model from the recipe form (the tiny model's folder under
+    another name), watches its state go DEPLOYING → READY on the page (polled; the deploy call
+    answers once it serves), then evicts it (EVICTED). The form's refusals are
+    tests/ui/test_models_page.py's, without an engine."""
+    with chromium_page(studio["base"], screenshot_dir()) as b:
+        b.login(studio["admin"])
+        b.goto("#/models")
+        b.wait("#deploy-box summary")
+        b.page.click("#deploy-box summary")
+        for sel, value in (("#f-name", "ui-tiny2"), ("#f-deployment-engine-model", str(studio["model"])),
+                           ("#f-deployment-engine-dtype", "float32"), ("#f-deployment-engine-max_model_len", "512"),
+                           ("#f-deployment-engine-kv_cache_space_gib", "1"), ("#f-deployment-num_cpus", "0.5")):
+            b.page.fill(sel, value)
+        b.page.click("#deploy-submit")
+        row = "#deployments tr[data-name='ui-tiny2']"
+        b.wait(f"{row} .badge:text-is('DEPLOYING')", timeout_s=60)  # the poll shows it while the call waits
+        b.wait("#banner:has-text('ui-tiny2: ready')", timeout_s=600)
+        b.wait(f"{row} .badge:text-is('READY')", timeout_s=15)
+        assert b.page.inner_text(f"{row} td:nth-child(4)") == "1"  # one healthy replica
+        b.shot("stack-09-deployed")
+        b.page.click(f"{row} button.evict")
+        b.wait("#banner:has-text('ui-tiny2: evicted')", timeout_s=120)
+        b.wait(f"{row} .badge:text-is('EVICTED')", timeout_s=15)
+        b.assert_clean()
