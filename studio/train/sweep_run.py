@@ -276,7 +276,7 @@ def _run_sweep(settings: StudioSettings, job_id: int, spec: SweepSpec) -> int:
             tracking.end_run(settings.mlflow, parent_run, "KILLED")
             say(f"sweep {job_id} CANCELLED")
             return EXIT_FAILED
-        end_trials(settings, job_id, JobStatus.CANCELLED, f"stopped early by ASHA on {spec.metric}")
+        end_trials(settings, job_id, JobStatus.CANCELLED, f"stopped by Tune ({spec.scheduler} on {spec.metric})")
         finished = [r for r in grid if (r.metrics or {}).get("finished") and _finite(r.metrics.get(spec.metric))]
         if not finished:
             errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None]
