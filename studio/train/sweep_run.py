@@ -23,6 +23,7 @@ from dataclasses import asdict
 from types import SimpleNamespace
 from typing import Any
 
+from ray.tune import Stopper
 from sqlalchemy import select
 
 from studio import ray_connection
@@ -153,7 +154,7 @@ def trial_score(settings: StudioSettings, sweep: SweepSpec, spec, inputs: Resolv
 
 # ---------------------------------------------------------------- the Tuner
 
-class CancelStopper:
+class CancelStopper(Stopper):
     """Tune's ``Stopper``: stops every trial once the sweep's cancel was asked for (read at most
     every 2 s). The scheduler also stops the sweep's Ray Job; this covers a sweep run by hand."""
 
