@@ -234,7 +234,7 @@ class EntrypointRun:
 
 
 class Entrypoint:
-    """Start ``python -m studio.train.run ARGS`` from a cwd outside the repo, joined to the package's
+    """Start ``python -m studio.train.run ARGS`` (or another entrypoint ``module``) from a cwd outside the repo, joined to the package's
     Ray head; wait or watch it."""
 
     def __init__(self, settings: StudioSettings, log_dir: Path, ray_head: RayHead):
@@ -243,20 +243,20 @@ class Entrypoint:
         self.ray_head = ray_head
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, *args: str) -> tuple[subprocess.Popen, Path]:
+    def start(self, *args: str, module: str = "studio.train.run") -> tuple[subprocess.Popen, Path]:
         log = self.log_dir / f"entrypoint-{len(self.procs)}.log"
         cwd = self.log_dir / "elsewhere"  # not the repo, not STUDIO_HOME's parent
         cwd.mkdir(exist_ok=True)
         with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "studio.train.run", *args], cwd=cwd,
+            proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd,
                                     env=entrypoint_env(self.settings, self.ray_head.address), stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc, log
 
-    def run(self, *args: str, timeout_s: float = 600) -> EntrypointRun:
+    def run(self, *args: str, timeout_s: float = 600, module: str = "studio.train.run") -> EntrypointRun:
         t0 = time.monotonic()
-        proc, log = self.start(*args)
+        proc, log = self.start(*args, module=module)
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
