@@ -221,7 +221,7 @@ def test_generated_rows_appear_while_the_generation_runs(server, shots):
             b.page.click("#sy-start")
             b.wait("#synth-head h1 .badge:text-is('QUEUED')")
             job_id = int(b.page.url.rsplit("/", 1)[1])
-            assert b.page.inner_text("#synth-row-count") == "0 rows generated of about 8 asked for"
+            b.wait("#synth-row-count:text-is('0 rows generated of about 8 asked for')")
             with session_scope(server["settings"].db_url) as s:  # the scheduler's part, then the job's
                 transition(s, job_id, JobStatus.STARTING, "submitted")
             client = Client(service="synth", job_id=str(job_id), base_url=gen.base, api_key="sk-test", max_retries=0)
@@ -231,7 +231,6 @@ def test_generated_rows_appear_while_the_generation_runs(server, shots):
             b.wait("#synth-head h1 .badge:text-is('RUNNING')")
             b.wait("#synth-row-count:text-matches('^2 rows generated of about 8')")
             assert b.page.locator("#synth-rows tbody tr").count() == 2
-            assert "chunks 1/4" in b.page.inner_text("#synth-progress")
             assert "What is" in b.page.inner_text("#synth-rows")
             b.shot("24-synth-streaming")
             gen.release.set()
