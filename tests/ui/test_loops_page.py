@@ -124,7 +124,7 @@ def test_the_owner_sees_the_timeline_and_the_chart_and_pauses_and_resumes(server
         assert weights == ["10 %", "25 %"]  # the weights in force, where they change
         assert "Every stored verdict recomputes the same" in b.page.inner_text("#cs-explain")
         assert b.page.locator("#gen-looks tbody tr").count() == 3
-        assert "10 % → 25 % → 50 %" in b.page.inner_text("#loop-recipe")
+        assert "25 % → 50 %" in b.page.inner_text("#loop-recipe")  # the shipped loop's canary steps
         b.page.select_option("#cs-x", "rated")
         b.wait("#cs-chart[data-x='rated']")
         assert _chart_marks(b) == server["actions"]
