@@ -16,10 +16,13 @@ Python, browsers) that did not exist when the session started are listed under t
 after which they were seen (a session-scoped fixture's under the module that first used it).
 ``STUDIO_TEST_LEAKS=fail`` makes any such process fail the run (exit status 1); the default only
 reports. Processes of another test run on the same machine are counted too: use it alone.
+``STUDIO_TEST_REPORT=FILE`` also appends each module's wall time to FILE as a JSON line when the
+module ends (xdist workers included), so a run that is stopped midway still tells where time went.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -160,6 +163,10 @@ class LeakWatch:
             new.append(f"{p.pid} cpu {cpu:.0f}s {cmd}")
         rss = psutil.Process(self.me).memory_info().rss / 2**30
         self.reports.append(ModuleReport(module, seconds, os.getloadavg()[0], rss, new))
+        if os.environ.get("STUDIO_TEST_REPORT"):  # a JSON line per module, as it ends (a killed run keeps them)
+            with open(os.environ["STUDIO_TEST_REPORT"], "a") as f:
+                f.write(json.dumps({"module": module, "seconds": round(seconds, 1), "load": round(os.getloadavg()[0], 2),
+                                    "worker": os.environ.get("PYTEST_XDIST_WORKER", ""), "left": len(new)}) + "\n")
         saved = self.module_env
         changed = sorted(k for k in set(os.environ) | set(saved) if os.environ.get(k) != saved.get(k))
         if changed:

@@ -73,11 +73,15 @@ class BatchRun:
         lines: Iterator[LineRequest] = iter(requests)
         workers = [asyncio.create_task(self._worker(lines))
                    for _ in range(min(self.concurrency, len(requests)))]
+        self._ended = asyncio.Event()
         writer = asyncio.create_task(self._writer())
         try:
             await asyncio.gather(*workers)
         finally:
-            writer.cancel()
+            # Never cancel the writer: cancelled while its write runs in a thread, that write's
+            # error (a pool timeout under load) would be lost with the lines it held. It ends
+            # after its current write; the final flush writes what is left.
+            self._ended.set()
             await asyncio.gather(writer, return_exceptions=True)
             await self._flush(final=True)
         if self.down is not None:
@@ -136,9 +140,11 @@ class BatchRun:
 
     # -- writes -----------------------------------------------------------------------------
     async def _writer(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
-            await self._flush()
+        while not self._ended.is_set():
+            try:
+                await asyncio.wait_for(self._ended.wait(), self.flush_s)
+            except asyncio.TimeoutError:
+                await self._flush()
 
     async def _flush(self, final: bool = False) -> None:
         batch, self.pending = self.pending, []
