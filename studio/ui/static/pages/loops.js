@@ -114,6 +114,7 @@ async function loopDetail(main, name, wanted) {
   } }, words[0].toUpperCase() + words.slice(1));
   const adminControls = isAdmin() ? h("div", { class: "card row", id: "gen-admin" }, h("strong", {}, "Admin:"), genReason,
     genAct("promote", "promote"), genAct("rollback", "roll back"), genAct("abort", "abort")) : null;
+  if (adminControls) adminControls.hidden = true;  // shown once the generation they act on is read
   const xSelect = h("select", { id: "cs-x", onchange: () => { xAxis = xSelect.value; if (last) drawChart(last); } },
     h("option", { value: "time" }, "over time"), h("option", { value: "rated" }, "over rated completions"));
   const chartBox = h("div", { id: "cs-box" });
