@@ -233,11 +233,12 @@ def eval_schedule(spec: TrainSpec) -> dict[str, Any]:
     ev = spec.eval
     if ev is None:
         return {"eval_strategy": "no"}
-    return {"eval_strategy": "steps", "eval_steps": ev.eval_steps or spec.hyper.logging_steps,
-            "per_device_eval_batch_size": ev.batch_size or spec.hyper.batch_size,
-            # EarlyStoppingCallback compares this; the final adapter stays the last one (no best-model reload).
-            **({"metric_for_best_model": "eval_loss", "greater_is_better": False}
-               if ev.early_stopping_patience else {})}
+    args = {"eval_strategy": "steps", "eval_steps": ev.eval_steps or spec.hyper.logging_steps,
+            "per_device_eval_batch_size": ev.batch_size or spec.hyper.batch_size}
+    if ev.early_stopping_patience:
+        # EarlyStoppingCallback compares this; the final adapter stays the last one (no best-model reload).
+        args["metric_for_best_model"], args["greater_is_better"] = spec.validation_metric()
+    return args
 
 
 def report_to(job: WorkerJob) -> list[str]:
@@ -256,7 +257,8 @@ def report_to(job: WorkerJob) -> list[str]:
 
 
 def early_stopping(spec: TrainSpec) -> list:
-    """transformers' EarlyStoppingCallback on eval_loss when ``eval.early_stopping_patience`` is set."""
+    """transformers' EarlyStoppingCallback on the validation metric (eval_loss; GRPO: eval_reward)
+    when ``eval.early_stopping_patience`` is set."""
     if spec.eval is None or not spec.eval.early_stopping_patience:
         return []
     from transformers import EarlyStoppingCallback

@@ -98,7 +98,8 @@ class VLLMRollout:
         out = self.call(f"sampling step {step}", self.actor.generate.remote(unique, counts, step, self.sampling))
         if out["policy_step"] != step:
             raise RuntimeError(f"rollouts came from policy step {out['policy_step']}, not {step}")
-        metrics = trainer._metrics["train"]  # TRL averages these per logging step (loss, reward, ...)
+        # TRL averages these per logging step (loss, reward, ...); an evaluation's go to its eval_* metrics.
+        metrics = trainer._metrics["train" if trainer.model.training else "eval"]
         metrics["rollout/tokens_per_s"].append(out["tokens"] / max(out["seconds"], 1e-9))
         metrics["rollout/policy_step"].append(float(step))
         return {"prompt_ids": prompt_ids, "completion_ids": out["completion_ids"], "logprobs": out["logprobs"]}
@@ -131,6 +132,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tokenizer = common.load_tokenizer(job.base_model)
     rows = common.load_rows(job)
     dataset = common.to_dataset([grpo_row(r) for r in rows])
+    # eval: held-out prompts, each sampled num_generations times with the policy of that step and
+    # scored by the same rewards (eval_reward, eval_rewards/<func>/mean, ...; TRL's eval loop).
+    eval_rows = common.load_eval_rows(job)
+    eval_dataset = common.to_dataset([grpo_row(r) for r in eval_rows]) if eval_rows is not None else None
     reward_funcs, weights = build_reward_funcs(g.rewards, job.job_id)
 
     if job.rollout_actor:
@@ -156,6 +161,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
         quantization_config=quantization_config,

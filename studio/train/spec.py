@@ -162,8 +162,9 @@ class GRPOSpec(Spec):
 
 class ValidationSpec(Spec):
     """Validation during training (TRL/transformers' own evaluation loop): ``eval_loss`` and the
-    method's eval metrics (DPO: ``eval_rewards/accuracies``, ``eval_rewards/margins``, ...) logged
-    beside the training loss every ``eval_steps``."""
+    method's eval metrics (DPO: ``eval_rewards/accuracies``, ``eval_rewards/margins``, ...; GRPO:
+    ``eval_reward`` and ``eval_rewards/<func>/mean`` of completions sampled for held-out prompts)
+    logged beside the training loss every ``eval_steps``."""
 
     dataset: str | None = Field(
         default=None, description="Validation snapshot: name (newest version), name@N, or snapshot id; of a kind "
@@ -176,9 +177,10 @@ class ValidationSpec(Spec):
     batch_size: int | None = Field(default=None, ge=1,
                                    description="Validation examples per worker per batch; default: hyper.batch_size.")
     early_stopping_patience: int | None = Field(
-        default=None, ge=1, description="Stop training after eval_loss failed to improve on its best value for "
-        "this many evaluations in a row (transformers' EarlyStoppingCallback); the result is the adapter at the "
-        "stop. Default: no early stopping.")
+        default=None, ge=1, description="Stop training after the validation metric failed to improve on its best "
+        "value for this many evaluations in a row (transformers' EarlyStoppingCallback): eval_loss (lower is "
+        "better), for GRPO eval_reward (the weighted reward of held-out prompts' completions, higher is better). "
+        "The result is the adapter at the stop. Default: no early stopping.")
 
     @model_validator(mode="after")
     def _one_source(self) -> ValidationSpec:
@@ -303,9 +305,12 @@ class TrainSpec(Spec):
 
     def _check_eval(self) -> None:
         ev = self.eval
-        if self.method == "grpo":
-            raise ValueError("eval: validation during training is for cpt, sft and dpo; a GRPO run is judged by "
-                             "its rewards (use eval_after or after_training to score the result)")
+        if self.grpo is not None and ev.batch_size is not None:
+            per_batch = ev.batch_size * self.resources.num_workers
+            if per_batch % self.grpo.num_generations:
+                raise ValueError(
+                    f"GRPO evaluates whole groups: eval.batch_size x resources.num_workers = {per_batch} completions "
+                    f"is not a multiple of grpo.num_generations = {self.grpo.num_generations}")
         if ev.split_ratio is not None:
             if self.data.split != "train":
                 raise ValueError(f"eval.split_ratio holds out part of the training data, but data.split is "
@@ -313,6 +318,12 @@ class TrainSpec(Spec):
             if self.data.validation_ratio and self.data.validation_ratio != ev.split_ratio:
                 raise ValueError(f"eval.split_ratio {ev.split_ratio} and data.validation_ratio "
                                  f"{self.data.validation_ratio} disagree: set one of them")
+
+    def validation_metric(self) -> tuple[str, bool]:
+        """The metric validation judges a run by (early stopping, best checkpoint): (name, greater is
+        better). GRPO's eval_loss is its policy loss on freshly sampled completions, whose group-relative
+        advantages average out to ~0 whatever the policy: its reward is what says how it does."""
+        return ("eval_reward", True) if self.method == "grpo" else ("eval_loss", False)
 
     def holdout_ratio(self) -> float:
         """The share of ``data.dataset`` held out of training (``eval.split_ratio`` or ``data.validation_ratio``)."""

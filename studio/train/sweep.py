@@ -154,6 +154,10 @@ class SweepSpec(Spec):
         if self.train.after_training is not None:
             raise ValueError("train.after_training: a sweep registers only its best trial; evaluate or "
                              "promote that version afterwards (drop after_training from the recipe)")
+        if self.metric == "eval_loss" and self.train.method == "grpo":
+            raise ValueError("metric eval_loss does not rank GRPO trials: GRPO's eval_loss is its policy loss on "
+                             "freshly sampled completions, ~0 whatever the policy (its group-relative advantages "
+                             "average out); use metric: exact_match with the recipe's `eval_after`")
         if self.metric == "eval_loss" and self.train.eval is None:
             raise ValueError("metric eval_loss needs the recipe's `eval` section (e.g. eval.split_ratio: 0.1)")
         if self.metric == "exact_match" and self.train.eval_after is None:

@@ -50,9 +50,18 @@ def test_malformed_eval_and_tracking_are_422_naming_the_field(client, user_key, 
     assert nothing_queued(client, user_key)
 
 
-def test_grpo_with_eval_is_refused_naming_the_alternative(client, user_key, spec):
-    body = {**spec, "method": "grpo", "hyper": {"max_steps": 2, "batch_size": 4}, "eval": {"split_ratio": 0.1}}
-    assert_problem(post(client, user_key, body), 422, "cpt, sft and dpo", "eval_after")
+def test_grpo_validates_on_held_out_prompts_in_whole_groups(client, user_key, spec):
+    grpo = {**spec, "name": "grpo-job", "method": "grpo", "hyper": {"max_steps": 2, "batch_size": 4},
+            "grpo": {"num_generations": 4}}
+    # An evaluation batch must hold whole groups (num_generations completions of one prompt), as a training step.
+    assert_problem(post(client, user_key, {**grpo, "eval": {"split_ratio": 0.1, "batch_size": 6}}), 422,
+                   "eval.batch_size x resources.num_workers = 6", "grpo.num_generations = 4")
+    assert nothing_queued(client, user_key)
+    # Held-out prompts, early stopping on eval_reward (the metric GRPO's evaluation has).
+    body = {**grpo, "eval": {"split_ratio": 0.1, "eval_steps": 1, "batch_size": 8, "early_stopping_patience": 2}}
+    r = post(client, user_key, body)
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["eval"]["early_stopping_patience"] == 2
 
 
 def test_a_split_that_leaves_no_training_rows_is_400_naming_the_field(client, user_key, spec):

@@ -68,6 +68,9 @@ def test_bad_space_is_a_4xx_naming_the_field(client, user_key, body):
                    "not a search domain")
     assert_problem(sweep(client, user_key, {**body, "space": {}}), 422, "space is empty")
     assert_problem(sweep(client, user_key, {**body, "metric": "exact_match"}), 422, "eval_after")
+    grpo = {**body["train"], "method": "grpo", "grpo": {"num_generations": 4}}
+    assert_problem(sweep(client, user_key, {**body, "train": grpo}), 422,
+                   "eval_loss does not rank GRPO trials", "metric: exact_match")
     assert client.get("/api/jobs", headers=bearer(user_key)).json() == []  # nothing queued
 
 
