@@ -276,11 +276,31 @@ def pytest_runtest_teardown(item, nextitem):
         stack.close()
 
 
+def _postgresql_for_all() -> bool:
+    value = os.environ.get("STUDIO_TEST_DATABASES", "marked").strip().lower()
+    if value not in ("marked", "both"):
+        raise pytest.UsageError(f"STUDIO_TEST_DATABASES={value!r}: use 'marked' (the default: PostgreSQL "
+                                "for the tests marked both_databases) or 'both' (every database test on both)")
+    return value == "both"
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need a CUDA device; without one they are skipped, with the reason. The modules
-    sharing the tiny-model stack (tests/stacks.py) run one after another."""
+    sharing the tiny-model stack (tests/stacks.py) run one after another. A database test runs on
+    SQLite, and also on PostgreSQL where it is marked ``both_databases`` (what the two databases do
+    differently: locking, concurrent writers, migrations, constraints) or with
+    ``STUDIO_TEST_DATABASES=both``: the PostgreSQL copy of every route and parsing test doubled the
+    first lane's time and found nothing SQLite's did not."""
     from tests.stacks import group_items
 
+    if not _postgresql_for_all():
+        dropped = [item for item in items if getattr(item, "callspec", None) is not None
+                   and item.callspec.params.get("db_url") == "postgresql"
+                   and item.get_closest_marker("both_databases") is None]
+        if dropped:
+            gone = set(map(id, dropped))
+            items[:] = [item for item in items if id(item) not in gone]
+            config.hook.pytest_deselected(items=dropped)
     group_items(items, config.rootpath)
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if gpu_items and not _has_cuda():

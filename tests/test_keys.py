@@ -15,6 +15,8 @@ from studio.keys import (KEY_PREFIX, create_job_key, create_key, has_admin, last
 from studio.store.db import session_scope
 from studio.store.models import ApiKey, utcnow
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 
 def test_create_returns_the_secret_once_and_stores_only_its_hash(settings):
     with session_scope(settings.db_url) as s:

@@ -6,6 +6,8 @@ import pytest
 
 from tests.api.checks import assert_problem, bearer
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 
 @pytest.mark.parametrize(
     "method, path, body",

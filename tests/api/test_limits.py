@@ -129,6 +129,7 @@ def test_a_database_that_does_not_answer_is_503_with_retry_after(settings, user_
             assert int(r.headers["retry-after"]) > 0 and body["fix"]
 
 
+@pytest.mark.both_databases  # it stops PostgreSQL's connections; SQLite has none to lose
 def test_a_database_lost_after_start_is_503_with_retry_after(settings, user_key, db_url):
     """The engine is up and pooled; then the server refuses connections (PostgreSQL only: the
     server is real and can be told to)."""

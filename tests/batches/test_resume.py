@@ -22,6 +22,8 @@ from studio.store.db import session_scope
 from studio.store.models import Batch as BatchRow, BatchResult, UsageRecord
 from tests.batches.conftest import bearer, job_key_for, job_of, line, new_batch
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 N, WIDTH = 60, 4
 
 

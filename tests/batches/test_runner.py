@@ -11,6 +11,7 @@ import threading
 import time
 from datetime import timedelta
 
+import pytest
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
 from sqlalchemy import select
@@ -20,6 +21,8 @@ from studio.keys import revoke_key
 from studio.store.db import session_scope
 from studio.store.models import ApiKey, Batch as BatchRow, UsageRecord, utcnow
 from tests.batches.conftest import bearer, job_key_for, job_of, line, new_batch
+
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
 
 
 def run(settings, monkeypatch, batch_id: str) -> int:

@@ -19,6 +19,8 @@ from studio.errors import NotFound, StudioError
 from studio.store.db import session_scope
 from studio.store.models import DatasetSnapshot
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 
 def pc_rows(n: int, start: int = 0) -> list[dict[str, str]]:
     return [{"prompt": f"reverse: {i}", "completion": str(i)[::-1]} for i in range(start, start + n)]

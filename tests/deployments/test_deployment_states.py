@@ -17,9 +17,18 @@ from ray.serve.schema import ApplicationStatus, ApplicationStatusOverview, Deplo
 from studio.errors import Conflict
 from studio.serving.config import deployment_name
 from studio.serving.recipe import DeploymentStatus, ServingRecipe, claim, get_row, set_status
-from studio.serving.restore import mark_restoring, pending, restore, restore_pending
+from studio.serving.restore import (
+    RESTART_BOUND_S,
+    RESTART_NOTE,
+    mark_restoring,
+    pending,
+    restore,
+    restore_pending,
+)
 from studio.serving.status import Reported, ServeFacts, describe, report
 from studio.store.db import session_scope
+
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
 
 S = DeploymentStatus
 
@@ -80,6 +89,30 @@ def test_a_fresh_head_restores_every_live_row(settings):
     assert mark_restoring(settings, (), fresh=True) == ["ready", "deploying"]
     assert mark_restoring(settings, (), fresh=True) == []  # once
     assert _status(settings, "evicted")[0] == "evicted"
+
+
+def test_a_restart_in_progress_is_its_callers_until_it_is_stale_or_the_head_is_new(settings):
+    """A restart (``restore.restart``) marks its row RESTORING "restarted by …" and brings it back
+    itself: the Router's restorer must not start the same application too (two starters, each
+    waiting for the other's application, was issue 26's restart that never came back)."""
+    _rows(settings, "org/model", {"restarting": [S.READY], "back": [S.READY]})
+    with session_scope(settings.db_url) as s:
+        set_status(get_row(s, "restarting"), S.RESTORING, f"{RESTART_NOTE}admin-1")
+        set_status(get_row(s, "back"), S.RESTORING, "was ready before a restart")
+    assert pending(settings) == ["back"]
+    assert restore(settings, "restarting", print, lambda: None) is None  # left alone
+    assert _status(settings, "restarting") == ("restoring", "restarted by admin-1")
+    with session_scope(settings.db_url) as s:  # its caller is gone: past every bound it could take
+        row = get_row(s, "restarting")
+        row.updated_at = datetime.now(timezone.utc) - timedelta(seconds=600 + RESTART_BOUND_S + 61)
+    assert pending(settings) == ["restarting", "back"]
+    with session_scope(settings.db_url) as s:
+        get_row(s, "restarting").updated_at = datetime.now(timezone.utc)
+    assert pending(settings) == ["back"]
+    # A new Ray head: nobody restarts it any more; it is restored like the others.
+    assert mark_restoring(settings, (), fresh=True) == ["restarting"]
+    assert pending(settings) == ["restarting", "back"]
+    assert "before a restart" in _status(settings, "restarting")[1]
 
 
 def test_a_row_whose_model_folder_is_gone_fails_with_the_reason_and_the_next_is_tried(

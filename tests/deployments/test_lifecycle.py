@@ -2,7 +2,8 @@
 figures per replica, and — slow, on one real stack — a second tiny base model (an adapter merged
 into the first by ``studio.registry.merge``, answering like the adapter) deployed at runtime
 through ``POST /api/deployments``, served next to the first with no failed request to the first
-while it comes and goes, then evicted (its name answers 404 "not deployed"), plus the bad inputs:
+while it comes and goes, restarted (``studio serve restart``: 503 + Retry-After, then serving again),
+then evicted (its name answers 404 "not deployed"), plus the bad inputs:
 a model path that does not exist, a name deployed twice, a deploy no node can hold (100000 GiB of
 memory; 64 GiB of KV cache on CPU), one the cluster cannot hold now, an eviction with a request
 in flight, and (light) evicting a model that serves an A/B arm."""
@@ -373,6 +374,53 @@ def _kill_the_engine_and_see_it_come_back(stack) -> None:
           f"again after {back:.1f} s ({len(codes)} more 503s between)")
 
 
+def _restart_and_see_it_serve_again(stack) -> None:
+    """`studio serve restart tiny2` (POST /api/deployments/tiny2/restart, the route the UI's Restart
+    calls) of a READY model: it answers 503 with Retry-After meanwhile (never another error), the
+    command returns once it serves, READY with one healthy replica on a new engine, and it answers
+    /v1 again (issue 26: a restarted model's replica never came back)."""
+    http, settings = stack["http"], stack["settings"]
+    before = _engine_core(stack["processes"], "model-tiny2").pid
+    seen: list[tuple[int, str | None, str]] = []
+    stop = threading.Event()
+
+    def ask_meanwhile():
+        with httpx.Client(base_url=stack["url"], headers=dict(http.headers), timeout=120) as c:
+            while not stop.is_set():
+                r = _chat(c, "tiny2")
+                seen.append((r.status_code, r.headers.get("retry-after"),
+                             "" if r.status_code == 200 else r.text[:300]))
+                time.sleep(0.2)
+
+    asking = threading.Thread(target=ask_meanwhile)
+    asking.start()
+    env = {k: v for k, v in os.environ.items() if k not in ("STUDIO_ADMIN_KEY", "RAY_ADDRESS")}
+    env.update(STUDIO_HOME=str(settings.home_abs), STUDIO_DATABASE_URL=settings.db_url,
+               STUDIO_HTTP_HOST="127.0.0.1", STUDIO_HTTP_PORT=stack["url"].rsplit(":", 1)[1],
+               STUDIO_API_KEY=stack["key"])
+    started = time.monotonic()
+    try:
+        r = subprocess.run([str(Path(sys.executable).with_name("studio")), "serve", "restart", "tiny2"],
+                           env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        took = time.monotonic() - started
+        stop.set()
+        asking.join(150)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "tiny2: ready" in r.stdout, r.stdout
+    entry = http.get("/api/deployments/tiny2").json()
+    assert entry["status"] == "ready" and entry["stored_status"] == "ready", entry
+    assert entry["healthy_replicas"] == 1, entry
+    answer = _chat(http, "tiny2")
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 4, answer.text
+    assert _engine_core(stack["processes"], "model-tiny2").pid != before  # a new engine serves it
+    refused = [s for s in seen if s[0] != 200]
+    assert all(code == 503 and retry for code, retry, _ in refused), refused[:5]
+    assert refused, "no request saw the model restarting (503 + Retry-After)"
+    print(f"restart of a ready model: {took:.1f} s (`studio serve restart`), {len(refused)} 503s "
+          f"with Retry-After meanwhile, {len(seen) - len(refused)} answers")
+
+
 @pytest.mark.slow
 def test_second_base_model_deployed_served_and_evicted_without_disturbing_the_first(stack):
     http, second = stack["http"], stack["second"]
@@ -454,6 +502,8 @@ def test_second_base_model_deployed_served_and_evicted_without_disturbing_the_fi
         # Its engine killed (kill -9 of vLLM's EngineCore): 503 + Retry-After at once, the
         # reason in its status, answering again by itself; the first model never notices.
         _kill_the_engine_and_see_it_come_back(stack)
+        # Restarted from its stored recipe: back, on a new engine; the first model never notices.
+        _restart_and_see_it_serve_again(stack)
 
         # Serving an arm of an active experiment: not evicted until the experiment stops.
         r = http.post("/api/experiments", json={"alias": "ab-evict", "arms": [

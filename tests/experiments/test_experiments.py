@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from studio.experiments.ab import pick_arm
 from studio.experiments.completions import ResponseCapture, prompt_text
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 ARMS = [{"model": "tiny", "weight": 0.5}, {"model": "reverse-tiny@1", "weight": 0.5}]
 
 

@@ -14,6 +14,8 @@ from studio.gateway.usage import UsageRow, UsageWriter, aggregate_usage, key_spe
 from studio.keys import create_key
 from studio.store.db import session_scope
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 DAY1 = datetime(2026, 11, 20, 23, 30, tzinfo=timezone.utc)
 DAY2 = DAY1 + timedelta(hours=1)  # the next UTC day
 

@@ -12,6 +12,8 @@ from studio.jobs.status import JobStatus, create_job, transition
 from studio.store.db import session_scope
 from studio.store.models import Job, JobEvent
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 
 class Spec(BaseModel):
     n: int

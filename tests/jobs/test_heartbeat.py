@@ -13,6 +13,8 @@ import threading
 import time
 from datetime import datetime, timedelta
 
+import pytest
+
 from studio.data.ingest import ingest_path
 from studio.data.synth import submit
 from studio.data.synth.spec import SynthSpec
@@ -24,6 +26,8 @@ from studio.store.db import session_scope
 from studio.store.models import Job, JobEvent
 from tests.data.fake_generator import FakeGenerator
 from tests.loopback import free_port
+
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
 
 CONFIG = SchedulerConfig(heartbeat_timeout_s=120, retry_backoff_s=60)  # no start within a test's pass
 

@@ -17,6 +17,8 @@ from studio.store.models import EvalOutput, Job, JobEvent, JobMetric
 from tests.api.checks import bearer
 from tests.cli_invoke import invoke
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 T0 = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
 
 

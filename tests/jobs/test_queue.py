@@ -18,6 +18,8 @@ from studio.store.models import Job, utcnow
 from studio.train.spec import TrainSpec
 from tests.jobs.inputs import ingest_datasets, train_spec
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 
 def _enqueue(settings, spec: dict) -> int:
     with session_scope(settings.db_url) as s:

@@ -12,6 +12,8 @@ from studio.jobs.status import TRANSITIONS, IllegalTransition, JobStatus, can_re
 from studio.store.db import session_scope
 from studio.store.models import Job, JobEvent
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 
 def _job_in(session, status: JobStatus) -> int:
     job = create_job(session, name="t", spec={}, max_retries=1, submitted_by="test")

@@ -16,6 +16,8 @@ from studio.loops.stats import Action, ArmCounts, Look, decide
 from studio.store.db import session_scope
 from studio.store.loop_models import LoopGeneration
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "loops" / "reverse_tiny.yaml"
 
 

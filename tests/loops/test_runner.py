@@ -24,6 +24,8 @@ from studio.train.spec import TrainSpec
 from tests.loops.traffic import at
 from tests.loops.world import EdgeActions, World
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 TO_CANARY = [(None, "WATCHING", "step_done"), ("WATCHING", "TRIGGERED", "trigger_data"),
              ("TRIGGERED", "SNAPSHOT", "step_done"), ("SNAPSHOT", "TRAINING", "step_done"),
              ("TRAINING", "GATE", "step_done"), ("GATE", "CANARY", "shadow_skipped")]

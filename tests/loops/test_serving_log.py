@@ -32,6 +32,8 @@ from tests.loops.traffic import (T0, TO_CANARY, at, completion, experiment, fail
 from tests.gateway.fake_provider import FakeProvider
 from tests.loops.world import EdgeActions, World
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 
 @pytest.fixture(scope="module")
 def provider():

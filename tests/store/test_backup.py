@@ -37,6 +37,8 @@ from studio.store.artifacts import ArtifactStore
 from studio.store.db import alembic_config, get_engine, init_db, session_scope
 from studio.store.models import DatasetSnapshot, DatasetVersion, JobEvent, StoredFile
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 # Backend-independent paths (the manifest checks, the CLI) run on SQLite only, to keep the module fast.
 POSTGRES_ADMIN_URL = os.environ.get("STUDIO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ROWS = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(5)]

@@ -20,6 +20,8 @@ from studio.keys import create_key
 from studio.store import db as store_db
 from studio.store.models import ApiKey, Base
 
+pytestmark = pytest.mark.both_databases  # PostgreSQL too: locking, concurrent writers, constraints
+
 
 def _head_revision(url: str) -> str:
     return ScriptDirectory.from_config(store_db.alembic_config(url)).get_current_head()

@@ -181,7 +181,8 @@ def test_evaluate_promote_ab_test_and_read_usage(studio):
 def test_deploy_and_evict_a_base_model_from_the_models_page(studio):
     """An admin deploys a second base model from the recipe form (the tiny model's folder under
     another name), watches its state go DEPLOYING → READY on the page (polled; the deploy call
-    answers once it serves), then evicts it (EVICTED). The form's refusals are
+    answers once it serves), restarts it (busy, then READY again from its stored recipe), then evicts
+    it (EVICTED). The form's refusals are
     tests/ui/test_models_page.py's, without an engine."""
     with chromium_page(studio["base"], screenshot_dir()) as b:
         b.login(studio["admin"])
@@ -199,6 +200,15 @@ def test_deploy_and_evict_a_base_model_from_the_models_page(studio):
         b.wait(f"{row} .badge:text-is('READY')", timeout_s=15)
         assert b.page.inner_text(f"{row} td:nth-child(4)") == "1"  # one healthy replica
         b.shot("stack-09-deployed")
+        # Restart: the ready model goes back through restoring and serves again from its recipe.
+        b.page.click(f"{row} button.restart")
+        b.wait(f"{row} .busy", timeout_s=15)  # the page says it is restarting while the call waits
+        # The call answers (the banner: its outcome, or its error at once) within the recipe's
+        # deploy_timeout_s (600) + 135 s (docs/serving.md, "Restart").
+        b.wait("#banner:not([hidden])", timeout_s=800)
+        assert b.banner().startswith("ui-tiny2: ready"), b.banner()
+        b.wait(f"{row} .badge:text-is('READY')", timeout_s=15)
+        assert b.page.inner_text(f"{row} td:nth-child(4)") == "1"
         b.page.click(f"{row} button.evict")
         b.wait("#banner:has-text('ui-tiny2: evicted')", timeout_s=120)
         b.wait(f"{row} .badge:text-is('EVICTED')", timeout_s=15)
