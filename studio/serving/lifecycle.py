@@ -44,6 +44,12 @@ CONSTRUCTOR_RETRIES = 2
 # Requests in flight when a model is evicted get this long to finish (Serve's blocking delete
 # itself gives up after 60 s).
 GRACEFUL_SHUTDOWN_S = 30.0
+# An application still being deleted (Serve's blocking delete gave up) is waited for this long
+# more before a new one of the same name is submitted; then the start fails, saying so.
+OLD_APP_GONE_S = 60.0
+# An application that is not there (NOT_STARTED) this long while a start waits for it was deleted
+# by another caller (an evict): the start fails instead of waiting out deploy_timeout_s.
+APP_GONE_S = 10.0
 Progress = Callable[[str], None]
 
 
@@ -155,24 +161,55 @@ def start(settings: StudioSettings, recipe: ServingRecipe, status: DeploymentSta
     application, marks the row FAILED with why, and raises. ``sync`` tells the Router (the Router
     itself hands in its own when it restores)."""
     from ray import serve
+    from ray.serve.schema import ApplicationStatus
 
     try:
         app = serve.status().applications.get(recipe.app_name)
+        if app is not None and app.status == ApplicationStatus.DELETING:
+            # Its old application (a restart's, an evict's) is still shutting down: waiting for
+            # it would wait for an application nobody submits. Submit after it is gone.
+            wait_gone(recipe.app_name, OLD_APP_GONE_S, say)
+            app = None
         if status is DeploymentStatus.DEPLOYING or app is None:
             _make_room(settings, recipe, say)
             _submit(recipe, say)
         # else: a restore that an earlier Router replica submitted already: wait for it
         _wait_running(settings, recipe, say, status)
     except BaseException as e:
-        _abandon(settings, recipe, e, status, sync)
+        abandon(settings, recipe, e, status, sync)
         raise
     with session_scope(settings.db_url) as session:
         row = require_row(session, recipe.name)
-        set_status(row, DeploymentStatus.READY)
+        if row.status != DeploymentStatus.READY.value:  # READY: another caller got there first
+            set_status(row, DeploymentStatus.READY)
         session.flush()
         result = row_dict(row)
     sync()
     return result
+
+
+def wait_gone(app_name: str, timeout_s: float, say: Progress) -> None:
+    """Wait until Serve application ``app_name`` no longer exists; Unavailable after
+    ``timeout_s``."""
+    from ray import serve
+
+    say(f"waiting for the old Serve application {app_name} to shut down")
+    deadline = time.monotonic() + timeout_s
+    while (app := serve.status().applications.get(app_name)) is not None:
+        if time.monotonic() > deadline:
+            raise Unavailable(f"the old Serve application {app_name} was still "
+                              f"{app.status.value.lower()} {timeout_s:g} s after it was deleted",
+                              "see its replicas' logs in the Ray dashboard "
+                              "(/tmp/ray/session_latest/logs/serve/), then deploy it again")
+        time.sleep(0.5)
+
+
+def wait_for_resources(need: dict[str, float], timeout_s: float) -> None:
+    """Up to ``timeout_s`` for the cluster to have ``need`` free (Ray frees a deleted replica's
+    resources shortly after it exits); returns either way (``_make_room`` says what is short)."""
+    deadline = time.monotonic() + timeout_s
+    while missing_resources(need) and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def _submit(recipe: ServingRecipe, say: Progress) -> None:
@@ -243,6 +280,7 @@ def _wait_running(settings: StudioSettings, recipe: ServingRecipe, say: Progress
 
     deadline = time.monotonic() + recipe.deploy_timeout_s
     said = None
+    absent_since = None
     while True:
         app = serve.status().applications.get(recipe.app_name)
         status = app.status if app else ApplicationStatus.NOT_STARTED
@@ -253,8 +291,16 @@ def _wait_running(settings: StudioSettings, recipe: ServingRecipe, say: Progress
             raise Unavailable(f"model {recipe.name!r} failed to start: {detail or status.value}",
                               "fix the recipe (see the replica logs in the Ray dashboard) and "
                               "deploy again")
+        # Submitted (by this caller, or an earlier Router replica) yet not there: deleted since.
+        # Nobody will submit it again: waiting out deploy_timeout_s would only hang.
+        absent_since = (absent_since or time.monotonic()) if app is None else None
+        if absent_since is not None and time.monotonic() - absent_since > APP_GONE_S:
+            raise Unavailable(f"model {recipe.name!r}: its Serve application {recipe.app_name} "
+                              "was deleted while it started", "deploy it again")
         with session_scope(settings.db_url) as session:
             row = get_row(session, recipe.name)
+            if row is not None and row.status == DeploymentStatus.READY.value:
+                return  # another caller saw it serve and marked it READY
             if row is None or row.status != row_status.value:
                 raise Conflict(f"model {recipe.name!r} was evicted while it was {row_status.value}")
         if time.monotonic() > deadline:
@@ -276,7 +322,7 @@ def _status_detail(app) -> str:
     return "; ".join(parts)[:2000]
 
 
-def _abandon(settings: StudioSettings, recipe: ServingRecipe, error: BaseException,
+def abandon(settings: StudioSettings, recipe: ServingRecipe, error: BaseException,
              status: DeploymentStatus, sync: Callable[[], None]) -> None:
     """After a failed deploy: remove the half-started application, record why."""
     from ray import serve

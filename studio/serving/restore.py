@@ -15,11 +15,17 @@ their Serve applications. Two steps bring them back:
    another model to make room). One that cannot come back — its model folder was deleted, the
    cluster lacks the resources, the engine fails — becomes FAILED with the reason, and the next
    one still comes back. Meanwhile ``/v1`` answers 503 with ``Retry-After`` for the name.
+
+``restart`` (``POST /api/deployments/{name}/restart``, ``studio serve restart``) brings one READY
+model back the same way, on demand: RESTORING, its application deleted, submitted again from the
+stored recipe, waited for. The caller does it all itself; its row (message "restarted by …") is
+not the Router's to restore while the caller can still be at work (``RESTART_BOUND_S`` past the
+recipe's ``deploy_timeout_s``): two starters of one application, each waiting for the other's,
+were how a restarted model never came back.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from typing import Any
@@ -44,6 +50,12 @@ S = DeploymentStatus
 # A DEPLOYING row without an application is another caller's deploy in progress (it submits after
 # its resource check) unless it is this much older than its recipe's deploy timeout.
 STALE_MARGIN_S = 60.0
+# A RESTORING row whose message starts so is a restart in progress: its caller's, not the Router's.
+RESTART_NOTE = "restarted by "
+# What a restart may take beyond its recipe's deploy_timeout_s: Serve's blocking delete (60 s),
+# the old application's shutdown after it (lifecycle.OLD_APP_GONE_S), its resources freed (15 s).
+RESOURCES_FREED_S = 15.0
+RESTART_BOUND_S = 60.0 + lifecycle.OLD_APP_GONE_S + RESOURCES_FREED_S
 
 
 def mark_restoring(settings: StudioSettings, running_apps: Collection[str], fresh: bool,
@@ -56,6 +68,11 @@ def mark_restoring(settings: StudioSettings, running_apps: Collection[str], fres
     with session_scope(settings.db_url) as session:
         for row in list_rows(session):
             status = S(row.status)
+            if status is S.RESTORING and fresh and _restart_note(row.message):
+                # A restart cut short by the cluster's restart: nobody works on it any more.
+                row.message = "was being restarted before a restart; deploying it again from its stored recipe"
+                names.append(row.name)
+                continue
             if row.app_name in running_apps or not status.is_live() or status is S.RESTORING:
                 continue
             if status is S.EVICTING:
@@ -68,17 +85,32 @@ def mark_restoring(settings: StudioSettings, running_apps: Collection[str], fres
     return names
 
 
-def _stale(recipe: dict[str, Any], updated_at: datetime, now: datetime) -> bool:
+def _stale(recipe: dict[str, Any], updated_at: datetime, now: datetime,
+           extra_s: float = 0.0) -> bool:
     if updated_at.tzinfo is None:
         updated_at = updated_at.replace(tzinfo=timezone.utc)
     timeout_s = float((recipe or {}).get("deploy_timeout_s") or 600.0)
-    return (now - updated_at).total_seconds() > timeout_s + STALE_MARGIN_S
+    return (now - updated_at).total_seconds() > timeout_s + extra_s + STALE_MARGIN_S
+
+
+def _restart_note(message: str | None) -> bool:
+    return (message or "").startswith(RESTART_NOTE)
+
+
+def restarting(row, now: datetime | None = None) -> bool:
+    """A RESTORING row that a restart's caller is bringing back (and may still be: not stale)."""
+    now = now or datetime.now(timezone.utc)
+    return (row.status == S.RESTORING.value and _restart_note(row.message)
+            and not _stale(row.recipe, row.updated_at, now, RESTART_BOUND_S))
 
 
 def pending(settings: StudioSettings) -> list[str]:
-    """Names of the rows in RESTORING, oldest first."""
+    """Names of the rows in RESTORING that are the Router's to bring back (not a restart a caller
+    is at), oldest first."""
+    now = datetime.now(timezone.utc)
     with session_scope(settings.db_url) as session:
-        return [r.name for r in list_rows(session) if r.status == S.RESTORING.value]
+        return [r.name for r in list_rows(session)
+                if r.status == S.RESTORING.value and not restarting(r, now)]
 
 
 def restore(settings: StudioSettings, name: str, say: Callable[[str], None],
@@ -87,7 +119,7 @@ def restore(settings: StudioSettings, name: str, say: Callable[[str], None],
     as a dict (READY, or FAILED with why). None: the row is not RESTORING (any more)."""
     with session_scope(settings.db_url) as session:
         row = get_row(session, name)
-        if row is None or row.status != S.RESTORING.value:
+        if row is None or row.status != S.RESTORING.value or restarting(row):
             return None
         try:
             recipe = resolve_model_path(ServingRecipe.model_validate(row.recipe))
@@ -138,7 +170,10 @@ def restart(settings: StudioSettings, name: str, by: str, owner_key_id: int | No
     dict. A READY one goes RESTORING (``/v1`` answers 503 with ``Retry-After`` meanwhile, requests
     in flight finish first), its application is deleted and submitted again; a FAILED or EVICTED
     one is deployed again as by ``studio serve deploy``. One still deploying, restoring or
-    evicting is a 409: its state is about to change anyway."""
+    evicting is a 409: its state is about to change anyway. ``by``: who asked (a key's name).
+
+    It ends READY, or FAILED with why (raised: the old application did not shut down, the engine
+    did not start), within the recipe's ``deploy_timeout_s`` + ``RESTART_BOUND_S``."""
     from ray import serve
 
     say = say or (lambda _: None)
@@ -156,16 +191,19 @@ def restart(settings: StudioSettings, name: str, by: str, owner_key_id: int | No
         recipe = resolve_model_path(ServingRecipe.model_validate(row.recipe))
         app = row.app_name
         if status is S.READY:
-            set_status(row, S.RESTORING, f"restarted by {by}")
+            # RESTART_NOTE: this caller's to bring back; the Router's Restorer leaves it alone.
+            set_status(row, S.RESTORING, f"{RESTART_NOTE}{by}")
     if status is not S.READY:  # FAILED or EVICTED: nothing runs, deploy it again
         return lifecycle.deploy(settings, recipe, by, say, owner_key_id)
-    lifecycle.sync_router()  # the name now answers 503 "coming back" instead of reaching the replica
-    say(f"deleting Serve application {app} (requests in flight finish first)")
     try:
-        serve.delete(app, _blocking=True)
-    except TimeoutError:  # still shutting down: start() submits the new one behind it
-        pass
-    deadline = time.monotonic() + 15  # Ray frees the old replicas' resources shortly after they exit
-    while lifecycle.missing_resources(recipe.resources_needed()) and time.monotonic() < deadline:
-        time.sleep(0.5)
+        lifecycle.sync_router()  # the name answers 503 "coming back", no longer reaching the replica
+        say(f"deleting Serve application {app} (requests in flight finish first)")
+        try:
+            serve.delete(app, _blocking=True)
+        except TimeoutError:  # still shutting down: start() waits for it, then submits
+            pass
+        lifecycle.wait_for_resources(recipe.resources_needed(), RESOURCES_FREED_S)
+    except BaseException as e:  # the row must not stay RESTORING with nobody at it
+        lifecycle.abandon(settings, recipe, e, S.RESTORING, lifecycle.sync_router)
+        raise
     return lifecycle.start(settings, recipe, S.RESTORING, say)

@@ -72,6 +72,8 @@ async def evict(name: str, request: Request, settings: SettingsDep, key: AdminDe
 async def restart(name: str, request: Request, settings: SettingsDep, key: AdminDep) -> dict[str, Any]:
     """Deploy a runtime model again from its stored recipe; answers once it serves again. A ready
     one goes ``restoring`` (``/v1`` answers 503 with Retry-After meanwhile); a failed or evicted
-    one is deployed again; one deploying, restoring or evicting is a 409."""
+    one is deployed again; one deploying, restoring or evicting is a 409. The answer comes within
+    the recipe's ``deploy_timeout_s`` + ``restore.RESTART_BOUND_S`` (135 s): ready, or the 503
+    saying why it could not come back (the row is then failed with that reason)."""
     _router(request)
-    return await asyncio.to_thread(restore.restart, settings, name, f"restarted by {key.name}", key.id)
+    return await asyncio.to_thread(restore.restart, settings, name, key.name, key.id)
