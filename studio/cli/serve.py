@@ -1,5 +1,6 @@
-"""``studio serve``: deploy, list and evict base models at runtime on the running studio (this
-process joins its Ray cluster, like ``studio up``; the API offers the same at /api/deployments)."""
+"""``studio serve``: deploy, list, evict and restart base models at runtime on the running studio
+(deploy, ls and evict join its Ray cluster, like ``studio up``; restart calls the API's route, as
+the UI does; the API offers them all at /api/deployments)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from studio.cli.common import console, settings_with_db
 
-app = typer.Typer(help="Serving recipes: deploy, list and evict base models at runtime.",
+app = typer.Typer(help="Serving recipes: deploy, list, evict and restart base models at runtime.",
                   no_args_is_help=True)
 
 
@@ -82,3 +83,55 @@ def evict(name: str = typer.Argument(..., help="The model name to stop serving."
     with console.status(f"evicting {name} (requests in flight finish first) …"):
         lifecycle.evict(settings, name, "evicted with `studio serve evict`")
     console.print(f"{name} evicted: its name now answers 404 (not deployed)")
+
+
+def _key(settings) -> str:
+    """The key the restart call sends: ``$STUDIO_API_KEY``, else ``$STUDIO_ADMIN_KEY``, else the
+    admin key file ``studio up`` wrote. The API refuses (403) a key that is not an admin's."""
+    import os
+
+    from studio.errors import StudioError
+
+    key = os.environ.get("STUDIO_API_KEY") or settings.admin_key
+    if key:
+        return key
+    if settings.admin_key_file.exists():
+        return settings.admin_key_file.read_text().strip()
+    raise StudioError("no admin key to restart a model with",
+                      f"set STUDIO_API_KEY to an admin key, or run `studio up`, which writes "
+                      f"{settings.admin_key_file}")
+
+
+@app.command("restart")
+def restart(name: str = typer.Argument(..., help="The runtime model to restart.")) -> None:
+    """Restart a runtime model from its stored recipe (POST /api/deployments/NAME/restart, an
+    admin key): a ready one answers 503 with Retry-After until it serves again; a failed or
+    evicted one is deployed again. Waits until it serves (or says why not)."""
+    import httpx
+
+    from studio.errors import StudioError
+    from studio.serving.recipe import get_row
+    from studio.serving.restore import RESTART_BOUND_S
+    from studio.store.db import session_scope
+
+    settings = settings_with_db()
+    with session_scope(settings.db_url) as session:
+        row = get_row(session, name)
+        deploy_timeout_s = float((row.recipe or {}).get("deploy_timeout_s") or 600) if row else 600.0
+    url = f"{settings.base_url}/api/deployments/{name}/restart"
+    # The route answers within deploy_timeout_s + RESTART_BOUND_S (docs/serving.md).
+    timeout = httpx.Timeout(deploy_timeout_s + RESTART_BOUND_S + 60, connect=10)
+    with console.status(f"restarting {name} (it answers 503 with Retry-After until it is back) …"):
+        try:
+            r = httpx.post(url, headers={"Authorization": f"Bearer {_key(settings)}"}, timeout=timeout)
+        except httpx.HTTPError as e:
+            raise StudioError(f"the studio at {settings.base_url} did not answer ({e!r})",
+                              "run `studio up` (or set STUDIO_HTTP_HOST/STUDIO_HTTP_PORT to the "
+                              "running studio's)") from None
+    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+    if r.status_code >= 400:
+        problem = body.get("detail") if isinstance(body, dict) else None
+        raise StudioError(f"restart of {name!r} refused ({r.status_code}): {problem or r.text[:500]}",
+                          body.get("fix") if isinstance(body, dict) else None)
+    message = f" ({body['message']})" if body.get("message") else ""
+    console.print(f"{name}: {body.get('status')}{message}; request it as model={name!r} on /v1")
