@@ -288,6 +288,11 @@ class Router:
     def bases(self) -> list[str]:
         return list(self._handles)
 
+    def base_models(self) -> dict[str, str]:
+        """Served base → the model it loads (a path or hub id): an evict asks whether another base
+        would serve the registry versions of the one going."""
+        return {base: info.get("model") or base for base, info in {**self._runtime, **self._static}.items()}
+
     def report_adapters(self, model: str, replica: str, adapter_ids: list[str]) -> None:
         """A ModelDeployment replica telling which adapters it holds (for /metrics)."""
         self.metrics.report_adapters(model, replica, adapter_ids)

@@ -77,8 +77,18 @@ def evict(name: str = typer.Argument(..., help="The model name to stop serving."
     from studio import ray_connection
     from studio.serving import lifecycle
 
+    from studio.errors import Conflict, StudioError
+
     settings = settings_with_db()
-    lifecycle.check_evictable(settings, name)  # an A/B arm: refused before joining the cluster
+    try:
+        lifecycle.check_evictable(settings, name)  # an A/B arm: refused before joining the cluster
+    except Conflict as refused:
+        # Without the cluster, a serve-config model on the same weights is unknown: the Router may
+        # still serve those arms. On the cluster, evict() asks it and refuses again if not.
+        try:
+            ray_connection.connect(settings)
+        except StudioError:
+            raise refused from None
     ray_connection.connect(settings)
     with console.status(f"evicting {name} (requests in flight finish first) …"):
         lifecycle.evict(settings, name, "evicted with `studio serve evict`")

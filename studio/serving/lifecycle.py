@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from studio.errors import Conflict, NotFound, StudioError, Unavailable
@@ -343,7 +344,37 @@ def abandon(settings: StudioSettings, recipe: ServingRecipe, error: BaseExceptio
 
 
 def _arms_of(session, row: ServingDeployment) -> list[tuple[str, str]]:
-    return arms_served_on(session, row.name, row.recipe["deployment"]["engine"]["model"])
+    """The A/B arms that would fail if ``row`` went: those naming it, and the registry versions on
+    its model unless another served base loads the same model (the Router sends them there)."""
+    model = row.recipe["deployment"]["engine"]["model"]
+    arms = arms_served_on(session, row.name, model)
+    if arms and _model_served_by_another(session, row.name, model):
+        arms = [(alias, ref) for alias, ref in arms if ref == row.name]
+    return arms
+
+
+def _same_model(ref: str) -> str:  # an existing path compared resolved, as the Router compares bases
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if path.exists() else ref
+
+
+def _model_served_by_another(session, name: str, model: str) -> bool:
+    """Another runtime deployment that holds its name, or (asked of the Router when this process is
+    on the cluster) a serve-config model, loads ``model`` too."""
+    import ray
+
+    want = _same_model(model)
+    for other in list_rows(session):
+        if other.name != name and DeploymentStatus(other.status) in (DeploymentStatus.READY, DeploymentStatus.DEPLOYING) \
+                and _same_model(other.recipe["deployment"]["engine"]["model"]) == want:
+            return True
+    if not ray.is_initialized():
+        return False  # the serve config's models are the Router's to tell: evict() asks again on the cluster
+    try:
+        models = _router_call("base_models", timeout_s=10)
+    except Exception:  # noqa: BLE001 — refusing is the safe answer when the Router cannot say
+        return False
+    return any(base != name and _same_model(m) == want for base, m in models.items())
 
 
 def _refuse_while_serving_arms(session, row: ServingDeployment) -> None:

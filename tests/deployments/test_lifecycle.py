@@ -179,6 +179,24 @@ def test_a_model_serving_an_ab_arm_is_not_evicted(settings, tmp_path, tiny_model
         update_experiment(s, "ab-adapter", ExperimentUpdate(arms=[{"model": "other", "weight": 1}]))
     lifecycle.check_evictable(settings, "tiny2")  # stopped, or no arm on it: evictable
 
+    # Another deployment loading the same model (the stack walk's second base on the tiny model's
+    # folder) serves rev@1 once tiny2 goes: only an arm naming tiny2 itself still holds it.
+    with session_scope(settings.db_url) as s:
+        update_experiment(s, "ab-adapter", ExperimentUpdate(arms=[{"model": "rev@1", "weight": 1},
+                                                                  {"model": "other", "weight": 1}]))
+    with pytest.raises(Conflict, match="'ab-adapter' \\(arm 'rev@1'\\)"):
+        lifecycle.check_evictable(settings, "tiny2")
+    with session_scope(settings.db_url) as s:
+        twin = resolve_model_path(ServingRecipe.model_validate(_recipe(str(tiny_model_dir), name="tiny3")))
+        set_status(claim(s, twin, "root"), DeploymentStatus.READY)
+    lifecycle.check_evictable(settings, "tiny2")
+    with session_scope(settings.db_url) as s:
+        create_experiment(s, ExperimentSpec(alias="ab-named", arms=[
+            {"model": "tiny2", "weight": 1}, {"model": "tiny3", "weight": 1}]))
+    with pytest.raises(Conflict, match="'ab-named' \\(arm 'tiny2'\\)") as refused:
+        lifecycle.check_evictable(settings, "tiny2")
+    assert "rev@1" not in refused.value.problem
+
 
 def test_replica_figures_give_tokens_per_second_totals_and_gauges():
     m = ServingMetrics()
