@@ -16,13 +16,13 @@ line already stored, so no finished line is asked (or billed) twice.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from studio.jobs.entry import job_main
 from studio.batches.output import done_lines, not_run, recount, save, write_files
 from studio.batches.queue import KIND, BatchJobSpec
 from studio.batches.runner import BatchRun, expired_lines
@@ -34,7 +34,7 @@ from studio.jobs.driver import EXIT_FAILED, EXIT_REFUSED, JobDriver
 from studio.jobs.status import JobStatus, transition
 from studio.settings import StudioSettings
 from studio.store.artifacts import ArtifactStore
-from studio.store.db import init_db, session_scope
+from studio.store.db import session_scope
 from studio.store.models import StoredFile, utcnow
 
 
@@ -164,13 +164,8 @@ def run_job(settings: StudioSettings, job_id: int, client: Any = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studio.batches.run",
-                                     description="Run a batch job (its row names the batch).")
-    parser.add_argument("--job-id", type=int, required=True, help="The batch's studio job id.")
-    args = parser.parse_args(argv)
-    settings = StudioSettings()
-    init_db(settings.db_url)
-    return run_job(settings, args.job_id)
+    return job_main(argv, "python -m studio.batches.run", "Run a batch job (its row names the batch).",
+                    "the batch's studio job id", run_job)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ resumes, skipping the datapoints already stored. A cancelled job stops within a 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from studio.jobs.entry import FromFile, job_main
 from studio.errors import StudioError
 from studio.evals.leaderboard import run_leaderboard
 from studio.evals.queue import KIND, enqueue_eval
@@ -27,7 +27,7 @@ from studio.jobs.driver import EXIT_FAILED, EXIT_REFUSED, JobDriver, ray_submiss
 from studio.jobs.status import IllegalTransition, JobStatus, transition
 from studio.recipes import load_recipe
 from studio.settings import StudioSettings
-from studio.store.db import init_db, session_scope
+from studio.store.db import session_scope
 from studio.store.models import Job
 
 
@@ -131,26 +131,16 @@ def _run_job(settings: StudioSettings, job_id: int, client: Any,
             client.close()
 
 
+def _from_spec(settings: StudioSettings, path: str, overrides: list[str]) -> int:
+    job_id = create_here(settings.db_url, load_recipe(path, EvalSpec, overrides), "python -m studio.evals.run")
+    say(f"created eval {job_id} from {path}")
+    return job_id
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studio.evals.run", description=__doc__.splitlines()[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--job-id", type=int, help="run the eval with this id (its spec is in the jobs table)")
-    which.add_argument("--spec", help="an EvalSpec YAML (configs/eval/*.yaml); creates the eval row")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the spec")
-    args = parser.parse_args(argv)
-    settings = StudioSettings()
-    try:
-        init_db(settings.db_url)
-        if args.spec:
-            spec = load_recipe(args.spec, EvalSpec, args.overrides)
-            job_id = create_here(settings.db_url, spec, "python -m studio.evals.run")
-            say(f"created eval {job_id} from {args.spec}")
-        else:
-            job_id = args.job_id
-    except StudioError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_REFUSED
-    return run_job(settings, job_id)
+    return job_main(argv, "python -m studio.evals.run", __doc__.splitlines()[0],
+                    "run the eval with this id (its spec is in the jobs table)", run_job,
+                    FromFile("--spec", "an EvalSpec YAML (configs/eval/*.yaml); creates the eval row", _from_spec))
 
 
 if __name__ == "__main__":

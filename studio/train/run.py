@@ -15,7 +15,6 @@ path and run name).
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from studio import ray_connection
+from studio.jobs.entry import FromFile, job_main
 from studio.cluster import cluster_gpu_capacity, worker_resources
 from studio.errors import StudioError
 from studio.jobs.driver import EXIT_FAILED, EXIT_REFUSED, JobDriver, ray_submission_id
@@ -33,7 +33,7 @@ from studio.registry.mlflow_mirror import mirror_best_effort
 from studio.registry.versions import register_version
 from studio.settings import StudioSettings
 from studio.store.artifacts import ArtifactStore
-from studio.store.db import init_db, session_scope
+from studio.store.db import session_scope
 from studio.store.models import Job
 from studio.train import tracking
 from studio.train.preflight import ResolvedInputs, preflight
@@ -329,29 +329,18 @@ def record_parity(inputs: ResolvedInputs, final: Path, job_id: int) -> dict[str,
         return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studio.train.run", description=__doc__.splitlines()[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--job-id", type=int, help="train the job with this id (its spec is in the jobs table)")
-    which.add_argument("--recipe", help="a TrainSpec YAML (configs/train/*.yaml); creates the job row")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the recipe")
-    args = parser.parse_args(argv)
-    if args.job_id is not None and args.overrides:
-        parser.error("overrides apply to --recipe only; a job's spec is fixed when it is submitted")
+def _from_recipe(settings: StudioSettings, path: str, overrides: list[str]) -> int:
+    job_id = job_from_recipe(settings, path, overrides)
+    say(f"created job {job_id} from {path}")
+    return job_id
 
-    settings = StudioSettings()
-    try:
-        init_db(settings.db_url)
-        if args.recipe:
-            job_id = job_from_recipe(settings, args.recipe, args.overrides)
-            say(f"created job {job_id} from {args.recipe}")
-        else:
-            job_id = args.job_id
-        spec, _ = load_job(settings, job_id)
-    except StudioError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_REFUSED
-    return run_job(settings, job_id, spec)
+
+def main(argv: list[str] | None = None) -> int:
+    return job_main(argv, "python -m studio.train.run", __doc__.splitlines()[0],
+                    "train the job with this id (its spec is in the jobs table)", run_job,
+                    FromFile("--recipe", "a TrainSpec YAML (configs/train/*.yaml); creates the job row",
+                             _from_recipe),
+                    load=lambda settings, job_id: load_job(settings, job_id)[0])
 
 
 if __name__ == "__main__":

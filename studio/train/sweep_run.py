@@ -14,7 +14,6 @@ Tune experiment (``Tuner.restore``): finished trials are kept, interrupted ones 
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -27,12 +26,13 @@ from ray.tune import Stopper
 from sqlalchemy import select
 
 from studio import ray_connection
+from studio.jobs.entry import FromFile, job_main
 from studio.errors import StudioError
 from studio.jobs.driver import EXIT_FAILED, EXIT_REFUSED, JobDriver, ray_submission_id
 from studio.jobs.status import JobStatus, create_job, transition
 from studio.settings import StudioSettings, settings_env
 from studio.store.artifacts import ArtifactStore
-from studio.store.db import init_db, session_scope
+from studio.store.db import session_scope
 from studio.store.models import Job, JobMetric, utcnow
 from studio.train import tracking
 from studio.train.preflight import ResolvedInputs, preflight
@@ -348,36 +348,25 @@ def register_best(settings: StudioSettings, store: ArtifactStore, spec: SweepSpe
     return outcome
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m studio.train.sweep_run", description=__doc__.splitlines()[0])
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--job-id", type=int, help="run the sweep job with this id (its spec is in the jobs table)")
-    which.add_argument("--recipe", help="a sweep YAML (configs/sweeps/*.yaml); creates the job row")
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the sweep (train.hyper.epochs=3)")
-    args = parser.parse_args(argv)
-    if args.job_id is not None and args.overrides:
-        parser.error("overrides apply to --recipe only; a job's spec is fixed when it is submitted")
-    settings = StudioSettings()
-    try:
-        init_db(settings.db_url)
-        if args.recipe:
-            from studio.train.run import absolute_model_path
-            from studio.train.sweep import enqueue_sweep_job
+def _from_file(settings: StudioSettings, path: str, overrides: list[str]) -> int:
+    from studio.train.run import absolute_model_path
+    from studio.train.sweep import enqueue_sweep_job
 
-            spec = load_sweep(args.recipe, args.overrides, home=settings.home_abs)
-            spec.train.base_model = absolute_model_path(spec.train.base_model, settings)
-            with session_scope(settings.db_url) as s:
-                job = enqueue_sweep_job(s, spec, "ray job submit")
-                job.ray_submission_id = ray_submission_id()
-                job_id = job.id
-            say(f"created sweep job {job_id} from {args.recipe}")
-        else:
-            job_id = args.job_id
-        spec, _ = driver(settings, job_id).load(SweepSpec)
-    except StudioError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_REFUSED
-    return run_sweep(settings, job_id, spec)
+    spec = load_sweep(path, overrides, home=settings.home_abs)
+    spec.train.base_model = absolute_model_path(spec.train.base_model, settings)
+    with session_scope(settings.db_url) as s:
+        job = enqueue_sweep_job(s, spec, "ray job submit")
+        job.ray_submission_id = ray_submission_id()
+        job_id = job.id
+    say(f"created sweep job {job_id} from {path}")
+    return job_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    return job_main(argv, "python -m studio.train.sweep_run", __doc__.splitlines()[0],
+                    "run the sweep job with this id (its spec is in the jobs table)", run_sweep,
+                    FromFile("--recipe", "a sweep YAML (configs/sweeps/*.yaml); creates the job row", _from_file),
+                    load=lambda settings, job_id: driver(settings, job_id).load(SweepSpec)[0])
 
 
 if __name__ == "__main__":
