@@ -301,6 +301,10 @@ def pytest_collection_modifyitems(config, items):
             gone = set(map(id, dropped))
             items[:] = [item for item in items if id(item) not in gone]
             config.hook.pytest_deselected(items=dropped)
+    # The `parallel` modules (a browser, a studio server, model loads: 10 s to 2 min each) first: the
+    # workers take modules in this order (--dist loadfile), so the long ones no longer end the lane
+    # on one worker while the other idles. Stable: each module's tests keep their order.
+    items.sort(key=lambda item: item.get_closest_marker("parallel") is None)
     group_items(items, config.rootpath)
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if gpu_items and not _has_cuda():
