@@ -236,7 +236,8 @@ class _Pass:
             again = f"`python -m {entrypoint_module(self.config, job.kind)} --job-id {job_id}`"
             todo = (f"the scheduler retries it (attempt {job.attempts + 1} of {job.max_retries + 1}); to run it "
                     f"by hand instead, run {again} while it is RETRYING" if job.attempts <= job.max_retries
-                    else "it has no retries left: submit it again")
+                    else f"it is a trial of sweep {job.parent_id}, whose retry runs it again"
+                    if job.parent_id is not None else "it has no retries left: submit it again")
             transition(s, job_id, JobStatus.FAILED,
                        f"the driver stopped beating: {what} at {last.isoformat(timespec='seconds')} "
                        f"({(self.now - last).total_seconds():.0f} s ago, heartbeat_timeout_s {timeout:g}) while "

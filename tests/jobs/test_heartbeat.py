@@ -145,6 +145,17 @@ def test_a_row_that_never_beat_is_judged_by_its_last_change_and_without_retries_
     assert job.error.endswith("it has no retries left: submit it again")
 
 
+def test_a_silent_trial_of_a_sweep_is_left_to_the_sweeps_retry(settings):
+    sweep, trial = claimed(settings, kind="sweep", max_retries=1), claimed(settings, kind="train")
+    set_row(settings, trial.job_id, parent_id=sweep.job_id)  # what sweep_run does with a trial's row
+    beat = row(settings, trial.job_id).heartbeat_at
+    report = reconcile_once(settings, None, CONFIG, now=beat + timedelta(seconds=300))
+    assert (sorted(report.failed), report.retrying) == ([sweep.job_id, trial.job_id], [sweep.job_id])
+    job = row(settings, trial.job_id)
+    assert job.status == "FAILED"
+    assert job.error.endswith(f"it is a trial of sweep {sweep.job_id}, whose retry runs it again")
+
+
 def test_a_beating_job_is_left_alone(settings):
     driver = claimed(settings)
     set_row(settings, driver.job_id, heartbeat_at=row(settings, driver.job_id).heartbeat_at - timedelta(hours=1))
