@@ -16,10 +16,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+
+from studio.settings import StudioSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("STUDIO_UI_CHROMIUM", "/usr/bin/chromium")
@@ -60,6 +63,33 @@ def need_chromium() -> None:
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
         pytest.skip(f"Chromium is not installed at {CHROMIUM}: apt-get install -y chromium chromium-driver "
                     "(scripts/setup.sh does it when run as root), or set STUDIO_UI_CHROMIUM")
+
+
+TEAM = (("admin-1", "admin"), ("user-1", "user"), ("user-2", "user"))
+
+
+@dataclass(frozen=True)
+class UiHome:
+    home: Path
+    settings: StudioSettings
+    keys: dict[str, str]  # key name → secret (what a test logs in with)
+    key_ids: dict[str, int]  # key name → its row id (what ownership columns hold)
+
+
+def ui_home(tmp_path_factory: pytest.TempPathFactory, name: str, team=TEAM) -> UiHome:
+    """A UI module's studio home: Chromium checked first (a skip before anything costly), a
+    migrated SQLite database, and a key for each ``(name, role)`` of ``team``."""
+    from studio.keys import create_key
+    from studio.store.db import init_db, session_scope
+
+    need_chromium()
+    home = tmp_path_factory.mktemp(name)
+    settings = StudioSettings(home=home)
+    init_db(settings.db_url)
+    with session_scope(settings.db_url) as s:
+        made = {key_name: create_key(s, key_name, role) for key_name, role in team}
+        ids = {key_name: row.id for key_name, (_, row) in made.items()}
+    return UiHome(home, settings, {key_name: secret for key_name, (secret, _) in made.items()}, ids)
 
 
 def screenshot_dir() -> Path:

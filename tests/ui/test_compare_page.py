@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import pytest
 
-from studio.settings import StudioSettings
-from studio.store.db import init_db
 from tests.api.test_jobs_compare import store_runs
-from tests.ui.browser import api_server, chromium_page, need_chromium, screenshot_dir
+from tests.ui.browser import api_server, chromium_page, screenshot_dir, ui_home
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parallel]  # no Ray: a uvicorn and a browser
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    need_chromium()
-    home = tmp_path_factory.mktemp("ui-compare-home")
-    settings = StudioSettings(home=home)
-    init_db(settings.db_url)
+    ui = ui_home(tmp_path_factory, "ui-compare-home", team=())
+    home, settings = ui.home, ui.settings
     stored = store_runs(settings)
     with api_server(home) as base:
         yield {"base": base, "settings": settings, **stored}

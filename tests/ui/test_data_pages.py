@@ -16,13 +16,11 @@ import pytest
 from studio.data.ingest import ingest_file, ingest_path
 from studio.data.snapshots import split_indices
 from studio.experiments.ab import ArmSpec, ExperimentSpec, create_experiment
-from studio.keys import create_key
 from studio.registry.versions import register_version
-from studio.settings import StudioSettings
-from studio.store.db import init_db, session_scope
+from studio.store.db import session_scope
 from studio.store.models import Completion, Feedback
 from tests.jobs.inputs import make_model_dir
-from tests.ui.browser import api_server, chromium_page, need_chromium, screenshot_dir
+from tests.ui.browser import api_server, chromium_page, screenshot_dir, ui_home
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parallel]  # no Ray: a uvicorn and a browser
 
@@ -35,15 +33,8 @@ ROWS = ([{"prompt": f"reverse: {i}", "completion": str(i)[::-1]} for i in range(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    need_chromium()
-    home = tmp_path_factory.mktemp("ui-data-home")
-    settings = StudioSettings(home=home)
-    init_db(settings.db_url)
-    with session_scope(settings.db_url) as s:
-        made = {name: create_key(s, name, role) for name, role in
-                (("admin-1", "admin"), ("user-1", "user"), ("user-2", "user"))}
-    keys = {name: secret for name, (secret, _) in made.items()}
-    user_1 = made["user-1"][1].id
+    ui = ui_home(tmp_path_factory, "ui-data-home")
+    home, settings, keys, user_1 = ui.home, ui.settings, ui.keys, ui.key_ids["user-1"]
     digits = home / "digits.jsonl"
     digits.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     ingest_file(digits, "digits", settings)

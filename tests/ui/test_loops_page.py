@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from studio.keys import create_key
 from studio.loops import repository as repo
 from studio.loops.spec import load_loop_recipe
 from studio.loops.states import Reason, State
 from studio.loops.stats import ArmCounts, Look, decide
-from studio.settings import StudioSettings
-from studio.store.db import init_db, session_scope
+from studio.store.db import session_scope
 from tests.e2e.test_stack import REPO
-from tests.ui.browser import api_server, chromium_page, need_chromium, screenshot_dir
+from tests.ui.browser import api_server, chromium_page, screenshot_dir, ui_home
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parallel]  # no Ray: a uvicorn and a browser
 SHIPPED = Path(REPO) / "configs" / "loops" / "reverse_tiny.yaml"
@@ -73,15 +71,8 @@ def _make_loop(settings, owner_id: int) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    need_chromium()
-    home = tmp_path_factory.mktemp("ui-loops-home")
-    settings = StudioSettings(home=home)
-    init_db(settings.db_url)
-    with session_scope(settings.db_url) as s:
-        made = {name: create_key(s, name, role) for name, role in
-                (("admin-1", "admin"), ("user-1", "user"), ("user-2", "user"))}
-        keys = {name: secret for name, (secret, _) in made.items()}
-        owner = made["user-1"][1].id
+    ui = ui_home(tmp_path_factory, "ui-loops-home")
+    home, settings, keys, owner = ui.home, ui.settings, ui.keys, ui.key_ids["user-1"]
     seeded = _make_loop(settings, owner)
     with api_server(home) as base:
         yield {"base": base, "keys": keys, **seeded}

@@ -8,35 +8,29 @@ import tarfile
 
 import pytest
 
-from studio.keys import create_key
 from studio.models.tiny import make_tiny
 from studio.registry.versions import register_version
-from studio.settings import StudioSettings
 from studio.store.artifacts import ArtifactStore
-from studio.store.db import init_db, session_scope
+from studio.store.db import session_scope
 from tests.deployments.conftest import make_adapter
-from tests.ui.browser import api_server, chromium_page, need_chromium, screenshot_dir
+from tests.ui.browser import api_server, chromium_page, screenshot_dir, ui_home
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parallel]  # no Ray: a uvicorn and a browser
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    need_chromium()
-    home = tmp_path_factory.mktemp("ui-export-home")
-    settings = StudioSettings(home=home)
-    init_db(settings.db_url)
+    ui = ui_home(tmp_path_factory, "ui-export-home")
+    home, settings = ui.home, ui.settings
     tiny = make_tiny(home / "models" / "tiny")
     uri = ArtifactStore(settings.artifacts).put_dir(make_adapter(tiny, home / "adapter", seed=1), "models/rev/1-1")
     with session_scope(settings.db_url) as s:
-        made = {name: create_key(s, name, role) for name, role in
-                (("admin-1", "admin"), ("user-1", "user"), ("user-2", "user"))}
         common = {"name": "rev", "base_model": str(tiny), "method": "sft", "adapter_type": "lora",
-                  "owner_key_id": made["user-1"][1].id}
+                  "owner_key_id": ui.key_ids["user-1"]}
         register_version(s, uri=uri, **common)
         register_version(s, uri=str(home / "deleted"), **common)
     with api_server(home) as base:
-        yield {"base": base, "keys": {k: v[0] for k, v in made.items()}, "settings": settings}
+        yield {"base": base, "keys": ui.keys, "settings": settings}
 
 
 def test_every_key_downloads_and_the_owner_merges(server, tmp_path):

@@ -20,14 +20,12 @@ from studio.data.snapshots import resolve_snapshot
 from studio.evals.queue import KIND
 from studio.experiments.ab import ExperimentSpec, create_experiment
 from studio.jobs.status import create_job
-from studio.keys import create_key
 from studio.registry.versions import promote, register_version
 from studio.serving.recipe import DeploymentStatus, ServingRecipe, claim, get_row, resolve_model_path, set_status
-from studio.settings import StudioSettings
-from studio.store.db import init_db, session_scope
+from studio.store.db import session_scope
 from studio.store.models import EvalScore, UsageRecord
 from tests.jobs.inputs import make_model_dir
-from tests.ui.browser import api_server, chromium_page, need_chromium, screenshot_dir
+from tests.ui.browser import api_server, chromium_page, screenshot_dir, ui_home
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parallel]  # no Ray: a uvicorn and a browser
 MLFLOW_UI = "http://mlflow.test:5000"
@@ -44,10 +42,8 @@ def _recipe(model: str, name: str) -> ServingRecipe:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    need_chromium()
-    home = tmp_path_factory.mktemp("ui-models-home")
-    settings = StudioSettings(home=home)
-    init_db(settings.db_url)
+    ui = ui_home(tmp_path_factory, "ui-models-home")
+    home, settings, user_1 = ui.home, ui.settings, ui.key_ids["user-1"]
     base = make_model_dir(home / "models" / "base-model")
     digits = home / "digits.jsonl"
     digits.write_text("".join(json.dumps({"prompt": f"reverse: {i}", "completion": str(i)[::-1]}) + "\n"
@@ -55,9 +51,6 @@ def server(tmp_path_factory):
     ingest_file(digits, "digits", settings)
     now = datetime.now(UTC)
     with session_scope(settings.db_url) as s:
-        made = {name: create_key(s, name, role) for name, role in
-                (("admin-1", "admin"), ("user-1", "user"), ("user-2", "user"))}
-        user_1 = made["user-1"][1].id
         set_status(claim(s, _recipe(str(base), "tiny2"), "admin-1"), DeploymentStatus.READY)
         set_status(claim(s, _recipe(str(base), "broken"), "admin-1"), DeploymentStatus.FAILED,
                    "model 'broken' failed to start: the engine ran out of memory")
@@ -84,7 +77,7 @@ def server(tmp_path_factory):
                                          (1, "other", "admin-1"), (0, "other", "admin-1"))])
         eval_id = ev.id
     with api_server(home, env={"STUDIO_MLFLOW_UI_URL": MLFLOW_UI}) as url:
-        yield {"base": url, "keys": {k: v[0] for k, v in made.items()}, "settings": settings,
+        yield {"base": url, "keys": ui.keys, "settings": settings,
                "eval_id": eval_id}
 
 
