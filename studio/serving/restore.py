@@ -20,8 +20,9 @@ their Serve applications. Two steps bring them back:
 model back the same way, on demand: RESTORING, its application deleted, submitted again from the
 stored recipe, waited for. The caller does it all itself; its row (message "restarted by …") is
 not the Router's to restore while the caller can still be at work (``RESTART_BOUND_S`` past the
-recipe's ``deploy_timeout_s``): two starters of one application, each waiting for the other's,
-were how a restarted model never came back.
+recipe's ``deploy_timeout_s``). Issue 26: the Router's restorer also took the row up and waited
+for the same application; whichever saw it serve second failed — the restart's 409 "cannot go
+from ready to ready", or the restorer deleting the application it took for abandoned.
 """
 
 from __future__ import annotations
