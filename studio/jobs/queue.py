@@ -154,11 +154,15 @@ def sweep_trials(session: Session, sweep: Job) -> list[TrialView]:
         losses[job_id] = value  # the last one wins
     started = dict(session.execute(select(JobEvent.job_id, func.min(JobEvent.at)).where(
         JobEvent.job_id.in_(ids), JobEvent.to_status == JobStatus.STARTING.value).group_by(JobEvent.job_id)).all())
+    # When each ended: its terminal event, not updated_at (registering the best trial writes its row later).
+    terminal = [st.value for st in JobStatus if st.is_terminal()]
+    ended = dict(session.execute(select(JobEvent.job_id, func.max(JobEvent.at)).where(
+        JobEvent.job_id.in_(ids), JobEvent.to_status.in_(terminal)).group_by(JobEvent.job_id)).all())
     out = []
     for c in children:
         result = c.result or {}
         metrics = result.get("metrics") or {}
-        end = c.updated_at if JobStatus(c.status).is_terminal() else utcnow()
+        end = (ended.get(c.id) or c.updated_at) if JobStatus(c.status).is_terminal() else utcnow()
         t0 = started.get(c.id)
         if t0 is not None and t0.tzinfo is None and end.tzinfo is not None:
             end = end.replace(tzinfo=None)

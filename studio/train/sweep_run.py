@@ -172,6 +172,38 @@ class CancelStopper(Stopper):
         return self._cancel
 
 
+ACTIVE = (JobStatus.QUEUED, JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CHECKPOINTING)
+
+
+def stopped_trials_callback(settings: StudioSettings, job_id: int, spec: SweepSpec):
+    """A Tune ``Callback``: a trial the scheduler stops (ASHA) ends CANCELLED when Tune stops it,
+    before its actor goes, not when the sweep ends. Its time is then its own, and the teardown of
+    its Ray Train run (an ActorDiedError in the trial) does not end it FAILED (``fail`` leaves an
+    ended job alone). A trial that finished, or one the sweep's cancel stopped, is left as it is."""
+    from ray.tune import Callback
+
+    class MarkStopped(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            last = trial.last_result or {}
+            if last.get("finished"):
+                return
+            try:
+                if cancel_requested(settings, job_id):
+                    return  # end_trials says "the sweep was cancelled"
+                with session_scope(settings.db_url) as s:
+                    for child in s.scalars(select(Job).where(Job.parent_id == job_id, Job.status.in_(ACTIVE))):
+                        if (child.result or {}).get("sweep_trial") == trial.trial_id:
+                            value = last.get(spec.metric)
+                            transition(s, child.id, JobStatus.CANCELLED,
+                                       f"stopped early by {spec.scheduler.upper()} after "
+                                       f"{last.get('training_iteration', 0)} report(s)"
+                                       + (f" ({spec.metric} {value:.4g})" if _finite(value) else ""))
+            except Exception as e:  # noqa: BLE001 - bookkeeping only: the sweep's end marks it otherwise
+                say(f"trial {trial.trial_id} stopped; its job row was not updated: {e}")
+
+    return MarkStopped()
+
+
 def concurrent_trials(spec: SweepSpec, settings: StudioSettings) -> int:
     """Trials the cluster holds at once: its CPUs (GPUs) over one trial's workers', at most the
     spec's ``max_concurrent_trials`` and ``num_trials``, at least 1."""
@@ -225,7 +257,7 @@ def make_tuner(settings: StudioSettings, spec: SweepSpec, job_id: int, attempt: 
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.best_mode, search_alg=search, scheduler=scheduler,
                                     num_samples=spec.num_trials, max_concurrent_trials=limit),
         run_config=tune.RunConfig(name=name, storage_path=storage, stop=CancelStopper(settings.db_url, job_id),
-                                  verbose=1))
+                                  callbacks=[stopped_trials_callback(settings, job_id, spec)], verbose=1))
 
 
 # ---------------------------------------------------------------- the sweep
