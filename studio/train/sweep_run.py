@@ -77,6 +77,13 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     sweep = SweepSpec.model_validate(ctx["sweep"])
     inputs = ResolvedInputs(**ctx["inputs"])
     trial_id = ray.tune.get_context().get_trial_id()
+    done = finished_trial(settings, ctx["sweep_id"], trial_id)
+    if done is not None:  # an earlier attempt trained it; Tune's experiment state had not recorded that yet
+        job_id, final = done
+        print(f"[studio.sweep] trial {trial_id} already finished as job {job_id} (an earlier attempt): "
+              "its result is reported again, not trained twice", flush=True)
+        ray.tune.report({**final, "trial_job_id": job_id, "finished": 1})
+        return
     params = {field: config[field] for field in sweep.space}
     spec = sweep.trial_spec(params, trial_id)
     if sweep.metric != "exact_match":
@@ -130,6 +137,20 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
                   "registers its best trial)")
     tracking.end_run(settings.mlflow, run_id, "FINISHED")
     ray.tune.report({**final, "trial_job_id": job_id, "finished": 1})
+
+
+def finished_trial(settings: StudioSettings, sweep_id: int, trial_id: str) -> tuple[int, dict[str, float]] | None:
+    """The SUCCEEDED trial job of this sweep that ran Tune trial ``trial_id``, and its final metrics.
+
+    A retry restores Tune's experiment from its last saved state (written every ~10 s), so a trial
+    that finished just before the sweep's process died may come back as unfinished under the same
+    trial id: its job row, not Tune's state, says it is done."""
+    with session_scope(settings.db_url) as s:
+        for job in s.scalars(select(Job).where(Job.parent_id == sweep_id, Job.status == JobStatus.SUCCEEDED)):
+            result = job.result or {}
+            if result.get("sweep_trial") == trial_id and result.get("metrics"):
+                return job.id, {k: float(v) for k, v in result["metrics"].items() if isinstance(v, (int, float))}
+    return None
 
 
 def trial_score(settings: StudioSettings, sweep: SweepSpec, spec, inputs: ResolvedInputs, job_id: int,
@@ -280,6 +301,9 @@ def _run_sweep(settings: StudioSettings, job_id: int, spec: SweepSpec) -> int:
                 [JobStatus.QUEUED, JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CHECKPOINTING]))))
             for child in interrupted:  # an earlier attempt's trials that were running when it stopped
                 transition(s, child.id, JobStatus.FAILED, f"interrupted: sweep {job_id} restarted (attempt {attempt})")
+            # Their MLflow runs too (also those the scheduler already FAILED: nobody ended the runs).
+            stale = [c.mlflow_run_id for c in s.scalars(select(Job).where(
+                Job.parent_id == job_id, Job.status == JobStatus.FAILED)) if c.mlflow_run_id] if attempt > 1 else []
     except StudioError as e:
         if driver(settings, job_id).fail(f"preflight: {e}", error={"stage": "preflight", "retryable": False}):
             say(f"sweep {job_id} FAILED: preflight: {e}")
@@ -289,6 +313,9 @@ def _run_sweep(settings: StudioSettings, job_id: int, spec: SweepSpec) -> int:
     except Exception as e:  # noqa: BLE001 - the cluster is unreachable: worth a retry
         driver(settings, job_id).fail(f"cannot reach Ray: {e}", error={"stage": "ray", "retryable": True})
         return EXIT_FAILED
+    for run_id in stale:
+        if tracking.run_status(settings.mlflow, run_id) == "RUNNING":
+            tracking.end_run(settings.mlflow, run_id, "FAILED")
     store = ArtifactStore(settings.artifacts)
     parent_run = tracking.start_run(
         settings.mlflow, experiment=spec.train.name, artifact_root=tracking.artifact_location(store, spec.train.name),

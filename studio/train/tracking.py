@@ -123,3 +123,9 @@ def end_run(tracking_uri: str, run_id: str | None, status: str) -> None:
     if run_id:
         _best_effort(tracking_uri, f"ending run {run_id} as {status}",
                      lambda: mlflow_client(tracking_uri).set_terminated(run_id, status=status), None)
+
+
+def run_status(tracking_uri: str, run_id: str) -> str | None:
+    """The run's status (RUNNING, FINISHED, FAILED, KILLED), or None when MLflow does not answer."""
+    return _best_effort(tracking_uri, f"reading run {run_id}",
+                        lambda: mlflow_client(tracking_uri).get_run(run_id).info.status, None)
