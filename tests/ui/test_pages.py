@@ -269,7 +269,9 @@ def test_models_promote_and_what_a_service_key_sees(server, shots):
         # Deployments without Ray: none, or (if the API cannot tell here) its words in the card.
         with b.expect_status(503):
             b.goto("#/models")
-            b.wait("#deployments p")
+            b.wait("#deployments p")  # "Loading…" first, then the answer
+            b.page.wait_for_function("() => !document.querySelector('#deployments').innerText.includes('Loading')",
+                                     timeout=30_000)
         card = b.page.inner_text("#deployments")
         assert "No models are deployed." in card or "running studio" in card, card
         assert b.banner() == ""  # the rest of the page works
