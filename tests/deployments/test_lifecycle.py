@@ -394,7 +394,7 @@ def _kill_the_engine_and_see_it_come_back(stack) -> None:
 
 def _restart_and_see_it_serve_again(stack) -> None:
     """`studio serve restart tiny2` (POST /api/deployments/tiny2/restart, the route the UI's Restart
-    calls) of a READY model: it answers 503 with Retry-After meanwhile (never another error), the
+    calls) of a READY model: meanwhile an answer or 503 with Retry-After (never another error), the
     command returns once it serves, READY with one healthy replica on a new engine, and it answers
     /v1 again (issue 26: a restarted model's replica never came back)."""
     http, settings = stack["http"], stack["settings"]
@@ -439,8 +439,11 @@ def _restart_and_see_it_serve_again(stack) -> None:
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 4, answer.text
     assert _engine_core(stack["processes"], "model-tiny2").pid != before  # a new engine serves it
     refused = [s for s in seen if s[0] != 200]
+    # Meanwhile each request is answered or told to come back (503 + Retry-After), never another
+    # error. Which of the two it gets is timing: one sent as the restart begins passes the ingress's
+    # route cache and waits for the new replica (the full run's client, asking one request at a
+    # time, got 7 answers and no 503); later ones get the 503.
     assert all(code == 503 and retry for code, retry, _ in refused), refused[:5]
-    assert refused, "no request saw the model restarting (503 + Retry-After)"
     print(f"restart of a ready model: {took:.1f} s (`studio serve restart`), {len(refused)} 503s "
           f"with Retry-After meanwhile, {len(seen) - len(refused)} answers")
 
