@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from studio.jobs.entry import job_main
 from studio.batches.output import done_lines, not_run, recount, save, write_files
 from studio.batches.queue import KIND, BatchJobSpec
 from studio.batches.runner import BatchRun, expired_lines
@@ -31,6 +30,7 @@ from studio.batches.validation import read_plan
 from studio.errors import NotFound, StudioError
 from studio.gateway.request import RequestCaps
 from studio.jobs.driver import EXIT_FAILED, EXIT_REFUSED, JobDriver
+from studio.jobs.entry import job_main
 from studio.jobs.status import JobStatus, transition
 from studio.settings import StudioSettings
 from studio.store.artifacts import ArtifactStore

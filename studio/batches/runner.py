@@ -68,12 +68,12 @@ class BatchRun:
         self.budget: tuple[int, dict[str, Any]] | None = None  # the answer every line gets now
         self.unknown: dict[str, tuple[int, dict[str, Any]]] = {}  # model → its 404
         self.written = 0
+        self._ended = asyncio.Event()  # the workers are done: the writer stops after its current write
 
     async def run(self, requests: list[LineRequest]) -> str:
         lines: Iterator[LineRequest] = iter(requests)
         workers = [asyncio.create_task(self._worker(lines))
                    for _ in range(min(self.concurrency, len(requests)))]
-        self._ended = asyncio.Event()
         writer = asyncio.create_task(self._writer())
         try:
             await asyncio.gather(*workers)

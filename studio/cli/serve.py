@@ -75,9 +75,8 @@ def _num(value) -> str:
 def evict(name: str = typer.Argument(..., help="The model name to stop serving.")) -> None:
     """Stop serving a runtime-deployed model; requests in flight finish, new ones get 404."""
     from studio import ray_connection
-    from studio.serving import lifecycle
-
     from studio.errors import Conflict, StudioError
+    from studio.serving import lifecycle
 
     settings = settings_with_db()
     try:
@@ -95,23 +94,6 @@ def evict(name: str = typer.Argument(..., help="The model name to stop serving."
     console.print(f"{name} evicted: its name now answers 404 (not deployed)")
 
 
-def _key(settings) -> str:
-    """The key the restart call sends: ``$STUDIO_API_KEY``, else ``$STUDIO_ADMIN_KEY``, else the
-    admin key file ``studio up`` wrote. The API refuses (403) a key that is not an admin's."""
-    import os
-
-    from studio.errors import StudioError
-
-    key = os.environ.get("STUDIO_API_KEY") or settings.admin_key
-    if key:
-        return key
-    if settings.admin_key_file.exists():
-        return settings.admin_key_file.read_text().strip()
-    raise StudioError("no admin key to restart a model with",
-                      f"set STUDIO_API_KEY to an admin key, or run `studio up`, which writes "
-                      f"{settings.admin_key_file}")
-
-
 @app.command("restart")
 def restart(name: str = typer.Argument(..., help="The runtime model to restart.")) -> None:
     """Restart a runtime model from its stored recipe (POST /api/deployments/NAME/restart, an
@@ -120,6 +102,7 @@ def restart(name: str = typer.Argument(..., help="The runtime model to restart."
     import httpx
 
     from studio.errors import StudioError
+    from studio.gateway.client import resolve_api_key
     from studio.serving.recipe import get_row
     from studio.serving.restore import RESTART_BOUND_S
     from studio.store.db import session_scope
@@ -133,7 +116,7 @@ def restart(name: str = typer.Argument(..., help="The runtime model to restart."
     timeout = httpx.Timeout(deploy_timeout_s + RESTART_BOUND_S + 60, connect=10)
     with console.status(f"restarting {name} (it answers 503 with Retry-After until it is back) …"):
         try:
-            r = httpx.post(url, headers={"Authorization": f"Bearer {_key(settings)}"}, timeout=timeout)
+            r = httpx.post(url, headers={"Authorization": f"Bearer {resolve_api_key()}"}, timeout=timeout)
         except httpx.HTTPError as e:
             raise StudioError(f"the studio at {settings.base_url} did not answer ({e!r})",
                               "run `studio up` (or set STUDIO_HTTP_HOST/STUDIO_HTTP_PORT to the "

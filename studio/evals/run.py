@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from studio.jobs.entry import FromFile, job_main
 from studio.errors import StudioError
 from studio.evals.leaderboard import run_leaderboard
 from studio.evals.queue import KIND, enqueue_eval
 from studio.evals.runner import EvalRun, RunCancelled
 from studio.evals.spec import EvalSpec, runs_lm_eval
 from studio.jobs.driver import EXIT_FAILED, EXIT_REFUSED, JobDriver, ray_submission_id
+from studio.jobs.entry import FromFile, job_main
 from studio.jobs.status import IllegalTransition, JobStatus, transition
 from studio.recipes import load_recipe
 from studio.settings import StudioSettings

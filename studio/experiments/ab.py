@@ -165,6 +165,12 @@ def stop_experiment(session: Session, alias: str) -> Experiment:
     return update_experiment(session, alias, ExperimentUpdate(status="stopped"))
 
 
+def same_model(ref: str) -> str:
+    """A base model reference as the Router compares them: an existing path resolved absolute."""
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if path.exists() else ref
+
+
 def arms_served_on(session: Session, base: str, model: str | None = None) -> list[tuple[str, str]]:
     """``(alias, arm)`` for each arm of an active experiment that base model ``base`` (loaded from
     ``model``, a path or hub id) serves: the base itself, or a registry version — ``name@N``, or a
@@ -172,11 +178,7 @@ def arms_served_on(session: Session, base: str, model: str | None = None) -> lis
     the name or the model. Evicting ``base`` would make those arms answer 404."""
     from studio.registry.versions import get_version
 
-    def same(ref: str) -> str:  # an existing path compared resolved, as the Router does
-        path = Path(ref).expanduser()
-        return str(path.resolve()) if path.exists() else ref
-
-    bases = {base, same(base)} | ({model, same(model)} if model else set())
+    bases = {base, same_model(base)} | ({model, same_model(model)} if model else set())
     found = []
     for exp in list_experiments(session, "active"):
         for arm in exp.arms:
@@ -186,7 +188,7 @@ def arms_served_on(session: Session, base: str, model: str | None = None) -> lis
                     version = get_version(session, ref)
                 except StudioError:  # another served base, or a name the Router answers 404 for
                     continue
-                if version.base_model not in bases and same(version.base_model) not in bases:
+                if version.base_model not in bases and same_model(version.base_model) not in bases:
                     continue
             found.append((exp.alias, ref))
     return found

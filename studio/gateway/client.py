@@ -118,7 +118,7 @@ def resolve_api_key() -> str:
     if path.exists():
         return path.read_text().strip()
     raise GatewayError(
-        "no API key for the gateway",
+        "no studio API key (STUDIO_API_KEY, STUDIO_ADMIN_KEY or the admin key file `studio up` writes)",
         f"set STUDIO_API_KEY (create one with `studio keys create`) or run `studio up`, which "
         f"writes {path}", status=401)
 

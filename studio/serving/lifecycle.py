@@ -19,11 +19,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from studio.errors import Conflict, NotFound, StudioError, Unavailable
-from studio.experiments.ab import arms_served_on
+from studio.experiments.ab import arms_served_on, same_model
 from studio.serving.recipe import (
     DeploymentStatus,
     ServingRecipe,
@@ -353,20 +352,15 @@ def _arms_of(session, row: ServingDeployment) -> list[tuple[str, str]]:
     return arms
 
 
-def _same_model(ref: str) -> str:  # an existing path compared resolved, as the Router compares bases
-    path = Path(ref).expanduser()
-    return str(path.resolve()) if path.exists() else ref
-
-
 def _model_served_by_another(session, name: str, model: str) -> bool:
     """Another runtime deployment that holds its name, or (asked of the Router when this process is
     on the cluster) a serve-config model, loads ``model`` too."""
     import ray
 
-    want = _same_model(model)
+    want = same_model(model)
     for other in list_rows(session):
-        if other.name != name and DeploymentStatus(other.status) in (DeploymentStatus.READY, DeploymentStatus.DEPLOYING) \
-                and _same_model(other.recipe["deployment"]["engine"]["model"]) == want:
+        holds_name = DeploymentStatus(other.status) in (DeploymentStatus.READY, DeploymentStatus.DEPLOYING)
+        if other.name != name and holds_name and same_model(other.recipe["deployment"]["engine"]["model"]) == want:
             return True
     if not ray.is_initialized():
         return False  # the serve config's models are the Router's to tell: evict() asks again on the cluster
@@ -374,7 +368,7 @@ def _model_served_by_another(session, name: str, model: str) -> bool:
         models = _router_call("base_models", timeout_s=10)
     except Exception:  # noqa: BLE001 — refusing is the safe answer when the Router cannot say
         return False
-    return any(base != name and _same_model(m) == want for base, m in models.items())
+    return any(base != name and same_model(m) == want for base, m in models.items())
 
 
 def _refuse_while_serving_arms(session, row: ServingDeployment) -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from studio import ray_connection
-from studio.jobs.entry import FromFile, job_main
 from studio.cluster import cluster_gpu_capacity, worker_resources
 from studio.errors import StudioError
 from studio.jobs.driver import EXIT_FAILED, EXIT_REFUSED, JobDriver, ray_submission_id
+from studio.jobs.entry import FromFile, job_main
 from studio.jobs.status import IllegalTransition, JobStatus, create_job, transition
 from studio.recipes import load_recipe
 from studio.registry.mlflow_mirror import mirror_best_effort

@@ -26,9 +26,9 @@ from ray.tune import Stopper
 from sqlalchemy import select
 
 from studio import ray_connection
-from studio.jobs.entry import FromFile, job_main
 from studio.errors import StudioError
 from studio.jobs.driver import EXIT_FAILED, EXIT_REFUSED, JobDriver, ray_submission_id
+from studio.jobs.entry import FromFile, job_main
 from studio.jobs.status import JobStatus, create_job, transition
 from studio.settings import StudioSettings, settings_env
 from studio.store.artifacts import ArtifactStore
@@ -40,6 +40,7 @@ from studio.train.sweep import SweepSpec, load_sweep
 from studio.train.worker import WorkerJob
 
 TUNE_DIR = "tune"  # jobs/<sweep id>/tune/sweep-<id>: Tune's experiment (what a retry restores)
+ACTIVE = (JobStatus.QUEUED, JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CHECKPOINTING)  # a trial not yet ended
 
 
 def say(msg: str) -> None:
@@ -193,9 +194,6 @@ class CancelStopper(Stopper):
         return self._cancel
 
 
-ACTIVE = (JobStatus.QUEUED, JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CHECKPOINTING)
-
-
 def stopped_trials_callback(settings: StudioSettings, job_id: int, spec: SweepSpec):
     """A Tune ``Callback``: a trial the scheduler stops (ASHA) ends CANCELLED when Tune stops it,
     before its actor goes, not when the sweep ends. Its time is then its own, and the teardown of
@@ -297,8 +295,7 @@ def _run_sweep(settings: StudioSettings, job_id: int, spec: SweepSpec) -> int:
             job = s.get(Job, job_id)
             attempt = driver(settings, job_id).claim(s, job, "sweep driver started")
             parent_run, owner, sid = job.mlflow_run_id, job.owner_key_id, job.ray_submission_id
-            interrupted = list(s.scalars(select(Job).where(Job.parent_id == job_id, Job.status.in_(
-                [JobStatus.QUEUED, JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CHECKPOINTING]))))
+            interrupted = list(s.scalars(select(Job).where(Job.parent_id == job_id, Job.status.in_(ACTIVE))))
             for child in interrupted:  # an earlier attempt's trials that were running when it stopped
                 transition(s, child.id, JobStatus.FAILED, f"interrupted: sweep {job_id} restarted (attempt {attempt})")
             # Their MLflow runs too (also those the scheduler already FAILED: nobody ended the runs).
@@ -378,8 +375,7 @@ def _finite(v: Any) -> bool:
 def end_trials(settings: StudioSettings, job_id: int, status: JobStatus, why: str) -> int:
     """Trials of the sweep still active (Tune stopped them: ASHA, a cancel) end as ``status``."""
     with session_scope(settings.db_url) as s:
-        rows = list(s.scalars(select(Job).where(Job.parent_id == job_id, Job.status.in_(
-            [JobStatus.QUEUED, JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CHECKPOINTING]))))
+        rows = list(s.scalars(select(Job).where(Job.parent_id == job_id, Job.status.in_(ACTIVE))))
         for child in rows:
             transition(s, child.id, status, why)
     return len(rows)
