@@ -117,7 +117,7 @@ def test_a_serving_replica_fetches_the_registered_adapter_and_peft_loads_it(trai
     local = fetch_adapter(uri, tmp / "replica" / "cache" / "adapters")
     info = inspect_adapter(local)
     check_adapter_fits(info, base)
-    assert info.rank == 8
+    assert info.rank == 32  # the recipe's lora.r
     lora_b = {k: float(v.float().norm()) for k, v in load_file(str(local / "adapter_model.safetensors")).items()
               if "lora_B" in k}
     assert lora_b and all(n > 0 for n in lora_b.values()), "the fetched adapter was never trained"

@@ -7,7 +7,7 @@ promoted, a worse one refused, --force recorded, and a version whose folder carr
 template refused by the train/serve parity check (its first differing prompt recorded).
 
 Adapters: the "good" one is the SFT adapter the demo's run trained (``demo_run``, once per session:
-configs/train/sft_reverse_tiny.yaml at 15 epochs, 480 steps, ≥ 0.9 held-out exact match, checked by
+configs/train/sft_reverse_tiny.yaml at 6 epochs, 192 steps, ≥ 0.9 held-out exact match, checked by
 tests/e2e/test_demo.py; its base is the same deterministic tiny model the stack serves), the "bad"
 one is random LoRA weights; both are registered the way a training job registers its result (with
 the PEFT answers the gate's parity check compares /v1 with, so the gate's CLI loads no model for

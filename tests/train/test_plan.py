@@ -123,7 +123,7 @@ def test_cli_plans_and_submit_refuses_what_cannot_fit(tmp_path: Path, tiny_model
 
     code, out = invoke("train", "plan", recipe)
     assert code == 0, out
-    assert "parameters trained  81,920 of 918,656" in out and "2,000 rows" in out and "480 on 2 worker(s)" in out
+    assert "parameters trained  327,680 of 918,656" in out and "2,000 rows" in out and "192 on 2 worker(s)" in out
     assert "wall time           unknown" in out and "fits: 2 worker(s)" in out
     code, out = invoke("train", "plan", recipe, "hyper.batch_size=200000")
     assert code == 1 and "does not fit" in out and "try hyper.batch_size=" in out, out
