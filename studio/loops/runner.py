@@ -11,7 +11,7 @@ WATCHING       (a loop with no active generation) the triggers (``triggers.evalu
                fires starts a generation and moves it to TRIGGERED in the same transaction
 TRIGGERED      → SNAPSHOT: the cutoff is this pass's time
 SNAPSHOT       ``snapshot.take_snapshot`` (the recorded cutoff wins on a retry) → TRAINING; no
-               preference pair to train on → CANCELLED
+               row to train on (preference pairs for DPO, thumbs-up answers for SFT) → CANCELLED
 TRAINING       the training job keyed ``[cli:]loop:NAME:gN:train:aK`` (generation N, attempt K): queued
                once (looked up first, in the transaction that queues it), then waited for; its
                registered version → GATE; it failed → retried with backoff, then FAILED
@@ -191,7 +191,7 @@ def _snapshot(ctx: Ctx) -> Step:
     ctx.gen = repo.get_generation(ctx.session, gen_id)
     ctx.session.refresh(ctx.gen)
     return ctx.go(State.TRAINING, Reason.STEP_DONE,
-                  f"snapshot {done['name']}@{done['version']} ({done['snapshot_id'][:12]}): {done['rows']} pairs "
+                  f"snapshot {done['name']}@{done['version']} ({done['snapshot_id'][:12]}): {done['rows']} {done['what']} "
                   f"({done['replayed']} of them the champion's own, replayed), {done['golden_dropped']} golden-set "
                   f"prompts dropped, cutoff {done['cutoff']}")
 

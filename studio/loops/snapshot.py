@@ -1,15 +1,18 @@
-"""A generation's training data: an immutable preference snapshot of its served name's feedback up
-to a cutoff (docs/loops.md, "The snapshot").
+"""A generation's training data: an immutable snapshot of its served name's feedback up to a cutoff
+(docs/loops.md, "The snapshot"), in the rows its training method trains on.
 
-The rows are the preference export's (``studio.experiments.export.preference_pairs``: explicit
-"B is better than A" feedback, and +/− rated answers to one prompt paired, de-duplicated) over the
-completions any version of the served name answered, counting only feedback given at or before the
-cutoff; with ``train.replay_share`` > 0, rows of the champion's own training snapshot (when it
-holds preference pairs) are mixed back in against forgetting (``replay_rows``). Rows whose prompt is
-in the golden eval set (the gate's dataset) are dropped with that
-reason, so the gate never scores a prompt the candidate was trained on. The rows are stored with the
-dataset snapshot writer (content-addressed, with lineage) as a new version of
-``<loop>-preferences``; the generation records the cutoff first and the snapshot id after, so a
+For a DPO recipe the rows are preference pairs, the preference export's
+(``studio.experiments.export.preference_pairs``: explicit "B is better than A" feedback, and +/−
+rated answers to one prompt paired, de-duplicated); for an SFT recipe they are the thumbs-up
+answers (``thumbs_up_answers``: each answer whose mean rating is above 0, or that a person preferred
+to another, as prompt/completion rows, de-duplicated). Either over the completions any version of
+the served name answered, counting only feedback given at or before the cutoff; with
+``train.replay_share`` > 0, rows of the champion's own training snapshot (when it holds rows of the
+same kind) are mixed back in against forgetting (``replay_rows``). Rows whose prompt is in the
+golden eval set (the gate's dataset) are dropped with that reason, so the gate never scores a
+prompt the candidate was trained on. The rows are stored with the dataset snapshot writer
+(content-addressed, with lineage) as a new version of ``<loop>-preferences`` (DPO) or
+``<loop>-answers`` (SFT); the generation records the cutoff first and the snapshot id after, so a
 retry after a crash takes the same cutoff and finds the same snapshot.
 """
 
@@ -19,10 +22,12 @@ import random
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from collections.abc import Callable
+
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from studio.data.kinds import DatasetKind
+from studio.data.kinds import COLUMNS, DatasetKind
 from studio.data.snapshots import read_table, resolve_snapshot
 from studio.data.writer import Lineage, SnapshotWriter
 from studio.errors import StudioError
@@ -34,7 +39,7 @@ from studio.loops.triggers import served_by
 from studio.settings import StudioSettings
 from studio.store.db import session_scope
 from studio.store.loop_models import Loop, LoopGeneration
-from studio.store.models import DatasetSnapshot, PromotionGate
+from studio.store.models import Completion, DatasetSnapshot, Feedback, PromotionGate
 
 
 def golden_dataset(session: Session, spec: LoopSpec) -> str | None:
@@ -61,13 +66,60 @@ def golden_prompts(session: Session, ref: str) -> set[str]:
     return out
 
 
-def dataset_name(loop: Loop) -> str:
-    return f"{loop.name}-preferences"
+def training_method(gen: LoopGeneration) -> str:
+    """The training method of the recipe the generation froze (``dpo`` when it froze none)."""
+    return (gen.config.get("train") or {}).get("method") or "dpo"
+
+
+def snapshot_kind(method: str) -> DatasetKind:
+    """What a generation of a loop training with ``method`` snapshots: thumbs-up answers for SFT,
+    preference pairs for DPO."""
+    return DatasetKind.prompt_completion if method == "sft" else DatasetKind.preference
+
+
+def dataset_name(loop: Loop, kind: DatasetKind = DatasetKind.preference) -> str:
+    return f"{loop.name}-{'answers' if kind is DatasetKind.prompt_completion else 'preferences'}"
+
+
+def thumbs_up_answers(session: Session, scope: Callable[[Any], Any], cutoff: datetime | None = None,
+                      ) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """The de-duplicated (prompt, completion) rows of the answers ``scope(Completion)`` selects that
+    feedback given at or before ``cutoff`` endorses: a mean rating above 0, or preferred to another
+    answer (``preferred_completion_id``); and how they were found. What SFT on feedback learns from."""
+    rated_q = (select(Completion.id, Completion.prompt_text, Completion.response, Feedback.rating)
+               .join(Feedback, Feedback.completion_id == Completion.id)
+               .where(scope(Completion), Feedback.rating.is_not(None))
+               .order_by(Completion.created_at, Completion.id, Feedback.id))
+    preferred_q = (select(Completion.prompt_text, Completion.response)
+                   .join(Feedback, Feedback.preferred_completion_id == Completion.id)
+                   .where(scope(Completion)).order_by(Feedback.id))
+    if cutoff is not None:
+        rated_q = rated_q.where(Feedback.created_at <= cutoff)
+        preferred_q = preferred_q.where(Feedback.created_at <= cutoff)
+    ratings: dict[str, list[float]] = {}
+    info: dict[str, tuple[str, str]] = {}
+    for cid, prompt, response, rating in session.execute(rated_q).all():
+        ratings.setdefault(cid, []).append(rating)
+        info[cid] = (prompt, response)
+    found = [info[cid] for cid, values in ratings.items() if sum(values) / len(values) > 0]
+    counts = {"rated_up": len(found)}
+    preferred = session.execute(preferred_q).all()
+    counts["preferred"] = len(preferred)
+    unique, seen = [], set()
+    for prompt, response in [*found, *preferred]:
+        key = (prompt or "", response or "")
+        if key in seen or not all(x.strip() for x in key):  # an empty answer is not a valid row
+            continue
+        seen.add(key)
+        unique.append({"prompt": key[0], "completion": key[1]})
+    counts["rows"] = len(unique)
+    counts["duplicates"] = counts["rated_up"] + counts["preferred"] - len(unique)
+    return unique, counts
 
 
 def take_snapshot(settings: StudioSettings, generation_id: int, cutoff: datetime) -> dict[str, Any]:
-    """Snapshot the generation's preference data at ``cutoff`` (the one it already recorded wins)
-    and record the snapshot id on it. Raises a ``StudioError`` when no pair is left to train on."""
+    """Snapshot the generation's training data at ``cutoff`` (the one it already recorded wins)
+    and record the snapshot id on it. Raises a ``StudioError`` when no row is left to train on."""
     with session_scope(settings.db_url) as s:
         gen = s.get(LoopGeneration, generation_id)
         if gen.cutoff_at is None:  # the cutoff first: a retry after a crash uses the same one
@@ -77,15 +129,20 @@ def take_snapshot(settings: StudioSettings, generation_id: int, cutoff: datetime
         cutoff, number = gen.cutoff_at, gen.number
         loop = s.get(Loop, gen.loop_id)
         spec = LoopSpec.model_validate(gen.config["loop"])
-        name, owner = dataset_name(loop), loop.owner_key_id
-        rows, counts = preference_pairs(s, lambda c: served_by(spec.served_name, c), cutoff=cutoff)
+        kind = snapshot_kind(training_method(gen))
+        name, owner = dataset_name(loop, kind), loop.owner_key_id
+        find = thumbs_up_answers if kind is DatasetKind.prompt_completion else preference_pairs
+        rows, counts = find(s, lambda c: served_by(spec.served_name, c), cutoff=cutoff)
         golden_ref = golden_dataset(s, spec)
         golden = golden_prompts(s, golden_ref) if golden_ref else set()
-        replay, replay_from = replay_rows(s, gen, spec, rows)
+        replay, replay_from = replay_rows(s, gen, spec, rows, kind)
     params = {"loop": loop.name, "generation": number, "served_name": spec.served_name,
               "cutoff": cutoff.isoformat(), "golden": golden_ref, "replay_share": spec.train.replay_share,
               "replay_from": replay_from, "replayed": len(replay)}
-    with SnapshotWriter(DatasetKind.preference, Lineage(None, "loop-preference", params)) as w:
+    sft = kind is DatasetKind.prompt_completion
+    what = "thumbs-up answers" if sft else "preference pairs"
+    transform = "loop-thumbs-up" if sft else "loop-preference"
+    with SnapshotWriter(kind, Lineage(None, transform, params)) as w:
         for i, row in enumerate(rows + replay):
             if row["prompt"].strip() in golden:
                 w.drop(i, f"the prompt is in the golden eval set {golden_ref}: never trained on", step="golden",
@@ -94,27 +151,30 @@ def take_snapshot(settings: StudioSettings, generation_id: int, cutoff: datetime
                 w.add(row)
         if w.row_count == 0:
             raise StudioError(
-                f"loop {loop.name} generation {number}: no preference pairs to train on at the cutoff "
-                f"{cutoff.isoformat()} ({counts['rows']} pairs, {w.dropped_count} of them golden-set prompts)",
+                f"loop {loop.name} generation {number}: no {what} to train on at the cutoff "
+                f"{cutoff.isoformat()} ({counts['rows']} {'answers' if sft else 'pairs'}, {w.dropped_count} of "
+                "them golden-set prompts)",
+                "collect more feedback (thumbs up on good answers)" if sft else
                 "collect more feedback (ratings of two answers to one prompt, or preferred_completion_id)")
         done = w.commit(settings, name, f"loop {loop.name} generation {number} feedback to {cutoff.isoformat()}",
                         owner)
     with session_scope(settings.db_url) as s:
         s.execute(update(LoopGeneration).where(LoopGeneration.id == generation_id)
                   .values(snapshot_id=done.snapshot_id).execution_options(synchronize_session=False))
-    return {"snapshot_id": done.snapshot_id, "name": name, "version": done.version, "pairs": counts["rows"],
-            "explicit": counts["explicit"], "from_ratings": counts["from_ratings"],
-            "duplicates": counts["duplicates"], "golden_dropped": done.dropped_count, "rows": done.row_count,
+    return {"snapshot_id": done.snapshot_id, "name": name, "version": done.version, "kind": kind.value,
+            "what": what, "found": counts["rows"], **{k: v for k, v in counts.items() if k != "rows"},
+            "golden_dropped": done.dropped_count, "rows": done.row_count,
             "replayed": len(replay), "replay_from": replay_from, "cutoff": cutoff.isoformat()}
 
 
-def replay_rows(session: Session, gen: LoopGeneration, spec: LoopSpec, new: list[dict[str, str]]
-                ) -> tuple[list[dict[str, str]], str | None]:
+def replay_rows(session: Session, gen: LoopGeneration, spec: LoopSpec, new: list[dict[str, str]],
+                kind: DatasetKind = DatasetKind.preference) -> tuple[list[dict[str, str]], str | None]:
     """Rows of the champion's own training snapshot mixed back in against forgetting: as many as
     make ``train.replay_share`` of the result, drawn without replacement with a seed of the loop and
-    generation (a retry draws the same), skipping pairs the new rows already hold. Only preference
-    rows can be mixed into a preference snapshot: a champion trained on other rows (SFT on
-    prompt/completion) gives none. Returns the rows and the snapshot they came from."""
+    generation (a retry draws the same), skipping rows the new ones already hold. Only rows of the
+    snapshot's ``kind`` can be mixed in (preference pairs into a DPO loop's, prompt/completion rows
+    into an SFT loop's): a champion trained on another kind gives none. Returns the rows and the
+    snapshot they came from."""
     share = spec.train.replay_share
     if share <= 0 or not new or not gen.champion:
         return [], None
@@ -123,11 +183,11 @@ def replay_rows(session: Session, gen: LoopGeneration, spec: LoopSpec, new: list
     except StudioError:
         return [], None
     snap = session.get(DatasetSnapshot, snapshot_id) if snapshot_id else None
-    if snap is None or snap.kind != DatasetKind.preference.value:
+    if snap is None or snap.kind != kind.value:
         return [], None
-    seen = {(r["prompt"], r["chosen"], r["rejected"]) for r in new}
-    pool = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
-            for r in read_table(snap.uri).to_pylist()]
-    pool = [r for r in pool if (r["prompt"], r["chosen"], r["rejected"]) not in seen]
+    cols = COLUMNS[kind]
+    seen = {tuple(r[c] for c in cols) for r in new}
+    pool = [{c: r[c] for c in cols} for r in read_table(snap.uri).to_pylist()]
+    pool = [r for r in pool if tuple(r[c] for c in cols) not in seen]
     want = min(len(pool), round(share / (1.0 - share) * len(new)))
     return random.Random(f"{spec.name}:{gen.number}").sample(pool, want), snap.id
