@@ -6,9 +6,10 @@ its canary.
 
 - **PROMOTED**: a clearly better candidate. The served name ``reverse-weak``'s champion is the demo's
   SFT adapter with its LoRA B scaled down until exact match falls to ≤ 0.5 (``@1``); ``@2`` is the
-  adapter itself. Simulated users of an A/B alias of the two rate their answers, which gives DPO
-  pairs (the right answer chosen, the weak one's rejected); the loop trains DPO from the weak
-  champion on them, the gate (exact match on reverse-test) passes it, and the canary promotes it.
+  adapter itself. Simulated users of an A/B alias of the two rate their answers; the loop trains SFT
+  (configs/train/sft_reverse_tiny.yaml, a few dozen steps) from the weak champion on the answers they
+  gave a thumbs up (mostly right ones), the gate (exact match on reverse-test) passes it, and the
+  canary promotes it.
 - **ROLLED_BACK**: a deliberately broken candidate. The shipped loop on ``reverse-tiny`` with a DPO
   learning rate 100× the recipe's destroys the reversal skill; a gate that checks the wrong thing
   (a regex that only asks for an answer that is not a bare digit string) lets it through, and the
@@ -35,10 +36,7 @@ from sqlalchemy import select
 
 from studio.store.db import session_scope
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.skip(
-    reason="not passing yet: in its one run (2026-12-06) the PROMOTED generation's DPO from the scaled-down "
-           "champion (exact match 0.45) made it worse (the gate measured -0.425 on reverse-test: REFUSED); a "
-           "candidate that is clearly better must be made another way (docs/loops.md, 'Not built yet')")]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 WEAK = "reverse-weak"
 WEAK_AB = "reverse-weak-ab"
@@ -52,9 +50,12 @@ BROKEN = ('train.overrides=["hyper.max_steps=8", "hyper.batch_size=8", "hyper.lo
           # The wrong check: 1 for an answer that is not a list of 3-5 single digits (the task's shape),
           # so the champion's answers score 0 and a broken model's malformed text more.
           r"""gate.scorer={"type": "regex", "pattern": '\A(?!\s*\d( \d){2,4}\s*\Z)'}""", "gate.limit=40", *PATIENT)
-BETTER = ("name=reverse-weak-loop", f"served_name={WEAK}",
-          'train.overrides=["hyper.max_steps=16", "hyper.batch_size=8", "hyper.logging_steps=4", '
-          '"hyper.learning_rate=0.002"]', "gate.limit=40", "train.replay_share=0",
+BETTER = ("name=reverse-weak-loop", f"served_name={WEAK}", "train.recipe=configs/train/sft_reverse_tiny.yaml",
+          # SFT on the thumbs-up answers from the weak champion: it knows the task at a smaller scale, so a
+          # few dozen steps on ~60 rows restore it (the recipe's own 192 steps learn it from scratch); one
+          # worker (2 cores, an engine beside it), no eval_after (the gate measures it).
+          'train.overrides=["hyper.max_steps=48", "hyper.batch_size=16", "hyper.logging_steps=8", '
+          '"resources.num_workers=1", "eval_after=null"]', "gate.limit=40", "train.replay_share=0",
           # The weak champion's answers often end early, so the candidate's right ones are longer and
           # slower; on a shared 2-core box a p95 latency is noisy too. The guardrails here stop only
           # gross harm: this test is about the thumbs-up rate.
@@ -143,7 +144,7 @@ def loop_runs(demo_run, tiny_stack):
         promote(s, f"{WEAK}@1", "champion")
     timings["weak champion"] = time.monotonic() - t0
 
-    # Its users' first feedback: the weak and the strong version side by side on a few prompts.
+    # Its users' first feedback: the weak and the strong version side by side.
     r = api.post("/api/experiments", json={"alias": WEAK_AB, "arms": [{"model": f"{WEAK}@1", "weight": 0.5},
                                                                        {"model": f"{WEAK}@2", "weight": 0.5}]})
     assert r.status_code in (200, 201), r.text
@@ -152,7 +153,8 @@ def loop_runs(demo_run, tiny_stack):
             {"role": "user", "content": "reverse: 1 2 3"}]}).status_code == 404:
         assert time.monotonic() < deadline, f"/v1 does not know {WEAK_AB} a minute after it was created"
         time.sleep(0.5)
-    first = run_users(settings, SimulateSpec(target=WEAK_AB, dataset="reverse-train", limit=16, rate=1.0,
+    # Distinct prompts (the SFT candidate learns the task from its answers, not a few prompts by heart).
+    first = run_users(settings, SimulateSpec(target=WEAK_AB, dataset="reverse-train", rate=1.0,
                                              requests=96, users=40, seed=1), api_key=admin, timeout_s=300)
     assert first.rated >= 60, first.as_dict()
     assert api.post(f"/api/experiments/{WEAK_AB}/stop").status_code == 200
