@@ -45,7 +45,7 @@ def create_loop(api: httpx.Client, settings: StudioSettings, recipe: Path = LOOP
     body = {"loop": spec.model_dump(mode="json"), "train": train.model_dump(mode="json", by_alias=True)}
     exists = api.get(f"/api/loops/{spec.name}").status_code == 200
     _call(api, "PUT" if exists else "POST", f"/api/loops/{spec.name}" if exists else "/api/loops", json=body)
-    console.print(f"  loop {spec.name} on {spec.served_name}: DPO ({', '.join(spec.train.overrides)}), gate "
+    console.print(f"  loop {spec.name} on {spec.served_name}: {train.method.upper()} ({', '.join(spec.train.overrides)}), gate "
                   f"{(spec.gate.scorer or {}).get('type', '-')} on {spec.gate.dataset}, canary "
                   f"{' → '.join(f'{x:g} %' for x in spec.canary.steps)}, alpha {spec.decision.alpha:g}, "
                   f"≥ {spec.decision.min_rated_per_arm} rated per arm", highlight=False)
@@ -66,7 +66,7 @@ def trigger(api: httpx.Client, name: str, reason: str = "the demo's last step") 
         raise DemoError(f"POST /api/loops/{name}/trigger answered {r.status_code}: {r.text[:400]}", "see the message")
     gen = r.json()
     console.print(f"  generation {gen['number']} TRIGGERED (champion {gen['champion']}); the scheduler's "
-                  "runner moves it: snapshot → DPO → gate → canary → verdict", highlight=False)
+                  "runner moves it: snapshot → training → gate → canary → verdict", highlight=False)
     return gen["number"]
 
 
