@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -35,7 +36,9 @@ from studio.store.db import session_scope
 from studio.store.models import Job, JobMetric
 from studio.train import tracking
 from studio.train.spec import TrainSpec
-from studio.train.worker import FINAL_DIR, FINAL_METRICS, WorkerJob
+from studio.train.worker import FINAL_DIR, FINAL_METRICS, FINAL_PARITY, WorkerJob
+
+log = logging.getLogger(__name__)
 
 
 def load_rows(job: WorkerJob) -> list[dict[str, Any]]:
@@ -354,6 +357,7 @@ def fit(trainer, job: WorkerJob) -> None:
             for extra in (Path(tmp) / FINAL_DIR).glob("*/adapter_config.json"):
                 shutil.rmtree(extra.parent)
             (Path(tmp) / FINAL_METRICS).write_text(json.dumps(final))
+            record_parity_answers(job, Path(tmp))
         ray.train.report(final, checkpoint=Checkpoint.from_directory(tmp) if rank0 else None)
     scratch = Path(trainer.args.output_dir)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -361,6 +365,21 @@ def fit(trainer, job: WorkerJob) -> None:
         scratch.parent.rmdir()  # the job's folder, once the last rank on this node is done
     except OSError:
         pass
+
+
+def record_parity_answers(job: WorkerJob, ckpt_dir: Path) -> None:
+    """Rank 0: the saved adapter's answers to the parity prompts, beside it (``FINAL_PARITY``), for
+    the driver to register with the version (studio.train.parity). Best effort: without the file
+    the driver computes them itself."""
+    from studio.train.parity import worker_answers
+
+    try:
+        answers = worker_answers(job.snapshot_uri, job.base_model, ckpt_dir / FINAL_DIR)
+    except Exception as e:  # noqa: BLE001 - the driver records them instead
+        log.warning("parity answers not computed on the worker (%s: %s); the driver will", type(e).__name__, e)
+        return
+    if answers is not None:
+        (ckpt_dir / FINAL_PARITY).write_text(json.dumps(answers))
 
 
 def peak_memory(trainer) -> dict[str, float]:

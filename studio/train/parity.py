@@ -1,6 +1,12 @@
 """The PEFT side of the promotion gate's train/serve parity check (studio.evals.parity), computed
 where the adapter is: a training job records its greedy answers to the parity prompts when it
-registers the version, so the gate only asks the served ``/v1`` and compares text."""
+registers the version, so the gate only asks the served ``/v1`` and compares text.
+
+The answers come from the saved adapter folder, loaded afresh (what the registry will hold, not the
+model in memory). Training's rank-0 worker computes them right after saving (``worker_answers``:
+transformers is imported there already) and leaves them beside the final adapter; the driver
+computes them itself only when they are missing (an older checkpoint, or the worker's try failed),
+which costs it the ~8 s of importing transformers and PEFT on 2 CPU cores."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ N_PROMPTS = 4
 # The answers' length (the gate asks /v1 with the same): a template, tokenizer or weights difference
 # shows in the first tokens (the e2e's gate uses 16 too).
 RECORD_MAX_TOKENS = 16
-# Training's driver loads the model once more on CPU (float32) to record answers: only a base model
+# Recording answers loads the model once more on CPU (float32): only a base model
 # whose weight files here total at most this (the gate loads larger ones itself, when asked).
 RECORD_MAX_WEIGHT_BYTES = 2 << 30
 Messages = list[dict[str, str]]
@@ -31,19 +37,29 @@ def snapshot_prompts(uri: str) -> list[Messages] | None:
     return None
 
 
-def training_record(snapshot_uri: str, snapshot_id: str, base_model: str, folder: Path,
-                    job_id: int) -> dict[str, Any] | None:
-    """What a training job stores on the version it registers: its PEFT answers to the parity
-    prompts of its snapshot. None (the gate then checks the folder itself) when the snapshot has no
-    prompts, or the base model is not a local folder of at most ``RECORD_MAX_WEIGHT_BYTES``."""
+def worker_answers(snapshot_uri: str, base_model: str, folder: Path) -> dict[str, Any] | None:
+    """``{"prompts", "peft"}``: the saved adapter's greedy answers to its snapshot's parity prompts,
+    or None when none are recorded (no prompts, or the base model is not a local folder of at most
+    ``RECORD_MAX_WEIGHT_BYTES``: loaded once more on CPU in float32)."""
     weights = [f for f in Path(base_model).glob("*") if f.suffix in (".safetensors", ".bin")]
     if not weights or sum(f.stat().st_size for f in weights) > RECORD_MAX_WEIGHT_BYTES:
         return None
     prompts = snapshot_prompts(snapshot_uri)
     if not prompts:
         return None
-    return {"status": "recorded", "prompts": prompts,
-            "peft": peft_answers(base_model, folder, prompts, RECORD_MAX_TOKENS),
+    return {"prompts": prompts, "peft": peft_answers(base_model, folder, prompts, RECORD_MAX_TOKENS)}
+
+
+def training_record(snapshot_uri: str, snapshot_id: str, base_model: str, folder: Path,
+                    job_id: int, answers: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """What a training job stores on the version it registers: its PEFT answers to the parity
+    prompts of its snapshot (``answers``: those its worker computed, else computed here). None (the
+    gate then checks the folder itself) when none are recorded (``worker_answers``)."""
+    if answers is None:
+        answers = worker_answers(snapshot_uri, base_model, folder)
+        if answers is None:
+            return None
+    return {"status": "recorded", "prompts": answers["prompts"], "peft": answers["peft"],
             "max_tokens": RECORD_MAX_TOKENS, "source": f"snapshot {snapshot_id}", "peft_by": f"job {job_id}",
             "recorded_at": datetime.now(timezone.utc).isoformat()}
 

@@ -15,6 +15,7 @@ path and run name).
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -38,7 +39,7 @@ from studio.store.models import Job
 from studio.train import tracking
 from studio.train.preflight import ResolvedInputs, preflight
 from studio.train.spec import TrainSpec
-from studio.train.worker import FINAL_DIR, RUNNERS, WorkerJob, train_loop_per_worker
+from studio.train.worker import FINAL_DIR, FINAL_PARITY, RUNNERS, WorkerJob, train_loop_per_worker
 
 
 def say(msg: str) -> None:
@@ -303,7 +304,8 @@ def register_result(settings: StudioSettings, store: ArtifactStore, spec: TrainS
                                                max_new_tokens=ev.max_new_tokens, limit=ev.limit)
             metrics["exact_match"] = score["exact_match"]
             say(f"eval_after {ev.dataset}: exact match {score['exact_match']:.3f} on {score['n']} rows")
-        parity = record_parity(inputs, final, job_id)
+        answers = Path(ckpt_dir) / FINAL_PARITY  # computed by rank 0 beside the adapter, when it could
+        parity = record_parity(inputs, final, job_id, json.loads(answers.read_text()) if answers.is_file() else None)
     tracking.log_metrics(settings.mlflow, mlflow_run_id, {f"final_{k}": float(v) for k, v in metrics.items()},
                          int(metrics.get("global_step", 0)))
     with session_scope(settings.db_url) as s:
@@ -316,14 +318,16 @@ def register_result(settings: StudioSettings, store: ArtifactStore, spec: TrainS
     return {"model": ref, "uri": uri, "metrics": metrics}
 
 
-def record_parity(inputs: ResolvedInputs, final: Path, job_id: int) -> dict[str, Any] | None:
+def record_parity(inputs: ResolvedInputs, final: Path, job_id: int,
+                  answers: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The adapter's answers to the gate's parity prompts, recorded with the version so the gate
-    only asks ``/v1`` (studio.train.parity). Not recorded (the gate then loads the folder itself)
-    when the snapshot has no prompts or generating fails; the job does not fail for it."""
+    only asks ``/v1`` (studio.train.parity): ``answers`` from the worker, else computed here. Not
+    recorded (the gate then loads the folder itself) when the snapshot has no prompts or generating
+    fails; the job does not fail for it."""
     from studio.train.parity import training_record
 
     try:
-        return training_record(inputs.snapshot_uri, inputs.snapshot_id, inputs.base_model, final, job_id)
+        return training_record(inputs.snapshot_uri, inputs.snapshot_id, inputs.base_model, final, job_id, answers)
     except Exception as e:  # noqa: BLE001 - an optimisation for the gate, which can check without it
         say(f"parity answers not recorded ({type(e).__name__}: {e}); the gate will check the folder itself")
         return None

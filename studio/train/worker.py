@@ -20,6 +20,7 @@ RUNNERS = {"sft": "studio.train.sft", "cpt": "studio.train.cpt", "dpo": "studio.
 # In the last checkpoint of a run: the finished adapter (plain PEFT dir, or the full model) and its metrics.
 FINAL_DIR = "final"
 FINAL_METRICS = "final_metrics.json"
+FINAL_PARITY = "parity_answers.json"  # rank 0's PEFT answers to the parity prompts (studio.train.parity)
 
 
 @dataclass

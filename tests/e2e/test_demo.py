@@ -11,6 +11,9 @@ metrics, MLflow run and registered adapter."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 from sqlalchemy import func, select
@@ -20,6 +23,8 @@ from studio.registry.versions import get_version
 from studio.store.db import session_scope
 from studio.store.models import Job, JobMetric
 from studio.train.evaluate import exact_match
+from studio.train.parity import N_PROMPTS
+from studio.train.worker import FINAL_DIR, FINAL_PARITY
 from tests.e2e.test_stack import processes_of
 from tests.train.conftest import load_adapter, lora_b_norms
 
@@ -62,7 +67,7 @@ def test_the_sft_step_trains_registers_and_tracks(demo_run):
         mv = get_version(s, job.result["model"])
         test_rows = load_split(resolve_snapshot(s, "reverse-test").snapshot.uri).to_pylist()
         train_snapshot = resolve_snapshot(s, "reverse-train").snapshot.id
-        run_id, base_model = job.mlflow_run_id, mv.base_model
+        run_id, base_model, parity = job.mlflow_run_id, mv.base_model, mv.parity
 
     assert job.status == "SUCCEEDED", job.error
     assert events == ["QUEUED", "STARTING", "RUNNING", "CHECKPOINTING", "SUCCEEDED"]
@@ -80,6 +85,13 @@ def test_the_sft_step_trains_registers_and_tracks(demo_run):
     # Training time is reported, not asserted (speed belongs to scripts/bench_train.py).
     print(f"training took {mv.metrics['train_runtime_s']:.0f} s")
     load_adapter(base_model, mv.uri)  # loads with PeftModel.from_pretrained
+    # The gate's parity answers, recorded by the job (its rank-0 worker, from the saved folder), then
+    # checked by the demo's gate: /v1 serving reverse-tiny@1 answered the first prompts the same.
+    assert (parity["status"], parity["peft_by"], parity["source"]) == ("ok", f"job {job.id}", f"snapshot {train_snapshot}")
+    assert parity["prompts"] == N_PROMPTS and parity["first_mismatch"] is None
+    last = Path(job.checkpoint_uri)  # the final checkpoint: the adapter and the worker's answers beside it
+    assert (last / FINAL_DIR / "adapter_config.json").is_file()
+    assert len(json.loads((last / FINAL_PARITY).read_text())["peft"]) == N_PROMPTS
     norms = lora_b_norms(mv.uri)
     assert norms and all(n > 0 for n in norms.values()), "LoRA B starts at zero; training must move it"
 
