@@ -19,10 +19,9 @@ retry after a crash takes the same cutoff and finds the same snapshot.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-
-from collections.abc import Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
