@@ -27,13 +27,17 @@ Messages = list[dict[str, str]]
 
 
 def snapshot_prompts(uri: str) -> list[Messages] | None:
-    """The first ``N_PROMPTS`` prompts of a snapshot; None when its rows have none (a text corpus,
-    preference rows)."""
+    """The first ``N_PROMPTS`` prompts of a snapshot; None when its rows have none (a text corpus).
+    Preference pairs give their first distinct prompts, each one user turn (as DPO trains on them:
+    studio.train.dpo)."""
     from studio.train.evaluate import rows_to_examples
 
     rows = load_split(uri).slice(0, 64).to_pylist()
     if rows and ("messages" in rows[0] or {"prompt", "completion"} <= set(rows[0])):
         return [m for m, _ in rows_to_examples(rows)[:N_PROMPTS]]
+    if rows and {"prompt", "chosen", "rejected"} <= set(rows[0]):
+        distinct = list(dict.fromkeys(r["prompt"] for r in rows if r["prompt"].strip()))
+        return [[{"role": "user", "content": p}] for p in distinct[:N_PROMPTS]] or None
     return None
 
 

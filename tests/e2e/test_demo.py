@@ -68,6 +68,7 @@ def test_the_sft_step_trains_registers_and_tracks(demo_run):
         test_rows = load_split(resolve_snapshot(s, "reverse-test").snapshot.uri).to_pylist()
         train_snapshot = resolve_snapshot(s, "reverse-train").snapshot.id
         run_id, base_model, parity = job.mlflow_run_id, mv.base_model, mv.parity
+        dpo_parity = get_version(s, "reverse-tiny@2").parity  # the DPO job's answers, on its pairs' prompts
 
     assert job.status == "SUCCEEDED", job.error
     assert events == ["QUEUED", "STARTING", "RUNNING", "CHECKPOINTING", "SUCCEEDED"]
@@ -89,6 +90,7 @@ def test_the_sft_step_trains_registers_and_tracks(demo_run):
     # checked by the demo's gate: /v1 serving reverse-tiny@1 answered the first prompts the same.
     assert (parity["status"], parity["peft_by"], parity["source"]) == ("ok", f"job {job.id}", f"snapshot {train_snapshot}")
     assert parity["prompts"] == N_PROMPTS and parity["first_mismatch"] is None
+    assert dpo_parity["status"] == "ok" and dpo_parity["peft_by"].startswith("job "), dpo_parity
     last = Path(job.checkpoint_uri)  # the final checkpoint: the adapter and the worker's answers beside it
     assert (last / FINAL_DIR / "adapter_config.json").is_file()
     assert len(json.loads((last / FINAL_PARITY).read_text())["peft"]) == N_PROMPTS

@@ -121,6 +121,24 @@ def test_answers_recorded_at_registration_are_compared_without_loading_the_folde
         assert [get_version(s, f"rec@{v}").parity["status"] for v in (1, 2)] == ["ok", "mismatch"]
 
 
+def test_a_preference_snapshot_records_answers_to_its_distinct_prompts(settings, tmp_path, tiny_adapter):
+    """A DPO job's snapshot (preference pairs, several to one prompt as feedback gives them): its first
+    distinct prompts, one user turn each, as DPO trains on them."""
+    from studio.data.ingest import ingest_file
+    from studio.data.snapshots import resolve_snapshot
+
+    model, adapter = tiny_adapter
+    rows = [{"prompt": m[0]["content"], "chosen": f"good {i}", "rejected": f"bad {i}"}
+            for m in PROMPTS for i in range(2)]
+    ingest_file(write_jsonl(tmp_path / "pref.jsonl", rows), "parity-pref", settings)
+    with session_scope(settings.db_url) as s:
+        snap = resolve_snapshot(s, "parity-pref").snapshot
+        assert snap.kind == "preference"
+        record = training_record(snap.uri, snap.id, str(model), local_dir(str(adapter)), job_id=7)
+    assert record["status"] == "recorded" and record["prompts"] == PROMPTS and record["peft_by"] == "job 7"
+    assert record["peft"] == peft_answers(str(model), local_dir(str(adapter)), PROMPTS, RECORD_MAX_TOKENS)
+
+
 def test_no_answers_are_recorded_for_a_snapshot_without_prompts(settings, tmp_path, tiny_adapter):
     from studio.data.ingest import ingest_file
     from studio.data.snapshots import resolve_snapshot
