@@ -169,3 +169,30 @@ def test_others_see_no_owner_buttons_and_an_admin_rolls_back_with_a_reason(serve
         assert "ROLLING_BACK to PROMOTING" in b.banner()
         b.shot("loops-06-admin")
         b.assert_clean()
+
+
+def test_a_late_401_of_a_logged_out_session_does_not_log_out_the_next_key(server, shots):
+    """A page whose user logged out can still have a request on its way, sent without a key; its
+    401 coming back once the next key has logged in must not end that key's session (it did: the
+    admin of the test above was sent to the login page mid-test, the banner it had just set gone)."""
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["admin-1"])
+        held = []
+        b.page.route("**/api/loops?late=1", lambda route: held.append(route))  # answered when released
+        b.page.evaluate("""async () => {
+            const api = await import('/ui/static/api.js');
+            const key = api.auth.key, me = api.auth.me;
+            api.auth.clear();  // logged out, with a request on its way
+            window.late = api.get('/api/loops?late=1').then(() => 'answered', (e) => e.status);
+            api.auth.set(key, me);  // the next key logs in
+        }""")
+        for _ in range(100):  # the browser hands the request to the route handler
+            if held:
+                break
+            b.page.wait_for_timeout(50)
+        assert held, "the request never reached the route"
+        held[0].continue_()
+        assert b.page.evaluate("window.late") == 401  # refused: it carried no key
+        assert b.page.evaluate("sessionStorage.getItem('studio.key')") == server["keys"]["admin-1"]
+        assert not b.page.url.endswith("#/login") and b.page.locator("#logout").is_visible()
+        assert [e for e in b.errors if "late=1" not in e] == []  # the 401 itself is logged by the browser

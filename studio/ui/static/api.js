@@ -36,6 +36,7 @@ async function errorOf(resp) {
 }
 
 export async function request(path, { method = "GET", json, form, raw = false, signal, extraHeaders = {} } = {}) {
+  const sentWith = auth.key;  // the session this request belongs to
   const init = { method, headers: headers(extraHeaders), signal };
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
@@ -52,7 +53,9 @@ export async function request(path, { method = "GET", json, form, raw = false, s
   }
   if (!resp.ok) {
     const err = await errorOf(resp);
-    if (resp.status === 401 && auth.key) {
+    // Only a refusal of the session still in use ends it: a page of a session that has just logged
+    // out can have a request in flight, whose late 401 must not log out the key that came next.
+    if (resp.status === 401 && auth.key && auth.key === sentWith) {
       auth.clear();
       location.hash = "#/login";
     }
