@@ -37,6 +37,25 @@ def preference_rows(session: Session, alias: str) -> tuple[list[dict[str, str]],
     return preference_pairs(session, lambda c: c.experiment == alias)
 
 
+def mean_ratings(session: Session, scope: Callable[[Any], Any], cutoff: datetime | None = None,
+                 ) -> list[tuple[str, str, float]]:
+    """(prompt, response, mean rating) of each rated completion ``scope(Completion)`` selects, in
+    the completions' order, counting only ratings given at or before ``cutoff`` when one is set."""
+    rated_q = (
+        select(Completion.id, Completion.prompt_text, Completion.response, Feedback.rating)
+        .join(Feedback, Feedback.completion_id == Completion.id)
+        .where(scope(Completion), Feedback.rating.is_not(None))
+        .order_by(Completion.created_at, Completion.id, Feedback.id))
+    if cutoff is not None:
+        rated_q = rated_q.where(Feedback.created_at <= cutoff)
+    scores: dict[str, list[float]] = defaultdict(list)
+    info: dict[str, tuple[str, str]] = {}
+    for cid, prompt, response, rating in session.execute(rated_q).all():
+        scores[cid].append(rating)
+        info[cid] = (prompt, response)
+    return [(*info[cid], sum(values) / len(values)) for cid, values in scores.items()]
+
+
 def preference_pairs(session: Session, scope: Callable[[Any], Any], cutoff: datetime | None = None,
                      ) -> tuple[list[dict[str, str]], dict[str, int]]:
     """The de-duplicated (prompt, chosen, rejected) rows from feedback on the completions
@@ -53,27 +72,14 @@ def preference_pairs(session: Session, scope: Callable[[Any], Any], cutoff: date
         .join(chosen, chosen.id == Feedback.preferred_completion_id)
         .where(or_(scope(rejected), scope(chosen)))
         .order_by(Feedback.id))
-    rated_q = (
-        select(Completion.id, Completion.prompt_text, Completion.response, Feedback.rating)
-        .join(Feedback, Feedback.completion_id == Completion.id)
-        .where(scope(Completion), Feedback.rating.is_not(None))
-        .order_by(Completion.created_at, Completion.id))
     if cutoff is not None:
         explicit_q = explicit_q.where(Feedback.created_at <= cutoff)
-        rated_q = rated_q.where(Feedback.created_at <= cutoff)
     for prompt, good, bad in session.execute(explicit_q).all():
         rows.append({"prompt": prompt, "chosen": good, "rejected": bad})
         counts["explicit"] += 1
 
-    scores: dict[str, list[float]] = defaultdict(list)
-    info: dict[str, tuple[str, str]] = {}
-    for cid, prompt, response, rating in session.execute(rated_q).all():
-        scores[cid].append(rating)
-        info[cid] = (prompt, response)
     by_prompt: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"pos": [], "neg": []})
-    for cid, values in scores.items():
-        mean = sum(values) / len(values)
-        prompt, response = info[cid]
+    for prompt, response, mean in mean_ratings(session, scope, cutoff):
         if mean > 0:
             by_prompt[prompt]["pos"].append(response)
         elif mean < 0:

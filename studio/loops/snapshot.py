@@ -32,7 +32,7 @@ from studio.data.writer import Lineage, SnapshotWriter
 from studio.errors import StudioError
 from studio.registry.versions import get_version
 from studio.experiments.completions import prompt_text
-from studio.experiments.export import preference_pairs
+from studio.experiments.export import mean_ratings, preference_pairs
 from studio.loops.spec import LoopSpec
 from studio.loops.triggers import served_by
 from studio.settings import StudioSettings
@@ -85,22 +85,12 @@ def thumbs_up_answers(session: Session, scope: Callable[[Any], Any], cutoff: dat
     """The de-duplicated (prompt, completion) rows of the answers ``scope(Completion)`` selects that
     feedback given at or before ``cutoff`` endorses: a mean rating above 0, or preferred to another
     answer (``preferred_completion_id``); and how they were found. What SFT on feedback learns from."""
-    rated_q = (select(Completion.id, Completion.prompt_text, Completion.response, Feedback.rating)
-               .join(Feedback, Feedback.completion_id == Completion.id)
-               .where(scope(Completion), Feedback.rating.is_not(None))
-               .order_by(Completion.created_at, Completion.id, Feedback.id))
     preferred_q = (select(Completion.prompt_text, Completion.response)
                    .join(Feedback, Feedback.preferred_completion_id == Completion.id)
                    .where(scope(Completion)).order_by(Feedback.id))
     if cutoff is not None:
-        rated_q = rated_q.where(Feedback.created_at <= cutoff)
         preferred_q = preferred_q.where(Feedback.created_at <= cutoff)
-    ratings: dict[str, list[float]] = {}
-    info: dict[str, tuple[str, str]] = {}
-    for cid, prompt, response, rating in session.execute(rated_q).all():
-        ratings.setdefault(cid, []).append(rating)
-        info[cid] = (prompt, response)
-    found = [info[cid] for cid, values in ratings.items() if sum(values) / len(values) > 0]
+    found = [(prompt, response) for prompt, response, mean in mean_ratings(session, scope, cutoff) if mean > 0]
     counts = {"rated_up": len(found)}
     preferred = session.execute(preferred_q).all()
     counts["preferred"] = len(preferred)
