@@ -18,7 +18,7 @@ import studio.gateway  # noqa: F401 — LITELLM_LOCAL_MODEL_COST_MAP before lite
 from studio.data.ingest import ingest_file
 from studio.keys import create_key
 from studio.store.db import session_scope
-from tests.evals.scripted import ServerThread, build_evaluator, build_provider
+from tests.evals.scripted import Hold, ServerThread, build_evaluator, build_provider
 
 KEY_ENV = "STUDIO_TEST_EVAL_PROVIDER_KEY"
 
@@ -56,9 +56,15 @@ def provider_calls() -> Counter:
 
 
 @pytest.fixture(scope="session")
-def provider(provider_calls):
-    server = ServerThread(build_provider(provider_calls)).start()
+def provider_hold() -> Hold:
+    return Hold()
+
+
+@pytest.fixture(scope="session")
+def provider(provider_calls, provider_hold):
+    server = ServerThread(build_provider(provider_calls, provider_hold)).start()
     yield server
+    provider_hold.release()
     server.stop()
 
 

@@ -5,12 +5,15 @@ sits between these and the eval runner.
 Provider models: ``good`` reverses the digits of "reverse: …" (always right), ``bad`` echoes them
 (always wrong), ``judge`` answers "Score: 8" to rubric prompts and prefers the answer that is the
 reversal in pairwise prompts, ``judge-garbage`` answers something unparseable.
+A ``Hold`` lets a test stop the provider after a number of answers (a crash test's "later" calls
+wait until it lets them go, so what was answered before the crash does not depend on timing).
 Evaluator: ``/score`` → 1 when output == reference; ``/down`` → 500; ``/slow`` → never in time."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections import Counter
 
@@ -30,8 +33,33 @@ def _pairwise_winner(text: str) -> str:
     return "A" if a == reverse_answer(q) else "B"
 
 
-def build_provider(calls: Counter) -> FastAPI:
+class Hold:
+    """Off by default. ``after(n)``: the provider answers ``n`` more calls, then holds each call
+    until ``release()`` (or ``max_s``)."""
+
+    def __init__(self, max_s: float = 60.0) -> None:
+        self.max_s, self._left, self._released = max_s, None, threading.Event()
+
+    def after(self, n: int) -> None:
+        self._released.clear()
+        self._left = n
+
+    def release(self) -> None:
+        self._left = None
+        self._released.set()
+
+    async def wait(self) -> None:
+        if self._left is None:
+            return
+        if self._left > 0:
+            self._left -= 1
+            return
+        await asyncio.to_thread(self._released.wait, self.max_s)
+
+
+def build_provider(calls: Counter, hold: Hold | None = None) -> FastAPI:
     app = FastAPI()
+    hold = hold or Hold()
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -39,6 +67,7 @@ def build_provider(calls: Counter) -> FastAPI:
         model, text = body["model"], body["messages"][-1]["content"]
         calls[model] += 1
         calls[(model, text)] += 1  # what was asked, for tests that must tell calls apart
+        await hold.wait()
         if model == "slow":
             await asyncio.sleep(0.3)
         if model in ("good", "slow"):
