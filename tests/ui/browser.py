@@ -27,6 +27,19 @@ from studio.settings import StudioSettings
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("STUDIO_UI_CHROMIUM", "/usr/bin/chromium")
 _RESOURCE = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
+# What a failed banner check prints: page loads, hash changes, clicks and every change of the banner,
+# with the page's clock (ms), so a banner emptied by a re-render names what re-rendered it.
+_TRACE = """(() => {
+  const t = window.__trace = [], ms = () => Math.round(performance.now());
+  t.push(`${ms()} load ${location.hash} (${performance.getEntriesByType('navigation')[0]?.type})`);
+  addEventListener('hashchange', () => t.push(`${ms()} hashchange ${location.hash}`));
+  document.addEventListener('click', (e) => t.push(`${ms()} click #${e.target.id || e.target.tagName}`), true);
+  document.addEventListener('DOMContentLoaded', () => {
+    const el = document.getElementById('banner');
+    if (el) new MutationObserver(() => t.push(`${ms()} banner${el.hidden ? ' (hidden)' : ''} ${JSON.stringify(el.textContent.slice(0, 60))}`))
+      .observe(el, { childList: true, characterData: true, subtree: true, attributes: true });
+  });
+})();"""
 
 
 @contextmanager
@@ -111,8 +124,10 @@ class Browser:
     def __init__(self, page, shots: Path, base: str):
         self.page, self.shots, self.base = page, shots, base
         self.errors: list[str] = []
+        self.responses: list[str] = []  # "METHOD path status" in order, for failure messages
         self._allowed: set[int] = set()
         page.on("console", self._console)
+        page.on("response", lambda r: self.responses.append(f"{r.request.method} {r.url.removeprefix(base)} {r.status}"))
         page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
 
     def _console(self, msg) -> None:
@@ -148,6 +163,16 @@ class Browser:
         el = self.page.locator("#banner")
         return el.inner_text() if el.is_visible() else ""
 
+    def trace(self) -> str:
+        """What the page did (see ``_TRACE``) and the last responses it had: for failure messages."""
+        events = self.page.evaluate("window.__trace || []")
+        return "page: " + " | ".join(events[-40:]) + "\nresponses: " + " | ".join(self.responses[-30:])
+
+    def banner_says(self, text: str) -> None:
+        """The banner shows ``text`` now; if not, fail with what the page did before."""
+        shown = self.banner()
+        assert text in shown, f"banner {shown!r} does not say {text!r}\n{self.trace()}"
+
     def wait(self, selector: str, timeout_s: float = 30) -> None:
         """Wait for ``selector``; on a timeout, fail with what the page said (banner, errors)."""
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -178,6 +203,7 @@ def chromium_page(base: str, shots: Path):
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             context.set_default_timeout(30_000)
+            context.add_init_script(_TRACE)
             yield Browser(context.new_page(), shots, base)
         finally:
             browser.close()

@@ -156,7 +156,7 @@ def test_others_see_no_owner_buttons_and_an_admin_rolls_back_with_a_reason(serve
         b.wait("#gen-promote")
         b.wait("#loop-pause")  # an admin may do what the owner may (the loop's card renders on its own fetch)
         b.page.click("#gen-promote")  # no reason: said in words, nothing sent
-        assert "Say why you promote generation 2" in b.banner()
+        b.banner_says("Say why you promote generation 2")
         b.page.fill("#gen-reason", "users report wrong answers")
         b.page.click("#gen-rollback")
         b.wait("#gen-timeline li:last-child[data-to='ROLLING_BACK']")
