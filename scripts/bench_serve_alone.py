@@ -13,7 +13,13 @@ moved the ratios by ±10 %). The servers:
 - ``raw_vllm``: vLLM's own OpenAI server (``python -m vllm.entrypoints.openai.api_server``) with the
   engine arguments of configs/serve/studio.yaml (float32, max_model_len 512, LoRA on with max_loras
   4 and rank 16, max_num_seqs 16, eager, stream_interval 8, hermes tool parser with auto tool
-  choice, 1 GiB KV cache on CPU); one adapter loaded with ``/v1/load_lora_adapter``;
+  choice, 1 GiB KV cache on CPU); one adapter loaded with ``/v1/load_lora_adapter``. On CPU its
+  default executor (``mp``) runs the model in a worker process beside the EngineCore, the two
+  busy-polling a shared-memory queue; ``--raw-executor uni`` runs it as the studio's engine does:
+  the model inside the EngineCore (``--distributed-executor-backend uni`` with
+  ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, which vLLM's CPU platform needs to keep ``uni``), one
+  OpenMP thread, every EngineCore thread bound to the core vLLM's ``auto`` binding gives its worker
+  (core 0 of 2): the anchor that differs from the studio only by the path in front of the engine;
 - ``ray_serve_llm``: Ray Serve LLM (``ray.serve.llm.build_openai_app``), same engine arguments, on a
   Ray of its own (a child process of this script), Serve's high-throughput mode as the studio's;
   base model only (its LoRA loading takes a cloud storage path);
@@ -257,11 +263,23 @@ class Server:
         return tree(self.root_pid)
 
 
+def pin_engine_core(root_pid: int, cpu: int) -> None:
+    """Bind every thread of the EngineCore process under ``root_pid`` to ``cpu`` (what vLLM's
+    ``auto`` binding does to the process that runs the model: the studio's EngineCore, an ``mp``
+    worker), since vLLM binds only the workers its ``mp`` executor spawns."""
+    cores = [p for p in tree(root_pid) if "EngineCore" in " ".join(p.cmdline()) or p.name().startswith("VLLM::EngineCore")]
+    assert cores, "no EngineCore process under the raw vLLM server"
+    for core in cores:
+        for t in core.threads():
+            os.sched_setaffinity(t.id, {cpu})
+
+
 class RawVLLM(Server):
     name = "raw_vllm"
 
-    def __init__(self, model_dir: Path, adapter: Path, log_dir: Path, nice: int = 0):
+    def __init__(self, model_dir: Path, adapter: Path, log_dir: Path, nice: int = 0, executor: str = "mp"):
         self.model_dir, self.adapter, self.log_dir, self.nice = model_dir, adapter, log_dir, nice
+        self.executor = executor
 
     def start(self) -> None:
         port = free_port()
@@ -277,6 +295,10 @@ class RawVLLM(Server):
         env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
         if not gpu():
             env["VLLM_CPU_KVCACHE_SPACE"] = str(ENGINE["kv_cache_space_gib"])
+        uni = self.executor == "uni" and not gpu()
+        if uni:  # the studio's engine layout (deployments/engines/vllm_engine.py `_start_client`)
+            cmd += ["--distributed-executor-backend", "uni"]
+            env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", OMP_NUM_THREADS="1")
         log = open(self.log_dir / f"raw-vllm-{port}.log", "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True,
@@ -284,6 +306,8 @@ class RawVLLM(Server):
         self.root_pid = self.proc.pid
         self.url = f"http://127.0.0.1:{port}/v1"
         wait_http(f"http://127.0.0.1:{port}/health")
+        if uni:
+            pin_engine_core(self.root_pid, cpu=0)
         httpx.post(f"{self.url}/load_lora_adapter", json={"lora_name": "adapter",
                    "lora_path": str(self.adapter)}, timeout=120).raise_for_status()
         self.points = {"c1": ("", "tiny"), "c8": ("", "tiny"), "c32": ("", "tiny"),
@@ -376,11 +400,42 @@ def serve_llm_child(port: int, model_dir: str) -> None:
         ray.shutdown()  # its Serve replicas and engines with it
 
 
+def pin_off_the_engine(home: Path) -> dict[str, int]:
+    """Every thread of every process of the stack (found by its STUDIO_HOME) but the EngineCore's
+    onto the cores the EngineCore is not bound to (an experiment: ``--studio-pin-others``)."""
+    procs = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("STUDIO_HOME") == str(home):
+                procs.append(p)
+        except (psutil.Error, OSError):
+            continue
+    engine = [p for p in procs if "EngineCore" in " ".join(p.cmdline())]
+    assert engine, "no EngineCore under the studio"
+    taken = os.sched_getaffinity(engine[0].pid)
+    others = set(os.sched_getaffinity(0)) - taken
+    assert others, f"the engine is bound to every core ({sorted(taken)})"
+    moved = 0
+    for p in procs:
+        if p in engine:
+            continue
+        for t in p.threads():
+            try:
+                os.sched_setaffinity(t.id, others)
+                moved += 1
+            except OSError:
+                pass
+    return {"processes": len(procs) - len(engine), "threads": moved, "engine_cores": sorted(taken),
+            "others_cores": sorted(others)}
+
+
 class Studio(Server):
     name = "studio"
 
-    def __init__(self, home: Path, model_dir: Path, adapter: Path, log_dir: Path):
+    def __init__(self, home: Path, model_dir: Path, adapter: Path, log_dir: Path, pin_others: bool = False,
+                 engine_nice: int | None = None):
         self.home, self.model_dir, self.adapter, self.log_dir = home, model_dir, adapter, log_dir
+        self.pin_others, self.engine_nice = pin_others, engine_nice
         self.key = secrets.token_urlsafe(32)
         self.version: str | None = None
         cfg = yaml.safe_load(STUDIO_CONFIG.read_text())
@@ -407,6 +462,15 @@ class Studio(Server):
         self.cli("up", "--config", str(self.config))
         self.root_pid = json.loads((self.home / "ray-head.json").read_text())["pid"]
         self.url = f"http://127.0.0.1:{self.port}/v1"
+        if self.pin_others:
+            self.pinned = pin_off_the_engine(self.home)
+        if self.engine_nice is not None:  # needs CAP_SYS_NICE to go below Ray's 15
+            for p in psutil.process_iter():
+                try:
+                    if p.environ().get("STUDIO_HOME") == str(self.home) and "EngineCore" in " ".join(p.cmdline()):
+                        p.nice(self.engine_nice)
+                except (psutil.Error, OSError):
+                    continue
         if self.version is None:
             self.version = self.register()
         self.points = {"c1": ("", "tiny"), "c8": ("", "tiny"), "c32": ("", "tiny"),
@@ -544,15 +608,18 @@ def bench(args) -> None:
         home = tmp / "home"
         model_dir = make_tiny(home / "models" / "tiny")
         adapter = make_adapter(model_dir, tmp / "adapter", seed=0)
-        servers = {"raw_vllm": RawVLLM(model_dir, adapter, tmp, args.raw_nice),
+        servers = {"raw_vllm": RawVLLM(model_dir, adapter, tmp, args.raw_nice, args.raw_executor),
                    "ray_serve_llm": RayServeLLM(model_dir, tmp),
-                   "studio": Studio(home, model_dir, adapter, tmp)}
+                   "studio": Studio(home, model_dir, adapter, tmp, args.studio_pin_others, args.studio_engine_nice)}
         started = time.perf_counter()
         result = {"benchmark": "serve-alone", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "machine_before": machine(), "model": "tiny (studio.models.tiny), float32",
                   "engine": {**ENGINE, **TOOLS}, "serve_fast_path": True,
                   "workload": {"stream": True, "max_tokens": args.tokens, "ignore_eos": True,
                                "extra_body": BODY_EXTRA, "raw_vllm_nice": args.raw_nice,
+                               "raw_vllm_executor": args.raw_executor,
+                               "studio_pin_others": args.studio_pin_others,
+                               "studio_engine_nice": args.studio_engine_nice,
                                "ray_worker_niceness": os.environ.get("RAY_worker_niceness", "15 (Ray's default)"),
                                "requests": {"c1": args.c1_requests, "c8": args.requests,
                                             "c32": args.c32_requests,
@@ -667,7 +734,7 @@ def profile(args) -> None:
                           "process's samples / (rate x duration) ~ its CPU share; pct = share of "
                           "that process's samples. All spies run at once (they take CPU too)."}
         for name, server in (("studio", Studio(home, model_dir, adapter, tmp)),
-                             ("raw_vllm", RawVLLM(model_dir, adapter, tmp, args.raw_nice))):
+                             ("raw_vllm", RawVLLM(model_dir, adapter, tmp, args.raw_nice, args.raw_executor))):
             if name in args.skip:
                 continue
             print(f"profiling {name}", flush=True)
@@ -689,6 +756,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="requests of the 8-client adapter and gateway points")
     parser.add_argument("--raw-nice", type=int, default=0,
                         help="niceness of the raw vLLM server (Ray starts its workers at 15)")
+    parser.add_argument("--raw-executor", choices=["mp", "uni"], default="mp",
+                        help="raw vLLM's executor on CPU: vLLM's default (mp: a worker process beside the "
+                             "EngineCore) or the studio's (uni: the model in the EngineCore, one thread, bound)")
+    parser.add_argument("--studio-pin-others", action="store_true",
+                        help="experiment: once the studio is up, move every process of it but the EngineCore "
+                             "off the EngineCore's core")
+    parser.add_argument("--studio-engine-nice", type=int, default=None,
+                        help="experiment: once the studio is up, set its EngineCore's niceness (Ray starts it at 15)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["raw_vllm", "ray_serve_llm", "studio"])
     parser.add_argument("--profile", action="store_true", help="py-spy every process under 8 clients")
     parser.add_argument("--profile-s", type=int, default=20)
