@@ -196,3 +196,26 @@ def test_a_late_401_of_a_logged_out_session_does_not_log_out_the_next_key(server
         assert b.page.evaluate("sessionStorage.getItem('studio.key')") == server["keys"]["admin-1"]
         assert not b.page.url.endswith("#/login") and b.page.locator("#logout").is_visible()
         assert [e for e in b.errors if "late=1" not in e] == []  # the 401 itself is logged by the browser
+
+
+def test_the_admin_controls_stay_hidden_until_the_generation_is_read(server, shots):
+    """They act on the generation shown (``last``): shown before it is read, a click did nothing and
+    said nothing (CI's empty banner, three times): the page hid them with ``hidden``, which the
+    ``.row`` class's ``display: flex`` overrode until the stylesheet made ``[hidden]`` win."""
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["admin-1"])
+        held = []
+        b.page.route(f"**/api/loops/{LOOP}/generations/2", lambda route: held.append(route))
+        b.goto(f"#/loops/{LOOP}/2")
+        b.wait("#loop-pause")  # the loop is read; its generation is held
+        for _ in range(100):
+            if held:
+                break
+            b.page.wait_for_timeout(50)
+        assert held, "the generation's request never reached the route"
+        assert b.page.locator("#gen-admin").count() == 1 and not b.page.locator("#gen-promote").is_visible()
+        held[0].continue_()
+        b.wait("#gen-promote")
+        b.page.click("#gen-promote")
+        b.banner_says("Say why you promote generation 2")
+        b.assert_clean()
