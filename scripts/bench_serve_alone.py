@@ -433,7 +433,7 @@ class Studio(Server):
     name = "studio"
 
     def __init__(self, home: Path, model_dir: Path, adapter: Path, log_dir: Path, pin_others: bool = False,
-                 engine_nice: int | None = None):
+                 engine_nice: int | None = None, isolate_engine: bool = False):
         self.home, self.model_dir, self.adapter, self.log_dir = home, model_dir, adapter, log_dir
         self.pin_others, self.engine_nice = pin_others, engine_nice
         self.key = secrets.token_urlsafe(32)
@@ -450,6 +450,8 @@ class Studio(Server):
                     "STUDIO_HOME": str(home), "STUDIO_HTTP_PORT": str(self.port),
                     "STUDIO_RAY_PORT": str(free_port()), "STUDIO_DASHBOARD_PORT": str(free_port()),
                     "STUDIO_MLFLOW_UI": "0", "STUDIO_ADMIN_KEY": self.key}
+        if isolate_engine:  # the studio's own setting (deployments/engines/cpu_isolation.py)
+            self.env["STUDIO_SERVE_ISOLATE_ENGINE"] = "1"
 
     def cli(self, *args: str) -> None:
         r = subprocess.run([str(Path(sys.executable).with_name("studio")), *args], env=self.env,
@@ -610,7 +612,8 @@ def bench(args) -> None:
         adapter = make_adapter(model_dir, tmp / "adapter", seed=0)
         servers = {"raw_vllm": RawVLLM(model_dir, adapter, tmp, args.raw_nice, args.raw_executor),
                    "ray_serve_llm": RayServeLLM(model_dir, tmp),
-                   "studio": Studio(home, model_dir, adapter, tmp, args.studio_pin_others, args.studio_engine_nice)}
+                   "studio": Studio(home, model_dir, adapter, tmp, args.studio_pin_others, args.studio_engine_nice,
+                                     args.studio_isolate_engine)}
         started = time.perf_counter()
         result = {"benchmark": "serve-alone", "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "machine_before": machine(), "model": "tiny (studio.models.tiny), float32",
@@ -620,6 +623,7 @@ def bench(args) -> None:
                                "raw_vllm_executor": args.raw_executor,
                                "studio_pin_others": args.studio_pin_others,
                                "studio_engine_nice": args.studio_engine_nice,
+                               "studio_isolate_engine": args.studio_isolate_engine,
                                "ray_worker_niceness": os.environ.get("RAY_worker_niceness", "15 (Ray's default)"),
                                "requests": {"c1": args.c1_requests, "c8": args.requests,
                                             "c32": args.c32_requests,
@@ -762,6 +766,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--studio-pin-others", action="store_true",
                         help="experiment: once the studio is up, move every process of it but the EngineCore "
                              "off the EngineCore's core")
+    parser.add_argument("--studio-isolate-engine", action="store_true",
+                        help="start the studio with STUDIO_SERVE_ISOLATE_ENGINE=1 (its stack kept off the engine's core)")
     parser.add_argument("--studio-engine-nice", type=int, default=None,
                         help="experiment: once the studio is up, set its EngineCore's niceness (Ray starts it at 15)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["raw_vllm", "ray_serve_llm", "studio"])

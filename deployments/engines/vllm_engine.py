@@ -37,6 +37,7 @@ from deployments.engines.base import (
 )
 from studio.errors import StudioError, Unavailable
 from studio.serving.config import EngineConfig
+from studio.settings import StudioSettings
 
 logger = logging.getLogger("ray.serve")
 
@@ -142,6 +143,10 @@ class VLLMEngine:
         self._models = state.openai_serving_models
         self._chat = state.openai_serving_chat
         self._completion = state.openai_serving_completion
+        if current_platform.is_cpu() and StudioSettings().serve_isolate_engine and os.environ.get("STUDIO_HOME"):
+            from deployments.engines.cpu_isolation import keep_off_engine_cores
+
+            keep_off_engine_cores(os.environ["STUDIO_HOME"])
 
     def _cpu_executor(self) -> str:
         return "uni" if self.config.tensor_parallel_size == 1 else "mp"
