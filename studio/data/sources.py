@@ -68,7 +68,7 @@ def check_path_syntax(source: str, what: str = "path") -> str:
     URL-decoded); fast, before anything touches the filesystem. Returns it stripped."""
     source = (source or "").strip()
     if not source:
-        raise StudioError(f"the {what} is empty", f"name a file under STUDIO_DATA_ROOTS, or upload it")
+        raise StudioError(f"the {what} is empty", "name a file under STUDIO_DATA_ROOTS, or upload it")
     plain = _decoded(source)
     if "\x00" in plain:
         raise StudioError(f"{what} {source!r} holds a NUL byte", "pass a plain path")
