@@ -267,7 +267,9 @@ def pin_engine_core(root_pid: int, cpu: int) -> None:
     """Bind every thread of the EngineCore process under ``root_pid`` to ``cpu`` (what vLLM's
     ``auto`` binding does to the process that runs the model: the studio's EngineCore, an ``mp``
     worker), since vLLM binds only the workers its ``mp`` executor spawns."""
-    cores = [p for p in tree(root_pid) if "EngineCore" in " ".join(p.cmdline()) or p.name().startswith("VLLM::EngineCore")]
+    from deployments.engines.cpu_isolation import is_engine
+
+    cores = [p for p in tree(root_pid) if is_engine(p)]
     assert cores, "no EngineCore process under the raw vLLM server"
     for core in cores:
         for t in core.threads():
@@ -400,35 +402,6 @@ def serve_llm_child(port: int, model_dir: str) -> None:
         ray.shutdown()  # its Serve replicas and engines with it
 
 
-def pin_off_the_engine(home: Path) -> dict[str, int]:
-    """Every thread of every process of the stack (found by its STUDIO_HOME) but the EngineCore's
-    onto the cores the EngineCore is not bound to (an experiment: ``--studio-pin-others``)."""
-    procs = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("STUDIO_HOME") == str(home):
-                procs.append(p)
-        except (psutil.Error, OSError):
-            continue
-    engine = [p for p in procs if "EngineCore" in " ".join(p.cmdline())]
-    assert engine, "no EngineCore under the studio"
-    taken = os.sched_getaffinity(engine[0].pid)
-    others = set(os.sched_getaffinity(0)) - taken
-    assert others, f"the engine is bound to every core ({sorted(taken)})"
-    moved = 0
-    for p in procs:
-        if p in engine:
-            continue
-        for t in p.threads():
-            try:
-                os.sched_setaffinity(t.id, others)
-                moved += 1
-            except OSError:
-                pass
-    return {"processes": len(procs) - len(engine), "threads": moved, "engine_cores": sorted(taken),
-            "others_cores": sorted(others)}
-
-
 class Studio(Server):
     name = "studio"
 
@@ -464,15 +437,14 @@ class Studio(Server):
         self.cli("up", "--config", str(self.config))
         self.root_pid = json.loads((self.home / "ray-head.json").read_text())["pid"]
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        if self.pin_others:
-            self.pinned = pin_off_the_engine(self.home)
+        from deployments.engines.cpu_isolation import is_engine, keep_off_engine_cores, stack_processes
+
+        if self.pin_others:  # what STUDIO_SERVE_ISOLATE_ENGINE does on the replica, done from outside
+            assert keep_off_engine_cores(str(self.home)) is not None, "no engine, or it holds every core"
         if self.engine_nice is not None:  # needs CAP_SYS_NICE to go below Ray's 15
-            for p in psutil.process_iter():
-                try:
-                    if p.environ().get("STUDIO_HOME") == str(self.home) and "EngineCore" in " ".join(p.cmdline()):
-                        p.nice(self.engine_nice)
-                except (psutil.Error, OSError):
-                    continue
+            for p in stack_processes(str(self.home)):
+                if is_engine(p):
+                    p.nice(self.engine_nice)
         if self.version is None:
             self.version = self.register()
         self.points = {"c1": ("", "tiny"), "c8": ("", "tiny"), "c32": ("", "tiny"),
@@ -765,7 +737,8 @@ def main(argv: list[str] | None = None) -> None:
                              "EngineCore) or the studio's (uni: the model in the EngineCore, one thread, bound)")
     parser.add_argument("--studio-pin-others", action="store_true",
                         help="experiment: once the studio is up, move every process of it but the EngineCore "
-                             "off the EngineCore's core")
+                             "off the EngineCore's core from outside (what --studio-isolate-engine has the "
+                             "studio do itself)")
     parser.add_argument("--studio-isolate-engine", action="store_true",
                         help="start the studio with STUDIO_SERVE_ISOLATE_ENGINE=1 (its stack kept off the engine's core)")
     parser.add_argument("--studio-engine-nice", type=int, default=None,
