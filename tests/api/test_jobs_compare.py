@@ -167,3 +167,14 @@ def test_cli_prints_the_comparison(settings, stored, monkeypatch):
     assert code == 1 and "at least 2 jobs, got 1" in out
     code, out = invoke("jobs", "compare", a, str(stored["eval"]))
     assert code == 1 and "compare takes training jobs" in out
+
+
+def test_jobs_show_prints_eval_loss_beside_loss(settings, stored, monkeypatch):
+    """`studio jobs show ID`'s metrics line carries the validation loss at its step (issue 25 item 1)."""
+    monkeypatch.setenv("STUDIO_HOME", str(settings.home))
+    monkeypatch.setenv("STUDIO_DATABASE_URL", settings.db_url)
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out = invoke("jobs", "show", str(stored["first"]))
+    assert code == 0, out
+    metrics = next(line for line in out.splitlines() if line.startswith("metrics (last value): "))
+    assert "loss=0.5@30" in metrics and "eval_loss=0.6@30" in metrics, metrics
