@@ -85,6 +85,10 @@ def show(ref: str = typer.Argument(..., help="name (its champion, else newest) o
         console.print(f"job {job['id']} · {job['status']} · {job['attempts']} attempt(s) · by {job['submitted_by']}")
     if info.get("init_adapter"):
         console.print(f"started from adapter {info['init_adapter']}", highlight=False)
+    if info.get("loop_generation"):
+        g = info["loop_generation"]
+        console.print(f"candidate of loop {g['loop']} generation {g['number']} ({g['state']}; champion "
+                      f"{g['champion']})", highlight=False)
     if info.get("sweep"):
         sweep = info["sweep"]
         console.print(f"best trial of sweep job {sweep['job_id']}: {sweep.get('params')}", highlight=False)

@@ -110,7 +110,23 @@ def lineage(session: Session, ref: str) -> dict[str, Any]:
         "sweep": None if job is None or job.parent_id is None else {
             "job_id": job.parent_id, "trial": (job.result or {}).get("sweep_trial"),
             "params": (job.result or {}).get("params")},
+        # The self-driving loop's generation that trained it as its candidate (docs/loops.md), if any.
+        "loop_generation": _loop_generation(session, f"{mv.name}@{mv.version}"),
     }
+
+
+def _loop_generation(session: Session, ref: str) -> dict[str, Any] | None:
+    from studio.store.loop_models import Loop, LoopGeneration
+
+    row = session.execute(
+        select(Loop.name, LoopGeneration.number, LoopGeneration.state, LoopGeneration.champion,
+               LoopGeneration.snapshot_id)
+        .join(Loop, Loop.id == LoopGeneration.loop_id)
+        .where(LoopGeneration.candidate == ref).order_by(LoopGeneration.id.desc()).limit(1)).first()
+    if row is None:
+        return None
+    return {"loop": row.name, "number": row.number, "state": row.state, "champion": row.champion,
+            "snapshot_id": row.snapshot_id}
 
 
 def version_dict(mv: ModelVersion, settings: StudioSettings | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from studio.loops.stats import Action, ArmCounts, DecisionRule, Look, confidence
 
 @dataclass(frozen=True)
 class Plan:
-    weights: tuple[float, ...] = (0.10, 0.25, 0.50)  # the shipped loop's canary steps
+    weights: tuple[float, ...] = (0.10, 0.25, 0.50)  # the canary steps (the shipped loop's: SHIPPED_CANARY)
     looks_per_step: int = 10  # the last step lasts until the end
     looks: int = 60
     rated_per_look: int = 20  # rated completions per interval, both arms together
@@ -26,6 +26,11 @@ class Plan:
 
     def weight_of_look(self) -> np.ndarray:
         return np.asarray(self.weights)[self.step_of_look()]
+
+
+# The canary the shipped loop (configs/loops/reverse_tiny.yaml) gets on this machine: a look every
+# 10 s for its 180 s deadline, 10 rated answers per look, 25 % for 3 looks then 50 %.
+SHIPPED_CANARY = Plan(weights=(0.25, 0.50), looks_per_step=3, looks=18, rated_per_look=10, interval_s=10.0)
 
 
 @dataclass

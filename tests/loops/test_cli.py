@@ -128,3 +128,24 @@ def test_run_starts_a_generation_by_hand_and_follow_prints_its_timeline(cli, set
     assert code == 0 and "CANCELLED" in out and "generation 1: CANCELLED" in out
     code, out = cli("run", "reverse-tiny-loop")
     assert code == 1 and "loop reverse-tiny-loop is cancelled" in out and "studio loop resume" in out
+
+
+def test_models_show_names_the_loop_generation_that_trained_a_version(cli, settings):
+    _champion(settings)
+    assert cli("create", SHIPPED)[0] == 0
+    with session_scope(settings.db_url) as s:
+        s.add(ModelVersion(name="reverse-tiny", version=2, base_model=str(settings.home_abs / "models" / "tiny"),
+                           method="dpo", adapter_type="lora", uri="file:///nowhere", stage="candidate", metrics={}))
+        loop = repo.get_loop(s, "reverse-tiny-loop")
+        gen = repo.start_generation(s, loop, repo.frozen_config(LoopSpec.model_validate(loop.spec), loop.train),
+                                    actor="scheduler", champion="reverse-tiny@1")
+        for frm, to, why in ((State.WATCHING, State.TRIGGERED, Reason.TRIGGER_MANUAL),
+                             (State.TRIGGERED, State.SNAPSHOT, Reason.STEP_DONE),
+                             (State.SNAPSHOT, State.TRAINING, Reason.STEP_DONE),
+                             (State.TRAINING, State.GATE, Reason.STEP_DONE)):
+            repo.move(s, gen.id, frm, to, why, actor="scheduler",
+                      values={"candidate": "reverse-tiny@2"} if to is State.GATE else None)
+    code, out = invoke_cli("models", "show", "reverse-tiny@2")
+    assert code == 0 and "candidate of loop reverse-tiny-loop generation 1 (GATE; champion reverse-tiny@1)" in out, out
+    code, out = invoke_cli("models", "show", "reverse-tiny@1")
+    assert code == 0 and "candidate of loop" not in out

@@ -16,7 +16,7 @@ from studio.loops import control
 from studio.loops import repository as repo
 from studio.loops.actions import ServiceActions
 from studio.loops.runner import Runner
-from studio.registry.versions import get_version
+from studio.registry.versions import get_version, lineage
 from studio.store.db import session_scope
 from studio.store.loop_models import LoopLook
 from studio.store.models import Job, PromotionEvent
@@ -70,6 +70,10 @@ def test_a_better_candidate_goes_from_new_feedback_to_promoted(settings, write_r
             get_experiment(s, gen.canary_alias)
         event = s.scalars(select(PromotionEvent).where(PromotionEvent.version == 2)).one()
         assert (event.to_stage, event.outcome, event.by) == ("champion", "promoted", "loop:svc-loop")
+        # The new version's lineage names the generation that trained it (issue 23, item 4).
+        assert lineage(s, "svc@2")["loop_generation"] == {"loop": "svc-loop", "number": 1, "state": "PROMOTED",
+                                                          "champion": "svc@1", "snapshot_id": gen.snapshot_id}
+        assert lineage(s, "svc@1")["loop_generation"] is None
         gate_move = [t for t in repo.transitions(s, gen.id) if t.to_state == "CANARY"][0]
         assert "bootstrap interval" in gate_move.detail and "exact_match 0.900 vs champion svc@1 0.500" in gate_move.detail
     assert (gen.candidate, gen.champion, _stage(world, "svc@2"), _stage(world, "svc@1")) == (
@@ -149,6 +153,38 @@ def test_a_split_off_its_weights_pauses_for_sample_ratio_mismatch(settings, writ
     assert world.timeline()[-1] == ("CANARY", "PAUSED", "srm")
     look = _looks(world, world.generation().id)[-1]
     assert look.verdict["srm_p_value"] < world.spec.decision.srm_p_value
+
+
+def test_a_canary_that_cannot_be_looked_at_pauses_for_metric_errors_until_a_person_resumes(settings, write_rows,
+                                                                                              monkeypatch):
+    """A look that cannot be built (the tables unreadable, the experiment changed by hand) pauses the
+    canary (``metric_errors``): never a verdict on counts it could not read, and no resume by the
+    runner — a person looks first; resumed, the canary goes on to its verdict."""
+    import studio.loops.runner_traffic as runner_traffic
+
+    world = World(settings)
+    world.setup(write_rows)
+    t = world.run_until({"CANARY"})
+    real = runner_traffic.build_look
+
+    def unreadable(session, gen, now):
+        raise Conflict("the completion log cannot be read", "check the database")
+
+    monkeypatch.setattr(runner_traffic, "build_look", unreadable)
+    t = world.run_until({"PAUSED", "ROLLING_BACK", "PROMOTING"}, start=t + 60)
+    assert world.timeline()[-1] == ("CANARY", "PAUSED", "metric_errors")
+    gen = world.generation()
+    with session_scope(world.url) as s:
+        assert "cannot look at the canary: the completion log cannot be read" in repo.transitions(s, gen.id)[-1].detail
+    monkeypatch.setattr(runner_traffic, "build_look", real)  # readable again: still held for a person
+    for k in range(1, 4):
+        world.tick(t + 60 * k)
+    assert world.generation().state == "PAUSED" and world.timeline()[-1][2] == "metric_errors"
+    with session_scope(world.url) as s:
+        control.resume_loop(s, "svc-loop", actor="admin", reason="the database is back")
+    assert world.timeline()[-1] == ("PAUSED", "CANARY", "resume")
+    world.run_until({"PROMOTED", "ROLLED_BACK", "PAUSED"}, start=t + 240)
+    assert world.generation().state == "PROMOTED", world.timeline()
 
 
 def test_a_runner_killed_and_restarted_in_every_state_does_nothing_twice(settings, write_rows):

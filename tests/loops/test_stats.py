@@ -14,7 +14,7 @@ from studio.loops.spec import load_loop_recipe
 from studio.loops.states import Reason
 from studio.loops.stats import (Action, ArmCounts, DecisionRule, Look, ShadowRule, confidence_sequence, decide,
                                 decide_shadow, sequential_rho, sign_test_e_value, srm_p_value, step_done)
-from tests.loops.simulate import (Plan, decide_first_action, first_actions, naive_peeking_promotions,
+from tests.loops.simulate import (SHIPPED_CANARY, Plan, decide_first_action, first_actions, naive_peeking_promotions,
                                   simulate)
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "loops" / "reverse_tiny.yaml"
@@ -64,6 +64,28 @@ def test_power_at_a_ten_point_true_difference(rule):
           f"promoted, {outcomes['roll_back'] / GENERATIONS:.3f} rolled back")
     assert power >= 0.6
     assert outcomes["roll_back"] == 0
+
+
+def test_the_shipped_loops_own_small_canary(rule):
+    """The shipped loop's rule on the canary it gets here (``SHIPPED_CANARY``: 18 looks, 180 rated),
+    2,000 generations each (docs/loops.md, "The shipped loop's sizes, and why"): A/A promotes at most
+    α, the end-to-end test's better candidate (36 % → 78 % up) is promoted and a broken one (81.5 % →
+    15 %) rolled back nearly always, and +10 points is mostly left to the deadline (too small a
+    canary to tell)."""
+    n = 2 * GENERATIONS
+    share = {}
+    for label, p_champ, p_cand, seed in (("A/A 0.50", 0.5, 0.5, 21), ("A/A 0.85", 0.85, 0.85, 22),
+                                         ("A/A 0.15", 0.15, 0.15, 23), ("better 0.36 → 0.78", 0.36, 0.78, 24),
+                                         ("broken 0.815 → 0.15", 0.815, 0.15, 25), ("+10 points", 0.5, 0.6, 26)):
+        out = Counter(first_actions(simulate(p_champ, p_cand, generations=n, plan=SHIPPED_CANARY, seed=seed), rule))
+        share[label] = (out["promote"] / n, out["roll_back"] / n)
+        print(f"\nshipped canary, {label}: promoted {share[label][0]:.4f}, rolled back {share[label][1]:.4f} "
+              f"over {n} generations × {SHIPPED_CANARY.looks} looks")
+    for label in ("A/A 0.50", "A/A 0.85", "A/A 0.15"):
+        assert share[label][0] <= _mc_bound(rule.alpha, n)
+        assert sum(share[label]) <= _mc_bound(rule.alpha, n)
+    assert share["better 0.36 → 0.78"][0] >= 0.99 and share["broken 0.815 → 0.15"][1] >= 0.99
+    assert share["+10 points"][0] < 0.5 and share["+10 points"][1] == 0
 
 
 def test_decide_agrees_with_the_vectorised_rule_on_every_look(rule):
