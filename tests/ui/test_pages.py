@@ -250,6 +250,76 @@ def test_experiment_form_validates_inline_shows_the_recipe_and_submits(server, s
         b.assert_clean()
 
 
+def test_start_a_sweep_from_the_experiment_form(server, shots):
+    """The New experiment page's sweep card: the form's recipe as `train`, space rows, settings from
+    SweepSpec's schema. The API's refusals (422 without the recipe's eval, 403 for a server path a
+    user key may not name, 400 naming a space field the recipe lacks) land in the banner with the
+    form as it was; a valid one is one QUEUED job of kind sweep with the body the form showed
+    (nothing runs: no Ray here), and its page opens."""
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["user"])
+        b.goto("#/new")
+        b.wait("#sweep-space .space-row")
+        b.page.fill("#f-name", "ui-sweep")
+        b.page.fill("#f-base_model", str(server["model"]))
+        b.page.fill("#f-data-dataset", "digits@1")
+        b.page.fill("#f-hyper-max_steps", "4")
+        field, domain = "#sweep-space .space-row .space-field", "#sweep-space .space-row .space-domain"
+        assert b.page.input_value(field) == "hyper.learning_rate"  # the shipped sweep's space
+        b.page.fill(field, "hyper.no_such_field")
+        b.page.fill("#f-sweep-num_trials", "3")
+        b.page.select_option("#f-sweep-search", "random")
+        b.page.fill("#f-sweep-asha-grace_period", "2")
+        sweep_yaml = b.page.inner_text("#sweep-yaml")
+        assert sweep_yaml.startswith("# studio train sweep ui-sweep-sweep.yaml")
+        for line in ("train:", "  name: ui-sweep", "space:", '  hyper.no_such_field: "loguniform(8e-4, 3e-3)"',
+                     "num_trials: 3", "search: random", "asha:", "  grace_period: 2"):
+            assert line in sweep_yaml.splitlines(), sweep_yaml
+        with b.expect_status(422):  # eval_loss ranks trials: the recipe needs its Validation section
+            b.page.click("#submit-sweep")
+            b.page.wait_for_function("document.getElementById('banner').textContent.length > 0")
+        b.banner_says("metric eval_loss needs the recipe's `eval` section")
+        b.page.fill("#f-eval-split_ratio", "0.2")
+        b.page.fill("#f-base_model", str(server["home"].parent))  # a user key names no server path
+        with b.expect_status(403):
+            b.page.click("#submit-sweep")
+            b.page.wait_for_function("document.getElementById('banner').textContent.includes('base_model')")
+        b.page.fill("#f-base_model", str(server["model"]))
+        with b.expect_status(400):
+            b.page.click("#submit-sweep")
+            b.page.wait_for_function("document.getElementById('banner').textContent.includes('no_such_field')")
+        b.banner_says("space.hyper.no_such_field: the recipe has no field 'hyper.no_such_field'")
+        b.banner_says("hyper.learning_rate")  # the fix lists the recipe's fields
+        assert b.page.url.endswith("#/new")
+        assert b.page.input_value(field) == "hyper.no_such_field"  # the form is kept, the row marked
+        assert "invalid" in (b.page.get_attribute(field, "class") or "")
+        assert b.page.input_value("#f-sweep-num_trials") == "3"
+        assert b.page.input_value("#f-eval-split_ratio") == "0.2"
+        b.shot("05b-sweep-refused")
+        b.page.fill(field, "hyper.learning_rate")
+        b.page.fill(domain, "loguniform(1e-4, 1e-2)")
+        b.page.click("#add-space-row")
+        b.page.locator(".space-row .space-field").nth(1).fill("lora.r")
+        b.page.locator(".space-row .space-domain").nth(1).fill("choice([4, 8])")
+        b.page.click("#submit-sweep")
+        b.page.wait_for_url("**/ui/#/jobs/*")
+        b.wait("#job-head h1 .badge:text-is('QUEUED')")
+        assert "sweep on digits@1" in b.page.inner_text("#job-about")
+        assert "No trial has started yet." in b.page.inner_text("#trials")
+        job_id = int(b.page.url.rsplit("/", 1)[1])
+        b.assert_clean()
+    job = httpx.get(f"{server['base']}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {server['keys']['user']}"},
+                    timeout=30).json()
+    assert job["kind"] == "sweep" and job["status"] == "QUEUED" and job["submitted_by"] == "user-1"
+    spec = job["spec"]
+    assert spec["space"] == {"hyper.learning_rate": "loguniform(1e-4, 1e-2)", "lora.r": "choice([4, 8])"}
+    assert (spec["num_trials"], spec["search"], spec["metric"], spec["scheduler"]) == (3, "random", "eval_loss", "asha")
+    assert spec["asha"] == {"grace_period": 2, "reduction_factor": 2.0} and spec["max_concurrent_trials"] is None
+    train = spec["train"]
+    assert train["name"] == "ui-sweep" and train["hyper"]["max_steps"] == 4 and train["eval"]["split_ratio"] == 0.2
+    assert train["data"]["dataset"] == "digits@1"  # pinned as a training job's
+
+
 def test_models_promote_and_what_a_service_key_sees(server, shots):
     with chromium_page(server["base"], shots) as b:
         with b.expect_status(503):  # it lands on the playground: no models served here

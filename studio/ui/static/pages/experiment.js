@@ -4,6 +4,7 @@
 import { get, post } from "../api.js";
 import { banner, field, h, showError } from "../dom.js";
 import { toYaml } from "../yaml.js";
+import { sweepCard } from "./sweep.js";
 
 // Which dataset kinds each method trains on (studio.train.spec.METHOD_KINDS): only a filter for
 // the dataset suggestions; the server's preflight is the check.
@@ -14,6 +15,7 @@ const SECTIONS = [  // [spec key, title, shown for]
   ["hyper", "Hyperparameters", () => true],
   ["resources", "Resources", () => true],
   ["checkpoint", "Checkpoints", () => true],
+  ["eval", "Validation", () => true],  // eval_loss during training: what a sweep ranks its trials by
   ["dpo", "DPO", (s) => s.method === "dpo"],
   ["grpo", "GRPO", (s) => s.method === "grpo"],
 ];
@@ -154,6 +156,13 @@ export async function experimentPage(main) {
     return { out, errors };
   }
 
+  // A 422's fields marked where they were typed (the form's paths are the recipe's).
+  function markField(path, message) {
+    const f = byPath(path);
+    if (f) { f.err.textContent = message; f.el.classList.add("invalid"); }
+  }
+  const sweep = sweepCard(schemas, build, markField);
+
   function refresh() {
     state.method = byPath("method").el.value;
     state.adapter = byPath("adapter").el.value;
@@ -166,6 +175,7 @@ export async function experimentPage(main) {
       `  -H "Authorization: Bearer $STUDIO_KEY" -H "Content-Type: application/json" \\\n  -d '${JSON.stringify(out)}'`;
     submit.disabled = planButton.disabled = errors > 0;
     submit.title = planButton.title = errors ? `${errors} field(s) to fix` : "";
+    sweep.refresh();
     return out;
   }
 
@@ -178,10 +188,7 @@ export async function experimentPage(main) {
     try {
       planBox.replaceChildren(planView(await post("/api/jobs/plan", body)));
     } catch (e) {
-      for (const { field: path, message } of e.fields || []) {
-        const f = byPath(path);
-        if (f) { f.err.textContent = message; f.el.classList.add("invalid"); }
-      }
+      for (const { field: path, message } of e.fields || []) markField(path, message);
       planBox.replaceChildren(h("p", { class: "field-error" }, e.message || String(e)));
       showError(e);
     } finally {
@@ -199,10 +206,7 @@ export async function experimentPage(main) {
       const job = await post("/api/jobs", body);
       location.hash = `#/jobs/${job.id}`;
     } catch (e) {
-      for (const { field: path, message } of e.fields || []) {
-        const f = byPath(path);
-        if (f) { f.err.textContent = message; f.el.classList.add("invalid"); }
-      }
+      for (const { field: path, message } of e.fields || []) markField(path, message);
       showError(e);
       submit.disabled = false;
     } finally {
@@ -214,7 +218,7 @@ export async function experimentPage(main) {
     h("div", { class: "cols" }, form,
       h("div", {}, h("div", { class: "card" }, h("h2", {}, "Recipe (YAML)"), yamlBox,
         h("h2", {}, "Equivalent command"), cliBox, h("div", {}, planButton, " ", submit)),
-        h("div", { class: "card" }, h("h2", {}, "Plan"), planBox))));
+        h("div", { class: "card" }, h("h2", {}, "Plan"), planBox), sweep.view)));
   refresh();
 }
 
