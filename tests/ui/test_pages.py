@@ -231,7 +231,9 @@ def test_experiment_form_validates_inline_shows_the_recipe_and_submits(server, s
             b.page.wait_for_function("document.getElementById('plan-panel').textContent.includes('no-such-model')")
         b.page.fill("#f-base_model", str(server["home"] / "models" / "sized"))
         b.page.click("#plan-job")
-        b.wait("#plan-fit")
+        # The API's first plan imports torch, accelerate and transformers to size the model: ~10 s
+        # alone, over 30 s on a loaded 2-core box (a full run's failure, 2026-12-07).
+        b.wait("#plan-fit", timeout_s=180)
         plan = b.page.inner_text("#plan-panel")
         assert "parameters trained" in plan and "peak memory per worker (RSS)" in plan and "(estimated)" in plan
         assert b.page.inner_text("#plan-fit").startswith("Fits: ")
