@@ -135,6 +135,28 @@ def cancel(name: str = typer.Argument(..., help="Loop name."),
     _act("cancel", name, reason)
 
 
+@app.command("delete")
+def delete(name: str = typer.Argument(..., help="Loop name."),
+           yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+    """Remove a loop and its history (generations, transitions, looks, shadow pairs), so its name and
+    served name are free again; versions, jobs, snapshots and feedback stay. Refused while a
+    generation is active: `studio loop cancel NAME` first."""
+    from studio.loops.control import delete_loop, deletion_preview
+
+    settings = settings_with_db()
+    with session_scope(settings.db_url) as s:
+        plan = deletion_preview(s, name)  # 404 / 409 before asking
+    if not yes:
+        typer.confirm(f"delete loop {plan.name} on {plan.served_name} with its {plan.generations} generations "
+                      f"({plan.transitions} transitions, {plan.looks} looks, {plan.shadow_pairs} shadow pairs)? "
+                      f"{plan.kept} stay", abort=True)
+    with session_scope(settings.db_url) as s:
+        done = delete_loop(s, name, actor=ACTOR)
+    console.print(f"deleted loop [bold]{done.name}[/]: {done.generations} generations, {done.transitions} "
+                  f"transitions, {done.looks} looks, {done.shadow_pairs} shadow pairs; {done.served_name} is free "
+                  f"for a new loop ({done.kept} stay)", highlight=False)
+
+
 @app.command("run")
 def run(name: str = typer.Argument(..., help="Loop name."),
         reason: str = typer.Option("", "--reason", help="Recorded with the trigger."),

@@ -39,7 +39,8 @@ def create_loop(session: Session, spec: LoopSpec, *, train: dict[str, Any] | Non
         if other is not None:
             raise Conflict(f"there is already {what} {value!r} (loop {other.name})",
                            "pick another name, or change the existing loop" if column is Loop.name else
-                           f"one loop per served name: edit or cancel loop {other.name} first")
+                           f"one loop per served name: change loop {other.name}, or delete it first "
+                           f"(`studio loop delete {other.name}`)")
     loop = Loop(name=spec.name, served_name=spec.served_name, spec=spec.model_dump(mode="json"), train=train,
                 status="active",
                 rollbacks_in_a_row=0, created_by=created_by, owner_key_id=owner_key_id)

@@ -74,7 +74,10 @@ class Ctx:
         return f"{job_key_prefix(self.loop, self.gen.number)}{what}:a{self.gen.attempt}"
 
     def job(self, kind: str, what: str) -> Job | None:
-        return self.session.scalars(select(Job).where(Job.kind == kind, Job.submitted_by == self.key(what))
+        # Only jobs queued since the loop was made: a deleted loop of the same name left its jobs
+        # under the same keys (its generation 1's training job is not this generation 1's).
+        return self.session.scalars(select(Job).where(Job.kind == kind, Job.submitted_by == self.key(what),
+                                                      Job.created_at >= self.loop.created_at)
                                     .order_by(Job.id)).first()
 
     def lock(self) -> None:

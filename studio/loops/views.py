@@ -87,6 +87,19 @@ class LoopDetail(LoopSummary):
     recent_generations: list[GenerationSummary]
 
 
+class LoopDeleted(BaseModel):
+    """What ``DELETE /api/loops/{name}`` (``studio loop delete``) removed: the loop and its history."""
+
+    name: str
+    served_name: str = Field(description="Free for a new loop now.")
+    generations: int = Field(description="Generation rows removed.")
+    transitions: int = Field(description="Transition rows removed (the generations' timelines).")
+    looks: int = Field(description="Stored canary looks removed.")
+    shadow_pairs: int = Field(description="Judged shadow pairs removed.")
+    kept: str = Field(default="registered versions, training and eval jobs, dataset snapshots and feedback",
+                      description="What a delete never removes.")
+
+
 class ExplainedLook(BaseModel):
     look_id: int
     at_s: float

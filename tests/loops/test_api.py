@@ -220,3 +220,213 @@ def test_the_owner_triggers_a_generation_by_hand_once(api):
     r = api("POST", "/api/loops/loop-a/trigger", "root")
     assert r.status_code == 409 and "already has an active generation" in r.json()["detail"]
     assert api("POST", "/api/loops/nope/trigger", "root").status_code == 404
+
+
+# --- DELETE /api/loops/{name} -------------------------------------------------------------------
+
+TO_GATE = ((State.WATCHING, State.TRIGGERED, Reason.TRIGGER_MANUAL), (State.TRIGGERED, State.SNAPSHOT, Reason.STEP_DONE),
+           (State.SNAPSHOT, State.TRAINING, Reason.STEP_DONE), (State.TRAINING, State.GATE, Reason.STEP_DONE))
+LOOP_TABLES = {"loops", "loop_generations", "loop_transitions", "loop_looks", "shadow_pairs"}
+
+
+def _generation(settings, moves, loop_name: str = "loop-a", candidate: str | None = None) -> int:
+    """A new generation of ``loop_name`` moved along ``moves`` (the candidate set on entering GATE,
+    the served name recorded as its canary alias on entering CANARY)."""
+    with session_scope(settings.db_url) as s:
+        loop = repo.get_loop(s, loop_name)
+        gen = repo.start_generation(s, loop, repo.frozen_config(repo.LoopSpec.model_validate(loop.spec), loop.train),
+                                    actor="scheduler", champion="served-a@1")
+        for frm, to, why in moves:
+            values = {"candidate": candidate} if to is State.GATE and candidate else (
+                {"canary_alias": loop.served_name} if to is State.CANARY and frm is State.GATE else None)
+            repo.move(s, gen.id, frm, to, why, actor="scheduler", values=values)
+        return gen.id
+
+
+def _row_counts(settings) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from studio.store.base import Base
+
+    with session_scope(settings.db_url) as s:
+        return {t.name: s.scalar(select(func.count()).select_from(t)) for t in Base.metadata.sorted_tables}
+
+
+def _refused_generation_with_history(settings, owner_id: int) -> None:
+    """loop-a's generation 1: trained served-a@2 (a version with its training job, keyed as the
+    runner keys it), refused at the gate, with a stored look and a judged shadow pair."""
+    from studio.jobs.status import create_job
+    from studio.store.log_models import ShadowPair
+
+    with session_scope(settings.db_url) as s:
+        job = create_job(s, name="served-a", spec={"method": "dpo"}, max_retries=0,
+                         submitted_by="loop:loop-a:g1:train:a1", owner_key_id=owner_id)
+        s.add(ModelVersion(name="served-a", version=2, base_model=BASE, method="dpo", adapter_type="lora",
+                           uri="file:///nowhere", stage="candidate", metrics={}, job_id=job.id))
+    gen_id = _generation(settings, TO_GATE, candidate="served-a@2")
+    with session_scope(settings.db_url) as s:
+        rule = repo.LoopSpec.model_validate(repo.get_loop(s, "loop-a").spec).decision
+        look = Look(at_s=60.0, weight=0.1, champion=ArmCounts(completions=9, rated=9, thumbs_up=5),
+                    candidate=ArmCounts(completions=1, rated=1, thumbs_up=1),
+                    step_assigned_champion=9, step_assigned_candidate=1)
+        repo.record_look(s, gen_id, look, decide(look, rule))
+        s.add(ShadowPair(id="pair-1", generation_id=gen_id, endpoint="chat", champion="served-a@1",
+                         candidate="served-a@2", prompt=[{"role": "user", "content": "hi"}], prompt_text="hi",
+                         champion_response="a", candidate_response="b", verdict="win"))
+        repo.move(s, gen_id, State.GATE, State.REFUSED, Reason.GATE_REFUSED, actor="scheduler", detail="worse")
+
+
+@pytest.mark.both_databases
+def test_the_owner_deletes_a_loop_with_its_history_and_nothing_else(api, settings):
+    assert api("POST", "/api/loops", "alice", json=_body()).status_code == 201
+    _refused_generation_with_history(settings, api.alice_id)
+    lineage = api("GET", "/api/models/served-a@2/lineage", "bob").json()
+    assert lineage["loop_generation"]["loop"] == "loop-a" and lineage["loop_generation"]["state"] == "REFUSED"
+    before = _row_counts(settings)
+    for who in ("bob", "svc"):  # another user's key, a service key
+        r = api("DELETE", "/api/loops/loop-a", who)
+        assert r.status_code == 403, r.text
+    assert _row_counts(settings) == before
+    r = api("DELETE", "/api/loops/loop-a", "alice")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"name": "loop-a", "served_name": "served-a", "generations": 1, "transitions": 6, "looks": 1,
+                        "shadow_pairs": 1, "kept": r.json()["kept"]}
+    r = api("GET", "/api/loops/loop-a", "alice")
+    assert r.status_code == 404 and "loop 'loop-a' does not exist" in r.json()["detail"]
+    after = _row_counts(settings)
+    assert {t for t in before if before[t] != after[t]} == LOOP_TABLES  # versions, jobs, keys, ... untouched
+    assert all(after[t] == 0 for t in LOOP_TABLES)
+    # The version the generation trained keeps its lineage: the generation is gone, its job's key
+    # still names the loop and generation.
+    lineage = api("GET", "/api/models/served-a@2/lineage", "bob")
+    assert lineage.status_code == 200, lineage.text
+    assert lineage.json()["loop_generation"] is None
+    assert lineage.json()["job"]["submitted_by"] == "loop:loop-a:g1:train:a1"
+    assert lineage.json()["model"]["stage"] == "candidate"
+    # The name and the served name are free: a new loop of the same name starts from nothing.
+    r = api("POST", "/api/loops", "alice", json=_body())
+    assert r.status_code == 201, r.text
+    assert r.json()["generations"] == 0 and r.json()["last_ended"] is None
+
+
+def test_an_admin_deletes_another_users_loop_and_an_unknown_name_is_a_404(api):
+    assert api("POST", "/api/loops", "alice", json=_body()).status_code == 201
+    r = api("DELETE", "/api/loops/loop-a", "root")
+    assert r.status_code == 200 and r.json()["generations"] == 0
+    assert api("GET", "/api/loops", "bob").json() == []
+    r = api("DELETE", "/api/loops/loop-a", "root")
+    assert r.status_code == 404
+    assert r.json()["detail"] == "loop 'loop-a' does not exist" and "studio loop ls" in r.json()["fix"]
+    responses = api("GET", "/api/openapi.json", "bob").json()["paths"]["/api/loops/{name}"]["delete"]["responses"]
+    assert {"200", "403", "404", "409"} <= set(responses)
+
+
+@pytest.mark.both_databases
+def test_delete_is_refused_while_a_generation_is_active_and_deletes_nothing(api, settings):
+    assert api("POST", "/api/loops", "alice", json=_body()).status_code == 201
+    gen_id = _generation(settings, TO_GATE[:3])  # TRAINING
+
+    def refused(state: str, also: str = "") -> None:
+        before = _row_counts(settings)
+        r = api("DELETE", "/api/loops/loop-a", "root")
+        assert r.status_code == 409, r.text
+        assert f"generation 1 is {state}{also}" in r.json()["detail"], r.json()
+        assert "studio loop cancel loop-a" in r.json()["fix"] and "wait" in r.json()["fix"]
+        assert _row_counts(settings) == before
+
+    refused("TRAINING")
+    with session_scope(settings.db_url) as s:
+        for frm, to, why in ((State.TRAINING, State.GATE, Reason.STEP_DONE), (State.GATE, State.CANARY, Reason.SHADOW_SKIPPED)):
+            repo.move(s, gen_id, frm, to, why, actor="scheduler")
+    refused("CANARY")
+    assert api("POST", "/api/loops/loop-a/pause", "alice").status_code == 200
+    refused("PAUSED", ", paused in CANARY")
+    # Cancelling unwinds the split through ROLLING_BACK: still refused until the runner ends it.
+    assert api("POST", "/api/loops/loop-a/cancel", "alice").json()["active_generation"]["state"] == "ROLLING_BACK"
+    refused("ROLLING_BACK")
+    with session_scope(settings.db_url) as s:
+        repo.move(s, gen_id, State.ROLLING_BACK, State.CANCELLED, Reason.CANCEL, actor="scheduler")
+    r = api("DELETE", "/api/loops/loop-a", "alice")
+    assert r.status_code == 200 and r.json()["generations"] == 1, r.text
+
+
+def test_delete_is_refused_while_a_failed_generations_split_is_live(api, settings):
+    """A generation that failed while rolling back (or promoting) may leave its canary split on the
+    served name; once the loop is gone nothing would say the split was the loop's."""
+    from studio.experiments.ab import stop_experiment
+    from studio.loops.actions import ServiceActions
+
+    assert api("POST", "/api/loops", "alice", json=_body()).status_code == 201
+    with session_scope(settings.db_url) as s:
+        s.add(ModelVersion(name="served-a", version=2, base_model=BASE, method="dpo", adapter_type="lora",
+                           uri="file:///nowhere", stage="candidate", metrics={}))
+    gen_id = _generation(settings, (*TO_GATE, (State.GATE, State.CANARY, Reason.SHADOW_SKIPPED)), candidate="served-a@2")
+    with session_scope(settings.db_url) as s:
+        ServiceActions().set_split(s, "served-a", {"served-a@1": 90, "served-a@2": 10})  # as the runner sets it
+        repo.move(s, gen_id, State.CANARY, State.ROLLING_BACK, Reason.GUARDRAIL, actor="scheduler")
+        repo.move(s, gen_id, State.ROLLING_BACK, State.FAILED, Reason.INFRA_FAILURE, actor="scheduler",
+                  detail="the router's table was away")
+    r = api("DELETE", "/api/loops/loop-a", "alice")
+    assert r.status_code == 409, r.text
+    assert "generation 1 ended FAILED with its canary split still on 'served-a'" in r.json()["detail"]
+    assert "served-a@2 weight 10" in r.json()["detail"]
+    assert "studio experiments stop served-a" in r.json()["fix"]
+    assert api("GET", "/api/loops/loop-a", "alice").status_code == 200
+    with session_scope(settings.db_url) as s:
+        stop_experiment(s, "served-a")  # the served name is its champion's alone again
+    assert api("DELETE", "/api/loops/loop-a", "alice").status_code == 200
+
+
+@pytest.mark.both_databases
+def test_a_new_loop_of_a_deleted_loops_name_does_not_take_its_jobs(api, settings):
+    """The runner finds a generation's jobs by key (``loop:NAME:gN:train:aK``): a new loop of the
+    same name must not take the deleted loop's generation 1 training job (and its version) as its
+    own, nor cancel it."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from studio.loops.control import cancel_jobs
+    from studio.loops.step import Ctx, RunnerConfig
+    from studio.store.loop_models import LoopGeneration
+    from studio.store.models import Job
+
+    assert api("POST", "/api/loops", "alice", json=_body()).status_code == 201
+    _refused_generation_with_history(settings, api.alice_id)
+    with session_scope(settings.db_url) as s:  # the old job is still on its way (a cancel did not reach it yet)
+        s.scalars(select(Job)).one().status = "RUNNING"
+    assert api("DELETE", "/api/loops/loop-a", "alice").status_code == 200
+    assert api("POST", "/api/loops", "alice", json=_body()).status_code == 201
+    gen_id = _generation(settings, TO_GATE[:3])  # the new loop's generation 1, TRAINING
+    with session_scope(settings.db_url) as s:
+        gen, loop = s.get(LoopGeneration, gen_id), repo.get_loop(s, "loop-a")
+        ctx = Ctx(s, gen, loop, repo.LoopSpec.model_validate(loop.spec), datetime.now(UTC), actions=None,
+                  settings=settings, config=RunnerConfig())
+        assert ctx.key("train") == "loop:loop-a:g1:train:a1"  # the same key as the deleted loop's job
+        assert ctx.job("train", "train") is None  # the runner queues its own
+        assert cancel_jobs(s, gen, by="alice") == []
+        assert not s.scalars(select(Job)).one().cancel_requested
+
+
+def test_the_gates_must_pass_dataset_must_exist_and_its_guards_be_sound(api, settings, write_rows):
+    from studio.data.ingest import ingest_file
+
+    body = _body()
+    body["loop"]["gate"]["must_pass"] = {"dataset": "never-lose-these"}
+    r = api("POST", "/api/loops", "root", json=body)
+    assert r.status_code == 400, r.text
+    assert "gate.must_pass.dataset 'never-lose-these' does not exist" in r.json()["detail"]
+    assert "ingest the must-pass items first" in r.json()["fix"]
+    bad_guard = _body()
+    bad_guard["loop"]["gate"]["guards"][0]["margin"] = 1.0
+    r = api("POST", "/api/loops", "root", json=bad_guard)
+    assert r.status_code == 422 and "loop.gate.guards.0.margin" in r.json()["detail"]
+    assert "must lie in [0, 1)" in r.json()["detail"]
+    ingest_file(write_rows("mp.jsonl", [{"prompt": "reverse: 1 2", "completion": "2 1"}]), "never-lose-these", settings)
+    r = api("POST", "/api/loops", "root", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["gate"]["must_pass"] == {"dataset": "never-lose-these", "min_score": 1.0}
+    # a replaced recipe is checked the same way
+    body["loop"]["gate"]["must_pass"] = {"dataset": "gone"}
+    r = api("PUT", "/api/loops/loop-a", "root", json=body)
+    assert r.status_code == 400 and "gate.must_pass.dataset 'gone' does not exist" in r.json()["detail"]

@@ -13,6 +13,8 @@ from studio.loops.states import Reason, State
 from studio.loops.stats import ArmCounts, Look, decide
 from studio.settings import get_settings
 from tests.cli_invoke import invoke as invoke_cli
+from tests.cli_invoke import runner
+from studio.cli.main import app
 from studio.store.db import session_scope
 from studio.store.models import ModelVersion
 
@@ -149,3 +151,24 @@ def test_models_show_names_the_loop_generation_that_trained_a_version(cli, setti
     assert code == 0 and "candidate of loop reverse-tiny-loop generation 1 (GATE; champion reverse-tiny@1)" in out, out
     code, out = invoke_cli("models", "show", "reverse-tiny@1")
     assert code == 0 and "candidate of loop" not in out
+
+
+def test_delete_asks_first_is_refused_while_a_generation_runs_and_frees_the_name(cli, settings):
+    _champion(settings)
+    assert cli("create", SHIPPED)[0] == 0
+    assert cli("run", "reverse-tiny-loop")[0] == 0  # generation 1 TRIGGERED
+    code, out = cli("delete", "reverse-tiny-loop", "--yes")
+    assert code == 1 and "generation 1 is TRIGGERED" in out and "studio loop cancel reverse-tiny-loop" in out
+    assert cli("cancel", "reverse-tiny-loop")[0] == 0  # nothing held traffic: CANCELLED at once
+    code, out = invoke_cli("loop", "delete", "reverse-tiny-loop")  # no --yes: asks; no answer aborts
+    assert code == 1 and "delete loop reverse-tiny-loop on reverse-tiny with its 1 generations" in out
+    assert "registered versions, training and eval jobs, dataset snapshots and feedback stay" in out
+    assert cli("show", "reverse-tiny-loop")[0] == 0  # still there
+    r = runner.invoke(app, ["loop", "delete", "reverse-tiny-loop"], input="y\n")
+    assert r.exit_code == 0, r.output
+    assert "deleted loop reverse-tiny-loop: 1 generations, 3 transitions, 0 looks" in r.output
+    code, out = cli("show", "reverse-tiny-loop")
+    assert code == 1 and "loop 'reverse-tiny-loop' does not exist" in out
+    code, out = cli("delete", "reverse-tiny-loop", "--yes")
+    assert code == 1 and "does not exist" in out and "studio loop ls" in out
+    assert cli("create", SHIPPED)[0] == 0  # the name and the served name are free again

@@ -2,7 +2,8 @@
 through the service layer with a refused generation and one in its canary with stored transitions
 and looks. The page shows the timeline and the confidence-sequence chart (one mark per look, the
 bounds, the verdicts as stored); its owner pauses and resumes it; a user who does not own it sees
-no pause or cancel, a non-admin no promote; an admin must give a reason and then rolls back."""
+no pause or cancel, a non-admin no promote; an admin must give a reason and then rolls back; an
+owner deletes a loop with no active generation (Delete is hidden while one is)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def server(tmp_path_factory):
     home, settings, keys, owner = ui.home, ui.settings, ui.keys, ui.key_ids["user-1"]
     seeded = _make_loop(settings, owner)
     with api_server(home) as base:
-        yield {"base": base, "keys": keys, **seeded}
+        yield {"base": base, "keys": keys, "settings": settings, "owner": owner, **seeded}
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,7 @@ def test_the_owner_sees_the_timeline_and_the_chart_and_pauses_and_resumes(server
         # Its owner holds it and lets it go on; an owner is not an admin: no promote.
         assert b.page.locator("#loop-owner-note, #gen-admin, #gen-promote").count() == 0
         assert b.page.locator("#loop-run").is_hidden()  # a generation is active
+        assert b.page.locator("#loop-delete").is_hidden()  # so is deleting (the API would answer 409)
         b.page.fill("#loop-reason", "looking at the numbers")
         b.page.click("#loop-pause")
         b.wait("#gen-timeline li[data-to='PAUSED']")
@@ -144,8 +146,9 @@ def test_others_see_no_owner_buttons_and_an_admin_rolls_back_with_a_reason(serve
         b.login(server["keys"]["user-2"])
         b.goto(f"#/loops/{LOOP}")
         b.wait("#loop-owner-note")
-        assert "only its owner or an admin can pause, resume, cancel or run it" in b.page.inner_text("#loop-owner-note")
-        assert b.page.locator("#loop-pause, #loop-cancel, #loop-resume, #loop-run, #gen-promote, #gen-admin").count() == 0
+        assert "only its owner or an admin can pause, resume, cancel, run or delete it" in b.page.inner_text("#loop-owner-note")
+        assert b.page.locator("#loop-pause, #loop-cancel, #loop-resume, #loop-run, #loop-delete, #gen-promote, "
+                              "#gen-admin").count() == 0
         # The chart comes with the generation, fetched after the loop (and its owner note).
         b.wait("#cs-chart g.look >> nth=2")
         assert b.page.locator("#cs-chart g.look").count() == 3  # the team reads it all
@@ -219,3 +222,26 @@ def test_the_admin_controls_stay_hidden_until_the_generation_is_read(server, sho
         b.page.click("#gen-promote")
         b.banner_says("Say why you promote generation 2")
         b.assert_clean()
+
+
+def test_the_owner_deletes_a_loop_with_no_active_generation(server, shots):
+    spec, train = load_loop_recipe(SHIPPED)
+    spec = spec.model_copy(update={"name": "spare-loop", "served_name": "spare-name"})
+    with session_scope(server["settings"].db_url) as s:
+        repo.create_loop(s, spec, train=train.model_dump(mode="json"), created_by="user-1", owner_key_id=server["owner"])
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["user-1"])
+        b.goto("#/loops/spare-loop")
+        b.wait("#loop-delete")
+        b.page.once("dialog", lambda d: d.dismiss())  # asked first: no, and nothing happens
+        b.page.click("#loop-delete")
+        assert b.page.locator("#loop-delete").is_visible() and "#/loops/spare-loop" in b.page.url
+        b.page.once("dialog", lambda d: d.accept())
+        b.page.click("#loop-delete")
+        b.wait(f"#loops-list a:text-is('{LOOP}')")  # back on the list, without it
+        assert b.page.locator("#loops-list a:text-is('spare-loop')").count() == 0
+        b.banner_says("Loop spare-loop is deleted with its 0 generations; spare-name is free for a new loop.")
+        b.shot("loops-07-deleted")
+        b.assert_clean()
+    with session_scope(server["settings"].db_url) as s:
+        assert [lp.name for lp in repo.list_loops(s)] == [LOOP]

@@ -1,5 +1,5 @@
 """/api/loops: self-driving improvement loops (docs/loops.md). Create, read, replace the recipe,
-pause, resume, cancel, trigger a generation by hand, and a generation's timeline and ``explain``.
+delete, pause, resume, cancel, trigger a generation by hand, and a generation's timeline and ``explain``.
 The scheduler's runner (``studio.loops.runner``) moves the generations; these routes manage the
 loop objects and read what is stored."""
 
@@ -13,8 +13,8 @@ from studio.api.deps import AdminDep, SessionDep, SettingsDep, UserOrAdminDep
 from studio.loops import control
 from studio.loops.repository import explain, get_loop, list_loops
 from studio.loops.spec import LoopSpec
-from studio.loops.views import (GenerationDetail, GenerationExplained, LoopDetail, LoopSummary, explained_view,
-                                generation_detail, loop_detail, loop_summary)
+from studio.loops.views import (GenerationDetail, GenerationExplained, LoopDeleted, LoopDetail, LoopSummary,
+                                explained_view, generation_detail, loop_detail, loop_summary)
 from studio.recipes import with_home_paths
 from studio.train.preflight import check_caller_paths
 from studio.train.spec import TrainSpec
@@ -79,6 +79,23 @@ def put_loop(name: str, body: LoopCreate, key: UserOrAdminDep, session: SessionD
     owner or an admin."""
     _owned_loop(session, key, name, "change it")
     return loop_detail(session, control.replace_spec(session, name, body.loop, _train_spec(body, key, settings)))
+
+
+def _problem(description: str) -> dict:
+    return {"description": description, "content": {"application/problem+json": {}}}
+
+
+@router.delete("/{name}", responses={
+    403: _problem("The key is not the loop's owner's or an admin's (or its role is below user)."),
+    404: _problem("No loop of that name (`studio loop ls`)."),
+    409: _problem("A generation is active (cancel it first, or wait), or a split a generation left is still live."),
+})
+def delete_loop(name: str, key: UserOrAdminDep, session: SessionDep) -> LoopDeleted:
+    """Remove the loop and its history (generations, transitions, looks, shadow pairs); its name and
+    served name are free for a new loop. Registered versions, jobs, dataset snapshots and feedback
+    stay. 409 while a generation is active: cancel the loop first. Its owner or an admin."""
+    _owned_loop(session, key, name, "delete it")
+    return control.delete_loop(session, name, actor=key.name)
 
 
 @router.post("/{name}/pause")

@@ -1,10 +1,11 @@
 // Loops (docs/loops.md): the self-driving improvement loops, and a loop's page: its recipe, its
 // generations, and the selected generation's timeline (every state change with time, reason and
-// actor) and the confidence-sequence chart of its stored looks. Pause, resume, cancel and run by
-// hand for the loop's owner or an admin; promote, roll back or abort a generation for admins only,
-// with a reason the studio records. Polled while a generation is active.
+// actor) and the confidence-sequence chart of its stored looks. Pause, resume, cancel, run by hand
+// and delete (once no generation is active) for the loop's owner or an admin; promote, roll back or
+// abort a generation for admins only, with a reason the studio records. Polled while a generation
+// is active.
 import { isAdmin, ownerNote, owns } from "../access.js";
-import { get, post } from "../api.js";
+import { get, post, request } from "../api.js";
 import { add, badge, banner, fill, fmtTime, h, showError, table } from "../dom.js";
 import { duration, lookWords, sequenceChart } from "../loopchart.js";
 
@@ -104,6 +105,20 @@ async function loopDetail(main, name, wanted) {
     run: h("button", { id: "loop-run", onclick: () => act(`${path}/trigger`, { reason: loopReason.value.trim() }, (g) => `Generation ${g.number} is ${g.state}.`,
       (g) => `#/loops/${enc(name)}/${g.number}`) }, "Run a generation now"),
     cancel: h("button", { class: "danger", id: "loop-cancel", onclick: () => act(`${path}/cancel`, { reason: loopReason.value.trim() }, (l) => `Loop ${l.name} is cancelled.`) }, "Cancel loop"),
+    del: h("button", { class: "danger", id: "loop-delete", onclick: () => deleteLoop() }, "Delete loop"),
+  };
+  const deleteLoop = async () => {
+    if (!confirm(`Delete loop ${name} and its history (generations, transitions, looks)? ` +
+      "Registered versions, jobs, dataset snapshots and feedback stay.")) return;
+    banner(null);
+    try {
+      const r = await request(path, { method: "DELETE" });
+      stopped = true; clearTimeout(timer);
+      // The router clears the banner when the hash changes: say it once the list has taken over.
+      window.addEventListener("hashchange", () => banner(`Loop ${r.name} is deleted with its ${r.generations} generations; ` +
+        `${r.served_name} is free for a new loop.`, "info"), { once: true });
+      location.hash = "#/loops";
+    } catch (e) { showError(e); }
   };
   const loopControls = h("div", { class: "row", id: "loop-controls" }, loopReason, Object.values(loopButtons));
   const genReason = h("input", { type: "text", id: "gen-reason", placeholder: "why (required, recorded with the transition)", style: "width: 22rem" });
@@ -134,12 +149,13 @@ async function loopDetail(main, name, wanted) {
     loopButtons.resume.hidden = loop.status === "active";
     loopButtons.cancel.hidden = loop.status === "cancelled";
     loopButtons.run.hidden = loop.status !== "active" || !!loop.active_generation;
+    loopButtons.del.hidden = !!loop.active_generation;  // the API refuses it (409): cancel, then delete
     fill(headInfo, h("h1", {}, `Loop ${loop.name} `, badge(loop.status)),
       h("p", {}, "Improves ", h("a", { href: `#/models/${enc(loop.served_name)}` }, loop.served_name),
         ` · by ${loop.created_by || "?"} · ${loop.generations} generations · ${loop.rollbacks_in_a_row} rollbacks in a row`),
       loop.status_reason ? h("p", { class: "muted", id: "loop-status-reason" }, loop.status_reason) : null);
     if (!controlSlot.firstChild) {  // once: a poll must not take the focus from a reason being typed
-      fill(controlSlot, mine ? loopControls : h("p", {}, ownerNote("pause, resume, cancel or run it", { id: "loop-owner-note" })));
+      fill(controlSlot, mine ? loopControls : h("p", {}, ownerNote("pause, resume, cancel, run or delete it", { id: "loop-owner-note" })));
     }
     fill(recipe, h("h2", {}, "Recipe"), recipeSummary(loop.spec || {}, loop.train));
     const number = wanted ?? loop.active_generation?.number ?? loop.recent_generations[0]?.number ?? null;
