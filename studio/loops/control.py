@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from studio.errors import Conflict, NotFound, StudioError
 from studio.loops.repository import active_generation, create_loop, frozen_config, get_loop, move, start_generation
-from studio.loops.spec import TRAIN_METHODS, LoopSpec, check_base_model
+from studio.loops.spec import TRAIN_METHODS, LoopSpec, check_base_model, check_guard_scorers
 from studio.loops.states import IN_TRAFFIC, Reason, State
 from studio.loops.triggers import Fired, manual_trigger
 from studio.loops.views import LoopDeleted
@@ -46,7 +46,35 @@ def check_loop(session: Session, spec: LoopSpec, train: Any) -> dict[str, Any]:
         raise StudioError(f"loop {spec.name}: its training recipe trains with {train.method}",
                           f"a loop learns from feedback: use a recipe with method {' or '.join(TRAIN_METHODS)}")
     check_base_model(spec, train.base_model, champion.base_model)
+    check_gate(session, spec)
     return train.model_dump(mode="json")
+
+
+def check_gate(session: Session, spec: LoopSpec) -> None:
+    """The gate's own checks against the studio: the must-pass dataset exists, and the guards can
+    be scored beside the gate's scorer (the loop's, else the served name's gate) in one eval."""
+    from studio.data.snapshots import resolve_snapshot
+    from studio.evals.gate import effective_gate
+
+    gate = spec.gate
+    if gate.must_pass is not None:
+        try:
+            resolve_snapshot(session, gate.must_pass.dataset)
+        except NotFound as e:
+            raise StudioError(f"loop {spec.name}: gate.must_pass.dataset {gate.must_pass.dataset!r} does not "
+                              f"exist ({e.problem})", "ingest the must-pass items first (`studio data ingest FILE "
+                              "--name NAME`) or name an existing dataset (`studio data ls`)") from None
+    cfg = effective_gate(session, spec.served_name, {"dataset": gate.dataset, "scorer": gate.scorer,
+                                                     "margin": gate.margin, "limit": gate.limit})
+    if cfg is None:
+        return  # no gate at all: the runner refuses the candidate, saying how to set one
+    clash = check_guard_scorers(cfg.scorer, gate.guards)
+    if clash:
+        raise StudioError(f"loop {spec.name}: gate.guards: {clash}", "rename the guard's scorer")
+    if gate.must_pass is not None and gate.must_pass.min_score > 1 and cfg.scorer.get("type") != "judge":
+        raise StudioError(f"loop {spec.name}: gate.must_pass.min_score {gate.must_pass.min_score:g} is above 1, "
+                          f"and the gate's scorer {cfg.scorer.get('type')} scores from 0 to 1",
+                          "set min_score to at most 1 (1: each item right)")
 
 
 def create_checked(session: Session, spec: LoopSpec, train: Any, *, created_by: str | None,

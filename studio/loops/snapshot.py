@@ -9,9 +9,9 @@ to another, as prompt/completion rows, de-duplicated). Either over the completio
 the served name answered, counting only feedback given at or before the cutoff; with
 ``train.replay_share`` > 0, rows of the champion's own training snapshot (when it holds rows of the
 same kind) are mixed back in against forgetting (``replay_rows``). Rows whose prompt is in the
-golden eval set (the gate's dataset) are dropped with that reason, so the gate never scores a
-prompt the candidate was trained on. The rows are stored with the dataset snapshot writer
-(content-addressed, with lineage) as a new version of ``<loop>-preferences`` (DPO) or
+golden eval set (the gate's dataset) or among its must-pass items are dropped with that reason, so
+the gate never scores a prompt the candidate was trained on. The rows are stored with the dataset
+snapshot writer (content-addressed, with lineage) as a new version of ``<loop>-preferences`` (DPO) or
 ``<loop>-answers`` (SFT); the generation records the cutoff first and the snapshot id after, so a
 retry after a crash takes the same cutoff and finds the same snapshot.
 """
@@ -124,10 +124,12 @@ def take_snapshot(settings: StudioSettings, generation_id: int, cutoff: datetime
         rows, counts = find(s, lambda c: served_by(spec.served_name, c), cutoff=cutoff)
         golden_ref = golden_dataset(s, spec)
         golden = golden_prompts(s, golden_ref) if golden_ref else set()
+        must_ref = spec.gate.must_pass.dataset if spec.gate.must_pass else None
+        must = golden_prompts(s, must_ref) if must_ref else set()  # the gate's items too: never trained on
         replay, replay_from = replay_rows(s, gen, spec, rows, kind)
     params = {"loop": loop.name, "generation": number, "served_name": spec.served_name,
-              "cutoff": cutoff.isoformat(), "golden": golden_ref, "replay_share": spec.train.replay_share,
-              "replay_from": replay_from, "replayed": len(replay)}
+              "cutoff": cutoff.isoformat(), "golden": golden_ref, "must_pass": must_ref,
+              "replay_share": spec.train.replay_share, "replay_from": replay_from, "replayed": len(replay)}
     sft = kind is DatasetKind.prompt_completion
     what = "thumbs-up answers" if sft else "preference pairs"
     transform = "loop-thumbs-up" if sft else "loop-preference"
@@ -136,13 +138,15 @@ def take_snapshot(settings: StudioSettings, generation_id: int, cutoff: datetime
             if row["prompt"].strip() in golden:
                 w.drop(i, f"the prompt is in the golden eval set {golden_ref}: never trained on", step="golden",
                        data=row)
+            elif row["prompt"].strip() in must:
+                w.drop(i, f"the prompt is a must-pass item of {must_ref}: never trained on", step="golden", data=row)
             else:
                 w.add(row)
         if w.row_count == 0:
             raise StudioError(
                 f"loop {loop.name} generation {number}: no {what} to train on at the cutoff "
                 f"{cutoff.isoformat()} ({counts['rows']} {'answers' if sft else 'pairs'}, {w.dropped_count} of "
-                "them golden-set prompts)",
+                "them golden-set or must-pass prompts)",
                 "collect more feedback (thumbs up on good answers)" if sft else
                 "collect more feedback (ratings of two answers to one prompt, or preferred_completion_id)")
         done = w.commit(settings, name, f"loop {loop.name} generation {number} feedback to {cutoff.isoformat()}",

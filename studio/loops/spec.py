@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 
 from studio.errors import StudioError
 from studio.loops.stats import DecisionRule, ShadowRule
 from studio.recipes import Spec, load_recipe
+from studio.scorer_specs import ScorerSpec, scorer_name
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 TRAIN_METHODS = ("dpo", "sft")  # preference pairs (DPO) and thumbs-up answers (SFT) are what feedback gives
@@ -51,9 +52,60 @@ class TrainRef(Spec):
                              "the snapshot, the gate's eval, a promotion or rollback), each after a doubling backoff.")
 
 
+class MustPassSpec(Spec):
+    """Items the candidate must each get right, whatever its mean: the regression cases a team never
+    wants to lose. Scored by the gate's scorer, the candidate alone, every row of the dataset."""
+
+    dataset: str = Field(min_length=1, description="A dataset (name, name@N or snapshot id) of the must-pass "
+                         "items; like the gate's, never trained on.")
+    min_score: float = Field(default=1.0, ge=0, description="Each item's score by the gate's scorer must be at "
+                             "least this (1.0: right, for a 0/1 scorer such as exact_match).")
+
+
+class GuardSpec(Spec):
+    """A non-inferiority check on the gate's own items: by ``scorer`` the candidate's mean may fall
+    at most ``margin`` below the champion's (a format check, a safety judge)."""
+
+    scorer: ScorerSpec = Field(description="An eval scorer scored on the gate's items beside the gate's scorer, "
+                               "e.g. {type: regex, pattern: ..., full_match: true} or {type: json}.")
+    margin: float = Field(default=0.0, description="How far the candidate's mean may fall below the champion's, "
+                          "in [0, 1) in the scorer's units (a share for a 0/1 scorer); 0: not worse at all.")
+    name: str | None = Field(default=None, max_length=128, description="A label for the verdict; default: the "
+                             "scorer's name.")
+
+    @field_validator("scorer")
+    @classmethod
+    def _same_items_and_both_arms(cls, s):
+        if s.type == "lm_eval":
+            raise ValueError("an lm_eval scorer reads its task's own documents, not the gate's items: a guard "
+                             "compares both models on the gate's items; use a scorer of the dataset's rows")
+        if s.type == "judge" and s.mode == "pairwise":
+            raise ValueError("a pairwise judge scores the candidate against the champion, not each on its "
+                             "own: a guard compares two means; use mode: pointwise")
+        return s
+
+    @field_validator("margin")
+    @classmethod
+    def _margin_in_unit_interval(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:  # NaN too
+            raise ValueError(f"a guard's margin must lie in [0, 1), got {v:g}: it is how far the candidate's mean "
+                             "may fall below the champion's, e.g. 0 (not worse) or 0.02 (at most 2 points worse)")
+        return v
+
+    @field_serializer("scorer")
+    def _as_written(self, s):
+        # by alias: a json scorer's `schema` must read back as it was written (the frozen recipe)
+        return s.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    @property
+    def label(self) -> str:
+        return self.name or scorer_name(self.scorer)
+
+
 class GateSpec(Spec):
     """The promotion gate, candidate vs champion on the same items. Unset fields come from the served
-    name's own gate (``studio models gate``); a loop on a name with no gate must set ``dataset``."""
+    name's own gate (``studio models gate``); a loop on a name with no gate must set ``dataset``.
+    ``must_pass`` and ``guards`` are the loop's own checks on top of the gate's rule."""
 
     dataset: str | None = Field(default=None, description="Evaluation dataset (never trained on).")
     scorer: dict[str, Any] | None = Field(default=None, description="An eval scorer, e.g. {type: exact_match}.")
@@ -61,6 +113,40 @@ class GateSpec(Spec):
                                  description="The candidate's mean must beat the champion's by this (0 to 1).")
     limit: int | None = Field(default=None, ge=1, description="Score at most this many items.")
     confidence: float = Field(default=0.95, gt=0, lt=1, description="Level of the paired bootstrap interval on the difference.")
+    must_pass: MustPassSpec | None = Field(default=None, description="Items the candidate must each pass.")
+    guards: list[GuardSpec] = Field(default_factory=list, description="Non-inferiority checks (format, safety) "
+                                    "on the gate's items, candidate vs champion.")
+
+    @model_validator(mode="after")
+    def _distinct_guards(self) -> GateSpec:
+        labels = [g.label for g in self.guards]
+        keys = [scorer_name(g.scorer) for g in self.guards]
+        for what, seen in (("label", labels), ("scorer name", keys)):
+            dup = sorted({x for x in seen if seen.count(x) > 1})
+            if dup:
+                raise ValueError(f"two guards have the {what} {dup[0]!r}: give each guard's scorer a distinct "
+                                 "`name` (it keys the scores)")
+        if self.scorer is not None:
+            clash = check_guard_scorers(self.scorer, self.guards)
+            if clash:
+                raise ValueError(clash)
+        return self
+
+
+def check_guard_scorers(gate_scorer: dict[str, Any], guards: list[GuardSpec]) -> str | None:
+    """Why the guards cannot be scored beside the gate's scorer in one eval, or None: one scores
+    under the gate scorer's name but is another scorer (the eval keys results by name)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        gate = TypeAdapter(ScorerSpec).validate_python(gate_scorer)
+    except ValidationError:
+        return None  # the gate's scorer is refused on its own, with its fields named (``effective_gate``)
+    for g in guards:
+        if scorer_name(g.scorer) == scorer_name(gate) and g.scorer != gate:
+            return (f"guard {g.label!r} scores under the name {scorer_name(gate)!r}, the gate scorer's, but is "
+                    f"another scorer: give the guard's scorer a `name`, e.g. name: {g.label}_guard")
+    return None
 
 
 class ShadowSpec(Spec):

@@ -406,3 +406,27 @@ def test_a_new_loop_of_a_deleted_loops_name_does_not_take_its_jobs(api, settings
         assert ctx.job("train", "train") is None  # the runner queues its own
         assert cancel_jobs(s, gen, by="alice") == []
         assert not s.scalars(select(Job)).one().cancel_requested
+
+
+def test_the_gates_must_pass_dataset_must_exist_and_its_guards_be_sound(api, settings, write_rows):
+    from studio.data.ingest import ingest_file
+
+    body = _body()
+    body["loop"]["gate"]["must_pass"] = {"dataset": "never-lose-these"}
+    r = api("POST", "/api/loops", "root", json=body)
+    assert r.status_code == 400, r.text
+    assert "gate.must_pass.dataset 'never-lose-these' does not exist" in r.json()["detail"]
+    assert "ingest the must-pass items first" in r.json()["fix"]
+    bad_guard = _body()
+    bad_guard["loop"]["gate"]["guards"][0]["margin"] = 1.0
+    r = api("POST", "/api/loops", "root", json=bad_guard)
+    assert r.status_code == 422 and "loop.gate.guards.0.margin" in r.json()["detail"]
+    assert "must lie in [0, 1)" in r.json()["detail"]
+    ingest_file(write_rows("mp.jsonl", [{"prompt": "reverse: 1 2", "completion": "2 1"}]), "never-lose-these", settings)
+    r = api("POST", "/api/loops", "root", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["gate"]["must_pass"] == {"dataset": "never-lose-these", "min_score": 1.0}
+    # a replaced recipe is checked the same way
+    body["loop"]["gate"]["must_pass"] = {"dataset": "gone"}
+    r = api("PUT", "/api/loops/loop-a", "root", json=body)
+    assert r.status_code == 400 and "gate.must_pass.dataset 'gone' does not exist" in r.json()["detail"]

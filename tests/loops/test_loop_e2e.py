@@ -49,13 +49,15 @@ BROKEN = ('train.overrides=["hyper.max_steps=8", "hyper.batch_size=8", "hyper.lo
           '"hyper.learning_rate=0.02"]',
           # The wrong check: 1 for an answer that is not a list of 3-5 single digits (the task's shape),
           # so the champion's answers score 0 and a broken model's malformed text more.
-          r"""gate.scorer={"type": "regex", "pattern": '\A(?!\s*\d( \d){2,4}\s*\Z)'}""", "gate.limit=40", *PATIENT)
+          r"""gate.scorer={"type": "regex", "pattern": '\A(?!\s*\d( \d){2,4}\s*\Z)'}""", "gate.limit=40",
+          "gate.guards=[]",  # the shipped format guard would refuse it at the gate; this test is about the canary
+          *PATIENT)
 BETTER = ("name=reverse-weak-loop", f"served_name={WEAK}", "train.recipe=configs/train/sft_reverse_tiny.yaml",
           # SFT on the thumbs-up answers from the weak champion: it knows the task at a smaller scale, so a
           # few dozen steps on ~60 rows restore it (the recipe's own 192 steps learn it from scratch); one
           # worker (2 cores, an engine beside it), no eval_after (the gate measures it).
           'train.overrides=["hyper.max_steps=48", "hyper.batch_size=16", "hyper.logging_steps=8", '
-          '"resources.num_workers=1", "eval_after=null"]', "gate.limit=40", "train.replay_share=0",
+          '"resources.num_workers=1", "eval_after=null"]', "gate.limit=40", "gate.guards=[]", "train.replay_share=0",
           # The weak champion's answers often end early, so the candidate's right ones are longer and
           # slower; on a shared 2-core box a p95 latency is noisy too. The guardrails here stop only
           # gross harm: this test is about the thumbs-up rate.

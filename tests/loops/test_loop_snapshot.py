@@ -181,3 +181,23 @@ def test_an_sft_loop_with_no_thumbs_up_answer_stores_nothing_and_says_why(settin
     with pytest.raises(StudioError) as e:
         take_snapshot(settings, gen_id, at(100))
     assert "no thumbs-up answers to train on at the cutoff" in e.value.problem
+
+
+def test_the_gates_must_pass_items_are_never_trained_on_either(settings, write_rows):
+    url = settings.db_url
+    register(url)
+    ingest_file(write_rows("must.jsonl", [{"prompt": "reverse: 4 4 2", "completion": "2 4 4"}]), "must", settings)
+    gen_id = generation(url, loop_spec(**{"gate.dataset": "null", "gate.must_pass": "{dataset: must}"}))
+    kept, must = "reverse: 1 2", "reverse: 4 4 2"
+    log(url, [completion("a1", "svc@1", at(0), prompt=kept, response="1 2"),
+              completion("a2", "svc@1", at(1), prompt=kept, response="2 1"),
+              completion("m1", "svc@1", at(2), prompt=must, response="4 4 2"),
+              completion("m2", "svc@1", at(3), prompt=must, response="2 4 4")])
+    for cid, rating in (("a1", -1), ("a2", 1), ("m1", -1), ("m2", 1)):
+        rate(url, cid, at(10), rating=rating)
+    done = take_snapshot(settings, gen_id, at(100))
+    assert (done["rows"], done["golden_dropped"]) == (1, 1)
+    with session_scope(url) as s:
+        snap = resolve_snapshot(s, done["snapshot_id"]).snapshot
+        assert read_table(snap.uri).to_pylist() == [{"prompt": kept, "chosen": "2 1", "rejected": "1 2"}]
+        assert snap.params["must_pass"] == "must"

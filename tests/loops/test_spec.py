@@ -108,3 +108,48 @@ def test_a_training_recipe_for_another_base_model_is_refused():
         check_base_model(spec, "Qwen/Qwen2.5-0.5B", ".studio/models/tiny-other")
     assert "is for base model Qwen/Qwen2.5-0.5B" in e.value.problem
     assert "base_model is .studio/models/tiny-other" in e.value.fix
+
+
+def test_the_shipped_guard_checks_the_reversal_answers_format_and_survives_the_frozen_recipe():
+    import asyncio
+
+    from studio.evals.scorers import Datapoint  # (the package registers the scorers)
+
+    spec, _ = load_loop_recipe(SHIPPED)
+    (guard,) = spec.gate.guards
+    assert (guard.label, guard.margin, spec.gate.must_pass) == ("format", 0.0, None)
+    scorer = guard.scorer.build()
+    dp = Datapoint(index=0, messages=[{"role": "user", "content": "reverse: 3 1 4"}], reference="4 1 3")
+    scores = {text: asyncio.run(scorer.score(dp, text)).score for text in ("4 1 3", " 4 1 3\n", "413", "4 1 3 and", "")}
+    assert scores == {"4 1 3": 1.0, " 4 1 3\n": 1.0, "413": 0.0, "4 1 3 and": 0.0, "": 0.0}
+    # a generation freezes the recipe as JSON and reads it back: a json scorer's `schema` too
+    data = _base()
+    data["gate"]["guards"] = [{"scorer": {"type": "json", "schema": {"type": "array"}}, "margin": 0.02}]
+    spec = LoopSpec.model_validate(data)
+    assert LoopSpec.model_validate(spec.model_dump(mode="json")) == spec
+
+
+@pytest.mark.parametrize("guard,words", [
+    ({"scorer": {"type": "regex", "pattern": "x"}, "margin": 1}, "gate.guards.0.margin: Value error, a guard's margin must lie in [0, 1), got 1"),
+    ({"scorer": {"type": "regex", "pattern": "x"}, "margin": -0.1}, "e.g. 0 (not worse) or 0.02"),
+    ({"scorer": {"type": "regex"}}, "gate.guards.0.scorer.regex.pattern"),
+    ({"scorer": {"type": "nope"}}, "gate.guards.0.scorer"),
+    ({"scorer": {"type": "judge", "model": "m", "mode": "pairwise"}}, "use mode: pointwise"),
+    ({"scorer": {"type": "lm_eval", "task": "arc_easy"}}, "not the gate's items"),
+    ({"scorer": {"type": "exact_match", "normalize": {"lowercase": True}}}, "give the guard's scorer a `name`"),
+])
+def test_a_bad_guard_names_the_field_and_the_fix(tmp_path, guard, words):
+    data = _base()
+    data["gate"]["guards"] = [guard]
+    assert words in _error(tmp_path, data)
+
+
+def test_two_guards_need_two_names_and_a_must_pass_score_is_not_negative(tmp_path):
+    data = _base()
+    data["gate"]["guards"] = [{"scorer": {"type": "json"}}, {"scorer": {"type": "json", "schema": {"type": "array"}}}]
+    assert "two guards have the label 'json'" in _error(tmp_path, data)
+    data = _base()
+    data["gate"]["must_pass"] = {"dataset": "reverse-must-pass", "min_score": -1}
+    assert "gate.must_pass.min_score" in _error(tmp_path, data)
+    data["gate"]["must_pass"] = {"min_score": 1}
+    assert "gate.must_pass.dataset: Field required" in _error(tmp_path, data)
