@@ -114,9 +114,11 @@ def _mean(session: Session, job_id: int, model: str, scorer: str) -> float | Non
     return statistics.fmean(values) if values else None
 
 
-def find_eval(session: Session, snapshot_id: str, refs: list[str], scorer: str,
+def find_eval(session: Session, snapshot_id: str, refs: list[str], scorer: str | list[str],
               statuses: tuple[str, ...] = ("SUCCEEDED",)) -> Job | None:
-    """The newest eval in ``statuses`` on this snapshot that has every ref and the scorer."""
+    """The newest eval in ``statuses`` on this snapshot that has every ref and the scorer (every
+    one of a list of scorer names)."""
+    wanted = {scorer} if isinstance(scorer, str) else set(scorer)
     for job in session.scalars(select(Job).where(Job.kind == KIND, Job.status.in_(statuses))
                                .order_by(Job.id.desc()).limit(500)):
         if job.status == JobStatus.FAILED and not will_retry(job):
@@ -124,7 +126,7 @@ def find_eval(session: Session, snapshot_id: str, refs: list[str], scorer: str,
         if EvalResult.of(job).snapshot_id != snapshot_id:
             continue
         spec = stored_spec(job)
-        if set(refs) <= set(spec.models) and scorer in [scorer_name(s) for s in spec.scorers]:
+        if set(refs) <= set(spec.models) and wanted <= {scorer_name(s) for s in spec.scorers}:
             return job
     return None
 

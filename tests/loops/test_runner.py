@@ -359,3 +359,76 @@ def test_an_unforeseen_error_is_a_failed_attempt_on_the_timeline_and_leaves_no_j
                                                     if t.reason == "retry"][0].detail
     # the job the failed transaction wrote is gone with it: attempt 2's is the only one
     assert world.jobs()[0][:2] == ("train", "cli:loop:svc-loop:g1:train:a2") and len(world.actions.queued) == 2
+
+
+# The gate's own checks (issue 23, item 5): must-pass items and a non-inferiority guard.
+FORMAT_GUARD = {"gate.guards": "[{name: format, scorer: {type: regex, name: format, pattern: '\\d( \\d)*', "
+                "full_match: true}, margin: 0.15}]"}
+MUST_PASS = {"gate.must_pass": "{dataset: must-pass, min_score: 1.0}"}
+
+
+def _last_detail(world: World) -> str:
+    with session_scope(world.url) as s:
+        return repo.transitions(s, world.generation().id)[-1].detail
+
+
+def test_a_candidate_that_beats_the_champion_but_fails_a_must_pass_item_is_refused_naming_it(settings, write_rows):
+    world = World(settings, must_pass_wrong={2})
+    world.setup(write_rows, **MUST_PASS)
+    world.run_until({"REFUSED", "CANARY", "FAILED"})
+    assert world.timeline()[-1] == ("GATE", "REFUSED", "gate_refused")
+    detail = _last_detail(world)
+    assert "fails 1 of 4 must-pass items on must-pass" in detail and "exact_match must be ≥ 1" in detail
+    assert "item 2: prompt 'reverse: 7 2 3', expected '3 2 7', answered '3 7', score 0.000" in detail
+    assert "it beats the champion: exact_match 0.900 vs champion svc@1 0.500" in detail
+    # the must-pass eval is the candidate's alone, keyed like the gate's; nothing took traffic
+    assert world.jobs()[1:] == [("eval", "cli:loop:svc-loop:g1:gate:a1", "SUCCEEDED"),
+                                ("eval", "cli:loop:svc-loop:g1:must_pass:a1", "SUCCEEDED")]
+    with session_scope(world.url) as s:
+        assert s.scalars(select(Job).where(Job.submitted_by.endswith("must_pass:a1"))).one().spec["models"] == ["svc@2"]
+    assert world.actions.splits == [] and _stage(world, "svc@1") == "champion"
+
+
+def test_a_candidate_worse_on_a_guard_by_more_than_its_margin_is_refused_naming_the_guard(settings, write_rows):
+    world = World(settings, guards={"format": (0.7, 0.9)})  # 0.7 < 0.9 − 0.15
+    world.setup(write_rows, **FORMAT_GUARD)
+    world.run_until({"REFUSED", "CANARY", "FAILED"})
+    assert world.timeline()[-1] == ("GATE", "REFUSED", "gate_refused")
+    detail = _last_detail(world)
+    assert ("guard format: the candidate is worse than the champion by more than the margin (candidate 0.700 "
+            "vs champion 0.900 by format, margin 0.15)") in detail
+    assert "it beats the champion: exact_match 0.900" in detail
+    # one eval scored both, on the same items
+    with session_scope(world.url) as s:
+        gate_eval = s.scalars(select(Job).where(Job.kind == "eval")).one()
+        assert [sc.get("name") or sc["type"] for sc in gate_eval.spec["scorers"]] == ["exact_match", "format"]
+    assert world.actions.splits == []
+
+
+def test_a_candidate_that_passes_its_guards_and_must_pass_items_goes_on_with_their_figures(settings, write_rows):
+    world = World(settings, guards={"format": (0.8, 0.9)})  # 0.1 worse, within the margin of 0.15
+    world.setup(write_rows, **FORMAT_GUARD, **MUST_PASS)
+    world.run_until({"REFUSED", "CANARY", "FAILED"})
+    assert world.timeline()[-1] == ("GATE", "CANARY", "shadow_skipped")
+    detail = _last_detail(world)
+    assert detail.startswith("beats the champion: exact_match 0.900 vs champion svc@1 0.500")
+    assert "guard format: candidate 0.800 vs champion 0.900 by format, margin 0.15" in detail
+    assert "all 4 must-pass items on must-pass ≥ 1" in detail
+
+
+def test_a_restart_in_gate_finds_the_queued_must_pass_eval(settings, write_rows):
+    world = World(settings)
+    world.setup(write_rows, **MUST_PASS)
+    world.tick(0)  # trained
+    world.runner.run_pass(at(10))  # both evals queued; Ray has run neither
+    assert world.generation().state == "GATE"
+    world.run_jobs(only=":gate:")  # the gate's eval ends; the must-pass eval is still queued
+    for t in (15, 20, 25):  # restarted schedulers reconciling before Ray runs it
+        report = Runner(settings, world.actions).run_pass(at(t))
+        assert not report.moves and any("must-pass eval" in n and "is QUEUED" in n for n in report.notes), report
+    assert [by for kind, by, _ in world.jobs() if kind == "eval"] == ["cli:loop:svc-loop:g1:gate:a1",
+                                                                       "cli:loop:svc-loop:g1:must_pass:a1"]
+    world.run_jobs()
+    Runner(settings, world.actions).run_pass(at(30))
+    assert world.generation().state == "CANARY"
+    assert len([j for j in world.jobs() if j[0] == "eval"]) == 2

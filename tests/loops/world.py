@@ -25,12 +25,14 @@ from studio.loops.runner import Runner, RunnerConfig
 from studio.registry.versions import register_version
 from studio.store.db import session_scope
 from studio.store.loop_models import Loop, LoopGeneration
-from studio.store.models import EvalScore, Experiment, Job
+from studio.store.models import EvalOutput, EvalScore, Experiment, Job
 from studio.train.spec import TrainResult, TrainSpec
 from tests.loops.traffic import at, completion, failure, log, log_failures, loop_spec, rate, register
 
 GOLDEN = [{"messages": [{"role": "user", "content": f"reverse: {i} 9"}, {"role": "assistant", "content": f"9 {i}"}]}
           for i in range(10)]
+# Regression cases for a loop's ``gate.must_pass`` (``must-pass``; its prompts are not the feedback's).
+MUST_PASS = [{"prompt": f"reverse: 7 {i} 3", "completion": f"3 {i} 7"} for i in range(4)]
 TRAIN = TrainSpec(name="svc-dpo", method="dpo", base_model="/models/tiny", data={"dataset": "placeholder"})
 # Small enough to decide in a few dozen virtual minutes, with the shipped rule's shape.
 FAST = {"gate.dataset": "golden", "trigger.min_new_rated": 4, "trigger.drift_margin": "null", "canary.steps": "[20, 50]",
@@ -93,6 +95,8 @@ class World:
     actions: EdgeActions = field(default_factory=EdgeActions)
     train_ok: list[bool] = field(default_factory=list)  # outcome of each training job in turn (default: ok)
     gate: tuple[float, float] = (0.9, 0.5)  # exact match of candidate and champion on the golden set
+    guards: dict[str, tuple[float, float]] = field(default_factory=dict)  # another scorer's means (default 1, 1)
+    must_pass_wrong: set[int] = field(default_factory=set)  # must-pass items the candidate answers wrong
     p_up: dict[str, float] = field(default_factory=lambda: {"champion": 0.3, "candidate": 0.9})
     rated_share: float = 1.0
     per_tick: int = 40  # requests to the canary's experiment per tick
@@ -112,9 +116,11 @@ class World:
     # --- set-up ---------------------------------------------------------------------------------
 
     def setup(self, write_rows, **changes) -> None:
-        """svc@1 the champion, a golden set, a loop on svc, and a few preference pairs on svc@1."""
+        """svc@1 the champion, a golden set and must-pass items, a loop on svc, and a few preference
+        pairs on svc@1."""
         register(self.url, versions=1)
         ingest_file(write_rows("golden.jsonl", GOLDEN), "golden", self.settings)
+        ingest_file(write_rows("must_pass.jsonl", MUST_PASS), "must-pass", self.settings)
         self.spec = loop_spec(**{**FAST, **changes})
         with session_scope(self.url) as s:
             repo.create_loop(s, self.spec, train=TRAIN.model_dump(mode="json"), created_by="admin")
@@ -195,10 +201,13 @@ class World:
                                   key_name="user")
                 fb.created_at = at(t - 1)
 
-    def run_jobs(self) -> None:
-        """Ray's side: every queued job runs to its end, recorded as its entrypoint records it."""
+    def run_jobs(self, only: str | None = None) -> None:
+        """Ray's side: every queued job (whose key contains ``only``, if given) runs to its end,
+        recorded as its entrypoint records it."""
         with session_scope(self.url) as s:
             for job in s.scalars(select(Job).where(Job.status == JobStatus.QUEUED.value).order_by(Job.id)).all():
+                if only is not None and only not in (job.submitted_by or ""):
+                    continue
                 transition(s, job.id, JobStatus.STARTING, "submitted")
                 transition(s, job.id, JobStatus.RUNNING, "running")
                 job.attempts += 1
@@ -220,12 +229,23 @@ class World:
                     transition(s, job.id, JobStatus.FAILED, "the Ray node died")
 
     def _score(self, s, job: Job) -> None:
-        models = job.spec["models"]
+        models, scorers = job.spec["models"], [sc.get("name") or sc["type"] for sc in job.spec["scorers"]]
         rows = EvalResult.of(job).rows
-        for model, mean in zip(models, self.gate):
-            for i in range(rows):
-                s.add(EvalScore(job_id=job.id, datapoint=i, model=model, scorer="exact_match",
-                                score=1.0 if i < round(mean * rows) else 0.0))
+        if job.spec["dataset"].startswith("must-pass@"):  # the candidate alone, answers stored as the runner does
+            for i, row in enumerate(MUST_PASS[:rows]):
+                right = i not in self.must_pass_wrong
+                s.add(EvalOutput(job_id=job.id, datapoint=i, model=models[0], model_version=models[0],
+                                 input=[{"role": "user", "content": row["prompt"]}], reference=row["completion"],
+                                 output=row["completion"] if right else "3 7"))
+                s.add(EvalScore(job_id=job.id, datapoint=i, model=models[0], scorer=scorers[0],
+                                score=1.0 if right else 0.0))
+            return
+        for scorer in scorers:
+            means = self.gate if scorer == "exact_match" else self.guards.get(scorer, (1.0, 1.0))
+            for model, mean in zip(models, means):
+                for i in range(rows):
+                    s.add(EvalScore(job_id=job.id, datapoint=i, model=model, scorer=scorer,
+                                    score=1.0 if i < round(mean * rows) else 0.0))
 
     # --- reading --------------------------------------------------------------------------------
 
