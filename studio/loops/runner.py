@@ -15,8 +15,8 @@ SNAPSHOT       ``snapshot.take_snapshot`` (the recorded cutoff wins on a retry) 
 TRAINING       the training job keyed ``[cli:]loop:NAME:gN:train:aK`` (generation N, attempt K): queued
                once (looked up first, in the transaction that queues it), then waited for; its
                registered version → GATE; it failed → retried with backoff, then FAILED
-GATE           the promotion gate's eval of candidate vs champion (``runner_gate``) → SHADOW,
-               CANARY or REFUSED
+GATE           the promotion gate's eval of candidate vs champion with the guards' scorers, and
+               the must-pass eval (``runner_gate``) → SHADOW, CANARY or REFUSED
 SHADOW, CANARY ``runner_traffic``: the split set absolutely every pass, a stored look, ``decide``
 PROMOTING      the candidate made champion, the split removed → PROMOTED
 ROLLING_BACK   the split removed, the candidate archived → ROLLED_BACK (CANCELLED for a cancel)

@@ -40,6 +40,7 @@ from studio.train.sweep import SweepSpec, load_sweep
 from studio.train.worker import WorkerJob
 
 TUNE_DIR = "tune"  # jobs/<sweep id>/tune/sweep-<id>: Tune's experiment (what a retry restores)
+TRIAL_CPU = 0.01  # a trial's Tune actor only drives its Ray Train run; it still counts against the CPUs
 ACTIVE = (JobStatus.QUEUED, JobStatus.STARTING, JobStatus.RUNNING, JobStatus.CHECKPOINTING)  # a trial not yet ended
 
 
@@ -223,20 +224,21 @@ def stopped_trials_callback(settings: StudioSettings, job_id: int, spec: SweepSp
     return MarkStopped()
 
 
-def concurrent_trials(spec: SweepSpec, settings: StudioSettings) -> int:
-    """Trials the cluster holds at once: its CPUs (GPUs) over one trial's workers', at most the
-    spec's ``max_concurrent_trials`` and ``num_trials``, at least 1."""
+def concurrent_trials(spec: SweepSpec, settings: StudioSettings, cluster: dict[str, float] | None = None) -> int:
+    """Trials the cluster holds at once: for every resource a trial reserves (its Tune actor's
+    CPU, its Ray Train workers' CPUs, GPUs and custom resources), the cluster's amount over the
+    trial's; at most the spec's ``max_concurrent_trials`` and ``num_trials``, at least 1.
+    ``cluster``: ``ray.cluster_resources()`` by default."""
     import ray
 
     from studio.cluster import worker_resources
 
     r = spec.train.resources
-    total = ray.cluster_resources()
-    per_worker = worker_resources(r, settings) or {}
-    fits = [total.get("CPU", 0.0) // max(per_worker.get("CPU", r.cpus_per_worker) * r.num_workers, 1e-9)]
-    if r.use_gpu:
-        fits.append(total.get("GPU", 0.0) // max(r.num_workers * 1.0, 1e-9))
-    n = max(1, int(min(fits)))
+    total = ray.cluster_resources() if cluster is None else cluster
+    per_trial = {k: v * r.num_workers for k, v in worker_resources(r, settings).items() if v > 0}
+    per_trial["CPU"] = per_trial.get("CPU", 0.0) + TRIAL_CPU
+    # 1e-9: 0.9 GPUs over 3 x 0.3 is 3 trials, not float division's 2.
+    n = max(1, min(int(total.get(k, 0.0) / v + 1e-9) for k, v in per_trial.items()))
     return min(n, spec.num_trials, spec.max_concurrent_trials or n)
 
 
@@ -247,7 +249,7 @@ def make_tuner(settings: StudioSettings, spec: SweepSpec, job_id: int, attempt: 
     store = ArtifactStore(settings.artifacts)
     storage = store.path(f"jobs/{job_id}/{TUNE_DIR}") if store.protocol == "file" else store.uri(f"jobs/{job_id}/{TUNE_DIR}")
     name = f"sweep-{job_id}"
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": 0.01})  # the trial only drives its Ray Train run
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": TRIAL_CPU})
     experiment = f"{storage.rstrip('/')}/{name}"
     if attempt > 1 and tune.Tuner.can_restore(experiment):
         say(f"restoring the Tune experiment {experiment}: finished trials are kept, unfinished ones run again")
@@ -339,8 +341,7 @@ def _run_sweep(settings: StudioSettings, job_id: int, spec: SweepSpec) -> int:
             errors = [str(r.error).strip().splitlines()[-1] for r in grid if r.error is not None]
             raise StudioError(f"no trial of sweep {job_id} finished" + (f": {errors[0]}" if errors else ""),
                               "see the trials' jobs (studio jobs show) and their logs")
-        pick = min if spec.best_mode == "min" else max
-        best = pick(finished, key=lambda r: r.metrics[spec.metric])
+        best = best_trial(spec, finished)
         driver(settings, job_id).to(JobStatus.CHECKPOINTING, f"best trial: job {best.metrics['trial_job_id']}; registering it")
         outcome = register_best(settings, store, spec, inputs, int(best.metrics["trial_job_id"]), best.config)
         tracking.log_metrics(settings.mlflow, parent_run, {f"best_{spec.metric}": float(best.metrics[spec.metric])}, 0)
@@ -361,6 +362,13 @@ def _run_sweep(settings: StudioSettings, job_id: int, spec: SweepSpec) -> int:
             say(f"sweep {job_id} FAILED: {failure_reason(e)}")
         tracking.end_run(settings.mlflow, parent_run, "FAILED")
         return EXIT_FAILED
+
+
+def best_trial(spec: SweepSpec, finished: list):
+    """The finished trial (a Tune ``Result``) the sweep registers: the lowest eval_loss, the
+    highest exact_match (``spec.best_mode``)."""
+    pick = min if spec.best_mode == "min" else max
+    return pick(finished, key=lambda r: r.metrics[spec.metric])
 
 
 def cancel_requested(settings: StudioSettings, job_id: int) -> bool:
