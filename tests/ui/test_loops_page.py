@@ -117,6 +117,8 @@ def test_the_owner_sees_the_timeline_and_the_chart_and_pauses_and_resumes(server
         assert "Every stored verdict recomputes the same" in b.page.inner_text("#cs-explain")
         assert b.page.locator("#gen-looks tbody tr").count() == 3
         assert "25 % → 50 %" in b.page.inner_text("#loop-recipe")  # the shipped loop's canary steps
+        # ... and its gate's format guard (non-inferiority against the champion)
+        assert "guards: format (regex) ≥ champion − 0" in b.page.inner_text("#loop-recipe")
         b.page.select_option("#cs-x", "rated")
         b.wait("#cs-chart[data-x='rated']")
         assert _chart_marks(b) == server["actions"]

@@ -48,7 +48,9 @@ function recipeSummary(spec, train) {
     ["Triggers", triggers.join(" · ") || "none"],
     ["Training", `${train ? `${train.method} on ${train.base_model} · ` : ""}${spec.train?.recipe ?? "—"}` +
       (spec.train?.overrides?.length ? ` (${spec.train.overrides.join(", ")})` : "") + ` · replay ${spec.train?.replay_share ?? 0}`],
-    ["Gate", g.dataset ? `${g.scorer?.type ?? "scorer"} on ${g.dataset}, margin ${g.margin ?? 0}` : "the name's own gate"],
+    ["Gate", (g.dataset ? `${g.scorer?.type ?? "scorer"} on ${g.dataset}, margin ${g.margin ?? 0}` : "the name's own gate") +
+      (g.guards?.length ? ` · guards: ${g.guards.map((x) => `${x.name ?? x.scorer?.name ?? x.scorer?.type} (${x.scorer?.type}) ≥ champion − ${x.margin ?? 0}`).join(", ")}` : "") +
+      (g.must_pass?.dataset ? ` · must pass every item of ${g.must_pass.dataset} (score ≥ ${g.must_pass.min_score ?? 1})` : "")],
     ["Shadow", s.share ? `${pct(s.share)} mirrored, judged by ${s.judge}, at most ${duration(s.max_duration_s)}` : "skipped"],
     ["Canary", `${(c.steps || []).map((p) => `${p} %`).join(" → ")}, each held ≥ ${duration(c.min_hold_s ?? 0)} and ${c.min_rated_per_arm} rated per arm`],
     ["Decision", `α ${d.alpha}, N* ${d.tuning_n}, margin ${d.noninferiority_margin}, ≥ ${d.min_rated_per_arm} rated per arm, ` +
