@@ -67,6 +67,7 @@ def preflight(spec: TrainSpec, session: Session, *, cluster_gpus: float | None =
             f"use a {' or '.join(allowed)} dataset for method {spec.method}, or pick the method that fits",
         )
     eval_uri, eval_ref = check_validation(spec, session, snap.row_count, snap.kind)
+    check_eval_after(spec, session)
     check_trackers(spec)
     if spec.resources.use_gpu and cluster_gpus is not None and cluster_gpus < spec.resources.num_workers * spec.resources.gpus_per_worker:
         raise StudioError(
@@ -122,6 +123,28 @@ def check_validation(spec: TrainSpec, session: Session, num_rows: int, kind: str
     if snap.row_count == 0:
         raise StudioError(f"eval.dataset {spec.eval.dataset!r} has no rows", "give a dataset with rows")
     return snap.uri, f"{ref.name}@{ref.version}" if ref.name else snap.id
+
+
+# The rows eval_after's exact match scores (studio.train.evaluate.rows_to_examples).
+EVAL_AFTER_KINDS = ("prompt_completion", "chat")
+
+
+def check_eval_after(spec: TrainSpec, session: Session) -> None:
+    """``eval_after.dataset`` exists and holds rows exact match can score: it is read only after
+    training, so without this check a typo would cost the whole run."""
+    if spec.eval_after is None:
+        return
+    name = spec.eval_after.dataset
+    try:
+        snap = resolve_snapshot(session, name).snapshot
+    except StudioError as e:
+        raise StudioError(f"eval_after.dataset: {e.problem}", e.fix, status_code=e.status_code) from None
+    if snap.kind not in EVAL_AFTER_KINDS:
+        raise StudioError(f"eval_after.dataset {name!r} holds {snap.kind} rows, but exact match scores "
+                          f"{' or '.join(EVAL_AFTER_KINDS)} rows (a prompt and the answer to match)",
+                          f"give a {' or '.join(EVAL_AFTER_KINDS)} dataset, or leave eval_after out")
+    if snap.row_count == 0:
+        raise StudioError(f"eval_after.dataset {name!r} has no rows", "give a dataset with rows")
 
 
 # report_to → the package transformers' integration needs (either one, for tensorboard).

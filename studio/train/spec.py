@@ -207,10 +207,12 @@ class TrackingSpec(Spec):
 
 
 class EvalAfterSpec(Spec):
-    dataset: str = Field(description="Held-out dataset to evaluate the result on.")
-    metric: Literal["exact_match"] = Field(default="exact_match", description="Metric to compute.")
-    max_new_tokens: int = Field(default=16, ge=1, description="Generation budget per example.")
-    limit: int | None = Field(default=None, ge=1, description="Evaluate at most this many rows.")
+    dataset: str = Field(description="Held-out snapshot to score the new version on (name, name@N or snapshot id): "
+                         "prompt_completion or chat rows, each prompt answered greedily.")
+    metric: Literal["exact_match"] = Field(default="exact_match", description="exact_match: the share of rows whose "
+                                           "answer equals the completion (both stripped).")
+    max_new_tokens: int = Field(default=16, ge=1, description="Longest answer generated per row, in tokens.")
+    limit: int | None = Field(default=None, ge=1, description="Score only the first N rows; default: every row.")
 
 
 class AfterTrainingSpec(Spec):
@@ -264,7 +266,9 @@ class TrainSpec(Spec):
         default=None, description="Validation during training: eval_loss (and the method's eval metrics) every "
         "eval_steps, on a validation snapshot or a held-out share of the data; optional early stopping.")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment trackers the run reports to.")
-    eval_after: EvalAfterSpec | None = Field(default=None, description="Evaluate the result after training.")
+    eval_after: EvalAfterSpec | None = Field(
+        default=None, description="After training: score the new version on a dataset; the score is recorded with "
+        "the version (metrics.exact_match) and is what a sweep with metric exact_match ranks.")
     after_training: AfterTrainingSpec | None = Field(
         default=None, description="Once SUCCEEDED: evaluate the new version against its name's champion on the "
         "golden dataset, and with promote: true promote it through the promotion gate (docs/evaluation.md).")

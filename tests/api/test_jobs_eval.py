@@ -1,8 +1,8 @@
 """A training job's ``eval`` (validation during training) and ``tracking`` sections through
 ``POST /api/jobs``: malformed sections are 422 naming the field; a split that leaves nothing to train
-on, an unknown or mismatched validation snapshot and a tracker whose package is missing are refused
-(4xx naming the field and the fix) before anything is queued; a good one is queued with the
-validation snapshot pinned to name@N. The runs themselves: tests/train/test_dpo_cpt.py and
+on, an unknown or mismatched validation snapshot or ``eval_after`` dataset and a tracker whose
+package is missing are refused (4xx naming the field and the fix) before anything is queued; a good
+one is queued with the validation snapshot pinned to name@N. The runs themselves: tests/train/test_dpo_cpt.py and
 tests/train/test_job_retry_resume.py."""
 
 from __future__ import annotations
@@ -79,6 +79,20 @@ def test_unknown_or_mismatched_validation_snapshot_is_refused(client, user_key, 
     assert_problem(post(client, user_key, {**spec, "eval": {"dataset": "prose"}}), 400,
                    "eval.dataset 'prose' holds text rows", "holds prompt_completion rows")
     assert nothing_queued(client, user_key)
+
+
+def test_an_unknown_or_unscorable_eval_after_dataset_is_refused_then_queued(client, user_key, spec):
+    # eval_after's dataset is read only once training ended: checked at submit, like eval.dataset.
+    problem = assert_problem(post(client, user_key, {**spec, "eval_after": {"dataset": "nope"}}), 404,
+                             "eval_after.dataset:", "'nope'")
+    assert "studio data ls" in problem["fix"]
+    assert_problem(post(client, user_key, {**spec, "eval_after": {"dataset": "prose"}}), 400,
+                   "eval_after.dataset 'prose' holds text rows", "prompt_completion or chat")
+    assert nothing_queued(client, user_key)
+    r = post(client, user_key, {**spec, "eval_after": {"dataset": "digits", "limit": 5}})
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["eval_after"] == {"dataset": "digits", "metric": "exact_match", "max_new_tokens": 16,
+                                              "limit": 5}
 
 
 def test_a_tracker_that_is_not_installed_names_the_package(client, user_key, spec, monkeypatch):

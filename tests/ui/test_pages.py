@@ -322,6 +322,68 @@ def test_start_a_sweep_from_the_experiment_form(server, shots):
     assert train["data"]["dataset"] == "digits@1"  # pinned as a training job's
 
 
+def test_an_experiment_scores_itself_after_training_and_sweeps_on_exact_match(server, shots):
+    """The form's After training (eval_after) section: left out until a field is set, then its
+    dataset is required and its limits checked on the page; the YAML shows the block. An eval_after
+    dataset the API refuses (documents: 400; no such name: 404) is its answer in the banner
+    with the form kept and the field marked; then a sweep on exact_match is one QUEUED sweep job
+    whose stored train.eval_after is what the form set."""
+    with chromium_page(server["base"], shots) as b:
+        b.login(server["keys"]["user"])
+        b.goto("#/new")
+        b.wait("#f-eval_after-dataset")
+        b.page.fill("#f-name", "ui-em")
+        b.page.fill("#f-base_model", str(server["model"]))
+        b.page.fill("#f-data-dataset", "digits@1")
+        b.page.fill("#f-hyper-max_steps", "4")
+        submit, sweep = b.page.locator("#submit-job"), b.page.locator("#submit-sweep")
+        assert submit.is_enabled() and "eval_after" not in b.page.inner_text("#recipe-yaml")  # empty: left out
+        b.page.fill("#f-eval_after-limit", "0")
+        assert b.page.inner_text("[data-error-for='eval_after.limit']") == "must be ≥ 1"
+        assert b.page.inner_text("[data-error-for='eval_after.dataset']") == "required"  # once the section is used
+        assert submit.is_disabled() and sweep.is_disabled()
+        b.page.fill("#f-eval_after-limit", "5")
+        b.page.fill("#f-eval_after-dataset", "notes")
+        b.page.select_option("#f-eval_after-metric", "exact_match")
+        b.page.fill("#f-eval_after-max_new_tokens", "8")
+        assert submit.is_enabled()
+        recipe = b.page.inner_text("#recipe-yaml").splitlines()
+        block = recipe[recipe.index("eval_after:"):][:4]
+        assert block == ["eval_after:", "  dataset: notes", "  max_new_tokens: 8", "  limit: 5"], recipe
+        with b.expect_status(400):  # exact match scores prompts and answers: documents have none
+            submit.click()
+            b.page.wait_for_function("document.getElementById('banner').textContent.length > 0")
+        b.banner_says("eval_after.dataset 'notes' holds document rows")
+        b.page.select_option("#f-sweep-metric", "exact_match")
+        b.page.fill("#f-eval_after-dataset", "nope")
+        sweep_yaml = b.page.inner_text("#sweep-yaml").splitlines()
+        assert "metric: exact_match" in sweep_yaml
+        assert sweep_yaml[sweep_yaml.index("  eval_after:"):][:4] == [
+            "  eval_after:", "    dataset: nope", "    max_new_tokens: 8", "    limit: 5"], sweep_yaml
+        with b.expect_status(404):
+            sweep.click()
+            b.page.wait_for_function("document.getElementById('banner').textContent.includes('nope')")
+        b.banner_says("eval_after.dataset: no dataset named 'nope'")
+        assert b.page.url.endswith("#/new")
+        assert b.page.input_value("#f-eval_after-dataset") == "nope"  # the form is kept, the field marked
+        assert "invalid" in (b.page.get_attribute("#f-eval_after-dataset", "class") or "")
+        assert b.page.input_value("#f-eval_after-limit") == "5"
+        assert b.page.input_value("#f-sweep-metric") == "exact_match"
+        b.shot("05c-eval-after-refused")
+        b.page.fill("#f-eval_after-dataset", "digits")
+        sweep.click()
+        b.page.wait_for_url("**/ui/#/jobs/*")
+        b.wait("#job-head h1 .badge:text-is('QUEUED')")
+        job_id = int(b.page.url.rsplit("/", 1)[1])
+        b.assert_clean()
+    job = httpx.get(f"{server['base']}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {server['keys']['user']}"},
+                    timeout=30).json()
+    assert job["kind"] == "sweep" and job["status"] == "QUEUED" and job["spec"]["metric"] == "exact_match"
+    assert job["spec"]["train"]["name"] == "ui-em" and job["spec"]["train"]["eval"] is None
+    assert job["spec"]["train"]["eval_after"] == {"dataset": "digits", "metric": "exact_match", "max_new_tokens": 8,
+                                                  "limit": 5}
+
+
 def test_models_promote_and_what_a_service_key_sees(server, shots):
     with chromium_page(server["base"], shots) as b:
         with b.expect_status(503):  # it lands on the playground: no models served here

@@ -10,12 +10,17 @@ import { sweepCard } from "./sweep.js";
 // the dataset suggestions; the server's preflight is the check.
 const METHOD_KINDS = { cpt: ["text"], sft: ["chat", "prompt_completion"], dpo: ["preference"],
                        grpo: ["prompt_completion", "chat"] };
-const SECTIONS = [  // [spec key, title, shown for]
+// Rows exact match can score (studio.train.preflight.EVAL_AFTER_KINDS): the eval_after suggestions.
+const EVAL_AFTER_KINDS = ["prompt_completion", "chat"];
+// [spec key, title, shown for]. A section the recipe may leave out (eval, eval_after: nullable in
+// TrainSpec) is sent only once one of its fields is set; until then its required fields are not asked.
+const SECTIONS = [
   ["lora", "LoRA", (s) => s.adapter !== "full"],
   ["hyper", "Hyperparameters", () => true],
   ["resources", "Resources", () => true],
   ["checkpoint", "Checkpoints", () => true],
   ["eval", "Validation", () => true],  // eval_loss during training: what a sweep ranks its trials by
+  ["eval_after", "After training (eval_after)", () => true],  // exact match: the other sweep metric
   ["dpo", "DPO", (s) => s.method === "dpo"],
   ["grpo", "GRPO", (s) => s.method === "grpo"],
 ];
@@ -84,6 +89,12 @@ export function scalarInput(path, prop, schemas, onChange) {
   return { path, dflt, nullable: p.nullable, read, err, el, view: h("div", {}, field(label, el, prop.description || p.description), err) };
 }
 
+// The recipe field a preflight refusal opens with ("eval_after.dataset: no dataset named …",
+// "eval.dataset 'x' holds text rows …"), to mark it where it was typed.
+export function namedField(message) {
+  return /^([a-z_]+(?:\.[a-z_]+)+)[: ]/.exec(message || "")?.[1];
+}
+
 export function setPath(obj, path, value) {
   const keys = path.split(".");
   let o = obj;
@@ -131,19 +142,29 @@ export async function experimentPage(main) {
     const ref = deref(schemas, spec.properties[key]);
     const grid = h("div", { class: "grid" });
     for (const [k, prop] of Object.entries(ref.properties || {})) add(`${key}.${k}`, prop, grid);
-    const box = h("div", { class: "card", "data-section": key }, h("h2", {}, title), grid);
-    return { key, shown, box };
+    const box = h("div", { class: "card", "data-section": key }, h("h2", {}, title),
+      ref.nullable ? h("p", { class: "muted" }, `${spec.properties[key].description} Empty: left out.`) : "", grid);
+    return { key, shown, box, optional: ref.nullable };
   });
+  const evalAfterList = h("datalist", { id: "eval-after-refs" }, datasets
+    .filter((d) => EVAL_AFTER_KINDS.includes(d.kind))
+    .map((d) => h("option", { value: `${d.name}@${d.version}` }, `${d.kind} · ${d.rows} rows`)));
+  byPath("eval_after.dataset").el.setAttribute("list", "eval-after-refs");
   form.append(h("div", { class: "card" }, h("h2", {}, "Model and method"), basics, baseList),
-    h("div", { class: "card" }, h("h2", {}, "Data"), data, dsList), ...sectionBoxes.map((s) => s.box));
+    h("div", { class: "card" }, h("h2", {}, "Data"), data, dsList), ...sectionBoxes.map((s) => s.box), evalAfterList);
+
+  // A field left empty or at its default.
+  const untouched = (f) => ["", f.dflt === null ? "" : String(f.dflt)].includes(f.el.value.trim());
+  // The sections not sent: hidden for this method/adapter, or optional with no field set.
+  const sectionsOff = () => new Set(sectionBoxes.filter((s) => !s.shown(state) ||
+    (s.optional && inputs.filter((f) => f.path.startsWith(`${s.key}.`)).every(untouched))).map((s) => s.key));
 
   function build() {
     const out = {};
     let errors = 0;
+    const off = sectionsOff();
     for (const f of inputs) {
-      const section = f.path.split(".")[0];
-      const sec = sectionBoxes.find((s) => s.key === section);
-      const active = !sec || sec.shown(state);
+      const active = !off.has(f.path.split(".")[0]);
       const [value, error] = active ? f.read() : [null, null];
       f.err.textContent = error || "";
       f.el.classList.toggle("invalid", !!error);
@@ -189,6 +210,7 @@ export async function experimentPage(main) {
       planBox.replaceChildren(planView(await post("/api/jobs/plan", body)));
     } catch (e) {
       for (const { field: path, message } of e.fields || []) markField(path, message);
+      if (!e.fields?.length && namedField(e.message)) markField(namedField(e.message), e.message.split(". Fix:")[0]);
       planBox.replaceChildren(h("p", { class: "field-error" }, e.message || String(e)));
       showError(e);
     } finally {
@@ -207,6 +229,7 @@ export async function experimentPage(main) {
       location.hash = `#/jobs/${job.id}`;
     } catch (e) {
       for (const { field: path, message } of e.fields || []) markField(path, message);
+      if (!e.fields?.length && namedField(e.message)) markField(namedField(e.message), e.message.split(". Fix:")[0]);
       showError(e);
       submit.disabled = false;
     } finally {

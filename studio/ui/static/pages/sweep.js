@@ -6,7 +6,7 @@
 import { post } from "../api.js";
 import { banner, h, showError } from "../dom.js";
 import { toYaml } from "../yaml.js";
-import { scalarInput, setPath } from "./experiment.js";
+import { namedField, scalarInput, setPath } from "./experiment.js";
 
 // What a trial may not vary (studio.train.sweep.FIXED): left out of the field suggestions only.
 const FIXED = ["name", "method", "base_model", "data.dataset", "max_retries"];
@@ -105,6 +105,8 @@ export function sweepCard(schemas, recipe, markRecipe) {
         const f = byPath(path);
         if (f) { f.err.textContent = message; f.el.classList.add("invalid"); }
       }
+      // A recipe field the preflight refused (404 "eval_after.dataset: …"), marked in the form.
+      if (!e.fields?.length && namedField(e.message)) markRecipe(namedField(e.message), e.message.split(". Fix:")[0]);
       // A refused space field (400 "space.FIELD: …"): its row is marked too.
       const named = /^space\.([^:]+):/.exec(e.message || "")?.[1];
       for (const row of rows.querySelectorAll(".space-row")) {
@@ -121,7 +123,8 @@ export function sweepCard(schemas, recipe, markRecipe) {
   const view = h("div", { class: "card", id: "sweep-card" }, h("h2", {}, "Sweep (Ray Tune)"),
     h("p", { class: "muted" }, "Or search this recipe's fields: each trial is a training job of the recipe with " +
       "sampled values; the best trial by the metric is registered (POST /api/jobs/sweep). eval_loss needs " +
-      "the recipe's Validation (eval.split_ratio or eval.dataset)."),
+      "the recipe's Validation (eval.split_ratio or eval.dataset); exact_match its After training " +
+      "(eval_after.dataset)."),
     h("label", {}, "Search space", h("span", { class: "help" },
       "recipe field and domain: uniform(low, high), loguniform(low, high), randint(low, high), choice([a, b])")),
     rows, fields,
