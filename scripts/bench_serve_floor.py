@@ -155,8 +155,6 @@ def serve_child(port: int, mode: str, gap_s: float) -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(Ingress.bind(FakeModel.bind() if mode == "serve_two_hop" else None), name="floor",
               route_prefix="/")
-    stop = asyncio.Event()
-
     def on_term(*_):
         serve.shutdown()
         ray.shutdown()
@@ -164,8 +162,8 @@ def serve_child(port: int, mode: str, gap_s: float) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    while not stop.is_set():
-        time.sleep(1)
+    while True:  # until the parent's SIGTERM
+        signal.pause()
 
 
 class Server:

@@ -252,6 +252,14 @@ def test_experiment_form_validates_inline_shows_the_recipe_and_submits(server, s
         b.assert_clean()
 
 
+def fill_small_recipe(b, server, name: str) -> None:
+    """The New experiment form's recipe: the tiny model on digits@1, 4 steps."""
+    b.page.fill("#f-name", name)
+    b.page.fill("#f-base_model", str(server["model"]))
+    b.page.fill("#f-data-dataset", "digits@1")
+    b.page.fill("#f-hyper-max_steps", "4")
+
+
 def test_start_a_sweep_from_the_experiment_form(server, shots):
     """The New experiment page's sweep card: the form's recipe as `train`, space rows, settings from
     SweepSpec's schema. The API's refusals (422 without the recipe's eval, 403 for a server path a
@@ -262,10 +270,7 @@ def test_start_a_sweep_from_the_experiment_form(server, shots):
         b.login(server["keys"]["user"])
         b.goto("#/new")
         b.wait("#sweep-space .space-row")
-        b.page.fill("#f-name", "ui-sweep")
-        b.page.fill("#f-base_model", str(server["model"]))
-        b.page.fill("#f-data-dataset", "digits@1")
-        b.page.fill("#f-hyper-max_steps", "4")
+        fill_small_recipe(b, server, "ui-sweep")
         field, domain = "#sweep-space .space-row .space-field", "#sweep-space .space-row .space-domain"
         assert b.page.input_value(field) == "hyper.learning_rate"  # the shipped sweep's space
         b.page.fill(field, "hyper.no_such_field")
@@ -332,10 +337,7 @@ def test_an_experiment_scores_itself_after_training_and_sweeps_on_exact_match(se
         b.login(server["keys"]["user"])
         b.goto("#/new")
         b.wait("#f-eval_after-dataset")
-        b.page.fill("#f-name", "ui-em")
-        b.page.fill("#f-base_model", str(server["model"]))
-        b.page.fill("#f-data-dataset", "digits@1")
-        b.page.fill("#f-hyper-max_steps", "4")
+        fill_small_recipe(b, server, "ui-em")
         submit, sweep = b.page.locator("#submit-job"), b.page.locator("#submit-sweep")
         assert submit.is_enabled() and "eval_after" not in b.page.inner_text("#recipe-yaml")  # empty: left out
         b.page.fill("#f-eval_after-limit", "0")

@@ -91,8 +91,35 @@ export function scalarInput(path, prop, schemas, onChange) {
 
 // The recipe field a preflight refusal opens with ("eval_after.dataset: no dataset named …",
 // "eval.dataset 'x' holds text rows …"), to mark it where it was typed.
-export function namedField(message) {
+function namedField(message) {
   return /^([a-z_]+(?:\.[a-z_]+)+)[: ]/.exec(message || "")?.[1];
+}
+
+// A refusal's fields marked where they were typed (``mark(path, message)``): each field of a 422,
+// else the recipe field a preflight's 4xx opens with.
+export function markRefused(e, mark) {
+  for (const { field: path, message } of e.fields || []) mark(path, message);
+  const named = !e.fields?.length && namedField(e.message);
+  if (named) mark(named, e.message.split(". Fix:")[0]);
+}
+
+// Post a form's body as a new job: the button busy meanwhile, then the job's page. A refusal is
+// marked in the form (``mark``), said in the banner and returned; the form is kept.
+export async function submitJob(button, url, body, label, mark) {
+  button.disabled = true;
+  button.textContent = "Submitting…";
+  try {
+    const job = await post(url, body);
+    location.hash = `#/jobs/${job.id}`;
+    return null;
+  } catch (e) {
+    markRefused(e, mark);
+    showError(e);
+    button.disabled = false;
+    return e;
+  } finally {
+    button.textContent = label;
+  }
 }
 
 export function setPath(obj, path, value) {
@@ -209,8 +236,7 @@ export async function experimentPage(main) {
     try {
       planBox.replaceChildren(planView(await post("/api/jobs/plan", body)));
     } catch (e) {
-      for (const { field: path, message } of e.fields || []) markField(path, message);
-      if (!e.fields?.length && namedField(e.message)) markField(namedField(e.message), e.message.split(". Fix:")[0]);
+      markRefused(e, markField);
       planBox.replaceChildren(h("p", { class: "field-error" }, e.message || String(e)));
       showError(e);
     } finally {
@@ -221,20 +247,7 @@ export async function experimentPage(main) {
   submit.addEventListener("click", async () => {
     banner(null);
     const body = refresh();
-    if (submit.disabled) return;
-    submit.disabled = true;
-    submit.textContent = "Submitting…";
-    try {
-      const job = await post("/api/jobs", body);
-      location.hash = `#/jobs/${job.id}`;
-    } catch (e) {
-      for (const { field: path, message } of e.fields || []) markField(path, message);
-      if (!e.fields?.length && namedField(e.message)) markField(namedField(e.message), e.message.split(". Fix:")[0]);
-      showError(e);
-      submit.disabled = false;
-    } finally {
-      submit.textContent = "Start training job";
-    }
+    if (!submit.disabled) await submitJob(submit, "/api/jobs", body, "Start training job", markField);
   });
 
   main.append(h("h1", {}, "New experiment"),

@@ -3,10 +3,9 @@
 // metric, scheduler, ASHA, trials at once) are read from the API's own SweepSpec schema. The
 // server checks the space (the field exists, the domain can be sampled) and its 4xx, naming the
 // field and the fix, lands in the banner with the form left as it was (docs/training.md, "Sweeps").
-import { post } from "../api.js";
-import { banner, h, showError } from "../dom.js";
+import { banner, h } from "../dom.js";
 import { toYaml } from "../yaml.js";
-import { namedField, scalarInput, setPath } from "./experiment.js";
+import { scalarInput, setPath, submitJob } from "./experiment.js";
 
 // What a trial may not vary (studio.train.sweep.FIXED): left out of the field suggestions only.
 const FIXED = ["name", "method", "base_model", "data.dataset", "max_retries"];
@@ -90,33 +89,24 @@ export function sweepCard(schemas, recipe, markRecipe) {
     return body;
   }
 
+  // A refused field: a recipe field (`train.…`, or one a preflight names) in the form above, a
+  // setting of the sweep in this card.
+  function mark(path, message) {
+    const f = path.startsWith("train.") ? null : byPath(path);
+    if (f) { f.err.textContent = message; f.el.classList.add("invalid"); } else markRecipe(path.replace(/^train\./, ""), message);
+  }
+
   submit.addEventListener("click", async () => {
     banner(null);
     const body = refresh();
     if (submit.disabled) return;
-    submit.disabled = true;
-    submit.textContent = "Submitting…";
-    try {
-      const job = await post("/api/jobs/sweep", body);
-      location.hash = `#/jobs/${job.id}`;
-    } catch (e) {
-      for (const { field: path, message } of e.fields || []) {
-        if (path.startsWith("train.")) { markRecipe(path.slice("train.".length), message); continue; }
-        const f = byPath(path);
-        if (f) { f.err.textContent = message; f.el.classList.add("invalid"); }
+    const e = await submitJob(submit, "/api/jobs/sweep", body, "Start sweep", mark);
+    // A refused space field (400 "space.FIELD: …"): its row is marked too.
+    const named = e && /^space\.([^:]+):/.exec(e.message || "")?.[1];
+    for (const row of rows.querySelectorAll(".space-row")) {
+      if (named && row.querySelector(".space-field").value.trim() === named) {
+        row.querySelectorAll("input").forEach((el) => el.classList.add("invalid"));
       }
-      // A recipe field the preflight refused (404 "eval_after.dataset: …"), marked in the form.
-      if (!e.fields?.length && namedField(e.message)) markRecipe(namedField(e.message), e.message.split(". Fix:")[0]);
-      // A refused space field (400 "space.FIELD: …"): its row is marked too.
-      const named = /^space\.([^:]+):/.exec(e.message || "")?.[1];
-      for (const row of rows.querySelectorAll(".space-row")) {
-        const input = row.querySelector(".space-field");
-        if (named && input.value.trim() === named) row.querySelectorAll("input").forEach((el) => el.classList.add("invalid"));
-      }
-      showError(e);
-      submit.disabled = false;
-    } finally {
-      submit.textContent = "Start sweep";
     }
   });
 
