@@ -15,7 +15,10 @@ the CPU of a 2-core machine. After a module, live processes of the kinds tests s
 Python, browsers) that did not exist when the session started are listed under the first module
 after which they were seen (a session-scoped fixture's under the module that first used it).
 ``STUDIO_TEST_LEAKS=fail`` makes any such process fail the run (exit status 1); the default only
-reports. Processes of another test run on the same machine are counted too: use it alone.
+reports. Processes of another test run on the same machine are counted too (use it alone), but for
+those of `make test`'s other lane: scripts/test.sh runs the two lanes at once, each with
+``PYTEST_STUDIO_LANE`` set (light, heavy), and a process whose environment names the other lane is
+not this one's.
 ``STUDIO_TEST_REPORT=FILE`` also appends each module's wall time to FILE as a JSON line when the
 module ends (xdist workers included), so a run that is stopped midway still tells where time went.
 """
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 import psutil
 import pytest
 
+LANE = "PYTEST_STUDIO_LANE"  # set by scripts/test.sh: light or heavy
 MARKS = ("ray", "VLLM", "vllm", "python", "chrom", "studio", "redis-server", "minio", "moto")
 # pytest's own multiprocessing helper lives until pytest exits; pip is a developer's, not a test's.
 NOT_LEAKS = ("multiprocessing.resource_tracker", "pip install")
@@ -124,13 +128,14 @@ class LeakWatch:
 
     def survivors(self) -> list[psutil.Process]:
         """New live processes of the kinds tests start (Ray, vLLM, Python, browsers); kernel
-        threads and unrelated system processes are not counted."""
+        threads, unrelated system processes and the other lane's processes are not counted."""
         out = []
         for p in psutil.process_iter(["pid", "name", "status", "cmdline"]):
             if p.pid in self.baseline or p.pid == self.me or p.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
             cmd = " ".join(p.info["cmdline"] or [])
-            if any(mark in cmd for mark in MARKS) and not any(ok in cmd for ok in NOT_LEAKS):
+            if any(mark in cmd for mark in MARKS) and not any(ok in cmd for ok in NOT_LEAKS) \
+                    and not other_lane(p):
                 out.append(p)
         return out
 
@@ -202,6 +207,18 @@ class LeakWatch:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if os.environ.get("STUDIO_TEST_LEAKS") == "fail" and any(r.new for r in self.reports):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def other_lane(p: psutil.Process) -> bool:
+    """The process was started by `make test`'s other lane (its environment says so)."""
+    mine = os.environ.get(LANE)
+    if not mine:
+        return False
+    try:
+        theirs = p.environ().get(LANE)
+    except psutil.Error:
+        return False
+    return bool(theirs) and theirs != mine
 
 
 def _pid_alive(pid: int) -> bool:
