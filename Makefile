@@ -12,11 +12,12 @@ ARGS ?=
 setup:
 	@STUDIO_SETUP_GPU=$(GPU) STUDIO_SETUP_SGLANG=$(SGLANG) bash scripts/setup.sh
 
-# Two lanes at once (scripts/test.sh): the tests that start no engine, Ray cluster or stack (not
-# `slow`/`e2e`, or marked `parallel`) on TEST_WORKERS pytest-xdist workers at a lower priority, beside
-# the other `slow`/`e2e` tests one at a time (two vLLM engines at once starve each other on 2 cores).
-# STUDIO_TEST_LANES=serial runs them one after the other. pytest exits 5 when it collected no tests:
-# one lane with none is fine (PYTEST_ARGS naming one module), both with none fails the run, saying so.
+# Three lanes at once (scripts/test.sh): the tests that start a vLLM engine or a studio stack one at a
+# time (two engines at once starve each other on 2 cores); beside them, at lower priorities, the
+# `no_engine` ones (Ray clusters, training jobs) one at a time, and the rest (not `slow`/`e2e`, or
+# marked `parallel`) on TEST_WORKERS pytest-xdist workers. STUDIO_TEST_LANES=serial runs them one after
+# the other. pytest exits 5 when it collected no tests: a lane with none is fine (PYTEST_ARGS naming
+# one module), all with none fails the run, saying so.
 TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist loadfile
 

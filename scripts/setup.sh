@@ -71,7 +71,8 @@ install_locked() {  # install_locked VENV LOCK
     mapfile -t args < <(uv_index_args "$1/bin/python")
     # unsafe-best-match: the torch +cpu wheel is in a find-links folder or TORCH_INDEX_URL, the rest on
     # PyPI or a local index; every file is still checked against the lock's hashes.
-    "$uv" pip install -q --python "$1/bin/python" --require-hashes --no-deps --index-strategy unsafe-best-match \
+    "$uv" pip install -q --python "$1/bin/python" --require-hashes --no-deps --compile-bytecode \
+        --index-strategy unsafe-best-match \
         "${args[@]}" -r "$2" \
       || { echo "setup: installing $2 failed (a hash mismatch means the file is not the one locked;" \
                 "a missing torch +cpu means no wheel: set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu)" >&2
