@@ -12,20 +12,19 @@ ARGS ?=
 setup:
 	@STUDIO_SETUP_GPU=$(GPU) STUDIO_SETUP_SGLANG=$(SGLANG) bash scripts/setup.sh
 
-# Three lanes at once (scripts/test.sh): the tests that start a vLLM engine or a studio stack one at a
-# time (two engines at once starve each other on 2 cores); beside them, at lower priorities, the
-# `no_engine` ones (Ray clusters, training jobs) one at a time, and the rest (not `slow`/`e2e`, or
-# marked `parallel`) on TEST_WORKERS pytest-xdist workers. STUDIO_TEST_LANES=serial runs them one after
-# the other. pytest exits 5 when it collected no tests: a lane with none is fine (PYTEST_ARGS naming
-# one module), all with none fails the run, saying so.
-TEST_WORKERS ?= 2
-XDIST := -n $(TEST_WORKERS) --dist loadfile
+# Two lanes at once (scripts/test.sh): the `slow`/`e2e` tests that start an engine, a Ray cluster or a
+# stack one at a time (two vLLM engines at once starve each other on 2 cores), and beside them, at a
+# lower priority, the rest (not `slow`/`e2e`, or marked `parallel`) on TEST_WORKERS pytest-xdist
+# workers (1 beside the heavy lane; 2 for test-fast and STUDIO_TEST_LANES=serial, which runs the lanes
+# one after the other). pytest exits 5 when it collected no tests: one lane with none is fine
+# (PYTEST_ARGS naming one module), both with none fails the run, saying so.
+TEST_WORKERS ?=
 
 test: setup
 	@TEST_WORKERS=$(TEST_WORKERS) bash scripts/test.sh $(PYTEST_ARGS)
 
 test-fast: setup
-	@$(PY) -m pytest -m "not slow and not e2e" $(XDIST) $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -m "not slow and not e2e" -n $(or $(TEST_WORKERS),2) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests" >&2; fi; exit $$rc
 
 demo: setup
