@@ -210,15 +210,23 @@ class LeakWatch:
 
 
 def other_lane(p: psutil.Process) -> bool:
-    """The process was started by `make test`'s other lane (its environment says so)."""
+    """The process was started by `make test`'s other lane: the first environment that names a lane,
+    its own or its nearest ancestor's (a browser's renderers get a cleared environment), is not ours."""
     mine = os.environ.get(LANE)
     if not mine:
         return False
     try:
-        theirs = p.environ().get(LANE)
+        chain = [p, *p.parents()]
     except psutil.Error:
         return False
-    return bool(theirs) and theirs != mine
+    for proc in chain:
+        try:
+            theirs = proc.environ().get(LANE)
+        except psutil.Error:
+            continue
+        if theirs:
+            return theirs != mine
+    return False
 
 
 def _pid_alive(pid: int) -> bool:

@@ -3,10 +3,14 @@ them; once it releases them, those still running are."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
-from tests.leaks import LeakWatch
+import psutil
+
+from tests.leaks import LANE, LeakWatch
 
 
 def test_owned_processes_are_reported_only_if_they_outlive_their_release():
@@ -60,3 +64,31 @@ def test_a_blocked_or_ignored_sigint_is_put_back_and_named():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         signal.signal(signal.SIGTERM, before_term)
         signal.signal(signal.SIGINT, before)
+
+
+def test_the_other_lanes_processes_are_left_to_it(monkeypatch):
+    """scripts/test.sh runs two pytest lanes at once: a process started under the other lane (its
+    environment, or its parent's when its own names no lane) is not this lane's leak; one started
+    under this lane is."""
+    monkeypatch.setenv(LANE, "heavy")
+    watch = LeakWatch()
+    code = ("import subprocess, sys, time; "
+            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], env={'PATH': ''}); "
+            "time.sleep(30)")
+    others = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, LANE: "light"})
+    ours = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, LANE: "heavy"})
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(psutil.Process(p.pid).children() for p in (others, ours)):
+            time.sleep(0.1)
+        found = {p.pid for p in watch.survivors()}
+        their_child = psutil.Process(others.pid).children()[0].pid
+        our_child = psutil.Process(ours.pid).children()[0].pid
+        assert others.pid not in found and their_child not in found  # the child's own environment is empty
+        assert ours.pid in found and our_child in found
+    finally:
+        for proc in (others, ours):
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
