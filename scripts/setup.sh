@@ -29,8 +29,9 @@ fi
 # TORCH_INDEX_URL may name a CPU wheel index (https://download.pytorch.org/whl/cpu) where no local
 # torch +cpu wheel is available (pip's find-links); PyPI's linux torch is the CUDA build.
 # The installer is uv (pinned below, by hash): it installs the ~300 locked wheels in under a minute
-# where pip takes 3-4 (pip unpacks one wheel at a time and compiles every module's bytecode; uv
-# links from its cache and leaves bytecode to the first import). It is given the indexes pip is
+# where pip takes 3-4 (pip unpacks one wheel at a time; uv links from its cache and compiles the
+# bytecode on every core: it must, some machines set PYTHONDONTWRITEBYTECODE, and a venv without
+# .pyc files compiles torch from source in every process). It is given the indexes pip is
 # configured with (environment, then pip's config files: find-links, index-url, extra-index-url,
 # no-index), so a machine's local wheel folders and an offline PIP_NO_INDEX=1 install work as with
 # pip. uv lives in a tool venv of its own outside the project (never in .venv, whose pip freeze is the
@@ -40,20 +41,28 @@ UV_VERSION=0.13.10
 UV_REQUIREMENT="uv==$UV_VERSION --hash=sha256:7cc9c41b43d583e34c781fd3446405b06e9c5fa2db468ce2a534d353db6429e5 \
  --hash=sha256:ee3bca6523ed93c3ae0d1a90c2733be307f5f7cc5287c746214e93a3bae0da13"  # manylinux x86_64, aarch64
 
-pip_setting() {  # pip_setting NAME: pip's value for NAME, the environment's first, then its config files'
-  local listing v
-  listing=$("$1" -m pip config list 2>/dev/null || true)
-  v=$(sed -n "s/^:env:\.$2='\(.*\)'\$/\1/p" <<<"$listing" | tail -1)
-  [[ -n $v ]] || v=$(sed -n "s/^[a-z]*\.$2='\(.*\)'\$/\1/p" <<<"$listing" | tail -1)
+pip_setting() {  # pip_setting LISTING NAME: NAME in `pip config list`'s LISTING, the environment's first
+  local v
+  v=$(sed -n "s/^:env:\.$2='\(.*\)'\$/\1/p" <<<"$1" | tail -1)
+  [[ -n $v ]] || v=$(sed -n "s/^[a-z]*\.$2='\(.*\)'\$/\1/p" <<<"$1" | tail -1)
   printf '%s' "$v"
 }
 
 uv_index_args() {  # uv_index_args PYTHON: pip's index settings as uv options, one per line
-  local v
-  for v in $(pip_setting "$1" index-url); do printf -- '--index-url\n%s\n' "$v"; done
-  for v in $(pip_setting "$1" extra-index-url) ${TORCH_INDEX_URL:-}; do printf -- '--extra-index-url\n%s\n' "$v"; done
-  for v in $(pip_setting "$1" find-links); do printf -- '--find-links\n%s\n' "$v"; done
-  case $(pip_setting "$1" no-index) in 1|true|yes|on) printf -- '--no-index\n' ;; esac
+  local listing v
+  listing=$("$1" -m pip config list 2>/dev/null || true)
+  for v in $(pip_setting "$listing" index-url); do printf -- '--index-url\n%s\n' "$v"; done
+  for v in $(pip_setting "$listing" extra-index-url) ${TORCH_INDEX_URL:-}; do
+    printf -- '--extra-index-url\n%s\n' "$v"
+  done
+  for v in $(pip_setting "$listing" find-links); do printf -- '--find-links\n%s\n' "$v"; done
+  case $(pip_setting "$listing" no-index) in 1|true|yes|on) printf -- '--no-index\n' ;; esac
+}
+
+install_failed() {  # install_failed LOCK
+  echo "setup: installing $1 failed (a hash mismatch means the file is not the one locked;" \
+       "a missing torch +cpu means no wheel: set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu)" >&2
+  return 1
 }
 
 install_locked() {  # install_locked VENV LOCK
@@ -73,18 +82,13 @@ install_locked() {  # install_locked VENV LOCK
     # PyPI or a local index; every file is still checked against the lock's hashes.
     "$uv" pip install -q --python "$1/bin/python" --require-hashes --no-deps --compile-bytecode \
         --index-strategy unsafe-best-match \
-        "${args[@]}" -r "$2" \
-      || { echo "setup: installing $2 failed (a hash mismatch means the file is not the one locked;" \
-                "a missing torch +cpu means no wheel: set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu)" >&2
-           return 1; }
+        "${args[@]}" -r "$2" || install_failed "$2" || return
     "$uv" pip install -q --python "$1/bin/python" --no-deps -e .
     return
   fi
   "${pip[@]}" install -q --upgrade pip
   "${pip[@]}" install -q --require-hashes --no-deps ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r "$2" \
-    || { echo "setup: installing $2 failed (a hash mismatch means the file is not the one locked;" \
-              "a missing torch +cpu means no wheel: set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu)" >&2
-         return 1; }
+    || install_failed "$2" || return
   "${pip[@]}" install -q --no-deps -e .
 }
 

@@ -22,16 +22,16 @@ cd "$(dirname "$0")/.."
 unset PYTHONDONTWRITEBYTECODE
 PY=${PY:-.venv/bin/python}
 HEAVY=(-m "(slow or e2e) and not parallel")
+LIGHT=(-m "parallel or not (slow or e2e)" --dist loadfile)
 
 if [[ ${STUDIO_TEST_LANES:-together} == serial ]]; then
-  PYTEST_STUDIO_LANE=light "$PY" -m pytest -m "parallel or not (slow or e2e)" -n "${TEST_WORKERS:-2}" \
-    --dist loadfile "$@"; light=$?
+  PYTEST_STUDIO_LANE=light "$PY" -m pytest "${LIGHT[@]}" -n "${TEST_WORKERS:-2}" "$@"; light=$?
   PYTEST_STUDIO_LANE=heavy "$PY" -m pytest "${HEAVY[@]}" "$@"; heavy=$?
 else
   workers=${TEST_WORKERS:-1}
   log=$(mktemp "${TMPDIR:-/tmp}/studio-test-light.XXXXXX.log")
-  PYTEST_STUDIO_LANE=light nice -n "${STUDIO_TEST_LIGHT_NICE:-10}" "$PY" -m pytest \
-    -m "parallel or not (slow or e2e)" -n "$workers" --dist loadfile "$@" > "$log" 2>&1 &
+  PYTEST_STUDIO_LANE=light nice -n "${STUDIO_TEST_LIGHT_NICE:-10}" "$PY" -m pytest "${LIGHT[@]}" -n "$workers" "$@" \
+    > "$log" 2>&1 &
   light_pid=$!
   # A background job ignores Ctrl-C: stop it with the heavy lane (pytest-xdist takes its workers along).
   trap 'kill -INT "$light_pid" 2>/dev/null; sleep 2; kill -TERM "$light_pid" 2>/dev/null' INT TERM
