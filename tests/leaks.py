@@ -209,24 +209,28 @@ class LeakWatch:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def other_lane(p: psutil.Process) -> bool:
-    """The process was started by `make test`'s other lane: the first environment that names a lane,
-    its own or its nearest ancestor's (a browser's renderers get a cleared environment), is not ours."""
-    mine = os.environ.get(LANE)
-    if not mine:
-        return False
+def lane_of(p: psutil.Process) -> str | None:
+    """The `make test` lane that started the process: the first environment that names one, its own
+    or its nearest ancestor's (a browser's renderers get a cleared environment); None for none."""
     try:
         chain = [p, *p.parents()]
     except psutil.Error:
-        return False
+        return None
     for proc in chain:
         try:
-            theirs = proc.environ().get(LANE)
+            lane = proc.environ().get(LANE)
         except psutil.Error:
             continue
-        if theirs:
-            return theirs != mine
-    return False
+        if lane:
+            return lane
+    return None
+
+
+def other_lane(p: psutil.Process) -> bool:
+    """The process was started by another of `make test`'s lanes than this one."""
+    mine = os.environ.get(LANE)
+    theirs = lane_of(p) if mine else None
+    return theirs is not None and theirs != mine
 
 
 def _pid_alive(pid: int) -> bool:

@@ -26,7 +26,7 @@ from studio.train.toy_data import ingest_toy_datasets
 
 from .s3_server import local_s3, new_bucket
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.no_engine]
 REPO = Path(__file__).resolve().parents[2]
 
 

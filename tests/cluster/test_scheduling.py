@@ -79,6 +79,7 @@ def _wait(predicate, timeout_s: float, what: str, log: Path | None = None):
 
 
 @pytest.mark.slow
+@pytest.mark.no_engine
 def test_a_job_waits_for_a_training_node_then_releases_it(tmp_path: Path, monkeypatch):
     """No node offers `training` when the job starts: Ray Train's worker-group start times out and is
     retried (seconds here, via RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S), the job stays RUNNING. Then a

@@ -34,7 +34,7 @@ from tests.jobs.inputs import ingest_datasets, make_model_dir
 from tests.jobs.test_scheduler import CONFIG, drive, enqueue, free_port, job, status_is
 from tests.loopback import ServerThread
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.no_engine]
 
 ADMIN_SECRET = "sk-studio-" + secrets.token_urlsafe(32)
 PROVIDER_SECRET = "sk-openai-" + secrets.token_urlsafe(16)

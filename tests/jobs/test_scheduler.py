@@ -31,7 +31,7 @@ from studio.train.spec import TrainSpec
 from tests.api.checks import bearer
 from tests.jobs.inputs import ingest_datasets, make_model_dir, train_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.no_engine]
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = SchedulerConfig(entrypoint_module="tests.jobs.fake_train", retry_backoff_s=0.5,

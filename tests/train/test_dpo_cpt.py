@@ -21,7 +21,7 @@ from studio.train.spec import TrainSpec
 
 from .conftest import RECIPES, Entrypoint, lora_b_norms, load_adapter, tail
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.no_engine]
 
 
 def run_recipe(home: StudioSettings, entrypoint: Entrypoint, recipe: str, *overrides: str):

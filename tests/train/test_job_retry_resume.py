@@ -22,7 +22,7 @@ from studio.train.spec import TrainSpec
 
 from .conftest import RECIPES, Entrypoint, tail
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.no_engine]
 
 MAX_STEPS, EVERY = 60, 20
 

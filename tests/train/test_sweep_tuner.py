@@ -37,6 +37,7 @@ from studio.train.worker import FINAL_DIR
 SPACE = {"hyper.learning_rate": "loguniform(1e-4, 1e-2)", "lora.r": "choice([4, 8, 16])",
          "hyper.batch_size": "randint(2, 9)"}
 LOCAL_CPUS = 4
+pytestmark = [pytest.mark.slow, pytest.mark.no_engine]  # a local Ray of its own (the module fixture)
 
 
 def sweep_spec(**fields) -> SweepSpec:
