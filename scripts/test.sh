@@ -9,7 +9,7 @@
 # The heavy lane is mostly one process importing or starting something while the other core waits
 # (~40 % of 2 cores idle); the two background lanes fill that time. They run below it in priority:
 # each in a session of its own, every session they start (Ray heads, drivers, CLI runs) set to nice
-# STUDIO_TEST_BACKGROUND_NICE (default 10) by tests/lanes.py — with the kernel's autogroups the CPU is
+# STUDIO_TEST_BACKGROUND_NICE (default 19) by tests/lanes.py — with the kernel's autogroups the CPU is
 # shared between sessions first, and a plain `nice` did not hold back the sessions tests start (a
 # training lane at nice 5 starved the heavy lane's Ray control plane, 2026-12-07). Their output is
 # kept in logs, printed when the heavy lane ends.
@@ -35,7 +35,7 @@ if [[ ${STUDIO_TEST_LANES:-together} == serial ]]; then
   PYTEST_STUDIO_LANE=heavy "$PY" -m pytest "${HEAVY[@]}" "$@"; rc[heavy]=$?
 else
   workers=${TEST_WORKERS:-1}
-  nice=${STUDIO_TEST_BACKGROUND_NICE:-10}
+  nice=${STUDIO_TEST_BACKGROUND_NICE:-19}
   logs=$(mktemp -d "${TMPDIR:-/tmp}/studio-test-lanes.XXXXXX")
   declare -A pid
   # setsid: each background lane in a session of its own (tests/lanes.py sets it and the sessions it
