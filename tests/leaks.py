@@ -16,9 +16,9 @@ Python, browsers) that did not exist when the session started are listed under t
 after which they were seen (a session-scoped fixture's under the module that first used it).
 ``STUDIO_TEST_LEAKS=fail`` makes any such process fail the run (exit status 1); the default only
 reports. Processes of another test run on the same machine are counted too (use it alone), but for
-those of `make test`'s other lane: scripts/test.sh runs the two lanes at once, each with
-``PYTEST_STUDIO_LANE`` set (light, heavy), and a process whose environment names the other lane is
-not this one's.
+those of `make test`'s other lanes: scripts/test.sh runs three lanes at once, each with
+``PYTEST_STUDIO_LANE`` set (heavy, training, light), and a process whose environment (or nearest
+ancestor's) names another lane is not this one's.
 ``STUDIO_TEST_REPORT=FILE`` also appends each module's wall time to FILE as a JSON line when the
 module ends (xdist workers included), so a run that is stopped midway still tells where time went.
 """
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import psutil
 import pytest
 
-LANE = "PYTEST_STUDIO_LANE"  # set by scripts/test.sh: light or heavy
+LANE = "PYTEST_STUDIO_LANE"  # set by scripts/test.sh: heavy, training or light
 MARKS = ("ray", "VLLM", "vllm", "python", "chrom", "studio", "redis-server", "minio", "moto")
 # pytest's own multiprocessing helper lives until pytest exits; pip is a developer's, not a test's.
 NOT_LEAKS = ("multiprocessing.resource_tracker", "pip install")

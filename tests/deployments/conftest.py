@@ -22,9 +22,14 @@ def make_adapter(base_dir: Path, out: Path, seed: int, r: int = 8, std: float = 
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", lora_dropout=0.0)
-    )
+    # PEFT draws lora_A from torch's global generator: seeded here (and the test's own generator
+    # left as it was), the adapter is the same in every run. Unseeded, one run in a few dozen drew
+    # an adapter whose greedy answers were, like the base model's, bytes that decode to nothing.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(
+            model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", lora_dropout=0.0)
+        )
     # Fresh LoRA has lora_B = 0 (a no-op); random B makes each adapter change the outputs.
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
