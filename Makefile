@@ -12,12 +12,12 @@ ARGS ?=
 setup:
 	@STUDIO_SETUP_GPU=$(GPU) STUDIO_SETUP_SGLANG=$(SGLANG) bash scripts/setup.sh
 
-# Three lanes at once (scripts/test.sh): the `slow`/`e2e` tests that start an engine or a stack one at
-# a time in the foreground (two vLLM engines at once starve each other on 2 cores); beside them, below
-# them in priority, the `no_engine` training tests one at a time and the rest (not `slow`/`e2e`, or
-# marked `parallel`) on TEST_WORKERS pytest-xdist workers (1 beside the heavy lane; 2 for test-fast and
-# STUDIO_TEST_LANES=serial, which runs the lanes one after the other). pytest exits 5 when it collected
-# no tests: a lane with none is fine (PYTEST_ARGS naming one module), all with none fails, saying so.
+# Two lanes at once (scripts/test.sh): the `slow`/`e2e` tests that start an engine, a Ray cluster or a
+# stack one at a time (two vLLM engines at once starve each other on 2 cores), and beside them, at a
+# lower priority, the rest (not `slow`/`e2e`, or marked `parallel`) on TEST_WORKERS pytest-xdist
+# workers (1 beside the heavy lane; 2 for test-fast and STUDIO_TEST_LANES=serial, which runs the lanes
+# one after the other; STUDIO_TEST_LANES=three adds the opt-in training lane). pytest exits 5 when it
+# collected no tests: a lane with none is fine (PYTEST_ARGS naming one module), all with none fails.
 TEST_WORKERS ?=
 
 test: setup
