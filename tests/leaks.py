@@ -233,6 +233,15 @@ def other_lane(p: psutil.Process) -> bool:
     return theirs is not None and theirs != mine
 
 
+def kill_trees(*procs) -> None:
+    """SIGKILL each ``subprocess.Popen`` and everything under it, and reap it (the tests' cleanup)."""
+    for proc in procs:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.wait()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         return alive(psutil.Process(pid))

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from tests.lanes import Watcher, autogroups_on, main, session_nice
-from tests.leaks import LANE
+from tests.leaks import LANE, kill_trees
 
 pytestmark = pytest.mark.skipif(not autogroups_on(), reason="the kernel schedules no autogroups here")
 
@@ -47,11 +47,7 @@ def test_every_session_of_a_watched_lane_gets_its_nice_value_and_no_other():
         assert session_nice(os.getpid()) == mine  # this test's own session is not the lane's
         assert watcher.scan() == 0  # set once
     finally:
-        for proc in (watched, other):
-            for c in psutil.Process(proc.pid).children(recursive=True):
-                c.kill()
-            proc.kill()
-            proc.wait()
+        kill_trees(watched, other)
 
 
 def test_the_watcher_refuses_a_bad_command_line(capsys):

@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-from tests.leaks import LANE, LeakWatch
+from tests.leaks import LANE, LeakWatch, kill_trees
 
 
 def test_owned_processes_are_reported_only_if_they_outlive_their_release():
@@ -87,8 +87,4 @@ def test_the_other_lanes_processes_are_left_to_it(monkeypatch):
         assert others.pid not in found and their_child not in found  # the child's own environment is empty
         assert ours.pid in found and our_child in found
     finally:
-        for proc in (others, ours):
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.kill()
-            proc.kill()
-            proc.wait()
+        kill_trees(others, ours)
