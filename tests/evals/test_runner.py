@@ -52,6 +52,10 @@ def test_good_model_wins_on_every_scorer(settings, gateway, reverse_data, evalua
         assert ses.scalar(select(func.count()).select_from(EvalOutput).where(EvalOutput.job_id == eval_id)) == 60
         # the leaderboard is stored with the run, too
         assert job.result["leaderboard"]["scores"] == board["scores"]
+        pairs = ses.execute(select(EvalScore.datapoint, EvalScore.status, EvalScore.reason)
+                            .where(EvalScore.job_id == eval_id, EvalScore.scorer == "judge_pairs")).all()
+    # one verdict per datapoint, each decided (the reasons of any other say why)
+    assert (len(pairs), [p for p in pairs if p.status != "scored"]) == (30, [])
     good, bad = row(board, "good", "exact_match"), row(board, "bad", "exact_match")
     assert (good["mean"], bad["mean"], good["n"]) == (1.0, 0.0, 30)
     assert good["ci95"] == [1.0, 1.0]  # no variance

@@ -190,8 +190,10 @@ def test_a_job_with_a_ray_submission_is_left_to_ray(settings):
 
 def test_the_synthesis_entrypoint_beats_while_it_runs(settings, tmp_path):
     """`python -m studio.data.synth.run --job-id N` run by hand (no Ray: synthesis calls the gateway,
-    here a scripted OpenAI-compatible server): it beats while RUNNING, a scheduler with a 1 s timeout
-    leaves it alone, and it ends SUCCEEDED."""
+    here a scripted OpenAI-compatible server): it beats while RUNNING, a scheduler with a 4 s timeout
+    leaves it alone for longer than that timeout (a job that stopped beating would be failed), and it
+    ends SUCCEEDED. The timeout is 40 beats: at 1 s (10 beats) a process of the background lane held
+    back under load once missed it and was moved to RETRYING mid-run."""
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "rivers.md").write_text(" ".join(f"river{i} delta tide" for i in range(40)) + "\n")
@@ -200,7 +202,8 @@ def test_the_synthesis_entrypoint_beats_while_it_runs(settings, tmp_path):
                      max_concurrency=1, max_chunks=8)
     job_id = submit(spec, settings, "test")  # QUEUED: the entrypoint claims it itself
     gen = FakeGenerator().start()
-    gen.delay_s = 0.25
+    gen.delay_s = 0.75  # 8 chunks, one at a time: RUNNING for 6 s or more, past the timeout
+    timeout_s = 4.0
     env = {**os.environ, "STUDIO_HOME": str(settings.home), "STUDIO_DATABASE_URL": settings.db_url,
            "STUDIO_GATEWAY_URL": gen.base, "STUDIO_API_KEY": "sk-test", "STUDIO_JOB_HEARTBEAT_S": "0.1"}
     for var in ("STUDIO_ARTIFACTS_URI", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
@@ -209,13 +212,15 @@ def test_the_synthesis_entrypoint_beats_while_it_runs(settings, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     beats: set[datetime] = set()
     failed: list[int] = []
+    running: list[float] = []  # when the loop saw it RUNNING
     try:
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
             job = row(settings, job_id)
             if job.status == "RUNNING":
+                running.append(time.monotonic())
                 beats.add(job.heartbeat_at)
-                failed += reconcile_once(settings, None, SchedulerConfig(heartbeat_timeout_s=1)).failed
+                failed += reconcile_once(settings, None, SchedulerConfig(heartbeat_timeout_s=timeout_s)).failed
             time.sleep(0.05)
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -227,3 +232,5 @@ def test_the_synthesis_entrypoint_beats_while_it_runs(settings, tmp_path):
     job = row(settings, job_id)
     assert job.status == "SUCCEEDED" and job.ray_submission_id is None and failed == []
     assert len(beats) >= 3, f"saw beats {sorted(beats)}"
+    # the reconciler watched it for longer than its timeout: without beats it would have failed it
+    assert running[-1] - running[0] > timeout_s + 1, f"RUNNING for only {running[-1] - running[0]:.1f} s"
