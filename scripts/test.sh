@@ -31,38 +31,27 @@ case $mode in
      exit 2 ;;
 esac
 LIGHT=(-m "parallel or not (slow or e2e)" --dist loadfile)
-if [[ $mode == three ]]; then
-  HEAVY=(-m "(slow or e2e) and not parallel and not no_engine")
-  TRAINING=(-m "(slow or e2e) and not parallel and no_engine")
-  LANES=(light training heavy)
-else
-  HEAVY=(-m "(slow or e2e) and not parallel")
-  LANES=(light heavy)
-fi
+HEAVY=(-m "(slow or e2e) and not parallel")
+case $mode in
+  together)
+    # The `no_engine` tests join the light lane: the heavy lane keeps what starts an engine or a stack.
+    LIGHT=(-m "parallel or not (slow or e2e) or no_engine" --dist loadfile)
+    HEAVY=(-m "(slow or e2e) and not parallel and not no_engine")
+    BACKGROUND=(light); LANES=(light heavy); nice=${STUDIO_TEST_BACKGROUND_NICE:-10} ;;
+  three)
+    HEAVY=(-m "(slow or e2e) and not parallel and not no_engine")
+    TRAINING=(-m "(slow or e2e) and not parallel and no_engine")
+    BACKGROUND=(light training); LANES=(light training heavy); nice=${STUDIO_TEST_BACKGROUND_NICE:-19} ;;
+  serial)
+    LANES=(light heavy) ;;
+esac
 declare -A rc
 
 if [[ $mode == serial ]]; then
   PYTEST_STUDIO_LANE=light "$PY" -m pytest "${LIGHT[@]}" -n "${TEST_WORKERS:-2}" "$@"; rc[light]=$?
   PYTEST_STUDIO_LANE=heavy "$PY" -m pytest "${HEAVY[@]}" "$@"; rc[heavy]=$?
-elif [[ $mode != three ]]; then
-  workers=${TEST_WORKERS:-1}
-  log=$(mktemp "${TMPDIR:-/tmp}/studio-test-light.XXXXXX.log")
-  PYTEST_STUDIO_LANE=light nice -n 10 "$PY" -m pytest "${LIGHT[@]}" -n "$workers" "$@" > "$log" 2>&1 &
-  light_pid=$!
-  # A background job ignores Ctrl-C: stop it with the heavy lane (pytest-xdist takes its workers along).
-  trap 'kill -INT "$light_pid" 2>/dev/null; sleep 2; kill -TERM "$light_pid" 2>/dev/null' INT TERM
-  echo "make test: the light lane (pytest-xdist, $workers worker(s)) runs beside this one; its output" \
-       "is printed when this lane ends ($log)"
-  PYTEST_STUDIO_LANE=heavy "$PY" -m pytest "${HEAVY[@]}" "$@"; rc[heavy]=$?
-  wait "$light_pid"; rc[light]=$?
-  trap - INT TERM
-  echo
-  echo "==================== the light lane (pytest-xdist, $workers worker(s)) ===================="
-  cat "$log"
-  rm -f "$log"
 else
   workers=${TEST_WORKERS:-1}
-  nice=${STUDIO_TEST_BACKGROUND_NICE:-19}
   logs=$(mktemp -d "${TMPDIR:-/tmp}/studio-test-lanes.XXXXXX")
   declare -A pid
   # setsid: each background lane in a session of its own (tests/lanes.py sets it and the sessions it
@@ -70,27 +59,28 @@ else
   PYTEST_STUDIO_LANE=light setsid nice -n "$nice" "$PY" -m pytest "${LIGHT[@]}" -n "$workers" "$@" \
     > "$logs/light.log" 2>&1 &
   pid[light]=$!
-  PYTEST_STUDIO_LANE=training setsid nice -n "$nice" "$PY" -m pytest "${TRAINING[@]}" "$@" \
-    > "$logs/training.log" 2>&1 &
-  pid[training]=$!
-  "$PY" -m tests.lanes "$nice" light training &
+  if [[ $mode == three ]]; then
+    PYTEST_STUDIO_LANE=training setsid nice -n "$nice" "$PY" -m pytest "${TRAINING[@]}" "$@" \
+      > "$logs/training.log" 2>&1 &
+    pid[training]=$!
+  fi
+  "$PY" -m tests.lanes "$nice" "${BACKGROUND[@]}" &
   watcher=$!
   # The background lanes are not in the terminal's session: Ctrl-C reaches them through this trap
   # (each lane's process group: pytest and its xdist workers; fixtures stop the Ray heads they started).
   stop_background() {
-    kill -INT -- "-${pid[light]}" "-${pid[training]}" 2>/dev/null
+    for lane in "${BACKGROUND[@]}"; do kill -INT -- "-${pid[$lane]}" 2>/dev/null; done
     sleep 5
-    kill -TERM -- "-${pid[light]}" "-${pid[training]}" 2>/dev/null
+    for lane in "${BACKGROUND[@]}"; do kill -TERM -- "-${pid[$lane]}" 2>/dev/null; done
   }
   trap stop_background INT TERM
-  echo "make test: the light lane (pytest-xdist, $workers worker(s)) and the training lane run beside" \
-       "this one at session nice $nice; their output is printed when this lane ends ($logs)"
+  echo "make test: the ${BACKGROUND[*]} lane(s) (pytest-xdist, $workers worker(s)) run beside this one at" \
+       "session nice $nice; their output is printed when this lane ends ($logs)"
   PYTEST_STUDIO_LANE=heavy "$PY" -m pytest "${HEAVY[@]}" "$@"; rc[heavy]=$?
-  wait "${pid[light]}"; rc[light]=$?
-  wait "${pid[training]}"; rc[training]=$?
+  for lane in "${BACKGROUND[@]}"; do wait "${pid[$lane]}"; rc[$lane]=$?; done
   kill "$watcher" 2>/dev/null
   trap - INT TERM
-  for lane in training light; do
+  for lane in "${BACKGROUND[@]}"; do
     echo
     echo "==================== the $lane lane ===================="
     cat "$logs/$lane.log"
