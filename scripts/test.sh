@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # `make test`: the suite in lanes that run at the same time (docs/decisions.md, 2026-12-07).
-#   heavy     the `slow`/`e2e` tests that start a Ray cluster, an engine or a studio stack (not marked
-#             `parallel`): one at a time in one pytest, in the foreground, its output live (two vLLM
-#             engines at once starve each other on 2 cores);
-#   light     everything else (and `parallel`) on TEST_WORKERS pytest-xdist workers (default 1) at nice
-#             10, in the background, its output in a log printed when the heavy lane ends.
-# The heavy lane is mostly one process importing or starting something while the other core waits
-# (~40 % of 2 cores idle); the light lane fills that time instead of running after it.
-# STUDIO_TEST_LANES=three (opt-in) also takes the `no_engine` tests (Ray clusters and training jobs,
-# never an engine) out of the heavy lane into a third, training, lane; both background lanes then run
-# in sessions of their own, every session they start set to nice STUDIO_TEST_BACKGROUND_NICE (default
-# 19) by tests/lanes.py (with the kernel's autogroups the CPU is shared between sessions first, and a
-# plain nice does not hold back the sessions tests start). Measured on one evening: 35 min where two
-# lanes took 49, but not green yet — at nice 10 the heavy stack's jobs starved, at 19 the training
-# lane's and the loop's timings failed (docs/decisions.md); it stays opt-in until it is.
+#   heavy     the `slow`/`e2e` tests that start an engine or a studio stack, or wait on deadlines (not
+#             marked `parallel` or `no_engine`): one at a time in one pytest, in the foreground, its
+#             output live (two vLLM engines at once starve each other on 2 cores);
+#   light     everything else: the tests that start no Ray cluster, engine or stack, the `parallel`
+#             ones, and the `no_engine` ones (Ray clusters and training jobs, never an engine, no tight
+#             deadline), on TEST_WORKERS pytest-xdist workers (default 1) in the background, its output
+#             in a log printed when the heavy lane ends.
+# The light lane runs in a session of its own (setsid), and tests/lanes.py sets that session and every
+# session its tests start (Ray heads, drivers, CLI runs, browsers) to nice STUDIO_TEST_BACKGROUND_NICE
+# (default 10): with the kernel's autogroups the CPU is shared between sessions first, and a plain
+# nice does not hold back the sessions tests start. The heavy lane alone leaves ~35 % of 2 cores idle
+# (one process importing or starting something while the other core waits); the light lane fills it.
+# STUDIO_TEST_LANES=three (opt-in) runs the `no_engine` tests in a third, training, lane of their own
+# beside the other two (default nice 19); measured slower than two lanes and not green every time.
 # STUDIO_TEST_LANES=serial runs the lanes one after the other (light on TEST_WORKERS default 2, then
-# heavy). pytest exits 5 when it collected no tests: a lane with none is fine (arguments naming one
-# module), all with none fails the run, saying so. Arguments go to every lane.
+# heavy, without the `no_engine` tests' move). pytest exits 5 when it collected no tests: a lane with
+# none is fine (arguments naming one module), all with none fails the run, saying so. Arguments go to
+# every lane.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # Hundreds of processes (pytest and its xdist workers, Ray workers, engines, CLI runs) import the
