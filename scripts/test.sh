@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
 # `make test`: the suite in lanes that run at the same time (docs/decisions.md, 2026-12-07).
-#   heavy     the `slow`/`e2e` tests that start an engine or a studio stack, or wait on deadlines (not
-#             marked `parallel` or `no_engine`): one at a time in one pytest, in the foreground, its
-#             output live (two vLLM engines at once starve each other on 2 cores);
-#   light     everything else: the tests that start no Ray cluster, engine or stack, the `parallel`
-#             ones, and the `no_engine` ones (Ray clusters and training jobs, never an engine, no tight
-#             deadline), on TEST_WORKERS pytest-xdist workers (default 1) in the background, its output
-#             in a log printed when the heavy lane ends.
-# The light lane runs in a session of its own (setsid), and tests/lanes.py sets that session and every
-# session its tests start (Ray heads, drivers, CLI runs, browsers) to nice STUDIO_TEST_BACKGROUND_NICE
-# (default 10): with the kernel's autogroups the CPU is shared between sessions first, and a plain
-# nice does not hold back the sessions tests start. The heavy lane alone leaves ~35 % of 2 cores idle
-# (one process importing or starting something while the other core waits); the light lane fills it.
-# STUDIO_TEST_LANES=three (opt-in) runs the `no_engine` tests in a third, training, lane of their own
-# beside the other two (default nice 19); measured slower than two lanes and not green every time.
+#   heavy     the `slow`/`e2e` tests that start a Ray cluster, an engine or a studio stack (not marked
+#             `parallel`): one at a time in one pytest, in the foreground, its output live (two vLLM
+#             engines at once starve each other on 2 cores);
+#   light     everything else (and `parallel`) on TEST_WORKERS pytest-xdist workers (default 1) at nice
+#             10, in the background, its output in a log printed when the heavy lane ends.
+# The heavy lane is mostly one process importing or starting something while the other core waits
+# (~40 % of 2 cores idle); the light lane fills that time instead of running after it.
+# STUDIO_TEST_LANES=three (opt-in) also takes the `no_engine` tests (Ray clusters and training jobs,
+# never an engine) out of the heavy lane into a third, training, lane; both background lanes then run
+# in sessions of their own, every session they start set to nice STUDIO_TEST_BACKGROUND_NICE (default
+# 19) by tests/lanes.py (with the kernel's autogroups the CPU is shared between sessions first, and a
+# plain nice does not hold back the sessions tests start). Measured on one evening: 35 min where two
+# lanes took 49, but not green yet — at nice 10 the heavy stack's jobs starved, at 19 the training
+# lane's and the loop's timings failed (docs/decisions.md); it stays opt-in until it is.
 # STUDIO_TEST_LANES=serial runs the lanes one after the other (light on TEST_WORKERS default 2, then
-# heavy, without the `no_engine` tests' move). pytest exits 5 when it collected no tests: a lane with
-# none is fine (arguments naming one module), all with none fails the run, saying so. Arguments go to
-# every lane.
+# heavy). pytest exits 5 when it collected no tests: a lane with none is fine (arguments naming one
+# module), all with none fails the run, saying so. Arguments go to every lane.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # Hundreds of processes (pytest and its xdist workers, Ray workers, engines, CLI runs) import the
@@ -32,27 +31,38 @@ case $mode in
      exit 2 ;;
 esac
 LIGHT=(-m "parallel or not (slow or e2e)" --dist loadfile)
-HEAVY=(-m "(slow or e2e) and not parallel")
-case $mode in
-  together)
-    # The `no_engine` tests join the light lane: the heavy lane keeps what starts an engine or a stack.
-    LIGHT=(-m "parallel or not (slow or e2e) or no_engine" --dist loadfile)
-    HEAVY=(-m "(slow or e2e) and not parallel and not no_engine")
-    BACKGROUND=(light); LANES=(light heavy); nice=${STUDIO_TEST_BACKGROUND_NICE:-10} ;;
-  three)
-    HEAVY=(-m "(slow or e2e) and not parallel and not no_engine")
-    TRAINING=(-m "(slow or e2e) and not parallel and no_engine")
-    BACKGROUND=(light training); LANES=(light training heavy); nice=${STUDIO_TEST_BACKGROUND_NICE:-19} ;;
-  serial)
-    LANES=(light heavy) ;;
-esac
+if [[ $mode == three ]]; then
+  HEAVY=(-m "(slow or e2e) and not parallel and not no_engine")
+  TRAINING=(-m "(slow or e2e) and not parallel and no_engine")
+  LANES=(light training heavy)
+else
+  HEAVY=(-m "(slow or e2e) and not parallel")
+  LANES=(light heavy)
+fi
 declare -A rc
 
 if [[ $mode == serial ]]; then
   PYTEST_STUDIO_LANE=light "$PY" -m pytest "${LIGHT[@]}" -n "${TEST_WORKERS:-2}" "$@"; rc[light]=$?
   PYTEST_STUDIO_LANE=heavy "$PY" -m pytest "${HEAVY[@]}" "$@"; rc[heavy]=$?
+elif [[ $mode != three ]]; then
+  workers=${TEST_WORKERS:-1}
+  log=$(mktemp "${TMPDIR:-/tmp}/studio-test-light.XXXXXX.log")
+  PYTEST_STUDIO_LANE=light nice -n 10 "$PY" -m pytest "${LIGHT[@]}" -n "$workers" "$@" > "$log" 2>&1 &
+  light_pid=$!
+  # A background job ignores Ctrl-C: stop it with the heavy lane (pytest-xdist takes its workers along).
+  trap 'kill -INT "$light_pid" 2>/dev/null; sleep 2; kill -TERM "$light_pid" 2>/dev/null' INT TERM
+  echo "make test: the light lane (pytest-xdist, $workers worker(s)) runs beside this one; its output" \
+       "is printed when this lane ends ($log)"
+  PYTEST_STUDIO_LANE=heavy "$PY" -m pytest "${HEAVY[@]}" "$@"; rc[heavy]=$?
+  wait "$light_pid"; rc[light]=$?
+  trap - INT TERM
+  echo
+  echo "==================== the light lane (pytest-xdist, $workers worker(s)) ===================="
+  cat "$log"
+  rm -f "$log"
 else
   workers=${TEST_WORKERS:-1}
+  nice=${STUDIO_TEST_BACKGROUND_NICE:-19}
   logs=$(mktemp -d "${TMPDIR:-/tmp}/studio-test-lanes.XXXXXX")
   declare -A pid
   # setsid: each background lane in a session of its own (tests/lanes.py sets it and the sessions it
@@ -60,28 +70,27 @@ else
   PYTEST_STUDIO_LANE=light setsid nice -n "$nice" "$PY" -m pytest "${LIGHT[@]}" -n "$workers" "$@" \
     > "$logs/light.log" 2>&1 &
   pid[light]=$!
-  if [[ $mode == three ]]; then
-    PYTEST_STUDIO_LANE=training setsid nice -n "$nice" "$PY" -m pytest "${TRAINING[@]}" "$@" \
-      > "$logs/training.log" 2>&1 &
-    pid[training]=$!
-  fi
-  "$PY" -m tests.lanes "$nice" "${BACKGROUND[@]}" &
+  PYTEST_STUDIO_LANE=training setsid nice -n "$nice" "$PY" -m pytest "${TRAINING[@]}" "$@" \
+    > "$logs/training.log" 2>&1 &
+  pid[training]=$!
+  "$PY" -m tests.lanes "$nice" light training &
   watcher=$!
   # The background lanes are not in the terminal's session: Ctrl-C reaches them through this trap
   # (each lane's process group: pytest and its xdist workers; fixtures stop the Ray heads they started).
   stop_background() {
-    for lane in "${BACKGROUND[@]}"; do kill -INT -- "-${pid[$lane]}" 2>/dev/null; done
+    kill -INT -- "-${pid[light]}" "-${pid[training]}" 2>/dev/null
     sleep 5
-    for lane in "${BACKGROUND[@]}"; do kill -TERM -- "-${pid[$lane]}" 2>/dev/null; done
+    kill -TERM -- "-${pid[light]}" "-${pid[training]}" 2>/dev/null
   }
   trap stop_background INT TERM
-  echo "make test: the ${BACKGROUND[*]} lane(s) (pytest-xdist, $workers worker(s)) run beside this one at" \
-       "session nice $nice; their output is printed when this lane ends ($logs)"
+  echo "make test: the light lane (pytest-xdist, $workers worker(s)) and the training lane run beside" \
+       "this one at session nice $nice; their output is printed when this lane ends ($logs)"
   PYTEST_STUDIO_LANE=heavy "$PY" -m pytest "${HEAVY[@]}" "$@"; rc[heavy]=$?
-  for lane in "${BACKGROUND[@]}"; do wait "${pid[$lane]}"; rc[$lane]=$?; done
+  wait "${pid[light]}"; rc[light]=$?
+  wait "${pid[training]}"; rc[training]=$?
   kill "$watcher" 2>/dev/null
   trap - INT TERM
-  for lane in "${BACKGROUND[@]}"; do
+  for lane in training light; do
     echo
     echo "==================== the $lane lane ===================="
     cat "$logs/$lane.log"

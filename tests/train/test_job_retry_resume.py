@@ -22,8 +22,7 @@ from studio.train.spec import TrainSpec
 
 from .conftest import RECIPES, Entrypoint, tail
 
-# Not `no_engine`: its attempts wait on deadlines, so it runs in the foreground lane (scripts/test.sh).
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.no_engine]
 
 MAX_STEPS, EVERY = 60, 20
 

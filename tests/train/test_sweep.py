@@ -25,8 +25,7 @@ from studio.store.db import session_scope
 from studio.store.models import Job, JobEvent, ModelVersion, utcnow
 from tests.train.conftest import RECIPES, tail
 
-# Not `no_engine`: the longest training module; in the foreground lane it balances the two lanes (scripts/test.sh).
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.no_engine]
 
 
 def test_two_trial_sweep_resumes_after_its_process_dies_and_registers_one_version(home, entrypoint, tmp_path):
