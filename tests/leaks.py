@@ -171,7 +171,8 @@ class LeakWatch:
         if os.environ.get("STUDIO_TEST_REPORT"):  # a JSON line per module, as it ends (a killed run keeps them)
             with open(os.environ["STUDIO_TEST_REPORT"], "a") as f:
                 f.write(json.dumps({"module": module, "seconds": round(seconds, 1), "load": round(os.getloadavg()[0], 2),
-                                    "worker": os.environ.get("PYTEST_XDIST_WORKER", ""), "left": len(new)}) + "\n")
+                                    "worker": os.environ.get("PYTEST_XDIST_WORKER", ""), "left": len(new),
+                                    "lane": os.environ.get("PYTEST_STUDIO_LANE", ""), "end": round(time.time(), 1)}) + "\n")
         saved = self.module_env
         changed = sorted(k for k in set(os.environ) | set(saved) if os.environ.get(k) != saved.get(k))
         if changed:
