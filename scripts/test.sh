@@ -39,6 +39,37 @@ else
   HEAVY=(-m "(slow or e2e) and not parallel")
   LANES=(light heavy)
 fi
+# A CPU cgroup for a background lane (three lanes): its path, or nothing when none can be made.
+lane_cgroup() {
+  local name=studio-test-$$-$1 shares=$2 dir
+  if [[ -w /sys/fs/cgroup/cpu && -e /sys/fs/cgroup/cpu/cpu.shares ]]; then
+    dir=/sys/fs/cgroup/cpu/$name
+    mkdir "$dir" 2>/dev/null && echo "$shares" > "$dir/cpu.shares" 2>/dev/null && { echo "$dir"; return; }
+  elif [[ -w /sys/fs/cgroup && -e /sys/fs/cgroup/cgroup.subtree_control ]] \
+       && grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control; then
+    dir=/sys/fs/cgroup/$name  # cgroup v2: cpu.weight is 1-10000, 100 a full share
+    mkdir "$dir" 2>/dev/null && echo $(( shares * 100 / 1024 > 0 ? shares * 100 / 1024 : 1 )) > "$dir/cpu.weight" 2>/dev/null \
+      && { echo "$dir"; return; }
+  fi
+  [[ -n ${dir:-} ]] && rmdir "$dir" 2>/dev/null
+  return 0
+}
+# Run a command in cgroup $1 (none: as it is) in place of this (sub)shell: call it with `&`.
+in_cgroup() {
+  local dir=$1; shift
+  if [[ -n $dir ]]; then
+    exec bash -c 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"' _ "$dir" "$@"
+  else
+    exec "$@"
+  fi
+}
+# Remove a lane's cgroup, moving what is left in it (processes a test did not stop) to its parent.
+drop_cgroup() {
+  local dir=$1 p
+  [[ -n $dir && -d $dir ]] || return 0
+  for p in $(cat "$dir/cgroup.procs" 2>/dev/null); do echo "$p" > "$(dirname "$dir")/cgroup.procs" 2>/dev/null; done
+  rmdir "$dir" 2>/dev/null || true
+}
 declare -A rc
 
 if [[ $mode == serial ]]; then
@@ -67,14 +98,28 @@ else
   declare -A pid
   # setsid: each background lane in a session of its own (tests/lanes.py sets it and the sessions it
   # starts to $nice; the heavy lane's session, this script's, is left alone).
-  PYTEST_STUDIO_LANE=light setsid nice -n "$nice" "$PY" -m pytest "${LIGHT[@]}" -n "$workers" "$@" \
-    > "$logs/light.log" 2>&1 &
+  # With a writable CPU cgroup (v1 `cpu`, or v2 with the `cpu` controller), each background lane runs
+  # in a cgroup of its own with a CPU weight (STUDIO_TEST_TRAINING_SHARES, STUDIO_TEST_LIGHT_SHARES;
+  # 1,024 is a full share): the kernel's autogroups apply only to the root cgroup, so every session a
+  # lane's tests start (Ray heads, drivers, CLI runs) counts in the lane's one weight, whatever it
+  # is. Without one, tests/lanes.py sets each of their sessions' nice value instead.
+  declare -A cg
+  cg[training]=$(lane_cgroup training "${STUDIO_TEST_TRAINING_SHARES:-256}")
+  cg[light]=$(lane_cgroup light "${STUDIO_TEST_LIGHT_SHARES:-128}")
+  PYTEST_STUDIO_LANE=light in_cgroup "${cg[light]}" setsid nice -n "$nice" "$PY" -m pytest "${LIGHT[@]}" \
+    -n "$workers" "$@" > "$logs/light.log" 2>&1 &
   pid[light]=$!
-  PYTEST_STUDIO_LANE=training setsid nice -n "$nice" "$PY" -m pytest "${TRAINING[@]}" "$@" \
-    > "$logs/training.log" 2>&1 &
+  PYTEST_STUDIO_LANE=training in_cgroup "${cg[training]}" setsid nice -n "$nice" "$PY" -m pytest \
+    "${TRAINING[@]}" "$@" > "$logs/training.log" 2>&1 &
   pid[training]=$!
-  "$PY" -m tests.lanes "$nice" light training &
-  watcher=$!
+  if [[ -n ${cg[light]} && -n ${cg[training]} ]]; then
+    echo "make test: background lanes in CPU cgroups ${cg[training]} (shares ${STUDIO_TEST_TRAINING_SHARES:-256})" \
+         "and ${cg[light]} (shares ${STUDIO_TEST_LIGHT_SHARES:-128})"
+    watcher=
+  else
+    "$PY" -m tests.lanes "$nice" light training &
+    watcher=$!
+  fi
   # The background lanes are not in the terminal's session: Ctrl-C reaches them through this trap
   # (each lane's process group: pytest and its xdist workers; fixtures stop the Ray heads they started).
   stop_background() {
@@ -88,7 +133,8 @@ else
   PYTEST_STUDIO_LANE=heavy "$PY" -m pytest "${HEAVY[@]}" "$@"; rc[heavy]=$?
   wait "${pid[light]}"; rc[light]=$?
   wait "${pid[training]}"; rc[training]=$?
-  kill "$watcher" 2>/dev/null
+  [[ -n $watcher ]] && kill "$watcher" 2>/dev/null
+  for lane in training light; do drop_cgroup "${cg[$lane]}"; done
   trap - INT TERM
   for lane in training light; do
     echo
