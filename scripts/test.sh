@@ -8,12 +8,14 @@
 # The heavy lane is mostly one process importing or starting something while the other core waits
 # (~40 % of 2 cores idle); the light lane fills that time instead of running after it.
 # STUDIO_TEST_LANES=three (opt-in) also takes the `no_engine` tests (Ray clusters and training jobs,
-# never an engine) out of the heavy lane into a third, training, lane; both background lanes then run
-# in sessions of their own, every session they start set to nice STUDIO_TEST_BACKGROUND_NICE (default
-# 19) by tests/lanes.py (with the kernel's autogroups the CPU is shared between sessions first, and a
-# plain nice does not hold back the sessions tests start). Measured on one evening: 35 min where two
-# lanes took 49, but not green yet — at nice 10 the heavy stack's jobs starved, at 19 the training
-# lane's and the loop's timings failed (docs/decisions.md); it stays opt-in until it is.
+# never an engine) out of the heavy lane into a third, training, lane. Both background lanes are held
+# back: where a CPU cgroup can be made (root, cgroup v1 `cpu` or v2 with `cpu`), each runs in one of
+# its own with a weight (STUDIO_TEST_TRAINING_SHARES, default 256; STUDIO_TEST_LIGHT_SHARES, default
+# 128; 1,024 is a full share), which every process and session its tests start inherits; elsewhere
+# in sessions of their own set to nice STUDIO_TEST_BACKGROUND_NICE (default 19) by tests/lanes.py
+# (with the kernel's autogroups the CPU is shared between sessions first, and a plain nice does not
+# hold back the sessions tests start). Measured (docs/decisions.md, 2026-12-08): 45.5 min where two
+# lanes took 52 the same day, but one teardown failed under load; it stays opt-in until it is green.
 # STUDIO_TEST_LANES=serial runs the lanes one after the other (light on TEST_WORKERS default 2, then
 # heavy). pytest exits 5 when it collected no tests: a lane with none is fine (arguments naming one
 # module), all with none fails the run, saying so. Arguments go to every lane.
@@ -115,10 +117,10 @@ else
   if [[ -n ${cg[light]} && -n ${cg[training]} ]]; then
     echo "make test: background lanes in CPU cgroups ${cg[training]} (shares ${STUDIO_TEST_TRAINING_SHARES:-256})" \
          "and ${cg[light]} (shares ${STUDIO_TEST_LIGHT_SHARES:-128})"
-    watcher=
+    watcher= held="by the weights of their cgroups"
   else
     "$PY" -m tests.lanes "$nice" light training &
-    watcher=$!
+    watcher=$! held="at session nice $nice"
   fi
   # The background lanes are not in the terminal's session: Ctrl-C reaches them through this trap
   # (each lane's process group: pytest and its xdist workers; fixtures stop the Ray heads they started).
@@ -129,7 +131,8 @@ else
   }
   trap stop_background INT TERM
   echo "make test: the light lane (pytest-xdist, $workers worker(s)) and the training lane run beside" \
-       "this one at session nice $nice; their output is printed when this lane ends ($logs)"
+       "this one, held back $held; their output" \
+       "is printed when this lane ends ($logs)"
   PYTEST_STUDIO_LANE=heavy "$PY" -m pytest "${HEAVY[@]}" "$@"; rc[heavy]=$?
   wait "${pid[light]}"; rc[light]=$?
   wait "${pid[training]}"; rc[training]=$?
