@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,3 +146,36 @@ def reap_dead_head(settings: StudioSettings, pid: int, wait_s: float = 15.0) -> 
             pass
     psutil.wait_procs(victims, timeout=wait_s)
     return [f"{p.pid} {p.info['name']}" for p in victims]
+
+
+def kill_session(sid: int, wait_s: float) -> list[int]:
+    """SIGKILL every live process of session ``sid`` (never this process or its ancestors) and wait
+    up to ``wait_s`` for them to end. Returns the pids it killed."""
+    import psutil
+
+    spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    victims = []
+    for p in psutil.process_iter(["pid", "status"]):
+        if p.pid in spared or p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if os.getsid(p.pid) == sid:
+                p.kill()
+                victims.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    left, deadline = victims, time.monotonic() + wait_s
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if running(p)]
+        time.sleep(0.1)
+    return [p.pid for p in victims]
+
+
+def running(p) -> bool:
+    """Alive and not a zombie (one has ended; PID 1 of a container may never reap it)."""
+    import psutil
+
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

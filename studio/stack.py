@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 
 from studio.errors import StudioError, Unavailable
-from studio.ray_connection import APP_NAME, HeadState, connect, pid_alive, read_state, reap_dead_head, state_file
+from studio.ray_connection import (APP_NAME, HeadState, connect, kill_session, pid_alive, read_state, reap_dead_head,
+                                   state_file)
 from studio.ray_auth import ray_auth_token, restrict_token_file
 from studio.recipes import read_yaml
 from studio.settings import StudioSettings, settings_env
@@ -180,11 +181,16 @@ def _ensure_ray_token(env: dict[str, str]) -> None:
     restrict_token_file()  # Ray writes it 644: readable by every user of the machine
 
 
-def _kill_group(pid: int, timeout_s: float = 45.0) -> None:
+def _kill_group(pid: int, timeout_s: float = 45.0, gone_s: float = 15.0) -> None:
     """SIGTERM the `ray start --block` process, which drains the node (Serve quiesces its proxy)
-    and stops its children; then SIGKILL whatever of its process group is left."""
+    and stops its children; then SIGKILL whatever of its session is left and wait (up to
+    ``gone_s``) until it has gone. The session, not the process group: `studio up` starts the head
+    as a session leader, and Ray starts each worker (actors, Serve replicas and the vLLM engines they
+    spawn) in a process group of its own, which would otherwise outlive the head by as long as it
+    takes them to notice the raylet went (seconds, under load)."""
     try:
         pgid = os.getpgid(pid)
+        sid = os.getsid(pid)
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
@@ -197,6 +203,8 @@ def _kill_group(pid: int, timeout_s: float = 45.0) -> None:
         os.killpg(pgid, signal.SIGKILL)  # whatever of the group is left
     except ProcessLookupError:
         pass
+    if sid == pid:  # a session of its own: what is still in it is the head's
+        kill_session(sid, gone_s)
 
 
 def health(settings: StudioSettings, timeout_s: float = 2.0) -> dict[str, Any] | None:
