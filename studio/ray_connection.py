@@ -148,9 +148,9 @@ def reap_dead_head(settings: StudioSettings, pid: int, wait_s: float = 15.0) -> 
     return [f"{p.pid} {p.info['name']}" for p in victims]
 
 
-def kill_session(sid: int, wait_s: float) -> list[int]:
+def kill_session(sid: int, wait_s: float) -> None:
     """SIGKILL every live process of session ``sid`` (never this process or its ancestors) and wait
-    up to ``wait_s`` for them to end. Returns the pids it killed."""
+    up to ``wait_s`` for them to end (a zombie has ended: PID 1 of a container may never reap it)."""
     import psutil
 
     spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
@@ -166,16 +166,5 @@ def kill_session(sid: int, wait_s: float) -> list[int]:
             continue
     left, deadline = victims, time.monotonic() + wait_s
     while left and time.monotonic() < deadline:
-        left = [p for p in left if running(p)]
+        left = [p for p in left if pid_alive(p.pid)]
         time.sleep(0.1)
-    return [p.pid for p in victims]
-
-
-def running(p) -> bool:
-    """Alive and not a zombie (one has ended; PID 1 of a container may never reap it)."""
-    import psutil
-
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False

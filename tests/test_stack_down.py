@@ -13,7 +13,7 @@ import sys
 
 import psutil
 
-from studio.ray_connection import running
+from studio.ray_connection import pid_alive
 from studio.stack import _kill_group
 
 WORKER = ("import os, signal, time; os.setpgid(0, 0); signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -30,7 +30,7 @@ def test_down_leaves_no_process_of_the_heads_session_even_in_a_group_of_its_own(
         assert os.getsid(worker.pid) == head.pid and os.getpgid(worker.pid) == worker.pid != head.pid
         _kill_group(head.pid, timeout_s=10, gone_s=10)
         head.wait(timeout=10)
-        assert not running(worker), f"{worker.pid} of the head's session outlived it"
+        assert not pid_alive(worker.pid), f"{worker.pid} of the head's session outlived it"
     finally:
         for p in (worker, head):
             try:
